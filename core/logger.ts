@@ -1,0 +1,48 @@
+/**
+ * One root pino logger for the process; components take children bound to `{component}` and, per
+ * restore, `{snapshotId, restoreId}`. Bindings are serialized once when the child is created, so
+ * children are cheap. Never bind untrusted objects (a peer's JSON, a manifest): log selected fields.
+ * The fault path logs only at trace and only behind `isLevelEnabled('trace')`.
+ */
+import { pino, type Logger, type LoggerOptions } from 'pino';
+
+export type { Logger };
+
+let root: Logger | undefined;
+
+export interface LoggerConfig {
+  /** @default process.env.LAZYSNAP_LOG_LEVEL ?? 'info' */
+  level?: string;
+  /** Where to write: a file descriptor. @default 2 (stderr: stdout belongs to command output) */
+  fd?: number;
+}
+
+/** Paths redacted from every log line: credentials must never reach a log. */
+export const REDACT_PATHS = [
+  '*.secretAccessKey',
+  '*.sessionToken',
+  '*.authorization',
+  '*.headers.authorization',
+  '*.key',
+  '*.encryptionKey',
+];
+
+export function createRootLogger(config: LoggerConfig = {}): Logger {
+  const options: LoggerOptions = {
+    level: config.level ?? process.env.LAZYSNAP_LOG_LEVEL ?? 'info',
+    base: { pid: process.pid },
+    redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+  };
+  root = pino(options, pino.destination({ fd: config.fd ?? 2, sync: false }));
+  return root;
+}
+
+/** The process's root logger (created with defaults on first use). */
+export function rootLogger(): Logger {
+  return root ?? createRootLogger();
+}
+
+/** A child logger for one component, e.g. `componentLogger('runtime.session')`. */
+export function componentLogger(component: string, parent: Logger = rootLogger()): Logger {
+  return parent.child({ component });
+}

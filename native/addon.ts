@@ -1,0 +1,150 @@
+/**
+ * Loads the compiled addon and types its raw surface. Callers use native/index.ts, which validates
+ * arguments and wraps handles in classes; this file is only the binding contract.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { NativeUnavailableError, type SystemError } from '../core/errors.js';
+
+declare const handle: unique symbol;
+/** An opaque native handle (a tagged napi external). */
+export type Handle<T extends string> = { readonly [handle]: T };
+
+export interface RawSessionEvent {
+  need: Uint32Array;
+  installed: Uint32Array;
+  poisoned: Uint32Array;
+  missing: Uint32Array;
+  errors: SystemError[];
+  exited: boolean;
+}
+
+export interface RawRegion {
+  base: bigint | number;
+  size: number;
+  offset: number;
+}
+
+export interface RecvResult {
+  data: Buffer;
+  fds: number[];
+  truncated: boolean;
+  fdsTruncated: boolean;
+}
+
+export interface FillResult {
+  bytes: number;
+  pagesPresent: number;
+}
+
+export interface Addon {
+  uffdCreate(opts?: { nonBlocking?: boolean; userModeOnly?: boolean }): number;
+  uffdApi(fd: number, features: bigint): { features: bigint; ioctls: bigint };
+  uffdRegister(fd: number, address: bigint, length: number, mode: bigint): bigint;
+  uffdUnregister(fd: number, address: bigint, length: number): void;
+  uffdWake(fd: number, address: bigint, length: number): void;
+  uffdCopy(fd: number, address: bigint, source: ArrayBufferView, pageSize?: number): FillResult;
+  uffdZeropage(fd: number, address: bigint, length: number, pageSize?: number): FillResult;
+  uffdPoison(fd: number, address: bigint, length: number, pageSize?: number): FillResult;
+
+  tableCreate(totalSize: number, chunkSize: number): Handle<'table'>;
+  tablePut(t: Handle<'table'>, chunk: number, bytes: ArrayBufferView): void;
+  tableSetZero(t: Handle<'table'>, chunk: number): void;
+  tableMarkZero(t: Handle<'table'>, flags: Uint8Array): void;
+  tableEvict(t: Handle<'table'>, chunk: number): number;
+  tableState(t: Handle<'table'>, chunk: number): number;
+  tableStats(t: Handle<'table'>): {
+    chunks: number;
+    chunkSize: number;
+    totalSize: number;
+    residentBytes: number;
+    residentChunks: number;
+    zeroChunks: number;
+  };
+
+  sessionCreate(
+    uffd: number,
+    opts: { table: Handle<'table'>; pageSize: number; regions: RawRegion[] },
+    onEvent: (e: RawSessionEvent) => void,
+  ): Handle<'session'>;
+  sessionInstall(s: Handle<'session'>, chunks: number | Uint32Array): void;
+  sessionPoison(s: Handle<'session'>, chunks: number | Uint32Array): void;
+  sessionStats(s: Handle<'session'>): Record<string, number>;
+  sessionClose(s: Handle<'session'>): void;
+
+  sockListen(path: string, backlog: number): number;
+  sockAccept(fd: number): number;
+  sockConnect(path: string): number;
+  sockRecv(fd: number, maxBytes: number, maxFds: number): RecvResult | null;
+  sockSend(fd: number, data: ArrayBufferView, fds: number[]): number;
+  sockPeerCred(fd: number): { pid: number; uid: number; gid: number };
+  sockPeerPidfd(fd: number): number;
+  pidfdOpen(pid: number): number;
+  pidfdSendSignal(pidfd: number, signal: number): void;
+  closeFd(fd: number): void;
+
+  mmapAnonymous(length: number, hugetlb: boolean): bigint;
+  munmap(address: bigint, length: number): void;
+  madvise(address: bigint, length: number, advice: number): void;
+  processVmRead(pid: number, remoteAddress: bigint, target: ArrayBufferView): number;
+  kill(pid: number, signal: number): void;
+  arrayBufferAt(address: bigint, length: number): ArrayBuffer;
+  addressOf(view: ArrayBufferView): bigint;
+
+  watchStart(fd: number, events: number, cb: (err: SystemError | null, events: number) => void): Handle<'watch'>;
+  watchStop(w: Handle<'watch'>): void;
+
+  readonly UFFD_FEATURE_EVENT_REMOVE: number;
+  readonly UFFD_FEATURE_EVENT_FORK: number;
+  readonly UFFD_FEATURE_EVENT_UNMAP: number;
+  readonly UFFD_FEATURE_MISSING_HUGETLBFS: number;
+  readonly UFFD_FEATURE_SIGBUS: number;
+  readonly UFFD_FEATURE_THREAD_ID: number;
+  readonly UFFD_FEATURE_EXACT_ADDRESS: number;
+  readonly UFFD_FEATURE_POISON: number;
+  readonly UFFDIO_REGISTER_MODE_MISSING: number;
+  readonly UFFDIO_REGISTER_MODE_WP: number;
+  readonly UFFDIO_REGISTER_MODE_MINOR: number;
+  readonly _UFFDIO_COPY: number;
+  readonly _UFFDIO_ZEROPAGE: number;
+  readonly _UFFDIO_WAKE: number;
+  readonly _UFFDIO_POISON: number;
+  readonly MADV_DONTNEED: number;
+  readonly MADV_REMOVE: number;
+  readonly MADV_WILLNEED: number;
+  readonly PAGE_SIZE: number;
+}
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+/** Source tree (native/) and compiled tree (dist/native/) both find the one build output. */
+const candidates = [
+  path.join(here, 'build', 'Release', 'lazysnap.node'),
+  path.join(here, '..', '..', 'native', 'build', 'Release', 'lazysnap.node'),
+  path.join(here, 'build', 'Debug', 'lazysnap.node'),
+];
+
+function load(): Addon {
+  const file = candidates.find((c) => existsSync(c));
+  if (!file) {
+    throw new NativeUnavailableError(
+      `the native addon is not built (looked for ${candidates[0]}); run \`npm run build:native\``,
+    );
+  }
+  try {
+    return createRequire(import.meta.url)(file) as Addon;
+  } catch (cause) {
+    throw new NativeUnavailableError(
+      `the native addon at ${file} failed to load (built for another Node version? run \`npm run build:native\`)`,
+      cause,
+    );
+  }
+}
+
+let cached: Addon | undefined;
+/** The addon, loaded on first use so that importing lazysnap never fails on a machine without it. */
+export function addon(): Addon {
+  return (cached ??= load());
+}

@@ -1,0 +1,21 @@
+{
+  "targets": [
+    {
+      "target_name": "lazysnap",
+      "sources": [
+        "src/addon.c",
+        "src/napi_util.c",
+        "src/uffd.c",
+        "src/uffd_napi.c",
+        "src/table.c",
+        "src/session.c",
+        "src/sock.c",
+        "src/mem.c",
+        "src/watch.c"
+      ],
+      "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],
+      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden", "-pthread"],
+      "ldflags": ["-pthread"]
+    }
+  ]
+}

@@ -1,0 +1,256 @@
+/**
+ * The typed edge of the native addon. Validates arguments (the C side re-checks memory safety) and
+ * wraps handles in small classes. Kernel errors surface as Node-style SystemErrors
+ * (`code: 'EEXIST'`, `errno`, `syscall`).
+ */
+import { InvalidArgumentError, SessionClosedError, UffdUnavailableError, isSystemError } from '../core/errors.js';
+import { addon, type Handle, type RawSessionEvent, type RecvResult, type FillResult } from './addon.js';
+
+export { addon, type RecvResult, type FillResult };
+export type SessionEvent = RawSessionEvent;
+
+export const PAGE_4K = 4096;
+export const PAGE_2M = 2 * 1024 * 1024;
+export type PageSize = typeof PAGE_4K | typeof PAGE_2M;
+
+/** Kernel constants, resolved from the headers the addon was built with (and newer ones it defines). */
+export function constants() {
+  const a = addon();
+  return {
+    UFFD_FEATURE_EVENT_REMOVE: BigInt(a.UFFD_FEATURE_EVENT_REMOVE),
+    UFFD_FEATURE_MISSING_HUGETLBFS: BigInt(a.UFFD_FEATURE_MISSING_HUGETLBFS),
+    UFFD_FEATURE_POISON: BigInt(a.UFFD_FEATURE_POISON),
+    UFFD_FEATURE_SIGBUS: BigInt(a.UFFD_FEATURE_SIGBUS),
+    UFFDIO_REGISTER_MODE_MISSING: BigInt(a.UFFDIO_REGISTER_MODE_MISSING),
+    IOCTL_COPY: 1n << BigInt(a._UFFDIO_COPY),
+    IOCTL_ZEROPAGE: 1n << BigInt(a._UFFDIO_ZEROPAGE),
+    IOCTL_POISON: 1n << BigInt(a._UFFDIO_POISON),
+    MADV_DONTNEED: a.MADV_DONTNEED,
+    MADV_REMOVE: a.MADV_REMOVE,
+  } as const;
+}
+
+function checkInt(name: string, v: unknown, min: number, max = Number.MAX_SAFE_INTEGER): asserts v is number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw new InvalidArgumentError(name, `an integer in [${min}, ${max}]`, v);
+  }
+}
+
+function checkPageSize(v: unknown): asserts v is PageSize {
+  if (v !== PAGE_4K && v !== PAGE_2M) throw new InvalidArgumentError('pageSize', '4096 or 2097152', v);
+}
+
+// ---- userfaultfd ---------------------------------------------------------------------------------
+
+export interface CreateUffdOptions {
+  /** @default true: Firecracker's flags (O_CLOEXEC | O_NONBLOCK) */
+  nonBlocking?: boolean;
+  /**
+   * UFFD_USER_MODE_ONLY: only faults taken in user mode are delivered. Allowed without privilege
+   * where vm.unprivileged_userfaultfd = 0, but a kernel access to the range (read(2) into it, KVM)
+   * fails with EFAULT instead of faulting. @default false
+   */
+  userModeOnly?: boolean;
+}
+
+/** Creates a userfaultfd (/dev/userfaultfd, falling back to the syscall). */
+export function createUffd(options: CreateUffdOptions = {}): number {
+  try {
+    return addon().uffdCreate(options);
+  } catch (e) {
+    if (isSystemError(e) && (e.code === 'EPERM' || e.code === 'EACCES')) {
+      throw new UffdUnavailableError(
+        'run as root, grant CAP_SYS_PTRACE, give this user read/write access to /dev/userfaultfd, ' +
+          'or set vm.unprivileged_userfaultfd=1 (process restore alone can use userModeOnly)',
+        e,
+      );
+    }
+    throw e;
+  }
+}
+
+/** Whether this process may create a userfaultfd; `reason` says why not (for skips and errors). */
+export function probeUffd(options: CreateUffdOptions = {}): { ok: true } | { ok: false; reason: string } {
+  try {
+    const fd = createUffd(options);
+    addon().closeFd(fd);
+    return { ok: true };
+  } catch (e) {
+    return { ok: false, reason: e instanceof Error ? e.message : String(e) };
+  }
+}
+
+export function uffdApi(fd: number, features: bigint): { features: bigint; ioctls: bigint } {
+  return addon().uffdApi(fd, features);
+}
+export function uffdRegister(fd: number, address: bigint, length: number, mode?: bigint): bigint {
+  checkInt('length', length, 1);
+  return addon().uffdRegister(fd, address, length, mode ?? constants().UFFDIO_REGISTER_MODE_MISSING);
+}
+export function uffdUnregister(fd: number, address: bigint, length: number): void {
+  addon().uffdUnregister(fd, address, length);
+}
+export function uffdWake(fd: number, address: bigint, length: number): void {
+  addon().uffdWake(fd, address, length);
+}
+/** UFFDIO_COPY of whole pages, skipping pages already present (the partial-copy rule). */
+export function uffdCopy(fd: number, address: bigint, source: ArrayBufferView, pageSize: PageSize = PAGE_4K): FillResult {
+  return addon().uffdCopy(fd, address, source, pageSize);
+}
+export function uffdZeropage(fd: number, address: bigint, length: number, pageSize: PageSize = PAGE_4K): FillResult {
+  return addon().uffdZeropage(fd, address, length, pageSize);
+}
+/** UFFDIO_POISON (Linux 6.6+): later access raises SIGBUS. EINVAL where the kernel lacks it. */
+export function uffdPoison(fd: number, address: bigint, length: number, pageSize: PageSize = PAGE_4K): FillResult {
+  return addon().uffdPoison(fd, address, length, pageSize);
+}
+
+// ---- the chunk table and fault sessions ----------------------------------------------------------
+
+export type ChunkState = 'absent' | 'zero' | 'resident';
+const STATES: readonly ChunkState[] = ['absent', 'zero', 'resident'];
+
+/**
+ * Per-snapshot table of what the fault thread may serve without JS: zero chunks and resident chunk
+ * bytes. Shared by every session of the snapshot. Bytes are copied in on put(); eviction is safe
+ * while fault threads copy (refcounted).
+ */
+export class ChunkTable {
+  readonly handle: Handle<'table'>;
+  readonly totalSize: number;
+  readonly chunkSize: number;
+  readonly chunks: number;
+
+  constructor(totalSize: number, chunkSize: number) {
+    checkInt('totalSize', totalSize, 1);
+    checkInt('chunkSize', chunkSize, PAGE_4K);
+    if ((chunkSize & (chunkSize - 1)) !== 0) throw new InvalidArgumentError('chunkSize', 'a power of two', chunkSize);
+    this.handle = addon().tableCreate(totalSize, chunkSize);
+    this.totalSize = totalSize;
+    this.chunkSize = chunkSize;
+    this.chunks = Math.ceil(totalSize / chunkSize);
+  }
+  /** Byte length of chunk i (the last one may be short). */
+  chunkLength(i: number): number {
+    return Math.min(this.chunkSize, this.totalSize - i * this.chunkSize);
+  }
+  put(i: number, bytes: ArrayBufferView): void {
+    addon().tablePut(this.handle, i, bytes);
+  }
+  setZero(i: number): void {
+    addon().tableSetZero(this.handle, i);
+  }
+  /** Bulk setZero: flags[i] !== 0 marks chunk i zero (when it is absent). */
+  markZero(flags: Uint8Array): void {
+    addon().tableMarkZero(this.handle, flags);
+  }
+  /** Drops chunk i's resident bytes; returns the bytes freed. */
+  evict(i: number): number {
+    return addon().tableEvict(this.handle, i);
+  }
+  state(i: number): ChunkState {
+    return STATES[addon().tableState(this.handle, i)] ?? 'absent';
+  }
+  stats() {
+    return addon().tableStats(this.handle);
+  }
+}
+
+export interface Region {
+  /** Host virtual address of the region's first byte in the peer. */
+  base: bigint;
+  size: number;
+  /** Offset of the region in the snapshot image. */
+  offset: number;
+}
+
+export interface FaultSessionOptions {
+  table: ChunkTable;
+  pageSize: PageSize;
+  regions: readonly Region[];
+}
+
+/** Counters kept by the fault thread (monotonic; read with stats()). */
+export interface SessionStats {
+  faults: number;
+  zeroFaults: number;
+  residentFaults: number;
+  removedFaults: number;
+  /** Faults on absent chunks that were handed to JS (one per chunk, however many faults). */
+  forwardedFaults: number;
+  staleFaults: number;
+  removes: number;
+  unknownEvents: number;
+  installs: number;
+  poisons: number;
+  missing: number;
+  bytesCopied: number;
+  bytesZeroed: number;
+  bytesPoisoned: number;
+  pagesPresent: number;
+  partialCopies: number;
+  mmapChangingRetries: number;
+  notifications: number;
+}
+
+/**
+ * One userfaultfd served by a native thread. Takes ownership of `uffd` (closed by close()).
+ * `onEvent` runs on the JS thread with batches: `need` (absent chunks a fault waits for: put them
+ * in the table, then install()), `installed`, `poisoned`, `missing` (install() found no bytes),
+ * `errors` (SystemErrors, `chunk` set when known) and `exited` (the address space is gone).
+ */
+export class FaultSession {
+  readonly #handle: Handle<'session'>;
+  readonly #chunks: number;
+  #closed = false;
+
+  constructor(uffd: number, options: FaultSessionOptions, onEvent: (e: SessionEvent) => void) {
+    checkInt('uffd', uffd, 0, 2 ** 31 - 1);
+    checkPageSize(options.pageSize);
+    if (!(options.table instanceof ChunkTable)) throw new InvalidArgumentError('table', 'a ChunkTable', options.table);
+    if (!Array.isArray(options.regions) || options.regions.length === 0) {
+      throw new InvalidArgumentError('regions', 'a non-empty array of {base, size, offset}', options.regions);
+    }
+    this.#chunks = options.table.chunks;
+    this.#handle = addon().sessionCreate(
+      uffd,
+      { table: options.table.handle, pageSize: options.pageSize, regions: options.regions.map((r) => ({ ...r })) },
+      onEvent,
+    );
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Queues whole-chunk installs from the table (skipping present pages; waking every waiter). */
+  install(chunks: number | Uint32Array): void {
+    this.#check(chunks);
+    addon().sessionInstall(this.#handle, chunks);
+  }
+
+  /** Queues poisoning of the chunks' missing pages: a thread touching them gets SIGBUS. */
+  poison(chunks: number | Uint32Array): void {
+    this.#check(chunks);
+    addon().sessionPoison(this.#handle, chunks);
+  }
+
+  stats(): SessionStats {
+    return addon().sessionStats(this.#handle) as unknown as SessionStats;
+  }
+
+  /** Stops the thread and closes the uffd. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    addon().sessionClose(this.#handle);
+  }
+
+  #check(chunks: number | Uint32Array): void {
+    if (this.#closed) throw new SessionClosedError();
+    if (typeof chunks === 'number') checkInt('chunk', chunks, 0, this.#chunks - 1);
+    else if (!(chunks instanceof Uint32Array)) throw new InvalidArgumentError('chunks', 'a number or Uint32Array', chunks);
+  }
+}
+
+export * from './sys.js';
