@@ -77,8 +77,9 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
 }
 
 /* sockRecv(fd, maxBytes, maxFds) → null when nothing is pending, else
- * {data: Buffer, fds: number[], truncated, fdsTruncated}. data.length 0 means EOF. Every fd that
- * arrived is returned (close-on-exec), so the caller can close the ones it rejects. */
+ * {data: Buffer, fds: number[], truncated, fdsTruncated}. data.length 0 means EOF. Up to maxFds of
+ * the fds that arrived are returned (close-on-exec) for the caller to keep or close; any beyond
+ * that are closed here and fdsTruncated is set, so a peer can never make us leak descriptors. */
 static napi_value js_recv(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   int fd;
@@ -114,12 +115,19 @@ static napi_value js_recv(napi_env env, napi_callback_info info) {
   napi_value fds, o, sliced, b;
   napi_create_array(env, &fds);
   uint32_t nf = 0;
+  bool over = false;
   for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
     for (size_t i = 0; i < k; i++) {
       int f;
       memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+      /* CMSG_SPACE rounds up, so one more fd than asked for can fit: close it rather than leak it. */
+      if (nf >= max_fds) {
+        close(f);
+        over = true;
+        continue;
+      }
       napi_set_element(env, fds, nf++, make_i32(env, f));
     }
   }
@@ -132,7 +140,7 @@ static napi_value js_recv(napi_env env, napi_callback_info info) {
   set_named(env, o, "fds", fds);
   napi_get_boolean(env, (m.msg_flags & MSG_TRUNC) != 0, &b);
   set_named(env, o, "truncated", b);
-  napi_get_boolean(env, (m.msg_flags & MSG_CTRUNC) != 0, &b);
+  napi_get_boolean(env, over || (m.msg_flags & MSG_CTRUNC) != 0, &b);
   set_named(env, o, "fdsTruncated", b);
   (void)data;
   return o;

@@ -1,0 +1,74 @@
+/** Drives test/fixtures/fc-client (the Firecracker-exact handshake client) as a child process. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+
+import { fcClientPath } from './fixtures.js';
+
+export interface ClientReport {
+  ok: boolean;
+  pid: number;
+  units: number;
+  pagesVerified: number;
+  mismatches: number;
+  firstMismatch: number | null;
+  elapsedNs: number;
+  faultNs: { count: number; p50: number; p99: number; mean: number; max: number } | null;
+  balloon: { zeroPages: number; nonZeroPages: number; outsideOk: boolean } | null;
+}
+
+export interface ClientResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  report: ClientReport | null;
+  stderr: string;
+}
+
+export interface RunningClient {
+  child: ChildProcess;
+  /** With --wait: resolves with the client's pid once its handshake is sent. */
+  ready: Promise<number>;
+  /** With --wait: lets the workload start. */
+  go(): void;
+  /** With --linger: lets the client exit. */
+  release(): void;
+  result: Promise<ClientResult>;
+}
+
+export function startClient(args: string[], opts: { taskset?: string } = {}): RunningClient {
+  const bin = fcClientPath();
+  const cmd = opts.taskset ? 'taskset' : bin;
+  const argv = opts.taskset ? ['-c', opts.taskset, bin, ...args] : args;
+  const child = spawn(cmd, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  let readyResolve: (pid: number) => void = () => {};
+  const ready = new Promise<number>((res) => (readyResolve = res));
+  child.stdout!.setEncoding('utf8');
+  child.stderr!.setEncoding('utf8');
+  child.stdout!.on('data', (d: string) => {
+    out += d;
+    const m = /^ready (\d+)$/m.exec(out);
+    if (m) readyResolve(Number(m[1]));
+  });
+  child.stderr!.on('data', (d: string) => (err += d));
+  child.stdin!.on('error', () => {}); // the client may exit (SIGBUS) before reading stdin
+  const result = (async () => {
+    const [code, signal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null];
+    const line = out.split('\n').find((l) => l.startsWith('{'));
+    return { code, signal, report: line ? (JSON.parse(line) as ClientReport) : null, stderr: err };
+  })();
+  return {
+    child,
+    ready,
+    go: () => child.stdin!.write('go\n'),
+    release: () => child.stdin!.end(),
+    result,
+  };
+}
+
+/** Runs a client to completion (no --wait/--linger). */
+export async function runClient(args: string[], opts: { taskset?: string } = {}): Promise<ClientResult> {
+  const c = startClient(args, opts);
+  c.release();
+  return c.result;
+}

@@ -1,0 +1,29 @@
+/**
+ * Builds the C fixtures (the Firecracker-exact client and friends) with gcc, once per source change,
+ * into test/fixtures/bin/ (git-ignored). Tests and benchmarks share it.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+/** Compiles `src` (relative to the repo root) to an executable and returns its path. */
+export function buildC(src: string, name = path.basename(src, '.c'), extra: string[] = []): string {
+  const source = path.join(repoRoot, src);
+  const outDir = path.join(repoRoot, 'test', 'fixtures', 'bin');
+  const out = path.join(outDir, name);
+  mkdirSync(outDir, { recursive: true });
+  if (!existsSync(out) || statSync(out).mtimeMs < statSync(source).mtimeMs) {
+    execFileSync('gcc', ['-O2', '-Wall', '-Wextra', '-Werror', '-pthread', '-o', `${out}.tmp`, source, ...extra], {
+      stdio: ['ignore', 'inherit', 'inherit'],
+    });
+    execFileSync('mv', ['-f', `${out}.tmp`, out]);
+  }
+  return out;
+}
+
+export function fcClientPath(): string {
+  return buildC('test/fixtures/fc-client.c');
+}

@@ -1,0 +1,308 @@
+/**
+ * The native fault path against the real kernel: a Firecracker-exact client process registers its
+ * memory, hands the uffd over, and faults from several threads; the session resolves in C what it
+ * can and forwards only absent chunks to JS. Every test verifies every byte the client read.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+
+import { SessionClosedError } from '../../core/errors.js';
+import {
+  ChunkTable,
+  FaultSession,
+  constants,
+  createUffd,
+  madvise,
+  mmapAnonymous,
+  munmap,
+  processVmRead,
+  uffdApi,
+  uffdCopy,
+  uffdRegister,
+  type SessionEvent,
+} from '../../native/index.js';
+import { runClient, startClient } from '../helpers/fc-client.js';
+import { makeImage, tempDir } from '../helpers/images.js';
+import { hasUffd, hugepageSkipReason, kernelHasPoison, presentPages, uffdSuite } from '../helpers/skip.js';
+
+const hasPoison = kernelHasPoison();
+import { Harness } from '../helpers/uffd-harness.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let harness: Harness | undefined;
+  beforeEach(() => {
+    tmp = tempDir();
+  });
+  afterEach(() => {
+    harness?.close();
+    harness = undefined;
+    tmp.cleanup();
+  });
+
+  it('serves every byte to 8 threads faulting at once, mixing zero, resident and fetched chunks', async () => {
+    const cs = 256 * KiB;
+    const img = makeImage(tmp.dir, 32 * MiB, cs, { zeroEvery: 5 });
+    const resident = [...Array(128).keys()].filter((i) => i % 3 === 0 && !img.zeroChunks.includes(i));
+    harness = new Harness({ dir: tmp.dir, image: img.bytes, chunkSize: cs, zeroChunks: img.zeroChunks, residentChunks: resident });
+    const r = await runClient(['--socket', harness.socketPath, '--image', img.path, '--threads', '8', '--order', 'random']);
+    expect(r.stderr).toBe('');
+    expect(r.report).toMatchObject({ ok: true, mismatches: 0, pagesVerified: 8192 });
+    const a = await harness.session();
+    const st = a.session.stats();
+    const absent = 128 - img.zeroChunks.length - resident.length;
+    // Each absent chunk crossed into JS exactly once; zero and resident chunks never did.
+    expect(st.forwardedFaults).toBe(absent);
+    expect(new Set(harness.needSeen).size).toBe(harness.needSeen.length);
+    expect(harness.needSeen.filter((i) => img.zeroChunks.includes(i) || resident.includes(i))).toEqual([]);
+    expect(st.zeroFaults).toBeGreaterThanOrEqual(1);
+    expect(st.residentFaults).toBeGreaterThanOrEqual(1);
+    // Every requested chunk was installed, by the install command or by a concurrent fault that found
+    // its bytes already put in the shared table (then the command has nothing left to do).
+    const installed = new Set(a.events.flatMap((e) => [...e.installed]));
+    expect(harness.needSeen.every((i) => installed.has(i))).toBe(true);
+    expect(st.installs).toBeLessThanOrEqual(absent);
+  });
+
+  it('resolves zero chunks natively: with every other chunk resident nothing reaches JS', async () => {
+    const cs = 512 * KiB;
+    const img = makeImage(tmp.dir, 16 * MiB, cs, { zeroEvery: 2 });
+    harness = new Harness({
+      dir: tmp.dir,
+      image: img.bytes,
+      chunkSize: cs,
+      zeroChunks: img.zeroChunks,
+      residentChunks: [...Array(32).keys()].filter((i) => i % 2 === 1),
+    });
+    const r = await runClient(['--socket', harness.socketPath, '--image', img.path, '--threads', '4']);
+    expect(r.report).toMatchObject({ ok: true, pagesVerified: 4096 });
+    const st = (await harness.session()).session.stats();
+    expect(harness.needSeen).toEqual([]);
+    expect(st.forwardedFaults).toBe(0);
+    expect(st.zeroFaults).toBeGreaterThanOrEqual(1);
+    expect(st.bytesZeroed).toBe(16 * cs);
+    expect(st.bytesCopied).toBe(16 * cs);
+  });
+
+  it('wakes every thread waiting in a chunk with one install (one request per chunk however many faults)', async () => {
+    const cs = 2 * MiB;
+    const img = makeImage(tmp.dir, 8 * MiB, cs);
+    // Hold each install back so that all 8 threads are asleep in the kernel on 4 chunks at once.
+    harness = new Harness({
+      dir: tmp.dir,
+      image: img.bytes,
+      chunkSize: cs,
+      onNeed: (chunks, a, h) => {
+        const list = Uint32Array.from(chunks);
+        setTimeout(() => {
+          for (const i of list) h.putChunk(i);
+          a.session.install(list);
+        }, 150);
+      },
+    });
+    const r = await runClient(['--socket', harness.socketPath, '--image', img.path, '--threads', '8']);
+    expect(r.report).toMatchObject({ ok: true, pagesVerified: 2048 });
+    const st = (await harness.session()).session.stats();
+    expect(st.forwardedFaults).toBe(4);
+    expect(st.faults).toBeGreaterThanOrEqual(8); // pigeonhole: 8 first touches over 4 chunks
+    expect(st.installs).toBe(4);
+  });
+
+  it('installs a chunk whose pages are partly present: copies the rest, overwrites nothing', async () => {
+    const cs = 256 * KiB;
+    const img = makeImage(tmp.dir, 4 * MiB, cs);
+    harness = new Harness({ dir: tmp.dir, image: img.bytes, chunkSize: cs, residentChunks: [] });
+    const c = startClient(['--socket', harness.socketPath, '--image', img.path, '--wait', '--linger']);
+    const pid = await c.ready;
+    const a = await harness.session();
+    const base = a.regions[0]!.base;
+    const page = (chunk: number, p: number) => img.bytes.subarray(chunk * cs + p * 4096, chunk * cs + (p + 1) * 4096);
+    // Pages 1 and 5 of chunk 2, and the last page of chunk 3, arrive first (as a racing fault would).
+    for (const [chunk, p] of [[2, 1], [2, 5], [3, 63]] as const) {
+      uffdCopy(a.uffd, base + BigInt(chunk * cs + p * 4096), page(chunk, p));
+    }
+    expect(presentPages(pid, base + BigInt(2 * cs), 2 * cs).filter(Boolean)).toHaveLength(3);
+    harness.putChunk(2);
+    harness.putChunk(3);
+    a.session.install(Uint32Array.of(2, 3));
+    await Promise.all([a.installed(2), a.installed(3)]);
+    const st = a.session.stats();
+    expect(st.pagesPresent).toBe(3);
+    expect(st.bytesCopied).toBe(2 * cs - 3 * 4096);
+    // Every page of both chunks is now present in the client, before it touches anything.
+    expect(presentPages(pid, base + BigInt(2 * cs), 2 * cs).every(Boolean)).toBe(true);
+    expect(presentPages(pid, base + BigInt(4 * cs), cs).some(Boolean)).toBe(false);
+    c.go();
+    c.release();
+    const r = await c.result;
+    expect(r.report).toMatchObject({ ok: true, mismatches: 0, pagesVerified: 1024 });
+  });
+
+  it('UFFD_EVENT_REMOVE: a ballooned range reads zero afterwards and the rest keeps its bytes', async () => {
+    const cs = 512 * KiB;
+    const img = makeImage(tmp.dir, 8 * MiB, cs, { zeroChunks: [15] });
+    harness = new Harness({ dir: tmp.dir, image: img.bytes, chunkSize: cs, zeroChunks: img.zeroChunks, residentChunks: 'all' });
+    // 768 KiB straddling chunks 2 and 3, after every page has been restored once.
+    const r = await runClient(['--socket', harness.socketPath, '--image', img.path, '--balloon', `${cs + cs / 2}:${768 * KiB}`]);
+    expect(r.report?.ok).toBe(true);
+    expect(r.report?.balloon).toEqual({ zeroPages: 192, nonZeroPages: 0, outsideOk: true });
+    const st = (await harness.session()).session.stats();
+    expect(st.removes).toBeGreaterThanOrEqual(1);
+    expect(st.removedFaults).toBe(192);
+  });
+
+  it.skipIf(!hasPoison)(`poisons what cannot be served: the client dies of SIGBUS instead of hanging${hasPoison ? '' : ' [SKIPPED: kernel < 6.6]'}`, async () => {
+    const cs = 512 * KiB;
+    const img = makeImage(tmp.dir, 4 * MiB, cs);
+    harness = new Harness({
+      dir: tmp.dir,
+      image: img.bytes,
+      chunkSize: cs,
+      residentChunks: [0, 1, 2, 3, 4, 5, 6],
+      onNeed: (chunks, a) => a.session.poison(chunks),
+    });
+    const r = await runClient(['--socket', harness.socketPath, '--image', img.path, '--order', 'seq', '--threads', '1']);
+    expect(r.signal).toBe('SIGBUS');
+    const st = (await harness.session()).session.stats();
+    expect(st.poisons).toBe(1);
+    expect(st.bytesPoisoned).toBe(cs);
+  });
+
+  it('serves two regions with a chunk straddling the boundary, for every handshake payload shape', async () => {
+    const cs = 2 * MiB;
+    const img = makeImage(tmp.dir, 16 * MiB, cs, { zeroChunks: [7] });
+    harness = new Harness({ dir: tmp.dir, image: img.bytes, chunkSize: cs, zeroChunks: img.zeroChunks });
+    for (const payload of ['v1', 'v7', 'v12']) {
+      const r = await runClient([
+        '--socket', harness.socketPath, '--image', img.path, '--regions', '13M,3M', '--payload', payload, '--threads', '4',
+      ]);
+      expect(r.report, payload).toMatchObject({ ok: true, pagesVerified: 4096 });
+    }
+    const first = await harness.session(0);
+    const third = await harness.session(2);
+    expect(third.regions.map((x) => [x.size, x.offset])).toEqual([[13 * MiB, 0], [3 * MiB, 13 * MiB]]);
+    // The first restore fetched the 7 non-zero chunks once each (chunk 6 spans both regions: one
+    // request fills both halves); later restores of the same snapshot find them in the shared table.
+    expect(first.session.stats().forwardedFaults).toBe(7);
+    expect(third.session.stats()).toMatchObject({ forwardedFaults: 0, installs: 0 });
+    expect(third.session.stats().residentFaults).toBeGreaterThanOrEqual(1);
+  });
+
+  it('reports an install whose bytes were evicted first as missing, and serves it once re-put', async () => {
+    const cs = 512 * KiB;
+    const img = makeImage(tmp.dir, 2 * MiB, cs);
+    let evictions = 0;
+    harness = new Harness({
+      dir: tmp.dir,
+      image: img.bytes,
+      chunkSize: cs,
+      onNeed: (chunks, a, h) => {
+        for (const i of chunks) {
+          h.putChunk(i);
+          if (evictions < 2) evictions += h.table.evict(i) > 0 ? 1 : 0;
+        }
+        a.session.install(Uint32Array.from(chunks));
+      },
+    });
+    const r = await runClient(['--socket', harness.socketPath, '--image', img.path, '--threads', '2']);
+    expect(r.report).toMatchObject({ ok: true, pagesVerified: 512 });
+    const a = await harness.session();
+    expect(a.session.stats().missing).toBe(2);
+    expect(a.events.flatMap((e) => [...e.missing])).toHaveLength(2);
+  });
+
+  it('reports the peer gone (ESRCH) when it dies with faults outstanding', async () => {
+    const cs = 512 * KiB;
+    const img = makeImage(tmp.dir, 2 * MiB, cs);
+    let needed: Uint32Array | undefined;
+    harness = new Harness({ dir: tmp.dir, image: img.bytes, chunkSize: cs, onNeed: (chunks) => (needed = Uint32Array.from(chunks)) });
+    const c = startClient(['--socket', harness.socketPath, '--image', img.path, '--threads', '1']);
+    const a = await harness.session();
+    while (!needed) await sleep(5);
+    c.child.kill('SIGKILL');
+    expect((await c.result).signal).toBe('SIGKILL');
+    harness.putChunk(needed[0]!);
+    a.session.install(needed);
+    const exited = await new Promise<SessionEvent>((res) => {
+      const poll = setInterval(() => {
+        const e = a.events.find((x) => x.exited);
+        if (e) res(e), clearInterval(poll);
+      }, 5);
+    });
+    expect(exited.exited).toBe(true);
+    expect(a.session.stats().installs).toBe(0);
+  });
+
+  it('keeps pages removed before their chunk is installed zero (in-process, kernel-side reads)', async () => {
+    const cs = 64 * KiB;
+    const size = 4 * cs;
+    const img = makeImage(tmp.dir, size, cs);
+    const c = constants();
+    const uffd = createUffd();
+    uffdApi(uffd, c.UFFD_FEATURE_EVENT_REMOVE);
+    const addr = mmapAnonymous(size);
+    uffdRegister(uffd, addr, size);
+    const table = new ChunkTable(size, cs);
+    const events: SessionEvent[] = [];
+    const session = new FaultSession(uffd, { table, pageSize: 4096, regions: [{ base: addr, size, offset: 0 }] }, (e) =>
+      events.push(e),
+    );
+    try {
+      // madvise blocks until the fault thread has read the REMOVE; no JS is needed for that.
+      madvise(addr + BigInt(cs + 2 * 4096), 3 * 4096, c.MADV_DONTNEED);
+      table.put(1, img.bytes.subarray(cs, 2 * cs));
+      session.install(1);
+      while (!events.some((e) => e.installed.includes(1))) await sleep(2);
+      const got = Buffer.alloc(cs);
+      // process_vm_readv reads from the kernel; every page is present now, so nothing faults.
+      expect(processVmRead(process.pid, addr + BigInt(cs), got)).toBe(cs);
+      const want = Buffer.from(img.bytes.subarray(cs, 2 * cs));
+      want.fill(0, 2 * 4096, 5 * 4096);
+      expect(got.equals(want)).toBe(true);
+      expect(session.stats()).toMatchObject({ removes: 1, bytesZeroed: 3 * 4096, bytesCopied: cs - 3 * 4096 });
+    } finally {
+      session.close();
+      munmap(addr, size);
+    }
+  });
+
+  it('close() stops the thread, closes the uffd, and later calls fail with a typed error', async () => {
+    const table = new ChunkTable(1 * MiB, 64 * KiB);
+    const uffd = createUffd();
+    uffdApi(uffd, 0n);
+    const addr = mmapAnonymous(1 * MiB);
+    const s = new FaultSession(uffd, { table, pageSize: 4096, regions: [{ base: addr, size: 1 * MiB, offset: 0 }] }, () => {});
+    const { readlinkSync } = await import('node:fs');
+    expect(readlinkSync(`/proc/self/fd/${uffd}`)).toContain('userfaultfd');
+    s.close();
+    s.close();
+    expect(() => readlinkSync(`/proc/self/fd/${uffd}`)).toThrow();
+    expect(() => s.install(0)).toThrow(SessionClosedError);
+    munmap(addr, 1 * MiB);
+  });
+});
+
+const hugeReason = hasUffd ? hugepageSkipReason(16) : 'needs userfaultfd';
+describe.skipIf(hugeReason !== '')(`native fault session on 2 MiB hugetlb pages${hugeReason ? ` [SKIPPED: ${hugeReason}]` : ''}`, () => {
+  it('copies whole huge pages and zero-fills zero chunks by copy (no ZEROPAGE on hugetlbfs)', async () => {
+    const tmp = tempDir();
+    const cs = 4 * MiB;
+    const img = makeImage(tmp.dir, 16 * MiB, cs, { zeroChunks: [1] });
+    const harness = new Harness({ dir: tmp.dir, image: img.bytes, chunkSize: cs, zeroChunks: img.zeroChunks });
+    try {
+      const r = await runClient(['--socket', harness.socketPath, '--image', img.path, '--page-size', '2097152', '--threads', '4']);
+      expect(r.stderr).toBe('');
+      expect(r.report).toMatchObject({ ok: true, mismatches: 0 });
+      const st = (await harness.session()).session.stats();
+      expect(st.bytesZeroed).toBe(0);
+      expect(st.bytesCopied).toBe(16 * MiB);
+      expect(st.forwardedFaults).toBe(3);
+    } finally {
+      harness.close();
+      tmp.cleanup();
+    }
+  });
+});
