@@ -9,6 +9,8 @@
         "src/uffd_napi.c",
         "src/table.c",
         "src/session.c",
+        "src/session_fill.c",
+        "src/session_thread.c",
         "src/sock.c",
         "src/mem.c",
         "src/watch.c"
