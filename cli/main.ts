@@ -1,45 +1,37 @@
 /**
  * The `lazysnap` command. Exit codes: 0 ok, 1 runtime failure, 2 usage error; errors are one clear
- * line on stderr. Each command lives in cli/commands/.
+ * line on stderr. Each command lives in cli/commands/ and exports `usage` and `run`.
  */
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 
-import { InvalidArgumentError, LazysnapError, isSystemError } from '../core/errors.js';
-import { formatBytes, parseSize } from '../core/units.js';
-import { restoreOnce, workingSet, type DemoOptions, type RestoreRun } from './commands/demo.js';
+import { InvalidArgumentError, InvalidUrlError, LazysnapError, SourceError } from '../core/errors.js';
+import { UsageError, type Io } from './common.js';
 
-export interface Io {
-  out: (s: string) => void;
-  err: (s: string) => void;
+export type { Io };
+
+interface Command {
+  usage: string;
+  run(argv: string[], io: Io, signal?: AbortSignal): Promise<number>;
 }
+
+const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
+  snapshot: { summary: 'chunk VM or process memory into a store', load: () => import('./commands/snapshot.js') },
+  inspect: { summary: "show a snapshot's manifest", load: () => import('./commands/inspect.js') },
+  gc: { summary: 'delete chunks no manifest references', load: () => import('./commands/gc.js') },
+  demo: { summary: "restore a process's memory lazily, in-process, on the embedded default", load: () => import('./commands/demo.js') },
+};
 
 const USAGE = `usage: lazysnap <command> [options]
 
 commands:
-  demo       restore a process's memory lazily, in-process, on the embedded default (no store, no services)
+${Object.entries(COMMANDS)
+  .map(([n, c]) => `  ${n.padEnd(10)} ${c.summary}`)
+  .join('\n')}
 
 options:
   -h, --help     show help (also: lazysnap <command> --help)
   -v, --version  print the version
 `;
-
-const DEMO_USAGE = `usage: lazysnap demo [options]
-
-Restores memory lazily through userfaultfd: a worker thread reads a working set of the memory while
-the main thread serves its faults from a simulated origin. Zero chunks are mapped without a fetch.
-Every byte read is verified.
-
-options:
-  --size SIZE          memory to restore (default 256MiB)
-  --chunk-size SIZE    chunk size, a power of two >= 4KiB (default 512KiB)
-  --working-set F      fraction of chunks the workload reads, 0 < F <= 1 (default 0.1)
-  --latency-ms N       simulated origin latency per chunk (default 2)
-  --compare            also run an eager restore (everything fetched first) side by side
-  --json               print the report as JSON
-`;
-
-class UsageError extends Error {}
 
 /** The package version: package.json is one level up from cli/ in the source, two from dist/cli/. */
 function version(): string {
@@ -52,72 +44,30 @@ function version(): string {
   return 'unknown';
 }
 
-function ms(ns: number): string {
-  return `${(ns / 1e6).toFixed(ns < 1e7 ? 2 : 0)} ms`;
-}
-
-function describeRun(r: RestoreRun, size: number): string[] {
-  return [
-    `${r.mode} restore${r.userModeOnly ? ' (user-mode-only uffd: unprivileged)' : ''}: ${r.verified ? 'every byte verified' : 'MISMATCH'}`,
-    `  time to first byte  ${ms(r.firstByteNs)}`,
-    `  workload done in    ${ms(r.totalNs)}`,
-    `  pages read          ${r.pagesRead}`,
-    `  faults              ${r.stats.faults} (zero chunks ${r.stats.zeroFaults}, sent to JS ${r.stats.forwardedFaults})`,
-    `  fetched             ${formatBytes(r.bytesFetched)} of ${formatBytes(size)} (${((100 * r.bytesFetched) / size).toFixed(1)}%)`,
-  ];
-}
-
-async function demo(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      size: { type: 'string', default: '256MiB' },
-      'chunk-size': { type: 'string', default: '512KiB' },
-      'working-set': { type: 'string', default: '0.1' },
-      'latency-ms': { type: 'string', default: '2' },
-      compare: { type: 'boolean', default: false },
-      json: { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    strict: true,
-  });
-  if (values.help) return io.out(DEMO_USAGE), 0;
-  const opts: DemoOptions = {
-    size: parseSize('--size', values.size),
-    chunkSize: parseSize('--chunk-size', values['chunk-size']),
-    workingSet: Number(values['working-set']),
-    latencyMs: Number(values['latency-ms']),
-    compare: values.compare,
-    seed: 0x5eed,
-    ...(signal ? { signal } : {}),
-  };
-  if (!(opts.workingSet > 0 && opts.workingSet <= 1)) throw new InvalidArgumentError('--working-set', 'a fraction in (0, 1]', values['working-set']);
-  if (!(Number.isFinite(opts.latencyMs) && opts.latencyMs >= 0)) throw new InvalidArgumentError('--latency-ms', 'a number >= 0', values['latency-ms']);
-  if (opts.size % 4096) throw new InvalidArgumentError('--size', 'a multiple of 4KiB', values.size);
-  const chunks = Math.ceil(opts.size / opts.chunkSize);
-  const touch = workingSet(chunks, opts.workingSet, opts.seed);
-  const runs = [await restoreOnce(opts, 'lazy', touch)];
-  if (opts.compare) runs.push(await restoreOnce(opts, 'eager', touch));
-  if (values.json) io.out(`${JSON.stringify({ size: opts.size, chunkSize: opts.chunkSize, chunks, touched: touch.length, runs })}\n`);
-  else {
-    io.out(`lazysnap demo: ${formatBytes(opts.size)} in ${chunks} chunks of ${formatBytes(opts.chunkSize)}, workload reads ${touch.length} chunks\n`);
-    for (const r of runs) io.out(`${describeRun(r, opts.size).join('\n')}\n`);
-    if (runs.length === 2) io.out(`lazy vs eager: ${(runs[1]!.totalNs / runs[0]!.totalNs).toFixed(1)}x faster to finish the workload\n`);
-  }
-  return runs.every((r) => r.verified) ? 0 : 1;
+function isUsage(e: unknown): boolean {
+  const code = (e as { code?: unknown }).code;
+  return (
+    e instanceof UsageError ||
+    e instanceof InvalidArgumentError ||
+    e instanceof InvalidUrlError ||
+    (e instanceof SourceError && e.input) ||
+    (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'))
+  );
 }
 
 export async function main(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
-  const [cmd, ...rest] = argv;
+  const [name, ...rest] = argv;
   try {
-    if (cmd === undefined || cmd === '-h' || cmd === '--help' || cmd === 'help') return io.out(USAGE), cmd === undefined ? 2 : 0;
-    if (cmd === '-v' || cmd === '--version') return io.out(`${version()}\n`), 0;
-    if (cmd === 'demo') return await demo(rest, io, signal);
-    throw new UsageError(`unknown command ${JSON.stringify(cmd)} (run lazysnap --help)`);
+    if (name === undefined || name === '-h' || name === '--help' || name === 'help') return io.out(USAGE), name === undefined ? 2 : 0;
+    if (name === '-v' || name === '--version') return io.out(`${version()}\n`), 0;
+    const entry = COMMANDS[name];
+    if (!entry) throw new UsageError(`unknown command ${JSON.stringify(name)} (run lazysnap --help)`);
+    const cmd = await entry.load();
+    if (rest.includes('-h') || rest.includes('--help')) return io.out(cmd.usage), 0;
+    return await cmd.run(rest, io, signal);
   } catch (e) {
-    const usage = e instanceof UsageError || e instanceof InvalidArgumentError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
-    const msg = e instanceof LazysnapError || isSystemError(e) || e instanceof Error ? e.message : String(e);
-    io.err(`lazysnap: ${msg}\n`);
-    return usage ? 2 : 1;
+    const msg = e instanceof LazysnapError || e instanceof Error ? e.message : String(e);
+    io.err(`lazysnap: ${msg.split('\n')[0]}\n`);
+    return isUsage(e) ? 2 : 1;
   }
 }

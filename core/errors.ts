@@ -10,7 +10,15 @@ export type ErrorCode =
   | 'LAZYSNAP_INVALID_ARGUMENT'
   | 'LAZYSNAP_NATIVE_UNAVAILABLE'
   | 'LAZYSNAP_UFFD_UNAVAILABLE'
-  | 'LAZYSNAP_SESSION_CLOSED';
+  | 'LAZYSNAP_SESSION_CLOSED'
+  | 'LAZYSNAP_INVALID_URL'
+  | 'LAZYSNAP_NOT_FOUND'
+  | 'LAZYSNAP_STORE_READ_ONLY'
+  | 'LAZYSNAP_STORE_ERROR'
+  | 'LAZYSNAP_BAD_MANIFEST'
+  | 'LAZYSNAP_UNSUPPORTED_FORMAT'
+  | 'LAZYSNAP_INTEGRITY'
+  | 'LAZYSNAP_SOURCE_ERROR';
 
 export class LazysnapError extends Error {
   readonly code: ErrorCode;
@@ -56,6 +64,114 @@ export class SessionClosedError extends LazysnapError {
   declare readonly code: 'LAZYSNAP_SESSION_CLOSED';
   constructor() {
     super('LAZYSNAP_SESSION_CLOSED', 'the fault session is closed');
+  }
+}
+
+/** A store URL that cannot be used. The message says which part is wrong and what is accepted. */
+export class InvalidUrlError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_INVALID_URL';
+  readonly url: string;
+  constructor(url: string, reason: string) {
+    super('LAZYSNAP_INVALID_URL', `invalid store URL ${JSON.stringify(redactUrl(url))}: ${reason}`);
+    this.url = redactUrl(url);
+  }
+}
+
+/** The object does not exist in the store (HTTP 404, S3 NoSuchKey, ENOENT). */
+export class NotFoundError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_NOT_FOUND';
+  readonly key: string;
+  readonly store: string;
+  constructor(store: string, key: string, cause?: unknown) {
+    super('LAZYSNAP_NOT_FOUND', `${key} not found in ${store}`, { cause });
+    this.key = key;
+    this.store = store;
+  }
+}
+
+export class StoreReadOnlyError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_STORE_READ_ONLY';
+  readonly store: string;
+  constructor(store: string) {
+    super('LAZYSNAP_STORE_READ_ONLY', `${store} is a read-only store (HTTP origins serve, they do not accept writes)`);
+    this.store = store;
+  }
+}
+
+/** A store operation failed for another reason than absence: I/O, network, status, timeout. */
+export class StoreError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_STORE_ERROR';
+  readonly store: string;
+  readonly key: string | undefined;
+  /** HTTP status when the backend speaks HTTP. */
+  readonly status: number | undefined;
+  /** Whether retrying the same request may succeed (5xx, 429, timeouts, resets). */
+  readonly retryable: boolean;
+  constructor(store: string, key: string | undefined, message: string, opts: { status?: number; retryable?: boolean; cause?: unknown } = {}) {
+    super('LAZYSNAP_STORE_ERROR', `${store}${key ? ` ${key}` : ''}: ${message}`, { cause: opts.cause });
+    this.store = store;
+    this.key = key;
+    this.status = opts.status;
+    this.retryable = opts.retryable ?? false;
+  }
+}
+
+/** A manifest that does not parse or breaks an invariant. `field` points at the offending part. */
+export class ManifestError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_BAD_MANIFEST';
+  readonly field: string;
+  constructor(field: string, message: string) {
+    super('LAZYSNAP_BAD_MANIFEST', `invalid manifest: ${field}: ${message}`);
+    this.field = field;
+  }
+}
+
+/** A manifest of a format this version does not read (an unknown major version). */
+export class UnsupportedFormatError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_UNSUPPORTED_FORMAT';
+  readonly format: string;
+  constructor(format: string, supported: string) {
+    super('LAZYSNAP_UNSUPPORTED_FORMAT', `manifest format ${JSON.stringify(format)} is not supported (this lazysnap reads ${supported}); upgrade lazysnap`);
+    this.format = format;
+  }
+}
+
+/** Bytes whose hash is not the one they are stored under: never installed, never cached. */
+export class IntegrityError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_INTEGRITY';
+  readonly key: string;
+  readonly expected: string;
+  readonly actual: string;
+  constructor(key: string, expected: string, actual: string) {
+    super('LAZYSNAP_INTEGRITY', `${key}: content hash ${actual} does not match ${expected}`);
+    this.key = key;
+    this.expected = expected;
+    this.actual = actual;
+  }
+}
+
+/**
+ * A snapshot source (memory file, process) that cannot be read. `input` is true when the source as
+ * given is unusable (missing file, no such process): the CLI reports that as a usage error.
+ */
+export class SourceError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_SOURCE_ERROR';
+  readonly input: boolean;
+  constructor(message: string, cause?: unknown, options: { input?: boolean } = {}) {
+    super('LAZYSNAP_SOURCE_ERROR', message, { cause });
+    this.input = options.input ?? false;
+  }
+}
+
+/** A URL safe to log: credentials and query strings (presigned signatures) removed. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.username || u.password) (u.username = 'redacted'), (u.password = '');
+    if (u.search) u.search = '?redacted';
+    return u.toString();
+  } catch {
+    return url;
   }
 }
 

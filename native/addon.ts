@@ -94,6 +94,8 @@ export interface Addon {
   arrayBufferAt(address: bigint, length: number): ArrayBuffer;
   addressOf(view: ArrayBufferView): bigint;
 
+  fileDataExtents(fd: number): [number, number][];
+
   watchStart(fd: number, events: number, cb: (err: SystemError | null, events: number) => void): Handle<'watch'>;
   watchStop(w: Handle<'watch'>): void;
 

@@ -13,6 +13,7 @@
         "src/session_thread.c",
         "src/sock.c",
         "src/mem.c",
+        "src/file.c",
         "src/watch.c"
       ],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],

@@ -71,6 +71,11 @@ export function addressOf(view: ArrayBufferView): bigint {
   return addon().addressOf(view);
 }
 
+/** Data extents [start, end) of a file (sparse files: the holes are left out), via SEEK_DATA/SEEK_HOLE. */
+export function fileDataExtents(fd: number): [number, number][] {
+  return addon().fileDataExtents(fd);
+}
+
 export interface FdWatch {
   stop(): void;
 }

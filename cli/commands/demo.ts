@@ -1,159 +1,70 @@
-/**
- * `lazysnap demo`: a lazy restore of a process's memory, in one process, on the embedded default
- * (no store, no services). The main thread runs the restore runtime over a userfaultfd; a worker
- * thread reads the memory, faulting chunks in on demand; a simulated origin answers with a latency.
- * Zero chunks and chunks already resident are served by the native fault thread without JS.
- */
-import { Worker } from 'node:worker_threads';
+import { parseArgs } from 'node:util';
 
-import { UffdUnavailableError } from '../../core/errors.js';
-import {
-  ChunkTable,
-  FaultSession,
-  constants,
-  createUffd,
-  closeFd,
-  mmapAnonymous,
-  munmap,
-  uffdApi,
-  uffdRegister,
-  type SessionStats,
-} from '../../native/index.js';
-import { chunkBytes, isZeroChunk } from './demo-image.js';
-import type { DemoWorkerData, DemoWorkerResult } from './demo-worker.js';
+import { InvalidArgumentError } from '../../core/errors.js';
+import { formatBytes, parseSize } from '../../core/units.js';
+import { ms, type Io } from '../common.js';
+import { restoreOnce, workingSet, type DemoOptions, type RestoreRun } from '../demo/restore.js';
 
-export interface DemoOptions {
-  /** Bytes of memory to restore. @default 256 MiB */
-  size: number;
-  /** @default 512 KiB */
-  chunkSize: number;
-  /** Fraction of the chunks the workload reads. @default 0.1 */
-  workingSet: number;
-  /** Simulated origin latency per chunk fetch. @default 2 */
-  latencyMs: number;
-  /** Also restore eagerly (everything fetched before the workload) for comparison. */
-  compare: boolean;
-  seed: number;
-  signal?: AbortSignal;
+export const usage = `usage: lazysnap demo [options]
+
+Restores memory lazily through userfaultfd: a worker thread reads a working set of the memory while
+the main thread serves its faults from a simulated origin. Zero chunks are mapped without a fetch.
+Every byte read is verified.
+
+options:
+  --size SIZE          memory to restore (default 256MiB)
+  --chunk-size SIZE    chunk size, a power of two >= 4KiB (default 512KiB)
+  --working-set F      fraction of chunks the workload reads, 0 < F <= 1 (default 0.1)
+  --latency-ms N       simulated origin latency per chunk (default 2)
+  --compare            also run an eager restore (everything fetched first) side by side
+  --json               print the report as JSON
+`;
+
+function describeRun(r: RestoreRun, size: number): string[] {
+  return [
+    `${r.mode} restore${r.userModeOnly ? ' (user-mode-only uffd: unprivileged)' : ''}: ${r.verified ? 'every byte verified' : 'MISMATCH'}`,
+    `  time to first byte  ${ms(r.firstByteNs)}`,
+    `  workload done in    ${ms(r.totalNs)}`,
+    `  pages read          ${r.pagesRead}`,
+    `  faults              ${r.stats.faults} (zero chunks ${r.stats.zeroFaults}, sent to JS ${r.stats.forwardedFaults})`,
+    `  fetched             ${formatBytes(r.bytesFetched)} of ${formatBytes(size)} (${((100 * r.bytesFetched) / size).toFixed(1)}%)`,
+  ];
 }
 
-export interface RestoreRun {
-  mode: 'lazy' | 'eager';
-  userModeOnly: boolean;
-  totalNs: number;
-  firstByteNs: number;
-  chunksFetched: number;
-  bytesFetched: number;
-  zeroChunks: number;
-  pagesRead: number;
-  verified: boolean;
-  stats: SessionStats;
-}
-
-function openUffd(): { fd: number; userModeOnly: boolean } {
-  try {
-    return { fd: createUffd(), userModeOnly: false };
-  } catch (e) {
-    if (!(e instanceof UffdUnavailableError)) throw e;
-    // Process restore only needs faults taken in user mode, which the kernel allows without
-    // privilege (vm.unprivileged_userfaultfd = 0 still permits UFFD_USER_MODE_ONLY).
-    return { fd: createUffd({ userModeOnly: true }), userModeOnly: true };
+export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      size: { type: 'string', default: '256MiB' },
+      'chunk-size': { type: 'string', default: '512KiB' },
+      'working-set': { type: 'string', default: '0.1' },
+      'latency-ms': { type: 'string', default: '2' },
+      compare: { type: 'boolean', default: false },
+      json: { type: 'boolean', default: false },
+    },
+    strict: true,
+  });
+  const opts: DemoOptions = {
+    size: parseSize('--size', values.size),
+    chunkSize: parseSize('--chunk-size', values['chunk-size']),
+    workingSet: Number(values['working-set']),
+    latencyMs: Number(values['latency-ms']),
+    compare: values.compare,
+    seed: 0x5eed,
+    ...(signal ? { signal } : {}),
+  };
+  if (!(opts.workingSet > 0 && opts.workingSet <= 1)) throw new InvalidArgumentError('--working-set', 'a fraction in (0, 1]', values['working-set']);
+  if (!(Number.isFinite(opts.latencyMs) && opts.latencyMs >= 0)) throw new InvalidArgumentError('--latency-ms', 'a number >= 0', values['latency-ms']);
+  if (opts.size % 4096) throw new InvalidArgumentError('--size', 'a multiple of 4KiB', values.size);
+  const chunks = Math.ceil(opts.size / opts.chunkSize);
+  const touch = workingSet(chunks, opts.workingSet, opts.seed);
+  const runs = [await restoreOnce(opts, 'lazy', touch)];
+  if (opts.compare) runs.push(await restoreOnce(opts, 'eager', touch));
+  if (values.json) io.out(`${JSON.stringify({ size: opts.size, chunkSize: opts.chunkSize, chunks, touched: touch.length, runs })}\n`);
+  else {
+    io.out(`lazysnap demo: ${formatBytes(opts.size)} in ${chunks} chunks of ${formatBytes(opts.chunkSize)}, workload reads ${touch.length} chunks\n`);
+    for (const r of runs) io.out(`${describeRun(r, opts.size).join('\n')}\n`);
+    if (runs.length === 2) io.out(`lazy vs eager: ${(runs[1]!.totalNs / runs[0]!.totalNs).toFixed(1)}x faster to finish the workload\n`);
   }
-}
-
-/**
- * Source runs (tests, tsx) load the .ts worker through tsx's API, since Node 20 workers do not
- * inherit loader hooks; the published build loads the compiled .js directly.
- */
-function startWorker(workerData: DemoWorkerData): Worker {
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./demo-worker.js', import.meta.url), { workerData });
-  const api = import.meta.resolve('tsx/esm/api');
-  const file = new URL('./demo-worker.ts', import.meta.url).href;
-  const boot = `import(${JSON.stringify(api)}).then((m) => m.tsImport(${JSON.stringify(file)}, ${JSON.stringify(file)}))`;
-  return new Worker(boot, { eval: true, workerData });
-}
-
-export async function restoreOnce(opts: DemoOptions, mode: 'lazy' | 'eager', touch: number[]): Promise<RestoreRun> {
-  opts.signal?.throwIfAborted();
-  const { size, chunkSize, seed } = opts;
-  const c = constants();
-  const { fd, userModeOnly } = openUffd();
-  let address: bigint | undefined;
-  let session: FaultSession | undefined;
-  try {
-    uffdApi(fd, c.UFFD_FEATURE_EVENT_REMOVE);
-    address = mmapAnonymous(size);
-    uffdRegister(fd, address, size);
-    const table = new ChunkTable(size, chunkSize);
-    const zero = Uint8Array.from({ length: table.chunks }, (_, i) => (isZeroChunk(i, seed) ? 1 : 0));
-    table.markZero(zero);
-    let fetched = 0;
-    const installed = new Set<number>();
-    let onInstalled = () => {};
-    const fetchAndInstall = (chunks: Iterable<number>) => {
-      for (const i of chunks) {
-        setTimeout(() => {
-          if (session?.closed) return;
-          table.put(i, chunkBytes(i, table.chunkLength(i), seed));
-          fetched++;
-          session!.install(i);
-        }, opts.latencyMs);
-      }
-    };
-    session = new FaultSession(fd, { table, pageSize: 4096, regions: [{ base: address, size, offset: 0 }] }, (e) => {
-      fetchAndInstall(e.need);
-      for (const i of e.installed) installed.add(i);
-      if (e.installed.length) onInstalled();
-      for (const err of e.errors) console.error(`lazysnap demo: ${err.message}`);
-    });
-    const t0 = process.hrtime.bigint();
-    if (mode === 'eager') {
-      const all = [...Array(table.chunks).keys()].filter((i) => !zero[i]);
-      await new Promise<void>((res) => {
-        onInstalled = () => installed.size >= all.length && res();
-        fetchAndInstall(all);
-      });
-    }
-    const data: DemoWorkerData = { address, size, chunkSize, seed, touch };
-    const result = await new Promise<DemoWorkerResult>((res, rej) => {
-      const w = startWorker(data);
-      const abort = () => void w.terminate().then(() => rej(opts.signal!.reason));
-      opts.signal?.addEventListener('abort', abort, { once: true });
-      w.once('message', (m: DemoWorkerResult) => res(m));
-      w.once('error', rej);
-      w.once('exit', () => opts.signal?.removeEventListener('abort', abort));
-    });
-    const totalNs = Number(process.hrtime.bigint() - t0);
-    return {
-      mode,
-      userModeOnly,
-      totalNs,
-      firstByteNs: mode === 'eager' ? totalNs - result.totalNs + result.firstByteNs : result.firstByteNs,
-      chunksFetched: fetched,
-      bytesFetched: fetched * chunkSize,
-      zeroChunks: zero.reduce((a, b) => a + b, 0),
-      pagesRead: result.pagesRead,
-      verified: result.mismatchedChunks.length === 0,
-      stats: session.stats(),
-    };
-  } finally {
-    if (session) session.close();
-    else closeFd(fd);
-    if (address !== undefined) munmap(address, size);
-  }
-}
-
-/** The working set: a deterministic, scattered sample of chunk indices. */
-export function workingSet(chunks: number, fraction: number, seed: number): number[] {
-  const n = Math.max(1, Math.round(chunks * fraction));
-  const idx = [...Array(chunks).keys()];
-  let x = seed >>> 0 || 1;
-  for (let i = chunks - 1; i > 0; i--) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    const j = (x >>> 0) % (i + 1);
-    [idx[i], idx[j]] = [idx[j]!, idx[i]!];
-  }
-  return idx.slice(0, n);
+  return runs.every((r) => r.verified) ? 0 : 1;
 }

@@ -5,7 +5,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 
 import { arrayBufferAt } from '../../native/index.js';
-import { chunkBytes } from './demo-image.js';
+import { chunkBytes } from './image.js';
 
 export interface DemoWorkerData {
   address: bigint;

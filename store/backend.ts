@@ -1,0 +1,39 @@
+/**
+ * One interface for every place snapshots live: a local directory, S3 (or an S3-compatible
+ * server), or a read-only HTTP(S) origin such as an nginx or CDN cache in front of the bucket.
+ * Keys are relative, '/'-separated and validated by store/keys.ts before any backend sees them.
+ *
+ * Errors: a missing object is NotFoundError (code LAZYSNAP_NOT_FOUND); a write to a read-only
+ * store is StoreReadOnlyError; anything else is StoreError with `retryable` set when the same
+ * request may succeed later. Every operation takes an AbortSignal and rejects with signal.reason.
+ */
+export interface ObjectInfo {
+  key: string;
+  size: number;
+  /** Last modification time (ms since the epoch); used by gc's grace period. */
+  mtimeMs: number;
+}
+
+export interface ReadOptions {
+  signal?: AbortSignal;
+  /** Byte range [start, end) of the object. @default the whole object */
+  range?: { start: number; end: number };
+}
+
+export interface WriteOptions {
+  signal?: AbortSignal;
+}
+
+export interface StoreBackend {
+  /** The store's URL with credentials removed: safe for logs and error messages. */
+  readonly url: string;
+  readonly writable: boolean;
+  get(key: string, options?: ReadOptions): Promise<Buffer>;
+  /** Stores the object atomically: readers see the whole old object or the whole new one. */
+  put(key: string, body: Buffer, options?: WriteOptions): Promise<void>;
+  has(key: string, options?: { signal?: AbortSignal }): Promise<boolean>;
+  delete(key: string, options?: { signal?: AbortSignal }): Promise<void>;
+  /** Every object whose key starts with prefix ('' = all), in no particular order. */
+  list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo>;
+  close(): Promise<void>;
+}
