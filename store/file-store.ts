@@ -23,6 +23,8 @@ export class FileStore extends StoreBase {
   readonly url: string;
   readonly writable = true;
   readonly root: string;
+  /** Directories known to exist: chunks fan out over 256 of them, one mkdir each is enough. */
+  readonly #dirs = new Set<string>();
 
   constructor(root: string) {
     super();
@@ -62,7 +64,11 @@ export class FileStore extends StoreBase {
     const tmp = `${dest}${TEMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`;
     const durable = key.startsWith('manifests/');
     try {
-      await mkdir(path.dirname(dest), { recursive: true });
+      const dir = path.dirname(dest);
+      if (!this.#dirs.has(dir)) {
+        await mkdir(dir, { recursive: true });
+        this.#dirs.add(dir);
+      }
       const fh = await open(tmp, 'w', 0o644);
       try {
         await fh.writeFile(body, { signal });

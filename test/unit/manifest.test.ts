@@ -1,0 +1,107 @@
+import { describe, expect, expectTypeOf, it } from 'vitest';
+
+import { ManifestError, UnsupportedFormatError } from '../../core/errors.js';
+import { decodeChunk, encodeChunk, hashChunk, isZero } from '../../store/chunk.js';
+import { assertKey, chunkKey, parseChunkKey } from '../../store/keys.js';
+import { FORMAT, chunkCodec, chunkHash, encodeChunks, parseManifest, serializeManifest, type Manifest } from '../../store/manifest.js';
+
+function manifest(over: Partial<Manifest> = {}): Manifest {
+  const n = 4;
+  const hashes = Buffer.alloc(n * 32);
+  const flags = new Uint8Array([1, 0, 2, 1]);
+  for (const i of [0, 2, 3]) hashes.write(hashChunk(Buffer.from([i])), i * 32, 'hex');
+  return {
+    format: FORMAT,
+    id: 'snap-1',
+    createdAt: '2026-11-25T00:00:00.000Z',
+    source: { kind: 'memory-file' },
+    pageSize: 4096,
+    chunkSize: 65536,
+    totalSize: 4 * 65536,
+    regions: [{ offset: 0, size: 3 * 65536 }, { offset: 3 * 65536, size: 65536, address: '0x7f0000000000' }],
+    parent: null,
+    vmstate: null,
+    chunks: encodeChunks(hashes, flags, ['zstd', 'none']),
+    ...over,
+  };
+}
+
+describe('manifest lazysnap/1', () => {
+  it('round-trips and exposes per-chunk hash and codec (null for zero chunks)', () => {
+    const ix = parseManifest(serializeManifest(manifest()), 'snap-1');
+    expect(ix.count).toBe(4);
+    expect(chunkHash(ix, 1)).toBeNull();
+    expect(chunkCodec(ix, 1)).toBeNull();
+    expect(chunkHash(ix, 2)).toBe(hashChunk(Buffer.from([2])));
+    expect([0, 2, 3].map((i) => chunkCodec(ix, i))).toEqual(['zstd', 'none', 'zstd']);
+    expectTypeOf(ix.manifest.pageSize).toEqualTypeOf<4096 | 2097152>();
+  });
+
+  it('accepts minor versions and rejects other majors with UnsupportedFormatError', () => {
+    expect(parseManifest(serializeManifest(manifest({ format: 'lazysnap/1.7' }))).count).toBe(4);
+    const e = (() => {
+      try {
+        parseManifest(serializeManifest(manifest({ format: 'lazysnap/2' })));
+      } catch (x) {
+        return x;
+      }
+    })();
+    expect(e).toBeInstanceOf(UnsupportedFormatError);
+    expect(e).toMatchObject({ code: 'LAZYSNAP_UNSUPPORTED_FORMAT', format: 'lazysnap/2' });
+  });
+
+  it.each([
+    ['not JSON', '{', '(document)'],
+    ['an array', '[]', '(document)'],
+    ['a foreign format', JSON.stringify(manifest({ format: 'other/1' })), 'format'],
+    ['a bad id', JSON.stringify(manifest({ id: '../x' })), 'id'],
+    ['page size 12345', JSON.stringify(manifest({ pageSize: 12345 as 4096 })), 'pageSize'],
+    ['a chunk size not a power of two', JSON.stringify(manifest({ chunkSize: 65536 * 3 })), 'chunkSize'],
+    ['a gap between regions', JSON.stringify(manifest({ regions: [{ offset: 0, size: 65536 }, { offset: 131072, size: 131072 }] })), 'regions[1].offset'],
+    ['regions short of totalSize', JSON.stringify(manifest({ regions: [{ offset: 0, size: 65536 }] })), 'regions'],
+    ['an unaligned region', JSON.stringify(manifest({ regions: [{ offset: 0, size: 100 }] })), 'regions[0].size'],
+    ['a bad address', JSON.stringify(manifest({ regions: [{ offset: 0, size: 4 * 65536, address: '12' }] })), 'regions[0].address'],
+    ['too few hashes', JSON.stringify(manifest({ chunks: { ...manifest().chunks, hashes: Buffer.alloc(64).toString('base64') } })), 'chunks.hashes'],
+    ['an unknown codec', JSON.stringify(manifest({ chunks: { ...manifest().chunks, codecs: ['zstd', 'lz4' as 'none'] } })), 'chunks.codecs'],
+    ['a flag naming no codec', JSON.stringify(manifest({ chunks: { ...manifest().chunks, codecs: ['zstd'] } })), 'chunks.flags'],
+  ])('rejects %s, naming the field', (_name, text, field) => {
+    let err: unknown;
+    try {
+      parseManifest(text);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ManifestError);
+    expect(err).toMatchObject({ code: 'LAZYSNAP_BAD_MANIFEST', field });
+  });
+
+  it('rejects a manifest stored under another id', () => {
+    expect(() => parseManifest(serializeManifest(manifest()), 'other')).toThrow(/id: is "snap-1", expected "other"/);
+  });
+});
+
+describe('chunks and keys', () => {
+  it('hashes uncompressed bytes, detects zero without allocating, and verifies on decode', () => {
+    const bytes = Buffer.alloc(65536, 3);
+    const h = hashChunk(bytes);
+    expect(h).toMatch(/^[0-9a-f]{64}$/);
+    expect(isZero(Buffer.alloc(65536))).toBe(true);
+    expect(isZero(Buffer.concat([Buffer.alloc(65535), Buffer.from([1])]))).toBe(false);
+    const z = encodeChunk('zstd', bytes);
+    expect(z.length).toBeLessThan(1000);
+    expect(decodeChunk('k', 'zstd', z, h, 65536).equals(bytes)).toBe(true);
+    expect(() => decodeChunk('k', 'zstd', z, h.replace(/^./, (c) => (c === '0' ? '1' : '0')), 65536)).toThrow(/content hash .* does not match/);
+    expect(() => decodeChunk('k', 'zstd', Buffer.from('garbage'), h, 65536)).toThrow(expect.objectContaining({ code: 'LAZYSNAP_INTEGRITY' }));
+    expect(() => decodeChunk('k', 'none', bytes.subarray(1), h, 65536)).toThrow(/65535 bytes instead of 65536/);
+  });
+
+  it('lays chunks out as chunks/<2 hex>/<hash>[.codec] and parses them back', () => {
+    const h = hashChunk(Buffer.from('x'));
+    expect(chunkKey(h, 'zstd')).toBe(`chunks/${h.slice(0, 2)}/${h}.zstd`);
+    expect(chunkKey(h, 'none')).toBe(`chunks/${h.slice(0, 2)}/${h}`);
+    expect(parseChunkKey(chunkKey(h, 'zstd'))).toEqual({ hash: h, codec: 'zstd' });
+    expect(parseChunkKey(`chunks/zz/${h}`)).toBeUndefined();
+    expect(() => chunkKey('ABC', 'none')).toThrow(/64-digit lowercase hex/);
+    expect(() => assertKey('a/../b')).toThrow();
+  });
+});
