@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 
-import { InvalidArgumentError, InvalidUrlError, LazysnapError, SourceError } from '../core/errors.js';
+import { InvalidArgumentError, InvalidUrlError, LazysnapError, SourceError, StoreReadOnlyError } from '../core/errors.js';
 import { UsageError, type Io } from './common.js';
 
 export type { Io };
@@ -50,6 +50,7 @@ function isUsage(e: unknown): boolean {
     e instanceof UsageError ||
     e instanceof InvalidArgumentError ||
     e instanceof InvalidUrlError ||
+    e instanceof StoreReadOnlyError ||
     (e instanceof SourceError && e.input) ||
     (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'))
   );

@@ -8,7 +8,7 @@
  */
 import PQueue from 'p-queue';
 
-import { InvalidArgumentError, SourceError } from '../core/errors.js';
+import { InvalidArgumentError, SourceError, StoreReadOnlyError } from '../core/errors.js';
 import type { StoreBackend } from '../store/backend.js';
 import { assertCodec, encodeChunk, hashChunk, isZero, type Codec } from '../store/chunk.js';
 import { chunkKey, assertSnapshotId, manifestKey, vmstateKey } from '../store/keys.js';
@@ -74,6 +74,7 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
   }
   if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > 256) throw new InvalidArgumentError('concurrency', 'an integer from 1 to 256', concurrency);
   signal?.throwIfAborted();
+  if (!store.writable) throw new StoreReadOnlyError(store.url);
   if (await store.has(manifestKey(id), { ...(signal ? { signal } : {}) })) {
     throw new InvalidArgumentError('id', `an id not already used in ${store.url}`, id);
   }

@@ -29,8 +29,13 @@ export async function openStore(url: string, options: OpenStoreOptions = {}): Pr
     }
     return new FileStore(p);
   }
-  if (scheme === 's3' || scheme === 'http' || scheme === 'https') {
-    throw new InvalidUrlError(url, `${scheme}:// stores are not available in this build yet`);
+  if (scheme === 's3') {
+    const { S3Store } = await import('./s3-store.js');
+    return S3Store.fromUrl(url, { ...(options.s3Endpoint ? { endpoint: options.s3Endpoint } : {}) });
+  }
+  if (scheme === 'http' || scheme === 'https') {
+    const { HttpStore } = await import('./http-store.js');
+    return new HttpStore(url);
   }
   throw new InvalidUrlError(url, `unsupported scheme ${scheme}:// (use a directory path, file://, s3:// or http(s)://)`);
 }

@@ -1,0 +1,86 @@
+/**
+ * s3rver (the real S3 HTTP protocol, files on disk) in-process on 127.0.0.1, behind a tiny
+ * counting proxy so tests can assert how many requests of each method an operation caused.
+ * Both listen on ephemeral ports; stop() closes every socket so vitest can exit.
+ * s3rver accepts only the dummy key pair S3RVER / S3RVER (it checks signatures).
+ */
+import { once } from 'node:events';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createRequire } from 'node:module';
+
+import { tempDir } from './images.js';
+
+/** The part of s3rver's (untyped, CommonJS) API used here. */
+interface S3rverInstance {
+  run(): Promise<AddressInfo>;
+  close(): Promise<void>;
+  httpServer?: http.Server;
+}
+type S3rverCtor = new (options: Record<string, unknown>) => S3rverInstance;
+
+export const S3RVER_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } as const;
+
+export interface S3rverHandle {
+  /** The proxy's URL: point clients here. */
+  endpoint: string;
+  bucket: string;
+  /** Every request the proxy forwarded, in arrival order; `path` includes the query string. */
+  requests: { method: string; path: string; headers: http.IncomingHttpHeaders }[];
+  /** Forgets the request log. */
+  reset(): void;
+  stop(): Promise<void>;
+}
+
+export async function startS3rver(bucket = 'lazysnap-test'): Promise<S3rverHandle> {
+  const S3rver = createRequire(import.meta.url)('s3rver') as S3rverCtor;
+  const tmp = tempDir('lazysnap-s3rver-');
+  const s3 = new S3rver({
+    address: '127.0.0.1',
+    port: 0,
+    silent: true,
+    directory: tmp.dir,
+    configureBuckets: [{ name: bucket }],
+  });
+  const { port: s3Port } = await s3.run();
+
+  const requests: S3rverHandle['requests'] = [];
+  const agent = new http.Agent({ keepAlive: true });
+  const proxy = http.createServer((req, res) => {
+    requests.push({ method: req.method ?? '', path: req.url ?? '', headers: req.headers });
+    // Node's server already answered any `Expect: 100-continue`; the header is unsigned (SigV4).
+    const { expect: _expect, ...headers } = req.headers;
+    const up = http.request({ host: '127.0.0.1', port: s3Port, method: req.method, path: req.url, headers, agent }, (upRes) => {
+      res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+      upRes.pipe(res);
+      upRes.on('error', () => res.destroy());
+    });
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+    res.on('close', () => {
+      if (!res.writableFinished) up.destroy();
+    });
+  });
+  proxy.listen(0, '127.0.0.1');
+  await once(proxy, 'listening');
+  const { port } = proxy.address() as AddressInfo;
+
+  let stopped = false;
+  return {
+    endpoint: `http://127.0.0.1:${port}`,
+    bucket,
+    requests,
+    reset: () => void requests.splice(0),
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      const closed = new Promise<void>((resolve) => proxy.close(() => resolve()));
+      proxy.closeAllConnections();
+      await closed;
+      agent.destroy();
+      s3.httpServer?.closeAllConnections();
+      await s3.close();
+      tmp.cleanup();
+    },
+  };
+}
