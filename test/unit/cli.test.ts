@@ -1,14 +1,8 @@
 import { describe, expect, it } from 'vitest';
 
-import { main } from '../../cli/main.js';
 import { hasUffd, uffdSuite } from '../helpers/skip.js';
+import { cli as run } from '../helpers/cli.js';
 
-async function run(argv: string[]) {
-  let out = '';
-  let err = '';
-  const code = await main(argv, { out: (s) => (out += s), err: (s) => (err += s) });
-  return { code, out, err };
-}
 
 describe('lazysnap CLI', () => {
   it('prints help (exit 0), and usage with no command (exit 2)', async () => {

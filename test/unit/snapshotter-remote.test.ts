@@ -5,7 +5,6 @@
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { main } from '../../cli/main.js';
 import { createSnapshot } from '../../snapshotter/snapshot.js';
 import { openMemoryFile } from '../../snapshotter/source.js';
 import { FileStore } from '../../store/file-store.js';
@@ -15,15 +14,10 @@ import { makeImage, tempDir } from '../helpers/images.js';
 import { nginxSkipReason, startNginx, type NginxServer } from '../helpers/nginx.js';
 import { reassemble } from '../helpers/reassemble.js';
 import { S3RVER_CREDENTIALS, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
+import { cli } from '../helpers/cli.js';
 
 const CS = 256 * 1024;
 
-async function cli(argv: string[]) {
-  let out = '';
-  let err = '';
-  const code = await main(argv, { out: (s) => (out += s), err: (s) => (err += s) });
-  return { code, out, err };
-}
 
 describe('snapshots in S3 (s3rver)', () => {
   let s3: S3rverHandle;

@@ -4,7 +4,6 @@ import { closeSync, existsSync, openSync, readFileSync, readdirSync, truncateSyn
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
-import { main } from '../../cli/main.js';
 import { SourceError } from '../../core/errors.js';
 import { collectGarbage } from '../../snapshotter/gc.js';
 import { openProcess } from '../../snapshotter/process-source.js';
@@ -15,6 +14,7 @@ import { loadIndex } from '../../store/reader.js';
 import { buildC } from '../helpers/fixtures.js';
 import { makeImage, tempDir } from '../helpers/images.js';
 import { countingStore, reassemble } from '../helpers/reassemble.js';
+import { cli } from '../helpers/cli.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -27,12 +27,6 @@ function files(dir: string): string[] {
     .map((d) => path.relative(dir, path.join(d.parentPath, d.name)));
 }
 
-async function cli(argv: string[]) {
-  let out = '';
-  let err = '';
-  const code = await main(argv, { out: (s) => (out += s), err: (s) => (err += s) });
-  return { code, out, err };
-}
 
 describe('snapshotter with the directory store', () => {
   let tmp: ReturnType<typeof tempDir>;
