@@ -16,8 +16,10 @@
  * Exit status: 0 done, 1 serve error (the peer is SIGKILLed first, so that it
  * is not left hung on a fault nobody will resolve), 2 bad usage or handshake.
  *
- * Deliberate simplifications: one client, no SO_PEERCRED policy, removed
- * ranges kept in a fixed-size sorted array, no UFFDIO_POISON.
+ * Deliberate simplifications: one client, no peer authentication (the 0600
+ * socket is the only gate), removed ranges kept in a fixed-size sorted array,
+ * no UFFDIO_POISON, UFFDIO_ZEROPAGE for removed pages only (the image's own
+ * zero pages are copied like any other page).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -47,6 +49,7 @@
 #define MAX_FDS 8               /* room to see (and reject) extra fds */
 #define HANDSHAKE_TIMEOUT_S 10
 #define HUGE_PAGE (2UL << 20)
+#define MAX_CHUNK (1UL << 30)     /* keeps chunk arithmetic far from overflow */
 
 struct region {
 	uint64_t base;  /* base_host_virt_addr */
@@ -566,6 +569,12 @@ static int serve_zero(const struct region *r, uint64_t page)
  * of the page, so a chunk never fills a removed page with snapshot bytes.
  * A retry after DEFER resumes where the last attempt stopped: the pages
  * before that point were copied or found present (and woken).
+ *
+ * UFFDIO_COPY outcomes (fs/userfaultfd.c userfaultfd_copy, mm/userfaultfd.c
+ * mfill_atomic): 0 = all copied and woken; EAGAIN with copy > 0 = stopped at
+ * a present page after copying `copy` bytes; EEXIST = the first page is
+ * present; EAGAIN with copy <= 0 = mmap_changing (a REMOVE is queued);
+ * ESRCH = the client's mm has exited.
  */
 static int resolve(struct fault *f)
 {
@@ -833,9 +842,9 @@ int main(int argc, char **argv)
 	}
 	if (!sock_path || !image_path || !chunk)
 		usage();
-	if (pagesize <= 0 || (chunk & (chunk - 1)) || chunk % (uint64_t)pagesize)
-		die(2, "--chunk-size: expected a power of two and a multiple of %ld, got %" PRIu64,
-		    pagesize, chunk);
+	if (pagesize <= 0 || (chunk & (chunk - 1)) || chunk % (uint64_t)pagesize || chunk > MAX_CHUNK)
+		die(2, "--chunk-size: expected a power of two, a multiple of %ld and at most %lu, got %" PRIu64,
+		    pagesize, (unsigned long)MAX_CHUNK, chunk);
 
 	load_image(image_path);
 	zero_huge = mmap(NULL, HUGE_PAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
