@@ -146,7 +146,7 @@ static bool parse_regions(napi_env env, napi_value arr, session_t *s) {
         !arg_u64(env, off, "regions[].offset", &r->offset))
       return false;
     uint64_t m = s->page_size - 1;
-    /* Memory safety, not policy: a copy reads blob bytes at (offset - chunk start), so every region
+    /* Memory safety, not policy: a copy reads table bytes at (offset - chunk start), so every region
      * must lie inside the snapshot and on page boundaries. */
     if (r->size == 0 || (r->base & m) || (r->size & m) || (r->offset & m) || r->offset > s->total_size ||
         r->size > s->total_size - r->offset || r->base + r->size < r->base) {

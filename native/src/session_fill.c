@@ -79,9 +79,9 @@ static int copy_range(session_t *s, uint64_t dst, const uint8_t *src, uint64_t o
   return 0;
 }
 
-/* Fills snapshot range [lo, hi) in every region it touches: from blob (bytes of the chunk starting at
- * chunk_lo), zeros (blob NULL, mode ZERO) or poison. */
-int fill_span(session_t *s, uint64_t lo, uint64_t hi, uint64_t chunk_lo, const blob_t *blob,
+/* Fills snapshot range [lo, hi) in every region it touches: from src (the bytes of the chunk that
+ * starts at chunk_lo), zeros (src NULL, mode ZERO) or poison. */
+int fill_span(session_t *s, uint64_t lo, uint64_t hi, uint64_t chunk_lo, const uint8_t *src,
                      uffd_fill_mode mode) {
   for (uint32_t i = 0; i < s->nregions; i++) {
     const region_t *r = &s->regions[i];
@@ -91,15 +91,15 @@ int fill_span(session_t *s, uint64_t lo, uint64_t hi, uint64_t chunk_lo, const b
     uint64_t dst = r->base + (a - r->offset);
     int rc;
     if (mode == UFFD_FILL_POISON) rc = do_fill(s, UFFD_FILL_POISON, dst, NULL, b - a);
-    else if (blob) rc = copy_range(s, dst, blob->data + (a - chunk_lo), a, b - a);
+    else if (src) rc = copy_range(s, dst, src + (a - chunk_lo), a, b - a);
     else rc = zero_range(s, dst, b - a);
     if (rc) return rc;
   }
   return 0;
 }
 
-int fill_chunk(session_t *s, uint32_t c, const blob_t *blob, uffd_fill_mode mode) {
+int fill_chunk(session_t *s, uint32_t c, const uint8_t *src, uffd_fill_mode mode) {
   uint64_t lo = (uint64_t)c * s->chunk_size;
   uint64_t hi = lo + s->chunk_size > s->total_size ? s->total_size : lo + s->chunk_size;
-  return fill_span(s, lo, hi, lo, blob, mode);
+  return fill_span(s, lo, hi, lo, src, mode);
 }

@@ -93,8 +93,8 @@ const region_t *region_of(const session_t *s, uint64_t addr);
 bool is_removed(const session_t *s, uint64_t off);
 bool mark_removed(session_t *s, uint64_t start, uint64_t end);
 int zero_range(session_t *s, uint64_t dst, uint64_t len);
-int fill_span(session_t *s, uint64_t lo, uint64_t hi, uint64_t chunk_lo, const blob_t *blob, uffd_fill_mode mode);
-int fill_chunk(session_t *s, uint32_t c, const blob_t *blob, uffd_fill_mode mode);
+int fill_span(session_t *s, uint64_t lo, uint64_t hi, uint64_t chunk_lo, const uint8_t *src, uffd_fill_mode mode);
+int fill_chunk(session_t *s, uint32_t c, const uint8_t *src, uffd_fill_mode mode);
 
 /* session_thread.c */
 void *session_thread_main(void *arg);

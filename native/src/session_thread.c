@@ -65,15 +65,15 @@ static int resolve(session_t *s, uint64_t addr) {
     return rc == -EAGAIN ? rc : 0;
   }
   uint32_t c = (uint32_t)(off / s->chunk_size);
-  blob_t *blob = NULL;
-  int st = table_get(s->table, c, &blob);
+  const uint8_t *data = NULL;
+  int st = table_acquire(s->table, c, &data);
   int rc = 0;
   if (s->cstate[c] == CS_INSTALLED) {
     /* The chunk was installed whole: this event was queued before the install woke its thread, or
      * the page was lost some other way. Resolve just this page; EEXIST (the usual case) wakes it. */
     STAT_ADD(s, staleFaults, 1);
     uint64_t plo = off, phi = off + s->page_size;
-    if (st == CHUNK_RESIDENT) rc = fill_span(s, plo, phi, (uint64_t)c * s->chunk_size, blob, UFFD_FILL_COPY);
+    if (st == CHUNK_RESIDENT) rc = fill_span(s, plo, phi, (uint64_t)c * s->chunk_size, data, UFFD_FILL_COPY);
     else if (st == CHUNK_ZERO) rc = fill_span(s, plo, phi, plo, NULL, UFFD_FILL_ZERO);
     else {
       s->cstate[c] = CS_REQUESTED;
@@ -86,7 +86,7 @@ static int resolve(session_t *s, uint64_t addr) {
     if (rc == 0) s->cstate[c] = CS_INSTALLED;
   } else if (st == CHUNK_RESIDENT) {
     STAT_ADD(s, residentFaults, 1);
-    rc = fill_chunk(s, c, blob, UFFD_FILL_COPY);
+    rc = fill_chunk(s, c, data, UFFD_FILL_COPY);
     if (rc == 0) s->cstate[c] = CS_INSTALLED;
   } else if (s->cstate[c] != CS_REQUESTED) {
     /* Absent: ask JS once. The faulting thread sleeps in the kernel until the install wakes it; the
@@ -95,7 +95,7 @@ static int resolve(session_t *s, uint64_t addr) {
     out_chunk(s, &s->need, c);
     STAT_ADD(s, forwardedFaults, 1);
   }
-  blob_unref(blob);
+  if (data) table_release(s->table, c);
   if (rc && rc != -EAGAIN) classify(s, rc, c, "ioctl(UFFDIO_COPY)");
   return rc == -EAGAIN ? rc : 0;
 }
@@ -117,8 +117,8 @@ static int run_command(session_t *s, cmd_t cmd) {
     out_chunk(s, &s->installed, c);
     return 0;
   }
-  blob_t *blob = NULL;
-  int st = table_get(s->table, c, &blob);
+  const uint8_t *data = NULL;
+  int st = table_acquire(s->table, c, &data);
   int rc = 0;
   if (st == CHUNK_ABSENT) {
     /* Evicted between put and install (JS's budget policy raced its own install). JS re-puts. */
@@ -127,8 +127,8 @@ static int run_command(session_t *s, cmd_t cmd) {
     out_chunk(s, &s->missing, c);
     return 0;
   }
-  rc = fill_chunk(s, c, st == CHUNK_RESIDENT ? blob : NULL, st == CHUNK_RESIDENT ? UFFD_FILL_COPY : UFFD_FILL_ZERO);
-  blob_unref(blob);
+  rc = fill_chunk(s, c, data, st == CHUNK_RESIDENT ? UFFD_FILL_COPY : UFFD_FILL_ZERO);
+  if (data) table_release(s->table, c);
   if (rc == -EAGAIN) return rc;
   if (rc) {
     classify(s, rc, c, "ioctl(UFFDIO_COPY)");

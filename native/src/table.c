@@ -1,23 +1,22 @@
 #include "table.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "napi_util.h"
 
 static const napi_type_tag TABLE_TAG = {0x6c617a79736e6170ULL, 0x7461626c65000001ULL};
 
-void table_ref(table_t *t) { atomic_fetch_add(&t->ref, 1); }
+#define HUGE_2M (2ull << 20)
 
-void blob_unref(blob_t *b) {
-  if (b && atomic_fetch_sub(&b->ref, 1) == 1) free(b);
-}
+void table_ref(table_t *t) { atomic_fetch_add(&t->ref, 1); }
 
 void table_unref(table_t *t) {
   if (atomic_fetch_sub(&t->ref, 1) != 1) return;
-  for (uint32_t i = 0; i < t->nchunks; i++) blob_unref(t->blobs[i]);
-  free(t->blobs);
-  free(t->state);
+  munmap(t->arena, t->arena_len);
+  free(t->state), free(t->readers), free(t->discard);
   pthread_mutex_destroy(&t->mu);
   free(t);
 }
@@ -28,15 +27,37 @@ uint64_t table_chunk_len(const table_t *t, uint32_t i) {
   return (end > t->total_size ? t->total_size : end) - start;
 }
 
-int table_get(table_t *t, uint32_t i, blob_t **blob) {
+/* Gives chunk i's memory back to the kernel. Called with mu held and no reader. */
+static void discard_locked(table_t *t, uint32_t i) {
+  uint64_t off = (uint64_t)i * t->chunk_size;
+  uint64_t len = (table_chunk_len(t, i) + 4095) & ~4095ull;
+  madvise(t->arena + off, len, MADV_DONTNEED); /* cannot fail on a valid private anonymous range */
+  t->discard[i] = 0;
+}
+
+int table_acquire(table_t *t, uint32_t i, const uint8_t **data) {
   pthread_mutex_lock(&t->mu);
   int st = t->state[i];
   if (st == CHUNK_RESIDENT) {
-    *blob = t->blobs[i];
-    atomic_fetch_add(&(*blob)->ref, 1);
+    t->readers[i]++;
+    *data = t->arena + (uint64_t)i * t->chunk_size;
   }
   pthread_mutex_unlock(&t->mu);
-  return st;
+  return st == CHUNK_FILLING ? CHUNK_ABSENT : st;
+}
+
+void table_release(table_t *t, uint32_t i) {
+  pthread_mutex_lock(&t->mu);
+  if (--t->readers[i] == 0 && t->discard[i]) discard_locked(t, i);
+  pthread_mutex_unlock(&t->mu);
+}
+
+/* Leaves RESIDENT for another state: the memory goes back now, or when the last reader leaves. */
+static void drop_resident_locked(table_t *t, uint32_t i) {
+  t->resident_bytes -= table_chunk_len(t, i);
+  t->resident_chunks--;
+  if (t->readers[i]) t->discard[i] = 1;
+  else discard_locked(t, i);
 }
 
 static void table_finalize(napi_env env, void *data, void *hint) { table_unref(data); }
@@ -82,14 +103,28 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   table_t *t = calloc(1, sizeof *t);
   if (t) {
     t->state = calloc(n, 1);
-    t->blobs = calloc(n, sizeof *t->blobs);
+    t->readers = calloc(n, sizeof *t->readers);
+    t->discard = calloc(n, 1);
   }
-  if (!t || !t->state || !t->blobs) {
-    if (t) free(t->state), free(t->blobs);
+  /* Over-reserve by 2 MiB to align the arena on a huge-page boundary, then trim. */
+  uint64_t len = (total + HUGE_2M - 1) & ~(HUGE_2M - 1);
+  uint8_t *raw = MAP_FAILED;
+  if (t && t->state && t->readers && t->discard)
+    raw = mmap(NULL, len + HUGE_2M, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) {
+    int e = t && t->state && t->readers && t->discard ? errno : ENOMEM;
+    if (t) free(t->state), free(t->readers), free(t->discard);
     free(t);
-    throw_errno(env, 12 /* ENOMEM */, "calloc");
+    throw_errno(env, e, e == ENOMEM ? "calloc" : "mmap(chunk arena)");
     return NULL;
   }
+  uint8_t *arena = (uint8_t *)(((uintptr_t)raw + HUGE_2M - 1) & ~(uintptr_t)(HUGE_2M - 1));
+  if (arena > raw) munmap(raw, (uint64_t)(arena - raw));
+  if (raw + len + HUGE_2M > arena + len) munmap(arena + len, (uint64_t)(raw + len + HUGE_2M - (arena + len)));
+  /* EINVAL: THP compiled out or disabled; the arena still works on 4 KiB pages. */
+  madvise(arena, len, MADV_HUGEPAGE);
+  t->arena = arena;
+  t->arena_len = len;
   atomic_init(&t->ref, 1);
   pthread_mutex_init(&t->mu, NULL);
   t->nchunks = (uint32_t)n;
@@ -115,29 +150,26 @@ static napi_value js_put(napi_env env, napi_callback_info info) {
     throw_arg(env, "bytes for chunk %u must be %llu bytes long, received %zu", i, (unsigned long long)want, len);
     return NULL;
   }
-  /* A copy, not a reference to the JS buffer: a fault thread may read it at any time, and a V8
-   * buffer can only be released from the JS thread. The memcpy costs ~5% of a UFFDIO_COPY. */
-  blob_t *b = malloc(sizeof *b + len);
-  if (!b) {
-    throw_errno(env, 12, "malloc");
-    return NULL;
-  }
-  atomic_init(&b->ref, 1);
-  b->len = len;
-  memcpy(b->data, data, len);
+  /* A copy into the arena, not a reference to the JS buffer: a fault thread may read it at any
+   * time, and a V8 buffer can only be released from the JS thread. Chunks are content-addressed,
+   * so chunk i's bytes never change within a table: a put on a resident chunk has nothing to do.
+   * put / evict / setZero all run on the JS thread; only fault threads (readers) race with them. */
   pthread_mutex_lock(&t->mu);
-  blob_t *old = t->blobs[i];
-  if (t->state[i] == CHUNK_ZERO) t->zero_chunks--;
-  if (old) {
-    t->resident_bytes -= old->len;
-    t->resident_chunks--;
+  int st = t->state[i];
+  if (st == CHUNK_RESIDENT) {
+    pthread_mutex_unlock(&t->mu);
+    return make_undefined(env);
   }
-  t->blobs[i] = b;
+  if (st == CHUNK_ZERO) t->zero_chunks--;
+  t->discard[i] = 0; /* evicted but still being read: the bytes are there, and identical */
+  t->state[i] = CHUNK_FILLING;
+  pthread_mutex_unlock(&t->mu);
+  memcpy(t->arena + (uint64_t)i * t->chunk_size, data, len);
+  pthread_mutex_lock(&t->mu);
   t->state[i] = CHUNK_RESIDENT;
   t->resident_bytes += len;
   t->resident_chunks++;
   pthread_mutex_unlock(&t->mu);
-  blob_unref(old);
   return make_undefined(env);
 }
 
@@ -149,16 +181,10 @@ static napi_value js_set_zero(napi_env env, napi_callback_info info) {
   table_t *t = table_from_js(env, argv[0]);
   if (!t || !arg_chunk(env, t, argv[1], &i)) return NULL;
   pthread_mutex_lock(&t->mu);
-  blob_t *old = t->blobs[i];
-  t->blobs[i] = NULL;
-  if (old) {
-    t->resident_bytes -= old->len;
-    t->resident_chunks--;
-  }
+  if (t->state[i] == CHUNK_RESIDENT) drop_resident_locked(t, i);
   if (t->state[i] != CHUNK_ZERO) t->zero_chunks++;
   t->state[i] = CHUNK_ZERO;
   pthread_mutex_unlock(&t->mu);
-  blob_unref(old);
   return make_undefined(env);
 }
 
@@ -185,7 +211,7 @@ static napi_value js_mark_zero(napi_env env, napi_callback_info info) {
   return make_undefined(env);
 }
 
-/* tableEvict(table, i) → bytes freed. Sessions already copying keep the bytes alive until done. */
+/* tableEvict(table, i) → bytes freed. A fault thread copying the chunk keeps its memory until done. */
 static napi_value js_evict(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   uint32_t i;
@@ -194,17 +220,12 @@ static napi_value js_evict(napi_env env, napi_callback_info info) {
   if (!t || !arg_chunk(env, t, argv[1], &i)) return NULL;
   uint64_t freed = 0;
   pthread_mutex_lock(&t->mu);
-  blob_t *old = NULL;
   if (t->state[i] == CHUNK_RESIDENT) {
-    old = t->blobs[i];
-    t->blobs[i] = NULL;
+    freed = table_chunk_len(t, i);
+    drop_resident_locked(t, i);
     t->state[i] = CHUNK_ABSENT;
-    freed = old->len;
-    t->resident_bytes -= freed;
-    t->resident_chunks--;
   }
   pthread_mutex_unlock(&t->mu);
-  blob_unref(old);
   return make_u64(env, freed);
 }
 
@@ -215,7 +236,7 @@ static napi_value js_state(napi_env env, napi_callback_info info) {
   table_t *t = table_from_js(env, argv[0]);
   if (!t || !arg_chunk(env, t, argv[1], &i)) return NULL;
   pthread_mutex_lock(&t->mu);
-  int st = t->state[i];
+  int st = t->state[i] == CHUNK_FILLING ? CHUNK_ABSENT : t->state[i];
   pthread_mutex_unlock(&t->mu);
   return make_i32(env, st);
 }

@@ -13,13 +13,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-enum { CHUNK_ABSENT = 0, CHUNK_ZERO = 1, CHUNK_RESIDENT = 2 };
-
-typedef struct blob {
-  atomic_uint ref;
-  uint64_t len;
-  uint8_t data[];
-} blob_t;
+enum { CHUNK_ABSENT = 0, CHUNK_ZERO = 1, CHUNK_RESIDENT = 2, CHUNK_FILLING = 3 };
 
 typedef struct table {
   atomic_uint ref; /* the JS handle + one per session */
@@ -27,8 +21,16 @@ typedef struct table {
   uint32_t nchunks;
   uint64_t chunk_size;
   uint64_t total_size;
-  uint8_t *state;         /* guarded by mu */
-  blob_t **blobs;         /* guarded by mu */
+  /* Chunk i's bytes live at arena + i * chunk_size: one reservation of the snapshot's size
+   * (MAP_NORESERVE: only resident chunks cost memory), 2 MiB aligned and advised for transparent
+   * huge pages. UFFDIO_COPY reads its source through the page tables; with 4 KiB source pages a
+   * nested VM pays a two-dimensional page walk per page, which measured 3x slower than huge pages
+   * (bench/ANALYSIS.md). */
+  uint8_t *arena;
+  uint64_t arena_len;
+  uint8_t *state;          /* CHUNK_*, guarded by mu */
+  uint32_t *readers;       /* fault threads copying from chunk i, guarded by mu */
+  uint8_t *discard;        /* evicted while read: release the memory when the last reader leaves */
   uint64_t resident_bytes; /* guarded by mu */
   uint32_t resident_chunks;
   uint32_t zero_chunks;
@@ -36,9 +38,10 @@ typedef struct table {
 
 void table_ref(table_t *t);
 void table_unref(table_t *t);
-void blob_unref(blob_t *b);
-/* State of chunk i; for CHUNK_RESIDENT *blob is set and referenced: the caller must blob_unref it. */
-int table_get(table_t *t, uint32_t i, blob_t **blob);
+/* State of chunk i. For CHUNK_RESIDENT, *data points at its bytes, which stay valid and unchanged
+ * until table_release(t, i): the caller must release. */
+int table_acquire(table_t *t, uint32_t i, const uint8_t **data);
+void table_release(table_t *t, uint32_t i);
 uint64_t table_chunk_len(const table_t *t, uint32_t i);
 /* Unwraps a JS table handle (throws and returns NULL if v is not one). */
 table_t *table_from_js(napi_env env, napi_value v);
