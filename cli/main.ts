@@ -17,6 +17,7 @@ interface Command {
 const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
   snapshot: { summary: 'chunk VM or process memory into a store', load: () => import('./commands/snapshot.js') },
   inspect: { summary: "show a snapshot's manifest", load: () => import('./commands/inspect.js') },
+  serve: { summary: 'serve a snapshot to Firecracker (UFFD backend) or processes, faulting pages in on demand', load: () => import('./commands/serve.js') },
   gc: { summary: 'delete chunks no manifest references', load: () => import('./commands/gc.js') },
   demo: { summary: "restore a process's memory lazily, in-process, on the embedded default", load: () => import('./commands/demo.js') },
 };

@@ -18,7 +18,9 @@ export type ErrorCode =
   | 'LAZYSNAP_BAD_MANIFEST'
   | 'LAZYSNAP_UNSUPPORTED_FORMAT'
   | 'LAZYSNAP_INTEGRITY'
-  | 'LAZYSNAP_SOURCE_ERROR';
+  | 'LAZYSNAP_SOURCE_ERROR'
+  | 'LAZYSNAP_BAD_HANDSHAKE'
+  | 'LAZYSNAP_FETCH_FAILED';
 
 export class LazysnapError extends Error {
   readonly code: ErrorCode;
@@ -160,6 +162,26 @@ export class SourceError extends LazysnapError {
   constructor(message: string, cause?: unknown, options: { input?: boolean } = {}) {
     super('LAZYSNAP_SOURCE_ERROR', message, { cause });
     this.input = options.input ?? false;
+  }
+}
+
+/** A UFFD handshake that breaks the protocol (PROTOCOL.md). The connection is closed; others go on. */
+export class HandshakeError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_BAD_HANDSHAKE';
+  constructor(reason: string) {
+    super('LAZYSNAP_BAD_HANDSHAKE', `invalid UFFD handshake: ${reason}`);
+  }
+}
+
+/** No origin delivered a verified chunk. `errors` has one line per attempt, in order. */
+export class FetchError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_FETCH_FAILED';
+  readonly key: string;
+  readonly errors: string[];
+  constructor(key: string, errors: string[]) {
+    super('LAZYSNAP_FETCH_FAILED', `${key}: no origin delivered a verified chunk (${errors.join('; ') || 'no origins'})`);
+    this.key = key;
+    this.errors = errors;
   }
 }
 

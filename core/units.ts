@@ -18,3 +18,10 @@ export function formatBytes(n: number): string {
   while (v >= 1024 && i < units.length - 1) (v /= 1024), i++;
   return `${i === 0 ? v : v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
 }
+
+/** Parses "500ms", "30s", "10m", "1h", "2d" into milliseconds. */
+export function parseDuration(text: string, name: string): number {
+  const m = /^(\d+)(ms|s|m|h|d)$/.exec(text);
+  if (!m) throw new InvalidArgumentError(name, 'a duration such as 500ms, 30s, 10m, 1h or 2d', text);
+  return Number(m[1]) * { ms: 1, s: 1e3, m: 6e4, h: 3.6e6, d: 8.64e7 }[m[2] as 'ms' | 's' | 'm' | 'h' | 'd'];
+}

@@ -191,6 +191,8 @@ export interface SessionStats {
   partialCopies: number;
   mmapChangingRetries: number;
   notifications: number;
+  /** Nanoseconds from session creation to the first page made present (0: none yet). */
+  firstServedNs: number;
 }
 
 /**

@@ -1,7 +1,6 @@
 import { parseArgs } from 'node:util';
 
-import { InvalidArgumentError } from '../../core/errors.js';
-import { formatBytes } from '../../core/units.js';
+import { formatBytes, parseDuration } from '../../core/units.js';
 import { collectGarbage } from '../../snapshotter/gc.js';
 import { storeFrom, type Io } from '../common.js';
 
@@ -15,12 +14,6 @@ options:
   --grace DURATION  keep unreferenced chunks younger than this: 30s, 10m, 1h, 2d (default 1h)
 `;
 
-export function parseDuration(text: string): number {
-  const m = /^(\d+)(ms|s|m|h|d)$/.exec(text);
-  if (!m) throw new InvalidArgumentError('--grace', 'a duration such as 30s, 10m, 1h or 2d', text);
-  return Number(m[1]) * { ms: 1, s: 1e3, m: 6e4, h: 3.6e6, d: 8.64e7 }[m[2] as 'ms' | 's' | 'm' | 'h' | 'd'];
-}
-
 export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
   const { values } = parseArgs({
     args: argv,
@@ -33,7 +26,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
     },
     strict: true,
   });
-  const graceMs = parseDuration(values.grace);
+  const graceMs = parseDuration(values.grace, '--grace');
   const store = await storeFrom(values);
   try {
     const r = await collectGarbage({ store, dryRun: values['dry-run'], graceMs, ...(signal ? { signal } : {}) });

@@ -201,6 +201,7 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   s->uffd = -1;
   s->efd = -1;
   s->page_size = ps;
+  s->created_ns = monotonic_ns();
   s->chunk_size = table->chunk_size;
   s->total_size = table->total_size;
   if (!prop(env, argv[1], "regions", &v)) {

@@ -3,6 +3,7 @@
  * removed page. Runs only on the session's fault thread. */
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 
 #include "session_internal.h"
 
@@ -43,10 +44,22 @@ bool mark_removed(session_t *s, uint64_t start, uint64_t end) {
 
 /* ---- filling ---------------------------------------------------------------------------------- */
 
+uint64_t monotonic_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void mark_served(session_t *s) {
+  if (atomic_load_explicit(&s->stats[ST_firstServedNs], memory_order_relaxed) == 0)
+    atomic_store_explicit(&s->stats[ST_firstServedNs], monotonic_ns() - s->created_ns + 1, memory_order_relaxed);
+}
+
 static int do_fill(session_t *s, uffd_fill_mode mode, uint64_t dst, const void *src, uint64_t len) {
   uffd_fill_stats st = {0};
   uint64_t done = 0;
   int r = uffd_fill(s->uffd, mode, dst, src, len, s->page_size, true, &st, &done);
+  if (st.bytes && mode != UFFD_FILL_POISON) mark_served(s);
   if (mode == UFFD_FILL_COPY) STAT_ADD(s, bytesCopied, st.bytes);
   else if (mode == UFFD_FILL_ZERO) STAT_ADD(s, bytesZeroed, st.bytes);
   else STAT_ADD(s, bytesPoisoned, st.bytes);

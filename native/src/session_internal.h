@@ -25,7 +25,7 @@ typedef struct { uint32_t *v; size_t n, cap; } u32vec;
 #define STATS(X)                                                                                      \
   X(faults) X(zeroFaults) X(residentFaults) X(removedFaults) X(forwardedFaults) X(staleFaults)        \
   X(removes) X(unknownEvents) X(installs) X(poisons) X(missing) X(bytesCopied) X(bytesZeroed)         \
-  X(bytesPoisoned) X(pagesPresent) X(partialCopies) X(mmapChangingRetries) X(notifications)
+  X(bytesPoisoned) X(pagesPresent) X(partialCopies) X(mmapChangingRetries) X(notifications) X(firstServedNs)
 enum {
 #define X(n) ST_##n,
   STATS(X)
@@ -68,6 +68,7 @@ typedef struct session {
   napi_threadsafe_function tsfn;
 
   _Atomic uint64_t stats[ST_COUNT];
+  uint64_t created_ns; /* CLOCK_MONOTONIC at creation, for firstServedNs */
 } session_t;
 
 
@@ -87,6 +88,10 @@ static inline bool grow(void **p, size_t n, size_t *cap, size_t sz) {
 static inline void u32_push(u32vec *a, uint32_t x) {
   if (grow((void **)&a->v, a->n, &a->cap, sizeof *a->v)) a->v[a->n++] = x;
 }
+
+/* Records the first time a page was made present for the peer (a fault or an install). */
+void mark_served(session_t *s);
+uint64_t monotonic_ns(void);
 
 /* session_fill.c */
 const region_t *region_of(const session_t *s, uint64_t addr);

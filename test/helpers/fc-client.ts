@@ -53,7 +53,8 @@ export function startClient(args: string[], opts: { taskset?: string } = {}): Ru
   child.stderr!.on('data', (d: string) => (err += d));
   child.stdin!.on('error', () => {}); // the client may exit (SIGBUS) before reading stdin
   const result = (async () => {
-    const [code, signal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null];
+    // 'close', not 'exit': exit can fire before stdout has been read to its end.
+    const [code, signal] = (await once(child, 'close')) as [number | null, NodeJS.Signals | null];
     const line = out.split('\n').find((l) => l.startsWith('{'));
     return { code, signal, report: line ? (JSON.parse(line) as ClientReport) : null, stderr: err };
   })();

@@ -1,0 +1,92 @@
+import { parseArgs } from 'node:util';
+
+import { InvalidArgumentError } from '../../core/errors.js';
+import { parseDuration, parseSize } from '../../core/units.js';
+import { RestoreServer } from '../../runtime/restore-server.js';
+import { intOption, required, UsageError, type Io } from '../common.js';
+
+export const usage = `usage: lazysnap serve --store URL [--store URL ...] --id ID --socket PATH [options]
+
+Serves a snapshot's memory over the Firecracker UFFD handshake: point Firecracker's
+PUT /snapshot/load at it with {"mem_backend": {"backend_type": "Uffd", "backend_path": PATH}}.
+Pages are faulted in on demand from the stores (the first that delivers verified bytes wins); zero
+chunks are mapped without a fetch. Runs until SIGTERM or SIGINT, then drains live sessions.
+
+options:
+  --store URL            a store (repeat for an ordered fallback list: directory, file://, s3://, http(s)://)
+  --id ID                the snapshot to serve
+  --socket PATH          the Unix socket to create (0600; its directory is created 0700)
+  --cache-dir DIR        host disk cache of verified chunks, shared by serve processes (default: none)
+  --cache-budget SIZE    disk cache budget (default 8GiB)
+  --memory-budget SIZE   resident chunk bytes shared by all sessions (default 1GiB)
+  --fail-timeout DUR     a fault waits at most this long for a verified chunk before the session
+                         fails closed (poison, else SIGKILL of the peer) (default 10s)
+  --fail-closed MODE     auto (poison where the kernel can, else SIGKILL), poison, or kill (default auto)
+  --attempt-timeout DUR  per origin request (default 5s)
+  --retries N            retries of a retryable origin error (default 2)
+  --handshake-timeout DUR  close connections that send no handshake (default 5s)
+  --shutdown-grace DUR   on SIGTERM, how long live sessions may run (default 30s)
+  --metrics-port N       serve Prometheus metrics on this port (default: off)
+  --metrics-host HOST    address for metrics (default 127.0.0.1)
+  --allow-uid UID        only serve peers with this uid (repeatable; default: any)
+  --s3-endpoint URL      S3-compatible endpoint (also AWS_ENDPOINT_URL_S3)
+`;
+
+export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      store: { type: 'string', multiple: true },
+      id: { type: 'string' },
+      socket: { type: 'string' },
+      'cache-dir': { type: 'string' },
+      'cache-budget': { type: 'string' },
+      'memory-budget': { type: 'string' },
+      'fail-timeout': { type: 'string', default: '10s' },
+      'fail-closed': { type: 'string', default: 'auto' },
+      'attempt-timeout': { type: 'string', default: '5s' },
+      retries: { type: 'string' },
+      'handshake-timeout': { type: 'string', default: '5s' },
+      'shutdown-grace': { type: 'string', default: '30s' },
+      'metrics-port': { type: 'string' },
+      'metrics-host': { type: 'string' },
+      'allow-uid': { type: 'string', multiple: true },
+      's3-endpoint': { type: 'string' },
+      prefetch: { type: 'string' },
+    },
+    strict: true,
+  });
+  if (!values.store?.length) throw new UsageError('--store is required (repeat it for an ordered fallback list)');
+  if (values.prefetch !== undefined && values.prefetch !== 'off') throw new InvalidArgumentError('--prefetch', 'off (record and replay are not in this version)', values.prefetch);
+  const retries = intOption('retries', values.retries, 0, 10);
+  const metricsPort = intOption('metrics-port', values['metrics-port'], 0, 65535);
+  const server = await RestoreServer.start(
+    {
+      stores: values.store,
+      id: required(values, 'id'),
+      socketPath: required(values, 'socket'),
+      ...(values['s3-endpoint'] ? { s3Endpoint: values['s3-endpoint'] } : {}),
+      ...(values['cache-dir'] ? { cacheDir: values['cache-dir'] } : {}),
+      ...(values['cache-budget'] ? { cacheBudgetBytes: parseSize('--cache-budget', values['cache-budget']) } : {}),
+      ...(values['memory-budget'] ? { memoryBudgetBytes: parseSize('--memory-budget', values['memory-budget']) } : {}),
+      failClosed: values['fail-closed'] as 'auto',
+      failTimeoutMs: parseDuration(values['fail-timeout'], '--fail-timeout'),
+      attemptTimeoutMs: parseDuration(values['attempt-timeout'], '--attempt-timeout'),
+      handshakeTimeoutMs: parseDuration(values['handshake-timeout'], '--handshake-timeout'),
+      shutdownGraceMs: parseDuration(values['shutdown-grace'], '--shutdown-grace'),
+      ...(retries !== undefined ? { retries } : {}),
+      ...(metricsPort !== undefined ? { metricsPort } : {}),
+      ...(values['metrics-host'] ? { metricsHost: values['metrics-host'] } : {}),
+      ...(values['allow-uid'] ? { allowUids: values['allow-uid'].map((u) => intOption('allow-uid', u, 0, 2 ** 32 - 1)!) } : {}),
+    },
+    signal,
+  );
+  io.err(`lazysnap: serving ${values.id} on ${server.socketPath}${server.metricsPort !== undefined ? `, metrics on :${server.metricsPort}` : ''}\n`);
+  await new Promise<void>((resolve) => {
+    if (!signal) return;
+    if (signal.aborted) resolve();
+    signal.addEventListener('abort', () => resolve(), { once: true });
+  });
+  await server.close();
+  return 0;
+}

@@ -1,0 +1,299 @@
+/**
+ * The host disk tier of the fetch pipeline (memory → host disk cache → origins): verified,
+ * uncompressed chunk bytes at <dir>/<2 hex>/<hash>, shared by every restore session of a `serve`
+ * process and by every `serve` process on the host.
+ *
+ * The filesystem is the source of truth, so processes share the directory without a lock. Writes
+ * are temp file + rename, so readers see a whole entry or none, and two writers of one hash rename
+ * identical bytes (content addressing makes last-writer-wins harmless). No fsync: a torn entry
+ * left by a crash fails verification on its first read, which checks length and BLAKE3, and is
+ * deleted: corrupt bytes cost one origin fetch, never reach guest memory. Recency is the mtime,
+ * touched on each hit, so the LRU order open() rebuilds reflects every process's reads.
+ *
+ * Caveat (budget): each process evicts only from its own index (what it wrote, read, or found at
+ * open), so `budgetBytes` bounds one process's view, not the directory. Processes serving the same
+ * snapshots count mostly the same files and overshoot until their next put evicts; N processes
+ * with disjoint working sets can hold up to N × budget until a restart's open() rescans. Sizes are
+ * file sizes, not allocated blocks.
+ *
+ * A cache is an optimization: write failures (ENOSPC, EACCES, EROFS, ...) are counted, kept in
+ * `lastWriteError` for the runtime to log, never thrown; a failed read is a miss. Only caller bugs
+ * throw: a bad hash or length (InvalidArgumentError), and put bytes that are not chunk `hash`
+ * (IntegrityError, checked on every put so a caller bug shows whatever the cache holds).
+ * Entries are guest memory (keys, tokens): the directory is created 0700, entries are 0600.
+ */
+import assert from 'node:assert';
+import { randomBytes } from 'node:crypto';
+import type { Stats } from 'node:fs';
+import { mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+
+import { IntegrityError, InvalidArgumentError } from '../core/errors.js';
+import { hashChunk } from '../store/chunk.js';
+import { assertHash } from '../store/keys.js';
+
+export interface DiskCacheOptions {
+  /** Directory (created 0700 if missing; an existing directory keeps its mode). */
+  dir: string;
+  /** Byte budget; least recently used entries are evicted to stay under it. 0 caches nothing. */
+  budgetBytes: number;
+}
+
+export interface DiskCacheStats {
+  /** Entries and bytes in this process's index (see the budget caveat above). */
+  entries: number;
+  bytes: number;
+  /** misses: every get that returned undefined; corrupt: those that failed verification (deleted). */
+  hits: number;
+  misses: number;
+  corrupt: number;
+  evictions: number;
+  writeErrors: number;
+}
+
+export type ResolvedDiskCacheOptions = Required<DiskCacheOptions>;
+
+/** The same mark FileStore uses: `<hash>.tmp-<pid>-<random>`. */
+const TEMP_MARK = '.tmp-';
+const ENTRY = /^[0-9a-f]{64}$/;
+const FANOUT = /^[0-9a-f]{2}$/;
+/** A temp file this old is an interrupted write whatever its pid says: writing a chunk takes ms. */
+export const STALE_TEMP_MS = 60_000;
+
+export function resolveDiskCacheOptions(options: DiskCacheOptions): ResolvedDiskCacheOptions {
+  if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options', 'an object', options);
+  const { dir, budgetBytes } = options;
+  if (typeof dir !== 'string' || dir.length === 0) throw new InvalidArgumentError('dir', 'a non-empty directory path', dir);
+  if (!Number.isSafeInteger(budgetBytes) || budgetBytes < 0) throw new InvalidArgumentError('budgetBytes', 'a non-negative integer', budgetBytes);
+  return { dir: path.resolve(dir), budgetBytes };
+}
+
+export class DiskCache {
+  /** hash → file size, least recently used first: a Map keeps insertion order, a hit re-inserts. */
+  readonly #index = new Map<string, number>();
+  /** In-flight writes by hash, so concurrent puts of one chunk write it once. */
+  readonly #writes = new Map<string, Promise<void>>();
+  #bytes = 0;
+  readonly #n = { hits: 0, misses: 0, corrupt: 0, evictions: 0, writeErrors: 0 };
+  #lastWriteError: unknown;
+  #closed = false;
+
+  private constructor(readonly dir: string, readonly budgetBytes: number) {}
+
+  /**
+   * Scans the directory once: entries enter the index oldest mtime first, stale temp files are
+   * removed, and the least recently used entries are evicted down to the budget. Unlike put, a
+   * directory that cannot be created or read throws (a bad --cache-dir is the operator's to see);
+   * the runtime may then run without a disk tier.
+   */
+  static async open(options: DiskCacheOptions, signal?: AbortSignal): Promise<DiskCache> {
+    signal?.throwIfAborted();
+    const { dir, budgetBytes } = resolveDiskCacheOptions(options);
+    const cache = new DiskCache(dir, budgetBytes);
+    await mkdir(cache.dir, { recursive: true, mode: 0o700 });
+    await cache.#scan(signal);
+    await cache.#evict();
+    return cache;
+  }
+
+  /**
+   * The verified bytes of chunk `hash`, or undefined. `length` is the chunk's size from the
+   * manifest: a file of another size is corrupt, caught before it is read or hashed.
+   */
+  async get(hash: string, length: number, signal?: AbortSignal): Promise<Buffer | undefined> {
+    signal?.throwIfAborted();
+    assertHash(hash);
+    if (!Number.isSafeInteger(length) || length < 0) throw new InvalidArgumentError('length', 'a non-negative integer', length);
+    assert(!this.#closed, 'DiskCache used after close()');
+    const file = this.#path(hash);
+    let fh: FileHandle;
+    try {
+      fh = await open(file, 'r');
+    } catch {
+      return this.#miss(hash); // ENOENT (never cached, or evicted by any process) or unreadable
+    }
+    let st: Stats;
+    let bytes: Buffer | undefined;
+    try {
+      st = await fh.stat();
+      if (st.size === length) {
+        const buf = Buffer.allocUnsafe(length);
+        // A short read: the file shrank since fstat, rewritten in place by something foreign.
+        if ((await fh.read(buf, 0, length, 0)).bytesRead === length && hashChunk(buf) === hash) bytes = buf;
+      }
+      // Best effort (EROFS, EPERM): other processes' LRU and the next open() see this read.
+      if (bytes) await fh.utimes(new Date(), new Date()).catch(() => {});
+    } catch {
+      return this.#miss(hash); // EIO and the like: not proof of corruption, so the file stays
+    } finally {
+      await fh.close().catch(() => {});
+    }
+    if (!bytes) {
+      this.#n.corrupt++;
+      await unlink(file).catch(() => {}); // ENOENT: another process was first; EROFS: it stays a miss
+      return this.#miss(hash);
+    }
+    this.#n.hits++;
+    // nlink 0: evicted (here or elsewhere) while we read. The bytes are good; the entry is gone.
+    if (st.nlink > 0) {
+      const adopted = !this.#index.has(hash);
+      this.#record(hash, st.size);
+      if (adopted) await this.#evict(); // another process wrote it: now it counts against our budget
+    }
+    return bytes;
+  }
+
+  /**
+   * Caches the chunk `hash` if it is not on disk already. Resolves once written, skipped or failed;
+   * it throws only for an invalid hash or bytes that are not chunk `hash`. The signal is checked on
+   * entry only: the write is short and shared by coalesced callers, so it is not cut off midway.
+   */
+  async put(hash: string, bytes: Buffer, signal?: AbortSignal): Promise<void> {
+    signal?.throwIfAborted();
+    assertHash(hash);
+    if (!(bytes instanceof Uint8Array)) throw new InvalidArgumentError('bytes', 'a Buffer', bytes);
+    const actual = hashChunk(bytes);
+    if (actual !== hash) throw new IntegrityError(`${hash.slice(0, 2)}/${hash}`, hash, actual);
+    assert(!this.#closed, 'DiskCache used after close()');
+    // Larger than the whole budget: it would evict everything, then itself.
+    if (bytes.length > this.budgetBytes) return;
+    let pending = this.#writes.get(hash);
+    if (!pending) {
+      pending = this.#write(hash, bytes).finally(() => this.#writes.delete(hash));
+      this.#writes.set(hash, pending);
+    }
+    return pending;
+  }
+
+  stats(): DiskCacheStats {
+    return { entries: this.#index.size, bytes: this.#bytes, ...this.#n };
+  }
+
+  /** The most recent write failure (a Node system error: `code`, `path`), for the runtime to log. */
+  get lastWriteError(): unknown {
+    return this.#lastWriteError;
+  }
+
+  /** Waits for in-flight writes. Entries stay on disk for the next process. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await Promise.allSettled([...this.#writes.values()]);
+  }
+
+  #path(hash: string): string {
+    return path.join(this.dir, hash.slice(0, 2), hash);
+  }
+
+  #miss(hash: string): undefined {
+    this.#forget(hash);
+    this.#n.misses++;
+    return undefined;
+  }
+
+  #forget(hash: string): void {
+    const size = this.#index.get(hash);
+    if (size === undefined) return;
+    this.#index.delete(hash);
+    this.#bytes -= size;
+  }
+
+  /** Makes `hash` the most recently used entry, at `size` bytes. */
+  #record(hash: string, size: number): void {
+    this.#forget(hash);
+    this.#index.set(hash, size);
+    this.#bytes += size;
+  }
+
+  async #write(hash: string, bytes: Uint8Array): Promise<void> {
+    const dest = this.#path(hash);
+    // Already there (ours, or another process's): nothing to write. A file of the wrong size is
+    // corrupt and is replaced; a right-sized corrupt one is caught by the next get.
+    const existing = await stat(dest).catch(() => undefined);
+    if (existing?.isFile() && existing.size === bytes.length) {
+      if (!this.#index.has(hash)) this.#record(hash, existing.size);
+      return this.#evict();
+    }
+    const tmp = `${dest}${TEMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`;
+    try {
+      await mkdirFanout(path.dirname(dest));
+      const fh = await open(tmp, 'wx', 0o600);
+      await fh.writeFile(bytes).finally(() => fh.close());
+      await rename(tmp, dest);
+    } catch (e) {
+      this.#n.writeErrors++;
+      this.#lastWriteError = e;
+      await unlink(tmp).catch(() => {});
+      return;
+    }
+    this.#record(hash, bytes.length);
+    await this.#evict();
+  }
+
+  /**
+   * Least recently used first, until the index fits. Victims leave the index before any await, so
+   * concurrent calls never pick the same one. Unlink errors are ignored: ENOENT means another
+   * process was first; others leave the file outside the index, for a later get to adopt again.
+   */
+  async #evict(): Promise<void> {
+    const victims: string[] = [];
+    for (const [hash, size] of this.#index) {
+      if (this.#bytes <= this.budgetBytes) break;
+      this.#index.delete(hash);
+      this.#bytes -= size;
+      this.#n.evictions++;
+      victims.push(hash);
+    }
+    await Promise.all(victims.map((h) => unlink(this.#path(h)).catch(() => {})));
+  }
+
+  async #scan(signal?: AbortSignal): Promise<void> {
+    const found: { hash: string; size: number; mtimeMs: number }[] = [];
+    const now = Date.now();
+    for (const sub of await readdir(this.dir)) {
+      signal?.throwIfAborted();
+      if (!FANOUT.test(sub)) continue; // not ours: left alone
+      // [] for a file where a fan-out directory belongs, or one removed meanwhile.
+      const names = await readdir(path.join(this.dir, sub)).catch((): string[] => []);
+      // One directory at a time bounds the stats in flight (~1/256 of the cache).
+      await Promise.all(
+        names.map(async (name) => {
+          const file = path.join(this.dir, sub, name);
+          const st = await stat(file).catch(() => undefined);
+          if (!st?.isFile()) return;
+          if (ENTRY.test(name) && name.startsWith(sub)) found.push({ hash: name, size: st.size, mtimeMs: st.mtimeMs });
+          else if (name.includes(TEMP_MARK) && isStaleTemp(name, st.mtimeMs, now)) await unlink(file).catch(() => {});
+        }),
+      );
+    }
+    found.sort((a, b) => a.mtimeMs - b.mtimeMs);
+    for (const e of found) this.#record(e.hash, e.size);
+  }
+}
+
+/**
+ * Every put, not once per directory: an operator may wipe the cache under a running serve. Plain
+ * mkdir first because Node's recursive mkdir reports EROFS as ENOENT, which would mislead the log.
+ */
+async function mkdirFanout(sub: string): Promise<void> {
+  await mkdir(sub, { mode: 0o700 }).catch(async (e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') await mkdir(sub, { recursive: true, mode: 0o700 }); // the cache dir is gone
+    else if (e.code !== 'EEXIST') throw e; // EEXIST as a file: open() then fails with ENOTDIR
+  });
+}
+
+/**
+ * A temp file is an interrupted write if it is old, or if the pid in its name is gone (so a serve
+ * restarted right after a crash clears its predecessor's temps at once). A writer in another pid
+ * namespace looks dead here: removing its temp makes its rename fail, one counted write error.
+ */
+function isStaleTemp(name: string, mtimeMs: number, now: number): boolean {
+  if (now - mtimeMs > STALE_TEMP_MS) return true;
+  const pid = Number(/\.tmp-(\d+)-/.exec(name)?.[1]);
+  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ESRCH'; // EPERM: alive, someone else's
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * Prometheus metrics for `serve`, one registry per server (tests run several in one process).
+ * Native per-session counters are folded in when a session ends and read live on each scrape.
+ */
+import { createServer, type Server } from 'node:http';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+import type { FetchEvent } from './fetcher.js';
+
+export class RuntimeMetrics {
+  readonly registry = new Registry();
+  readonly faults = new Counter({ name: 'lazysnap_faults_total', help: 'Page faults read from userfaultfds', registers: [this.registry] });
+  readonly zeroFaults = new Counter({ name: 'lazysnap_zero_faults_total', help: 'Faults on zero chunks, mapped without a fetch', registers: [this.registry] });
+  readonly jsFaults = new Counter({ name: 'lazysnap_forwarded_faults_total', help: 'Faults on chunks that were not resident (served through a fetch)', registers: [this.registry] });
+  readonly fetches = new Counter({ name: 'lazysnap_fetches_total', help: 'Chunk fetches by tier (disk, origin0, origin1, ..., failed)', labelNames: ['tier', 'priority'], registers: [this.registry] });
+  readonly fetchBytes = new Counter({ name: 'lazysnap_fetch_bytes_total', help: 'Bytes fetched by tier (stored size for origins)', labelNames: ['tier'], registers: [this.registry] });
+  readonly fetchSeconds = new Histogram({
+    name: 'lazysnap_fetch_seconds',
+    help: 'Time to fetch and verify a chunk, by tier',
+    labelNames: ['tier'],
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  readonly faultSeconds = new Histogram({
+    name: 'lazysnap_fault_service_seconds',
+    help: 'From a fault on a non-resident chunk reaching JS to its chunk being installed',
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
+    registers: [this.registry],
+  });
+  readonly sessions = new Gauge({ name: 'lazysnap_sessions_active', help: 'Restore sessions being served', registers: [this.registry] });
+  readonly sessionsTotal = new Counter({ name: 'lazysnap_sessions_total', help: 'Restore sessions by outcome', labelNames: ['outcome'], registers: [this.registry] });
+  readonly failClosed = new Counter({ name: 'lazysnap_fail_closed_total', help: 'Chunks no origin could deliver, by action taken', labelNames: ['action'], registers: [this.registry] });
+  readonly handshakeErrors = new Counter({ name: 'lazysnap_handshake_errors_total', help: 'Connections closed for a malformed handshake', registers: [this.registry] });
+
+  onFetch = (e: FetchEvent): void => {
+    this.fetches.inc({ tier: e.tier, priority: e.priority });
+    if (e.tier !== 'failed') {
+      this.fetchBytes.inc({ tier: e.tier }, e.bytes);
+      this.fetchSeconds.observe({ tier: e.tier }, e.ms / 1000);
+    }
+  };
+
+  /** Serves GET /metrics on 127.0.0.1:port (0 = any free port); resolves with the bound port. */
+  async listen(port: number, host = '127.0.0.1'): Promise<{ port: number; close: () => Promise<void> }> {
+    const server: Server = createServer((req, res) => {
+      if (req.method !== 'GET' || req.url !== '/metrics') {
+        res.writeHead(404).end();
+        return;
+      }
+      this.registry.metrics().then(
+        (text) => res.writeHead(200, { 'content-type': this.registry.contentType }).end(text),
+        () => res.writeHead(500).end(),
+      );
+    });
+    await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, host, resolve));
+    const addr = server.address();
+    return {
+      port: typeof addr === 'object' && addr ? addr.port : port,
+      close: () => new Promise((resolve) => server.close(() => resolve())),
+    };
+  }
+}

@@ -1,0 +1,294 @@
+/**
+ * `lazysnap serve`: a Unix socket that Firecracker (or any process using the same handshake) uses as
+ * its UFFD memory backend. One session per connection; all sessions of the server share the
+ * snapshot's chunk table, the fetcher (one fetch per chunk however many want it) and the disk cache.
+ * The socket is created 0600 in a directory created 0700; a malformed handshake, a peer outside
+ * allowUids or a silent peer closes that connection and nothing else.
+ */
+import { lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import path from 'node:path';
+
+import { HandshakeError, InvalidArgumentError, NotFoundError } from '../core/errors.js';
+import { componentLogger, type Logger } from '../core/logger.js';
+import {
+  ChunkTable,
+  acceptUnix,
+  closeFd,
+  constants,
+  createUffd,
+  listenUnix,
+  peerCredentials,
+  peerPidfd,
+  pidfdOpen,
+  recvWithFds,
+  uffdApi,
+  watchFd,
+  type FdWatch,
+} from '../native/index.js';
+import type { StoreBackend } from '../store/backend.js';
+import { assertSnapshotId } from '../store/keys.js';
+import type { SnapshotIndex } from '../store/manifest.js';
+import { openStore } from '../store/open.js';
+import { loadIndex } from '../store/reader.js';
+import { ChunkFetcher } from './fetcher.js';
+import { parseHandshake } from './handshake.js';
+import { MemoryTier } from './memory-tier.js';
+import { RuntimeMetrics } from './metrics.js';
+import { RestoreSession, type SessionContext, type SessionSummary } from './restore-session.js';
+import { resolveServeOptions, type ResolvedServeOptions, type ServeOptions } from './serve-options.js';
+
+export type { ServeOptions };
+
+/** A connection: one watcher for its whole life (handshake, then EOF), the peer's pidfd. */
+interface Conn {
+  fd: number;
+  pidfd: number;
+  pid: number;
+  watch: FdWatch;
+  timer: NodeJS.Timeout | undefined;
+  session: RestoreSession | undefined;
+}
+
+/** Whether this kernel supports UFFDIO_POISON (6.6+); probed once, false when uffd is unavailable. */
+function kernelCanPoison(): boolean {
+  try {
+    const fd = createUffd();
+    try {
+      return (uffdApi(fd, 0n).features & constants().UFFD_FEATURE_POISON) !== 0n;
+    } finally {
+      closeFd(fd);
+    }
+  } catch {
+    return false;
+  }
+}
+
+async function loadFirst(stores: StoreBackend[], id: string, signal?: AbortSignal): Promise<SnapshotIndex> {
+  const errors: string[] = [];
+  for (const s of stores) {
+    try {
+      return await loadIndex(s, id, signal);
+    } catch (e) {
+      if (!(e instanceof NotFoundError) && stores.length === 1) throw e;
+      errors.push(`${s.url}: ${(e as Error).message}`);
+    }
+  }
+  throw new NotFoundError(stores.map((s) => s.url).join(', '), `manifests/${id}.json (${errors.join('; ')})`);
+}
+
+export class RestoreServer {
+  readonly socketPath: string;
+  readonly metrics: RuntimeMetrics;
+  readonly sessions = new Set<RestoreSession>();
+  readonly summaries: SessionSummary[] = [];
+  metricsPort: number | undefined;
+  readonly #o: ResolvedServeOptions;
+  readonly #log: Logger;
+  readonly #stores: StoreBackend[];
+  readonly #ctx: SessionContext;
+  readonly #lfd: number;
+  readonly #watch: FdWatch;
+  readonly #pending = new Set<Conn>();
+  #metricsServer: { close: () => Promise<void> } | undefined;
+  #cache: { close(): Promise<void> } | undefined;
+  #nextId = 1;
+  #closing: Promise<void> | undefined;
+  #idle: (() => void) | undefined;
+
+  private constructor(o: ResolvedServeOptions, stores: StoreBackend[], ctx: SessionContext, log: Logger) {
+    this.#o = o;
+    this.#stores = stores;
+    this.#ctx = ctx;
+    this.#log = log;
+    this.metrics = ctx.metrics;
+    this.socketPath = o.socketPath;
+    const dir = path.dirname(o.socketPath);
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    try {
+      const st = lstatSync(o.socketPath);
+      if (!st.isSocket()) throw new InvalidArgumentError('socket', 'a path that is free or holds a stale socket', o.socketPath);
+      unlinkSync(o.socketPath); // a previous server's socket; nothing else is ever removed
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    this.#lfd = listenUnix(o.socketPath, 1024);
+    this.#watch = watchFd(this.#lfd, { readable: true }, () => this.#acceptAll());
+  }
+
+  /** Loads the snapshot's manifest (first store that has it) and starts listening. */
+  static async start(options: ServeOptions, signal?: AbortSignal): Promise<RestoreServer> {
+    const o = resolveServeOptions(options);
+    assertSnapshotId(o.id);
+    const log = (o.logger ?? componentLogger('runtime.serve')).child({ snapshotId: o.id });
+    const stores = await Promise.all(o.stores.map((u) => openStore(u, { ...(o.s3Endpoint ? { s3Endpoint: o.s3Endpoint } : {}) })));
+    try {
+      const index = await loadFirst(stores, o.id, signal);
+      const m = index.manifest;
+      const table = new ChunkTable(m.totalSize, m.chunkSize);
+      table.markZero(Uint8Array.from(index.flags, (f) => (f === 0 ? 1 : 0)));
+      const cache = o.cacheDir ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes }, signal) : undefined;
+      const metrics = new RuntimeMetrics();
+      const fetcher = new ChunkFetcher({
+        origins: stores,
+        ...(cache ? { cache } : {}),
+        attemptTimeoutMs: o.attemptTimeoutMs,
+        retries: o.retries,
+        concurrency: o.fetchConcurrency,
+        onFetch: metrics.onFetch,
+      });
+      const ctx: SessionContext = { index, table, memory: new MemoryTier(table, o.memoryBudgetBytes), fetcher, metrics, log, failTimeoutMs: o.failTimeoutMs, canPoison: o.failClosed === 'poison' || (o.failClosed === 'auto' && kernelCanPoison()) };
+      const server = new RestoreServer(o, stores, ctx, log);
+      server.#cache = cache;
+      if (o.metricsPort !== undefined) {
+        const ms = await metrics.listen(o.metricsPort, o.metricsHost);
+        server.metricsPort = ms.port;
+        server.#metricsServer = ms;
+      }
+      log.info({ socket: o.socketPath, stores: stores.map((s) => s.url), chunks: index.count, totalSize: m.totalSize, canPoison: ctx.canPoison, metricsPort: server.metricsPort }, 'serving');
+      return server;
+    } catch (e) {
+      await Promise.all(stores.map((s) => s.close()));
+      throw e;
+    }
+  }
+
+  #acceptAll(): void {
+    for (let conn = acceptUnix(this.#lfd); conn >= 0; conn = acceptUnix(this.#lfd)) this.#accept(conn);
+  }
+
+  #accept(conn: number): void {
+    let cred: { pid: number; uid: number; gid: number };
+    let pidfd: number;
+    try {
+      cred = peerCredentials(conn);
+      if (this.#o.allowUids && !this.#o.allowUids.includes(cred.uid)) {
+        this.#log.warn({ uid: cred.uid, pid: cred.pid }, 'connection refused: peer uid not in the allowlist');
+        closeFd(conn);
+        return;
+      }
+      // Held from now on: a SIGKILL sent through it can never reach a process that reused the PID.
+      try {
+        pidfd = peerPidfd(conn);
+      } catch {
+        pidfd = pidfdOpen(cred.pid);
+      }
+    } catch (e) {
+      this.#log.warn({ err: (e as Error).message }, 'connection dropped: cannot identify the peer');
+      closeFd(conn);
+      return;
+    }
+    const c: Conn = { fd: conn, pidfd, pid: cred.pid, session: undefined, timer: undefined, watch: { stop() {} } };
+    c.watch = watchFd(conn, { readable: true, disconnect: true }, () => (c.session ? this.#drain(c) : this.#handshake(c)));
+    c.timer = setTimeout(() => this.#reject(c, `no handshake within ${this.#o.handshakeTimeoutMs} ms`), this.#o.handshakeTimeoutMs);
+    this.#pending.add(c);
+  }
+
+  #reject(c: Conn, reason: string): void {
+    c.watch.stop();
+    clearTimeout(c.timer);
+    this.#pending.delete(c);
+    this.metrics.handshakeErrors.inc();
+    this.#log.warn({ pid: c.pid, reason }, 'handshake rejected; connection closed');
+    closeFd(c.fd);
+    closeFd(c.pidfd);
+    this.#checkIdle();
+  }
+
+  #handshake(c: Conn): void {
+    let msg;
+    try {
+      // Firecracker sends the whole payload in one sendmsg, and a stream socket returns it whole to
+      // one recvmsg of this size; the fd arrives with its first byte.
+      msg = recvWithFds(c.fd, 64 * 1024, 4);
+    } catch (e) {
+      this.#reject(c, (e as Error).message);
+      return;
+    }
+    if (msg === null) return;
+    let handshake;
+    try {
+      if (msg.data.length === 0) throw new HandshakeError('the peer closed the connection before the handshake');
+      if (msg.fdsTruncated) throw new HandshakeError('more file descriptors than expected came with the message');
+      handshake = parseHandshake(msg.data, msg.fds.length, { totalSize: this.#ctx.index.manifest.totalSize, pageSize: this.#ctx.index.manifest.pageSize });
+    } catch (e) {
+      for (const fd of msg.fds) closeFd(fd);
+      this.#reject(c, (e as Error).message);
+      return;
+    }
+    const restoreId = `${this.#o.id}-${process.pid}-${this.#nextId++}`;
+    try {
+      c.session = new RestoreSession({
+        ctx: this.#ctx,
+        handshake,
+        uffd: msg.fds[0]!,
+        pidfd: c.pidfd,
+        pid: c.pid,
+        restoreId,
+        onEnd: (s, summary) => {
+          c.watch.stop();
+          closeFd(c.fd);
+          this.sessions.delete(s);
+          this.summaries.push(summary);
+          this.#checkIdle();
+        },
+      });
+    } catch (e) {
+      closeFd(msg.fds[0]!);
+      this.#reject(c, (e as Error).message);
+      return;
+    }
+    clearTimeout(c.timer);
+    this.#pending.delete(c);
+    this.sessions.add(c.session);
+  }
+
+  /**
+   * Firecracker keeps the socket open for the life of the VM and never sends anything else: EOF
+   * ends the session. Stray bytes are read and dropped, stray fds closed.
+   */
+  #drain(c: Conn): void {
+    let m;
+    try {
+      m = recvWithFds(c.fd, 4096, 4);
+    } catch {
+      m = { data: Buffer.alloc(0), fds: [] as number[] };
+    }
+    if (m === null) return;
+    for (const fd of m.fds) closeFd(fd);
+    if (m.data.length === 0) c.session!.end('ended');
+  }
+
+  #checkIdle(): void {
+    if (this.#idle && this.sessions.size === 0 && this.#pending.size === 0) this.#idle();
+  }
+
+  /**
+   * Stops accepting, lets live sessions run until their peers exit or graceMs passes, then ends the
+   * rest (their peers keep the pages they have; a later fault on a missing page then finds no
+   * handler: see README "Shutdown"). Idempotent.
+   */
+  close(graceMs = this.#o.shutdownGraceMs): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#watch.stop();
+      closeFd(this.#lfd);
+      try {
+        unlinkSync(this.socketPath);
+      } catch {}
+      for (const p of [...this.#pending]) this.#reject(p, 'server shutting down');
+      if (this.sessions.size > 0) {
+        this.#log.info({ sessions: this.sessions.size, graceMs }, 'draining sessions');
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, graceMs);
+          this.#idle = () => (clearTimeout(t), resolve());
+          this.#checkIdle();
+        });
+      }
+      for (const s of [...this.sessions]) s.end('shutdown');
+      await this.#metricsServer?.close();
+      await this.#cache?.close();
+      await Promise.all(this.#stores.map((s) => s.close()));
+      this.#log.info({ sessions: this.summaries.length }, 'stopped');
+    })();
+    return this.#closing;
+  }
+}

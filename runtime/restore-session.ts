@@ -1,0 +1,182 @@
+/**
+ * One restore session: one connection, one userfaultfd, one restored VM or process. The native
+ * FaultSession resolves zero, removed and resident chunks on its own; this class serves the rest
+ * (`need`): fetch through the tiers, verify, put in the shared table, install. When no origin can
+ * deliver a verified chunk within failTimeoutMs the session fails closed (PROTOCOL.md): it poisons
+ * the chunk (the faulting thread gets SIGBUS) or, where the kernel cannot poison, SIGKILLs the peer
+ * through the pidfd taken at handshake time, so a late kill can never hit a recycled PID. It never
+ * leaves the peer hung and never installs a byte it has not verified.
+ */
+import { FaultSession, closeFd, pidfdSendSignal, type ChunkTable, type SessionEvent, type SessionStats } from '../native/index.js';
+import type { Logger } from '../core/logger.js';
+import { chunkCodec, chunkHash, type SnapshotIndex } from '../store/manifest.js';
+import type { ChunkFetcher, Tier } from './fetcher.js';
+import type { Handshake } from './handshake.js';
+import type { MemoryTier } from './memory-tier.js';
+import type { RuntimeMetrics } from './metrics.js';
+
+export interface SessionContext {
+  index: SnapshotIndex;
+  table: ChunkTable;
+  memory: MemoryTier;
+  fetcher: ChunkFetcher;
+  metrics: RuntimeMetrics;
+  log: Logger;
+  failTimeoutMs: number;
+  /** Whether UFFDIO_POISON works on this kernel; otherwise failing closed means SIGKILL. */
+  canPoison: boolean;
+}
+
+export interface SessionSummary {
+  restoreId: string;
+  pid: number;
+  durationMs: number;
+  timeToFirstFaultServedMs: number | null;
+  faults: number;
+  zeroFaults: number;
+  fetchedChunks: number;
+  bytesFetched: number;
+  hitsByTier: Record<string, number>;
+  failedChunks: number[];
+  outcome: 'ended' | 'killed' | 'shutdown';
+}
+
+export class RestoreSession {
+  readonly restoreId: string;
+  readonly pid: number;
+  readonly #ctx: SessionContext;
+  readonly #fault: FaultSession;
+  readonly #pidfd: number;
+  readonly #log: Logger;
+  readonly #t0 = performance.now();
+  readonly #needAt = new Map<number, number>();
+  readonly #hits: Record<string, number> = {};
+  readonly #failed: number[] = [];
+  #bytesFetched = 0;
+  #fetched = 0;
+  #ended: SessionSummary | undefined;
+  #killed = false;
+  readonly #onEnd: (s: RestoreSession, summary: SessionSummary) => void;
+
+  constructor(opts: { ctx: SessionContext; handshake: Handshake; uffd: number; pidfd: number; pid: number; restoreId: string; onEnd: (s: RestoreSession, summary: SessionSummary) => void }) {
+    this.#ctx = opts.ctx;
+    this.#pidfd = opts.pidfd;
+    this.pid = opts.pid;
+    this.restoreId = opts.restoreId;
+    this.#onEnd = opts.onEnd;
+    this.#log = opts.ctx.log.child({ restoreId: opts.restoreId, pid: opts.pid });
+    this.#fault = new FaultSession(opts.uffd, { table: opts.ctx.table, pageSize: opts.handshake.pageSize, regions: opts.handshake.regions }, (e) => this.#onEvent(e));
+    this.#ctx.metrics.sessions.inc();
+    this.#log.info({ regions: opts.handshake.regions.length, shape: opts.handshake.shape, pageSize: opts.handshake.pageSize }, 'restore session started');
+  }
+
+  stats(): SessionStats {
+    return this.#fault.stats();
+  }
+
+  #onEvent(e: SessionEvent): void {
+    for (const c of e.need) this.#serve(c);
+    for (const c of e.missing) this.#serve(c); // evicted between put and install: put it again
+    for (const c of e.installed) {
+      const t = this.#needAt.get(c);
+      if (t !== undefined) {
+        this.#ctx.metrics.faultSeconds.observe((performance.now() - t) / 1000);
+        this.#needAt.delete(c);
+      }
+    }
+    for (const err of e.errors) {
+      if (err.syscall === 'ioctl(UFFDIO_POISON)') this.#kill(`poisoning chunk ${err.chunk} failed (${err.code})`);
+      else if (err.syscall === 'fault outside the declared regions') this.#kill('the peer faulted on memory it did not declare in the handshake');
+      else this.#log.warn({ err: { code: err.code, syscall: err.syscall, chunk: err.chunk } }, 'uffd operation failed');
+    }
+    if (e.exited) this.end('ended');
+  }
+
+  #serve(c: number): void {
+    if (this.#ended) return;
+    if (!this.#needAt.has(c)) this.#needAt.set(c, performance.now());
+    const { index, memory, fetcher } = this.#ctx;
+    if (memory.has(c)) {
+      memory.touch(c);
+      this.#fault.install(c);
+      return;
+    }
+    const hash = chunkHash(index, c);
+    if (hash === null) {
+      // The table marks every zero chunk; a need for one means the table was reset. Install zeros.
+      this.#ctx.table.setZero(c);
+      this.#fault.install(c);
+      return;
+    }
+    const length = Math.min(index.manifest.chunkSize, index.manifest.totalSize - c * index.manifest.chunkSize);
+    fetcher.fetch({ hash, codec: chunkCodec(index, c)!, length }, 'demand', AbortSignal.timeout(this.#ctx.failTimeoutMs)).then(
+      ({ bytes, tier }) => this.#install(c, bytes, tier),
+      (err: unknown) => this.#failClosed(c, err),
+    );
+  }
+
+  #install(c: number, bytes: Buffer, tier: Tier): void {
+    this.#hits[tier] = (this.#hits[tier] ?? 0) + 1;
+    if (tier !== 'disk') this.#bytesFetched += bytes.length;
+    this.#fetched++;
+    if (this.#ended) return;
+    this.#ctx.memory.admit(c, bytes);
+    this.#fault.install(c);
+  }
+
+  #failClosed(c: number, err: unknown): void {
+    if (this.#ended) return;
+    this.#failed.push(c);
+    const errors = (err as { errors?: string[] }).errors ?? [(err as Error).name === 'TimeoutError' ? `no verified chunk within ${this.#ctx.failTimeoutMs} ms` : String((err as Error).message ?? err)];
+    const action = this.#ctx.canPoison ? 'poison' : 'kill';
+    this.#ctx.metrics.failClosed.inc({ action });
+    this.#log.error({ chunk: c, hash: chunkHash(this.#ctx.index, c), errors, action }, `chunk ${c} could not be served: failing closed (${action})`);
+    if (this.#ctx.canPoison) this.#fault.poison(c);
+    else this.#kill(`chunk ${c} could not be served`);
+  }
+
+  #kill(reason: string): void {
+    if (this.#killed) return;
+    this.#killed = true;
+    this.#log.error({ reason }, 'killing the peer (SIGKILL through its pidfd) rather than leave it hung');
+    try {
+      pidfdSendSignal(this.#pidfd, 'SIGKILL');
+    } catch (e) {
+      this.#log.warn({ err: (e as Error).message }, 'SIGKILL through the pidfd failed (the peer is already gone?)');
+    }
+  }
+
+  /**
+   * Ends the session: stops the fault thread, closes the uffd and the pidfd. The connection belongs
+   * to the server, which stops watching it before closing it (onEnd).
+   */
+  end(outcome: SessionSummary['outcome']): SessionSummary {
+    if (this.#ended) return this.#ended;
+    const st = this.#fault.stats();
+    this.#fault.close();
+    closeFd(this.#pidfd);
+    const m = this.#ctx.metrics;
+    m.sessions.dec();
+    m.sessionsTotal.inc({ outcome: this.#killed ? 'killed' : outcome });
+    m.faults.inc(st.faults);
+    m.zeroFaults.inc(st.zeroFaults);
+    m.jsFaults.inc(st.forwardedFaults);
+    const summary: SessionSummary = {
+      restoreId: this.restoreId,
+      pid: this.pid,
+      durationMs: Math.round(performance.now() - this.#t0),
+      timeToFirstFaultServedMs: st.firstServedNs ? st.firstServedNs / 1e6 : null,
+      faults: st.faults,
+      zeroFaults: st.zeroFaults,
+      fetchedChunks: this.#fetched,
+      bytesFetched: this.#bytesFetched,
+      hitsByTier: { ...this.#hits, memory: st.residentFaults },
+      failedChunks: this.#failed,
+      outcome: this.#killed ? 'killed' : outcome,
+    };
+    this.#ended = summary;
+    this.#log.info(summary, 'restore session summary');
+    this.#onEnd(this, summary);
+    return summary;
+  }
+}

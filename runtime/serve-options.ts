@@ -1,0 +1,81 @@
+/**
+ * Options of `serve`, validated once at the boundary (STYLE.md: ServeOptions → ResolvedServeOptions).
+ */
+import { InvalidArgumentError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+
+export interface ServeOptions {
+  /** Store URLs in order; the first that delivers a verified chunk wins, errors fall through. */
+  stores: string[];
+  /** Endpoint for s3:// stores on S3-compatible servers. @default env AWS_ENDPOINT_URL_S3 */
+  s3Endpoint?: string;
+  /** The snapshot to serve. */
+  id: string;
+  /** Unix socket path (created 0600; its directory 0700 when created). */
+  socketPath: string;
+  /** Host disk cache directory, shared by the serve processes of a host. @default none */
+  cacheDir?: string;
+  /** @default 8 GiB */
+  cacheBudgetBytes?: number;
+  /** Resident chunk bytes kept for the fault thread (shared by all sessions). @default 1 GiB */
+  memoryBudgetBytes?: number;
+  /** How long a fault may wait for a verified chunk before the session fails closed. @default 10000 */
+  failTimeoutMs?: number;
+  /**
+   * How a session fails closed when no origin can deliver a chunk: 'poison' the chunk (the faulting
+   * thread gets SIGBUS; KVM reports a memory error to the VMM), 'kill' the peer with SIGKILL (what
+   * Firecracker's example handlers do), or 'auto': poison where the kernel can (6.6+), else kill.
+   * @default 'auto'
+   */
+  failClosed?: 'auto' | 'poison' | 'kill';
+  /** Per origin request. @default 5000 */
+  attemptTimeoutMs?: number;
+  /** Retries of a retryable origin error. @default 2 */
+  retries?: number;
+  /** Chunk fetches in flight. @default 16 */
+  fetchConcurrency?: number;
+  /** A connection that sends no handshake in this time is closed. @default 5000 */
+  handshakeTimeoutMs?: number;
+  /** On close(), how long live sessions may run before they are ended. @default 30000 */
+  shutdownGraceMs?: number;
+  /** Serve Prometheus metrics at http://metricsHost:metricsPort/metrics. @default off */
+  metricsPort?: number;
+  /** @default '127.0.0.1' (use '0.0.0.0' to be scraped from other hosts) */
+  metricsHost?: string;
+  /** Only peers with these uids (SO_PEERCRED) are served. @default any */
+  allowUids?: number[];
+  logger?: Logger;
+}
+
+export type ResolvedServeOptions = Required<Omit<ServeOptions, 's3Endpoint' | 'cacheDir' | 'metricsPort' | 'allowUids' | 'logger'>> &
+  Pick<ServeOptions, 's3Endpoint' | 'cacheDir' | 'metricsPort' | 'allowUids' | 'logger'>;
+
+const GiB = 2 ** 30;
+
+function int(name: string, v: number | undefined, dflt: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (v === undefined) return dflt;
+  if (!Number.isSafeInteger(v) || v < min || v > max) throw new InvalidArgumentError(name, `an integer from ${min} to ${max}`, v);
+  return v;
+}
+
+export function resolveServeOptions(o: ServeOptions): ResolvedServeOptions {
+  if (!Array.isArray(o.stores) || o.stores.length === 0) throw new InvalidArgumentError('stores', 'at least one store URL', o.stores);
+  if (typeof o.socketPath !== 'string' || o.socketPath === '') throw new InvalidArgumentError('socketPath', 'a path', o.socketPath);
+  if (Buffer.byteLength(o.socketPath) > 107) throw new InvalidArgumentError('socketPath', 'at most 107 bytes (the sun_path limit)', o.socketPath);
+  if (o.failClosed !== undefined && !['auto', 'poison', 'kill'].includes(o.failClosed)) throw new InvalidArgumentError('failClosed', "'auto', 'poison' or 'kill'", o.failClosed);
+  if (o.allowUids && !o.allowUids.every((u) => Number.isSafeInteger(u) && u >= 0)) throw new InvalidArgumentError('allowUids', 'uids (integers >= 0)', o.allowUids);
+  return {
+    ...o,
+    cacheBudgetBytes: int('cacheBudgetBytes', o.cacheBudgetBytes, 8 * GiB, 0),
+    memoryBudgetBytes: int('memoryBudgetBytes', o.memoryBudgetBytes, 1 * GiB, 0),
+    failTimeoutMs: int('failTimeoutMs', o.failTimeoutMs, 10_000, 1),
+    attemptTimeoutMs: int('attemptTimeoutMs', o.attemptTimeoutMs, 5000, 1),
+    retries: int('retries', o.retries, 2, 0, 10),
+    fetchConcurrency: int('fetchConcurrency', o.fetchConcurrency, 16, 1, 1024),
+    handshakeTimeoutMs: int('handshakeTimeoutMs', o.handshakeTimeoutMs, 5000, 1),
+    shutdownGraceMs: int('shutdownGraceMs', o.shutdownGraceMs, 30_000, 0),
+    metricsHost: o.metricsHost ?? '127.0.0.1',
+    failClosed: o.failClosed ?? 'auto',
+    ...(o.metricsPort !== undefined ? { metricsPort: int('metricsPort', o.metricsPort, 0, 0, 65535) } : {}),
+  };
+}
