@@ -152,6 +152,16 @@ export class RestoreServer {
     }
   }
 
+  /** Live figures: sessions, resident chunk bytes (within memoryBudgetBytes), memory-tier evictions. */
+  stats(): { sessions: number; pendingHandshakes: number; residentBytes: number; memoryEvictions: number } {
+    return {
+      sessions: this.sessions.size,
+      pendingHandshakes: this.#pending.size,
+      residentBytes: this.#ctx.table.stats().residentBytes,
+      memoryEvictions: this.#ctx.memory.evictions,
+    };
+  }
+
   #acceptAll(): void {
     for (let conn = acceptUnix(this.#lfd); conn >= 0; conn = acceptUnix(this.#lfd)) this.#accept(conn);
   }

@@ -1,0 +1,133 @@
+/**
+ * The fetch pipeline against origins that fail in ways nginx or s3rver cannot be made to: a small
+ * node:http origin in front of a directory store injects 503s, stalls and wrong bytes on request.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+
+import { FetchError } from '../../core/errors.js';
+import { ChunkFetcher, type FetchEvent } from '../../runtime/fetcher.js';
+import { encodeChunk, hashChunk } from '../../store/chunk.js';
+import { FileStore } from '../../store/file-store.js';
+import { HttpStore } from '../../store/http-store.js';
+import { chunkKey } from '../../store/keys.js';
+import { tempDir } from '../helpers/images.js';
+
+type Fault = 'ok' | '503' | 'stall' | 'lie';
+
+async function fakeOrigin(root: string, plan: (n: number, url: string) => Fault) {
+  const requests: string[] = [];
+  const files = new FileStore(root);
+  const server: Server = createServer((req, res) => {
+    const url = req.url ?? '';
+    requests.push(url);
+    const f = plan(requests.length, url);
+    if (f === 'stall') return; // never answers
+    if (f === '503') return void res.writeHead(503).end('busy');
+    files.get(url.replace(/^\//, '')).then(
+      (b) => res.writeHead(200, { 'content-length': b.length }).end(f === 'lie' ? Buffer.from(b).fill(7, 0, 16) : b),
+      () => res.writeHead(404).end(),
+    );
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests,
+    close: () => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))),
+  };
+}
+
+describe('chunk fetcher', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let root: string;
+  const bytes = Buffer.alloc(64 * 1024, 0x5a);
+  const ref = { hash: hashChunk(bytes), codec: 'zstd' as const, length: bytes.length };
+  const closers: (() => Promise<void>)[] = [];
+  beforeEach(async () => {
+    tmp = tempDir();
+    root = path.join(tmp.dir, 'store');
+    await new FileStore(root).put(chunkKey(ref.hash, 'zstd'), encodeChunk('zstd', bytes));
+  });
+  afterEach(async () => {
+    for (const c of closers.splice(0)) await c();
+    tmp.cleanup();
+  });
+  const http = async (plan: (n: number, url: string) => Fault) => {
+    const o = await fakeOrigin(root, plan);
+    const store = new HttpStore(o.url, { headersTimeoutMs: 5000 });
+    closers.push(async () => (await store.close(), await o.close()));
+    return { o, store };
+  };
+
+  it('retries a 503 on the same origin with backoff, then serves verified bytes', async () => {
+    const { o, store } = await http((n) => (n <= 2 ? '503' : 'ok'));
+    const events: FetchEvent[] = [];
+    const f = new ChunkFetcher({ origins: [store], retries: 2, backoffMs: 5, onFetch: (e) => events.push(e) });
+    const got = await f.fetch(ref, 'demand');
+    expect(got.bytes.equals(bytes)).toBe(true);
+    expect(got.tier).toBe('origin0');
+    expect(o.requests).toHaveLength(3);
+    expect(events).toMatchObject([{ tier: 'origin0', priority: 'demand' }]);
+  });
+
+  it('falls through to the next origin on a stall (attempt timeout) and on lying bytes, at once', async () => {
+    const stall = await http(() => 'stall');
+    const liar = await http(() => 'lie');
+    const good = await http(() => 'ok');
+    const f = new ChunkFetcher({ origins: [stall.store, liar.store, good.store], attemptTimeoutMs: 200, retries: 3, backoffMs: 5 });
+    const t0 = Date.now();
+    const got = await f.fetch(ref, 'demand');
+    expect(got.tier).toBe('origin2');
+    expect(got.bytes.equals(bytes)).toBe(true);
+    expect(liar.o.requests).toHaveLength(1); // a hash mismatch is not retried on the same origin
+    expect(Date.now() - t0).toBeLessThan(4 * 200 + 1000);
+  });
+
+  it('gives one FetchError naming every failed attempt when nothing delivers', async () => {
+    const a = await http(() => '503');
+    const f = new ChunkFetcher({ origins: [a.store, new FileStore(path.join(tmp.dir, 'empty'))], retries: 1, backoffMs: 1 });
+    const e = await f.fetch(ref, 'demand').catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(FetchError);
+    expect((e as FetchError).errors).toHaveLength(3);
+    expect((e as FetchError).message).toMatch(/503/);
+    expect((e as FetchError).message).toMatch(/not found/);
+  });
+
+  it('fetches a chunk once however many ask at once', async () => {
+    const { o, store } = await http(() => 'ok');
+    const f = new ChunkFetcher({ origins: [store] });
+    const all = await Promise.all(Array.from({ length: 20 }, (_, i) => f.fetch(ref, i % 2 ? 'demand' : 'prefetch')));
+    expect(all.every((r) => r.bytes.equals(bytes))).toBe(true);
+    expect(o.requests).toHaveLength(1);
+  });
+
+  it('runs demand fetches before queued prefetches, and a demand promotes a queued prefetch', async () => {
+    const order: string[] = [];
+    const root2 = path.join(tmp.dir, 'many');
+    const refs = await Promise.all(
+      Array.from({ length: 40 }, async (_, i) => {
+        const b = Buffer.alloc(4096, i);
+        const r = { hash: hashChunk(b), codec: 'none' as const, length: 4096 };
+        await new FileStore(root2).put(chunkKey(r.hash, 'none'), b);
+        return r;
+      }),
+    );
+    const o = await fakeOrigin(root2, (_n, url) => (order.push(url), 'ok'));
+    const store = new HttpStore(o.url);
+    closers.push(async () => (await store.close(), await o.close()));
+    const f = new ChunkFetcher({ origins: [store], concurrency: 1 });
+    const jobs = refs.slice(0, 30).map((r) => f.fetch(r, 'prefetch'));
+    expect(f.pending().prefetch).toBe(29);
+    const demand = f.fetch(refs[35]!, 'demand');
+    const promoted = f.fetch(refs[20]!, 'demand'); // queued as prefetch, now wanted by a fault
+    await Promise.all([...jobs, demand, promoted]);
+    const pos = (r: { hash: string }) => order.findIndex((u) => u.includes(r.hash));
+    // At most the prefetch already running precedes the demands.
+    expect(pos(refs[35]!)).toBeLessThanOrEqual(2);
+    expect(pos(refs[20]!)).toBeLessThanOrEqual(2);
+    expect(order).toHaveLength(31);
+  });
+});
