@@ -6,6 +6,7 @@ import { fcClientPath } from './fixtures.js';
 
 export interface ClientReport {
   ok: boolean;
+  mode?: 'host' | 'kvm';
   pid: number;
   units: number;
   pagesVerified: number;
@@ -34,11 +35,19 @@ export interface RunningClient {
   result: Promise<ClientResult>;
 }
 
+/** Clients still running; killed when the test process exits, so a failed test leaves none behind. */
+const live = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of live) c.kill('SIGKILL');
+});
+
 export function startClient(args: string[], opts: { taskset?: string } = {}): RunningClient {
   const bin = fcClientPath();
   const cmd = opts.taskset ? 'taskset' : bin;
   const argv = opts.taskset ? ['-c', opts.taskset, bin, ...args] : args;
   const child = spawn(cmd, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
+  live.add(child);
+  child.once('exit', () => live.delete(child));
   let out = '';
   let err = '';
   let readyResolve: (pid: number) => void = () => {};

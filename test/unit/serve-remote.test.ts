@@ -4,7 +4,7 @@
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
@@ -85,6 +85,32 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve with remote origins'), () =>
     } finally {
       await server.close(0);
       await nginx.stop();
+    }
+  });
+
+  it.skipIf(!existsSync('/dev/kvm'))(`restores a KVM guest's memory from the directory store, s3rver and nginx${existsSync('/dev/kvm') ? '' : ' [SKIPPED: no /dev/kvm]'}`, async () => {
+    const nginx = nginxSkipReason ? undefined : await startNginx(path.join(tmp.dir, 'store'));
+    const origins: [string, string[]][] = [
+      ['directory', [path.join(tmp.dir, 'store')]],
+      ['s3rver', ['s3://snaps/prod']],
+      ...(nginx ? [['nginx', [nginx.url]] as [string, string[]]] : []),
+    ];
+    try {
+      for (const [name, stores] of origins) {
+        const server = await serve(tmp.dir, { stores, s3Endpoint: s3.endpoint, id: 'vm' });
+        try {
+          // Every guest access faults inside KVM_RUN and is served through the socket.
+          const r = await runClient(['--socket', server.socketPath, '--image', img.path, '--kvm', '--threads', '2', '--regions', '12M,4M']);
+          expect({ name, code: r.code, stderr: r.stderr }).toEqual({ name, code: 0, stderr: '' });
+          expect(r.report, name).toMatchObject({ ok: true, mode: 'kvm', mismatches: 0, pagesVerified: 4096 });
+          const [s] = await summaries(server, 1);
+          expect(s!.faults, name).toBeGreaterThanOrEqual(1);
+        } finally {
+          await server.close(0);
+        }
+      }
+    } finally {
+      await nginx?.stop();
     }
   });
 
