@@ -58,7 +58,8 @@ function sh(cmd: string, args: string[]): string | null {
 
 export function environment(): Environment {
   const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
-  const status = sh('git', ['status', '--porcelain']);
+  // The results this run writes are not a change to the code being measured.
+  const status = sh('git', ['status', '--porcelain', '--', '.', ':!bench/results', ':!bench/README.md']);
   return {
     date: new Date().toISOString(),
     kernel: sh('uname', ['-r']) ?? release(),
