@@ -8,29 +8,25 @@
 import { lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 
-import { HandshakeError, InvalidArgumentError, NotFoundError } from '../core/errors.js';
+import { HandshakeError, InvalidArgumentError } from '../core/errors.js';
 import { componentLogger, type Logger } from '../core/logger.js';
 import {
   ChunkTable,
   acceptUnix,
   closeFd,
-  constants,
-  createUffd,
   listenUnix,
   peerCredentials,
   peerPidfd,
   pidfdOpen,
   recvWithFds,
-  uffdApi,
   watchFd,
   type FdWatch,
 } from '../native/index.js';
 import type { StoreBackend } from '../store/backend.js';
 import { assertSnapshotId } from '../store/keys.js';
-import type { SnapshotIndex } from '../store/manifest.js';
 import { openStore } from '../store/open.js';
-import { loadIndex } from '../store/reader.js';
 import { ChunkFetcher } from './fetcher.js';
+import { kernelCanPoison, loadFirst } from './startup.js';
 import { parseHandshake } from './handshake.js';
 import { MemoryTier } from './memory-tier.js';
 import { RuntimeMetrics } from './metrics.js';
@@ -47,33 +43,6 @@ interface Conn {
   watch: FdWatch;
   timer: NodeJS.Timeout | undefined;
   session: RestoreSession | undefined;
-}
-
-/** Whether this kernel supports UFFDIO_POISON (6.6+); probed once, false when uffd is unavailable. */
-function kernelCanPoison(): boolean {
-  try {
-    const fd = createUffd();
-    try {
-      return (uffdApi(fd, 0n).features & constants().UFFD_FEATURE_POISON) !== 0n;
-    } finally {
-      closeFd(fd);
-    }
-  } catch {
-    return false;
-  }
-}
-
-async function loadFirst(stores: StoreBackend[], id: string, signal?: AbortSignal): Promise<SnapshotIndex> {
-  const errors: string[] = [];
-  for (const s of stores) {
-    try {
-      return await loadIndex(s, id, signal);
-    } catch (e) {
-      if (!(e instanceof NotFoundError) && stores.length === 1) throw e;
-      errors.push(`${s.url}: ${(e as Error).message}`);
-    }
-  }
-  throw new NotFoundError(stores.map((s) => s.url).join(', '), `manifests/${id}.json (${errors.join('; ')})`);
 }
 
 export class RestoreServer {
