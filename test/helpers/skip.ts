@@ -4,7 +4,8 @@
  */
 import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 
-import { closeFd, constants, createUffd, probeUffd, uffdApi } from '../../native/index.js';
+import { probeUffd } from '../../native/index.js';
+import { kernelCanPoison } from '../../runtime/startup.js';
 
 const uffd = probeUffd();
 export const hasUffd = uffd.ok;
@@ -42,12 +43,4 @@ export function presentPages(pid: number, address: bigint, length: number): bool
 }
 
 /** Whether the kernel supports UFFDIO_POISON (Linux 6.6+); false where userfaultfd is unavailable. */
-export function kernelHasPoison(): boolean {
-  if (!uffd.ok) return false;
-  const fd = createUffd();
-  try {
-    return (uffdApi(fd, 0n).features & constants().UFFD_FEATURE_POISON) !== 0n;
-  } finally {
-    closeFd(fd);
-  }
-}
+export const kernelHasPoison = kernelCanPoison;
