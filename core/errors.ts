@@ -20,7 +20,8 @@ export type ErrorCode =
   | 'LAZYSNAP_INTEGRITY'
   | 'LAZYSNAP_SOURCE_ERROR'
   | 'LAZYSNAP_BAD_HANDSHAKE'
-  | 'LAZYSNAP_FETCH_FAILED';
+  | 'LAZYSNAP_FETCH_FAILED'
+  | 'LAZYSNAP_BAD_PROFILE';
 
 export class LazysnapError extends Error {
   readonly code: ErrorCode;
@@ -182,6 +183,14 @@ export class FetchError extends LazysnapError {
     super('LAZYSNAP_FETCH_FAILED', `${key}: no origin delivered a verified chunk (${errors.join('; ') || 'no origins'})`);
     this.key = key;
     this.errors = errors;
+  }
+}
+
+/** A working-set profile that does not parse or does not fit its snapshot. Replay is skipped. */
+export class ProfileError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_BAD_PROFILE';
+  constructor(message: string) {
+    super('LAZYSNAP_BAD_PROFILE', `invalid working-set profile: ${message}`);
   }
 }
 

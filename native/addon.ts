@@ -18,6 +18,8 @@ export interface RawSessionEvent {
   installed: Uint32Array;
   poisoned: Uint32Array;
   missing: Uint32Array;
+  /** With reportTouches: chunks whose first fault was served from the resident table. */
+  touched: Uint32Array;
   errors: SystemError[];
   exited: boolean;
 }
@@ -67,7 +69,7 @@ export interface Addon {
 
   sessionCreate(
     uffd: number,
-    opts: { table: Handle<'table'>; pageSize: number; regions: RawRegion[] },
+    opts: { table: Handle<'table'>; pageSize: number; regions: RawRegion[]; reportTouches?: boolean },
     onEvent: (e: RawSessionEvent) => void,
   ): Handle<'session'>;
   sessionInstall(s: Handle<'session'>, chunks: number | Uint32Array): void;

@@ -168,6 +168,12 @@ export interface FaultSessionOptions {
   table: ChunkTable;
   pageSize: PageSize;
   regions: readonly Region[];
+  /**
+   * Report, as `touched`, chunks whose first fault was served from the resident table (absent chunks
+   * arrive as `need` anyway): with both, JS sees the session's whole first-touch order, which is
+   * what working-set recording needs. @default false
+   */
+  reportTouches?: boolean;
 }
 
 /** Counters kept by the fault thread (monotonic; read with stats()). */
@@ -216,7 +222,7 @@ export class FaultSession {
     this.#chunks = options.table.chunks;
     this.#handle = addon().sessionCreate(
       uffd,
-      { table: options.table.handle, pageSize: options.pageSize, regions: options.regions.map((r) => ({ ...r })) },
+      { table: options.table.handle, pageSize: options.pageSize, regions: options.regions.map((r) => ({ ...r })), reportTouches: options.reportTouches ?? false },
       onEvent,
     );
   }

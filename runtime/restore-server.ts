@@ -27,6 +27,8 @@ import { assertSnapshotId } from '../store/keys.js';
 import { openStore } from '../store/open.js';
 import { ChunkFetcher } from './fetcher.js';
 import { kernelCanPoison, loadFirst } from './startup.js';
+import { loadProfile, profileSaver } from './profile-store.js';
+import type { ProfileShape } from './profile.js';
 import { parseHandshake } from './handshake.js';
 import { MemoryTier } from './memory-tier.js';
 import { RuntimeMetrics } from './metrics.js';
@@ -60,6 +62,7 @@ export class RestoreServer {
   readonly #pending = new Set<Conn>();
   #metricsServer: { close: () => Promise<void> } | undefined;
   #cache: { close(): Promise<void> } | undefined;
+  #profileSaves: { idle(): Promise<void> } | undefined;
   #nextId = 1;
   #closing: Promise<void> | undefined;
   #idle: (() => void) | undefined;
@@ -105,9 +108,26 @@ export class RestoreServer {
         concurrency: o.fetchConcurrency,
         onFetch: metrics.onFetch,
       });
-      const ctx: SessionContext = { index, table, memory: new MemoryTier(table, o.memoryBudgetBytes), fetcher, metrics, log, failTimeoutMs: o.failTimeoutMs, canPoison: o.failClosed === 'poison' || (o.failClosed === 'auto' && kernelCanPoison()) };
+      const shape: ProfileShape = { id: o.id, chunkSize: m.chunkSize, totalSize: m.totalSize, chunks: index.count };
+      const wantsProfile = o.prefetch === 'auto' || o.prefetch === 'replay';
+      const profile = wantsProfile ? await loadProfile(stores, shape, (msg) => log.warn(msg), signal) : undefined;
+      const mode = o.prefetch === 'auto' ? (profile ? 'replay' : 'off') : o.prefetch;
+      if (mode === 'replay' && !profile) log.warn(`no profile for ${o.id}: replay has nothing to prefetch (record one with --prefetch record)`);
+      const saver = profileSaver(stores, shape, log);
+      const ctx: SessionContext = {
+        index,
+        table,
+        memory: new MemoryTier(table, o.memoryBudgetBytes),
+        fetcher,
+        metrics,
+        log,
+        failTimeoutMs: o.failTimeoutMs,
+        canPoison: o.failClosed === 'poison' || (o.failClosed === 'auto' && kernelCanPoison()),
+        prefetch: { mode, fill: o.fill, window: o.prefetchWindow, recordIdleMs: o.recordIdleMs, profile, saveRecording: saver.save },
+      };
       const server = new RestoreServer(o, stores, ctx, log);
       server.#cache = cache;
+      server.#profileSaves = saver;
       if (o.metricsPort !== undefined) {
         const ms = await metrics.listen(o.metricsPort, o.metricsHost);
         server.metricsPort = ms.port;
@@ -263,6 +283,7 @@ export class RestoreServer {
         });
       }
       for (const s of [...this.sessions]) s.end('shutdown');
+      await this.#profileSaves?.idle();
       await this.#metricsServer?.close();
       await this.#cache?.close();
       await Promise.all(this.#stores.map((s) => s.close()));

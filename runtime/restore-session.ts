@@ -14,6 +14,21 @@ import type { ChunkFetcher, Tier } from './fetcher.js';
 import type { Handshake } from './handshake.js';
 import type { MemoryTier } from './memory-tier.js';
 import type { RuntimeMetrics } from './metrics.js';
+import { Prefetcher } from './prefetch.js';
+import { Recorder, type Profile } from './profile.js';
+
+export interface PrefetchContext {
+  /** record: collect this session's first touches; replay: prefetch the profile's chunks. */
+  mode: 'off' | 'record' | 'replay';
+  /** After replay, fetch every other missing chunk in the background. */
+  fill: boolean;
+  /** Prefetch fetches in flight per session. */
+  window: number;
+  /** A recording is saved once: when no new chunk was touched for this long, or at session end. */
+  recordIdleMs: number;
+  profile: Profile | undefined;
+  saveRecording: (first: Map<number, number>) => void;
+}
 
 export interface SessionContext {
   index: SnapshotIndex;
@@ -25,6 +40,7 @@ export interface SessionContext {
   failTimeoutMs: number;
   /** Whether UFFDIO_POISON works on this kernel; otherwise failing closed means SIGKILL. */
   canPoison: boolean;
+  prefetch: PrefetchContext;
 }
 
 export interface SessionSummary {
@@ -38,6 +54,10 @@ export interface SessionSummary {
   bytesFetched: number;
   hitsByTier: Record<string, number>;
   failedChunks: number[];
+  /** Chunks installed ahead of any fault by replay or fill. */
+  prefetchedChunks: number;
+  /** Chunks in this session's recording (record mode). */
+  recordedChunks: number;
   outcome: 'ended' | 'killed' | 'shutdown';
 }
 
@@ -56,6 +76,13 @@ export class RestoreSession {
   #fetched = 0;
   #ended: SessionSummary | undefined;
   #killed = false;
+  readonly #installed = new Set<number>();
+  readonly #tried = new Set<number>();
+  #prefetched = 0;
+  readonly #recorder: Recorder | undefined;
+  #recordTimer: NodeJS.Timeout | undefined;
+  #recordSaved = false;
+  readonly #prefetcher: Prefetcher | undefined;
   readonly #onEnd: (s: RestoreSession, summary: SessionSummary) => void;
 
   constructor(opts: { ctx: SessionContext; handshake: Handshake; uffd: number; pidfd: number; pid: number; restoreId: string; onEnd: (s: RestoreSession, summary: SessionSummary) => void }) {
@@ -65,19 +92,88 @@ export class RestoreSession {
     this.restoreId = opts.restoreId;
     this.#onEnd = opts.onEnd;
     this.#log = opts.ctx.log.child({ restoreId: opts.restoreId, pid: opts.pid });
-    this.#fault = new FaultSession(opts.uffd, { table: opts.ctx.table, pageSize: opts.handshake.pageSize, regions: opts.handshake.regions }, (e) => this.#onEvent(e));
+    const pf = opts.ctx.prefetch;
+    if (pf.mode === 'record') this.#recorder = new Recorder(this.#t0);
+    const reportTouches = pf.mode === 'record' || pf.fill;
+    this.#fault = new FaultSession(opts.uffd, { table: opts.ctx.table, pageSize: opts.handshake.pageSize, regions: opts.handshake.regions, reportTouches }, (e) => this.#onEvent(e));
     this.#ctx.metrics.sessions.inc();
-    this.#log.info({ regions: opts.handshake.regions.length, shape: opts.handshake.shape, pageSize: opts.handshake.pageSize }, 'restore session started');
+    this.#log.info({ regions: opts.handshake.regions.length, shape: opts.handshake.shape, pageSize: opts.handshake.pageSize, prefetch: pf.mode, fill: pf.fill }, 'restore session started');
+    const replay = pf.mode === 'replay' && pf.profile ? pf.profile.chunks.map((e) => e.chunk) : [];
+    if (replay.length > 0 || pf.fill) {
+      const ended = () => this.#ended !== undefined;
+      this.#prefetcher = new Prefetcher(
+        {
+          skip: (c) => this.#installed.has(c) || this.#tried.has(c) || chunkHash(this.#ctx.index, c) === null,
+          prefetch: (c) => this.#prefetchOne(c),
+          get ended() {
+            return ended();
+          },
+        },
+        opts.ctx.index.count,
+        pf.window,
+      );
+      void this.#prefetcher.run(replay, pf.fill);
+    }
+  }
+
+  #prefetchOne(c: number): Promise<void> {
+    this.#tried.add(c);
+    const { index, memory, fetcher } = this.#ctx;
+    if (memory.has(c)) {
+      memory.touch(c);
+      this.#fault.install(c);
+      this.#prefetched++;
+      return Promise.resolve();
+    }
+    const length = Math.min(index.manifest.chunkSize, index.manifest.totalSize - c * index.manifest.chunkSize);
+    return fetcher.fetch({ hash: chunkHash(index, c)!, codec: chunkCodec(index, c)!, length }, 'prefetch').then(
+      ({ bytes, tier }) => {
+        if (this.#installed.has(c)) return; // a demand fault got there first
+        this.#prefetched++;
+        this.#install(c, bytes, tier);
+      },
+      (err: unknown) => {
+        if (this.#log.isLevelEnabled('debug')) this.#log.debug({ chunk: c, err: (err as Error).message }, 'prefetch failed; the demand path will retry if needed');
+      },
+    );
+  }
+
+  #touch(c: number): void {
+    if (!this.#recorder || this.#recordSaved) return;
+    const before = this.#recorder.size;
+    this.#recorder.touch(c);
+    if (this.#recorder.size === before) return;
+    clearTimeout(this.#recordTimer);
+    this.#recordTimer = setTimeout(() => this.#saveRecording(), this.#ctx.prefetch.recordIdleMs);
+    this.#recordTimer.unref();
+  }
+
+  #saveRecording(): void {
+    if (!this.#recorder || this.#recordSaved || this.#recorder.size === 0) return;
+    this.#recordSaved = true;
+    clearTimeout(this.#recordTimer);
+    this.#ctx.prefetch.saveRecording(this.#recorder.entries());
   }
 
   stats(): SessionStats {
     return this.#fault.stats();
   }
 
+  /** Chunks installed ahead of any fault so far (replay and fill). */
+  get prefetched(): number {
+    return this.#prefetched;
+  }
+
   #onEvent(e: SessionEvent): void {
-    for (const c of e.need) this.#serve(c);
+    for (const c of e.touched) this.#touch(c);
+    for (const c of e.need) {
+      this.#touch(c);
+      this.#prefetcher?.demand(c);
+      this.#serve(c);
+    }
     for (const c of e.missing) this.#serve(c); // evicted between put and install: put it again
     for (const c of e.installed) {
+      this.#installed.add(c);
       const t = this.#needAt.get(c);
       if (t !== undefined) {
         this.#ctx.metrics.faultSeconds.observe((performance.now() - t) / 1000);
@@ -152,6 +248,7 @@ export class RestoreSession {
    */
   end(outcome: SessionSummary['outcome']): SessionSummary {
     if (this.#ended) return this.#ended;
+    this.#saveRecording();
     const st = this.#fault.stats();
     this.#fault.close();
     closeFd(this.#pidfd);
@@ -172,6 +269,8 @@ export class RestoreSession {
       bytesFetched: this.#bytesFetched,
       hitsByTier: { ...this.#hits, memory: st.residentFaults },
       failedChunks: this.#failed,
+      prefetchedChunks: this.#prefetched,
+      recordedChunks: this.#recorder?.size ?? 0,
       outcome: this.#killed ? 'killed' : outcome,
     };
     this.#ended = summary;

@@ -28,6 +28,18 @@ export interface ServeOptions {
    * @default 'auto'
    */
   failClosed?: 'auto' | 'poison' | 'kill';
+  /**
+   * Working-set prefetch: 'record' this snapshot's first-touch order into profiles/<id> (merged with
+   * earlier recordings), 'replay' it at the start of each session, 'off', or 'auto': replay whenever
+   * a profile exists. @default 'auto'
+   */
+  prefetch?: 'auto' | 'off' | 'record' | 'replay';
+  /** After replay, fetch every other missing chunk in the background (QEMU-postcopy style). @default false */
+  fill?: boolean;
+  /** Prefetch fetches in flight per session; keep it below fetchConcurrency so demand faults find room. @default 8 */
+  prefetchWindow?: number;
+  /** A recording is saved when no new chunk was touched for this long, or when its session ends. @default 2000 */
+  recordIdleMs?: number;
   /** Per origin request. @default 5000 */
   attemptTimeoutMs?: number;
   /** Retries of a retryable origin error. @default 2 */
@@ -62,6 +74,7 @@ export function resolveServeOptions(o: ServeOptions): ResolvedServeOptions {
   if (!Array.isArray(o.stores) || o.stores.length === 0) throw new InvalidArgumentError('stores', 'at least one store URL', o.stores);
   if (typeof o.socketPath !== 'string' || o.socketPath === '') throw new InvalidArgumentError('socketPath', 'a path', o.socketPath);
   if (Buffer.byteLength(o.socketPath) > 107) throw new InvalidArgumentError('socketPath', 'at most 107 bytes (the sun_path limit)', o.socketPath);
+  if (o.prefetch !== undefined && !['auto', 'off', 'record', 'replay'].includes(o.prefetch)) throw new InvalidArgumentError('prefetch', "'auto', 'off', 'record' or 'replay'", o.prefetch);
   if (o.failClosed !== undefined && !['auto', 'poison', 'kill'].includes(o.failClosed)) throw new InvalidArgumentError('failClosed', "'auto', 'poison' or 'kill'", o.failClosed);
   if (o.allowUids && !o.allowUids.every((u) => Number.isSafeInteger(u) && u >= 0)) throw new InvalidArgumentError('allowUids', 'uids (integers >= 0)', o.allowUids);
   return {
@@ -76,6 +89,10 @@ export function resolveServeOptions(o: ServeOptions): ResolvedServeOptions {
     shutdownGraceMs: int('shutdownGraceMs', o.shutdownGraceMs, 30_000, 0),
     metricsHost: o.metricsHost ?? '127.0.0.1',
     failClosed: o.failClosed ?? 'auto',
+    prefetch: o.prefetch ?? 'auto',
+    fill: o.fill ?? false,
+    prefetchWindow: int('prefetchWindow', o.prefetchWindow, 8, 1, 1024),
+    recordIdleMs: int('recordIdleMs', o.recordIdleMs, 2000, 1),
     ...(o.metricsPort !== undefined ? { metricsPort: int('metricsPort', o.metricsPort, 0, 0, 65535) } : {}),
   };
 }

@@ -26,6 +26,11 @@ options:
   --retries N            retries of a retryable origin error (default 2)
   --handshake-timeout DUR  close connections that send no handshake (default 5s)
   --shutdown-grace DUR   on SIGTERM, how long live sessions may run (default 30s)
+  --prefetch MODE        record: save each session's first-touch order to profiles/ID (merged);
+                         replay: fetch the profile's chunks ahead of the faults; off; auto: replay
+                         whenever a profile exists (default auto)
+  --fill                 after replay, fetch every other missing chunk in the background
+  --prefetch-window N    prefetch fetches in flight per session (default 8)
   --metrics-port N       serve Prometheus metrics on this port (default: off)
   --metrics-host HOST    address for metrics (default 127.0.0.1)
   --allow-uid UID        only serve peers with this uid (repeatable; default: any)
@@ -52,12 +57,15 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       'metrics-host': { type: 'string' },
       'allow-uid': { type: 'string', multiple: true },
       's3-endpoint': { type: 'string' },
-      prefetch: { type: 'string' },
+      prefetch: { type: 'string', default: 'auto' },
+      fill: { type: 'boolean', default: false },
+      'prefetch-window': { type: 'string' },
     },
     strict: true,
   });
   if (!values.store?.length) throw new UsageError('--store is required (repeat it for an ordered fallback list)');
-  if (values.prefetch !== undefined && values.prefetch !== 'off') throw new InvalidArgumentError('--prefetch', 'off (record and replay are not in this version)', values.prefetch);
+  if (!['auto', 'off', 'record', 'replay'].includes(values.prefetch)) throw new InvalidArgumentError('--prefetch', 'auto, off, record or replay', values.prefetch);
+  const prefetchWindow = intOption('prefetch-window', values['prefetch-window'], 1, 1024);
   const retries = intOption('retries', values.retries, 0, 10);
   const metricsPort = intOption('metrics-port', values['metrics-port'], 0, 65535);
   const server = await RestoreServer.start(
@@ -70,6 +78,9 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       ...(values['cache-budget'] ? { cacheBudgetBytes: parseSize('--cache-budget', values['cache-budget']) } : {}),
       ...(values['memory-budget'] ? { memoryBudgetBytes: parseSize('--memory-budget', values['memory-budget']) } : {}),
       failClosed: values['fail-closed'] as 'auto',
+      prefetch: values.prefetch as 'auto',
+      fill: values.fill,
+      ...(prefetchWindow !== undefined ? { prefetchWindow } : {}),
       failTimeoutMs: parseDuration(values['fail-timeout'], '--fail-timeout'),
       attemptTimeoutMs: parseDuration(values['attempt-timeout'], '--attempt-timeout'),
       handshakeTimeoutMs: parseDuration(values['handshake-timeout'], '--handshake-timeout'),

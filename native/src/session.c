@@ -30,7 +30,7 @@ static const napi_type_tag SESSION_TAG = {0x6c617a79736e6170ULL, 0x73657373696f6
 
 static void session_unref(session_t *s) {
   if (atomic_fetch_sub(&s->ref, 1) != 1) return;
-  free(s->need.v), free(s->installed.v), free(s->poisoned.v), free(s->missing.v), free(s->errs);
+  free(s->need.v), free(s->installed.v), free(s->poisoned.v), free(s->missing.v), free(s->touched.v), free(s->errs);
   free(s->q), free(s->regions), free(s->zero_page);
   pthread_mutex_destroy(&s->qmu);
   pthread_mutex_destroy(&s->omu);
@@ -59,6 +59,7 @@ static void call_js(napi_env env, napi_value cb, void *context, void *data) {
   set_named(env, o, "installed", u32_array(env, &s->installed));
   set_named(env, o, "poisoned", u32_array(env, &s->poisoned));
   set_named(env, o, "missing", u32_array(env, &s->missing));
+  set_named(env, o, "touched", u32_array(env, &s->touched));
   napi_create_array_with_length(env, s->nerrs, &errs);
   for (size_t i = 0; i < s->nerrs; i++) {
     napi_value e = make_errno_error(env, s->errs[i].err, s->errs[i].syscall);
@@ -204,6 +205,7 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   s->created_ns = monotonic_ns();
   s->chunk_size = table->chunk_size;
   s->total_size = table->total_size;
+  if (prop(env, argv[1], "reportTouches", &v) && !arg_bool(env, v, "reportTouches", &s->report_touches)) goto fail;
   if (!prop(env, argv[1], "regions", &v)) {
     throw_arg(env, "options.regions is required");
     goto fail;

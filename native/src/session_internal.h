@@ -60,7 +60,8 @@ typedef struct session {
 
   /* Thread → JS. */
   pthread_mutex_t omu;
-  u32vec need, installed, poisoned, missing;
+  u32vec need, installed, poisoned, missing, touched;
+  bool report_touches; /* working-set recording: report first faults served from resident chunks */
   report_t *errs;
   size_t nerrs, caperrs;
   bool out_exited;

@@ -87,7 +87,11 @@ static int resolve(session_t *s, uint64_t addr) {
   } else if (st == CHUNK_RESIDENT) {
     STAT_ADD(s, residentFaults, 1);
     rc = fill_chunk(s, c, data, UFFD_FILL_COPY);
-    if (rc == 0) s->cstate[c] = CS_INSTALLED;
+    if (rc == 0) {
+      s->cstate[c] = CS_INSTALLED;
+      /* A first touch JS would not otherwise see (absent chunks arrive as `need`). */
+      if (s->report_touches) out_chunk(s, &s->touched, c);
+    }
   } else if (s->cstate[c] != CS_REQUESTED) {
     /* Absent: ask JS once. The faulting thread sleeps in the kernel until the install wakes it; the
      * event itself is not kept, because the install's copy wakes every waiter in the chunk. */
@@ -206,7 +210,7 @@ static int process(session_t *s) {
 
 static bool has_output(session_t *s) {
   pthread_mutex_lock(&s->omu);
-  bool any = s->need.n || s->installed.n || s->poisoned.n || s->missing.n || s->nerrs || s->out_exited;
+  bool any = s->need.n || s->installed.n || s->poisoned.n || s->missing.n || s->touched.n || s->nerrs || s->out_exited;
   pthread_mutex_unlock(&s->omu);
   return any;
 }

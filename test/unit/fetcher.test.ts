@@ -2,8 +2,6 @@
  * The fetch pipeline against origins that fail in ways nginx or s3rver cannot be made to: a small
  * node:http origin in front of a directory store injects 503s, stalls and wrong bytes on request.
  */
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
@@ -13,32 +11,8 @@ import { encodeChunk, hashChunk } from '../../store/chunk.js';
 import { FileStore } from '../../store/file-store.js';
 import { HttpStore } from '../../store/http-store.js';
 import { chunkKey } from '../../store/keys.js';
+import { fakeOrigin, type Fault } from '../helpers/fault-origin.js';
 import { tempDir } from '../helpers/images.js';
-
-type Fault = 'ok' | '503' | 'stall' | 'lie';
-
-async function fakeOrigin(root: string, plan: (n: number, url: string) => Fault) {
-  const requests: string[] = [];
-  const files = new FileStore(root);
-  const server: Server = createServer((req, res) => {
-    const url = req.url ?? '';
-    requests.push(url);
-    const f = plan(requests.length, url);
-    if (f === 'stall') return; // never answers
-    if (f === '503') return void res.writeHead(503).end('busy');
-    files.get(url.replace(/^\//, '')).then(
-      (b) => res.writeHead(200, { 'content-length': b.length }).end(f === 'lie' ? Buffer.from(b).fill(7, 0, 16) : b),
-      () => res.writeHead(404).end(),
-    );
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as AddressInfo).port;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    requests,
-    close: () => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))),
-  };
-}
 
 describe('chunk fetcher', () => {
   let tmp: ReturnType<typeof tempDir>;

@@ -1,0 +1,36 @@
+/**
+ * An HTTP origin in front of a directory store that injects faults nginx and s3rver cannot be made
+ * to produce on demand: 503s, stalls, lying bytes, delays. The one place a fake peer is used.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+import { FileStore } from '../../store/file-store.js';
+
+export type Fault = 'ok' | '503' | 'stall' | 'lie' | { delayMs: number };
+
+export async function fakeOrigin(root: string, plan: (n: number, url: string) => Fault) {
+  const requests: string[] = [];
+  const files = new FileStore(root);
+  const server: Server = createServer((req, res) => {
+    const url = req.url ?? '';
+    requests.push(url);
+    const f = plan(requests.length, url);
+    if (f === 'stall') return; // never answers
+    if (f === '503') return void res.writeHead(503).end('busy');
+    const answer = () =>
+      files.get(url.replace(/^\//, '')).then(
+        (b) => res.writeHead(200, { 'content-length': b.length }).end(f === 'lie' ? Buffer.from(b).fill(7, 0, 16) : b),
+        () => res.writeHead(404).end(),
+      );
+    if (typeof f === 'object') setTimeout(answer, f.delayMs);
+    else void answer();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests,
+    close: () => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))),
+  };
+}
