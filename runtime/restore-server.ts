@@ -92,7 +92,7 @@ export class RestoreServer {
     const o = resolveServeOptions(options);
     assertSnapshotId(o.id);
     const log = (o.logger ?? componentLogger('runtime.serve')).child({ snapshotId: o.id });
-    const stores = await Promise.all(o.stores.map((u) => openStore(u, { ...(o.s3Endpoint ? { s3Endpoint: o.s3Endpoint } : {}) })));
+    const stores = await Promise.all(o.stores.map((u) => openStore(u, { httpConnections: o.originConnections, ...(o.s3Endpoint ? { s3Endpoint: o.s3Endpoint } : {}) })));
     try {
       const index = await loadFirst(stores, o.id, signal);
       const m = index.manifest;

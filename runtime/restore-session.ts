@@ -78,6 +78,7 @@ export class RestoreSession {
   #killed = false;
   readonly #installed = new Set<number>();
   readonly #tried = new Set<number>();
+  readonly #counted = new Set<number>();
   #prefetched = 0;
   readonly #recorder: Recorder | undefined;
   #recordTimer: NodeJS.Timeout | undefined;
@@ -128,7 +129,8 @@ export class RestoreSession {
     const length = Math.min(index.manifest.chunkSize, index.manifest.totalSize - c * index.manifest.chunkSize);
     return fetcher.fetch({ hash: chunkHash(index, c)!, codec: chunkCodec(index, c)!, length }, 'prefetch').then(
       ({ bytes, tier }) => {
-        if (this.#installed.has(c)) return; // a demand fault got there first
+        // A demand fault joined this fetch (or got the chunk first): its own callback installs it.
+        if (this.#installed.has(c) || this.#needAt.has(c)) return;
         this.#prefetched++;
         this.#install(c, bytes, tier);
       },
@@ -212,9 +214,14 @@ export class RestoreSession {
   }
 
   #install(c: number, bytes: Buffer, tier: Tier): void {
-    this.#hits[tier] = (this.#hits[tier] ?? 0) + 1;
-    if (tier !== 'disk') this.#bytesFetched += bytes.length;
-    this.#fetched++;
+    // Counted once per chunk: a chunk evicted before its install comes back as `missing` and is
+    // put again, which is not another fetch for this session.
+    if (!this.#counted.has(c)) {
+      this.#counted.add(c);
+      this.#hits[tier] = (this.#hits[tier] ?? 0) + 1;
+      if (tier !== 'disk') this.#bytesFetched += bytes.length;
+      this.#fetched++;
+    }
     if (this.#ended) return;
     this.#ctx.memory.admit(c, bytes);
     this.#fault.install(c);

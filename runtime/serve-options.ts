@@ -46,6 +46,11 @@ export interface ServeOptions {
   retries?: number;
   /** Chunk fetches in flight. @default 16 */
   fetchConcurrency?: number;
+  /**
+   * Connections to each HTTP(S) origin. Requests beyond it queue in the client, so with fewer
+   * connections than fetchConcurrency the extra fetches only wait. @default fetchConcurrency
+   */
+  originConnections?: number;
   /** A connection that sends no handshake in this time is closed. @default 5000 */
   handshakeTimeoutMs?: number;
   /** On close(), how long live sessions may run before they are ended. @default 30000 */
@@ -85,6 +90,7 @@ export function resolveServeOptions(o: ServeOptions): ResolvedServeOptions {
     attemptTimeoutMs: int('attemptTimeoutMs', o.attemptTimeoutMs, 5000, 1),
     retries: int('retries', o.retries, 2, 0, 10),
     fetchConcurrency: int('fetchConcurrency', o.fetchConcurrency, 16, 1, 1024),
+    originConnections: int('originConnections', o.originConnections, o.fetchConcurrency ?? 16, 1, 1024),
     handshakeTimeoutMs: int('handshakeTimeoutMs', o.handshakeTimeoutMs, 5000, 1),
     shutdownGraceMs: int('shutdownGraceMs', o.shutdownGraceMs, 30_000, 0),
     metricsHost: o.metricsHost ?? '127.0.0.1',

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { resultsDir, type Environment, type ResultRow, type ScenarioResult } from '../bench/lib/results.js';
 import { repoRoot } from '../test/helpers/fixtures.js';
 
-const ORDER = ['fault-latency', 'populate', 'snapshot', 'manifest-parse'];
+const ORDER = ['fault-latency', 'populate', 'cold-start', 'snapshot', 'concurrent', 'manifest-parse'];
 const out = path.join(repoRoot, 'bench', 'README.md');
 const analysisFile = path.join(repoRoot, 'bench', 'ANALYSIS.md');
 
@@ -89,16 +89,19 @@ const doc = [
   '',
   '- **P1** ([fault-latency.bench.ts](fault-latency.bench.ts)): fault service for a resident chunk, p50 ≤ 1.25× the reference at the same pinning.',
   '- **P2** ([populate.bench.ts](populate.bench.ts)): full populate from a local store, ≥ 80% of the reference\'s GB/s at the same chunk size.',
+  '- **P3** ([cold-start.bench.ts](cold-start.bench.ts)): cold start of a 1 GiB image with a ~9% working set from an S3-like origin (nginx behind a 30 ms / 90 MB/s per connection delay proxy): record → replay ≥ 3.7× faster than fault-only lazy, ≥ 10× faster than eager download, ≤ 1.5× the bound RTT + working-set bytes / (connections × 90 MB/s).',
   '- **P4** ([snapshot.bench.ts](snapshot.bench.ts)): chunk + hash + zero-detect of a 1 GiB zero-rich image ≥ 1.5 GB/s, plus whole snapshots to the directory store and s3rver.',
+  '- **P5** ([concurrent.bench.ts](concurrent.bench.ts)): 16 restores of one snapshot at once on one serve fetch every chunk from the origin once (fetch amplification 1.00).',
   '- **Manifest** ([manifest-parse.bench.ts](manifest-parse.bench.ts)): a 64 GiB snapshot\'s manifest parses in ≤ 50 ms.',
   '',
   'P1 and P2 compare against a pure-C reference handler ([ref/ref-handler.c](ref/ref-handler.c)). Both drive the Firecracker-exact client (test/fixtures/fc-client.c) against each handler in turn, alternating',
   'reference and lazysnap round by round because the machine is shared and noisy, and report medians over rounds',
   '(min–max beneath each median). lazysnap runs as [lib/lazysnap-handler.ts](lib/lazysnap-handler.ts), a standalone',
-  'Node program on the native FaultSession.',
+  'Node program on the native FaultSession. P3 and P5 compare lazysnap with itself (the baseline each row names is in the',
+  'reference column) against nginx behind a userspace delay proxy ([lib/slow-origin.ts](lib/slow-origin.ts)), since this kernel has no netem.',
   '',
-  'Run everything and regenerate this file with `npm run bench` (Linux with userfaultfd access, gcc, taskset, at least',
-  '2 CPUs and ~4 GiB of free memory; a few minutes: about 2½ here). `LAZYSNAP_BENCH_ROUNDS=N` changes the rounds per case for a',
+  'Run everything and regenerate this file with `npm run bench` (Linux with userfaultfd access, gcc, taskset, nginx, at least',
+  '2 CPUs and ~4 GiB of free memory; a few minutes: about 3½ here). `LAZYSNAP_BENCH_ROUNDS=N` changes the rounds per case for a',
   'quick look; the count used is printed with each table.',
   '',
   '## Environment',

@@ -13,6 +13,8 @@ import { FileStore } from './file-store.js';
 export interface OpenStoreOptions {
   /** Endpoint of an S3-compatible server (path-style addressing). @default env AWS_ENDPOINT_URL_S3 */
   s3Endpoint?: string;
+  /** Keep-alive connections to an HTTP(S) origin: the most requests in flight to it. @default 16 */
+  httpConnections?: number;
 }
 
 export async function openStore(url: string, options: OpenStoreOptions = {}): Promise<StoreBackend> {
@@ -35,7 +37,7 @@ export async function openStore(url: string, options: OpenStoreOptions = {}): Pr
   }
   if (scheme === 'http' || scheme === 'https') {
     const { HttpStore } = await import('./http-store.js');
-    return new HttpStore(url);
+    return new HttpStore(url, { ...(options.httpConnections ? { connections: options.httpConnections } : {}) });
   }
   throw new InvalidUrlError(url, `unsupported scheme ${scheme}:// (use a directory path, file://, s3:// or http(s)://)`);
 }

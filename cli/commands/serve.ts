@@ -31,6 +31,8 @@ options:
                          whenever a profile exists (default auto)
   --fill                 after replay, fetch every other missing chunk in the background
   --prefetch-window N    prefetch fetches in flight per session (default 8)
+  --fetch-concurrency N  chunk fetches in flight for the whole server, and connections to each
+                         HTTP origin (default 16)
   --metrics-port N       serve Prometheus metrics on this port (default: off)
   --metrics-host HOST    address for metrics (default 127.0.0.1)
   --allow-uid UID        only serve peers with this uid (repeatable; default: any)
@@ -60,12 +62,14 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       prefetch: { type: 'string', default: 'auto' },
       fill: { type: 'boolean', default: false },
       'prefetch-window': { type: 'string' },
+      'fetch-concurrency': { type: 'string' },
     },
     strict: true,
   });
   if (!values.store?.length) throw new UsageError('--store is required (repeat it for an ordered fallback list)');
   if (!['auto', 'off', 'record', 'replay'].includes(values.prefetch)) throw new InvalidArgumentError('--prefetch', 'auto, off, record or replay', values.prefetch);
   const prefetchWindow = intOption('prefetch-window', values['prefetch-window'], 1, 1024);
+  const fetchConcurrency = intOption('fetch-concurrency', values['fetch-concurrency'], 1, 1024);
   const retries = intOption('retries', values.retries, 0, 10);
   const metricsPort = intOption('metrics-port', values['metrics-port'], 0, 65535);
   const server = await RestoreServer.start(
@@ -81,6 +85,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       prefetch: values.prefetch as 'auto',
       fill: values.fill,
       ...(prefetchWindow !== undefined ? { prefetchWindow } : {}),
+      ...(fetchConcurrency !== undefined ? { fetchConcurrency } : {}),
       failTimeoutMs: parseDuration(values['fail-timeout'], '--fail-timeout'),
       attemptTimeoutMs: parseDuration(values['attempt-timeout'], '--attempt-timeout'),
       handshakeTimeoutMs: parseDuration(values['handshake-timeout'], '--handshake-timeout'),
