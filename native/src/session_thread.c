@@ -59,8 +59,9 @@ static int resolve(session_t *s, uint64_t addr) {
   }
   uint64_t off = r->offset + (page - r->base);
   if (is_removed(s, off)) {
-    STAT_ADD(s, removedFaults, 1);
     int rc = zero_range(s, page, s->page_size);
+    /* Counted once resolved: an EAGAIN (mmap changing) retries the same fault later. */
+    if (rc == 0) STAT_ADD(s, removedFaults, 1);
     if (rc && rc != -EAGAIN) classify(s, rc, (uint32_t)(off / s->chunk_size), "ioctl(UFFDIO_ZEROPAGE)");
     return rc == -EAGAIN ? rc : 0;
   }
@@ -81,13 +82,15 @@ static int resolve(session_t *s, uint64_t addr) {
       STAT_ADD(s, forwardedFaults, 1);
     }
   } else if (st == CHUNK_ZERO) {
-    STAT_ADD(s, zeroFaults, 1);
     rc = fill_chunk(s, c, NULL, UFFD_FILL_ZERO);
-    if (rc == 0) s->cstate[c] = CS_INSTALLED;
+    if (rc == 0) {
+      STAT_ADD(s, zeroFaults, 1);
+      s->cstate[c] = CS_INSTALLED;
+    }
   } else if (st == CHUNK_RESIDENT) {
-    STAT_ADD(s, residentFaults, 1);
     rc = fill_chunk(s, c, data, UFFD_FILL_COPY);
     if (rc == 0) {
+      STAT_ADD(s, residentFaults, 1);
       s->cstate[c] = CS_INSTALLED;
       /* A first touch JS would not otherwise see (absent chunks arrive as `need`). */
       if (s->report_touches) out_chunk(s, &s->touched, c);
