@@ -30,6 +30,7 @@ import { tempDir } from '../test/helpers/images.js';
 import { serve, snapshotTo, summaries } from '../test/helpers/serve.js';
 import { environment, median, range, roundCount, writeResult, type ResultRow } from './lib/results.js';
 import { startSlowOrigin, type SlowOrigin } from './lib/slow-origin.js';
+import { timeout } from './lib/procs.js';
 
 const MiB = 1024 * 1024;
 const IMAGE_BYTES = 1024 * MiB;
@@ -45,11 +46,6 @@ const TARGET = { lazy: 3.7, eager: 10, bound: 1.5 };
 const ID = 'p3-cold';
 const MODES = ['eager', 'lazy', 'replay', 'floor'] as const;
 
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout | undefined;
-  const expiry = new Promise<never>((_, rej) => (t = setTimeout(() => rej(new Error(`${what}: timed out after ${ms} ms`)), ms)));
-  return Promise.race([p, expiry]).finally(() => clearTimeout(t));
-}
 
 /** ~50% zero chunks (zero bytes, not holes) chosen by a seeded xorshift, the rest random; 64 MiB pieces. */
 function writeImage(file: string): void {
@@ -79,7 +75,7 @@ async function workload(socket: string): Promise<ClientReport> {
   const c = startClient(clientArgs(socket));
   c.release();
   try {
-    const r = await within(c.result, STEP_MS, 'fc-client');
+    const r = await timeout(c.result, STEP_MS, 'fc-client');
     assert.ok(r.report?.ok && r.code === 0, `fc-client failed (code ${r.code}, signal ${r.signal}): ${r.stderr}`);
     assert.equal(r.report.pagesVerified, UNITS, 'the client must verify one page per unit');
     return r.report;
@@ -149,7 +145,7 @@ async function downloadRound(mode: 'eager' | 'floor', ix: SnapshotIndex, chunks:
     const all = chunks.map((i) =>
       fetcher.fetch({ hash: chunkHash(ix, i)!, codec: chunkCodec(ix, i)!, length: chunkLength(ix, i) }, 'demand').then(({ bytes }) => table?.put(i, bytes)),
     );
-    await within(Promise.all(all), STEP_MS, `${mode} download`);
+    await timeout(Promise.all(all), STEP_MS, `${mode} download`);
     const downloadMs = performance.now() - t0;
     if (!table) return { ms: downloadMs, fetches, storedBytes };
     server = serveResident(table, path.join(tmp.dir, 'eager.sock'), ix);
@@ -169,7 +165,7 @@ async function serverRound(mode: 'lazy' | 'record' | 'replay'): Promise<Record<s
     mode === 'record' ? { stores: [storeDir], prefetch: 'record' as const, recordIdleMs: 500 }
     : mode === 'lazy' ? { stores: [origin!.url], prefetch: 'off' as const, fetchConcurrency: C }
     : { stores: [origin!.url], prefetch: 'replay' as const, prefetchWindow: C, fetchConcurrency: C };
-  const server = await within(serve(tmp.dir, { id: ID, ...opts }), STEP_MS, `${mode} server start`);
+  const server = await timeout(serve(tmp.dir, { id: ID, ...opts }), STEP_MS, `${mode} server start`);
   try {
     const r = await workload(server.socketPath);
     const [s] = await summaries(server, 1, STEP_MS);
@@ -178,7 +174,7 @@ async function serverRound(mode: 'lazy' | 'record' | 'replay'): Promise<Record<s
       ms: r.elapsedNs / 1e6, fetches, storedBytes, sessionFetchedChunks: s!.fetchedChunks, sessionBytesFetched: s!.bytesFetched, prefetchedChunks: s!.prefetchedChunks, recordedChunks: s!.recordedChunks,
     };
   } finally {
-    await within(server.close(0), STEP_MS, `${mode} server close`); // close() also waits for the profile save
+    await timeout(server.close(0), STEP_MS, `${mode} server close`); // close() also waits for the profile save
   }
 }
 
@@ -188,7 +184,7 @@ let ix: SnapshotIndex;
 let wsChunks = 0;
 try {
   writeImage(image);
-  await within(snapshotTo(storeDir, image, ID, CS), STEP_MS, 'snapshot');
+  await timeout(snapshotTo(storeDir, image, ID, CS), STEP_MS, 'snapshot');
   ix = await loadIndex(new FileStore(storeDir), ID);
   assert.equal(ix.manifest.chunks.codecs.includes('zstd'), true, 'the snapshot should be zstd');
   const nonZero = [...Array(ix.count).keys()].filter((i) => chunkHash(ix, i) !== null);

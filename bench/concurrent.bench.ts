@@ -25,6 +25,7 @@ import { tempDir } from '../test/helpers/images.js';
 import { serve, snapshotTo, summaries } from '../test/helpers/serve.js';
 import { environment, median, range, roundCount, writeResult, type ResultRow } from './lib/results.js';
 import { startSlowOrigin, type SlowOrigin } from './lib/slow-origin.js';
+import { timeout } from './lib/procs.js';
 
 const MiB = 1024 * 1024;
 const IMAGE_BYTES = 64 * MiB;
@@ -36,11 +37,6 @@ const ROUNDS = roundCount(5);
 const STEP_MS = 120_000;
 const ID = 'p5-concurrent';
 
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout | undefined;
-  const expiry = new Promise<never>((_, rej) => (t = setTimeout(() => rej(new Error(`${what}: timed out after ${ms} ms`)), ms)));
-  return Promise.race([p, expiry]).finally(() => clearTimeout(t));
-}
 
 /** Every other chunk zero bytes (not holes), the rest random. */
 function writeImage(file: string): void {
@@ -74,13 +70,13 @@ async function originFetches(server: RestoreServer): Promise<number> {
 /** One cold server, `n` clients started together; wall time from the first spawn to the last exit. */
 async function restores(origin: SlowOrigin, n: number): Promise<Record<string, number>> {
   const before = await origin.stats();
-  const server = await within(serve(tmp.dir, { stores: [origin.url], id: ID, prefetch: 'off' }), STEP_MS, 'server start');
+  const server = await timeout(serve(tmp.dir, { stores: [origin.url], id: ID, prefetch: 'off' }), STEP_MS, 'server start');
   const clients: RunningClient[] = [];
   try {
     const t0 = performance.now();
     for (let k = 0; k < n; k++) clients.push(startClient(clientArgs(server.socketPath, k)));
     for (const c of clients) c.release();
-    const results = await within(Promise.all(clients.map((c) => c.result)), STEP_MS, `${n} clients`);
+    const results = await timeout(Promise.all(clients.map((c) => c.result)), STEP_MS, `${n} clients`);
     const wallMs = performance.now() - t0;
     for (const [k, r] of results.entries()) {
       assert.ok(r.report?.ok && r.code === 0, `client ${k} failed (code ${r.code}, signal ${r.signal}): ${r.stderr}`);
@@ -98,7 +94,7 @@ async function restores(origin: SlowOrigin, n: number): Promise<Record<string, n
     };
   } finally {
     for (const c of clients) c.child.kill('SIGKILL'); // no-ops once they have exited
-    await within(server.close(0), STEP_MS, 'server close');
+    await timeout(server.close(0), STEP_MS, 'server close');
   }
 }
 
@@ -107,7 +103,7 @@ let origin: SlowOrigin | undefined;
 let distinct = 0;
 try {
   writeImage(image);
-  await within(snapshotTo(storeDir, image, ID, CS), STEP_MS, 'snapshot');
+  await timeout(snapshotTo(storeDir, image, ID, CS), STEP_MS, 'snapshot');
   distinct = chunkKeys(await loadIndex(new FileStore(storeDir), ID)).size;
   origin = await startSlowOrigin(storeDir, { firstByteMs: FIRST_BYTE_MS, bytesPerSecond: BPS });
   console.error(`P5: ${IMAGE_BYTES / CS} chunks, ${distinct} distinct non-zero`);

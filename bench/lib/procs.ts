@@ -55,7 +55,8 @@ export interface RoundResult {
   handler: Record<string, unknown>;
 }
 
-function timeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+/** Rejects when p has not settled within ms: every benchmark step is bounded. */
+export function timeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let t: NodeJS.Timeout | undefined;
   const expiry = new Promise<never>((_, rej) => {
     t = setTimeout(() => rej(new Error(`${what}: timed out after ${ms} ms`)), ms);
