@@ -11,6 +11,7 @@
         "src/session.c",
         "src/session_fill.c",
         "src/session_thread.c",
+        "src/session_events.c",
         "src/sock.c",
         "src/mem.c",
         "src/file.c",

@@ -102,6 +102,9 @@ int zero_range(session_t *s, uint64_t dst, uint64_t len);
 int fill_span(session_t *s, uint64_t lo, uint64_t hi, uint64_t chunk_lo, const uint8_t *src, uffd_fill_mode mode);
 int fill_chunk(session_t *s, uint32_t c, const uint8_t *src, uffd_fill_mode mode);
 
+/* session_events.c: the thread-safe function's call_js */
+void session_call_js(napi_env env, napi_value cb, void *context, void *data);
+
 /* session_thread.c */
 void *session_thread_main(void *arg);
 
