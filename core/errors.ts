@@ -5,6 +5,7 @@
  * Errors from the kernel (through the native addon) are Node-style system errors instead
  * (`code: 'EEXIST'`, `errno`, `syscall`), the same shape as `fs` errors; see `isSystemError`.
  */
+import { STATUS_CODES } from 'node:http';
 
 export type ErrorCode =
   | 'LAZYSNAP_INVALID_ARGUMENT'
@@ -21,7 +22,9 @@ export type ErrorCode =
   | 'LAZYSNAP_SOURCE_ERROR'
   | 'LAZYSNAP_BAD_HANDSHAKE'
   | 'LAZYSNAP_FETCH_FAILED'
-  | 'LAZYSNAP_BAD_PROFILE';
+  | 'LAZYSNAP_BAD_PROFILE'
+  | 'LAZYSNAP_FIRECRACKER'
+  | 'LAZYSNAP_FIRECRACKER_CONNECTION';
 
 export class LazysnapError extends Error {
   readonly code: ErrorCode;
@@ -191,6 +194,50 @@ export class ProfileError extends LazysnapError {
   declare readonly code: 'LAZYSNAP_BAD_PROFILE';
   constructor(message: string) {
     super('LAZYSNAP_BAD_PROFILE', `invalid working-set profile: ${message}`);
+  }
+}
+
+/**
+ * Firecracker answered, but not with success: a non-2xx status, whose body is the spec's `Error`
+ * object (`fault_message`), or a 2xx whose body is not what the spec promises (then `detail` says
+ * what was wrong and `faultMessage` is undefined).
+ */
+export class FirecrackerError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_FIRECRACKER';
+  /** The API call, e.g. `PUT` and `/snapshot/load`. */
+  readonly method: string;
+  readonly path: string;
+  readonly statusCode: number;
+  /** Firecracker's own explanation (`fault_message` of the response), verbatim. */
+  readonly faultMessage: string | undefined;
+  constructor(method: string, path: string, statusCode: number, info: { faultMessage?: string; detail?: string; cause?: unknown } = {}) {
+    const reason = info.faultMessage ?? info.detail ?? 'no fault_message in the response';
+    super('LAZYSNAP_FIRECRACKER', `${method} ${path}: ${statusCode} ${STATUS_CODES[statusCode] ?? 'Unknown Status'}: ${reason}`, { cause: info.cause });
+    this.method = method;
+    this.path = path;
+    this.statusCode = statusCode;
+    this.faultMessage = info.faultMessage;
+  }
+}
+
+/**
+ * No answer from the API socket: it does not exist, refuses connections, the connection broke, the
+ * call timed out (`timedOut`), or the client is closed. The underlying error is in `cause`
+ * (`ENOENT`, `ECONNREFUSED`, `ECONNRESET`, undici's `UND_ERR_*`, a `TimeoutError`).
+ */
+export class FirecrackerConnectionError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_FIRECRACKER_CONNECTION';
+  readonly method: string;
+  readonly path: string;
+  readonly socketPath: string;
+  /** True when the call's timeoutMs elapsed; Firecracker may still carry the request out. */
+  readonly timedOut: boolean;
+  constructor(method: string, path: string, socketPath: string, reason: string, info: { timedOut?: boolean; cause?: unknown } = {}) {
+    super('LAZYSNAP_FIRECRACKER_CONNECTION', `${method} ${path}: Firecracker API at ${socketPath}: ${reason}`, { cause: info.cause });
+    this.method = method;
+    this.path = path;
+    this.socketPath = socketPath;
+    this.timedOut = info.timedOut ?? false;
   }
 }
 
