@@ -9,10 +9,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 import { afterEach, beforeEach, describe, expect, expectTypeOf, it } from 'vitest';
 
-import { InvalidArgumentError, LazysnapError } from '../../core/errors.js';
+import { FirecrackerConnectionError, FirecrackerError, InvalidArgumentError, LazysnapError } from '../../core/errors.js';
 import { FirecrackerClient, type CallOptions, type LoadSnapshotParams } from '../../sdk/firecracker-client.js';
-import { FirecrackerConnectionError, FirecrackerError } from '../../core/errors.js';
-import { rawRequest, startFakeFirecracker, validateSchema, type FakeFirecracker } from '../helpers/fake-firecracker.js';
+import { existsSync } from 'node:fs';
+
+import { FIRECRACKER_SPEC, rawRequest, startFakeFirecracker, validateSchema, type FakeFirecracker } from '../helpers/fake-firecracker.js';
 import { tempDir } from '../helpers/images.js';
 
 let fc: FakeFirecracker;
@@ -36,7 +37,10 @@ async function received(n: number): Promise<void> {
   expect(fc.requests.length).toBe(n);
 }
 
-describe('the fake Firecracker catches spec violations', () => {
+// The spec ships in shared/ beside the project (developers and CI). Elsewhere: a visible skip.
+const specMissing = existsSync(FIRECRACKER_SPEC) ? '' : ` [SKIPPED: Firecracker API spec not found at ${FIRECRACKER_SPEC}; set LAZYSNAP_FIRECRACKER_SPEC]`;
+
+describe.skipIf(!!specMissing)(`the fake Firecracker catches spec violations${specMissing}`, () => {
   const load = (body: unknown) => rawRequest(fc.socketPath, 'PUT', '/snapshot/load', JSON.stringify(body));
 
   it.each([
@@ -84,7 +88,7 @@ describe('the fake Firecracker catches spec violations', () => {
   });
 });
 
-describe('FirecrackerClient against the spec', () => {
+describe.skipIf(!!specMissing)(`FirecrackerClient against the spec${specMissing}`, () => {
   it('sends every call with the spec paths, methods and snake_case field names', async () => {
     expect(await client.describeInstance()).toEqual({ appName: 'Firecracker', id: 'anonymous-instance', state: 'Not started', vmmVersion: '1.16.1' });
     await client.putMachineConfig({ vcpuCount: 2, memSizeMib: 256, smt: false, trackDirtyPages: true, hugePages: 'None' });
