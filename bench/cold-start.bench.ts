@@ -13,8 +13,7 @@
 process.env.LAZYSNAP_LOG_LEVEL ??= 'warn';
 
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, openSync, rmSync, unlinkSync, writeSync } from 'node:fs';
+import { existsSync, rmSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 
 import { ChunkTable, FaultSession, acceptUnix, closeFd, listenUnix, recvWithFds, watchFd, type FdWatch } from '../native/index.js';
@@ -31,6 +30,7 @@ import { serve, snapshotTo, summaries } from '../test/helpers/serve.js';
 import { environment, median, range, roundCount, writeResult, type ResultRow } from './lib/results.js';
 import { startSlowOrigin, type SlowOrigin } from './lib/slow-origin.js';
 import { timeout } from './lib/procs.js';
+import { writeZeroRichImage } from './lib/image.js';
 
 const MiB = 1024 * 1024;
 const IMAGE_BYTES = 1024 * MiB;
@@ -47,21 +47,6 @@ const ID = 'p3-cold';
 const MODES = ['eager', 'lazy', 'replay', 'floor'] as const;
 
 
-/** ~50% zero chunks (zero bytes, not holes) chosen by a seeded xorshift, the rest random; 64 MiB pieces. */
-function writeImage(file: string): void {
-  const fd = openSync(file, 'w', 0o600);
-  let s = 0x9e3779b9;
-  const isZero = () => ((s ^= s << 13), (s ^= s >>> 17), (s ^= s << 5), (s >>> 0) % 2 === 0);
-  try {
-    for (let off = 0; off < IMAGE_BYTES; off += 64 * MiB) {
-      const piece = randomBytes(64 * MiB);
-      for (let c = 0; c < piece.length; c += CS) if (isZero()) piece.fill(0, c, c + CS);
-      for (let done = 0; done < piece.length; ) done += writeSync(fd, piece, done, piece.length - done, off + done);
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
 
 const tmp = tempDir('lazysnap-p3-');
 process.once('exit', tmp.cleanup); // also when interrupted (slow-origin.ts exits on SIGINT/SIGTERM)
@@ -183,7 +168,9 @@ let origin: SlowOrigin | undefined;
 let ix: SnapshotIndex;
 let wsChunks = 0;
 try {
-  writeImage(image);
+  // ~50% zero chunks picked by a seeded xorshift (called once per chunk, in order).
+  let x = 0x9e3779b9;
+  writeZeroRichImage(image, IMAGE_BYTES, CS, () => ((x ^= x << 13), (x ^= x >>> 17), (x ^= x << 5), (x >>> 0) % 2 === 0));
   await timeout(snapshotTo(storeDir, image, ID, CS), STEP_MS, 'snapshot');
   ix = await loadIndex(new FileStore(storeDir), ID);
   assert.equal(ix.manifest.chunks.codecs.includes('zstd'), true, 'the snapshot should be zstd');

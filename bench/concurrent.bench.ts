@@ -13,8 +13,6 @@
 process.env.LAZYSNAP_LOG_LEVEL ??= 'warn';
 
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, writeSync } from 'node:fs';
 import path from 'node:path';
 
 import type { RestoreServer } from '../runtime/restore-server.js';
@@ -26,6 +24,7 @@ import { serve, snapshotTo, summaries } from '../test/helpers/serve.js';
 import { environment, median, range, roundCount, writeResult, type ResultRow } from './lib/results.js';
 import { startSlowOrigin, type SlowOrigin } from './lib/slow-origin.js';
 import { timeout } from './lib/procs.js';
+import { writeZeroRichImage } from './lib/image.js';
 
 const MiB = 1024 * 1024;
 const IMAGE_BYTES = 64 * MiB;
@@ -38,16 +37,6 @@ const STEP_MS = 120_000;
 const ID = 'p5-concurrent';
 
 
-/** Every other chunk zero bytes (not holes), the rest random. */
-function writeImage(file: string): void {
-  const fd = openSync(file, 'w', 0o600);
-  try {
-    const zero = Buffer.alloc(CS);
-    for (let i = 0; i < IMAGE_BYTES / CS; i++) writeSync(fd, i % 2 ? zero : randomBytes(CS), 0, CS, i * CS);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 const tmp = tempDir('lazysnap-p5-');
 process.once('exit', tmp.cleanup); // also when interrupted (slow-origin.ts exits on SIGINT/SIGTERM)
@@ -102,7 +91,7 @@ const rounds: Record<string, unknown>[] = [];
 let origin: SlowOrigin | undefined;
 let distinct = 0;
 try {
-  writeImage(image);
+  writeZeroRichImage(image, IMAGE_BYTES, CS, (i) => i % 2 === 1); // every other chunk zero
   await timeout(snapshotTo(storeDir, image, ID, CS), STEP_MS, 'snapshot');
   distinct = chunkKeys(await loadIndex(new FileStore(storeDir), ID)).size;
   origin = await startSlowOrigin(storeDir, { firstByteMs: FIRST_BYTE_MS, bytesPerSecond: BPS });

@@ -10,9 +10,8 @@
  * image is half zero chunks (written as zero bytes, not holes, so they are read and checked like
  * data) and half random; the page cache holds it after the warm-up round.
  */
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 
 import { createSnapshot } from '../snapshotter/snapshot.js';
 import { openMemoryFile } from '../snapshotter/source.js';
@@ -22,6 +21,7 @@ import { tempDir } from '../test/helpers/images.js';
 import { S3RVER_CREDENTIALS, startS3rver } from '../test/helpers/s3rver.js';
 import { NullStore } from './lib/null-store.js';
 import { environment, median, range, roundCount, writeResult, type ResultRow } from './lib/results.js';
+import { writeZeroRichImage } from './lib/image.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
 const MiB = 1024 * 1024;
@@ -30,12 +30,6 @@ const CS = 512 * 1024;
 const ROUNDS = roundCount(5);
 const S3_SIZE = 256 * MiB; // s3rver writes ~0.2 GB/s: a smaller image keeps the run short
 
-function writeZeroRich(file: string, size: number): void {
-  const fd = openSync(file, 'w', 0o600);
-  const zero = Buffer.alloc(CS);
-  for (let i = 0; i < size / CS; i++) writeSync(fd, i % 2 ? zero : randomBytes(CS), 0, CS, i * CS);
-  closeSync(fd);
-}
 
 function readPass(file: string): number {
   const fd = openSync(file, 'r');
@@ -62,8 +56,8 @@ const s3 = await startS3rver('bench');
 try {
   const image = path.join(tmp.dir, 'p4.img');
   const small = path.join(tmp.dir, 'p4-small.img');
-  writeZeroRich(image, SIZE);
-  writeZeroRich(small, S3_SIZE);
+  writeZeroRichImage(image, SIZE, CS, (i) => i % 2 === 1);
+  writeZeroRichImage(small, S3_SIZE, CS, (i) => i % 2 === 1);
   const cases: Record<string, number[]> = { reference: [], hashOnly: [], dirNone: [], dirZstd: [], s3: [] };
   for (let r = -1; r < ROUNDS; r++) {
     const ref = readPass(image);
