@@ -10,6 +10,7 @@
 import { FaultSession, closeFd, pidfdSendSignal, type ChunkTable, type SessionEvent, type SessionStats } from '../native/index.js';
 import type { Logger } from '../core/logger.js';
 import { chunkCodec, chunkHash, type SnapshotIndex } from '../store/manifest.js';
+import { chunkLength } from '../store/reader.js';
 import type { ChunkFetcher, Tier } from './fetcher.js';
 import type { Handshake } from './handshake.js';
 import type { MemoryTier } from './memory-tier.js';
@@ -126,8 +127,7 @@ export class RestoreSession {
       this.#prefetched++;
       return Promise.resolve();
     }
-    const length = Math.min(index.manifest.chunkSize, index.manifest.totalSize - c * index.manifest.chunkSize);
-    return fetcher.fetch({ hash: chunkHash(index, c)!, codec: chunkCodec(index, c)!, length }, 'prefetch').then(
+    return fetcher.fetch({ hash: chunkHash(index, c)!, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'prefetch').then(
       ({ bytes, tier }) => {
         // A demand fault joined this fetch (or got the chunk first): its own callback installs it.
         if (this.#installed.has(c) || this.#needAt.has(c)) return;
@@ -206,8 +206,7 @@ export class RestoreSession {
       this.#fault.install(c);
       return;
     }
-    const length = Math.min(index.manifest.chunkSize, index.manifest.totalSize - c * index.manifest.chunkSize);
-    fetcher.fetch({ hash, codec: chunkCodec(index, c)!, length }, 'demand', AbortSignal.timeout(this.#ctx.failTimeoutMs)).then(
+    fetcher.fetch({ hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'demand', AbortSignal.timeout(this.#ctx.failTimeoutMs)).then(
       ({ bytes, tier }) => this.#install(c, bytes, tier),
       (err: unknown) => this.#failClosed(c, err),
     );
