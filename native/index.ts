@@ -243,6 +243,7 @@ export class FaultSession {
     addon().sessionPoison(this.#handle, chunks);
   }
 
+  /** Counters so far; a fault is counted just after the ioctl that wakes it. Final after close(). */
   stats(): SessionStats {
     return addon().sessionStats(this.#handle) as unknown as SessionStats;
   }

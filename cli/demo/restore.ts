@@ -124,6 +124,9 @@ export async function restoreOnce(opts: DemoOptions, mode: 'lazy' | 'eager', tou
       w.once('exit', () => opts.signal?.removeEventListener('abort', abort));
     });
     const totalNs = Number(process.hrtime.bigint() - t0);
+    // The fault thread counts a fault after its ioctl has woken the reader, so the worker can finish
+    // before the last count lands; closing joins the thread, after which the counters are final.
+    session.close();
     return {
       mode,
       userModeOnly,
