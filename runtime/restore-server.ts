@@ -5,6 +5,7 @@
  * The socket is created 0600 in a directory created 0700; a malformed handshake, a peer outside
  * allowUids or a silent peer closes that connection and nothing else.
  */
+import { EventEmitter } from 'node:events';
 import { lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 
@@ -32,10 +33,20 @@ import type { ProfileShape } from './profile.js';
 import { parseHandshake } from './handshake.js';
 import { MemoryTier } from './memory-tier.js';
 import { RuntimeMetrics } from './metrics.js';
-import { RestoreSession, type SessionContext, type SessionSummary } from './restore-session.js';
+import { RestoreSession, type LiveSessionStats, type SessionContext, type SessionSummary } from './restore-session.js';
 import { resolveServeOptions, type ResolvedServeOptions, type ServeOptions } from './serve-options.js';
 
-export type { ServeOptions };
+export type { LiveSessionStats, ServeOptions, SessionSummary };
+
+/** What a RestoreServer emits (it is an EventEmitter with these typed events). */
+export interface RestoreServerEvents {
+  /** A peer completed the handshake; its session is serving faults. */
+  session: [info: { restoreId: string; pid: number }];
+  /** A session ended (peer exited, was killed failing closed, or the server shut down). */
+  sessionEnd: [summary: SessionSummary];
+  /** A connection was closed before a session began (bad handshake, uid not allowed, timeout). */
+  rejected: [info: { pid: number; reason: string }];
+}
 
 /** A connection: one watcher for its whole life (handshake, then EOF), the peer's pidfd. */
 interface Conn {
@@ -47,10 +58,11 @@ interface Conn {
   session: RestoreSession | undefined;
 }
 
-export class RestoreServer {
+export class RestoreServer extends EventEmitter<RestoreServerEvents> {
   readonly socketPath: string;
   readonly metrics: RuntimeMetrics;
   readonly sessions = new Set<RestoreSession>();
+  /** The most recent ended sessions' summaries, oldest first (at most 1024; listen to 'sessionEnd' for all). */
   readonly summaries: SessionSummary[] = [];
   metricsPort: number | undefined;
   readonly #o: ResolvedServeOptions;
@@ -64,10 +76,12 @@ export class RestoreServer {
   #cache: { close(): Promise<void> } | undefined;
   #profileSaves: { idle(): Promise<void> } | undefined;
   #nextId = 1;
+  #endedCount = 0;
   #closing: Promise<void> | undefined;
   #idle: (() => void) | undefined;
 
   private constructor(o: ResolvedServeOptions, stores: StoreBackend[], ctx: SessionContext, log: Logger) {
+    super();
     this.#o = o;
     this.#stores = stores;
     this.#ctx = ctx;
@@ -151,6 +165,17 @@ export class RestoreServer {
     };
   }
 
+  /** Every live session's figures (native counters, fetched chunks and bytes). */
+  sessionStats(): LiveSessionStats[] {
+    return [...this.sessions].map((s) => s.liveStats());
+  }
+
+  /** The live session of a peer process, if it has one. */
+  sessionOf(pid: number): RestoreSession | undefined {
+    for (const s of this.sessions) if (s.pid === pid) return s;
+    return undefined;
+  }
+
   #acceptAll(): void {
     for (let conn = acceptUnix(this.#lfd); conn >= 0; conn = acceptUnix(this.#lfd)) this.#accept(conn);
   }
@@ -163,6 +188,7 @@ export class RestoreServer {
       if (this.#o.allowUids && !this.#o.allowUids.includes(cred.uid)) {
         this.#log.warn({ uid: cred.uid, pid: cred.pid }, 'connection refused: peer uid not in the allowlist');
         closeFd(conn);
+        this.emit('rejected', { pid: cred.pid, reason: `uid ${cred.uid} is not in the allowlist` });
         return;
       }
       // Held from now on: a SIGKILL sent through it can never reach a process that reused the PID.
@@ -190,6 +216,7 @@ export class RestoreServer {
     this.#log.warn({ pid: c.pid, reason }, 'handshake rejected; connection closed');
     closeFd(c.fd);
     closeFd(c.pidfd);
+    this.emit('rejected', { pid: c.pid, reason });
     this.#checkIdle();
   }
 
@@ -227,7 +254,10 @@ export class RestoreServer {
           c.watch.stop();
           closeFd(c.fd);
           this.sessions.delete(s);
+          this.#endedCount++;
           this.summaries.push(summary);
+          if (this.summaries.length > 1024) this.summaries.shift(); // a long-lived server must not grow
+          this.emit('sessionEnd', summary);
           this.#checkIdle();
         },
       });
@@ -239,6 +269,7 @@ export class RestoreServer {
     clearTimeout(c.timer);
     this.#pending.delete(c);
     this.sessions.add(c.session);
+    this.emit('session', { restoreId, pid: c.pid });
   }
 
   /**
@@ -287,7 +318,7 @@ export class RestoreServer {
       await this.#metricsServer?.close();
       await this.#cache?.close();
       await Promise.all(this.#stores.map((s) => s.close()));
-      this.#log.info({ sessions: this.summaries.length }, 'stopped');
+      this.#log.info({ sessions: this.#endedCount }, 'stopped');
     })();
     return this.#closing;
   }

@@ -8,6 +8,7 @@
  * leaves the peer hung and never installs a byte it has not verified.
  */
 import { FaultSession, closeFd, pidfdSendSignal, type ChunkTable, type SessionEvent, type SessionStats } from '../native/index.js';
+import { FetchError, SessionClosedError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { chunkCodec, chunkHash, type SnapshotIndex } from '../store/manifest.js';
 import { chunkLength } from '../store/reader.js';
@@ -62,6 +63,15 @@ export interface SessionSummary {
   outcome: 'ended' | 'killed' | 'shutdown';
 }
 
+/** A live session's figures: the native counters plus what the session fetched. */
+export interface LiveSessionStats extends SessionStats {
+  restoreId: string;
+  pid: number;
+  fetchedChunks: number;
+  bytesFetched: number;
+  prefetchedChunks: number;
+}
+
 export class RestoreSession {
   readonly restoreId: string;
   readonly pid: number;
@@ -86,6 +96,8 @@ export class RestoreSession {
   #recordSaved = false;
   readonly #prefetcher: Prefetcher | undefined;
   readonly #onEnd: (s: RestoreSession, summary: SessionSummary) => void;
+  /** populate() calls, re-checked on every install, failure and end. */
+  readonly #waiters = new Set<() => void>();
 
   constructor(opts: { ctx: SessionContext; handshake: Handshake; uffd: number; pidfd: number; pid: number; restoreId: string; onEnd: (s: RestoreSession, summary: SessionSummary) => void }) {
     this.#ctx = opts.ctx;
@@ -161,6 +173,46 @@ export class RestoreSession {
     return this.#fault.stats();
   }
 
+  /** This session so far: the fault thread's counters and what it fetched. */
+  liveStats(): LiveSessionStats {
+    return { restoreId: this.restoreId, pid: this.pid, ...this.#fault.stats(), fetchedChunks: this.#fetched, bytesFetched: this.#bytesFetched, prefetchedChunks: this.#prefetched };
+  }
+
+  get ended(): boolean {
+    return this.#ended !== undefined;
+  }
+
+  /**
+   * Fetches and installs every data chunk not yet installed (an eager restore, or the last step
+   * before the peer stops being served: once the uffd is gone a missing page would read as zeros).
+   * Resolves when all are in; rejects if a chunk failed closed or the session ended first.
+   */
+  populate(signal?: AbortSignal): Promise<void> {
+    const { index } = this.#ctx;
+    const want = new Set<number>();
+    for (let c = 0; c < index.count; c++) if (chunkHash(index, c) !== null && !this.#installed.has(c)) want.add(c);
+    if (want.size === 0) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const check = (): void => {
+        for (const c of want) if (this.#installed.has(c)) want.delete(c);
+        if (want.size === 0) return done();
+        if (this.#failed.length > 0) return done(new FetchError(`chunk ${this.#failed[0]}`, ['failed closed while populating']));
+        if (this.#ended) return done(new SessionClosedError());
+        if (signal?.aborted) return done(signal.reason as Error);
+      };
+      const done = (err?: Error): void => {
+        this.#waiters.delete(check);
+        signal?.removeEventListener('abort', check);
+        if (err) reject(err);
+        else resolve();
+      };
+      this.#waiters.add(check);
+      signal?.addEventListener('abort', check, { once: true });
+      for (const c of want) this.#serve(c);
+      check();
+    });
+  }
+
   /** Chunks installed ahead of any fault so far (replay and fill). */
   get prefetched(): number {
     return this.#prefetched;
@@ -188,6 +240,7 @@ export class RestoreSession {
       else this.#log.warn({ err: { code: err.code, syscall: err.syscall, chunk: err.chunk } }, 'uffd operation failed');
     }
     if (e.exited) this.end('ended');
+    if (this.#waiters.size > 0 && (e.installed.length > 0 || e.poisoned.length > 0)) for (const w of [...this.#waiters]) w();
   }
 
   #serve(c: number): void {
@@ -235,6 +288,7 @@ export class RestoreSession {
     this.#log.error({ chunk: c, hash: chunkHash(this.#ctx.index, c), errors, action }, `chunk ${c} could not be served: failing closed (${action})`);
     if (this.#ctx.canPoison) this.#fault.poison(c);
     else this.#kill(`chunk ${c} could not be served`);
+    for (const w of [...this.#waiters]) w();
   }
 
   #kill(reason: string): void {
@@ -280,6 +334,7 @@ export class RestoreSession {
       outcome: this.#killed ? 'killed' : outcome,
     };
     this.#ended = summary;
+    for (const w of [...this.#waiters]) w();
     this.#log.info(summary, 'restore session summary');
     this.#onEnd(this, summary);
     return summary;
