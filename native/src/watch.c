@@ -20,11 +20,10 @@ typedef struct {
 
 static const napi_type_tag WATCH_TAG = {0x6c617a79736e6170ULL, 0x7761746368000001ULL};
 
+/* Only frees: the close may complete while a worker's environment is being torn down, when no
+ * N-API call is safe any more (the references were released synchronously in box_stop). */
 static void on_closed(uv_handle_t *h) {
-  watch_t *w = (watch_t *)h;
-  napi_delete_reference(w->env, w->cb);
-  napi_async_destroy(w->env, w->actx);
-  free(w);
+  free(h);
 }
 
 static void on_event(uv_poll_t *h, int status, int events) {
@@ -48,10 +47,13 @@ static void on_event(uv_poll_t *h, int status, int events) {
 }
 
 static void box_stop(box_t *b) {
-  if (!b->w) return;
-  uv_poll_stop(&b->w->handle);
-  uv_close((uv_handle_t *)&b->w->handle, on_closed);
+  watch_t *w = b->w;
+  if (!w) return;
   b->w = NULL;
+  napi_delete_reference(w->env, w->cb);
+  napi_async_destroy(w->env, w->actx);
+  uv_poll_stop(&w->handle);
+  uv_close((uv_handle_t *)&w->handle, on_closed);
 }
 
 static void box_finalize(napi_env env, void *data, void *hint) {
