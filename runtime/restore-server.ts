@@ -65,6 +65,8 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
   /** The most recent ended sessions' summaries, oldest first (at most 1024; listen to 'sessionEnd' for all). */
   readonly summaries: SessionSummary[] = [];
   metricsPort: number | undefined;
+  /** The served snapshot's geometry, from its manifest. */
+  readonly snapshot: { id: string; totalSize: number; pageSize: number; chunkSize: number; chunks: number };
   readonly #o: ResolvedServeOptions;
   readonly #log: Logger;
   readonly #stores: StoreBackend[];
@@ -88,6 +90,8 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     this.#log = log;
     this.metrics = ctx.metrics;
     this.socketPath = o.socketPath;
+    const m = ctx.index.manifest;
+    this.snapshot = { id: o.id, totalSize: m.totalSize, pageSize: m.pageSize, chunkSize: m.chunkSize, chunks: ctx.index.count };
     const dir = path.dirname(o.socketPath);
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     try {

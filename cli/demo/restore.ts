@@ -4,9 +4,8 @@
  * thread reads the memory, faulting chunks in on demand; a simulated origin answers with a latency.
  * Zero chunks and chunks already resident are served by the native fault thread without JS.
  */
-import { Worker } from 'node:worker_threads';
-
 import { UffdUnavailableError } from '../../core/errors.js';
+import { startModuleWorker } from '../../core/worker.js';
 import {
   ChunkTable,
   FaultSession,
@@ -61,18 +60,6 @@ function openUffd(): { fd: number; userModeOnly: boolean } {
   }
 }
 
-/**
- * Source runs (tests, tsx) load the .ts worker through tsx's API, since Node 20 workers do not
- * inherit loader hooks; the published build loads the compiled .js directly.
- */
-function startWorker(workerData: DemoWorkerData): Worker {
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./worker.js', import.meta.url), { workerData });
-  const api = import.meta.resolve('tsx/esm/api');
-  const file = new URL('./worker.ts', import.meta.url).href;
-  const boot = `import(${JSON.stringify(api)}).then((m) => m.tsImport(${JSON.stringify(file)}, ${JSON.stringify(file)}))`;
-  return new Worker(boot, { eval: true, workerData });
-}
-
 export async function restoreOnce(opts: DemoOptions, mode: 'lazy' | 'eager', touch: number[]): Promise<RestoreRun> {
   opts.signal?.throwIfAborted();
   const { size, chunkSize, seed } = opts;
@@ -116,7 +103,7 @@ export async function restoreOnce(opts: DemoOptions, mode: 'lazy' | 'eager', tou
     }
     const data: DemoWorkerData = { address, size, chunkSize, seed, touch };
     const result = await new Promise<DemoWorkerResult>((res, rej) => {
-      const w = startWorker(data);
+      const w = startModuleWorker(new URL('./worker.js', import.meta.url), { workerData: data });
       const abort = () => void w.terminate().then(() => rej(opts.signal!.reason));
       opts.signal?.addEventListener('abort', abort, { once: true });
       w.once('message', (m: DemoWorkerResult) => res(m));

@@ -1,0 +1,18 @@
+/**
+ * Starting a worker thread from one of our own modules. The published build runs compiled .js, which
+ * a Worker loads directly. Source runs (tests, tsx) load .ts, and Node 20 workers do not inherit the
+ * parent's loader hooks, so the worker boots through tsx's API instead.
+ */
+import { Worker, type WorkerOptions } from 'node:worker_threads';
+
+/** `moduleUrl`: the module's URL as compiled, e.g. `new URL('./worker.js', import.meta.url)`. */
+export function startModuleWorker(moduleUrl: URL, options: Omit<WorkerOptions, 'eval'> = {}): Worker {
+  const caller = new URL(moduleUrl);
+  // Our sources import each other as .js; a source run has only the .ts beside it.
+  const isSource = import.meta.url.endsWith('.ts');
+  if (!isSource) return new Worker(caller, options);
+  const file = caller.href.replace(/\.js$/, '.ts');
+  const api = import.meta.resolve('tsx/esm/api');
+  const boot = `import(${JSON.stringify(api)}).then((m) => m.tsImport(${JSON.stringify(file)}, ${JSON.stringify(file)}))`;
+  return new Worker(boot, { ...options, eval: true });
+}

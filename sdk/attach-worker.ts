@@ -1,0 +1,55 @@
+/**
+ * The runtime half of attach(): a RestoreServer in a worker thread, so that the thread which
+ * attached the memory can fault on it while this thread's event loop (and its native fault thread)
+ * serves the faults. It talks to attach() over the worker's message port; see sdk/attach.ts.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+
+import { createRootLogger } from '../core/logger.js';
+import { RestoreServer, type ServeOptions } from '../runtime/restore-server.js';
+
+export interface AttachWorkerData {
+  serve: ServeOptions & { logger?: never };
+  logLevel: string;
+}
+
+export type AttachRequest = { op: 'stats' | 'populate' | 'close'; seq: number };
+
+export type AttachMessage =
+  | { type: 'ready'; totalSize: number; pageSize: number }
+  | { type: 'session'; restoreId: string; pid: number }
+  | { type: 'rejected'; reason: string }
+  | { type: 'reply'; seq: number; value?: unknown; error?: { message: string; code?: string } }
+  | { type: 'failed'; error: { message: string; code?: string } };
+
+const port = parentPort!;
+const data = workerData as AttachWorkerData;
+const post = (m: AttachMessage): void => port.postMessage(m);
+const errorOf = (e: unknown) => ({ message: (e as Error).message, ...((e as { code?: string }).code ? { code: (e as { code: string }).code } : {}) });
+
+const log = createRootLogger({ level: data.logLevel }).child({ component: 'sdk.attach' });
+
+let server: RestoreServer;
+try {
+  server = await RestoreServer.start({ ...data.serve, logger: log });
+} catch (e) {
+  post({ type: 'failed', error: errorOf(e) });
+  process.exit(1);
+}
+
+server.on('session', (s) => post({ type: 'session', ...s }));
+server.on('rejected', (r) => post({ type: 'rejected', reason: r.reason }));
+
+port.on('message', (m: AttachRequest) => {
+  const session = [...server.sessions][0];
+  const reply = (p: Promise<unknown>) =>
+    p.then(
+      (value) => post({ type: 'reply', seq: m.seq, value }),
+      (e: unknown) => post({ type: 'reply', seq: m.seq, error: errorOf(e) }),
+    );
+  if (m.op === 'stats') void reply(Promise.resolve(session?.liveStats() ?? server.summaries.at(-1)));
+  else if (m.op === 'populate') void reply(session ? session.populate() : Promise.reject(new Error('no live session')));
+  else if (m.op === 'close') void reply(server.close(0).then(() => server.summaries.at(-1)));
+});
+
+post({ type: 'ready', totalSize: server.snapshot.totalSize, pageSize: server.snapshot.pageSize });

@@ -1,0 +1,349 @@
+/**
+ * attach(): restore a snapshot lazily into memory of this Node process (a WebAssembly.Memory, a
+ * page-aligned ArrayBuffer, or a region the SDK maps). The calling thread keeps running and faults
+ * on the memory like any program; the runtime (a RestoreServer, the same one `lazysnap serve` runs)
+ * lives in a worker thread and receives the memory's userfaultfd through the Firecracker handshake
+ * over a private socket, so the two halves are exactly the CLI's.
+ *
+ * Configurations that would deadlock or corrupt are refused before anything is registered:
+ * - memory that shares pages with the allocator (a plain `new ArrayBuffer(n)` lives inside malloc's
+ *   pages: registering them would make unrelated objects fault, possibly on the thread that serves);
+ * - memory that is not private anonymous (files, shared memory: their pages are not ours to drop);
+ * - store objects, loggers or key callbacks: they live on the calling thread, which is blocked while
+ *   it waits for a fault, so the runtime could never call them. Only URLs and plain data cross.
+ *
+ * The memory's previous contents are discarded (MADV_DONTNEED) so that every page faults.
+ * Unprivileged, the uffd is user-mode-only: the kernel then cannot fault the memory on our behalf,
+ * and a system call that reads or writes it (fs.writeSync from a view, read(2) into it) fails with
+ * EFAULT until the pages it touches are populated (see docs/SDK.md).
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { Worker } from 'node:worker_threads';
+
+import { HandshakeError, InvalidArgumentError, LazysnapError, UffdUnavailableError } from '../core/errors.js';
+import { startModuleWorker } from '../core/worker.js';
+import {
+  addressOf,
+  arrayBufferAt,
+  closeFd,
+  connectUnix,
+  constants,
+  createUffd,
+  madvise,
+  mmapAnonymous,
+  munmap,
+  sendWithFds,
+  uffdApi,
+  uffdPoison,
+  uffdRegister,
+  uffdUnregister,
+} from '../native/index.js';
+import type { LiveSessionStats, ServeOptions, SessionSummary } from '../runtime/restore-server.js';
+import { parseMaps } from '../snapshotter/process-source.js';
+import type {} from '../core/webassembly.js';
+import type { AttachMessage, AttachRequest, AttachWorkerData } from './attach-worker.js';
+
+const PAGE = 4096;
+
+/** Serve options that make sense in-process (no socket, metrics or peer policy: the peer is us). */
+export type AttachServeOptions = Omit<ServeOptions, 'socketPath' | 'logger' | 'metricsPort' | 'metricsHost' | 'allowUids' | 'handshakeTimeoutMs' | 'shutdownGraceMs'>;
+
+export interface AttachOptions extends AttachServeOptions {
+  /** The runtime's log level (it logs to stderr from its worker). @default 'warn' */
+  logLevel?: string;
+  signal?: AbortSignal;
+}
+
+/** What attach() maps for you when given a size instead of memory. */
+export interface MapRequest {
+  size: number;
+}
+
+export type AttachTarget = WebAssembly.Memory | ArrayBuffer | SharedArrayBuffer | MapRequest;
+
+export interface Attachment {
+  /** The restored memory (for a WebAssembly.Memory, its buffer at attach time). */
+  readonly buffer: ArrayBuffer | SharedArrayBuffer;
+  readonly address: bigint;
+  /** Bytes restored (the snapshot's size; the memory may be larger, the rest is left as it was). */
+  readonly size: number;
+  /** True when the uffd is user-mode-only (unprivileged): kernel accesses get EFAULT. */
+  readonly userModeOnly: boolean;
+  readonly restoreId: string;
+  /** The session's figures so far (faults, zero faults, fetched chunks and bytes...). */
+  stats(): Promise<LiveSessionStats>;
+  /** Fetches every chunk not yet in (an eager restore); resolves when all are installed. */
+  populate(): Promise<void>;
+  /**
+   * Populates whatever is still missing, then stops the runtime and unregisters the memory, which
+   * stays as restored. Returns the session summary. Idempotent.
+   */
+  detach(): Promise<SessionSummary | undefined>;
+  /** For memory attach() mapped ({ size }): unmaps it. Drop every view of `buffer` first. */
+  unmap(): void;
+}
+
+function checkStores(o: AttachOptions): void {
+  if (!Array.isArray(o.stores) || o.stores.length === 0 || !o.stores.every((s) => typeof s === 'string')) {
+    throw new InvalidArgumentError('stores', 'store URLs (strings): objects live on the attaching thread, which blocks while it faults', o.stores);
+  }
+  for (const [k, v] of Object.entries(o)) {
+    if (typeof v === 'function' || (k !== 'stores' && k !== 'signal' && v !== null && typeof v === 'object')) {
+      throw new InvalidArgumentError(k, 'plain data: a callback or object would have to run on the attaching thread, which blocks while it faults', typeof v);
+    }
+  }
+}
+
+function targetBuffer(target: AttachTarget): { buffer: ArrayBuffer | SharedArrayBuffer; mapped: boolean } {
+  if (target instanceof WebAssembly.Memory) return { buffer: target.buffer, mapped: false };
+  if (target instanceof ArrayBuffer || target instanceof SharedArrayBuffer) return { buffer: target, mapped: false };
+  if (target && typeof target === 'object' && 'size' in target) {
+    const { size } = target;
+    if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE) throw new InvalidArgumentError('size', 'a positive multiple of 4096', size);
+    return { buffer: arrayBufferAt(mmapAnonymous(size), size), mapped: true };
+  }
+  throw new InvalidArgumentError('target', 'a WebAssembly.Memory, an ArrayBuffer, a SharedArrayBuffer or { size }', target);
+}
+
+function checkAligned(address: bigint): void {
+  if (address % BigInt(PAGE) !== 0n) {
+    throw new InvalidArgumentError(
+      'target',
+      'page-aligned memory (a WebAssembly.Memory, or { size } for memory the SDK maps); this buffer starts inside an allocator page it shares with other objects',
+      `0x${address.toString(16)}`,
+    );
+  }
+}
+
+/** Refuses memory whose pages are not wholly ours: see the module comment. */
+async function checkMemory(address: bigint, size: number): Promise<void> {
+  checkAligned(address);
+  const end = address + BigInt(size);
+  let at = address;
+  for (const m of parseMaps(await readFile('/proc/self/maps', 'utf8'))) {
+    if (m.end <= at || m.start > at) continue;
+    if (m.path !== '' || m.perms[0] !== 'r' || m.perms[1] !== 'w' || m.perms[3] !== 'p') {
+      throw new InvalidArgumentError('target', 'private anonymous read-write memory', `a ${m.perms} mapping of ${m.path || 'anonymous memory'} at 0x${m.start.toString(16)}`);
+    }
+    at = m.end;
+    if (at >= end) return;
+  }
+  throw new InvalidArgumentError('target', 'memory mapped in full', `a hole at 0x${at.toString(16)}`);
+}
+
+function openUffd(): { fd: number; userModeOnly: boolean } {
+  try {
+    return { fd: createUffd(), userModeOnly: false };
+  } catch (e) {
+    if (!(e instanceof UffdUnavailableError)) throw e;
+    // In-process restore only needs faults taken in user mode, which unprivileged users may handle.
+    return { fd: createUffd({ userModeOnly: true }), userModeOnly: true };
+  }
+}
+
+class WorkerLink {
+  readonly #worker: Worker;
+  readonly #pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  #seq = 0;
+  #listeners = new Set<(m: AttachMessage) => void>();
+  #gone: Error | undefined;
+  onGone: (e: Error) => void = () => {};
+
+  constructor(worker: Worker) {
+    this.#worker = worker;
+    worker.on('message', (m: AttachMessage) => {
+      if (m.type === 'reply') {
+        const p = this.#pending.get(m.seq);
+        this.#pending.delete(m.seq);
+        if (m.error) p?.reject(Object.assign(new LazysnapError((m.error.code ?? 'LAZYSNAP_FETCH_FAILED') as never, m.error.message)));
+        else p?.resolve(m.value);
+      }
+      for (const l of this.#listeners) l(m);
+    });
+    const gone = (e: Error) => {
+      this.#gone ??= e;
+      for (const p of this.#pending.values()) p.reject(e);
+      this.#pending.clear();
+      for (const l of this.#listeners) l({ type: 'failed', error: { message: e.message } });
+      this.onGone(e);
+    };
+    worker.on('error', gone);
+    worker.on('exit', (code) => gone(new LazysnapError('LAZYSNAP_SESSION_CLOSED', `the attach runtime's worker exited (code ${code})`)));
+  }
+
+  request<T>(op: AttachRequest['op']): Promise<T> {
+    if (this.#gone) return Promise.reject(this.#gone);
+    const seq = ++this.#seq;
+    // Referenced only while a reply is awaited: an attachment never detached must not keep the
+    // process alive, but a pending reply must.
+    this.#worker.ref();
+    return new Promise<T>((resolve, reject) => {
+      this.#pending.set(seq, { resolve: resolve as (v: unknown) => void, reject });
+      this.#worker.postMessage({ op, seq } satisfies AttachRequest);
+    }).finally(() => {
+      if (this.#pending.size === 0) this.#worker.unref();
+    });
+  }
+
+  unref(): void {
+    if (this.#pending.size === 0) this.#worker.unref();
+  }
+
+  /** The first message of one of `types` (or a failure), honouring the abort signal. */
+  waitFor<K extends AttachMessage['type']>(types: K[], signal?: AbortSignal): Promise<Extract<AttachMessage, { type: K }>> {
+    return new Promise((resolve, reject) => {
+      const done = () => {
+        this.#listeners.delete(l);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      const l = (m: AttachMessage) => {
+        if (m.type === 'failed') {
+          done();
+          reject(new LazysnapError((m.error.code ?? 'LAZYSNAP_SESSION_CLOSED') as never, m.error.message));
+        } else if ((types as string[]).includes(m.type)) {
+          done();
+          resolve(m as Extract<AttachMessage, { type: K }>);
+        }
+      };
+      const onAbort = () => (done(), reject(signal!.reason as Error));
+      if (this.#gone) return reject(this.#gone);
+      this.#listeners.add(l);
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  async terminate(): Promise<void> {
+    this.onGone = () => {};
+    await this.#worker.terminate();
+  }
+}
+
+/**
+ * Restores snapshot `options.id` from `options.stores` into `target`, lazily. Resolves once the
+ * runtime serves the memory; from then on any read of it faults the missing chunk in.
+ */
+export async function attach(target: AttachTarget, options: AttachOptions): Promise<Attachment> {
+  checkStores(options);
+  const { signal, logLevel = 'warn', ...serve } = options;
+  signal?.throwIfAborted();
+  const { buffer, mapped } = targetBuffer(target);
+  const address = addressOf(new Uint8Array(buffer, 0, Math.min(1, buffer.byteLength)));
+  try {
+    checkAligned(address);
+  } catch (e) {
+    if (mapped) munmap(address, buffer.byteLength);
+    throw e;
+  }
+  const dir = mkdtempSync(path.join(tmpdir(), 'lazysnap-attach-')); // 0700: the socket is private
+  const socketPath = path.join(dir, 'uffd.sock');
+  const data: AttachWorkerData = { serve: { ...serve, socketPath, handshakeTimeoutMs: 5000, shutdownGraceMs: 0 }, logLevel };
+  const link = new WorkerLink(startModuleWorker(new URL('./attach-worker.js', import.meta.url), { workerData: data }));
+  let uffd = -1;
+  let conn = -1;
+  let registered = 0;
+  const cleanup = async () => {
+    if (registered) uffdUnregister(uffd, address, registered);
+    if (conn >= 0) closeFd(conn);
+    if (uffd >= 0) closeFd(uffd);
+    await link.terminate();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    const ready = await link.waitFor(['ready'], signal);
+    const size = ready.totalSize;
+    if (ready.pageSize !== PAGE) throw new InvalidArgumentError('id', 'a snapshot of 4 KiB pages (hugepage snapshots restore into hugetlb memory)', ready.pageSize);
+    if (buffer.byteLength < size) throw new InvalidArgumentError('target', `memory of at least the snapshot's ${size} bytes`, buffer.byteLength);
+    await checkMemory(address, size);
+    const u = openUffd();
+    uffd = u.fd;
+    uffdApi(uffd, constants().UFFD_FEATURE_EVENT_REMOVE);
+    // Drop what is there so that every page faults: a present page would never reach the runtime.
+    madvise(address, size, constants().MADV_DONTNEED);
+    uffdRegister(uffd, address, size);
+    registered = size;
+    conn = connectUnix(socketPath);
+    const session = link.waitFor(['session', 'rejected'], signal);
+    sendWithFds(conn, Buffer.from(JSON.stringify([{ base_host_virt_addr: Number(address), size, offset: 0, page_size: PAGE }])), [uffd]);
+    const s = await session;
+    if (s.type === 'rejected') throw new HandshakeError(s.reason);
+    link.unref();
+    return new LiveAttachment(buffer, address, size, u.userModeOnly, s.restoreId, mapped, link, uffd, conn, dir);
+  } catch (e) {
+    await cleanup();
+    if (mapped) munmap(address, buffer.byteLength);
+    throw e;
+  }
+}
+
+class LiveAttachment implements Attachment {
+  #detached: Promise<SessionSummary | undefined> | undefined;
+  #unmapped = false;
+
+  constructor(
+    readonly buffer: ArrayBuffer | SharedArrayBuffer,
+    readonly address: bigint,
+    readonly size: number,
+    readonly userModeOnly: boolean,
+    readonly restoreId: string,
+    readonly mapped: boolean,
+    readonly link: WorkerLink,
+    readonly uffd: number,
+    readonly conn: number,
+    readonly dir: string,
+  ) {
+    // Fail closed if the runtime dies under us: poison every page not yet restored (a touch then
+    // raises SIGBUS) rather than leave this thread to wait forever on a fault nobody serves.
+    link.onGone = () => {
+      if (this.#detached) return;
+      try {
+        uffdPoison(uffd, address, size);
+      } catch {
+        process.kill(process.pid, 'SIGKILL'); // the kernel cannot poison: a hang is worse
+      }
+    };
+  }
+
+  stats(): Promise<LiveSessionStats> {
+    return this.link.request<LiveSessionStats>('stats');
+  }
+
+  populate(): Promise<void> {
+    return this.link.request<void>('populate');
+  }
+
+  detach(): Promise<SessionSummary | undefined> {
+    this.#detached ??= (async () => {
+      try {
+        try {
+          await this.link.request('populate');
+        } catch (e) {
+          // Once unregistered, a page never restored would read as zeros: poison what is missing.
+          uffdPoison(this.uffd, this.address, this.size);
+          throw e;
+        }
+        // The runtime ends the session and closes its copy of the uffd; ours goes last, after
+        // unregistering, so the memory never passes through a state with missing pages unserved.
+        const summary = await this.link.request<SessionSummary | undefined>('close');
+        uffdUnregister(this.uffd, this.address, this.size);
+        return summary;
+      } finally {
+        closeFd(this.conn);
+        closeFd(this.uffd);
+        await this.link.terminate();
+        rmSync(this.dir, { recursive: true, force: true });
+      }
+    })();
+    return this.#detached;
+  }
+
+  unmap(): void {
+    if (!this.mapped) throw new InvalidArgumentError('unmap', 'memory that attach() mapped ({ size })', 'caller-owned memory');
+    if (!this.#detached) throw new InvalidArgumentError('unmap', 'a detached attachment', 'still attached');
+    if (this.#unmapped) return;
+    this.#unmapped = true;
+    munmap(this.address, this.buffer.byteLength);
+  }
+}
