@@ -8,7 +8,7 @@
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { SourceError, isSystemError } from '../core/errors.js';
+import { InvalidArgumentError, SourceError, isSystemError } from '../core/errors.js';
 import { kill, processVmRead } from '../native/index.js';
 import type { ManifestRegion } from '../store/manifest.js';
 import type { MemorySource } from './source.js';
@@ -36,17 +36,40 @@ export function parseMaps(text: string): Mapping[] {
  * when given, narrow further: 'heap', 'stack', 'anon', a path substring, or an address range
  * "0xSTART-0xEND" that the mapping overlaps.
  */
-export function selectMapping(m: Mapping, filters: readonly string[] = []): boolean {
-  if (m.perms[1] !== 'w' || m.perms[3] !== 'p' || /^\[(vvar|vdso|vsyscall)/.test(m.path)) return false;
-  if (filters.length === 0) return true;
-  return filters.some((f) => {
+/**
+ * The parts of a mapping to snapshot. Only private writable mappings qualify (code, read-only data
+ * and shared memory are not the process's own state). With no filters, all of each; `heap`,
+ * `stack`, `anon` or a path substring select whole mappings; an address range `0xA-0xB` selects
+ * just the part of a mapping inside it, so one object (a WebAssembly memory, an arena) can be
+ * snapshot on its own even where the kernel merged its mapping with a neighbour.
+ */
+export function selectRanges(m: Mapping, filters: readonly string[] = []): Array<[bigint, bigint]> {
+  if (m.perms[1] !== 'w' || m.perms[3] !== 'p' || /^\[(vvar|vdso|vsyscall)/.test(m.path)) return [];
+  if (filters.length === 0) return [[m.start, m.end]];
+  const ranges: Array<[bigint, bigint]> = [];
+  for (const f of filters) {
     const r = /^0x([0-9a-f]+)-0x([0-9a-f]+)$/i.exec(f);
-    if (r) return m.start < BigInt(`0x${r[2]}`) && BigInt(`0x${r[1]}`) < m.end;
-    if (f === 'heap') return m.path === '[heap]';
-    if (f === 'stack') return m.path === '[stack]';
-    if (f === 'anon') return m.path === '';
-    return m.path.includes(f);
-  });
+    if (r) {
+      const lo = BigInt(`0x${r[1]}`);
+      const hi = BigInt(`0x${r[2]}`);
+      if (m.start < hi && lo < m.end) ranges.push([lo > m.start ? lo : m.start, hi < m.end ? hi : m.end]);
+    } else if ((f === 'heap' && m.path === '[heap]') || (f === 'stack' && m.path === '[stack]') || (f === 'anon' && m.path === '') || (!['heap', 'stack', 'anon'].includes(f) && m.path.includes(f))) {
+      return [[m.start, m.end]];
+    }
+  }
+  return ranges.sort((a, b) => (a[0] < b[0] ? -1 : 1));
+}
+
+/** Validates --maps filters: address ranges must be page-aligned and non-empty. */
+export function assertMapFilters(filters: readonly string[]): void {
+  for (const f of filters) {
+    const r = /^0x([0-9a-f]+)-0x([0-9a-f]+)$/i.exec(f);
+    if (r) {
+      const lo = BigInt(`0x${r[1]}`);
+      const hi = BigInt(`0x${r[2]}`);
+      if (lo >= hi || lo % 4096n || hi % 4096n) throw new InvalidArgumentError('maps', 'address ranges 0xSTART-0xEND, page-aligned, START < END', f);
+    } else if (f === '' || f.startsWith('0x')) throw new InvalidArgumentError('maps', 'heap, stack, anon, a path substring or 0xSTART-0xEND', f);
+  }
 }
 
 async function waitStopped(pid: number, signal?: AbortSignal): Promise<void> {
@@ -66,6 +89,7 @@ export interface ProcessSourceOptions {
 }
 
 export async function openProcess(pid: number, options: ProcessSourceOptions = {}): Promise<MemorySource> {
+  if (options.filters) assertMapFilters(options.filters);
   try {
     kill(pid, 'SIGSTOP');
   } catch (e) {
@@ -79,7 +103,7 @@ export async function openProcess(pid: number, options: ProcessSourceOptions = {
   };
   try {
     await waitStopped(pid, options.signal);
-    const maps = parseMaps(await readFile(`/proc/${pid}/maps`, 'utf8')).filter((m) => selectMapping(m, options.filters));
+    const maps = parseMaps(await readFile(`/proc/${pid}/maps`, 'utf8')).flatMap((m) => selectRanges(m, options.filters).map(([start, end]) => ({ start, end })));
     if (maps.length === 0) throw new SourceError(`process ${pid} has no private writable mappings${options.filters?.length ? ` matching ${options.filters.join(',')}` : ''}`);
     let off = 0;
     const regions: ManifestRegion[] = maps.map((m) => {

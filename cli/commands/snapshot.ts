@@ -1,10 +1,8 @@
-import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 
-import { InvalidArgumentError, SourceError } from '../../core/errors.js';
+import { InvalidArgumentError } from '../../core/errors.js';
 import { formatBytes, parseSize } from '../../core/units.js';
-import { openMemoryFile, type MemorySource } from '../../snapshotter/source.js';
-import { createSnapshot } from '../../snapshotter/snapshot.js';
+import { snapshot } from '../../sdk/snapshot.js';
 import { assertCodec } from '../../store/chunk.js';
 import { UsageError, intOption, required, storeFrom, type Io } from '../common.js';
 import { progressReporter, type ProgressMode } from '../progress.js';
@@ -19,6 +17,8 @@ sources (one):
   --mem-file FILE      a Firecracker memory file or raw image; with --parent, a Firecracker diff
                        snapshot (sparse: holes are pages unchanged since the parent)
   --pid PID            a live process: its private writable mappings, held stopped while copied
+  --maps LIST          with --pid, which mappings: heap, stack, anon, a path substring, or
+                       0xSTART-0xEND (just that address range), comma-separated (default all)
 
 options:
   --store URL          directory, file://, or s3://bucket/prefix (required)
@@ -42,6 +42,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
     options: {
       'mem-file': { type: 'string' },
       pid: { type: 'string' },
+      maps: { type: 'string' },
       store: { type: 'string' },
       id: { type: 'string' },
       vmstate: { type: 'string' },
@@ -70,33 +71,21 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
   const mode = values.progress as ProgressMode;
   if (!['auto', 'tty', 'json', 'quiet'].includes(mode)) throw new InvalidArgumentError('--progress', 'auto, tty, json or quiet', mode);
   const regions = values.regions?.split(',').map((r) => parseSize('--regions', r));
+  if (values.maps !== undefined && values.pid === undefined) throw new UsageError('--maps selects mappings of a process: it needs --pid');
+  const pid = values.pid !== undefined ? intOption('pid', values.pid, 1, 2 ** 22)! : undefined;
   const store = await storeFrom(values);
-  let source: MemorySource;
-  if (values.pid !== undefined) {
-    const pid = intOption('pid', values.pid, 1, 2 ** 22)!;
-    const { openProcess } = await import('../../snapshotter/process-source.js');
-    source = await openProcess(pid, { ...(signal ? { signal } : {}) });
-  } else {
-    source = await openMemoryFile(values['mem-file']!, { pageSize, diff: values.parent !== undefined, ...(regions ? { regions } : {}) });
-  }
-  let vmstate: Buffer | undefined;
-  if (values.vmstate) {
-    vmstate = await readFile(values.vmstate).catch((e: unknown) => {
-      throw new SourceError(`cannot read vmstate file ${values.vmstate}: ${(e as Error).message}`, e);
-    });
-  }
   const bar = progressReporter(mode, io, id);
   try {
-    const summary = await createSnapshot({
-      source,
+    const summary = await snapshot({
       store,
       id,
+      source: pid !== undefined ? { pid, ...(values.maps !== undefined ? { maps: values.maps.split(',') } : {}) } : { memoryFile: values['mem-file']!, pageSize, ...(regions ? { regions } : {}) },
       chunkSize,
       codec,
+      ...(values.vmstate !== undefined ? { vmstateFile: values.vmstate } : {}),
       ...(level !== undefined ? { level } : {}),
       ...(concurrency !== undefined ? { concurrency } : {}),
       ...(values.parent !== undefined ? { parent: values.parent } : {}),
-      ...(vmstate ? { vmstate } : {}),
       ...(signal ? { signal } : {}),
       onProgress: (p) => bar.update(p.bytesDone, p.totalSize),
     });
@@ -113,7 +102,6 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
     }
     return 0;
   } finally {
-    await source.close();
     await store.close();
   }
 }

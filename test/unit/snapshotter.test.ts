@@ -136,6 +136,34 @@ describe('snapshotter with the directory store', () => {
     }
   });
 
+  it('snapshots just an address range of a process (--maps 0xA-0xB), clipping the mapping around it', async () => {
+    const bin = buildC('test/fixtures/pattern-proc.c');
+    const child = spawn(bin, [String(4 * MiB)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    try {
+      const [line] = (await once(child.stdout!, 'data')) as [Buffer];
+      const base = BigInt(`0x${line.toString().trim().split(' ')[1]}`);
+      // One MiB from the middle of the 4 MiB mapping.
+      const lo = base + BigInt(MiB);
+      const hi = lo + BigInt(MiB);
+      const r = await cli(['snapshot', '--pid', String(child.pid), '--maps', `0x${lo.toString(16)}-0x${hi.toString(16)}`, '--store', storeDir, '--id', 'part', '--chunk-size', '64KiB', '--progress', 'quiet', '--json']);
+      expect(r.err).toBe('');
+      expect(JSON.parse(r.out)).toMatchObject({ totalSize: MiB });
+      const ix = await loadIndex(new FileStore(storeDir), 'part');
+      expect(ix.manifest.regions).toEqual([{ offset: 0, size: MiB, address: `0x${lo.toString(16)}` }]);
+      const image = await reassemble(new FileStore(storeDir), 'part');
+      for (const off of [0, 4096 * 3 + 8, MiB - 8]) {
+        const abs = BigInt(MiB + off);
+        const want = ((abs * 0x9e3779b97f4a7c15n) & ((1n << 64n) - 1n)) ^ 0x6c617a79736e6170n;
+        expect(image.readBigUInt64LE(off), `offset ${off}`).toBe(Math.floor((MiB + off) / 4096) % 4 === 3 ? 0n : want);
+      }
+      const bad = await cli(['snapshot', '--pid', String(child.pid), '--maps', '0x1001-0x2000', '--store', storeDir, '--id', 'bad']);
+      expect(bad).toMatchObject({ code: 2, err: expect.stringMatching(/maps must be address ranges 0xSTART-0xEND, page-aligned/) });
+    } finally {
+      child.stdin!.end();
+      await once(child, 'exit');
+    }
+  });
+
   it('reports an unreadable process as a source error and leaves it running', async () => {
     await expect(openProcess(2 ** 22 - 1)).rejects.toThrow(SourceError);
     expect((await cli(['snapshot', '--pid', String(2 ** 22 - 1), '--store', storeDir, '--id', 'x'])).code).toBe(2);
