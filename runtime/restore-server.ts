@@ -24,6 +24,7 @@ import {
   type FdWatch,
 } from '../native/index.js';
 import type { StoreBackend } from '../store/backend.js';
+import type { Manifest } from '../store/manifest.js';
 import { assertSnapshotId } from '../store/keys.js';
 import { openStore } from '../store/open.js';
 import { ChunkFetcher } from './fetcher.js';
@@ -66,7 +67,7 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
   readonly summaries: SessionSummary[] = [];
   metricsPort: number | undefined;
   /** The served snapshot's geometry, from its manifest. */
-  readonly snapshot: { id: string; totalSize: number; pageSize: number; chunkSize: number; chunks: number };
+  readonly snapshot: { id: string; totalSize: number; pageSize: number; chunkSize: number; chunks: number; vmstate: Manifest['vmstate'] };
   readonly #o: ResolvedServeOptions;
   readonly #log: Logger;
   readonly #stores: StoreBackend[];
@@ -91,7 +92,7 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     this.metrics = ctx.metrics;
     this.socketPath = o.socketPath;
     const m = ctx.index.manifest;
-    this.snapshot = { id: o.id, totalSize: m.totalSize, pageSize: m.pageSize, chunkSize: m.chunkSize, chunks: ctx.index.count };
+    this.snapshot = { id: o.id, totalSize: m.totalSize, pageSize: m.pageSize, chunkSize: m.chunkSize, chunks: ctx.index.count, vmstate: m.vmstate };
     const dir = path.dirname(o.socketPath);
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     try {
@@ -157,6 +158,11 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
       await Promise.all(stores.map((s) => s.close()));
       throw e;
     }
+  }
+
+  /** The stores this server reads, in order (their URLs without credentials). */
+  get stores(): readonly StoreBackend[] {
+    return this.#stores;
   }
 
   /** Live figures: sessions, resident chunk bytes (within memoryBudgetBytes), memory-tier evictions. */

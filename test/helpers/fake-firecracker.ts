@@ -133,7 +133,17 @@ export interface FakeFirecracker {
   close(): Promise<void>;
 }
 
-export async function startFakeFirecracker(options: { specPath?: string } = {}): Promise<FakeFirecracker> {
+export interface FakeFirecrackerOptions {
+  specPath?: string;
+  /**
+   * Runs for a valid PUT /snapshot/load before it is answered, as Firecracker connects to a Uffd
+   * backend during the load: a test does the memory side here (the exact-handshake client). A
+   * rejection is answered 400 with its message as Firecracker's fault_message.
+   */
+  onLoad?: (body: Record<string, unknown>) => Promise<void>;
+}
+
+export async function startFakeFirecracker(options: FakeFirecrackerOptions = {}): Promise<FakeFirecracker> {
   const spec = loadFirecrackerSpec(options.specPath);
   const dir = mkdtempSync(path.join(tmpdir(), 'lazysnap-fc-'));
   const socketPath = path.join(dir, 'firecracker.sock');
@@ -207,6 +217,16 @@ export async function startFakeFirecracker(options: { specPath?: string } = {}):
     if (schema && body === undefined) return reject(501, [`the fake has no answer for GET ${template}`]);
     const own = schema ? validateSchema(schema, body, spec.definitions) : [];
     if (own.length > 0) return reject(500, own.map((p) => `the fake's own response breaks the spec: ${p}`));
+    if (options.onLoad && `${method} ${template}` === 'PUT /snapshot/load') {
+      options.onLoad(rec.body as Record<string, unknown>).then(
+        () => {
+          apply(`${method} ${template}`, rec.body as Record<string, unknown>, state);
+          answer(Number(success), body);
+        },
+        (e: unknown) => answer(400, { fault_message: `Load snapshot error: ${(e as Error).message}` }),
+      );
+      return;
+    }
     apply(`${method} ${template}`, rec.body as Record<string, unknown>, state);
     answer(Number(success), body);
   };

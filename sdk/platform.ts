@@ -1,0 +1,173 @@
+/**
+ * The one call a function platform makes for a lazy microVM restore: RestoreHost.restore() starts
+ * (or reuses) the restore server for the snapshot, fetches and verifies its vmstate once, and
+ * drives Firecracker's snapshot load with the Uffd memory backend pointing at that server. Every
+ * restore of the same snapshot on the host shares one server: one chunk table, one fetch per chunk.
+ */
+import { createHash } from 'node:crypto';
+import { lstatSync, mkdirSync } from 'node:fs';
+import { rename, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+
+import { InvalidArgumentError, IntegrityError, LazysnapError, NotFoundError } from '../core/errors.js';
+import { RestoreServer, type ServeOptions } from '../runtime/restore-server.js';
+import { hashChunk } from '../store/chunk.js';
+import { assertSnapshotId } from '../store/keys.js';
+import { FirecrackerClient, type LoadSnapshotParams } from './firecracker-client.js';
+
+export interface SnapshotRef {
+  id: string;
+  /** Store URLs in the order they are tried (e.g. the HTTP cache tier, then s3://). */
+  stores: string[];
+}
+
+export interface RestoreHostOptions {
+  /**
+   * Where the host keeps serve sockets and vmstate files. Created 0700; it must not be writable
+   * by anyone else (a socket path another user can replace is a hijacked restore).
+   */
+  runtimeDir: string;
+  /** Options for every server the host starts (stores, id and socket are per snapshot). */
+  serve?: Omit<ServeOptions, 'stores' | 'id' | 'socketPath'>;
+}
+
+export interface LazyRestoreOptions {
+  snapshot: SnapshotRef;
+  /** The microVM's Firecracker API socket, or a client for it. */
+  firecracker: string | FirecrackerClient;
+  /** Resume the microVM once loaded. @default true */
+  resumeVm?: boolean;
+  /** Further snapshot-load fields (network and vsock overrides, dirty page tracking, kvmclock). */
+  load?: Omit<LoadSnapshotParams, 'snapshotPath' | 'memBackend' | 'resumeVm'>;
+  signal?: AbortSignal;
+}
+
+export interface LazyRestoreResult {
+  server: RestoreServer;
+  /** True when the snapshot's server was already running on this host. */
+  reusedServer: boolean;
+  socketPath: string;
+  vmstatePath: string;
+  /** Milliseconds spent: starting (or finding) the server, the vmstate, Firecracker's load call. */
+  timings: { serverMs: number; vmstateMs: number; loadMs: number };
+}
+
+interface Entry {
+  server: Promise<RestoreServer>;
+  vmstate: Promise<string> | undefined;
+}
+
+export class RestoreHost {
+  readonly runtimeDir: string;
+  readonly #serve: RestoreHostOptions['serve'];
+  readonly #entries = new Map<string, Entry>();
+  #closed = false;
+
+  constructor(options: RestoreHostOptions) {
+    if (typeof options?.runtimeDir !== 'string' || options.runtimeDir === '') throw new InvalidArgumentError('runtimeDir', 'a directory path', options?.runtimeDir);
+    this.runtimeDir = path.resolve(options.runtimeDir);
+    this.#serve = options.serve;
+    mkdirSync(this.runtimeDir, { recursive: true, mode: 0o700 });
+    const st = lstatSync(this.runtimeDir);
+    if (!st.isDirectory() || (st.mode & 0o022) !== 0 || (process.getuid && st.uid !== process.getuid())) {
+      throw new InvalidArgumentError('runtimeDir', 'a directory owned by this user and writable by no one else', `${this.runtimeDir} (mode ${(st.mode & 0o777).toString(8)}, uid ${st.uid})`);
+    }
+  }
+
+  #key(ref: SnapshotRef): string {
+    assertSnapshotId(ref?.id, 'snapshot.id');
+    if (!Array.isArray(ref.stores) || ref.stores.length === 0 || !ref.stores.every((s) => typeof s === 'string')) {
+      throw new InvalidArgumentError('snapshot.stores', 'one or more store URLs', ref.stores);
+    }
+    return `${ref.id}\n${ref.stores.join('\n')}`;
+  }
+
+  /** The running server for a snapshot, started on first use and shared by later restores. */
+  server(ref: SnapshotRef, signal?: AbortSignal): Promise<RestoreServer> {
+    return this.#entry(ref, signal).entry.server;
+  }
+
+  #entry(ref: SnapshotRef, signal?: AbortSignal): { entry: Entry; created: boolean } {
+    if (this.#closed) throw new LazysnapError('LAZYSNAP_SESSION_CLOSED', 'the restore host is closed');
+    const key = this.#key(ref);
+    let e = this.#entries.get(key);
+    const created = e === undefined;
+    if (!e) {
+      // Same id from other stores gets its own socket: the name carries a digest of the stores.
+      const tag = createHash('sha256').update(key).digest('hex').slice(0, 12);
+      const socketPath = path.join(this.runtimeDir, `${ref.id.slice(0, 48)}-${tag}.sock`);
+      const server = RestoreServer.start({ ...this.#serve, stores: ref.stores, id: ref.id, socketPath }, signal);
+      e = { server, vmstate: undefined };
+      this.#entries.set(key, e);
+      // A server that failed to start is forgotten, so the next restore tries again.
+      const mine = e;
+      server.catch(() => this.#entries.get(key) === mine && this.#entries.delete(key));
+    }
+    return { entry: e, created };
+  }
+
+  /** Downloads the snapshot's vmstate once per host, verified against the manifest's hash. */
+  async #vmstate(server: RestoreServer, signal?: AbortSignal): Promise<string> {
+    const vm = server.snapshot.vmstate;
+    if (!vm) throw new NotFoundError(server.stores[0]?.url ?? 'the store', `the vmstate of snapshot ${server.snapshot.id} (it was taken without --vmstate FILE)`);
+    const file = path.join(this.runtimeDir, `${vm.hash}.vmstate`);
+    const have = await stat(file).catch(() => undefined);
+    if (have?.size === vm.size) return file; // named by its hash, written only once verified
+    const errors: string[] = [];
+    for (const store of server.stores) {
+      try {
+        const bytes = await store.get(vm.key, signal ? { signal } : {});
+        const actual = hashChunk(bytes);
+        if (bytes.length !== vm.size || actual !== vm.hash) throw new IntegrityError(`${store.url}/${vm.key}`, vm.hash, actual);
+        const tmp = `${file}.${process.pid}.tmp`;
+        await writeFile(tmp, bytes, { mode: 0o600 });
+        await rename(tmp, file);
+        return file;
+      } catch (e) {
+        if (signal?.aborted) throw e;
+        errors.push(`${store.url}: ${(e as Error).message}`);
+      }
+    }
+    throw new LazysnapError('LAZYSNAP_FETCH_FAILED', `vmstate of ${server.snapshot.id}: no store delivered it (${errors.join('; ')})`);
+  }
+
+  /**
+   * A whole lazy restore: the snapshot's server (started or reused), its vmstate on local disk, then
+   * Firecracker's PUT /snapshot/load with `mem_backend: {backend_type: "Uffd"}` on the server's
+   * socket. Firecracker connects to the socket during the load and sends its uffd; from then on
+   * the server serves the guest's faults. Errors from Firecracker are FirecrackerErrors carrying its
+   * fault message.
+   */
+  async restore(options: LazyRestoreOptions): Promise<LazyRestoreResult> {
+    const { signal } = options;
+    signal?.throwIfAborted();
+    const t0 = performance.now();
+    const { entry, created } = this.#entry(options.snapshot, signal);
+    const reusedServer = !created;
+    const server = await entry.server;
+    const t1 = performance.now();
+    entry.vmstate ??= this.#vmstate(server, signal);
+    entry.vmstate.catch(() => (entry.vmstate = undefined)); // retried by the next restore
+    const vmstatePath = await entry.vmstate;
+    const t2 = performance.now();
+    const fc = typeof options.firecracker === 'string' ? new FirecrackerClient({ socketPath: options.firecracker }) : options.firecracker;
+    try {
+      await fc.loadSnapshot(
+        { ...options.load, snapshotPath: vmstatePath, memBackend: { backendType: 'Uffd', backendPath: server.socketPath }, resumeVm: options.resumeVm ?? true },
+        signal ? { signal } : {},
+      );
+    } finally {
+      if (typeof options.firecracker === 'string') await fc.close();
+    }
+    const t3 = performance.now();
+    return { server, reusedServer, socketPath: server.socketPath, vmstatePath, timings: { serverMs: t1 - t0, vmstateMs: t2 - t1, loadMs: t3 - t2 } };
+  }
+
+  /** Stops every server (live sessions get graceMs to finish, see RestoreServer.close). */
+  async close(graceMs?: number): Promise<void> {
+    this.#closed = true;
+    const entries = [...this.#entries.values()];
+    this.#entries.clear();
+    await Promise.all(entries.map((e) => e.server.then((s) => s.close(graceMs), () => {})));
+  }
+}
