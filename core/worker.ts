@@ -1,5 +1,5 @@
 /**
- * Starting a worker thread from one of our own modules. The published build runs compiled .js, which
+ * Starting a worker thread or child process from one of our own modules. The published build runs compiled .js, which
  * a Worker loads directly. Source runs (tests, tsx) load .ts, and Node 20 workers do not inherit the
  * parent's loader hooks, so the worker boots through tsx's API instead.
  */
@@ -15,4 +15,12 @@ export function startModuleWorker(moduleUrl: URL, options: Omit<WorkerOptions, '
   const api = import.meta.resolve('tsx/esm/api');
   const boot = `import(${JSON.stringify(api)}).then((m) => m.tsImport(${JSON.stringify(file)}, ${JSON.stringify(file)}))`;
   return new Worker(boot, { ...options, eval: true });
+}
+
+/** The node command line that runs one of our modules as a child process (tsx for source runs). */
+export function moduleCommand(moduleUrl: URL): { command: string; args: string[] } {
+  const isSource = import.meta.url.endsWith('.ts');
+  const file = new URL(moduleUrl).pathname;
+  if (!isSource) return { command: process.execPath, args: [file] };
+  return { command: process.execPath, args: ['--import', import.meta.resolve('tsx/esm'), file.replace(/\.js$/, '.ts')] };
 }

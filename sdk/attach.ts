@@ -54,6 +54,11 @@ export type AttachServeOptions = Omit<ServeOptions, 'socketPath' | 'logger' | 'm
 export interface AttachOptions extends AttachServeOptions {
   /** The runtime's log level (it logs to stderr from its worker). @default 'warn' */
   logLevel?: string;
+  /**
+   * UFFD_USER_MODE_ONLY: what an unprivileged process gets. true forces it, false refuses to fall
+   * back to it. @default tried privileged first, then user-mode-only
+   */
+  userModeOnly?: boolean;
   signal?: AbortSignal;
 }
 
@@ -134,7 +139,9 @@ async function checkMemory(address: bigint, size: number): Promise<void> {
   throw new InvalidArgumentError('target', 'memory mapped in full', `a hole at 0x${at.toString(16)}`);
 }
 
-function openUffd(): { fd: number; userModeOnly: boolean } {
+function openUffd(mode: boolean | undefined): { fd: number; userModeOnly: boolean } {
+  if (mode === true) return { fd: createUffd({ userModeOnly: true }), userModeOnly: true };
+  if (mode === false) return { fd: createUffd(), userModeOnly: false };
   try {
     return { fd: createUffd(), userModeOnly: false };
   } catch (e) {
@@ -227,7 +234,7 @@ class WorkerLink {
  */
 export async function attach(target: AttachTarget, options: AttachOptions): Promise<Attachment> {
   checkStores(options);
-  const { signal, logLevel = 'warn', ...serve } = options;
+  const { signal, logLevel = 'warn', userModeOnly, ...serve } = options;
   signal?.throwIfAborted();
   const { buffer, mapped } = targetBuffer(target);
   const address = addressOf(new Uint8Array(buffer, 0, Math.min(1, buffer.byteLength)));
@@ -257,7 +264,7 @@ export async function attach(target: AttachTarget, options: AttachOptions): Prom
     if (ready.pageSize !== PAGE) throw new InvalidArgumentError('id', 'a snapshot of 4 KiB pages (hugepage snapshots restore into hugetlb memory)', ready.pageSize);
     if (buffer.byteLength < size) throw new InvalidArgumentError('target', `memory of at least the snapshot's ${size} bytes`, buffer.byteLength);
     await checkMemory(address, size);
-    const u = openUffd();
+    const u = openUffd(userModeOnly);
     uffd = u.fd;
     uffdApi(uffd, constants().UFFD_FEATURE_EVENT_REMOVE);
     // Drop what is there so that every page faults: a present page would never reach the runtime.

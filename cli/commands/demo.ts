@@ -2,33 +2,65 @@ import { parseArgs } from 'node:util';
 
 import { InvalidArgumentError } from '../../core/errors.js';
 import { formatBytes, parseSize } from '../../core/units.js';
-import { ms, type Io } from '../common.js';
-import { restoreOnce, workingSet, type DemoOptions, type RestoreRun } from '../demo/restore.js';
+import type { Io } from '../common.js';
+import { runDemo, type DemoOptions, type DemoReport } from '../demo/run.js';
+import type { RestoreOutcome } from '../demo/restore-proc.js';
 
 export const usage = `usage: lazysnap demo [options]
 
-Restores memory lazily through userfaultfd: a worker thread reads a working set of the memory while
-the main thread serves its faults from a simulated origin. Zero chunks are mapped without a fetch.
-Every byte read is verified.
+The whole job on the embedded default (a local directory store, no services): a child process
+builds a data set in memory; lazysnap snapshots the live process into the store; a fresh process
+restores the memory lazily (pages fault in from the store as the workload reads them, zero chunks
+are mapped without a fetch) and verifies every chunk against the source. No root needed where the
+kernel allows unprivileged userfaultfd in user mode (Linux 5.11+).
 
 options:
-  --size SIZE          memory to restore (default 256MiB)
+  --size SIZE          memory the source process fills (default 256MiB; a multiple of 64KiB)
   --chunk-size SIZE    chunk size, a power of two >= 4KiB (default 512KiB)
   --working-set F      fraction of chunks the workload reads, 0 < F <= 1 (default 0.1)
-  --latency-ms N       simulated origin latency per chunk (default 2)
-  --compare            also run an eager restore (everything fetched first) side by side
+  --store DIR          the local store (default .lazysnap in the current directory; kept, so
+                       \`lazysnap inspect --store DIR --id demo\` can look at it afterwards)
+  --id ID              snapshot id (default demo), replaced on each run; its chunks stay, so a
+                       second run uploads nothing new (dedup)
+  --compare            also restore eagerly (every chunk fetched before the workload), side by side
   --json               print the report as JSON
 `;
 
-function describeRun(r: RestoreRun, size: number): string[] {
-  return [
-    `${r.mode} restore${r.userModeOnly ? ' (user-mode-only uffd: unprivileged)' : ''}: ${r.verified ? 'every byte verified' : 'MISMATCH'}`,
-    `  time to first byte  ${ms(r.firstByteNs)}`,
-    `  workload done in    ${ms(r.totalNs)}`,
-    `  pages read          ${r.pagesRead}`,
-    `  faults              ${r.stats.faults} (zero chunks ${r.stats.zeroFaults}, sent to JS ${r.stats.forwardedFaults})`,
-    `  fetched             ${formatBytes(r.bytesFetched)} of ${formatBytes(size)} (${((100 * r.bytesFetched) / size).toFixed(1)}%)`,
+const ms = (v: number) => `${v.toFixed(v < 10 ? 1 : 0)} ms`;
+
+function table(report: DemoReport): string {
+  const { runs, snapshot: s } = report;
+  const pct = (r: RestoreOutcome) => `${formatBytes(r.stats.bytesFetched)} (${((100 * r.stats.bytesFetched) / report.source.size).toFixed(1)}%)`;
+  const rows: [string, (r: RestoreOutcome) => string][] = [
+    ['runtime ready', (r) => ms(r.attachMs)],
+    ...(runs.some((r) => r.mode === 'eager') ? ([['everything fetched', (r) => (r.mode === 'eager' ? ms(r.attachMs + r.populateMs) : '-')]] as [string, (r: RestoreOutcome) => string][]) : []),
+    ['first byte read', (r) => ms(r.firstByteMs)],
+    ['workload done', (r) => ms(r.workloadDoneMs)],
+    ['faults', (r) => String(r.stats.faults)],
+    ['  on zero chunks', (r) => String(r.stats.zeroFaults)],
+    ['chunks fetched', (r) => `${r.stats.fetchedChunks} of ${s.chunks - s.zeroChunks}`],
+    ['bytes fetched', pct],
+    ['verified', (r) => (r.mismatchedTouched.length === 0 && r.mismatchedAll.length === 0 ? 'every chunk' : `MISMATCH in ${r.mismatchedAll.length} chunks`)],
   ];
+  const w = [22, ...runs.map((r) => Math.max(`${r.mode} (pid ${r.pid})`.length + 3, ...rows.map(([, f]) => f(r).length + 3)))];
+  const line = (cells: string[]) => `  ${cells.map((c, i) => c.padEnd(w[i]!)).join('')}`.trimEnd();
+  return [line(['', ...runs.map((r) => `${r.mode} (pid ${r.pid})`)]), ...rows.map(([name, f]) => line([name, ...runs.map(f)]))].join('\n');
+}
+
+function describe(report: DemoReport): string {
+  const { source: src, snapshot: s, runs } = report;
+  const out = [
+    `lazysnap demo: process ${src.pid} built ${src.records.toLocaleString('en')} records in ${formatBytes(src.size)} of memory (${ms(src.buildMs)})`,
+    `  snapshot  ${s.id} in ${s.store}: ${s.chunks} chunks of ${formatBytes(s.totalSize / s.chunks)}, ${s.zeroChunks} zero (not stored), ${s.uploadedChunks} uploaded (${formatBytes(s.uploadedBytes)}), ${ms(s.elapsedMs)}`,
+    `  workload  reads ${report.touched} of ${report.chunks} chunks in a fresh process, page by page${runs.some((r) => r.userModeOnly) ? '\n  (unprivileged: user-mode-only userfaultfd; kernel-side access to unrestored pages gets EFAULT)' : ''}`,
+    '',
+    table(report),
+  ];
+  if (runs.length === 2) {
+    const [lazy, eager] = runs as [RestoreOutcome, RestoreOutcome];
+    out.push('', `  lazy restore finished the workload ${(eager.workloadDoneMs / lazy.workloadDoneMs).toFixed(1)}x sooner, fetching ${(eager.stats.bytesFetched / Math.max(1, lazy.stats.bytesFetched)).toFixed(1)}x fewer bytes`);
+  }
+  return `${out.join('\n')}\n`;
 }
 
 export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
@@ -38,7 +70,8 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       size: { type: 'string', default: '256MiB' },
       'chunk-size': { type: 'string', default: '512KiB' },
       'working-set': { type: 'string', default: '0.1' },
-      'latency-ms': { type: 'string', default: '2' },
+      store: { type: 'string', default: '.lazysnap' },
+      id: { type: 'string', default: 'demo' },
       compare: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
     },
@@ -48,23 +81,24 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
     size: parseSize('--size', values.size),
     chunkSize: parseSize('--chunk-size', values['chunk-size']),
     workingSet: Number(values['working-set']),
-    latencyMs: Number(values['latency-ms']),
+    store: values.store,
+    id: values.id,
     compare: values.compare,
     seed: 0x5eed,
     ...(signal ? { signal } : {}),
   };
   if (!(opts.workingSet > 0 && opts.workingSet <= 1)) throw new InvalidArgumentError('--working-set', 'a fraction in (0, 1]', values['working-set']);
-  if (!(Number.isFinite(opts.latencyMs) && opts.latencyMs >= 0)) throw new InvalidArgumentError('--latency-ms', 'a number >= 0', values['latency-ms']);
-  if (opts.size % 4096) throw new InvalidArgumentError('--size', 'a multiple of 4KiB', values.size);
-  const chunks = Math.ceil(opts.size / opts.chunkSize);
-  const touch = workingSet(chunks, opts.workingSet, opts.seed);
-  const runs = [await restoreOnce(opts, 'lazy', touch)];
-  if (opts.compare) runs.push(await restoreOnce(opts, 'eager', touch));
-  if (values.json) io.out(`${JSON.stringify({ size: opts.size, chunkSize: opts.chunkSize, chunks, touched: touch.length, runs })}\n`);
-  else {
-    io.out(`lazysnap demo: ${formatBytes(opts.size)} in ${chunks} chunks of ${formatBytes(opts.chunkSize)}, workload reads ${touch.length} chunks\n`);
-    for (const r of runs) io.out(`${describeRun(r, opts.size).join('\n')}\n`);
-    if (runs.length === 2) io.out(`lazy vs eager: ${(runs[1]!.totalNs / runs[0]!.totalNs).toFixed(1)}x faster to finish the workload\n`);
+  if (opts.size % 65536 || opts.size === 0) throw new InvalidArgumentError('--size', 'a non-zero multiple of 64KiB (the data set lives in a WebAssembly memory)', values.size);
+  if (opts.chunkSize < 4096 || (opts.chunkSize & (opts.chunkSize - 1)) !== 0) throw new InvalidArgumentError('--chunk-size', 'a power of two >= 4KiB', values['chunk-size']);
+  if (!values.json && io.isTTY) {
+    let last = '';
+    opts.onProgress = (stage, p) => {
+      const msg = p ? `${stage} ${Math.floor((100 * p.bytesDone) / p.totalSize)}%` : stage;
+      if (msg !== last) io.err(`\r\x1b[K${(last = msg)}`);
+    };
   }
-  return runs.every((r) => r.verified) ? 0 : 1;
+  const report = await runDemo(opts);
+  if (opts.onProgress) io.err('\r\x1b[K');
+  io.out(values.json ? `${JSON.stringify(report)}\n` : describe(report));
+  return report.runs.every((r) => r.mismatchedAll.length === 0 && r.mismatchedTouched.length === 0) ? 0 : 1;
 }

@@ -3,6 +3,7 @@
  * thread while this (the test's main) thread faults. The proof is a WebAssembly function computing
  * over restored linear memory and getting the answer it gets over the original bytes.
  */
+import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
@@ -107,6 +108,27 @@ describe.skipIf(!hasUffd)(uffdSuite('attach() in-process restore'), () => {
     expect(summary!.fetchedChunks).toBe(32 - img.zeroChunks.length);
     expect(Buffer.from(att.buffer as ArrayBuffer).equals(img.bytes)).toBe(true);
     att.unmap();
+  });
+
+  it('user-mode-only (what an unprivileged process gets): a kernel access to an unrestored page fails with EFAULT, a user access restores it', async () => {
+    att = await attach({ size: 8 * MiB }, { stores: [store], id: 'wasm', prefetch: 'off', userModeOnly: true });
+    expect(att.userModeOnly).toBe(true);
+    const data = [...Array(32).keys()].find((i) => !img.zeroChunks.includes(i))!;
+    const page = new Uint8Array(att.buffer as ArrayBuffer, data * CS, 4096);
+    const out = path.join(tmp.dir, 'out');
+    const fd = openSync(out, 'w');
+    try {
+      // write(2) reads the page in kernel mode: the uffd does not see that fault, the kernel fails it.
+      expect(() => writeSync(fd, page)).toThrow(expect.objectContaining({ code: 'EFAULT' }));
+      void page[0]; // a user-mode read faults the chunk in
+      expect(writeSync(fd, page)).toBe(4096);
+    } finally {
+      closeSync(fd);
+    }
+    expect(readFileSync(out).equals(img.bytes.subarray(data * CS, data * CS + 4096))).toBe(true);
+    await att.detach();
+    att.unmap();
+    att = undefined;
   });
 
   it('refuses memory and options that would deadlock or corrupt, before registering anything', async () => {

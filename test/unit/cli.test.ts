@@ -1,7 +1,21 @@
-import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { chmodSync } from 'node:fs';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+
+import type { DemoReport } from '../../cli/demo/run.js';
+import { workingSet } from '../../cli/demo/run.js';
+import { FileStore } from '../../store/file-store.js';
+import { chunkHash } from '../../store/manifest.js';
+import { loadIndex } from '../../store/reader.js';
+import { repoRoot } from '../helpers/fixtures.js';
+import { tempDir } from '../helpers/images.js';
 
 import { hasUffd, uffdSuite } from '../helpers/skip.js';
 import { cli as run } from '../helpers/cli.js';
+
+const MiB = 1024 * 1024;
+const canDropPrivileges = process.getuid?.() === 0 && spawnSync('setpriv', ['--version']).status === 0;
 
 
 describe('lazysnap CLI', () => {
@@ -9,6 +23,7 @@ describe('lazysnap CLI', () => {
     expect(await run(['--help'])).toMatchObject({ code: 0, out: expect.stringContaining('usage: lazysnap <command>') });
     expect((await run([])).code).toBe(2);
     expect(await run(['demo', '--help'])).toMatchObject({ code: 0, out: expect.stringContaining('--working-set F') });
+    expect(await run(['snapshot', '--help'])).toMatchObject({ code: 0, out: expect.stringContaining('--maps LIST') });
     expect(await run(['--version'])).toMatchObject({ code: 0, out: expect.stringMatching(/^\d+\.\d+\.\d+\n$/) });
   });
 
@@ -16,7 +31,8 @@ describe('lazysnap CLI', () => {
     for (const [argv, msg] of [
       [['nope'], /unknown command "nope"/],
       [['demo', '--size', 'lots'], /--size must be a size such as 4096, 512KiB or 1GiB, received "lots"/],
-      [['demo', '--chunk-size', '3000'], /chunkSize must be an integer in \[4096|chunkSize must be a power of two/],
+      [['demo', '--chunk-size', '3000'], /--chunk-size must be a power of two >= 4KiB, received "3000"/],
+      [['demo', '--size', '100KiB'], /--size must be a non-zero multiple of 64KiB/],
       [['demo', '--working-set', '2'], /--working-set must be a fraction in \(0, 1\], received "2"/],
       [['demo', '--bogus'], /Unknown option '--bogus'/],
     ] as const) {
@@ -29,21 +45,58 @@ describe('lazysnap CLI', () => {
 });
 
 describe.skipIf(!hasUffd)(uffdSuite('lazysnap demo'), () => {
-  it('restores lazily and eagerly, verifies every byte, and fetches only the working set lazily', async () => {
-    const r = await run(['demo', '--size', '16MiB', '--chunk-size', '256KiB', '--working-set', '0.25', '--latency-ms', '0', '--compare', '--json']);
+  let tmp: ReturnType<typeof tempDir>;
+  beforeEach(() => void (tmp = tempDir()));
+  afterEach(() => tmp.cleanup());
+
+  it('snapshots a live process into a local store and restores it lazily and eagerly into fresh processes, every chunk verified', async () => {
+    const store = path.join(tmp.dir, '.lazysnap');
+    const r = await run(['demo', '--size', '16MiB', '--chunk-size', '256KiB', '--working-set', '0.25', '--store', store, '--compare', '--json']);
     expect(r.err).toBe('');
     expect(r.code).toBe(0);
-    const report = JSON.parse(r.out) as {
-      chunks: number;
-      touched: number;
-      runs: { mode: string; verified: boolean; chunksFetched: number; zeroChunks: number; stats: { zeroFaults: number; forwardedFaults: number } }[];
-    };
+    const report = JSON.parse(r.out) as DemoReport;
     const [lazy, eager] = report.runs;
-    expect(report).toMatchObject({ chunks: 64, touched: 16 });
-    expect(lazy).toMatchObject({ mode: 'lazy', verified: true });
-    expect(eager).toMatchObject({ mode: 'eager', verified: true, chunksFetched: 64 - eager!.zeroChunks });
-    // Lazy fetched exactly the non-zero chunks of the working set, each once; zero chunks never reached JS.
-    expect(lazy!.chunksFetched).toBe(lazy!.stats.forwardedFaults);
-    expect(lazy!.chunksFetched + lazy!.stats.zeroFaults).toBe(16);
+    expect(report).toMatchObject({ chunks: 64, touched: 16, snapshot: { chunks: 64, totalSize: 16 * MiB } });
+    // The source process is gone; its memory came back from the store, chunk for chunk.
+    expect(() => process.kill(report.source.pid, 0)).toThrow();
+    for (const run of [lazy!, eager!]) {
+      expect(run.pid).not.toBe(report.source.pid);
+      expect(run).toMatchObject({ mismatchedTouched: [], mismatchedAll: [] });
+      expect(run.pagesRead).toBe(16 * 64);
+    }
+    // Which chunks are zero, from the manifest: lazy fetched exactly the working set's data chunks.
+    const ix = await loadIndex(new FileStore(store), 'demo');
+    const zero = new Set([...Array(64).keys()].filter((c) => chunkHash(ix, c) === null));
+    expect(zero.size).toBe(report.snapshot.zeroChunks);
+    expect(zero.size).toBeGreaterThan(0);
+    const touch = workingSet(64, 0.25, 0x5eed);
+    expect(lazy!.stats.fetchedChunks).toBe(touch.filter((c) => !zero.has(c)).length);
+    // Zero chunks were mapped by the fault thread, never fetched (counted just after the wake: <=).
+    expect(lazy!.stats.zeroFaults).toBeLessThanOrEqual(touch.filter((c) => zero.has(c)).length);
+    expect(lazy!.stats.forwardedFaults).toBe(lazy!.stats.fetchedChunks);
+    expect(eager!.stats.fetchedChunks).toBe(64 - zero.size);
+    expect(lazy!.stats.bytesFetched).toBeLessThan(eager!.stats.bytesFetched);
+    expect(lazy!.firstByteMs).toBeGreaterThan(0);
+
+    // A second run replaces the snapshot and uploads nothing: the data set's chunks are all there.
+    const again = await run(['demo', '--size', '16MiB', '--chunk-size', '256KiB', '--store', store, '--json']);
+    expect(again.code).toBe(0);
+    expect((JSON.parse(again.out) as DemoReport).snapshot).toMatchObject({ uploadedChunks: 0, chunks: 64 });
+  });
+
+  it.skipIf(!canDropPrivileges)(`runs without root: user-mode-only userfaultfd${canDropPrivileges ? '' : ' [SKIPPED: needs root and setpriv to become uid 65534]'}`, async () => {
+    chmodSync(tmp.dir, 0o777);
+    const store = path.join(tmp.dir, 'store');
+    const r = spawnSync('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', process.execPath, '--import', import.meta.resolve('tsx/esm'), path.join(repoRoot, 'cli', 'bin.ts'), 'demo', '--size', '4MiB', '--chunk-size', '64KiB', '--store', store, '--json'], {
+      cwd: tmp.dir,
+      encoding: 'utf8',
+      env: { ...process.env, HOME: tmp.dir },
+      timeout: 60_000,
+    });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const report = JSON.parse(r.stdout) as DemoReport;
+    expect(report.runs[0]).toMatchObject({ userModeOnly: true, mismatchedTouched: [], mismatchedAll: [] });
+    expect(report.runs[0]!.stats.fetchedChunks).toBeGreaterThan(0);
   });
 });
