@@ -183,6 +183,35 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve'), () => {
     expect(server.summaries).toEqual([]);
   });
 
+  it('reports sessions as events and live per-session stats, and populates a live session on request (the SDK surface)', async () => {
+    server = await serve(tmp.dir, { stores: [store], id: 'vm', prefetch: 'off' });
+    const seen: string[] = [];
+    server.on('session', (s) => seen.push(`session ${s.pid}`));
+    server.on('sessionEnd', (s) => seen.push(`end ${s.pid} ${s.outcome}`));
+    server.on('rejected', (r) => seen.push(`rejected ${r.reason}`));
+    const bad = connectUnix(server.socketPath);
+    sendWithFds(bad, Buffer.from('not json'), []);
+    for (let i = 0; i < 200 && seen.length === 0; i++) await sleep(5);
+    closeFd(bad);
+    expect(seen).toEqual([expect.stringMatching(/^rejected invalid UFFD handshake: no file descriptor/)]);
+
+    const c = startClient(['--socket', server.socketPath, '--image', img.path, '--wait', '--linger']);
+    const pid = await c.ready;
+    for (let i = 0; i < 200 && server.sessionStats().length === 0; i++) await sleep(5);
+    expect(server.sessionStats()).toEqual([expect.objectContaining({ pid, fetchedChunks: 0, faults: 0 })]);
+    // populate() installs every data chunk before the client touches anything: no fault reaches JS.
+    await server.sessionOf(pid)!.populate();
+    const nonZero = 64 - img.zeroChunks.length;
+    expect(server.sessionStats()[0]).toMatchObject({ fetchedChunks: nonZero, forwardedFaults: 0 });
+    c.go();
+    await sleep(20);
+    c.release();
+    expect((await c.result).report).toMatchObject({ ok: true, mismatches: 0 });
+    const [summary] = await summaries(server, 1);
+    expect(summary).toMatchObject({ pid, fetchedChunks: nonZero, outcome: 'ended' });
+    expect(seen.slice(1)).toEqual([`session ${pid}`, `end ${pid} ended`]);
+  });
+
   it('shuts down gracefully: stops accepting, lets a live session finish, then stops', async () => {
     server = await serve(tmp.dir, { stores: [store], id: 'vm' });
     const c = startClient(['--socket', server.socketPath, '--image', img.path, '--wait', '--linger']);
