@@ -3,16 +3,21 @@
  * thread while this (the test's main) thread faults. The proof is a WebAssembly function computing
  * over restored linear memory and getting the answer it gets over the original bytes.
  */
-import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import type {} from '../../core/webassembly.js';
-import { startModuleWorker } from '../../core/worker.js';
+import { moduleCommand, startModuleWorker } from '../../core/worker.js';
+import { FileStore } from '../../store/file-store.js';
+import { chunkKey } from '../../store/keys.js';
+import { chunkCodec, chunkHash } from '../../store/manifest.js';
+import { loadIndex } from '../../store/reader.js';
 import { attach, type Attachment } from '../../sdk/attach.js';
 import { makeImage, tempDir } from '../helpers/images.js';
 import { snapshotTo } from '../helpers/serve.js';
-import { hasUffd, uffdSuite } from '../helpers/skip.js';
+import { hasUffd, kernelHasPoison, uffdSuite } from '../helpers/skip.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -129,6 +134,18 @@ describe.skipIf(!hasUffd)(uffdSuite('attach() in-process restore'), () => {
     await att.detach();
     att.unmap();
     att = undefined;
+  });
+
+  it('fails closed: a chunk no store can deliver poisons its pages, the toucher gets SIGBUS instead of a wrong byte or a hang', async () => {
+    // Delete one data chunk's object from the store after the snapshot: the manifest still names it.
+    const data = [...Array(32).keys()].filter((i) => !img.zeroChunks.includes(i))[2]!;
+    const ix = await loadIndex(new FileStore(store), 'wasm');
+    rmSync(path.join(store, ...chunkKey(chunkHash(ix, data)!, chunkCodec(ix, data)!).split('/')));
+    const { command, args } = moduleCommand(new URL('../fixtures/attach-touch.js', import.meta.url));
+    const r = spawnSync(command, [...args, store, 'wasm', String(data), String(CS)], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.stdout).toBe('attached\n');
+    expect(r.signal).toBe(kernelHasPoison() ? 'SIGBUS' : 'SIGKILL');
+    expect(r.stderr).toMatch(new RegExp(`chunk ${data} could not be served: failing closed`));
   });
 
   it('refuses memory and options that would deadlock or corrupt, before registering anything', async () => {
