@@ -2,13 +2,14 @@
  * `lazysnap serve`: a Unix socket that Firecracker (or any process using the same handshake) uses as
  * its UFFD memory backend. One session per connection; all sessions of the server share the
  * snapshot's chunk table, the fetcher (one fetch per chunk however many want it) and the disk cache.
- * The socket is created 0600 in a directory created 0700; a malformed handshake, a peer outside
- * allowUids or a silent peer closes that connection and nothing else.
+ * The socket is created 0600 in a directory created 0700, and an existing directory others could
+ * write is refused (runtime/socket-dir.ts); a malformed handshake, a peer outside allowUids or a
+ * silent peer closes that connection and nothing else. With a verify key only a manifest signed by
+ * it is served; an encrypted snapshot is served only with its key (checked before listening).
  */
-import { lstatSync, mkdirSync, unlinkSync } from 'node:fs';
-import path from 'node:path';
+import { lstatSync, unlinkSync } from 'node:fs';
 
-import { HandshakeError, InvalidArgumentError } from '../core/errors.js';
+import { HandshakeError, InsecurePathError, InvalidArgumentError, KeyUnavailableError, SignatureError, WrongKeyError } from '../core/errors.js';
 import { componentLogger, type Logger } from '../core/logger.js';
 import {
   ChunkTable,
@@ -23,6 +24,8 @@ import {
   type FdWatch,
 } from '../native/index.js';
 import type { StoreBackend } from '../store/backend.js';
+import { envKeyProvider } from '../store/key-provider.js';
+import { keyFingerprint } from '../store/signing.js';
 import { assertSnapshotId } from '../store/keys.js';
 import { openStore } from '../store/open.js';
 import { ChunkFetcher } from './fetcher.js';
@@ -34,6 +37,7 @@ import { MemoryTier } from './memory-tier.js';
 import { RuntimeMetrics } from './metrics.js';
 import { RestoreSession, type SessionContext, type SessionSummary } from './restore-session.js';
 import { resolveServeOptions, type ResolvedServeOptions, type ServeOptions } from './serve-options.js';
+import { prepareSocketDir, shareSocket } from './socket-dir.js';
 
 export type { ServeOptions };
 
@@ -74,8 +78,7 @@ export class RestoreServer {
     this.#log = log;
     this.metrics = ctx.metrics;
     this.socketPath = o.socketPath;
-    const dir = path.dirname(o.socketPath);
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    prepareSocketDir(o.socketPath, o.socketGroup);
     try {
       const st = lstatSync(o.socketPath);
       if (!st.isSocket()) throw new InvalidArgumentError('socket', 'a path that is free or holds a stale socket', o.socketPath);
@@ -84,6 +87,15 @@ export class RestoreServer {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
     this.#lfd = listenUnix(o.socketPath, 1024);
+    if (o.socketGroup !== undefined) {
+      try {
+        shareSocket(o.socketPath, o.socketGroup);
+      } catch (e) {
+        closeFd(this.#lfd);
+        unlinkSync(o.socketPath);
+        throw e;
+      }
+    }
     this.#watch = watchFd(this.#lfd, { readable: true }, () => this.#acceptAll());
   }
 
@@ -94,15 +106,17 @@ export class RestoreServer {
     const log = (o.logger ?? componentLogger('runtime.serve')).child({ snapshotId: o.id });
     const stores = await Promise.all(o.stores.map((u) => openStore(u, { httpConnections: o.originConnections, ...(o.s3Endpoint ? { s3Endpoint: o.s3Endpoint } : {}) })));
     try {
-      const index = await loadFirst(stores, o.id, signal);
+      const index = await loadFirst(stores, o.id, signal, { ...(o.verifyKey ? { verifyKey: o.verifyKey } : {}), keys: o.keys ?? envKeyProvider() });
+      const crypto = index.crypto;
       const m = index.manifest;
       const table = new ChunkTable(m.totalSize, m.chunkSize);
       table.markZero(Uint8Array.from(index.flags, (f) => (f === 0 ? 1 : 0)));
-      const cache = o.cacheDir ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes }, signal) : undefined;
+      const cache = o.cacheDir ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes, ...(crypto ? { chunkId: (b) => crypto.id(b) } : {}) }, signal) : undefined;
       const metrics = new RuntimeMetrics();
       const fetcher = new ChunkFetcher({
         origins: stores,
         ...(cache ? { cache } : {}),
+        ...(crypto ? { crypto } : {}),
         attemptTimeoutMs: o.attemptTimeoutMs,
         retries: o.retries,
         concurrency: o.fetchConcurrency,
@@ -133,9 +147,18 @@ export class RestoreServer {
         server.metricsPort = ms.port;
         server.#metricsServer = ms;
       }
-      log.info({ socket: o.socketPath, stores: stores.map((s) => s.url), chunks: index.count, totalSize: m.totalSize, canPoison: ctx.canPoison, metricsPort: server.metricsPort }, 'serving');
+      const security = {
+        signedBy: o.verifyKey ? keyFingerprint(o.verifyKey) : null,
+        encryption: m.encryption ? { mode: m.encryption.mode, keyId: m.encryption.keyId } : null,
+        allowUids: o.allowUids ?? null,
+        socketGroup: o.socketGroup ?? null,
+      };
+      log.info({ socket: o.socketPath, stores: stores.map((s) => s.url), chunks: index.count, totalSize: m.totalSize, canPoison: ctx.canPoison, metricsPort: server.metricsPort, ...security }, 'serving');
       return server;
     } catch (e) {
+      if (e instanceof SignatureError || e instanceof WrongKeyError || e instanceof KeyUnavailableError || e instanceof InsecurePathError) {
+        log.error({ code: e.code }, `refusing to serve: ${e.message}`);
+      }
       await Promise.all(stores.map((s) => s.close()));
       throw e;
     }
@@ -161,7 +184,8 @@ export class RestoreServer {
     try {
       cred = peerCredentials(conn);
       if (this.#o.allowUids && !this.#o.allowUids.includes(cred.uid)) {
-        this.#log.warn({ uid: cred.uid, pid: cred.pid }, 'connection refused: peer uid not in the allowlist');
+        this.metrics.peersRefused.inc();
+        this.#log.warn({ uid: cred.uid, pid: cred.pid, allowUids: this.#o.allowUids }, `connection refused: peer uid ${cred.uid} (pid ${cred.pid}) is not in the allowlist`);
         closeFd(conn);
         return;
       }
