@@ -8,7 +8,7 @@ import type { KeyObject } from 'node:crypto';
 
 import { KeyUnavailableError, NotFoundError } from '../core/errors.js';
 import type { StoreBackend } from './backend.js';
-import { decodeChunk, hashChunk } from './chunk.js';
+import { decodeChunk } from './chunk.js';
 import { openChunkCrypto, type ChunkCrypto } from './chunk-crypto.js';
 import type { KeyProvider } from './key-provider.js';
 import { chunkCodec, chunkHash, parseManifest, type SnapshotIndex } from './manifest.js';
@@ -90,10 +90,4 @@ export function chunkKeys(ix: SnapshotIndex): Set<string> {
     if (h !== null) keys.add(chunkKey(h, chunkCodec(ix, i)!));
   }
   return keys;
-}
-
-/** The id a chunk of this snapshot's bytes has: plain BLAKE3, or the keyed id when encrypted. */
-export function chunkIdOf(ix: SnapshotIndex, bytes: Uint8Array): string {
-  const crypto = indexCrypto(ix);
-  return crypto ? crypto.id(bytes) : hashChunk(bytes);
 }
