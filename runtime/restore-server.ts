@@ -3,19 +3,18 @@
  * its UFFD memory backend. One session per connection; all sessions of the server share the
  * snapshot's chunk table, the fetcher (one fetch per chunk however many want it) and the disk cache.
  * The socket is created 0600 in a directory created 0700, and an existing directory others could
- * write is refused (runtime/socket-dir.ts); a malformed handshake, a peer outside allowUids or a
+ * write is refused (runtime/serve-socket.ts); a malformed handshake, a peer outside allowUids or a
  * silent peer closes that connection and nothing else. With a verify key only a manifest signed by
  * it is served; an encrypted snapshot is served only with its key (checked before listening).
  */
-import { lstatSync, unlinkSync } from 'node:fs';
+import { unlinkSync } from 'node:fs';
 
-import { HandshakeError, InsecurePathError, InvalidArgumentError, KeyUnavailableError, SignatureError, WrongKeyError } from '../core/errors.js';
+import { HandshakeError, InsecurePathError, KeyUnavailableError, SignatureError, WrongKeyError } from '../core/errors.js';
 import { componentLogger, type Logger } from '../core/logger.js';
 import {
   ChunkTable,
   acceptUnix,
   closeFd,
-  listenUnix,
   peerCredentials,
   peerPidfd,
   pidfdOpen,
@@ -37,7 +36,7 @@ import { MemoryTier } from './memory-tier.js';
 import { RuntimeMetrics } from './metrics.js';
 import { RestoreSession, type SessionContext, type SessionSummary } from './restore-session.js';
 import { resolveServeOptions, type ResolvedServeOptions, type ServeOptions } from './serve-options.js';
-import { prepareSocketDir, shareSocket } from './socket-dir.js';
+import { listenSocket } from './serve-socket.js';
 
 export type { ServeOptions };
 
@@ -78,24 +77,7 @@ export class RestoreServer {
     this.#log = log;
     this.metrics = ctx.metrics;
     this.socketPath = o.socketPath;
-    prepareSocketDir(o.socketPath, o.socketGroup);
-    try {
-      const st = lstatSync(o.socketPath);
-      if (!st.isSocket()) throw new InvalidArgumentError('socket', 'a path that is free or holds a stale socket', o.socketPath);
-      unlinkSync(o.socketPath); // a previous server's socket; nothing else is ever removed
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-    this.#lfd = listenUnix(o.socketPath, 1024);
-    if (o.socketGroup !== undefined) {
-      try {
-        shareSocket(o.socketPath, o.socketGroup);
-      } catch (e) {
-        closeFd(this.#lfd);
-        unlinkSync(o.socketPath);
-        throw e;
-      }
-    }
+    this.#lfd = listenSocket(o.socketPath, o.socketGroup);
     this.#watch = watchFd(this.#lfd, { readable: true }, () => this.#acceptAll());
   }
 

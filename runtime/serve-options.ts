@@ -17,7 +17,7 @@ export interface ServeOptions {
   id: string;
   /**
    * Unix socket path, created 0600; its directory is created 0700 when missing. The directory must
-   * be owned by this user or root and writable by nobody else (runtime/socket-dir.ts), else
+   * be owned by this user or root and writable by nobody else (runtime/serve-socket.ts), else
    * start() fails with InsecurePathError.
    */
   socketPath: string;

@@ -1,5 +1,5 @@
 /**
- * Where `serve` puts its socket, and who may reach it. Whoever can connect hands the server a
+ * `serve`'s listening socket: where it goes, and who may reach it. Whoever can connect hands the server a
  * userfaultfd and gets guest memory back, and whoever can replace the socket file can put their own
  * server in front of the VMs, so:
  *
@@ -14,13 +14,39 @@
  *   listable). A directory that already exists keeps its owner and mode: giving the group access
  *   to it is the operator's decision. Pair it with an allowlist of peer uids (SO_PEERCRED).
  */
-import { chmodSync, chownSync, lstatSync, mkdirSync, realpathSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, lstatSync, mkdirSync, realpathSync, statSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 
-import { InsecurePathError } from '../core/errors.js';
+import { InsecurePathError, InvalidArgumentError } from '../core/errors.js';
+import { closeFd, listenUnix } from '../native/index.js';
 
 const STICKY = 0o1000;
 const OTHERS_WRITE = 0o022;
+
+/**
+ * Checks (and if need be creates) the socket's directory, replaces a stale socket (never any other
+ * file), and listens. Returns the listening fd.
+ */
+export function listenSocket(socketPath: string, group?: number, backlog = 1024): number {
+  prepareSocketDir(socketPath, group);
+  try {
+    if (!lstatSync(socketPath).isSocket()) throw new InvalidArgumentError('socket', 'a path that is free or holds a stale socket', socketPath);
+    unlinkSync(socketPath); // a previous server's socket; nothing else is ever removed
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  const fd = listenUnix(socketPath, backlog);
+  if (group !== undefined) {
+    try {
+      shareSocket(socketPath, group);
+    } catch (e) {
+      closeFd(fd);
+      unlinkSync(socketPath);
+      throw e;
+    }
+  }
+  return fd;
+}
 
 /** Creates the socket's directory if missing and checks it and every directory above it. */
 export function prepareSocketDir(socketPath: string, group?: number): string {
@@ -39,7 +65,7 @@ export function prepareSocketDir(socketPath: string, group?: number): string {
 }
 
 /** After listen: opens the socket to `group` (0660). */
-export function shareSocket(socketPath: string, group: number): void {
+function shareSocket(socketPath: string, group: number): void {
   chownSync(socketPath, -1, group);
   chmodSync(socketPath, 0o660);
 }
