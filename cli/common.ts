@@ -1,4 +1,6 @@
-/** What every command shares: output sinks, usage errors, store opening, number formatting. */
+/** What every command shares: output sinks, usage errors, store opening, key files, number formatting. */
+import { readFileSync } from 'node:fs';
+
 import { InvalidArgumentError } from '../core/errors.js';
 import type { StoreBackend } from '../store/backend.js';
 import { openStore } from '../store/open.js';
@@ -31,6 +33,15 @@ export async function storeFrom(values: { store?: string | string[]; 's3-endpoin
   if (urls.length === 0) throw new UsageError('--store is required (a directory, file://, s3://bucket/prefix or http(s):// URL)');
   if (urls.length > 1) throw new UsageError('this command takes one --store');
   return openStore(urls[0]!, { ...(values['s3-endpoint'] ? { s3Endpoint: values['s3-endpoint'] } : {}) });
+}
+
+/** The bytes of a key file named by `--<name>` (a PEM); a usage error when it cannot be read. */
+export function readKeyFile(name: string, file: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (e) {
+    throw new InvalidArgumentError(`--${name}`, 'a readable PEM file', `${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
 }
 
 export const ms = (ns: number) => `${(ns / 1e6).toFixed(ns < 1e7 ? 2 : 0)} ms`;

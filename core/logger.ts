@@ -25,6 +25,13 @@ export const REDACT_PATHS = [
   '*.headers.authorization',
   '*.key',
   '*.encryptionKey',
+  // Chunk keys (store/key-provider.ts) are held where no serializer reaches them; these paths are
+  // the second line, for an environment or options object someone logs whole.
+  'LAZYSNAP_CHUNK_KEY',
+  '*.LAZYSNAP_CHUNK_KEY',
+  '*.*.LAZYSNAP_CHUNK_KEY',
+  '*.chunkKey',
+  '*.keyMaterial',
 ];
 
 export function createRootLogger(config: LoggerConfig = {}): Logger {

@@ -21,6 +21,8 @@
  * throw: a bad hash or length (InvalidArgumentError), and put bytes that are not chunk `hash`
  * (IntegrityError, checked on every put so a caller bug shows whatever the cache holds).
  * Entries are guest memory (keys, tokens): the directory is created 0700, entries are 0600.
+ * Entries of encrypted snapshots are plaintext too (the host that restores holds the key anyway),
+ * named by the snapshot's keyed chunk id and verified with it (`chunkId`).
  */
 import assert from 'node:assert';
 import { randomBytes } from 'node:crypto';
@@ -37,6 +39,11 @@ export interface DiskCacheOptions {
   dir: string;
   /** Byte budget; least recently used entries are evicted to stay under it. 0 caches nothing. */
   budgetBytes: number;
+  /**
+   * How an entry's name is computed from its bytes, and checked on every get and put. @default
+   * BLAKE3 (hashChunk); an encrypted snapshot's keyed id (ChunkCrypto.id) for its chunks.
+   */
+  chunkId?: (bytes: Uint8Array) => string;
 }
 
 export interface DiskCacheStats {
@@ -62,10 +69,11 @@ export const STALE_TEMP_MS = 60_000;
 
 export function resolveDiskCacheOptions(options: DiskCacheOptions): ResolvedDiskCacheOptions {
   if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options', 'an object', options);
-  const { dir, budgetBytes } = options;
+  const { dir, budgetBytes, chunkId } = options;
   if (typeof dir !== 'string' || dir.length === 0) throw new InvalidArgumentError('dir', 'a non-empty directory path', dir);
   if (!Number.isSafeInteger(budgetBytes) || budgetBytes < 0) throw new InvalidArgumentError('budgetBytes', 'a non-negative integer', budgetBytes);
-  return { dir: path.resolve(dir), budgetBytes };
+  if (chunkId !== undefined && typeof chunkId !== 'function') throw new InvalidArgumentError('chunkId', 'a function from bytes to a 64-hex-digit id', chunkId);
+  return { dir: path.resolve(dir), budgetBytes, chunkId: chunkId ?? hashChunk };
 }
 
 export class DiskCache {
@@ -78,7 +86,11 @@ export class DiskCache {
   #lastWriteError: unknown;
   #closed = false;
 
-  private constructor(readonly dir: string, readonly budgetBytes: number) {}
+  readonly #chunkId: (bytes: Uint8Array) => string;
+
+  private constructor(readonly dir: string, readonly budgetBytes: number, chunkId: (bytes: Uint8Array) => string) {
+    this.#chunkId = chunkId;
+  }
 
   /**
    * Scans the directory once: entries enter the index oldest mtime first, stale temp files are
@@ -88,8 +100,8 @@ export class DiskCache {
    */
   static async open(options: DiskCacheOptions, signal?: AbortSignal): Promise<DiskCache> {
     signal?.throwIfAborted();
-    const { dir, budgetBytes } = resolveDiskCacheOptions(options);
-    const cache = new DiskCache(dir, budgetBytes);
+    const { dir, budgetBytes, chunkId } = resolveDiskCacheOptions(options);
+    const cache = new DiskCache(dir, budgetBytes, chunkId);
     await mkdir(cache.dir, { recursive: true, mode: 0o700 });
     await cache.#scan(signal);
     await cache.#evict();
@@ -119,7 +131,7 @@ export class DiskCache {
       if (st.size === length) {
         const buf = Buffer.allocUnsafe(length);
         // A short read: the file shrank since fstat, rewritten in place by something foreign.
-        if ((await fh.read(buf, 0, length, 0)).bytesRead === length && hashChunk(buf) === hash) bytes = buf;
+        if ((await fh.read(buf, 0, length, 0)).bytesRead === length && this.#chunkId(buf) === hash) bytes = buf;
       }
       // Best effort (EROFS, EPERM): other processes' LRU and the next open() see this read.
       if (bytes) await fh.utimes(new Date(), new Date()).catch(() => {});
@@ -152,7 +164,7 @@ export class DiskCache {
     signal?.throwIfAborted();
     assertHash(hash);
     if (!(bytes instanceof Uint8Array)) throw new InvalidArgumentError('bytes', 'a Buffer', bytes);
-    const actual = hashChunk(bytes);
+    const actual = this.#chunkId(bytes);
     if (actual !== hash) throw new IntegrityError(`${hash.slice(0, 2)}/${hash}`, hash, actual);
     assert(!this.#closed, 'DiskCache used after close()');
     // Larger than the whole budget: it would evict everything, then itself.

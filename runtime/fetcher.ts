@@ -3,7 +3,9 @@
  * answer wins. Every attempt has a timeout; retryable errors (5xx, timeouts, resets) are retried with
  * jittered exponential backoff on the same origin; a missing object, a non-retryable error or bytes
  * whose hash is wrong (an origin that lies) fall through to the next origin at once. Bytes are
- * verified (BLAKE3 of the decoded chunk) before anyone sees them.
+ * verified (BLAKE3 of the decoded chunk) before anyone sees them. For an encrypted snapshot an
+ * object that fails authentication is an integrity failure like any other: next origin, and in
+ * the end fail closed.
  *
  * One fetch per chunk however many faults or sessions want it (in-flight dedup by hash). A p-queue
  * bounds concurrent fetches; demand faults run before prefetches, and a demand for a chunk already
@@ -15,6 +17,7 @@ import PQueue from 'p-queue';
 import { FetchError, IntegrityError, NotFoundError, StoreError } from '../core/errors.js';
 import type { StoreBackend } from '../store/backend.js';
 import { decodeChunk, type Codec } from '../store/chunk.js';
+import type { ChunkCrypto } from '../store/chunk-crypto.js';
 import { chunkKey } from '../store/keys.js';
 
 /** The host disk tier (runtime/disk-cache.ts): verified, uncompressed bytes by hash. */
@@ -44,6 +47,8 @@ export interface FetcherOptions {
   /** Origins in order: the first that delivers verified bytes wins. */
   origins: readonly StoreBackend[];
   cache?: ChunkCache;
+  /** The snapshot's cipher when it is encrypted: objects are authenticated and decrypted, ids are keyed. */
+  crypto?: ChunkCrypto;
   /** Per attempt. @default 5000 */
   attemptTimeoutMs?: number;
   /** Retries of a retryable error on the same origin. @default 2 */
@@ -59,7 +64,7 @@ export interface FetcherOptions {
 const PRIORITY: Record<Priority, number> = { demand: 10, prefetch: 0 };
 
 export class ChunkFetcher {
-  readonly #o: Required<Omit<FetcherOptions, 'cache' | 'onFetch'>> & Pick<FetcherOptions, 'cache' | 'onFetch'>;
+  readonly #o: Required<Omit<FetcherOptions, 'cache' | 'crypto' | 'onFetch'>> & Pick<FetcherOptions, 'cache' | 'crypto' | 'onFetch'>;
   readonly #queue: PQueue;
   readonly #inflight = new Map<string, { promise: Promise<{ bytes: Buffer; tier: Tier }>; priority: Priority }>();
 
@@ -117,7 +122,7 @@ export class ChunkFetcher {
       for (let attempt = 0; ; attempt++) {
         try {
           const stored = await origin.get(key, { signal: AbortSignal.timeout(this.#o.attemptTimeoutMs) });
-          const bytes = decodeChunk(key, ref.codec, stored, ref.hash, ref.length);
+          const bytes = decodeChunk(key, ref.codec, stored, ref.hash, ref.length, this.#o.crypto);
           void this.#o.cache?.put(ref.hash, bytes).catch(() => {});
           done(`origin${n}`, stored.length);
           return { bytes, tier: `origin${n}` };

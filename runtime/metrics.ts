@@ -31,6 +31,7 @@ export class RuntimeMetrics {
   readonly sessionsTotal = new Counter({ name: 'lazysnap_sessions_total', help: 'Restore sessions by outcome', labelNames: ['outcome'], registers: [this.registry] });
   readonly failClosed = new Counter({ name: 'lazysnap_fail_closed_total', help: 'Chunks no origin could deliver, by action taken', labelNames: ['action'], registers: [this.registry] });
   readonly handshakeErrors = new Counter({ name: 'lazysnap_handshake_errors_total', help: 'Connections closed for a malformed handshake', registers: [this.registry] });
+  readonly peersRefused = new Counter({ name: 'lazysnap_peers_refused_total', help: 'Connections closed unread because the peer uid is not in the allowlist', registers: [this.registry] });
 
   onFetch = (e: FetchEvent): void => {
     this.fetches.inc({ tier: e.tier, priority: e.priority });

@@ -2,20 +2,20 @@
  * `lazysnap serve`: a Unix socket that Firecracker (or any process using the same handshake) uses as
  * its UFFD memory backend. One session per connection; all sessions of the server share the
  * snapshot's chunk table, the fetcher (one fetch per chunk however many want it) and the disk cache.
- * The socket is created 0600 in a directory created 0700; a malformed handshake, a peer outside
- * allowUids or a silent peer closes that connection and nothing else.
+ * The socket is created 0600 in a directory created 0700, and an existing directory others could
+ * write is refused (runtime/serve-socket.ts); a malformed handshake, a peer outside allowUids or a
+ * silent peer closes that connection and nothing else. With a verify key only a manifest signed by
+ * it is served; an encrypted snapshot is served only with its key (checked before listening).
  */
 import { EventEmitter } from 'node:events';
-import { lstatSync, mkdirSync, unlinkSync } from 'node:fs';
-import path from 'node:path';
+import { unlinkSync } from 'node:fs';
 
-import { HandshakeError, InvalidArgumentError } from '../core/errors.js';
+import { FetchError, HandshakeError, InsecurePathError, KeyUnavailableError, SignatureError, WrongKeyError } from '../core/errors.js';
 import { componentLogger, type Logger } from '../core/logger.js';
 import {
   ChunkTable,
   acceptUnix,
   closeFd,
-  listenUnix,
   peerCredentials,
   peerPidfd,
   pidfdOpen,
@@ -24,8 +24,11 @@ import {
   type FdWatch,
 } from '../native/index.js';
 import type { StoreBackend } from '../store/backend.js';
+import { envKeyProvider } from '../store/key-provider.js';
 import type { Manifest } from '../store/manifest.js';
+import { keyFingerprint } from '../store/signing.js';
 import { assertSnapshotId } from '../store/keys.js';
+import { readVmstate } from '../store/reader.js';
 import { openStore } from '../store/open.js';
 import { ChunkFetcher } from './fetcher.js';
 import { kernelCanPoison, loadFirst } from './startup.js';
@@ -36,6 +39,7 @@ import { MemoryTier } from './memory-tier.js';
 import { RuntimeMetrics } from './metrics.js';
 import { RestoreSession, type LiveSessionStats, type SessionContext, type SessionSummary } from './restore-session.js';
 import { resolveServeOptions, type ResolvedServeOptions, type ServeOptions } from './serve-options.js';
+import { listenSocket } from './serve-socket.js';
 
 export type { LiveSessionStats, ServeOptions, SessionSummary };
 
@@ -93,16 +97,7 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     this.socketPath = o.socketPath;
     const m = ctx.index.manifest;
     this.snapshot = { id: o.id, totalSize: m.totalSize, pageSize: m.pageSize, chunkSize: m.chunkSize, chunks: ctx.index.count, vmstate: m.vmstate };
-    const dir = path.dirname(o.socketPath);
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    try {
-      const st = lstatSync(o.socketPath);
-      if (!st.isSocket()) throw new InvalidArgumentError('socket', 'a path that is free or holds a stale socket', o.socketPath);
-      unlinkSync(o.socketPath); // a previous server's socket; nothing else is ever removed
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-    this.#lfd = listenUnix(o.socketPath, 1024);
+    this.#lfd = listenSocket(o.socketPath, o.socketGroup);
     this.#watch = watchFd(this.#lfd, { readable: true }, () => this.#acceptAll());
   }
 
@@ -113,15 +108,17 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     const log = (o.logger ?? componentLogger('runtime.serve')).child({ snapshotId: o.id });
     const stores = await Promise.all(o.stores.map((u) => openStore(u, { httpConnections: o.originConnections, ...(o.s3Endpoint ? { s3Endpoint: o.s3Endpoint } : {}) })));
     try {
-      const index = await loadFirst(stores, o.id, signal);
+      const index = await loadFirst(stores, o.id, signal, { ...(o.verifyKey ? { verifyKey: o.verifyKey } : {}), keys: o.keys ?? envKeyProvider() });
+      const crypto = index.crypto;
       const m = index.manifest;
       const table = new ChunkTable(m.totalSize, m.chunkSize);
       table.markZero(Uint8Array.from(index.flags, (f) => (f === 0 ? 1 : 0)));
-      const cache = o.cacheDir ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes }, signal) : undefined;
+      const cache = o.cacheDir ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes, ...(crypto ? { chunkId: (b) => crypto.id(b) } : {}) }, signal) : undefined;
       const metrics = new RuntimeMetrics();
       const fetcher = new ChunkFetcher({
         origins: stores,
         ...(cache ? { cache } : {}),
+        ...(crypto ? { crypto } : {}),
         attemptTimeoutMs: o.attemptTimeoutMs,
         retries: o.retries,
         concurrency: o.fetchConcurrency,
@@ -152,17 +149,43 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
         server.metricsPort = ms.port;
         server.#metricsServer = ms;
       }
-      log.info({ socket: o.socketPath, stores: stores.map((s) => s.url), chunks: index.count, totalSize: m.totalSize, canPoison: ctx.canPoison, metricsPort: server.metricsPort }, 'serving');
+      const security = {
+        signedBy: o.verifyKey ? keyFingerprint(o.verifyKey) : null,
+        encryption: m.encryption ? { mode: m.encryption.mode, keyId: m.encryption.keyId } : null,
+        allowUids: o.allowUids ?? null,
+        socketGroup: o.socketGroup ?? null,
+      };
+      log.info({ socket: o.socketPath, stores: stores.map((s) => s.url), chunks: index.count, totalSize: m.totalSize, canPoison: ctx.canPoison, metricsPort: server.metricsPort, ...security }, 'serving');
       return server;
     } catch (e) {
+      if (e instanceof SignatureError || e instanceof WrongKeyError || e instanceof KeyUnavailableError || e instanceof InsecurePathError) {
+        log.error({ code: e.code }, `refusing to serve: ${e.message}`);
+      }
       await Promise.all(stores.map((s) => s.close()));
       throw e;
     }
   }
 
-  /** The stores this server reads, in order (their URLs without credentials). */
-  get stores(): readonly StoreBackend[] {
-    return this.#stores;
+  /** The stores' URLs, in order, without credentials. */
+  get storeUrls(): string[] {
+    return this.#stores.map((s) => s.url);
+  }
+
+  /**
+   * The snapshot's vmstate, verified against the manifest (and decrypted for encrypted snapshots),
+   * from the first store that delivers it; undefined when the snapshot has none.
+   */
+  async readVmstate(signal?: AbortSignal): Promise<Buffer | undefined> {
+    const errors: string[] = [];
+    for (const store of this.#stores) {
+      try {
+        return await readVmstate(store, this.#ctx.index, signal);
+      } catch (e) {
+        if (signal?.aborted) throw e;
+        errors.push(`${store.url}: ${(e as Error).message}`);
+      }
+    }
+    throw new FetchError(`vmstate of ${this.#o.id}`, errors);
   }
 
   /** Live figures: sessions, resident chunk bytes (within memoryBudgetBytes), memory-tier evictions. */
@@ -196,7 +219,8 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     try {
       cred = peerCredentials(conn);
       if (this.#o.allowUids && !this.#o.allowUids.includes(cred.uid)) {
-        this.#log.warn({ uid: cred.uid, pid: cred.pid }, 'connection refused: peer uid not in the allowlist');
+        this.metrics.peersRefused.inc();
+        this.#log.warn({ uid: cred.uid, pid: cred.pid, allowUids: this.#o.allowUids }, `connection refused: peer uid ${cred.uid} (pid ${cred.pid}) is not in the allowlist`);
         closeFd(conn);
         this.emit('rejected', { pid: cred.pid, reason: `uid ${cred.uid} is not in the allowlist` });
         return;

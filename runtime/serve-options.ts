@@ -1,8 +1,12 @@
 /**
  * Options of `serve`, validated once at the boundary (STYLE.md: ServeOptions → ResolvedServeOptions).
  */
+import type { KeyObject } from 'node:crypto';
+
 import { InvalidArgumentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
+import type { KeyProvider } from '../store/key-provider.js';
+import { verifyKey, type KeyInput } from '../store/signing.js';
 
 export interface ServeOptions {
   /** Store URLs in order; the first that delivers a verified chunk wins, errors fall through. */
@@ -11,8 +15,18 @@ export interface ServeOptions {
   s3Endpoint?: string;
   /** The snapshot to serve. */
   id: string;
-  /** Unix socket path (created 0600; its directory 0700 when created). */
+  /**
+   * Unix socket path, created 0600; its directory is created 0700 when missing. The directory must
+   * be owned by this user or root and writable by nobody else (runtime/serve-socket.ts), else
+   * start() fails with InsecurePathError.
+   */
   socketPath: string;
+  /**
+   * A gid whose members may connect: the socket becomes 0660 of that group (directories created
+   * for it 0710), for peers running as another uid (a jailed Firecracker). Pair with allowUids.
+   * @default none (only this user, and root, can connect)
+   */
+  socketGroup?: number;
   /** Host disk cache directory, shared by the serve processes of a host. @default none */
   cacheDir?: string;
   /** @default 8 GiB */
@@ -59,13 +73,24 @@ export interface ServeOptions {
   metricsPort?: number;
   /** @default '127.0.0.1' (use '0.0.0.0' to be scraped from other hosts) */
   metricsHost?: string;
-  /** Only peers with these uids (SO_PEERCRED) are served. @default any */
+  /**
+   * Only peers with these uids (SO_PEERCRED, read when the connection is accepted) are served;
+   * others are closed unread, with a warning line and lazysnap_peers_refused_total. @default any
+   */
   allowUids?: number[];
+  /**
+   * Ed25519 public key (a KeyObject or PEM): serve only a manifest with a valid detached signature
+   * by it (store/signing.ts); otherwise start() fails with SignatureError (LAZYSNAP_BAD_SIGNATURE).
+   * @default signatures are not checked
+   */
+  verifyKey?: KeyInput;
+  /** Where the key of an encrypted snapshot comes from. @default the environment (envKeyProvider) */
+  keys?: KeyProvider;
   logger?: Logger;
 }
 
-export type ResolvedServeOptions = Required<Omit<ServeOptions, 's3Endpoint' | 'cacheDir' | 'metricsPort' | 'allowUids' | 'logger'>> &
-  Pick<ServeOptions, 's3Endpoint' | 'cacheDir' | 'metricsPort' | 'allowUids' | 'logger'>;
+type Optional = 's3Endpoint' | 'cacheDir' | 'metricsPort' | 'allowUids' | 'socketGroup' | 'keys' | 'logger';
+export type ResolvedServeOptions = Required<Omit<ServeOptions, Optional | 'verifyKey'>> & Pick<ServeOptions, Optional> & { verifyKey?: KeyObject };
 
 const GiB = 2 ** 30;
 
@@ -81,9 +106,18 @@ export function resolveServeOptions(o: ServeOptions): ResolvedServeOptions {
   if (Buffer.byteLength(o.socketPath) > 107) throw new InvalidArgumentError('socketPath', 'at most 107 bytes (the sun_path limit)', o.socketPath);
   if (o.prefetch !== undefined && !['auto', 'off', 'record', 'replay'].includes(o.prefetch)) throw new InvalidArgumentError('prefetch', "'auto', 'off', 'record' or 'replay'", o.prefetch);
   if (o.failClosed !== undefined && !['auto', 'poison', 'kill'].includes(o.failClosed)) throw new InvalidArgumentError('failClosed', "'auto', 'poison' or 'kill'", o.failClosed);
-  if (o.allowUids && !o.allowUids.every((u) => Number.isSafeInteger(u) && u >= 0)) throw new InvalidArgumentError('allowUids', 'uids (integers >= 0)', o.allowUids);
+  // An empty list would refuse everyone: surely a mistake, so it is rejected rather than obeyed.
+  if (o.allowUids !== undefined && (!Array.isArray(o.allowUids) || o.allowUids.length === 0 || !o.allowUids.every((u) => Number.isSafeInteger(u) && u >= 0 && u < 2 ** 32 - 1))) {
+    throw new InvalidArgumentError('allowUids', 'a non-empty array of uids (integers from 0 to 4294967294; omit it to serve any uid)', o.allowUids);
+  }
+  if (o.socketGroup !== undefined && (!Number.isSafeInteger(o.socketGroup) || o.socketGroup < 0 || o.socketGroup >= 2 ** 32 - 1)) {
+    throw new InvalidArgumentError('socketGroup', 'a gid (an integer from 0 to 4294967294)', o.socketGroup);
+  }
+  if (o.keys !== undefined && typeof (o.keys as Partial<KeyProvider> | null)?.getKey !== 'function') throw new InvalidArgumentError('keys', 'a KeyProvider ({ getKey(keyId) })', o.keys);
+  const { verifyKey: vk, ...rest } = o;
   return {
-    ...o,
+    ...rest,
+    ...(vk !== undefined ? { verifyKey: verifyKey(vk, 'verifyKey') } : {}),
     cacheBudgetBytes: int('cacheBudgetBytes', o.cacheBudgetBytes, 8 * GiB, 0),
     memoryBudgetBytes: int('memoryBudgetBytes', o.memoryBudgetBytes, 1 * GiB, 0),
     failTimeoutMs: int('failTimeoutMs', o.failTimeoutMs, 10_000, 1),

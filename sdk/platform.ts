@@ -9,9 +9,8 @@ import { lstatSync, mkdirSync } from 'node:fs';
 import { rename, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
-import { InvalidArgumentError, IntegrityError, LazysnapError, NotFoundError } from '../core/errors.js';
+import { InvalidArgumentError, LazysnapError, NotFoundError } from '../core/errors.js';
 import { RestoreServer, type ServeOptions } from '../runtime/restore-server.js';
-import { hashChunk } from '../store/chunk.js';
 import { assertSnapshotId } from '../store/keys.js';
 import { FirecrackerClient, type LoadSnapshotParams } from './firecracker-client.js';
 
@@ -106,29 +105,18 @@ export class RestoreHost {
     return { entry: e, created };
   }
 
-  /** Downloads the snapshot's vmstate once per host, verified against the manifest's hash. */
+  /** Downloads the snapshot's vmstate once per host, verified (and decrypted) by the server's reader. */
   async #vmstate(server: RestoreServer, signal?: AbortSignal): Promise<string> {
     const vm = server.snapshot.vmstate;
-    if (!vm) throw new NotFoundError(server.stores[0]?.url ?? 'the store', `the vmstate of snapshot ${server.snapshot.id} (it was taken without --vmstate FILE)`);
+    if (!vm) throw new NotFoundError(server.storeUrls[0] ?? 'the store', `the vmstate of snapshot ${server.snapshot.id} (it was taken without --vmstate FILE)`);
     const file = path.join(this.runtimeDir, `${vm.hash}.vmstate`);
     const have = await stat(file).catch(() => undefined);
     if (have?.size === vm.size) return file; // named by its hash, written only once verified
-    const errors: string[] = [];
-    for (const store of server.stores) {
-      try {
-        const bytes = await store.get(vm.key, signal ? { signal } : {});
-        const actual = hashChunk(bytes);
-        if (bytes.length !== vm.size || actual !== vm.hash) throw new IntegrityError(`${store.url}/${vm.key}`, vm.hash, actual);
-        const tmp = `${file}.${process.pid}.tmp`;
-        await writeFile(tmp, bytes, { mode: 0o600 });
-        await rename(tmp, file);
-        return file;
-      } catch (e) {
-        if (signal?.aborted) throw e;
-        errors.push(`${store.url}: ${(e as Error).message}`);
-      }
-    }
-    throw new LazysnapError('LAZYSNAP_FETCH_FAILED', `vmstate of ${server.snapshot.id}: no store delivered it (${errors.join('; ')})`);
+    const bytes = (await server.readVmstate(signal))!;
+    const tmp = `${file}.${process.pid}.tmp`;
+    await writeFile(tmp, bytes, { mode: 0o600 });
+    await rename(tmp, file);
+    return file;
   }
 
   /**

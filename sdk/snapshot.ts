@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 
 import { InvalidArgumentError, SourceError } from '../core/errors.js';
-import { createSnapshot, type SnapshotProgress, type SnapshotSummary } from '../snapshotter/snapshot.js';
+import { createSnapshot, type SnapshotOptions, type SnapshotProgress, type SnapshotSummary } from '../snapshotter/snapshot.js';
 import type { MemorySource } from '../snapshotter/source.js';
 import { openMemoryFile } from '../snapshotter/source.js';
 import type { StoreBackend } from '../store/backend.js';
@@ -52,6 +52,10 @@ export interface SnapshotRequest {
   concurrency?: number;
   /** For s3:// stores on S3-compatible servers. @default env AWS_ENDPOINT_URL_S3 */
   s3Endpoint?: string;
+  /** Client-side chunk encryption (AES-256-GCM), see SnapshotOptions.encrypt and docs/FORMAT.md. */
+  encrypt?: SnapshotOptions['encrypt'];
+  /** An Ed25519 private key: the manifest gets a detached signature that serve --verify-key checks. */
+  signKey?: SnapshotOptions['signKey'];
   signal?: AbortSignal;
   onProgress?: (p: SnapshotProgress) => void;
 }
@@ -90,6 +94,8 @@ export async function snapshot(req: SnapshotRequest): Promise<SnapshotSummary> {
         ...(req.concurrency !== undefined ? { concurrency: req.concurrency } : {}),
         ...(req.parent !== undefined ? { parent: req.parent } : {}),
         ...(vmstate ? { vmstate } : {}),
+        ...(req.encrypt ? { encrypt: req.encrypt } : {}),
+        ...(req.signKey ? { signKey: req.signKey } : {}),
         ...(req.signal ? { signal: req.signal } : {}),
         ...(req.onProgress ? { onProgress: req.onProgress } : {}),
       });

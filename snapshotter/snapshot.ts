@@ -4,6 +4,10 @@
  * has it, compressed and uploaded. The manifest is written last, so an interrupted snapshot never
  * leaves a manifest pointing at missing chunks, and a retry skips the chunks already uploaded.
  *
+ * Optionally chunks and the vmstate are encrypted before upload (store/chunk-crypto.ts), and the
+ * manifest is signed (store/signing.ts): the detached signature is written just before the
+ * manifest, so a published manifest is never without its signature.
+ *
  * Memory bound: at most 2 × concurrency chunk buffers (running + queued) plus their compressed copies.
  */
 import PQueue from 'p-queue';
@@ -11,9 +15,12 @@ import PQueue from 'p-queue';
 import { InvalidArgumentError, SourceError, StoreReadOnlyError } from '../core/errors.js';
 import type { StoreBackend } from '../store/backend.js';
 import { assertCodec, encodeChunk, hashChunk, isZero, type Codec } from '../store/chunk.js';
-import { chunkKey, assertSnapshotId, manifestKey, vmstateKey } from '../store/keys.js';
+import { ChunkCrypto, ENCRYPTION_MODES, type EncryptionMode } from '../store/chunk-crypto.js';
+import { DEFAULT_KEY_ID, envKeyProvider, isKeyId, type KeyProvider } from '../store/key-provider.js';
+import { chunkKey, assertSnapshotId, manifestKey, signatureKey, vmstateKey } from '../store/keys.js';
 import { FORMAT, chunkCount, chunkCodec, encodeChunks, serializeManifest, type Manifest, type SnapshotIndex } from '../store/manifest.js';
 import { loadIndex, readChunk } from '../store/reader.js';
+import { keyFingerprint, signManifest, signingKey, type KeyInput } from '../store/signing.js';
 import type { MemorySource } from './source.js';
 
 export interface SnapshotOptions {
@@ -32,6 +39,19 @@ export interface SnapshotOptions {
   vmstate?: Buffer;
   /** Chunks processed at once (read, hash, compress, upload). @default 8 */
   concurrency?: number;
+  /**
+   * Encrypt chunks and the vmstate before upload (AES-256-GCM; store/chunk-crypto.ts) with the key
+   * `keyId` from `keys`. mode: 'convergent' keeps dedup across snapshots made with the same key;
+   * 'random' shares nothing between snapshots. A diff must be encrypted like its parent (same key,
+   * same mode). @default unencrypted; mode 'convergent', keyId 'default', keys from the environment
+   * (LAZYSNAP_CHUNK_KEY or LAZYSNAP_CHUNK_KEY_FILE)
+   */
+  encrypt?: { mode?: EncryptionMode; keyId?: string; keys?: KeyProvider };
+  /**
+   * Ed25519 private key (a KeyObject or PEM): writes manifests/<id>.json.sig, a detached signature
+   * of the manifest's exact bytes, just before the manifest. @default unsigned
+   */
+  signKey?: KeyInput;
   signal?: AbortSignal;
   onProgress?: (p: SnapshotProgress) => void;
 }
@@ -60,6 +80,10 @@ export interface SnapshotSummary {
   elapsedMs: number;
   /** Image bytes processed per second. */
   mbPerSecond: number;
+  /** How chunks were encrypted, or null. */
+  encryption: { mode: EncryptionMode; keyId: string } | null;
+  /** Fingerprint of the key that signed the manifest, or null. */
+  signedBy: string | null;
 }
 
 export async function createSnapshot(options: SnapshotOptions): Promise<SnapshotSummary> {
@@ -73,6 +97,14 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
     throw new InvalidArgumentError('chunkSize', `a power of two and a multiple of the page size ${source.pageSize}`, chunkSize);
   }
   if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > 256) throw new InvalidArgumentError('concurrency', 'an integer from 1 to 256', concurrency);
+  // Both checked before anything is read or uploaded: a bad key must not cost a whole upload.
+  const signer = options.signKey !== undefined ? signingKey(options.signKey) : undefined;
+  const enc = options.encrypt;
+  if (enc !== undefined) {
+    if (enc.mode !== undefined && !ENCRYPTION_MODES.includes(enc.mode)) throw new InvalidArgumentError('encrypt.mode', `one of ${ENCRYPTION_MODES.join(', ')}`, enc.mode);
+    if (enc.keyId !== undefined && !isKeyId(enc.keyId)) throw new InvalidArgumentError('encrypt.keyId', '1-128 characters of [A-Za-z0-9._:/-] starting with a letter or digit', enc.keyId);
+  }
+  const keys = enc ? (enc.keys ?? envKeyProvider()) : undefined;
   signal?.throwIfAborted();
   if (!store.writable) throw new StoreReadOnlyError(store.url);
   if (await store.has(manifestKey(id), { ...(signal ? { signal } : {}) })) {
@@ -81,13 +113,24 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
   let parent: SnapshotIndex | undefined;
   if (options.parent !== undefined) {
     assertSnapshotId(options.parent, 'parent');
-    parent = await loadIndex(store, options.parent, signal);
+    parent = await loadIndex(store, options.parent, signal, keys ? { keys } : {});
     const pm = parent.manifest;
     if (pm.totalSize !== source.totalSize || pm.chunkSize !== chunkSize || pm.pageSize !== source.pageSize) {
       throw new InvalidArgumentError('parent', `a snapshot of the same size, chunk size and page size (${source.totalSize}/${chunkSize}/${source.pageSize})`, `${options.parent} (${pm.totalSize}/${pm.chunkSize}/${pm.pageSize})`);
     }
+    // Inherited entries are the parent's ids, which only mean something under the parent's cipher.
+    const pe = pm.encryption;
+    if (!pe !== !enc) throw new InvalidArgumentError('parent', `a snapshot ${enc ? 'encrypted like this one' : 'that is not encrypted (or encrypt this one like it)'}`, `${options.parent} (${pe ? `encrypted, ${pe.mode}, key id ${pe.keyId}` : 'not encrypted'})`);
+    if (pe && enc && ((enc.mode ?? 'convergent') !== pe.mode || (enc.keyId ?? DEFAULT_KEY_ID) !== pe.keyId)) {
+      throw new InvalidArgumentError('parent', `a snapshot encrypted in ${enc.mode ?? 'convergent'} mode under key id ${enc.keyId ?? DEFAULT_KEY_ID}`, `${options.parent} (${pe.mode}, key id ${pe.keyId})`);
+    }
   } else if (source.relativeToParent) {
     throw new SourceError(`${source.detail} is a diff snapshot: give the snapshot it was taken relative to (--parent)`, undefined, { input: true });
+  }
+  let crypto: ChunkCrypto | undefined;
+  if (enc && keys) {
+    const keyId = enc.keyId ?? DEFAULT_KEY_ID;
+    crypto = parent?.crypto ?? ChunkCrypto.create(await keys.getKey(keyId, signal), enc.mode ?? 'convergent', keyId);
   }
 
   const t0 = performance.now();
@@ -125,14 +168,15 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
         s.zero++;
         return;
       }
-      const hash = hashChunk(bytes);
+      const hash = crypto ? crypto.id(bytes) : hashChunk(bytes);
       hashes.write(hash, i * 32, 'hex');
       flags[i] = codecFlag(codec);
       if (known.has(hash)) return;
       known.add(hash);
       const key = chunkKey(hash, codec);
       if (await store.has(key, { ...(signal ? { signal } : {}) })) return;
-      const body = encodeChunk(codec, bytes, { ...(options.level !== undefined ? { level: options.level } : {}) });
+      const encoded = encodeChunk(codec, bytes, { ...(options.level !== undefined ? { level: options.level } : {}) });
+      const body = crypto ? crypto.seal(hash, encoded) : encoded;
       await store.put(key, body, { ...(signal ? { signal } : {}) });
       s.uploaded++;
       s.uploadedBytes += body.length;
@@ -176,8 +220,9 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
 
   let vmstate: Manifest['vmstate'] = null;
   if (options.vmstate) {
-    await store.put(vmstateKey(id), options.vmstate, { ...(signal ? { signal } : {}) });
-    vmstate = { key: vmstateKey(id), size: options.vmstate.length, hash: hashChunk(options.vmstate) };
+    const hash = crypto ? crypto.id(options.vmstate) : hashChunk(options.vmstate);
+    await store.put(vmstateKey(id), crypto ? crypto.seal(hash, options.vmstate) : options.vmstate, { ...(signal ? { signal } : {}) });
+    vmstate = { key: vmstateKey(id), size: options.vmstate.length, hash };
   }
   const manifest: Manifest = {
     format: FORMAT,
@@ -191,8 +236,14 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
     parent: options.parent ?? null,
     vmstate,
     chunks: encodeChunks(hashes, flags, codecs),
+    ...(crypto ? { encryption: { ...crypto.info } } : {}),
   };
-  await store.put(manifestKey(id), serializeManifest(manifest), { ...(signal ? { signal } : {}) });
+  const manifestBytes = serializeManifest(manifest);
+  // The signature first: the manifest is the commit point, and a committed snapshot is never
+  // without its signature. A run that dies in between leaves a signature of nothing, which the
+  // next run with this id overwrites.
+  if (signer) await store.put(signatureKey(id), signManifest(manifestBytes, signer), { ...(signal ? { signal } : {}) });
+  await store.put(manifestKey(id), manifestBytes, { ...(signal ? { signal } : {}) });
 
   const unique = new Set<string>();
   for (let i = 0; i < n; i++) if (flags[i]) unique.add(hashes.toString('hex', i * 32, i * 32 + 32));
@@ -210,5 +261,7 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
     dedupRatio: s.uploadedBytes > 0 ? nonZeroBytes / s.uploadedBytes : 0,
     elapsedMs,
     mbPerSecond: source.totalSize / 1e6 / (elapsedMs / 1000),
+    encryption: crypto ? { mode: crypto.info.mode, keyId: crypto.info.keyId } : null,
+    signedBy: signer ? keyFingerprint(signer) : null,
   };
 }

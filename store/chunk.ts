@@ -3,11 +3,16 @@
  * same bytes are stored and cached once across snapshots and hosts whatever codec stored them.
  * Codecs: 'none' and 'zstd' (level configurable). Decoding always checks the hash before the bytes
  * are used: corrupt or substituted objects never reach memory.
+ *
+ * Encrypted snapshots (store/chunk-crypto.ts) name chunks by a keyed BLAKE3 instead, and their
+ * objects are the encoded bytes sealed with AES-256-GCM: decoding then authenticates and decrypts
+ * first, and checks the keyed hash of the result.
  */
 import { blake3 } from '@napi-rs/blake-hash';
 import { compress, decompress } from 'zstd-napi';
 
 import { IntegrityError, InvalidArgumentError } from '../core/errors.js';
+import type { ChunkCrypto } from './chunk-crypto.js';
 
 export const CODECS = ['none', 'zstd'] as const;
 export type Codec = (typeof CODECS)[number];
@@ -40,17 +45,20 @@ export function encodeChunk(codec: Codec, bytes: Uint8Array, options: EncodeOpti
 
 /**
  * Decodes a stored object and verifies it is the chunk `hash` of `length` bytes. Throws
- * IntegrityError on a hash or length mismatch, and on a decoder error (a corrupt object).
+ * IntegrityError on a hash or length mismatch, and on a decoder error (a corrupt object). With
+ * `crypto` (an encrypted snapshot), the object is authenticated and decrypted first (IntegrityError
+ * when that fails) and `hash` is the chunk's keyed id.
  */
-export function decodeChunk(key: string, codec: Codec, stored: Uint8Array, hash: string, length: number): Buffer {
+export function decodeChunk(key: string, codec: Codec, stored: Uint8Array, hash: string, length: number, crypto?: ChunkCrypto): Buffer {
+  const encoded = crypto ? crypto.open(key, hash, stored) : stored;
   let bytes: Buffer;
   try {
-    bytes = codec === 'none' ? Buffer.from(stored.buffer, stored.byteOffset, stored.length) : decompress(stored);
+    bytes = codec === 'none' ? Buffer.from(encoded.buffer, encoded.byteOffset, encoded.length) : decompress(encoded);
   } catch (e) {
     throw Object.assign(new IntegrityError(key, hash, 'undecodable'), { cause: e });
   }
   if (bytes.length !== length) throw new IntegrityError(key, hash, `${bytes.length} bytes instead of ${length}`);
-  const actual = hashChunk(bytes);
+  const actual = crypto ? crypto.id(bytes) : hashChunk(bytes);
   if (actual !== hash) throw new IntegrityError(key, hash, actual);
   return bytes;
 }

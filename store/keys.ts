@@ -1,8 +1,8 @@
 /**
  * Store keys and snapshot ids. Every key is built here, and every externally supplied id is
  * checked here, so no backend ever sees '..', an absolute path, a NUL or a key that escapes its
- * prefix. Layout (DESIGN.md): manifests/<id>.json, chunks/<2 hex>/<hash>[.<codec>], profiles/<id>,
- * vmstate/<id>.
+ * prefix. Layout (DESIGN.md): manifests/<id>.json (and its detached signature manifests/<id>.json.sig),
+ * chunks/<2 hex>/<hash>[.<codec>], profiles/<id>, vmstate/<id>.
  */
 import { InvalidArgumentError } from '../core/errors.js';
 
@@ -30,6 +30,8 @@ export function assertHash(hash: unknown): asserts hash is string {
 }
 
 export const manifestKey = (id: string): string => (assertSnapshotId(id), `manifests/${id}.json`);
+/** The detached signature of manifestKey(id) (store/signing.ts). */
+export const signatureKey = (id: string): string => `${manifestKey(id)}.sig`;
 export const profileKey = (id: string): string => (assertSnapshotId(id), `profiles/${id}`);
 export const vmstateKey = (id: string): string => (assertSnapshotId(id), `vmstate/${id}`);
 

@@ -9,6 +9,7 @@
  */
 import { ManifestError, UnsupportedFormatError } from '../core/errors.js';
 import { CODECS, type Codec } from './chunk.js';
+import { validateEncryptionInfo, type ChunkCrypto, type EncryptionInfo } from './chunk-crypto.js';
 import { assertSnapshotId } from './keys.js';
 
 export const FORMAT = 'lazysnap/1';
@@ -36,6 +37,11 @@ export interface Manifest {
   parent: string | null;
   vmstate: { key: string; size: number; hash: string } | null;
   chunks: { hashes: string; flags: string; codecs: Codec[] };
+  /**
+   * Present when chunks (and the vmstate) are encrypted (store/chunk-crypto.ts): then each chunk's
+   * 32 bytes in chunks.hashes are its keyed id, not its plain BLAKE3. Absent otherwise.
+   */
+  encryption?: EncryptionInfo;
 }
 
 /** A manifest decoded for use: per-chunk arrays instead of base64. */
@@ -46,6 +52,8 @@ export interface SnapshotIndex {
   hashes: Buffer;
   /** 0 = zero chunk, k = stored with manifest.chunks.codecs[k-1]. */
   flags: Uint8Array;
+  /** The cipher of an encrypted snapshot, when it was loaded with a key (store/reader.ts loadIndex). */
+  crypto?: ChunkCrypto;
 }
 
 export function chunkCount(totalSize: number, chunkSize: number): number {
@@ -113,6 +121,7 @@ export function parseManifest(text: Buffer | string, expectedId?: string): Snaps
   if (m.vmstate) {
     need(typeof m.vmstate.key === 'string' && isInt(m.vmstate.size) && /^[0-9a-f]{64}$/.test(m.vmstate.hash ?? ''), 'vmstate', 'must be {key, size, hash}');
   }
+  if (m.encryption !== undefined) validateEncryptionInfo(m.encryption);
   const c = m.chunks;
   need(c !== null && typeof c === 'object' && typeof c.hashes === 'string' && typeof c.flags === 'string', 'chunks', 'must be {hashes, flags, codecs}');
   need(Array.isArray(c.codecs) && c.codecs.length <= 255 && c.codecs.every((x) => CODECS.includes(x)), 'chunks.codecs', `must list codecs among ${CODECS.join(', ')}`);

@@ -1,28 +1,47 @@
 import { parseArgs } from 'node:util';
 
 import { formatBytes } from '../../core/units.js';
-import { assertSnapshotId } from '../../store/keys.js';
+import { keyCheckOf } from '../../store/chunk-crypto.js';
+import { envKeyProvider } from '../../store/key-provider.js';
+import { assertSnapshotId, signatureKey } from '../../store/keys.js';
 import { chunkCodec, chunkHash } from '../../store/manifest.js';
 import { loadIndex } from '../../store/reader.js';
-import { required, storeFrom, type Io } from '../common.js';
+import { keyFingerprint, verifyKey } from '../../store/signing.js';
+import { readKeyFile, required, storeFrom, type Io } from '../common.js';
 
-export const usage = `usage: lazysnap inspect --store URL --id ID [--json] [--s3-endpoint URL]
+export const usage = `usage: lazysnap inspect --store URL --id ID [--verify-key FILE] [--json] [--s3-endpoint URL]
 
-Shows a snapshot's manifest: sizes, regions, chunk counts (zero, unique, by codec), parent, vmstate.
+Shows a snapshot's manifest: sizes, regions, chunk counts (zero, unique, by codec), parent, vmstate,
+whether it is signed and how its chunks are encrypted.
+
+  --verify-key FILE    Ed25519 public key (PEM): check the manifest's detached signature first; an
+                       unsigned or wrongly signed manifest is refused (exit 1, LAZYSNAP_BAD_SIGNATURE)
+                       and not shown
+
+With LAZYSNAP_CHUNK_KEY (or LAZYSNAP_CHUNK_KEY_FILE) set, an encrypted snapshot's key check is
+compared with that key ("key: matches" or "key: does not match"). No chunk is read.
 `;
 
 export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { store: { type: 'string' }, id: { type: 'string' }, json: { type: 'boolean', default: false }, 's3-endpoint': { type: 'string' } },
+    options: { store: { type: 'string' }, id: { type: 'string' }, json: { type: 'boolean', default: false }, 's3-endpoint': { type: 'string' }, 'verify-key': { type: 'string' } },
     strict: true,
   });
   const id = required(values, 'id');
   assertSnapshotId(id, '--id');
+  const vk = values['verify-key'] !== undefined ? verifyKey(readKeyFile('verify-key', values['verify-key']), '--verify-key') : undefined;
   const store = await storeFrom(values);
   try {
-    const ix = await loadIndex(store, id, signal);
+    const ix = await loadIndex(store, id, signal, vk ? { verifyKey: vk } : {});
     const m = ix.manifest;
+    const signature = vk ? `verified (${keyFingerprint(vk)})` : (await store.has(signatureKey(id), signal ? { signal } : {})) ? 'present, not verified (give --verify-key)' : 'none';
+    let keyMatch: boolean | null = null;
+    if (m.encryption && (process.env.LAZYSNAP_CHUNK_KEY || process.env.LAZYSNAP_CHUNK_KEY_FILE)) {
+      const key = await envKeyProvider().getKey(m.encryption.keyId).catch(() => undefined);
+      keyMatch = key ? keyCheckOf(key) === m.encryption.keyCheck : false;
+    }
+    const encryption = m.encryption ? { alg: m.encryption.alg, mode: m.encryption.mode, keyId: m.encryption.keyId, keyMatches: keyMatch } : null;
     const unique = new Set<string>();
     const byCodec: Record<string, number> = {};
     let zero = 0;
@@ -47,6 +66,8 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       chunks: { total: ix.count, zero, unique: unique.size, byCodec },
       parent: m.parent,
       vmstate: m.vmstate,
+      signature,
+      encryption,
     };
     if (values.json) io.out(`${JSON.stringify(info)}\n`);
     else {
@@ -59,6 +80,8 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
           `  chunks      ${ix.count} total, ${zero} zero, ${unique.size} unique (${Object.entries(byCodec).map(([c, n]) => `${n} ${c}`).join(', ') || 'none stored'})`,
           `  parent      ${m.parent ?? '-'}`,
           `  vmstate     ${m.vmstate ? `${m.vmstate.key} (${formatBytes(m.vmstate.size)})` : '-'}`,
+          `  signature   ${signature}`,
+          `  encryption  ${encryption ? `${encryption.alg}, ${encryption.mode}, key id ${encryption.keyId}${keyMatch === null ? '' : keyMatch ? ', key: matches' : ', key: does not match'}` : 'none'}`,
         ].join('\n') + '\n',
       );
     }

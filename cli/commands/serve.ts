@@ -3,7 +3,8 @@ import { parseArgs } from 'node:util';
 import { InvalidArgumentError } from '../../core/errors.js';
 import { parseDuration, parseSize } from '../../core/units.js';
 import { RestoreServer } from '../../runtime/restore-server.js';
-import { intOption, required, UsageError, type Io } from '../common.js';
+import { verifyKey } from '../../store/signing.js';
+import { intOption, readKeyFile, required, UsageError, type Io } from '../common.js';
 
 export const usage = `usage: lazysnap serve --store URL [--store URL ...] --id ID --socket PATH [options]
 
@@ -15,7 +16,9 @@ chunks are mapped without a fetch. Runs until SIGTERM or SIGINT, then drains liv
 options:
   --store URL            a store (repeat for an ordered fallback list: directory, file://, s3://, http(s)://)
   --id ID                the snapshot to serve
-  --socket PATH          the Unix socket to create (0600; its directory is created 0700)
+  --socket PATH          the Unix socket to create, 0600. Its directory is created 0700 when missing;
+                         one that exists must be owned by this user or root and writable by nobody
+                         else (nor may any directory above it be, short of the sticky bit)
   --cache-dir DIR        host disk cache of verified chunks, shared by serve processes (default: none)
   --cache-budget SIZE    disk cache budget (default 8GiB)
   --memory-budget SIZE   resident chunk bytes shared by all sessions (default 1GiB)
@@ -35,8 +38,26 @@ options:
                          HTTP origin (default 16)
   --metrics-port N       serve Prometheus metrics on this port (default: off)
   --metrics-host HOST    address for metrics (default 127.0.0.1)
-  --allow-uid UID        only serve peers with this uid (repeatable; default: any)
   --s3-endpoint URL      S3-compatible endpoint (also AWS_ENDPOINT_URL_S3)
+
+security:
+  --allow-uid UID        only serve peers with this uid, read with SO_PEERCRED (repeatable; default:
+                         any). Others are closed unread, with a warning line naming their uid and
+                         pid, and counted in lazysnap_peers_refused_total
+  --socket-group GID     let this group's members connect (a Firecracker running as another uid):
+                         the socket becomes 0660 and the directories serve creates 0710, of that
+                         group. Pair it with --allow-uid
+  --verify-key FILE      Ed25519 public key (PEM): serve only a manifest with a valid detached
+                         signature by it (manifests/ID.json.sig, made by snapshot --sign-key). An
+                         unsigned or wrongly signed manifest is refused: one error line, exit 1
+                         (LAZYSNAP_BAD_SIGNATURE)
+
+  Encrypted snapshots (snapshot --encrypt) are served with their key, from LAZYSNAP_CHUNK_KEY (64
+  hex digits or base64 of 32 bytes) or LAZYSNAP_CHUNK_KEY_FILE (a file holding it; keeps it out of
+  the environment). LAZYSNAP_CHUNK_KEY_ID restricts it to one key id. A missing or wrong key is
+  refused before the socket is created (LAZYSNAP_KEY_UNAVAILABLE, LAZYSNAP_WRONG_KEY); an object
+  that fails authentication is treated like corrupt bytes (next store, then fail closed). Keys are
+  never logged.
 `;
 
 export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
@@ -58,6 +79,8 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       'metrics-port': { type: 'string' },
       'metrics-host': { type: 'string' },
       'allow-uid': { type: 'string', multiple: true },
+      'socket-group': { type: 'string' },
+      'verify-key': { type: 'string' },
       's3-endpoint': { type: 'string' },
       prefetch: { type: 'string', default: 'auto' },
       fill: { type: 'boolean', default: false },
@@ -72,6 +95,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
   const fetchConcurrency = intOption('fetch-concurrency', values['fetch-concurrency'], 1, 1024);
   const retries = intOption('retries', values.retries, 0, 10);
   const metricsPort = intOption('metrics-port', values['metrics-port'], 0, 65535);
+  const socketGroup = intOption('socket-group', values['socket-group'], 0, 2 ** 32 - 2);
   const server = await RestoreServer.start(
     {
       stores: values.store,
@@ -93,7 +117,9 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       ...(retries !== undefined ? { retries } : {}),
       ...(metricsPort !== undefined ? { metricsPort } : {}),
       ...(values['metrics-host'] ? { metricsHost: values['metrics-host'] } : {}),
-      ...(values['allow-uid'] ? { allowUids: values['allow-uid'].map((u) => intOption('allow-uid', u, 0, 2 ** 32 - 1)!) } : {}),
+      ...(values['allow-uid'] ? { allowUids: values['allow-uid'].map((u) => intOption('allow-uid', u, 0, 2 ** 32 - 2)!) } : {}),
+      ...(socketGroup !== undefined ? { socketGroup } : {}),
+      ...(values['verify-key'] ? { verifyKey: verifyKey(readKeyFile('verify-key', values['verify-key']), '--verify-key') } : {}),
     },
     signal,
   );

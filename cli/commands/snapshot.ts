@@ -4,7 +4,10 @@ import { InvalidArgumentError } from '../../core/errors.js';
 import { formatBytes, parseSize } from '../../core/units.js';
 import { snapshot } from '../../sdk/snapshot.js';
 import { assertCodec } from '../../store/chunk.js';
-import { UsageError, intOption, required, storeFrom, type Io } from '../common.js';
+import { ENCRYPTION_MODES, type EncryptionMode } from '../../store/chunk-crypto.js';
+import { DEFAULT_KEY_ID, KEY_ID_ENV } from '../../store/key-provider.js';
+import { signingKey } from '../../store/signing.js';
+import { UsageError, intOption, readKeyFile, required, storeFrom, type Io } from '../common.js';
 import { progressReporter, type ProgressMode } from '../progress.js';
 
 export const usage = `usage: lazysnap snapshot --mem-file FILE --store URL --id ID [options]
@@ -34,6 +37,20 @@ options:
   --progress MODE      auto (bar on a terminal), json, or quiet (default auto)
   --s3-endpoint URL    S3-compatible endpoint (also AWS_ENDPOINT_URL_S3)
   --json               print the summary as JSON
+
+security:
+  --sign-key FILE      Ed25519 private key (PEM; openssl genpkey -algorithm ed25519): writes
+                       manifests/ID.json.sig, a detached signature of the manifest's exact bytes,
+                       just before the manifest. serve --verify-key then refuses anything else
+  --encrypt MODE       encrypt chunks and the vmstate before upload (AES-256-GCM) with the key in
+                       LAZYSNAP_CHUNK_KEY (64 hex digits or base64 of 32 bytes; openssl rand -hex 32)
+                       or in the file named by LAZYSNAP_CHUNK_KEY_FILE. MODE: convergent (equal
+                       chunks give equal objects, so dedup across snapshots under one key still
+                       works) or random (per-snapshot salt: snapshots share nothing). Object names
+                       are keyed hashes: the store cannot tell what a chunk holds. A diff must be
+                       encrypted like its parent
+  --key-id ID          the key's name, recorded in the manifest (never the key) for serve to ask
+                       for it (default: ${KEY_ID_ENV}, else "${DEFAULT_KEY_ID}")
 `;
 
 export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
@@ -56,6 +73,9 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       progress: { type: 'string', default: 'auto' },
       's3-endpoint': { type: 'string' },
       json: { type: 'boolean', default: false },
+      'sign-key': { type: 'string' },
+      encrypt: { type: 'string' },
+      'key-id': { type: 'string' },
     },
     strict: true,
   });
@@ -73,6 +93,11 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
   const regions = values.regions?.split(',').map((r) => parseSize('--regions', r));
   if (values.maps !== undefined && values.pid === undefined) throw new UsageError('--maps selects mappings of a process: it needs --pid');
   const pid = values.pid !== undefined ? intOption('pid', values.pid, 1, 2 ** 22)! : undefined;
+  const signKey = values['sign-key'] !== undefined ? signingKey(readKeyFile('sign-key', values['sign-key']), '--sign-key') : undefined;
+  if (values.encrypt !== undefined && !ENCRYPTION_MODES.includes(values.encrypt as EncryptionMode)) throw new InvalidArgumentError('--encrypt', ENCRYPTION_MODES.join(' or '), values.encrypt);
+  if (values['key-id'] !== undefined && values.encrypt === undefined) throw new UsageError('--key-id names the key of --encrypt: give --encrypt convergent or --encrypt random');
+  const keyId = values['key-id'] ?? process.env[KEY_ID_ENV] ?? DEFAULT_KEY_ID;
+  const encrypt = values.encrypt !== undefined ? { mode: values.encrypt as EncryptionMode, keyId } : undefined;
   const store = await storeFrom(values);
   const bar = progressReporter(mode, io, id);
   try {
@@ -86,6 +111,8 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       ...(level !== undefined ? { level } : {}),
       ...(concurrency !== undefined ? { concurrency } : {}),
       ...(values.parent !== undefined ? { parent: values.parent } : {}),
+      ...(signKey ? { signKey } : {}),
+      ...(encrypt ? { encrypt } : {}),
       ...(signal ? { signal } : {}),
       onProgress: (p) => bar.update(p.bytesDone, p.totalSize),
     });
@@ -97,7 +124,9 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
           `  zero        ${summary.zeroChunks} chunks (not stored)\n` +
           `  unique      ${summary.uniqueChunks} chunks${summary.inheritedChunks ? `, ${summary.inheritedChunks} inherited from ${values.parent}` : ''}\n` +
           `  uploaded    ${summary.uploadedChunks} chunks, ${formatBytes(summary.uploadedBytes)} (dedup+compression ${summary.dedupRatio.toFixed(2)}x)\n` +
-          `  throughput  ${summary.mbPerSecond.toFixed(0)} MB/s (${(summary.elapsedMs / 1000).toFixed(2)} s)\n`,
+          `  throughput  ${summary.mbPerSecond.toFixed(0)} MB/s (${(summary.elapsedMs / 1000).toFixed(2)} s)\n` +
+          (summary.encryption ? `  encrypted   aes-256-gcm, ${summary.encryption.mode}, key id ${summary.encryption.keyId}\n` : '') +
+          (summary.signedBy ? `  signed      ${summary.signedBy}\n` : ''),
       );
     }
     return 0;

@@ -41,10 +41,26 @@ process.once('exit', () => {
   for (const c of live) c.kill('SIGKILL');
 });
 
-export function startClient(args: string[], opts: { taskset?: string } = {}): RunningClient {
+export interface ClientOptions {
+  /** CPUs to pin the client to (taskset -c). */
+  taskset?: string;
+  /**
+   * Run as this uid (and gid) through setpriv, as a peer of another user. It keeps CAP_SYS_PTRACE
+   * (ambient), which userfaultfd needs where vm.unprivileged_userfaultfd = 0 and /dev/userfaultfd
+   * is root's; it gains nothing else.
+   */
+  asUid?: number;
+}
+
+export function startClient(args: string[], opts: ClientOptions = {}): RunningClient {
   const bin = fcClientPath();
-  const cmd = opts.taskset ? 'taskset' : bin;
-  const argv = opts.taskset ? ['-c', opts.taskset, bin, ...args] : args;
+  let cmd = bin;
+  let argv = args;
+  if (opts.taskset) [cmd, argv] = ['taskset', ['-c', opts.taskset, cmd, ...argv]];
+  if (opts.asUid !== undefined) {
+    const id = String(opts.asUid);
+    [cmd, argv] = ['setpriv', ['--reuid', id, '--regid', id, '--clear-groups', '--inh-caps', '+sys_ptrace', '--ambient-caps', '+sys_ptrace', cmd, ...argv]];
+  }
   const child = spawn(cmd, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
   live.add(child);
   child.once('exit', () => live.delete(child));
@@ -77,7 +93,7 @@ export function startClient(args: string[], opts: { taskset?: string } = {}): Ru
 }
 
 /** Runs a client to completion (no --wait/--linger). */
-export async function runClient(args: string[], opts: { taskset?: string } = {}): Promise<ClientResult> {
+export async function runClient(args: string[], opts: ClientOptions = {}): Promise<ClientResult> {
   const c = startClient(args, opts);
   c.release();
   return c.result;

@@ -1,9 +1,10 @@
 import type { StoreBackend } from '../../store/backend.js';
+import type { KeyProvider } from '../../store/key-provider.js';
 import { loadIndex, readChunk } from '../../store/reader.js';
 
 /** Rebuilds a snapshot's full image from the store, verifying every chunk's hash on the way. */
-export async function reassemble(store: StoreBackend, id: string): Promise<Buffer> {
-  const ix = await loadIndex(store, id);
+export async function reassemble(store: StoreBackend, id: string, keys?: KeyProvider): Promise<Buffer> {
+  const ix = await loadIndex(store, id, undefined, keys ? { keys } : {});
   const out = Buffer.alloc(ix.manifest.totalSize);
   for (let i = 0; i < ix.count; i++) (await readChunk(store, ix, i)).copy(out, i * ix.manifest.chunkSize);
   return out;

@@ -2,14 +2,20 @@
 import path from 'node:path';
 
 import { RestoreServer, type ServeOptions } from '../../runtime/restore-server.js';
-import { createSnapshot } from '../../snapshotter/snapshot.js';
+import { createSnapshot, type SnapshotOptions, type SnapshotSummary } from '../../snapshotter/snapshot.js';
 import { openMemoryFile } from '../../snapshotter/source.js';
 import { FileStore } from '../../store/file-store.js';
 
-export async function snapshotTo(storeDir: string, imagePath: string, id: string, chunkSize: number): Promise<void> {
+export async function snapshotTo(
+  storeDir: string,
+  imagePath: string,
+  id: string,
+  chunkSize: number,
+  extra: Partial<Omit<SnapshotOptions, 'source' | 'store' | 'id' | 'chunkSize'>> = {},
+): Promise<SnapshotSummary> {
   const src = await openMemoryFile(imagePath);
   try {
-    await createSnapshot({ source: src, store: new FileStore(storeDir), id, chunkSize });
+    return await createSnapshot({ source: src, store: new FileStore(storeDir), id, chunkSize, ...extra });
   } finally {
     await src.close();
   }

@@ -1,11 +1,15 @@
 import { describe, expect, expectTypeOf, it } from 'vitest';
 
 import {
+  InsecurePathError,
   InvalidArgumentError,
+  KeyUnavailableError,
   LazysnapError,
   NativeUnavailableError,
   SessionClosedError,
+  SignatureError,
   UffdUnavailableError,
+  WrongKeyError,
   isSystemError,
   type ErrorCode,
 } from '../../core/errors.js';
@@ -36,5 +40,15 @@ describe('typed errors', () => {
     expect(isSystemError(e)).toBe(false);
     expect(new NativeUnavailableError('x', cause).cause).toBe(cause);
     expect(new SessionClosedError().code).toBe('LAZYSNAP_SESSION_CLOSED');
+  });
+
+  it('security refusals carry their codes and context, never key material', () => {
+    const sig = new SignatureError('vm', 'mismatch', 'its signature does not verify', { expectedKey: 'ed25519:aa', signedBy: 'ed25519:bb' });
+    expect(sig).toMatchObject({ code: 'LAZYSNAP_BAD_SIGNATURE', name: 'SignatureError', id: 'vm', reason: 'mismatch', expectedKey: 'ed25519:aa', signedBy: 'ed25519:bb' });
+    expect(sig.message).toBe('manifest "vm" refused: its signature does not verify');
+    expectTypeOf(sig.reason).toEqualTypeOf<'missing' | 'malformed' | 'mismatch'>();
+    expect(new KeyUnavailableError('prod', 'set LAZYSNAP_CHUNK_KEY')).toMatchObject({ code: 'LAZYSNAP_KEY_UNAVAILABLE', keyId: 'prod', message: 'no chunk key for key id "prod": set LAZYSNAP_CHUNK_KEY' });
+    expect(new WrongKeyError('prod', 'snapshot "vm"')).toMatchObject({ code: 'LAZYSNAP_WRONG_KEY', keyId: 'prod' });
+    expect(new InsecurePathError('/run/x', 'owned by uid 5')).toMatchObject({ code: 'LAZYSNAP_INSECURE_PATH', path: '/run/x', message: 'refusing to use /run/x: owned by uid 5' });
   });
 });
