@@ -7,7 +7,8 @@
  *   for the cache hosts: clients talk to it;
  * - behind it, the origin, from test/fixtures/nginx-origin.conf: the directory served statically,
  *   standing in for the bucket.
- * stop() waits for both to exit.
+ * stop() waits for both to exit. startStaticNginx() starts the origin alone, for benchmarks that
+ * emulate S3 in front of it; startCacheTier() the tier alone, in front of another origin.
  *
  * Where nginx is absent, `nginxSkipReason` says so and suites skip with it in their name.
  */
@@ -19,8 +20,16 @@ import path from 'node:path';
 
 import { repoRoot } from './fixtures.js';
 
-export interface NginxServer {
-  /** The cache tier: http://127.0.0.1:<port> (no trailing slash); the root serves `root`, /cache/ serves it too. */
+/** One running nginx: its URL (no trailing slash), its access log, and stop(). */
+export interface NginxInstance {
+  url: string;
+  accessLog: string;
+  stop(): Promise<void>;
+}
+
+/** The cache tier in front of a static origin (startNginx). */
+export interface NginxServer extends NginxInstance {
+  /** The cache tier: http://127.0.0.1:<port>; the root serves `root`, /cache/ serves it too. */
   url: string;
   /**
    * The cache tier's access log: `$connection $connection_requests $status $method $uri
@@ -29,7 +38,6 @@ export interface NginxServer {
   accessLog: string;
   /** The origin's access log (`$connection $status $method $uri "$http_range" $bytes`): what the cache did not answer. */
   originAccessLog: string;
-  stop(): Promise<void>;
 }
 
 /** The cache tier's configuration: shared with infra/modules/cache-tier (one source of truth). */
@@ -79,14 +87,11 @@ interface Running {
   stop(): Promise<void>;
 }
 
-/** The cache tier alone: its URL, its access log (format in NginxServer), and stop(). */
-export type CacheTier = Omit<NginxServer, 'originAccessLog'>;
-
 /**
  * Starts the cache tier in front of `origin` (host:port of any HTTP origin, e.g. the cache tier's
- * signing S3 origin), on a free 127.0.0.1 port.
+ * signing S3 origin), on a free 127.0.0.1 port. Its access log has the format of NginxServer's.
  */
-export async function startCacheTier(origin: string): Promise<CacheTier> {
+export async function startCacheTier(origin: string): Promise<NginxInstance> {
   if (!nginxPath) throw new Error(nginxSkipReason);
   const prefix = mkdtempSync(path.join(tmpdir(), 'lazysnap-nginx-'));
   try {
@@ -100,9 +105,7 @@ export async function startCacheTier(origin: string): Promise<CacheTier> {
 /** Starts the cache tier in front of a static origin serving `root`, on free 127.0.0.1 ports. */
 export async function startNginx(root: string): Promise<NginxServer> {
   if (!nginxPath) throw new Error(nginxSkipReason);
-  const absRoot = path.resolve(root);
-  // The paths go into the configs unquoted: refuse what nginx would parse as syntax or variables.
-  if (!/^[A-Za-z0-9/._+-]+$/.test(absRoot)) throw new Error(`nginx root ${JSON.stringify(absRoot)} has characters the config template cannot carry`);
+  const absRoot = checkedRoot(root);
   // One prefix for both (the origin in origin/), so removing it removes everything.
   const prefix = mkdtempSync(path.join(tmpdir(), 'lazysnap-nginx-'));
   const originPrefix = path.join(prefix, 'origin');
@@ -113,7 +116,7 @@ export async function startNginx(root: string): Promise<NginxServer> {
     rmSync(prefix, { recursive: true, force: true });
   };
   try {
-    origin = await startWithRetries(nginxPath, originPrefix, (port) => renderTemplate(readFileSync(ORIGIN_TEMPLATE, 'utf8'), { prefix: originPrefix, root: absRoot, port: String(port) }));
+    origin = await launchOrigin(nginxPath, originPrefix, absRoot);
     // stop() ends the cache first, so it never sees its origin vanish under a request in flight.
     const tier = await launchCacheTier(nginxPath, prefix, `127.0.0.1:${origin.port}`, cleanup);
     return { ...tier, originAccessLog: path.join(originPrefix, 'access.log') };
@@ -123,8 +126,45 @@ export async function startNginx(root: string): Promise<NginxServer> {
   }
 }
 
+/**
+ * The static origin alone, with no cache tier in front: for benchmarks that put their own S3
+ * emulation (a delay proxy) in front of the bucket's stand-in. Its access log has the origin's
+ * format (`$connection $status $method $uri "$http_range" $bytes`).
+ */
+export async function startStaticNginx(root: string): Promise<NginxInstance> {
+  if (!nginxPath) throw new Error(nginxSkipReason);
+  const absRoot = checkedRoot(root);
+  const prefix = mkdtempSync(path.join(tmpdir(), 'lazysnap-nginx-'));
+  try {
+    const origin = await launchOrigin(nginxPath, prefix, absRoot);
+    return {
+      url: `http://127.0.0.1:${origin.port}`,
+      accessLog: path.join(prefix, 'access.log'),
+      stop: async () => {
+        await origin.stop();
+        rmSync(prefix, { recursive: true, force: true });
+      },
+    };
+  } catch (e) {
+    rmSync(prefix, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+/** The absolute root; it goes into the configs unquoted, so refuse what nginx would parse as syntax or variables. */
+function checkedRoot(root: string): string {
+  const absRoot = path.resolve(root);
+  if (!/^[A-Za-z0-9/._+-]+$/.test(absRoot)) throw new Error(`nginx root ${JSON.stringify(absRoot)} has characters the config template cannot carry`);
+  return absRoot;
+}
+
+/** The static origin (test/fixtures/nginx-origin.conf) serving `root`, its files in `prefix`. */
+function launchOrigin(bin: string, prefix: string, root: string): Promise<Running & { port: number }> {
+  return startWithRetries(bin, prefix, (port) => renderTemplate(readFileSync(ORIGIN_TEMPLATE, 'utf8'), { prefix, root, port: String(port) }));
+}
+
 /** The cache tier from the shared template, its files in `prefix`; stop() ends it, then runs `after`. */
-async function launchCacheTier(bin: string, prefix: string, origin: string, after: () => void | Promise<void>): Promise<CacheTier> {
+async function launchCacheTier(bin: string, prefix: string, origin: string, after: () => void | Promise<void>): Promise<NginxInstance> {
   const tier = await startWithRetries(bin, prefix, (port) =>
     renderTemplate(readFileSync(CACHE_TIER_TEMPLATE, 'utf8'), {
       // Ignored unless nginx starts as root, but it must name an existing account then.
