@@ -15,6 +15,11 @@ export interface LoggerConfig {
   level?: string;
   /** Where to write: a file descriptor. @default 2 (stderr: stdout belongs to command output) */
   fd?: number;
+  /**
+   * Write each line before returning. For a logger whose process may be killed by what it logs
+   * (attach(): a chunk that fails closed raises SIGBUS in this process). @default false
+   */
+  sync?: boolean;
 }
 
 /** Paths redacted from every log line: credentials must never reach a log. */
@@ -40,7 +45,7 @@ export function createRootLogger(config: LoggerConfig = {}): Logger {
     base: { pid: process.pid },
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
   };
-  root = pino(options, pino.destination({ fd: config.fd ?? 2, sync: false }));
+  root = pino(options, pino.destination({ fd: config.fd ?? 2, sync: config.sync ?? false }));
   return root;
 }
 

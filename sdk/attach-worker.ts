@@ -27,7 +27,9 @@ const data = workerData as AttachWorkerData;
 const post = (m: AttachMessage): void => port.postMessage(m);
 const errorOf = (e: unknown) => ({ message: (e as Error).message, ...((e as { code?: string }).code ? { code: (e as { code: string }).code } : {}) });
 
-const log = createRootLogger({ level: data.logLevel }).child({ component: 'sdk.attach' });
+// Synchronous: when a chunk fails closed the poisoned page raises SIGBUS in this very process, which
+// would take an asynchronously buffered line (the one saying why) down with it.
+const log = createRootLogger({ level: data.logLevel, sync: true }).child({ component: 'sdk.attach' });
 
 let server: RestoreServer;
 try {

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 
 import { repoRoot } from '../../test/helpers/fixtures.js';
-import { startNginx } from '../../test/helpers/nginx.js';
+import { startStaticNginx } from '../../test/helpers/nginx.js';
 import type { DelayProxyStats } from './delay-proxy.js';
 
 export interface SlowOrigin {
@@ -32,7 +32,7 @@ process.once('exit', () => {
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
 
 export async function startSlowOrigin(root: string, o: { firstByteMs: number; bytesPerSecond: number }): Promise<SlowOrigin> {
-  const nginx = await startNginx(root);
+  const nginx = await startStaticNginx(root);
   // nginx.ts kills nginx on exit but removes its temp prefix only in stop(): do that on exit too.
   const prefix = path.dirname(nginx.accessLog);
   const rmPrefix = () => rmSync(prefix, { recursive: true, force: true });
