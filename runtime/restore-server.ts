@@ -29,7 +29,7 @@ import { ChunkFetcher } from './fetcher.js';
 import { kernelCanPoison, loadFirst } from './startup.js';
 import { loadProfile, profileSaver } from './profile-store.js';
 import type { ProfileShape } from './profile.js';
-import { parseHandshake } from './handshake.js';
+import { assertUserfaultfd, parseHandshake } from './handshake.js';
 import { MemoryTier } from './memory-tier.js';
 import { RuntimeMetrics } from './metrics.js';
 import { RestoreSession, type SessionContext, type SessionSummary } from './restore-session.js';
@@ -209,6 +209,7 @@ export class RestoreServer {
       if (msg.data.length === 0) throw new HandshakeError('the peer closed the connection before the handshake');
       if (msg.fdsTruncated) throw new HandshakeError('more file descriptors than expected came with the message');
       handshake = parseHandshake(msg.data, msg.fds.length, { totalSize: this.#ctx.index.manifest.totalSize, pageSize: this.#ctx.index.manifest.pageSize });
+      assertUserfaultfd(msg.fds[0]!);
     } catch (e) {
       for (const fd of msg.fds) closeFd(fd);
       this.#reject(c, (e as Error).message);
