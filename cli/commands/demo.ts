@@ -1,9 +1,12 @@
+import { totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
 
 import { InvalidArgumentError } from '../../core/errors.js';
 import { formatBytes, parseSize } from '../../core/units.js';
 import { ms, type Io } from '../common.js';
 import { restoreOnce, workingSet, type DemoOptions, type RestoreRun } from '../demo/restore.js';
+
+const MAX_CHUNKS = 1 << 22;
 
 export const usage = `usage: lazysnap demo [options]
 
@@ -56,7 +59,11 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
   if (!(opts.workingSet > 0 && opts.workingSet <= 1)) throw new InvalidArgumentError('--working-set', 'a fraction in (0, 1]', values['working-set']);
   if (!(Number.isFinite(opts.latencyMs) && opts.latencyMs >= 0)) throw new InvalidArgumentError('--latency-ms', 'a number >= 0', values['latency-ms']);
   if (opts.size % 4096) throw new InvalidArgumentError('--size', 'a multiple of 4KiB', values.size);
+  // workingSet() shuffles an array of every chunk index and the restore maps all of --size: bound
+  // both before allocating (a fuzzed `--size 4096TiB` ended in "Invalid array length").
+  if (opts.size > totalmem()) throw new InvalidArgumentError('--size', `at most this machine's memory (${formatBytes(totalmem())})`, values.size);
   const chunks = Math.ceil(opts.size / opts.chunkSize);
+  if (chunks > MAX_CHUNKS) throw new InvalidArgumentError('--size', `at most ${MAX_CHUNKS} chunks of --chunk-size`, values.size);
   const touch = workingSet(chunks, opts.workingSet, opts.seed);
   const runs = [await restoreOnce(opts, 'lazy', touch)];
   if (opts.compare) runs.push(await restoreOnce(opts, 'eager', touch));
