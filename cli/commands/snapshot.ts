@@ -70,20 +70,26 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
   const mode = values.progress as ProgressMode;
   if (!['auto', 'tty', 'json', 'quiet'].includes(mode)) throw new InvalidArgumentError('--progress', 'auto, tty, json or quiet', mode);
   const regions = values.regions?.split(',').map((r) => parseSize('--regions', r));
-  const store = await storeFrom(values);
-  let source: MemorySource;
-  if (values.pid !== undefined) {
-    const pid = intOption('pid', values.pid, 1, 2 ** 22)!;
-    const { openProcess } = await import('../../snapshotter/process-source.js');
-    source = await openProcess(pid, { ...(signal ? { signal } : {}) });
-  } else {
-    source = await openMemoryFile(values['mem-file']!, { pageSize, diff: values.parent !== undefined, ...(regions ? { regions } : {}) });
-  }
+  // Read before the store and the source are opened: a missing vmstate file left both open (fuzzing).
   let vmstate: Buffer | undefined;
   if (values.vmstate) {
     vmstate = await readFile(values.vmstate).catch((e: unknown) => {
       throw new SourceError(`cannot read vmstate file ${values.vmstate}: ${(e as Error).message}`, e);
     });
+  }
+  const store = await storeFrom(values);
+  let source: MemorySource;
+  try {
+    if (values.pid !== undefined) {
+      const pid = intOption('pid', values.pid, 1, 2 ** 22)!;
+      const { openProcess } = await import('../../snapshotter/process-source.js');
+      source = await openProcess(pid, { ...(signal ? { signal } : {}) });
+    } else {
+      source = await openMemoryFile(values['mem-file']!, { pageSize, diff: values.parent !== undefined, ...(regions ? { regions } : {}) });
+    }
+  } catch (e) {
+    await store.close();
+    throw e;
   }
   const bar = progressReporter(mode, io, id);
   try {
