@@ -25,6 +25,7 @@ import {
 import type { StoreBackend } from '../store/backend.js';
 import { assertSnapshotId } from '../store/keys.js';
 import { openStore } from '../store/open.js';
+import type { DiskCache } from './disk-cache.js';
 import { ChunkFetcher } from './fetcher.js';
 import { kernelCanPoison, loadFirst } from './startup.js';
 import { loadProfile, profileSaver } from './profile-store.js';
@@ -93,12 +94,14 @@ export class RestoreServer {
     assertSnapshotId(o.id);
     const log = (o.logger ?? componentLogger('runtime.serve')).child({ snapshotId: o.id });
     const stores = await Promise.all(o.stores.map((u) => openStore(u, { httpConnections: o.originConnections, ...(o.s3Endpoint ? { s3Endpoint: o.s3Endpoint } : {}) })));
+    let cache: DiskCache | undefined;
+    let metricsServer: { port: number; close: () => Promise<void> } | undefined;
     try {
       const index = await loadFirst(stores, o.id, signal);
       const m = index.manifest;
       const table = new ChunkTable(m.totalSize, m.chunkSize);
       table.markZero(Uint8Array.from(index.flags, (f) => (f === 0 ? 1 : 0)));
-      const cache = o.cacheDir ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes }, signal) : undefined;
+      cache = o.cacheDir ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes }, signal) : undefined;
       const metrics = new RuntimeMetrics();
       const fetcher = new ChunkFetcher({
         origins: stores,
@@ -125,17 +128,21 @@ export class RestoreServer {
         canPoison: o.failClosed === 'poison' || (o.failClosed === 'auto' && kernelCanPoison()),
         prefetch: { mode, fill: o.fill, window: o.prefetchWindow, recordIdleMs: o.recordIdleMs, profile, saveRecording: saver.save },
       };
+      // Metrics before the socket: a server constructed and then abandoned keeps its listening
+      // socket (fuzzing found a bad --metrics-host leaking it).
+      if (o.metricsPort !== undefined) metricsServer = await metrics.listen(o.metricsPort, o.metricsHost);
       const server = new RestoreServer(o, stores, ctx, log);
       server.#cache = cache;
       server.#profileSaves = saver;
-      if (o.metricsPort !== undefined) {
-        const ms = await metrics.listen(o.metricsPort, o.metricsHost);
-        server.metricsPort = ms.port;
-        server.#metricsServer = ms;
+      if (metricsServer) {
+        server.metricsPort = metricsServer.port;
+        server.#metricsServer = metricsServer;
       }
       log.info({ socket: o.socketPath, stores: stores.map((s) => s.url), chunks: index.count, totalSize: m.totalSize, canPoison: ctx.canPoison, metricsPort: server.metricsPort }, 'serving');
       return server;
     } catch (e) {
+      await metricsServer?.close();
+      await cache?.close();
       await Promise.all(stores.map((s) => s.close()));
       throw e;
     }
