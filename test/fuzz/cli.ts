@@ -1,7 +1,7 @@
 /**
  * CLI argument fuzzing, in-process through main() with a capturing Io: any argv ends with exit 0, 1
  * or 2, and an error is one clear line ("lazysnap: ..."), never a stack trace, an internal JS
- * error message or an uncaught exception.
+ * error message or an uncaught exception, and every fd the command opened is closed again.
  *
  * Safety, since argv can name real paths and real work: the property runs with its cwd in a deep
  * sandbox directory; generated tokens never contain ':' (no URL the pools did not choose: all
@@ -10,7 +10,7 @@
  * by design: only its argument handling is fuzzed); every other command gets a signal that aborts
  * after 1.5 s (`serve`: 0.3 s), so a server that did start stops again.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
 import fc from 'fast-check';
@@ -141,11 +141,26 @@ export const cliArgs: FuzzTarget = {
     process.on('uncaughtException', onStray);
     process.on('unhandledRejection', onStray);
     process.chdir(cwd);
+    // Warm up every path once: first use loads modules and opens fds for good (io_uring, the AWS
+    // SDK's agents), which the per-case fd check below must not count as leaks.
+    const quiet = { out: () => {}, err: () => {} };
+    for (const argv of [
+      ['inspect', '--store', path.join(sb, 'tiny'), '--id', 'vm'],
+      ['inspect', '--store', 's3://bucket-x/p', '--id', 'vm'],
+      ['inspect', '--store', 'http://127.0.0.1:9/x', '--id', 'vm'],
+      ['gc', '--store', path.join(sb, 'tiny'), '--dry-run'],
+      ['snapshot', '--mem-file', path.join(sb, 'image.bin'), '--store', path.join(sb, 'warm'), '--id', 'vm'],
+      ['serve', '--store', path.join(sb, 'tiny'), '--id', 'vm', '--socket', path.join(sb, 'run', 'warm.sock'), '--metrics-port', '0'],
+      ['demo'],
+    ]) {
+      await main(argv, quiet, argv[0] === 'demo' ? AbortSignal.abort() : AbortSignal.timeout(300));
+    }
     const prop = fc.asyncProperty(argvArb(pools(sb)), async (argv) => {
       let out = '';
       let err = '';
       const io = { out: (s: string) => (out += s), err: (s: string) => (err += s) };
       const signal = argv[0] === 'demo' ? AbortSignal.abort() : AbortSignal.timeout(argv[0] === 'serve' ? 300 : 1500);
+      const fds0 = readdirSync('/proc/self/fd').length;
       let code: number;
       try {
         code = await clock.timeAsync(() => main(argv, io, signal));
@@ -153,6 +168,13 @@ export const cliArgs: FuzzTarget = {
         throw new Error(`main() rejected: ${(e as Error)?.stack ?? String(e)}`);
       }
       await new Promise((r) => setImmediate(r));
+      // Every file, socket and store a command opened is closed by the time main() returns.
+      let fds = readdirSync('/proc/self/fd').length;
+      for (let i = 0; i < 20 && fds > fds0; i++) {
+        await new Promise((r) => setTimeout(r, 5));
+        fds = readdirSync('/proc/self/fd').length;
+      }
+      if (fds > fds0) throw new Error(`${fds - fds0} fd(s) left open (${JSON.stringify(err.trim())})`);
       if (stray.length) throw new Error(`uncaught: ${String((stray.splice(0)[0] as Error)?.stack ?? '')}`);
       tally.add(`${COMMANDS.includes(argv[0]!) ? argv[0] : '(other)'} exit ${code}`);
       if (process.env.FUZZ_CLI_TRACE) console.log(code, JSON.stringify(argv), err.trim().slice(0, 200));

@@ -3,6 +3,7 @@
  * here with a name rather than only under a lucky seed.
  */
 import { spawn } from 'node:child_process';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -81,6 +82,41 @@ describe('CLI arguments', () => {
     const chunks = await run(['demo', '--size=1GiB', '--chunk-size=4KiB']);
     expect(chunks.code).toBe(1); // 2^18 chunks are fine: it gets as far as the aborted signal
     expect((await run(['demo', '--size=20GiB', '--chunk-size=4KiB'])).err).toMatch(/at most 4194304 chunks|at most this machine's memory/);
+  });
+});
+
+describe('resources of a command that fails', () => {
+  const openFds = () => readdirSync('/proc/self/fd').length;
+  let tmp: ReturnType<typeof tempDir>;
+  beforeEach(() => {
+    tmp = tempDir();
+  });
+  afterEach(() => tmp.cleanup());
+
+  it('snapshot with an unreadable --vmstate leaves no file open (the source and store were left open)', async () => {
+    writeFileSync(path.join(tmp.dir, 'image.bin'), Buffer.alloc(65536, 7));
+    const argv = ['snapshot', '--mem-file', path.join(tmp.dir, 'image.bin'), '--store', path.join(tmp.dir, 'store'), '--id', 'vm', '--vmstate', tmp.dir];
+    await main(argv, { out: () => {}, err: () => {} }); // warm-up: first use opens fds for good
+    const before = openFds();
+    let err = '';
+    expect(await main(argv, { out: () => {}, err: (s) => (err += s) })).toBe(1);
+    expect(err).toMatch(/^lazysnap: cannot read vmstate file .*EISDIR/);
+    expect(openFds()).toBe(before);
+  });
+
+  it('serve whose metrics cannot listen closes its socket again (--metrics-host 256.0.0.1 leaked it)', async () => {
+    const CS = 64 * 1024;
+    const img = makeImage(tmp.dir, 256 * 1024, CS);
+    await snapshotTo(path.join(tmp.dir, 'store'), img.path, 'vm', CS);
+    const socket = path.join(tmp.dir, 'run', 's.sock');
+    const argv = ['serve', '--store', path.join(tmp.dir, 'store'), '--id', 'vm', '--socket', socket, '--metrics-port', '0', '--metrics-host', '256.0.0.1'];
+    await main(argv, { out: () => {}, err: () => {} }, AbortSignal.timeout(5000)); // warm-up, as above
+    const before = openFds();
+    let err = '';
+    expect(await main(argv, { out: () => {}, err: (s) => (err += s) }, AbortSignal.timeout(5000))).toBe(1);
+    expect(err).toMatch(/^lazysnap: .*256\.0\.0\.1/);
+    expect(openFds()).toBe(before);
+    expect(existsSync(socket)).toBe(false);
   });
 });
 
