@@ -36,7 +36,7 @@ const fdCountArb = fc.oneof({ weight: 8, arbitrary: fc.constant(1) }, { weight: 
 export const handshakeParse: FuzzTarget = {
   name: 'handshake.parse',
   surface: 'UFFD handshake payload + fd count (parser)',
-  weight: 25,
+  weight: 20,
   quickRuns: 600,
   async run(o: RunOptions): Promise<Outcome> {
     const clock = new CaseClock();

@@ -9,9 +9,10 @@ import { createInterface } from 'node:readline';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { main } from '../../cli/main.js';
-import { HandshakeError, ManifestError } from '../../core/errors.js';
+import { HandshakeError, InvalidArgumentError, ManifestError } from '../../core/errors.js';
 import type { RestoreServer } from '../../runtime/restore-server.js';
 import { parseHandshake } from '../../runtime/handshake.js';
+import { resolveServeOptions } from '../../runtime/serve-options.js';
 import { FORMAT, encodeChunks, parseManifest } from '../../store/manifest.js';
 import { runClient } from '../helpers/fc-client.js';
 import { rawHandshakePath } from '../helpers/fixtures.js';
@@ -82,6 +83,19 @@ describe('CLI arguments', () => {
     const chunks = await run(['demo', '--size=1GiB', '--chunk-size=4KiB']);
     expect(chunks.code).toBe(1); // 2^18 chunks are fine: it gets as far as the aborted signal
     expect((await run(['demo', '--size=20GiB', '--chunk-size=4KiB'])).err).toMatch(/at most 4194304 chunks|at most this machine's memory/);
+  });
+});
+
+describe('serve durations past the timer limit', () => {
+  it('`serve --fail-timeout 25d` is refused: Node would fire the timer after 1 ms and fail every fetch', async () => {
+    const opts = { stores: ['/nonexistent'], id: 'vm', socketPath: '/tmp/x.sock' };
+    for (const name of ['failTimeoutMs', 'attemptTimeoutMs', 'handshakeTimeoutMs', 'shutdownGraceMs', 'recordIdleMs']) {
+      expect(() => resolveServeOptions({ ...opts, [name]: 25 * 86_400_000 })).toThrow(InvalidArgumentError);
+      expect(resolveServeOptions({ ...opts, [name]: 2 ** 31 - 1 })).toMatchObject({ [name]: 2 ** 31 - 1 });
+    }
+    let err = '';
+    const code = await main(['serve', '--store', '/nonexistent', '--id', 'vm', '--socket', '/tmp/x.sock', '--fail-timeout', '25d'], { out: () => {}, err: (s) => (err += s) });
+    expect({ code, err }).toEqual({ code: 2, err: expect.stringMatching(/^lazysnap: failTimeoutMs must be an integer from 1 to 2147483647, received 2160000000\n$/) });
   });
 });
 
