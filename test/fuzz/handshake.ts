@@ -40,6 +40,7 @@ export const handshakeParse: FuzzTarget = {
   quickRuns: 600,
   async run(o: RunOptions): Promise<Outcome> {
     const clock = new CaseClock();
+    const tally = new Tally();
     const prop = fc.property(
       shapeArb.chain((snap) => fc.tuple(fc.constant(snap), anyPayload(snap, 64 * 1024), fdCountArb)),
       ([snap, p, fds]) => {
@@ -48,9 +49,11 @@ export const handshakeParse: FuzzTarget = {
           h = clock.time(() => parseHandshake(p.bytes, fds, snap));
         } catch (e) {
           expectTyped(e, ['LAZYSNAP_BAD_HANDSHAKE'], 'parseHandshake');
+          tally.add(`${p.kind} rejected`);
           if (p.valid && fds === 1) throw new Error(`a valid ${p.kind} payload was rejected: ${(e as Error).message}`);
           return;
         }
+        tally.add(`${p.kind} accepted`);
         if (fds !== 1) throw new Error(`accepted with ${fds} fds`);
         const bad = checkAccepted(h, snap);
         if (bad) throw new Error(bad);
@@ -61,7 +64,7 @@ export const handshakeParse: FuzzTarget = {
         }
       },
     );
-    return outcome(this.name, await fc.check(prop, params(o)), clock);
+    return { ...outcome(this.name, await fc.check(prop, params(o)), clock), notes: String(tally) };
   },
 };
 

@@ -13,7 +13,7 @@ import { CODECS, type Codec } from '../../store/chunk.js';
 import { FORMAT, encodeChunks, parseManifest, serializeManifest, type Manifest, type SnapshotIndex } from '../../store/manifest.js';
 import { tempDir } from '../helpers/images.js';
 import { deepNesting, jsonTree, junkBytes, mutateBytes, mutateTree, render, toTree } from './arbitraries.js';
-import { CaseClock, expectTyped, outcome, params, shown, type FuzzTarget, type Outcome, type RunOptions } from './target.js';
+import { CaseClock, Tally, expectTyped, outcome, params, shown, type FuzzTarget, type Outcome, type RunOptions } from './target.js';
 
 const FIELDS = ['format', 'id', 'createdAt', 'source', 'kind', 'detail', 'pageSize', 'chunkSize', 'totalSize', 'regions', 'offset', 'size', 'address', 'parent', 'vmstate', 'key', 'hash', 'chunks', 'hashes', 'flags', 'codecs'];
 const idArb = fc.stringMatching(/^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$/);
@@ -111,19 +111,22 @@ export const manifestParse: FuzzTarget = {
   quickRuns: 500,
   async run(o: RunOptions): Promise<Outcome> {
     const clock = new CaseClock();
+    const tally = new Tally();
     const prop = fc.property(badManifest, fc.option(idArb, { nil: undefined }), (bytes, expectedId) => {
       let ix: SnapshotIndex;
       try {
         ix = clock.time(() => parseManifest(bytes, expectedId));
       } catch (e) {
         expectTyped(e, CODES, 'parseManifest');
+        tally.add((e as { code: string }).code.replace('LAZYSNAP_', ''));
         return;
       }
+      tally.add('accepted');
       if (expectedId !== undefined && ix.manifest.id !== expectedId) throw new Error(`accepted id ${ix.manifest.id}, expected ${expectedId}`);
       const bad = checkIndex(ix);
       if (bad) throw new Error(bad);
     });
-    return outcome(this.name, await fc.check(prop, params(o)), clock);
+    return { ...outcome(this.name, await fc.check(prop, params(o)), clock), notes: String(tally) };
   },
 };
 
@@ -137,6 +140,7 @@ export const manifestInspect: FuzzTarget = {
   quickRuns: 150,
   async run(o: RunOptions): Promise<Outcome> {
     const clock = new CaseClock();
+    const tally = new Tally();
     const tmp = tempDir('lazysnap-fuzz-');
     mkdirSync(path.join(tmp.dir, 'manifests'));
     const file = path.join(tmp.dir, 'manifests', 'vm.json');
@@ -148,11 +152,12 @@ export const manifestInspect: FuzzTarget = {
       writeFileSync(file, bytes);
       let err = '';
       const code = await clock.timeAsync(() => main(['inspect', '--store', tmp.dir, '--id', 'vm', ...(json ? ['--json'] : [])], { out: () => {}, err: (s) => (err += s) }));
+      tally.add(`exit ${code}`);
       if (code !== 0 && code !== 1) throw new Error(`exit ${code}: ${err}`);
       if (code === 1 && (!/^lazysnap: [^\n]+\n$/.test(err) || INTERNAL.test(err))) throw new Error(`inspect failed without a clear error: ${JSON.stringify(err)}`);
     });
     try {
-      return outcome(this.name, await fc.check(prop, params(o)), clock);
+      return { ...outcome(this.name, await fc.check(prop, params(o)), clock), notes: String(tally) };
     } finally {
       tmp.cleanup();
     }
