@@ -128,16 +128,13 @@ export class RestoreServer {
         canPoison: o.failClosed === 'poison' || (o.failClosed === 'auto' && kernelCanPoison()),
         prefetch: { mode, fill: o.fill, window: o.prefetchWindow, recordIdleMs: o.recordIdleMs, profile, saveRecording: saver.save },
       };
-      // Metrics before the socket: a server constructed and then abandoned keeps its listening
-      // socket (fuzzing found a bad --metrics-host leaking it).
+      // Metrics before the socket: an abandoned server would keep it (a bad --metrics-host did).
       if (o.metricsPort !== undefined) metricsServer = await metrics.listen(o.metricsPort, o.metricsHost);
       const server = new RestoreServer(o, stores, ctx, log);
       server.#cache = cache;
       server.#profileSaves = saver;
-      if (metricsServer) {
-        server.metricsPort = metricsServer.port;
-        server.#metricsServer = metricsServer;
-      }
+      server.#metricsServer = metricsServer;
+      server.metricsPort = metricsServer?.port;
       log.info({ socket: o.socketPath, stores: stores.map((s) => s.url), chunks: index.count, totalSize: m.totalSize, canPoison: ctx.canPoison, metricsPort: server.metricsPort }, 'serving');
       return server;
     } catch (e) {
