@@ -62,7 +62,8 @@ export async function main(argv: string[], io: Io, signal?: AbortSignal): Promis
   try {
     if (name === undefined || name === '-h' || name === '--help' || name === 'help') return io.out(USAGE), name === undefined ? 2 : 0;
     if (name === '-v' || name === '--version') return io.out(`${version()}\n`), 0;
-    const entry = COMMANDS[name];
+    // Own keys only: `lazysnap toString` must not find Object.prototype.toString.
+    const entry = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
     if (!entry) throw new UsageError(`unknown command ${JSON.stringify(name)} (run lazysnap --help)`);
     const cmd = await entry.load();
     if (rest.includes('-h') || rest.includes('--help')) return io.out(cmd.usage), 0;

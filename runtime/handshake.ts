@@ -5,6 +5,8 @@
  * (both hold bytes, despite the name). Everything is validated against the snapshot before a single
  * page is served: a malformed handshake closes that connection and nothing else.
  */
+import { readlinkSync } from 'node:fs';
+
 import { HandshakeError } from '../core/errors.js';
 import type { PageSize, Region } from '../native/index.js';
 
@@ -21,6 +23,11 @@ export interface SnapshotShape {
 
 const MAX_REGIONS = 1024;
 const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+/** A peer's value in a message. Not String(): {"toString": 1} makes that throw a TypeError. */
+const show = (v: unknown): string => {
+  const s = JSON.stringify(v) ?? String(v);
+  return s.length > 40 ? `${s.slice(0, 37)}...` : s;
+};
 
 /**
  * Parses a complete payload. `fdCount` is how many fds came with it. Throws HandshakeError with the
@@ -47,11 +54,11 @@ export function parseHandshake(data: Buffer, fdCount: number, snapshot: Snapshot
     }
     const ps = o.page_size ?? o.page_size_kib;
     if (o.page_size !== undefined && o.page_size_kib !== undefined && o.page_size !== o.page_size_kib) {
-      throw new HandshakeError(`region ${i}: page_size ${String(o.page_size)} and page_size_kib ${String(o.page_size_kib)} disagree`);
+      throw new HandshakeError(`region ${i}: page_size ${show(o.page_size)} and page_size_kib ${show(o.page_size_kib)} disagree`);
     }
     const rshape = o.page_size !== undefined ? 'v12' : o.page_size_kib !== undefined ? 'v7' : 'v1';
     const rps = ps === undefined ? 4096 : ps;
-    if (rps !== 4096 && rps !== 2097152) throw new HandshakeError(`region ${i}: page size ${String(rps)} (expected 4096 or 2097152 bytes)`);
+    if (rps !== 4096 && rps !== 2097152) throw new HandshakeError(`region ${i}: page size ${show(rps)} (expected 4096 or 2097152 bytes)`);
     if (shape !== undefined && (shape !== rshape || pageSize !== rps)) throw new HandshakeError(`region ${i} uses another payload shape or page size than region 0`);
     shape = rshape;
     pageSize = rps;
@@ -71,4 +78,24 @@ export function parseHandshake(data: Buffer, fdCount: number, snapshot: Snapshot
   overlap((r) => [r.base, r.base + BigInt(r.size)], 'host address space');
   overlap((r) => [BigInt(r.offset), BigInt(r.offset + r.size)], 'snapshot offsets');
   return { regions, pageSize: pageSize as PageSize, shape: shape! };
+}
+
+/**
+ * Throws unless `fd` (received from the peer) is a userfaultfd. The fault thread trusts what it
+ * reads from the fd: from a pipe or a file a peer could feed forged events, and a forged FORK event
+ * names an fd that the thread closes, any of the server's own (its listening socket, another VM's
+ * uffd). /dev/null or a pipe at EOF would also keep the thread spinning on "readable".
+ */
+export function assertUserfaultfd(fd: number): void {
+  let target: string;
+  try {
+    target = readlinkSync(`/proc/self/fd/${fd}`);
+  } catch (e) {
+    throw new HandshakeError(`cannot tell what the received file descriptor is (${(e as Error).message})`);
+  }
+  if (target !== 'anon_inode:[userfaultfd]') {
+    // Name the kind only: a path the peer chose does not belong in the log.
+    const kind = /^(anon_inode:\[[\w-]+\]|pipe|socket)/.exec(target)?.[1] ?? 'a file';
+    throw new HandshakeError(`the file descriptor that came with the message is ${kind}, not a userfaultfd`);
+  }
 }

@@ -30,11 +30,12 @@ import { keyFingerprint } from '../store/signing.js';
 import { assertSnapshotId } from '../store/keys.js';
 import { readVmstate } from '../store/reader.js';
 import { openStore } from '../store/open.js';
+import type { DiskCache } from './disk-cache.js';
 import { ChunkFetcher } from './fetcher.js';
 import { kernelCanPoison, loadFirst } from './startup.js';
 import { loadProfile, profileSaver } from './profile-store.js';
 import type { ProfileShape } from './profile.js';
-import { parseHandshake } from './handshake.js';
+import { assertUserfaultfd, parseHandshake } from './handshake.js';
 import { MemoryTier } from './memory-tier.js';
 import { RuntimeMetrics } from './metrics.js';
 import { RestoreSession, type LiveSessionStats, type SessionContext, type SessionSummary } from './restore-session.js';
@@ -107,13 +108,15 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     assertSnapshotId(o.id);
     const log = (o.logger ?? componentLogger('runtime.serve')).child({ snapshotId: o.id });
     const stores = await Promise.all(o.stores.map((u) => openStore(u, { httpConnections: o.originConnections, ...(o.s3Endpoint ? { s3Endpoint: o.s3Endpoint } : {}) })));
+    let cache: DiskCache | undefined;
+    let metricsServer: { port: number; close: () => Promise<void> } | undefined;
     try {
       const index = await loadFirst(stores, o.id, signal, { ...(o.verifyKey ? { verifyKey: o.verifyKey } : {}), keys: o.keys ?? envKeyProvider() });
       const crypto = index.crypto;
       const m = index.manifest;
       const table = new ChunkTable(m.totalSize, m.chunkSize);
       table.markZero(Uint8Array.from(index.flags, (f) => (f === 0 ? 1 : 0)));
-      const cache = o.cacheDir ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes, ...(crypto ? { chunkId: (b) => crypto.id(b) } : {}) }, signal) : undefined;
+      cache = o.cacheDir ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes, ...(crypto ? { chunkId: (b) => crypto.id(b) } : {}) }, signal) : undefined;
       const metrics = new RuntimeMetrics();
       const fetcher = new ChunkFetcher({
         origins: stores,
@@ -141,14 +144,13 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
         canPoison: o.failClosed === 'poison' || (o.failClosed === 'auto' && kernelCanPoison()),
         prefetch: { mode, fill: o.fill, window: o.prefetchWindow, recordIdleMs: o.recordIdleMs, profile, saveRecording: saver.save },
       };
+      // Metrics before the socket: an abandoned server would keep it (a bad --metrics-host did).
+      if (o.metricsPort !== undefined) metricsServer = await metrics.listen(o.metricsPort, o.metricsHost);
       const server = new RestoreServer(o, stores, ctx, log);
       server.#cache = cache;
       server.#profileSaves = saver;
-      if (o.metricsPort !== undefined) {
-        const ms = await metrics.listen(o.metricsPort, o.metricsHost);
-        server.metricsPort = ms.port;
-        server.#metricsServer = ms;
-      }
+      server.#metricsServer = metricsServer;
+      server.metricsPort = metricsServer?.port;
       const security = {
         signedBy: o.verifyKey ? keyFingerprint(o.verifyKey) : null,
         encryption: m.encryption ? { mode: m.encryption.mode, keyId: m.encryption.keyId } : null,
@@ -161,6 +163,8 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
       if (e instanceof SignatureError || e instanceof WrongKeyError || e instanceof KeyUnavailableError || e instanceof InsecurePathError) {
         log.error({ code: e.code }, `refusing to serve: ${e.message}`);
       }
+      await metricsServer?.close();
+      await cache?.close();
       await Promise.all(stores.map((s) => s.close()));
       throw e;
     }
@@ -270,6 +274,7 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
       if (msg.data.length === 0) throw new HandshakeError('the peer closed the connection before the handshake');
       if (msg.fdsTruncated) throw new HandshakeError('more file descriptors than expected came with the message');
       handshake = parseHandshake(msg.data, msg.fds.length, { totalSize: this.#ctx.index.manifest.totalSize, pageSize: this.#ctx.index.manifest.pageSize });
+      assertUserfaultfd(msg.fds[0]!);
     } catch (e) {
       for (const fd of msg.fds) closeFd(fd);
       this.#reject(c, (e as Error).message);

@@ -93,6 +93,8 @@ type Optional = 's3Endpoint' | 'cacheDir' | 'metricsPort' | 'allowUids' | 'socke
 export type ResolvedServeOptions = Required<Omit<ServeOptions, Optional | 'verifyKey'>> & Pick<ServeOptions, Optional> & { verifyKey?: KeyObject };
 
 const GiB = 2 ** 30;
+/** Node's timers (setTimeout, AbortSignal.timeout) fire after 1 ms when asked for more than this. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 function int(name: string, v: number | undefined, dflt: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (v === undefined) return dflt;
@@ -120,19 +122,19 @@ export function resolveServeOptions(o: ServeOptions): ResolvedServeOptions {
     ...(vk !== undefined ? { verifyKey: verifyKey(vk, 'verifyKey') } : {}),
     cacheBudgetBytes: int('cacheBudgetBytes', o.cacheBudgetBytes, 8 * GiB, 0),
     memoryBudgetBytes: int('memoryBudgetBytes', o.memoryBudgetBytes, 1 * GiB, 0),
-    failTimeoutMs: int('failTimeoutMs', o.failTimeoutMs, 10_000, 1),
-    attemptTimeoutMs: int('attemptTimeoutMs', o.attemptTimeoutMs, 5000, 1),
+    failTimeoutMs: int('failTimeoutMs', o.failTimeoutMs, 10_000, 1, MAX_TIMER_MS),
+    attemptTimeoutMs: int('attemptTimeoutMs', o.attemptTimeoutMs, 5000, 1, MAX_TIMER_MS),
     retries: int('retries', o.retries, 2, 0, 10),
     fetchConcurrency: int('fetchConcurrency', o.fetchConcurrency, 16, 1, 1024),
     originConnections: int('originConnections', o.originConnections, o.fetchConcurrency ?? 16, 1, 1024),
-    handshakeTimeoutMs: int('handshakeTimeoutMs', o.handshakeTimeoutMs, 5000, 1),
-    shutdownGraceMs: int('shutdownGraceMs', o.shutdownGraceMs, 30_000, 0),
+    handshakeTimeoutMs: int('handshakeTimeoutMs', o.handshakeTimeoutMs, 5000, 1, MAX_TIMER_MS),
+    shutdownGraceMs: int('shutdownGraceMs', o.shutdownGraceMs, 30_000, 0, MAX_TIMER_MS),
     metricsHost: o.metricsHost ?? '127.0.0.1',
     failClosed: o.failClosed ?? 'auto',
     prefetch: o.prefetch ?? 'auto',
     fill: o.fill ?? false,
     prefetchWindow: int('prefetchWindow', o.prefetchWindow, 8, 1, 1024),
-    recordIdleMs: int('recordIdleMs', o.recordIdleMs, 2000, 1),
+    recordIdleMs: int('recordIdleMs', o.recordIdleMs, 2000, 1, MAX_TIMER_MS),
     ...(o.metricsPort !== undefined ? { metricsPort: int('metricsPort', o.metricsPort, 0, 0, 65535) } : {}),
   };
 }

@@ -76,7 +76,7 @@ export async function snapshot(req: SnapshotRequest): Promise<SnapshotSummary> {
   req.signal?.throwIfAborted();
   const vmstate = req.vmstateFile
     ? await readFile(req.vmstateFile).catch((e: unknown) => {
-        throw new SourceError(`cannot read vmstate file ${req.vmstateFile}: ${(e as Error).message}`, e, { input: true });
+        throw new SourceError(`cannot read vmstate file ${req.vmstateFile}: ${(e as Error).message}`, e);
       })
     : undefined;
   const ownStore = typeof req.store === 'string';

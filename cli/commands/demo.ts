@@ -1,3 +1,4 @@
+import { totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
 
 import { InvalidArgumentError } from '../../core/errors.js';
@@ -5,6 +6,8 @@ import { formatBytes, parseSize } from '../../core/units.js';
 import type { Io } from '../common.js';
 import { runDemo, type DemoOptions, type DemoReport } from '../demo/run.js';
 import type { RestoreOutcome } from '../demo/restore-proc.js';
+
+const MAX_CHUNKS = 1 << 22;
 
 export const usage = `usage: lazysnap demo [options]
 
@@ -90,6 +93,10 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
   if (!(opts.workingSet > 0 && opts.workingSet <= 1)) throw new InvalidArgumentError('--working-set', 'a fraction in (0, 1]', values['working-set']);
   if (opts.size % 65536 || opts.size === 0) throw new InvalidArgumentError('--size', 'a non-zero multiple of 64KiB (the data set lives in a WebAssembly memory)', values.size);
   if (opts.chunkSize < 4096 || (opts.chunkSize & (opts.chunkSize - 1)) !== 0) throw new InvalidArgumentError('--chunk-size', 'a power of two >= 4KiB', values['chunk-size']);
+  // The source fills all of --size and the working set shuffles every chunk index: bound both
+  // before allocating (a fuzzed `--size 4096TiB` ended in "Invalid array length").
+  if (opts.size > totalmem()) throw new InvalidArgumentError('--size', `at most this machine's memory (${formatBytes(totalmem())})`, values.size);
+  if (Math.ceil(opts.size / opts.chunkSize) > MAX_CHUNKS) throw new InvalidArgumentError('--size', `at most ${MAX_CHUNKS} chunks of --chunk-size`, values.size);
   if (!values.json && io.isTTY) {
     let last = '';
     opts.onProgress = (stage, p) => {

@@ -31,3 +31,8 @@ export function buildC(src: string, name = path.basename(src, '.c'), extra: stri
 export function fcClientPath(): string {
   return buildC('test/fixtures/fc-client.c');
 }
+
+/** The line-oriented raw handshake sender (arbitrary payloads and fds, many cases per process). */
+export function rawHandshakePath(): string {
+  return buildC('test/fixtures/raw-handshake.c');
+}
