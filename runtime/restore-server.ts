@@ -25,6 +25,7 @@ import {
 import type { StoreBackend } from '../store/backend.js';
 import { assertSnapshotId } from '../store/keys.js';
 import { openStore } from '../store/open.js';
+import { cacheProblemLogger, logRecoveredFetch } from './fault-log.js';
 import { ChunkFetcher } from './fetcher.js';
 import { kernelCanPoison, loadFirst } from './startup.js';
 import { loadProfile, profileSaver } from './profile-store.js';
@@ -98,7 +99,9 @@ export class RestoreServer {
       const m = index.manifest;
       const table = new ChunkTable(m.totalSize, m.chunkSize);
       table.markZero(Uint8Array.from(index.flags, (f) => (f === 0 ? 1 : 0)));
-      const cache = o.cacheDir ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes }, signal) : undefined;
+      const cache = o.cacheDir
+        ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes, onProblem: cacheProblemLogger(log) }, signal)
+        : undefined;
       const metrics = new RuntimeMetrics();
       const fetcher = new ChunkFetcher({
         origins: stores,
@@ -106,7 +109,7 @@ export class RestoreServer {
         attemptTimeoutMs: o.attemptTimeoutMs,
         retries: o.retries,
         concurrency: o.fetchConcurrency,
-        onFetch: metrics.onFetch,
+        onFetch: (e) => (metrics.onFetch(e), logRecoveredFetch(log, e)),
       });
       const shape: ProfileShape = { id: o.id, chunkSize: m.chunkSize, totalSize: m.totalSize, chunks: index.count };
       const wantsProfile = o.prefetch === 'auto' || o.prefetch === 'replay';
