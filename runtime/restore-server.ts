@@ -265,9 +265,9 @@ export class RestoreServer {
   }
 
   /**
-   * Stops accepting, lets live sessions run until their peers exit or graceMs passes, then ends the
-   * rest (their peers keep the pages they have; a later fault on a missing page then finds no
-   * handler: see README "Shutdown"). Idempotent.
+   * Stops accepting, lets live sessions run until their peers exit or graceMs passes, then fails
+   * the rest closed: their peers are SIGKILLed, because once the uffd is closed here nothing
+   * answers their next fault on a page they lack and they would hang (README "Shutdown"). Idempotent.
    */
   close(graceMs = this.#o.shutdownGraceMs): Promise<void> {
     this.#closing ??= (async () => {
@@ -285,7 +285,7 @@ export class RestoreServer {
           this.#checkIdle();
         });
       }
-      for (const s of [...this.sessions]) s.end('shutdown');
+      for (const s of [...this.sessions]) s.abandon(graceMs);
       await this.#profileSaves?.idle();
       await this.#metricsServer?.close();
       await this.#cache?.close();

@@ -237,6 +237,12 @@ export class RestoreSession {
     else this.#kill(`chunk ${c} could not be served`);
   }
 
+  /** Server stopping, grace over: once the uffd closes nobody answers the peer's next fault on a missing page, so fail closed. */
+  abandon(graceMs: number): SessionSummary {
+    if (!this.#ended) this.#kill(`the server is shutting down and the session outlived the ${graceMs} ms grace period`);
+    return this.end('shutdown');
+  }
+
   #kill(reason: string): void {
     if (this.#killed) return;
     this.#killed = true;
