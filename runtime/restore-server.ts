@@ -81,6 +81,7 @@ export class RestoreServer {
       const st = lstatSync(o.socketPath);
       if (!st.isSocket()) throw new InvalidArgumentError('socket', 'a path that is free or holds a stale socket', o.socketPath);
       unlinkSync(o.socketPath); // a previous server's socket; nothing else is ever removed
+      log.warn({ socket: o.socketPath }, 'replaced a stale socket: the previous server did not shut down cleanly (peers it served, if still running, wait on faults no one answers)');
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
