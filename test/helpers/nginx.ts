@@ -17,9 +17,11 @@ import { repoRoot } from './fixtures.js';
 export interface NginxServer {
   /** http://127.0.0.1:<port> (no trailing slash); the root serves `root`, /cache/ serves it too. */
   url: string;
+  port: number;
   /** The access log: `$connection $connection_requests $status $method $uri "$http_range" $bytes`. */
   accessLog: string;
-  stop(): Promise<void>;
+  /** SIGTERM (or `signal`, e.g. SIGKILL to take the origin down mid-request), wait, remove the prefix. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
 const TEMPLATE = path.join(repoRoot, 'test', 'fixtures', 'nginx-static.conf');
@@ -44,13 +46,17 @@ export const nginxPath = findNginx();
 export const nginxSkipReason = nginxPath ? '' : 'nginx is not installed (not on PATH nor in /usr/sbin); apt-get install nginx-light';
 if (!nginxPath) console.warn(`[lazysnap tests] skipping nginx suites: ${nginxSkipReason}`);
 
-/** Starts nginx serving `root` on a free 127.0.0.1 port; retries if another process takes the port first. */
-export async function startNginx(root: string): Promise<NginxServer> {
+/**
+ * Starts nginx serving `root` on a free 127.0.0.1 port (retrying if another process takes the port
+ * first), or on `port` (an origin restarted where its clients expect it).
+ */
+export async function startNginx(root: string, opts: { port?: number } = {}): Promise<NginxServer> {
   if (!nginxPath) throw new Error(nginxSkipReason);
   const absRoot = path.resolve(root);
   // The paths go into the config unquoted: refuse what nginx would parse as syntax or variables.
   if (!/^[A-Za-z0-9/._+-]+$/.test(absRoot)) throw new Error(`nginx root ${JSON.stringify(absRoot)} has characters the config template cannot carry`);
   let lastError: Error | undefined;
+  if (opts.port !== undefined) return startOnce(nginxPath, absRoot, opts.port);
   for (let attempt = 0; attempt < 5; attempt++) {
     try {
       return await startOnce(nginxPath, absRoot, await freePort());
@@ -78,10 +84,10 @@ async function startOnce(bin: string, root: string, port: number): Promise<Nginx
   const onExit = () => child.kill('SIGKILL');
   process.once('exit', onExit);
 
-  const stop = async (): Promise<void> => {
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<void> => {
     process.off('exit', onExit);
     if (running) {
-      child.kill('SIGTERM'); // fast shutdown; single-process nginx handles it in its cycle
+      child.kill(signal); // SIGTERM: fast shutdown; single-process nginx handles it in its cycle
       const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS);
       await exited;
       clearTimeout(timer);
@@ -101,7 +107,7 @@ async function startOnce(bin: string, root: string, port: number): Promise<Nginx
     }
     await new Promise((r) => setTimeout(r, 20));
   }
-  return { url: `http://127.0.0.1:${port}`, accessLog: path.join(prefix, 'access.log'), stop };
+  return { url: `http://127.0.0.1:${port}`, port, accessLog: path.join(prefix, 'access.log'), stop };
 }
 
 function freePort(): Promise<number> {
