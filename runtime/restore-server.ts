@@ -266,26 +266,29 @@ export class RestoreServer {
   }
 
   /**
-   * Stops accepting, lets live sessions run until their peers exit or graceMs passes, then fails
-   * the rest closed: their peers are SIGKILLed, because once the uffd is closed here nothing
-   * answers their next fault on a page they lack and they would hang (README "Shutdown"). Idempotent.
+   * Stops accepting: the path goes first, then the backlog is accepted, because a peer that got in
+   * has sent its uffd and would hang if dropped unread. Lets sessions (and handshakes) run until
+   * their peers exit or graceMs passes, then fails the rest closed: peers are SIGKILLed, as nothing
+   * would answer their next fault on a page they lack (README "Shutdown"). Idempotent.
    */
   close(graceMs = this.#o.shutdownGraceMs): Promise<void> {
     this.#closing ??= (async () => {
       this.#watch.stop();
-      closeFd(this.#lfd);
       try {
         unlinkSync(this.socketPath);
       } catch {}
-      for (const p of [...this.#pending]) this.#reject(p, 'server shutting down');
-      if (this.sessions.size > 0) {
-        this.#log.info({ sessions: this.sessions.size, graceMs }, 'draining sessions');
+      this.#acceptAll();
+      closeFd(this.#lfd);
+      if (this.sessions.size > 0 || this.#pending.size > 0) {
+        this.#log.info({ sessions: this.sessions.size, handshakes: this.#pending.size, graceMs }, 'draining sessions');
         await new Promise<void>((resolve) => {
           const t = setTimeout(resolve, graceMs);
           this.#idle = () => (clearTimeout(t), resolve());
           this.#checkIdle();
         });
       }
+      for (const p of [...this.#pending]) this.#handshake(p); // a handshake that arrived at the last moment
+      for (const p of [...this.#pending]) this.#reject(p, 'server shutting down');
       for (const s of [...this.sessions]) s.abandon(graceMs);
       await this.#profileSaves?.idle();
       await this.#metricsServer?.close();

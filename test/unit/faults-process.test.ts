@@ -104,6 +104,20 @@ describe.skipIf(!hasUffd)(uffdSuite('faults: processes'), () => {
     expect(s.logs.find((l) => l.msg === 'restore session summary')).toMatchObject({ outcome: 'killed' });
   });
 
+  it('serve SIGTERM with a handshake not yet read (serve stopped, the connection in its backlog): served, then failed closed, not dropped', async () => {
+    const s = (serve = await startServe(socket(), ['--store', snap.store, '--id', snap.id, '--shutdown-grace', '500ms']));
+    s.child.kill('SIGSTOP'); // a busy serve: the kernel still completes the connect and queues the handshake
+    cleanup.push(() => void s.child.kill('SIGCONT'));
+    const c = client(['--wait']);
+    await bounded(c.ready, CLIENT_BOUND_MS, 'handshake sent');
+    s.child.kill('SIGTERM');
+    s.child.kill('SIGCONT');
+    // Dropped unread, the client's uffd would have no reader: it would hang on its first fault.
+    expect((await bounded(c.result, CLIENT_BOUND_MS, 'client')).signal).toBe('SIGKILL');
+    expect(await bounded(s.exited, CLIENT_BOUND_MS, 'serve exit')).toEqual({ code: 0, signal: null });
+    await expectOneProblem(s, 1, /outlived the 500 ms grace period/);
+  });
+
   it('serve SIGKILL: restored pages stay, faults on missing ones wait (killable) forever; a supervisor restart serves new clients', async () => {
     // A supervisor, as systemd's Restart=always: whenever serve exits, start it again.
     const starts: ServeProcess[] = [];
