@@ -27,6 +27,7 @@ const SIZE = 64 * MiB;
 const CHUNKS = SIZE / CS;
 const ENV = { AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey, AWS_REGION: 'us-east-1' };
 
+/** `lazysnap snapshot` as a child process; `extra` may override the defaults (the last of a repeated option wins). */
 function snapshotCli(image: string, store: string, extra: string[] = []): { child: ChildProcess; done: Promise<{ code: number | null; signal: NodeJS.Signals | null; out: string; err: string }> } {
   const child = spawn(process.execPath, ['--import', 'tsx', 'cli/bin.ts', 'snapshot', '--mem-file', image, '--store', store, '--id', 'big', '--chunk-size', '256KiB', '--concurrency', '2', '--progress', 'quiet', '--json', ...extra], {
     cwd: repoRoot,
@@ -95,7 +96,7 @@ describe('faults: snapshot upload interrupted', () => {
   it('to a directory store, SIGKILL mid-upload: no manifest; the rerun writes only the missing chunks and reads back whole', async () => {
     const dir = path.join(tmp.dir, 'dirstore');
     const chunkFiles = () => (existsSync(path.join(dir, 'chunks')) ? readdirSync(path.join(dir, 'chunks'), { recursive: true }).map(String).filter((f) => f.endsWith('.zstd')) : []);
-    const first = snapshotCli(image.path, dir);
+    const first = snapshotCli(image.path, dir, ['--concurrency', '1']); // a directory is fast: one chunk at a time leaves time to interrupt
     expect(await until(() => chunkFiles().length >= CHUNKS / 5, 60_000, 2)).toBe(true);
     first.child.kill('SIGKILL');
     expect((await bounded(first.done, 10_000, 'killed snapshot')).signal).toBe('SIGKILL');
