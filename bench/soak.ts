@@ -65,7 +65,6 @@ let lastPrint = 0;
 const r = await runSoak({
   dir: tmp.dir,
   image,
-  imageBytes,
   chunkSize,
   durationMs,
   concurrency,

@@ -21,9 +21,8 @@ import { bounded, fdKinds, startServe, until, type LogLine, type ServeProcess } 
 export interface SoakOptions {
   /** A private directory for the store, sockets and cache. */
   dir: string;
-  /** The image to snapshot and restore (its size and chunking decide the work per restore). */
+  /** The image to snapshot (at chunkSize) and restore; its size decides the work per restore. */
   image: string;
-  imageBytes: number;
   chunkSize: number;
   durationMs: number;
   concurrency: number;
@@ -111,8 +110,12 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   const reports = path.join(o.dir, 'reports');
   mkdirSync(reports, { recursive: true });
   const nodeOptions = `--report-on-signal --report-signal=SIGUSR2 --report-compact --report-directory=${reports}`;
-  const serve = await startServe(path.join(o.dir, 'run', 'soak.sock'), args, { env: { NODE_OPTIONS: nodeOptions } });
+  const serve = await startServe(path.join(o.dir, 'run', 'soak.sock'), args, { env: { NODE_OPTIONS: nodeOptions } }).catch(async (e: unknown) => {
+    await origin?.stop();
+    throw e;
+  });
   const clients = new Set<RunningClient>();
+  let sampler: NodeJS.Timeout | undefined;
   o.onServe?.(serve.pid);
   try {
     await sleep(500); // let startup garbage settle before the baseline
@@ -136,7 +139,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
     const t0 = performance.now();
     const deadline = t0 + o.durationMs;
     let peak = idleSessions;
-    const sampler = setInterval(() => {
+    sampler = setInterval(() => {
       try {
         const s = { ms: Math.round(performance.now() - t0), rssBytes: rssNow(serve), fds: serve.fdCount(), restoresDone: results.length, clientsRunning: clients.size };
         peak = Math.max(peak, s.rssBytes);
@@ -201,6 +204,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
       elapsedMs,
     };
   } finally {
+    clearInterval(sampler);
     for (const c of clients) c.child.kill('SIGKILL');
     await serve.stop('SIGKILL');
     await origin?.stop();
