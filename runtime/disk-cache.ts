@@ -17,7 +17,8 @@
  * file sizes, not allocated blocks.
  *
  * A cache is an optimization: write failures (ENOSPC, EACCES, EROFS, ...) are counted, kept in
- * `lastWriteError` for the runtime to log, never thrown; a failed read is a miss. Only caller bugs
+ * `lastWriteError` and told to `onProblem` for the runtime to log, never thrown; a failed read is
+ * a miss (one that fails verification is told too: a failing disk or a foreign write). Only caller bugs
  * throw: a bad hash or length (InvalidArgumentError), and put bytes that are not chunk `hash`
  * (IntegrityError, checked on every put so a caller bug shows whatever the cache holds).
  * Entries are guest memory (keys, tokens): the directory is created 0700, entries are 0600.
@@ -44,7 +45,11 @@ export interface DiskCacheOptions {
    * BLAKE3 (hashChunk); an encrypted snapshot's keyed id (ChunkCrypto.id) for its chunks.
    */
   chunkId?: (bytes: Uint8Array) => string;
+  /** Told of each failed write and each entry that failed verification (deleted); must not throw. @default none */
+  onProblem?: (p: DiskCacheProblem) => void;
 }
+
+export type DiskCacheProblem = { kind: 'write-failed'; hash: string; error: unknown } | { kind: 'corrupt'; hash: string; path: string };
 
 export interface DiskCacheStats {
   /** Entries and bytes in this process's index (see the budget caveat above). */
@@ -58,7 +63,7 @@ export interface DiskCacheStats {
   writeErrors: number;
 }
 
-export type ResolvedDiskCacheOptions = Required<DiskCacheOptions>;
+export type ResolvedDiskCacheOptions = Required<Omit<DiskCacheOptions, 'onProblem'>> & Pick<DiskCacheOptions, 'onProblem'>;
 
 /** The same mark FileStore uses: `<hash>.tmp-<pid>-<random>`. */
 const TEMP_MARK = '.tmp-';
@@ -69,11 +74,12 @@ export const STALE_TEMP_MS = 60_000;
 
 export function resolveDiskCacheOptions(options: DiskCacheOptions): ResolvedDiskCacheOptions {
   if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options', 'an object', options);
-  const { dir, budgetBytes, chunkId } = options;
+  const { dir, budgetBytes, chunkId, onProblem } = options;
   if (typeof dir !== 'string' || dir.length === 0) throw new InvalidArgumentError('dir', 'a non-empty directory path', dir);
   if (!Number.isSafeInteger(budgetBytes) || budgetBytes < 0) throw new InvalidArgumentError('budgetBytes', 'a non-negative integer', budgetBytes);
   if (chunkId !== undefined && typeof chunkId !== 'function') throw new InvalidArgumentError('chunkId', 'a function from bytes to a 64-hex-digit id', chunkId);
-  return { dir: path.resolve(dir), budgetBytes, chunkId: chunkId ?? hashChunk };
+  if (onProblem !== undefined && typeof onProblem !== 'function') throw new InvalidArgumentError('onProblem', 'a function', onProblem);
+  return { dir: path.resolve(dir), budgetBytes, chunkId: chunkId ?? hashChunk, ...(onProblem ? { onProblem } : {}) };
 }
 
 export class DiskCache {
@@ -85,11 +91,13 @@ export class DiskCache {
   readonly #n = { hits: 0, misses: 0, corrupt: 0, evictions: 0, writeErrors: 0 };
   #lastWriteError: unknown;
   #closed = false;
+  readonly #onProblem: ((p: DiskCacheProblem) => void) | undefined;
 
   readonly #chunkId: (bytes: Uint8Array) => string;
 
-  private constructor(readonly dir: string, readonly budgetBytes: number, chunkId: (bytes: Uint8Array) => string) {
+  private constructor(readonly dir: string, readonly budgetBytes: number, chunkId: (bytes: Uint8Array) => string, onProblem?: (p: DiskCacheProblem) => void) {
     this.#chunkId = chunkId;
+    this.#onProblem = onProblem;
   }
 
   /**
@@ -100,8 +108,8 @@ export class DiskCache {
    */
   static async open(options: DiskCacheOptions, signal?: AbortSignal): Promise<DiskCache> {
     signal?.throwIfAborted();
-    const { dir, budgetBytes, chunkId } = resolveDiskCacheOptions(options);
-    const cache = new DiskCache(dir, budgetBytes, chunkId);
+    const { dir, budgetBytes, chunkId, onProblem } = resolveDiskCacheOptions(options);
+    const cache = new DiskCache(dir, budgetBytes, chunkId, onProblem);
     await mkdir(cache.dir, { recursive: true, mode: 0o700 });
     await cache.#scan(signal);
     await cache.#evict();
@@ -142,6 +150,7 @@ export class DiskCache {
     }
     if (!bytes) {
       this.#n.corrupt++;
+      this.#onProblem?.({ kind: 'corrupt', hash, path: file });
       await unlink(file).catch(() => {}); // ENOENT: another process was first; EROFS: it stays a miss
       return this.#miss(hash);
     }
@@ -234,6 +243,7 @@ export class DiskCache {
     } catch (e) {
       this.#n.writeErrors++;
       this.#lastWriteError = e;
+      this.#onProblem?.({ kind: 'write-failed', hash, error: e });
       await unlink(tmp).catch(() => {});
       return;
     }

@@ -41,6 +41,14 @@ export interface FetchEvent {
   bytes: number;
   ms: number;
   priority: Priority;
+  /**
+   * The origin attempts that failed before this outcome, one line each (`<origin>: <reason>`): empty
+   * for a clean fetch, the whole story of one that recovered or failed, so the runtime can log it
+   * once per fetch rather than once per attempt.
+   */
+  errors: readonly string[];
+  /** How many of `errors` were a plain "not found" (an origin without the chunk: falling through is normal). */
+  misses: number;
 }
 
 export interface FetcherOptions {
@@ -110,14 +118,15 @@ export class ChunkFetcher {
 
   async #fetchOnce(ref: ChunkRef, priority: Priority): Promise<{ bytes: Buffer; tier: Tier }> {
     const t0 = performance.now();
-    const done = (tier: FetchEvent['tier'], bytes: number) => this.#o.onFetch?.({ hash: ref.hash, tier, bytes, ms: performance.now() - t0, priority });
+    const errors: string[] = [];
+    let misses = 0;
+    const done = (tier: FetchEvent['tier'], bytes: number) => this.#o.onFetch?.({ hash: ref.hash, tier, bytes, ms: performance.now() - t0, priority, errors, misses });
     const cached = await this.#o.cache?.get(ref.hash, ref.length).catch(() => undefined);
     if (cached) {
       done('disk', cached.length);
       return { bytes: cached, tier: 'disk' };
     }
     const key = chunkKey(ref.hash, ref.codec);
-    const errors: string[] = [];
     for (const [n, origin] of this.#o.origins.entries()) {
       for (let attempt = 0; ; attempt++) {
         try {
@@ -128,7 +137,9 @@ export class ChunkFetcher {
           return { bytes, tier: `origin${n}` };
         } catch (e) {
           const timedOut = (e as Error).name === 'TimeoutError';
-          errors.push(`${origin.url}: ${timedOut ? `no answer within ${this.#o.attemptTimeoutMs} ms` : (e as Error).message}`);
+          const msg = timedOut ? `no answer within ${this.#o.attemptTimeoutMs} ms` : (e as Error).message;
+          errors.push(msg.startsWith(origin.url) ? msg : `${origin.url}: ${msg}`); // store errors often name their URL already
+          if (e instanceof NotFoundError) misses++;
           const retryable = timedOut || (e instanceof StoreError && e.retryable);
           if (!retryable || e instanceof NotFoundError || e instanceof IntegrityError || attempt >= this.#o.retries) break;
           await sleep(this.#o.backoffMs * 2 ** attempt * (0.5 + Math.random()));

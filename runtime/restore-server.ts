@@ -31,6 +31,7 @@ import { assertSnapshotId } from '../store/keys.js';
 import { readVmstate } from '../store/reader.js';
 import { openStore } from '../store/open.js';
 import type { DiskCache } from './disk-cache.js';
+import { cacheProblemLogger, logRecoveredFetch } from './fault-log.js';
 import { ChunkFetcher } from './fetcher.js';
 import { kernelCanPoison, loadFirst } from './startup.js';
 import { loadProfile, profileSaver } from './profile-store.js';
@@ -98,7 +99,8 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     this.socketPath = o.socketPath;
     const m = ctx.index.manifest;
     this.snapshot = { id: o.id, totalSize: m.totalSize, pageSize: m.pageSize, chunkSize: m.chunkSize, chunks: ctx.index.count, vmstate: m.vmstate };
-    this.#lfd = listenSocket(o.socketPath, o.socketGroup);
+    const onStale = () => log.warn({ socket: o.socketPath }, 'replaced a stale socket: the previous server did not shut down cleanly (peers it served, if still running, wait on faults no one answers)');
+    this.#lfd = listenSocket(o.socketPath, o.socketGroup, onStale);
     this.#watch = watchFd(this.#lfd, { readable: true }, () => this.#acceptAll());
   }
 
@@ -116,7 +118,9 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
       const m = index.manifest;
       const table = new ChunkTable(m.totalSize, m.chunkSize);
       table.markZero(Uint8Array.from(index.flags, (f) => (f === 0 ? 1 : 0)));
-      cache = o.cacheDir ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes, ...(crypto ? { chunkId: (b) => crypto.id(b) } : {}) }, signal) : undefined;
+      cache = o.cacheDir
+        ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes, onProblem: cacheProblemLogger(log), ...(crypto ? { chunkId: (b) => crypto.id(b) } : {}) }, signal)
+        : undefined;
       const metrics = new RuntimeMetrics();
       const fetcher = new ChunkFetcher({
         origins: stores,
@@ -125,7 +129,7 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
         attemptTimeoutMs: o.attemptTimeoutMs,
         retries: o.retries,
         concurrency: o.fetchConcurrency,
-        onFetch: metrics.onFetch,
+        onFetch: (e) => (metrics.onFetch(e), logRecoveredFetch(log, e)),
       });
       const shape: ProfileShape = { id: o.id, chunkSize: m.chunkSize, totalSize: m.totalSize, chunks: index.count };
       const wantsProfile = o.prefetch === 'auto' || o.prefetch === 'replay';
@@ -332,27 +336,30 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
   }
 
   /**
-   * Stops accepting, lets live sessions run until their peers exit or graceMs passes, then ends the
-   * rest (their peers keep the pages they have; a later fault on a missing page then finds no
-   * handler: see README "Shutdown"). Idempotent.
+   * Stops accepting: the path goes first, then the backlog is accepted, because a peer that got in
+   * has sent its uffd and would hang if dropped unread. Lets sessions (and handshakes) run until
+   * their peers exit or graceMs passes, then fails the rest closed: peers are SIGKILLed, as nothing
+   * would answer their next fault on a page they lack (README "Shutdown"). Idempotent.
    */
   close(graceMs = this.#o.shutdownGraceMs): Promise<void> {
     this.#closing ??= (async () => {
       this.#watch.stop();
-      closeFd(this.#lfd);
       try {
         unlinkSync(this.socketPath);
       } catch {}
-      for (const p of [...this.#pending]) this.#reject(p, 'server shutting down');
-      if (this.sessions.size > 0) {
-        this.#log.info({ sessions: this.sessions.size, graceMs }, 'draining sessions');
+      this.#acceptAll();
+      closeFd(this.#lfd);
+      if (this.sessions.size > 0 || this.#pending.size > 0) {
+        this.#log.info({ sessions: this.sessions.size, handshakes: this.#pending.size, graceMs }, 'draining sessions');
         await new Promise<void>((resolve) => {
           const t = setTimeout(resolve, graceMs);
           this.#idle = () => (clearTimeout(t), resolve());
           this.#checkIdle();
         });
       }
-      for (const s of [...this.sessions]) s.end('shutdown');
+      for (const p of [...this.#pending]) this.#handshake(p); // a handshake that arrived at the last moment
+      for (const p of [...this.#pending]) this.#reject(p, 'server shutting down');
+      for (const s of [...this.sessions]) s.abandon(graceMs);
       await this.#profileSaves?.idle();
       await this.#metricsServer?.close();
       await this.#cache?.close();

@@ -81,6 +81,8 @@ export class RestoreSession {
   readonly #log: Logger;
   readonly #t0 = performance.now();
   readonly #needAt = new Map<number, number>();
+  /** Chunks a fault of the peer waits for whose demand fetch has not settled: a peer can only exit with some if it died midway. */
+  readonly #waiting = new Set<number>();
   readonly #hits: Record<string, number> = {};
   readonly #failed: number[] = [];
   #bytesFetched = 0;
@@ -259,8 +261,9 @@ export class RestoreSession {
       this.#fault.install(c);
       return;
     }
+    this.#waiting.add(c);
     fetcher.fetch({ hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'demand', AbortSignal.timeout(this.#ctx.failTimeoutMs)).then(
-      ({ bytes, tier }) => this.#install(c, bytes, tier),
+      ({ bytes, tier }) => (this.#waiting.delete(c), this.#install(c, bytes, tier)),
       (err: unknown) => this.#failClosed(c, err),
     );
   }
@@ -282,19 +285,27 @@ export class RestoreSession {
   #failClosed(c: number, err: unknown): void {
     if (this.#ended) return;
     this.#failed.push(c);
+    this.#waiting.delete(c);
     const errors = (err as { errors?: string[] }).errors ?? [(err as Error).name === 'TimeoutError' ? `no verified chunk within ${this.#ctx.failTimeoutMs} ms` : String((err as Error).message ?? err)];
     const action = this.#ctx.canPoison ? 'poison' : 'kill';
     this.#ctx.metrics.failClosed.inc({ action });
+    // One line says it all (chunk, every failed attempt, the action): the kill below adds none.
     this.#log.error({ chunk: c, hash: chunkHash(this.#ctx.index, c), errors, action }, `chunk ${c} could not be served: failing closed (${action})`);
     if (this.#ctx.canPoison) this.#fault.poison(c);
-    else this.#kill(`chunk ${c} could not be served`);
+    else this.#kill(`chunk ${c} could not be served`, false);
     for (const w of [...this.#waiters]) w();
   }
 
-  #kill(reason: string): void {
+  /** Server stopping, grace over: once the uffd closes nobody answers the peer's next fault on a missing page, so fail closed. */
+  abandon(graceMs: number): SessionSummary {
+    if (!this.#ended) this.#kill(`the server is shutting down and the session outlived the ${graceMs} ms grace period`);
+    return this.end('shutdown');
+  }
+
+  #kill(reason: string, log = true): void {
     if (this.#killed) return;
     this.#killed = true;
-    this.#log.error({ reason }, 'killing the peer (SIGKILL through its pidfd) rather than leave it hung');
+    if (log) this.#log.error({ reason }, 'killing the peer (SIGKILL through its pidfd) rather than leave it hung');
     try {
       pidfdSendSignal(this.#pidfd, 'SIGKILL');
     } catch (e) {
@@ -334,6 +345,9 @@ export class RestoreSession {
       outcome: this.#killed ? 'killed' : outcome,
     };
     this.#ended = summary;
+    // The peer hung up mid-restore (crashed, killed): its fetches finish for the cache, nothing is installed any more.
+    const waiting = [...this.#waiting];
+    if (outcome === 'ended' && !this.#killed && waiting.length > 0) this.#log.warn({ waiting }, `the peer went away with faults on ${waiting.length} chunk(s) still waiting for a fetch; session ended`);
     for (const w of [...this.#waiters]) w();
     this.#log.info(summary, 'restore session summary');
     this.#onEnd(this, summary);

@@ -25,13 +25,14 @@ const OTHERS_WRITE = 0o022;
 
 /**
  * Checks (and if need be creates) the socket's directory, replaces a stale socket (never any other
- * file), and listens. Returns the listening fd.
+ * file; onStale is told), and listens. Returns the listening fd.
  */
-export function listenSocket(socketPath: string, group?: number, backlog = 1024): number {
+export function listenSocket(socketPath: string, group?: number, onStale?: () => void, backlog = 1024): number {
   prepareSocketDir(socketPath, group);
   try {
     if (!lstatSync(socketPath).isSocket()) throw new InvalidArgumentError('socket', 'a path that is free or holds a stale socket', socketPath);
     unlinkSync(socketPath); // a previous server's socket; nothing else is ever removed
+    onStale?.();
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
   }

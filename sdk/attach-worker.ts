@@ -51,7 +51,13 @@ port.on('message', (m: AttachRequest) => {
     );
   if (m.op === 'stats') void reply(Promise.resolve(session?.liveStats() ?? server.summaries.at(-1)));
   else if (m.op === 'populate') void reply(session ? session.populate() : Promise.reject(new Error('no live session')));
-  else if (m.op === 'close') void reply(server.close(0).then(() => server.summaries.at(-1)));
+  else if (m.op === 'close') {
+    // attach() has unregistered the memory: no fault can reach this session any more, so it ends
+    // here rather than through close(), which fails closed (SIGKILL) the sessions it has to cut off,
+    // and the peer here is the attaching process itself.
+    for (const s of [...server.sessions]) s.end('ended');
+    void reply(server.close(0).then(() => server.summaries.at(-1)));
+  }
 });
 
 post({ type: 'ready', totalSize: server.snapshot.totalSize, pageSize: server.snapshot.pageSize });

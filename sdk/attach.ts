@@ -331,11 +331,10 @@ class LiveAttachment implements Attachment {
           uffdPoison(this.uffd, this.address, this.size);
           throw e;
         }
-        // The runtime ends the session and closes its copy of the uffd; ours goes last, after
-        // unregistering, so the memory never passes through a state with missing pages unserved.
-        const summary = await this.link.request<SessionSummary | undefined>('close');
+        // Every page is present: unregister first, so no fault can reach the runtime any more,
+        // then the runtime ends the session and closes its copy of the uffd.
         uffdUnregister(this.uffd, this.address, this.size);
-        return summary;
+        return await this.link.request<SessionSummary | undefined>('close');
       } finally {
         closeFd(this.conn);
         closeFd(this.uffd);

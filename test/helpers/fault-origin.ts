@@ -1,13 +1,14 @@
 /**
  * An HTTP origin in front of a directory store that injects faults nginx and s3rver cannot be made
- * to produce on demand: 503s, stalls, lying bytes, delays. The one place a fake peer is used.
+ * to produce on demand: 500s and 503s, stalls, lying bytes (the first 16 replaced), one flipped
+ * bit mid-body, bodies cut short of their Content-Length, delays. The one place a fake peer is used.
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 import { FileStore } from '../../store/file-store.js';
 
-export type Fault = 'ok' | '503' | 'stall' | 'lie' | { delayMs: number };
+export type Fault = 'ok' | '500' | '503' | 'stall' | 'lie' | 'corrupt' | 'truncate' | { delayMs: number };
 
 export async function fakeOrigin(root: string, plan: (n: number, url: string) => Fault) {
   const requests: string[] = [];
@@ -18,9 +19,20 @@ export async function fakeOrigin(root: string, plan: (n: number, url: string) =>
     const f = plan(requests.length, url);
     if (f === 'stall') return; // never answers
     if (f === '503') return void res.writeHead(503).end('busy');
+    if (f === '500') return void res.writeHead(500).end('internal error');
     const answer = () =>
       files.get(url.replace(/^\//, '')).then(
-        (b) => res.writeHead(200, { 'content-length': b.length }).end(f === 'lie' ? Buffer.from(b).fill(7, 0, 16) : b),
+        (b) => {
+          res.writeHead(200, { 'content-length': b.length });
+          if (f === 'truncate') return void res.write(b.subarray(0, b.length >> 1), () => res.destroy());
+          if (f === 'lie') return void res.end(Buffer.from(b).fill(7, 0, 16));
+          if (f === 'corrupt') {
+            const c = Buffer.from(b);
+            c[c.length >> 1]! ^= 0x10;
+            return void res.end(c);
+          }
+          res.end(b);
+        },
         () => res.writeHead(404).end(),
       );
     if (typeof f === 'object') setTimeout(answer, f.delayMs);

@@ -32,6 +32,8 @@ export interface RunningClient {
   go(): void;
   /** With --linger: lets the client exit. */
   release(): void;
+  /** Resolves with the report as soon as the client prints it (with --linger, before it exits). */
+  reported: Promise<ClientReport>;
   result: Promise<ClientResult>;
 }
 
@@ -68,12 +70,16 @@ export function startClient(args: string[], opts: ClientOptions = {}): RunningCl
   let err = '';
   let readyResolve: (pid: number) => void = () => {};
   const ready = new Promise<number>((res) => (readyResolve = res));
+  let reportResolve: (r: ClientReport) => void = () => {};
+  const reported = new Promise<ClientReport>((res) => (reportResolve = res));
   child.stdout!.setEncoding('utf8');
   child.stderr!.setEncoding('utf8');
   child.stdout!.on('data', (d: string) => {
     out += d;
     const m = /^ready (\d+)$/m.exec(out);
     if (m) readyResolve(Number(m[1]));
+    const r = /^\{.*\}$/m.exec(out);
+    if (r) reportResolve(JSON.parse(r[0]) as ClientReport);
   });
   child.stderr!.on('data', (d: string) => (err += d));
   child.stdin!.on('error', () => {}); // the client may exit (SIGBUS) before reading stdin
@@ -88,6 +94,7 @@ export function startClient(args: string[], opts: ClientOptions = {}): RunningCl
     ready,
     go: () => child.stdin!.write('go\n'),
     release: () => child.stdin!.end(),
+    reported,
     result,
   };
 }

@@ -23,8 +23,10 @@ import { repoRoot } from './fixtures.js';
 /** One running nginx: its URL (no trailing slash), its access log, and stop(). */
 export interface NginxInstance {
   url: string;
+  port: number;
   accessLog: string;
-  stop(): Promise<void>;
+  /** SIGTERM (or `signal`, e.g. SIGKILL to take the origin down mid-request), wait, remove the prefix. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
 /** The cache tier in front of a static origin (startNginx). */
@@ -84,7 +86,7 @@ export const nginxSkipReason = nginxPath ? '' : 'nginx is not installed (not on 
 if (!nginxPath) console.warn(`[lazysnap tests] skipping nginx suites: ${nginxSkipReason}`);
 
 interface Running {
-  stop(): Promise<void>;
+  stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
 /**
@@ -103,7 +105,11 @@ export async function startCacheTier(origin: string): Promise<NginxInstance> {
 }
 
 /** Starts the cache tier in front of a static origin serving `root`, on free 127.0.0.1 ports. */
-export async function startNginx(root: string): Promise<NginxServer> {
+/**
+ * Starts the cache tier in front of a static origin serving `root`, on free 127.0.0.1 ports, or
+ * with the tier on `port` (an origin restarted where its clients expect it).
+ */
+export async function startNginx(root: string, opts: { port?: number } = {}): Promise<NginxServer> {
   if (!nginxPath) throw new Error(nginxSkipReason);
   const absRoot = checkedRoot(root);
   // One prefix for both (the origin in origin/), so removing it removes everything.
@@ -111,14 +117,14 @@ export async function startNginx(root: string): Promise<NginxServer> {
   const originPrefix = path.join(prefix, 'origin');
   mkdirSync(originPrefix);
   let origin: (Running & { port: number }) | undefined;
-  const cleanup = async () => {
-    await origin?.stop();
+  const cleanup = async (signal?: NodeJS.Signals) => {
+    await origin?.stop(signal);
     rmSync(prefix, { recursive: true, force: true });
   };
   try {
     origin = await launchOrigin(nginxPath, originPrefix, absRoot);
     // stop() ends the cache first, so it never sees its origin vanish under a request in flight.
-    const tier = await launchCacheTier(nginxPath, prefix, `127.0.0.1:${origin.port}`, cleanup);
+    const tier = await launchCacheTier(nginxPath, prefix, `127.0.0.1:${origin.port}`, cleanup, opts.port);
     return { ...tier, originAccessLog: path.join(originPrefix, 'access.log') };
   } catch (e) {
     await cleanup();
@@ -139,9 +145,10 @@ export async function startStaticNginx(root: string): Promise<NginxInstance> {
     const origin = await launchOrigin(nginxPath, prefix, absRoot);
     return {
       url: `http://127.0.0.1:${origin.port}`,
+      port: origin.port,
       accessLog: path.join(prefix, 'access.log'),
-      stop: async () => {
-        await origin.stop();
+      stop: async (signal?: NodeJS.Signals) => {
+        await origin.stop(signal);
         rmSync(prefix, { recursive: true, force: true });
       },
     };
@@ -160,12 +167,12 @@ function checkedRoot(root: string): string {
 
 /** The static origin (test/fixtures/nginx-origin.conf) serving `root`, its files in `prefix`. */
 function launchOrigin(bin: string, prefix: string, root: string): Promise<Running & { port: number }> {
-  return startWithRetries(bin, prefix, (port) => renderTemplate(readFileSync(ORIGIN_TEMPLATE, 'utf8'), { prefix, root, port: String(port) }));
+  return startWithRetries(bin, prefix, undefined, (port) => renderTemplate(readFileSync(ORIGIN_TEMPLATE, 'utf8'), { prefix, root, port: String(port) }));
 }
 
 /** The cache tier from the shared template, its files in `prefix`; stop() ends it, then runs `after`. */
-async function launchCacheTier(bin: string, prefix: string, origin: string, after: () => void | Promise<void>): Promise<NginxInstance> {
-  const tier = await startWithRetries(bin, prefix, (port) =>
+async function launchCacheTier(bin: string, prefix: string, origin: string, after: (signal?: NodeJS.Signals) => void | Promise<void>, fixedPort?: number): Promise<NginxInstance> {
+  const tier = await startWithRetries(bin, prefix, fixedPort, (port) =>
     renderTemplate(readFileSync(CACHE_TIER_TEMPLATE, 'utf8'), {
       // Ignored unless nginx starts as root, but it must name an existing account then.
       user: process.getuid?.() === 0 ? 'root' : 'nobody',
@@ -181,16 +188,21 @@ async function launchCacheTier(bin: string, prefix: string, origin: string, afte
   );
   return {
     url: `http://127.0.0.1:${tier.port}`,
+    port: tier.port,
     accessLog: path.join(prefix, 'access.log'),
-    stop: async () => {
-      await tier.stop();
-      await after();
+    stop: async (signal?: NodeJS.Signals) => {
+      await tier.stop(signal);
+      await after(signal);
     },
   };
 }
 
-/** One nginx from `render(port)`, retried on a fresh port if another process takes the port first. */
-async function startWithRetries(bin: string, prefix: string, render: (port: number) => string): Promise<Running & { port: number }> {
+/**
+ * One nginx from `render(port)`, retried on a fresh port if another process takes the port first;
+ * on `fixedPort` when given (no retry: the caller needs that port).
+ */
+async function startWithRetries(bin: string, prefix: string, fixedPort: number | undefined, render: (port: number) => string): Promise<Running & { port: number }> {
+  if (fixedPort !== undefined) return { port: fixedPort, ...(await startOnce(bin, prefix, render(fixedPort), fixedPort)) };
   let lastError: Error | undefined;
   for (let attempt = 0; attempt < 5; attempt++) {
     const port = await freePort();
@@ -221,10 +233,10 @@ async function startOnce(bin: string, prefix: string, config: string, port: numb
   const onExit = () => child.kill('SIGKILL');
   process.once('exit', onExit);
 
-  const stop = async (): Promise<void> => {
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<void> => {
     process.off('exit', onExit);
     if (running) {
-      child.kill('SIGTERM'); // fast shutdown; single-process nginx handles it in its cycle
+      child.kill(signal); // SIGTERM: fast shutdown; single-process nginx handles it in its cycle
       const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS);
       await exited;
       clearTimeout(timer);

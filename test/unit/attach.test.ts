@@ -103,7 +103,7 @@ describe.skipIf(!hasUffd)(uffdSuite('attach() in-process restore'), () => {
 
     // Detached, the memory stays restored and no longer needs the runtime.
     const summary = await att.detach();
-    expect(summary).toMatchObject({ outcome: 'shutdown', failedChunks: [] });
+    expect(summary).toMatchObject({ outcome: 'ended', failedChunks: [] });
     expect(hash(0, 8 * MiB)).toBe(want(0, 8 * MiB));
   });
 

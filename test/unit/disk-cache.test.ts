@@ -6,7 +6,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 
 import { IntegrityError, InvalidArgumentError } from '../../core/errors.js';
-import { DiskCache, STALE_TEMP_MS } from '../../runtime/disk-cache.js';
+import { DiskCache, STALE_TEMP_MS, resolveDiskCacheOptions, type DiskCacheProblem } from '../../runtime/disk-cache.js';
 import { hashChunk } from '../../store/chunk.js';
 import { tempDir } from '../helpers/images.js';
 
@@ -125,8 +125,9 @@ describe('DiskCache', () => {
     expect(renames).not.toHaveBeenCalled();
   });
 
-  it('survives an unwritable fan-out directory (ENOTDIR, real as root): put resolves, counts, reads go on', async () => {
-    const cache = await DiskCache.open({ dir, budgetBytes: 1 << 20 });
+  it('survives an unwritable fan-out directory (ENOTDIR, real as root): put resolves, counts, reports, reads go on', async () => {
+    const problems: DiskCacheProblem[] = [];
+    const cache = await DiskCache.open({ dir, budgetBytes: 1 << 20, onProblem: (p) => problems.push(p) });
     const a = chunk();
     await put(cache, a);
     const b = chunkOutside(a.hash.slice(0, 2));
@@ -134,8 +135,24 @@ describe('DiskCache', () => {
     await expect(cache.put(b.hash, b.bytes)).resolves.toBeUndefined();
     expect(cache.stats()).toMatchObject({ writeErrors: 1, entries: 1 });
     expect(cache.lastWriteError).toMatchObject({ code: 'ENOTDIR' });
+    expect(problems).toEqual([{ kind: 'write-failed', hash: b.hash, error: cache.lastWriteError }]);
     expect(await cache.get(a.hash, 1000)).toEqual(a.bytes);
     expect(await cache.get(b.hash, 1000)).toBeUndefined();
+  });
+
+  it('reports an entry that fails verification to onProblem, once, and deletes it', async () => {
+    const problems: DiskCacheProblem[] = [];
+    const cache = await DiskCache.open({ dir, budgetBytes: 1 << 20, onProblem: (p) => problems.push(p) });
+    const a = chunk();
+    await put(cache, a);
+    const flipped = Buffer.from(a.bytes);
+    flipped[500]! ^= 1;
+    writeFileSync(entryPath(dir, a.hash), flipped);
+    expect(await cache.get(a.hash, 1000)).toBeUndefined();
+    expect(await cache.get(a.hash, 1000)).toBeUndefined(); // gone now: a plain miss, not reported again
+    expect(problems).toEqual([{ kind: 'corrupt', hash: a.hash, path: entryPath(dir, a.hash) }]);
+    expect(existsSync(entryPath(dir, a.hash))).toBe(false);
+    expect(() => resolveDiskCacheOptions({ dir, budgetBytes: 1, onProblem: 'log' as never })).toThrow(InvalidArgumentError);
   });
 
   it('sees entries another DiskCache on the same directory wrote, and notices what it evicted', async () => {

@@ -44,7 +44,9 @@ describe('chunk fetcher', () => {
     expect(got.bytes.equals(bytes)).toBe(true);
     expect(got.tier).toBe('origin0');
     expect(o.requests).toHaveLength(3);
-    expect(events).toMatchObject([{ tier: 'origin0', priority: 'demand' }]);
+    expect(events).toMatchObject([{ tier: 'origin0', priority: 'demand', misses: 0 }]);
+    expect(events[0]!.errors).toEqual([expect.stringMatching(/HTTP 503/), expect.stringMatching(/HTTP 503/)]); // what serve logs, once
+    expect(events[0]!.errors[0]!.split(o.url)).toHaveLength(2); // the origin named once, not twice
   });
 
   it('falls through to the next origin on a stall (attempt timeout) and on lying bytes, at once', async () => {
