@@ -9,7 +9,7 @@ import path from 'node:path';
 import { resultsDir, type Environment, type ResultRow, type ScenarioResult } from '../bench/lib/results.js';
 import { repoRoot } from '../test/helpers/fixtures.js';
 
-const ORDER = ['fault-latency', 'populate', 'cold-start', 'snapshot', 'concurrent', 'manifest-parse', 'crypto'];
+const ORDER = ['fault-latency', 'populate', 'cold-start', 'snapshot', 'concurrent', 'manifest-parse', 'crypto', 'soak'];
 const out = path.join(repoRoot, 'bench', 'README.md');
 const analysisFile = path.join(repoRoot, 'bench', 'ANALYSIS.md');
 
@@ -93,6 +93,7 @@ const doc = [
   '- **P4** ([snapshot.bench.ts](snapshot.bench.ts)): chunk + hash + zero-detect of a 1 GiB zero-rich image ≥ 1.5 GB/s, plus whole snapshots to the directory store and s3rver.',
   '- **P5** ([concurrent.bench.ts](concurrent.bench.ts)): 16 restores of one snapshot at once on one serve fetch every chunk from the origin once (fetch amplification 1.00).',
   '- **Manifest** ([manifest-parse.bench.ts](manifest-parse.bench.ts)): a 64 GiB snapshot\'s manifest parses in ≤ 50 ms.',
+  '- **Soak** ([soak.ts](soak.ts), `npm run soak`): 32 concurrent restores through one serve for 60 s: zero mismatched pages, RSS that plateaus, no fd leak (issue 8; run on its own, not by `npm run bench`).',
   '- **Crypto** ([crypto.bench.ts](crypto.bench.ts)): what client-side chunk encryption (AES-256-GCM) costs, as throughput against plain zstd encode/decode of the same chunks (no target: informational).',
   '',
   'P1 and P2 compare against a pure-C reference handler ([ref/ref-handler.c](ref/ref-handler.c)). Both drive the Firecracker-exact client (test/fixtures/fc-client.c) against each handler in turn, alternating',
