@@ -7,6 +7,11 @@
  * object that fails authentication is an integrity failure like any other: next origin, and in
  * the end fail closed.
  *
+ * A caller that can wait (a demand fault, until its session's fail timeout) passes `retryUntil`: while
+ * some origin failed transiently (timeouts, 5xx, refused connections), the fetch goes over the
+ * origins again with backoff until that time, so an origin restart shorter than the fail timeout
+ * costs latency, not the VM. Absence and lying bytes everywhere fail at once.
+ *
  * One fetch per chunk however many faults or sessions want it (in-flight dedup by hash). A p-queue
  * bounds concurrent fetches; demand faults run before prefetches, and a demand for a chunk already
  * queued as a prefetch promotes it.
@@ -70,11 +75,25 @@ export interface FetcherOptions {
 }
 
 const PRIORITY: Record<Priority, number> = { demand: 10, prefetch: 0 };
+/** Between passes over the origins: the first wait, doubled per pass up to the cap. */
+const PASS_BACKOFF_MS = 100;
+const PASS_BACKOFF_CAP_MS = 1000;
+/** Attempt lines kept for a fetch (logs and errors): the first and the last ones, and a count between. */
+const MAX_ERROR_LINES = 12;
+
+export interface FetchOptions {
+  /** Detaches this caller only; a fetch others wait for is never cancelled. */
+  signal?: AbortSignal;
+  /** performance.now() until which transient failures are retried in further passes. @default one pass */
+  retryUntil?: number;
+}
+
+type InFlight = { promise: Promise<{ bytes: Buffer; tier: Tier }>; priority: Priority; retryUntil: number };
 
 export class ChunkFetcher {
   readonly #o: Required<Omit<FetcherOptions, 'cache' | 'crypto' | 'onFetch'>> & Pick<FetcherOptions, 'cache' | 'crypto' | 'onFetch'>;
   readonly #queue: PQueue;
-  readonly #inflight = new Map<string, { promise: Promise<{ bytes: Buffer; tier: Tier }>; priority: Priority }>();
+  readonly #inflight = new Map<string, InFlight>();
 
   constructor(options: FetcherOptions) {
     this.#o = { attemptTimeoutMs: 5000, retries: 2, backoffMs: 50, concurrency: 16, ...options };
@@ -90,9 +109,12 @@ export class ChunkFetcher {
    * The verified bytes of a chunk and the tier that served them. Concurrent calls for one hash share
    * one fetch; the signal only detaches this caller, it never cancels a fetch others may wait for.
    */
-  fetch(ref: ChunkRef, priority: Priority, signal?: AbortSignal): Promise<{ bytes: Buffer; tier: Tier }> {
+  fetch(ref: ChunkRef, priority: Priority, options: AbortSignal | FetchOptions = {}): Promise<{ bytes: Buffer; tier: Tier }> {
+    const { signal, retryUntil = 0 } = options instanceof AbortSignal ? { signal: options } : options;
     signal?.throwIfAborted();
     let entry = this.#inflight.get(ref.hash);
+    // The fetch keeps trying for as long as its most patient waiter can wait.
+    if (entry && retryUntil > entry.retryUntil) entry.retryUntil = retryUntil;
     if (entry && priority === 'demand' && entry.priority === 'prefetch') {
       entry.priority = 'demand';
       try {
@@ -102,51 +124,89 @@ export class ChunkFetcher {
       }
     }
     if (!entry) {
-      const promise = this.#queue
-        .add(() => this.#fetchOnce(ref, priority), { priority: PRIORITY[priority], id: ref.hash })
+      const e: InFlight = { promise: undefined as never, priority, retryUntil };
+      e.promise = this.#queue
+        .add(() => this.#fetchOnce(ref, priority, e), { priority: PRIORITY[priority], id: ref.hash })
         .finally(() => this.#inflight.delete(ref.hash)) as Promise<{ bytes: Buffer; tier: Tier }>;
-      entry = { promise, priority };
+      entry = e;
       this.#inflight.set(ref.hash, entry);
     }
+    const shared = entry;
     if (!signal) return entry.promise;
     return new Promise((resolve, reject) => {
       const onAbort = () => reject(signal.reason);
       signal.addEventListener('abort', onAbort, { once: true });
-      entry.promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+      shared.promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
     });
   }
 
-  async #fetchOnce(ref: ChunkRef, priority: Priority): Promise<{ bytes: Buffer; tier: Tier }> {
+  async #fetchOnce(ref: ChunkRef, priority: Priority, entry: InFlight): Promise<{ bytes: Buffer; tier: Tier }> {
     const t0 = performance.now();
     const errors: string[] = [];
-    let misses = 0;
-    const done = (tier: FetchEvent['tier'], bytes: number) => this.#o.onFetch?.({ hash: ref.hash, tier, bytes, ms: performance.now() - t0, priority, errors, misses });
+    const counts = { misses: 0 };
+    const done = (tier: FetchEvent['tier'], bytes: number) =>
+      this.#o.onFetch?.({ hash: ref.hash, tier, bytes, ms: performance.now() - t0, priority, errors: trimmed(errors), misses: counts.misses });
     const cached = await this.#o.cache?.get(ref.hash, ref.length).catch(() => undefined);
     if (cached) {
       done('disk', cached.length);
       return { bytes: cached, tier: 'disk' };
     }
     const key = chunkKey(ref.hash, ref.codec);
+    for (let pass = 0; ; pass++) {
+      const r = await this.#pass(key, ref, errors, counts, entry.retryUntil || Infinity);
+      if (typeof r !== 'boolean') {
+        done(r.tier, r.stored);
+        return { bytes: r.bytes, tier: r.tier };
+      }
+      const wait = Math.min(PASS_BACKOFF_CAP_MS, PASS_BACKOFF_MS * 2 ** pass);
+      if (!r || performance.now() + wait >= entry.retryUntil) break;
+      await sleep(wait);
+    }
+    done('failed', 0);
+    throw new FetchError(key, trimmed(errors));
+  }
+
+  /**
+   * One pass over the origins: the verified chunk, or whether some origin failed transiently (so a
+   * later pass may succeed) rather than lacking the chunk or lying about it.
+   */
+  async #pass(key: string, ref: ChunkRef, errors: string[], counts: { misses: number }, deadline: number): Promise<{ bytes: Buffer; tier: Tier; stored: number } | boolean> {
+    let transient = false;
     for (const [n, origin] of this.#o.origins.entries()) {
       for (let attempt = 0; ; attempt++) {
+        // A waiter's deadline also bounds each attempt, so the fetch ends with its own account of
+        // what failed rather than being cut off mid-attempt by the waiter's timeout.
+        const left = deadline - performance.now();
+        if (left <= 0) return true;
+        const timeoutMs = Math.max(1, Math.min(this.#o.attemptTimeoutMs, Math.floor(left)));
         try {
-          const stored = await origin.get(key, { signal: AbortSignal.timeout(this.#o.attemptTimeoutMs) });
+          const stored = await origin.get(key, { signal: AbortSignal.timeout(timeoutMs) });
           const bytes = decodeChunk(key, ref.codec, stored, ref.hash, ref.length, this.#o.crypto);
           void this.#o.cache?.put(ref.hash, bytes).catch(() => {});
-          done(`origin${n}`, stored.length);
-          return { bytes, tier: `origin${n}` };
+          return { bytes, tier: `origin${n}`, stored: stored.length };
         } catch (e) {
           const timedOut = (e as Error).name === 'TimeoutError';
-          const msg = timedOut ? `no answer within ${this.#o.attemptTimeoutMs} ms` : (e as Error).message;
+          const msg = timedOut ? `no answer within ${timeoutMs} ms` : (e as Error).message;
           errors.push(msg.startsWith(origin.url) ? msg : `${origin.url}: ${msg}`); // store errors often name their URL already
-          if (e instanceof NotFoundError) misses++;
+          if (e instanceof NotFoundError) counts.misses++;
           const retryable = timedOut || (e instanceof StoreError && e.retryable);
-          if (!retryable || e instanceof NotFoundError || e instanceof IntegrityError || attempt >= this.#o.retries) break;
-          await sleep(this.#o.backoffMs * 2 ** attempt * (0.5 + Math.random()));
+          if (!retryable || e instanceof NotFoundError || e instanceof IntegrityError) break;
+          if (attempt >= this.#o.retries) {
+            transient = true;
+            break;
+          }
+          await sleep(Math.min(this.#o.backoffMs * 2 ** attempt * (0.5 + Math.random()), Math.max(0, deadline - performance.now())));
         }
       }
     }
-    done('failed', 0);
-    throw new FetchError(key, errors);
+    return transient;
   }
+}
+
+/** At most MAX_ERROR_LINES attempt lines: a long outage retried for seconds must not flood a log line. */
+function trimmed(errors: string[]): string[] {
+  if (errors.length <= MAX_ERROR_LINES) return errors;
+  const head = errors.slice(0, MAX_ERROR_LINES / 2);
+  const tail = errors.slice(-MAX_ERROR_LINES / 2 + 1);
+  return [...head, `... ${errors.length - head.length - tail.length} more failed attempts ...`, ...tail];
 }

@@ -19,6 +19,9 @@ import type { RuntimeMetrics } from './metrics.js';
 import { Prefetcher } from './prefetch.js';
 import { Recorder, type Profile } from './profile.js';
 
+/** How long after the fail timeout a fault fails closed even if its fetch has not given up. */
+const FAIL_BACKSTOP_MS = 500;
+
 export interface PrefetchContext {
   /** record: collect this session's first touches; replay: prefetch the profile's chunks. */
   mode: 'off' | 'record' | 'replay';
@@ -262,7 +265,14 @@ export class RestoreSession {
       return;
     }
     this.#waiting.add(c);
-    fetcher.fetch({ hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'demand', AbortSignal.timeout(this.#ctx.failTimeoutMs)).then(
+    fetcher.fetch({ hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'demand', {
+      // Transient origin failures are retried until the fault's deadline: an origin back within the
+      // fail timeout costs the guest latency, not its life.
+      // The fetch stops at the deadline with its account of every failed attempt; the signal, a
+      // little later, is the backstop that fails closed whatever the fetch is doing.
+      signal: AbortSignal.timeout(this.#ctx.failTimeoutMs + FAIL_BACKSTOP_MS),
+      retryUntil: performance.now() + this.#ctx.failTimeoutMs,
+    }).then(
       ({ bytes, tier }) => (this.#waiting.delete(c), this.#install(c, bytes, tier)),
       (err: unknown) => this.#failClosed(c, err),
     );

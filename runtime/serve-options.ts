@@ -56,7 +56,7 @@ export interface ServeOptions {
   recordIdleMs?: number;
   /** Per origin request. @default 5000 */
   attemptTimeoutMs?: number;
-  /** Retries of a retryable origin error. @default 2 */
+  /** Retries of a retryable origin error, per pass over the origins (a fault keeps making passes until failTimeoutMs while some origin fails transiently). @default 2 */
   retries?: number;
   /** Chunk fetches in flight. @default 16 */
   fetchConcurrency?: number;

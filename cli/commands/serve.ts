@@ -26,7 +26,8 @@ options:
                          fails closed (poison, else SIGKILL of the peer) (default 10s)
   --fail-closed MODE     auto (poison where the kernel can, else SIGKILL), poison, or kill (default auto)
   --attempt-timeout DUR  per origin request (default 5s)
-  --retries N            retries of a retryable origin error (default 2)
+  --retries N            retries of a retryable origin error per pass over the origins (default 2;
+                         a fault's fetch makes passes until --fail-timeout)
   --handshake-timeout DUR  close connections that send no handshake (default 5s)
   --shutdown-grace DUR   on SIGTERM, how long live sessions may run (default 30s)
   --prefetch MODE        record: save each session's first-touch order to profiles/ID (merged);

@@ -49,6 +49,27 @@ describe('chunk fetcher', () => {
     expect(events[0]!.errors[0]!.split(o.url)).toHaveLength(2); // the origin named once, not twice
   });
 
+  it('with retryUntil, goes over the origins again while they fail transiently, and stops at once when they only lack the chunk', async () => {
+    // Eight 503s: a single pass (3 attempts) cannot get past them; passes until the deadline do.
+    const { o, store } = await http((n) => (n <= 8 ? '503' : 'ok'));
+    const events: FetchEvent[] = [];
+    const f = new ChunkFetcher({ origins: [store], retries: 2, backoffMs: 5, onFetch: (e) => events.push(e) });
+    await expect(f.fetch(ref, 'demand')).rejects.toThrow(FetchError); // one pass: 3 attempts, gives up
+    expect(o.requests).toHaveLength(3);
+    const got = await f.fetch(ref, 'demand', { retryUntil: performance.now() + 5000 });
+    expect(got.bytes.equals(bytes)).toBe(true);
+    expect(o.requests).toHaveLength(9);
+    // One event for the recovered fetch, naming every failed attempt of every pass.
+    expect(events[1]).toMatchObject({ tier: 'origin0', errors: Array(5).fill(expect.stringMatching(/HTTP 503/)) });
+
+    // An origin that does not have the chunk is not asked again, however long the caller could wait.
+    const dir = new FileStore(path.join(tmp.dir, 'empty'));
+    let gets = 0;
+    const empty = Object.assign(Object.create(dir) as FileStore, { get: (k: string, o?: object) => (gets++, dir.get(k, o)) });
+    await expect(new ChunkFetcher({ origins: [empty] }).fetch({ ...ref, hash: 'f'.repeat(64) }, 'demand', { retryUntil: performance.now() + 10_000 })).rejects.toThrow(/not found/);
+    expect(gets).toBe(1);
+  });
+
   it('falls through to the next origin on a stall (attempt timeout) and on lying bytes, at once', async () => {
     const stall = await http(() => 'stall');
     const liar = await http(() => 'lie');
