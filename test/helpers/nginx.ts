@@ -13,12 +13,13 @@
  * Where nginx is absent, `nginxSkipReason` says so and suites skip with it in their name.
  */
 import { spawn } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
 import { repoRoot } from './fixtures.js';
+import { findExecutable, freePort } from './system.js';
 
 /** One running nginx: its URL (no trailing slash), its access log, and stop(). */
 export interface NginxInstance {
@@ -67,21 +68,7 @@ export function renderTemplate(text: string, vars: Record<string, string>): stri
   });
 }
 
-function findNginx(): string | undefined {
-  const dirs = [...(process.env.PATH ?? '').split(path.delimiter).filter(Boolean), '/usr/sbin', '/usr/local/sbin', '/sbin'];
-  for (const dir of dirs) {
-    const p = path.join(dir, 'nginx');
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
-
-export const nginxPath = findNginx();
+export const nginxPath = findExecutable('nginx', ['/usr/sbin', '/usr/local/sbin', '/sbin']);
 export const nginxSkipReason = nginxPath ? '' : 'nginx is not installed (not on PATH nor in /usr/sbin); apt-get install nginx-light';
 if (!nginxPath) console.warn(`[lazysnap tests] skipping nginx suites: ${nginxSkipReason}`);
 
@@ -255,17 +242,6 @@ async function startOnce(bin: string, prefix: string, config: string, port: numb
     await new Promise((r) => setTimeout(r, 20));
   }
   return { stop };
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 function canConnect(port: number): Promise<boolean> {

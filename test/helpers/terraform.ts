@@ -7,29 +7,17 @@
  * in their name; the HCL assertions need only hcl2json and always run.
  */
 import { spawnSync } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { findExecutable } from './system.js';
 
 // Loaded by a computed specifier, untyped: the package's types reference lib.dom, which would put
 // browser globals (and their own WebAssembly declarations) into the whole project's type check.
 const HCL2JSON = '@cdktf/hcl2json';
 const { parse } = (await import(HCL2JSON)) as { parse(filename: string, contents: string): Promise<Record<string, unknown>> };
 
-function findTerraform(): string | undefined {
-  for (const dir of [...(process.env.PATH ?? '').split(path.delimiter).filter(Boolean), '/usr/local/bin', '/usr/bin']) {
-    const p = path.join(dir, 'terraform');
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
-
-export const terraformPath = findTerraform();
+export const terraformPath = findExecutable('terraform', ['/usr/local/bin', '/usr/bin']);
 export const terraformSkipReason = terraformPath ? '' : 'terraform is not installed (not on PATH nor in /usr/local/bin)';
 if (!terraformPath) console.warn(`[lazysnap tests] skipping terraform suites: ${terraformSkipReason}`);
 

@@ -10,7 +10,6 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -26,6 +25,7 @@ import { repoRoot } from '../helpers/fixtures.js';
 import { runClient } from '../helpers/fc-client.js';
 import { makeImage, tempDir } from '../helpers/images.js';
 import { CACHE_TIER_TEMPLATE, nginxSkipReason, renderTemplate, startCacheTier, startNginx, type NginxServer } from '../helpers/nginx.js';
+import { freePort } from '../helpers/system.js';
 import { S3RVER_CREDENTIALS, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
 import { hasUffd, uffdSkipReason } from '../helpers/skip.js';
 import { evalModuleLocal, hclString, loadHcl, templatefile, terraform, terraformSkipReason, type Hcl } from '../helpers/terraform.js';
@@ -123,17 +123,6 @@ function heredoc(script: string, file: string): string {
   if (i < 0) throw new Error(`the script writes no ${file}`);
   const end = script.indexOf('\nLAZYSNAP_EOF\n', i + start.length);
   return `${script.slice(i + start.length, end)}\n`;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /** Access-log lines (split on spaces) whose URI starts with `prefix`, polling until `count` are in. */
