@@ -21,9 +21,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import type { Worker } from 'node:worker_threads';
 
-import { HandshakeError, InvalidArgumentError, LazysnapError, UffdUnavailableError } from '../core/errors.js';
+import { HandshakeError, InvalidArgumentError, UffdUnavailableError } from '../core/errors.js';
 import { startModuleWorker } from '../core/worker.js';
 import {
   addressOf,
@@ -44,7 +43,8 @@ import {
 import type { LiveSessionStats, ServeOptions, SessionSummary } from '../runtime/restore-server.js';
 import { parseMaps } from '../snapshotter/process-source.js';
 import type {} from '../core/webassembly.js';
-import type { AttachMessage, AttachRequest, AttachWorkerData } from './attach-worker.js';
+import type { AttachWorkerData } from './attach-worker.js';
+import { WorkerLink } from './attach-link.js';
 
 const PAGE = 4096;
 
@@ -148,83 +148,6 @@ function openUffd(mode: boolean | undefined): { fd: number; userModeOnly: boolea
     if (!(e instanceof UffdUnavailableError)) throw e;
     // In-process restore only needs faults taken in user mode, which unprivileged users may handle.
     return { fd: createUffd({ userModeOnly: true }), userModeOnly: true };
-  }
-}
-
-class WorkerLink {
-  readonly #worker: Worker;
-  readonly #pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  #seq = 0;
-  #listeners = new Set<(m: AttachMessage) => void>();
-  #gone: Error | undefined;
-  onGone: (e: Error) => void = () => {};
-
-  constructor(worker: Worker) {
-    this.#worker = worker;
-    worker.on('message', (m: AttachMessage) => {
-      if (m.type === 'reply') {
-        const p = this.#pending.get(m.seq);
-        this.#pending.delete(m.seq);
-        if (m.error) p?.reject(Object.assign(new LazysnapError((m.error.code ?? 'LAZYSNAP_FETCH_FAILED') as never, m.error.message)));
-        else p?.resolve(m.value);
-      }
-      for (const l of this.#listeners) l(m);
-    });
-    const gone = (e: Error) => {
-      this.#gone ??= e;
-      for (const p of this.#pending.values()) p.reject(e);
-      this.#pending.clear();
-      for (const l of this.#listeners) l({ type: 'failed', error: { message: e.message } });
-      this.onGone(e);
-    };
-    worker.on('error', gone);
-    worker.on('exit', (code) => gone(new LazysnapError('LAZYSNAP_SESSION_CLOSED', `the attach runtime's worker exited (code ${code})`)));
-  }
-
-  request<T>(op: AttachRequest['op']): Promise<T> {
-    if (this.#gone) return Promise.reject(this.#gone);
-    const seq = ++this.#seq;
-    // Referenced only while a reply is awaited: an attachment never detached must not keep the
-    // process alive, but a pending reply must.
-    this.#worker.ref();
-    return new Promise<T>((resolve, reject) => {
-      this.#pending.set(seq, { resolve: resolve as (v: unknown) => void, reject });
-      this.#worker.postMessage({ op, seq } satisfies AttachRequest);
-    }).finally(() => {
-      if (this.#pending.size === 0) this.#worker.unref();
-    });
-  }
-
-  unref(): void {
-    if (this.#pending.size === 0) this.#worker.unref();
-  }
-
-  /** The first message of one of `types` (or a failure), honouring the abort signal. */
-  waitFor<K extends AttachMessage['type']>(types: K[], signal?: AbortSignal): Promise<Extract<AttachMessage, { type: K }>> {
-    return new Promise((resolve, reject) => {
-      const done = () => {
-        this.#listeners.delete(l);
-        signal?.removeEventListener('abort', onAbort);
-      };
-      const l = (m: AttachMessage) => {
-        if (m.type === 'failed') {
-          done();
-          reject(new LazysnapError((m.error.code ?? 'LAZYSNAP_SESSION_CLOSED') as never, m.error.message));
-        } else if ((types as string[]).includes(m.type)) {
-          done();
-          resolve(m as Extract<AttachMessage, { type: K }>);
-        }
-      };
-      const onAbort = () => (done(), reject(signal!.reason as Error));
-      if (this.#gone) return reject(this.#gone);
-      this.#listeners.add(l);
-      signal?.addEventListener('abort', onAbort, { once: true });
-    });
-  }
-
-  async terminate(): Promise<void> {
-    this.onGone = () => {};
-    await this.#worker.terminate();
   }
 }
 
