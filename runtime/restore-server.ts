@@ -10,36 +10,15 @@
 import { EventEmitter } from 'node:events';
 import { unlinkSync } from 'node:fs';
 
-import { FetchError, HandshakeError, InsecurePathError, KeyUnavailableError, SignatureError, WrongKeyError } from '../core/errors.js';
+import { HandshakeError, InsecurePathError, KeyUnavailableError, SignatureError, WrongKeyError } from '../core/errors.js';
 import { componentLogger, type Logger } from '../core/logger.js';
-import {
-  ChunkTable,
-  acceptUnix,
-  closeFd,
-  peerCredentials,
-  peerPidfd,
-  pidfdOpen,
-  recvWithFds,
-  watchFd,
-  type FdWatch,
-} from '../native/index.js';
-import type { StoreBackend } from '../store/backend.js';
-import { envKeyProvider } from '../store/key-provider.js';
+import { acceptUnix, closeFd, peerCredentials, peerPidfd, pidfdOpen, recvWithFds, watchFd, type FdWatch } from '../native/index.js';
 import type { Manifest } from '../store/manifest.js';
-import { keyFingerprint } from '../store/signing.js';
 import { assertSnapshotId } from '../store/keys.js';
-import { readVmstate } from '../store/reader.js';
-import { openStore } from '../store/open.js';
-import type { DiskCache } from './disk-cache.js';
-import { cacheProblemLogger, logRecoveredFetch } from './fault-log.js';
-import { ChunkFetcher } from './fetcher.js';
-import { kernelCanPoison, loadFirst } from './startup.js';
-import { loadProfile, profileSaver } from './profile-store.js';
-import type { ProfileShape } from './profile.js';
 import { assertUserfaultfd, parseHandshake } from './handshake.js';
-import { MemoryTier } from './memory-tier.js';
-import { RuntimeMetrics } from './metrics.js';
+import type { RuntimeMetrics } from './metrics.js';
 import { RestoreSession, type LiveSessionStats, type SessionContext, type SessionSummary } from './restore-session.js';
+import { openServeContext, securityFields, type ServeContext } from './serve-context.js';
 import { resolveServeOptions, type ResolvedServeOptions, type ServeOptions } from './serve-options.js';
 import { listenSocket } from './serve-socket.js';
 
@@ -76,23 +55,22 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
   readonly snapshot: { id: string; totalSize: number; pageSize: number; chunkSize: number; chunks: number; vmstate: Manifest['vmstate'] };
   readonly #o: ResolvedServeOptions;
   readonly #log: Logger;
-  readonly #stores: StoreBackend[];
+  readonly #parts: ServeContext;
   readonly #ctx: SessionContext;
   readonly #lfd: number;
   readonly #watch: FdWatch;
   readonly #pending = new Set<Conn>();
   #metricsServer: { close: () => Promise<void> } | undefined;
-  #cache: { close(): Promise<void> } | undefined;
-  #profileSaves: { idle(): Promise<void> } | undefined;
   #nextId = 1;
   #endedCount = 0;
   #closing: Promise<void> | undefined;
   #idle: (() => void) | undefined;
 
-  private constructor(o: ResolvedServeOptions, stores: StoreBackend[], ctx: SessionContext, log: Logger) {
+  private constructor(o: ResolvedServeOptions, parts: ServeContext, log: Logger) {
     super();
+    const { ctx } = parts;
     this.#o = o;
-    this.#stores = stores;
+    this.#parts = parts;
     this.#ctx = ctx;
     this.#log = log;
     this.metrics = ctx.metrics;
@@ -109,91 +87,40 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     const o = resolveServeOptions(options);
     assertSnapshotId(o.id);
     const log = (o.logger ?? componentLogger('runtime.serve')).child({ snapshotId: o.id });
-    const stores = await Promise.all(o.stores.map((u) => openStore(u, { httpConnections: o.originConnections, ...(o.s3Endpoint ? { s3Endpoint: o.s3Endpoint } : {}) })));
-    let cache: DiskCache | undefined;
+    let parts: ServeContext | undefined;
     let metricsServer: { port: number; close: () => Promise<void> } | undefined;
     try {
-      const index = await loadFirst(stores, o.id, signal, { ...(o.verifyKey ? { verifyKey: o.verifyKey } : {}), keys: o.keys ?? envKeyProvider() });
-      const crypto = index.crypto;
-      const m = index.manifest;
-      const table = new ChunkTable(m.totalSize, m.chunkSize);
-      table.markZero(Uint8Array.from(index.flags, (f) => (f === 0 ? 1 : 0)));
-      cache = o.cacheDir
-        ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes, onProblem: cacheProblemLogger(log), ...(crypto ? { chunkId: (b) => crypto.id(b) } : {}) }, signal)
-        : undefined;
-      const metrics = new RuntimeMetrics();
-      const fetcher = new ChunkFetcher({
-        origins: stores,
-        ...(cache ? { cache } : {}),
-        ...(crypto ? { crypto } : {}),
-        attemptTimeoutMs: o.attemptTimeoutMs,
-        retries: o.retries,
-        concurrency: o.fetchConcurrency,
-        onFetch: (e) => (metrics.onFetch(e), logRecoveredFetch(log, e)),
-      });
-      const shape: ProfileShape = { id: o.id, chunkSize: m.chunkSize, totalSize: m.totalSize, chunks: index.count };
-      const wantsProfile = o.prefetch === 'auto' || o.prefetch === 'replay';
-      const profile = wantsProfile ? await loadProfile(stores, shape, (msg) => log.warn(msg), signal) : undefined;
-      const mode = o.prefetch === 'auto' ? (profile ? 'replay' : 'off') : o.prefetch;
-      if (mode === 'replay' && !profile) log.warn(`no profile for ${o.id}: replay has nothing to prefetch (record one with --prefetch record)`);
-      const saver = profileSaver(stores, shape, log);
-      const ctx: SessionContext = {
-        index,
-        table,
-        memory: new MemoryTier(table, o.memoryBudgetBytes),
-        fetcher,
-        metrics,
-        log,
-        failTimeoutMs: o.failTimeoutMs,
-        canPoison: o.failClosed === 'poison' || (o.failClosed === 'auto' && kernelCanPoison()),
-        prefetch: { mode, fill: o.fill, window: o.prefetchWindow, recordIdleMs: o.recordIdleMs, profile, saveRecording: saver.save },
-      };
+      parts = await openServeContext(o, log, signal);
+      const { ctx, stores } = parts;
       // Metrics before the socket: an abandoned server would keep it (a bad --metrics-host did).
-      if (o.metricsPort !== undefined) metricsServer = await metrics.listen(o.metricsPort, o.metricsHost);
-      const server = new RestoreServer(o, stores, ctx, log);
-      server.#cache = cache;
-      server.#profileSaves = saver;
+      if (o.metricsPort !== undefined) metricsServer = await ctx.metrics.listen(o.metricsPort, o.metricsHost);
+      const server = new RestoreServer(o, parts, log);
       server.#metricsServer = metricsServer;
       server.metricsPort = metricsServer?.port;
-      const security = {
-        signedBy: o.verifyKey ? keyFingerprint(o.verifyKey) : null,
-        encryption: m.encryption ? { mode: m.encryption.mode, keyId: m.encryption.keyId } : null,
-        allowUids: o.allowUids ?? null,
-        socketGroup: o.socketGroup ?? null,
-      };
-      log.info({ socket: o.socketPath, stores: stores.map((s) => s.url), chunks: index.count, totalSize: m.totalSize, canPoison: ctx.canPoison, metricsPort: server.metricsPort, ...security }, 'serving');
+      const m = ctx.index.manifest;
+      log.info({ socket: o.socketPath, stores: stores.map((s) => s.url), chunks: ctx.index.count, totalSize: m.totalSize, canPoison: ctx.canPoison, metricsPort: server.metricsPort, ...securityFields(o, m) }, 'serving');
       return server;
     } catch (e) {
       if (e instanceof SignatureError || e instanceof WrongKeyError || e instanceof KeyUnavailableError || e instanceof InsecurePathError) {
         log.error({ code: e.code }, `refusing to serve: ${e.message}`);
       }
       await metricsServer?.close();
-      await cache?.close();
-      await Promise.all(stores.map((s) => s.close()));
+      await parts?.close();
       throw e;
     }
   }
 
   /** The stores' URLs, in order, without credentials. */
   get storeUrls(): string[] {
-    return this.#stores.map((s) => s.url);
+    return this.#parts.stores.map((s) => s.url);
   }
 
   /**
    * The snapshot's vmstate, verified against the manifest (and decrypted for encrypted snapshots),
    * from the first store that delivers it; undefined when the snapshot has none.
    */
-  async readVmstate(signal?: AbortSignal): Promise<Buffer | undefined> {
-    const errors: string[] = [];
-    for (const store of this.#stores) {
-      try {
-        return await readVmstate(store, this.#ctx.index, signal);
-      } catch (e) {
-        if (signal?.aborted) throw e;
-        errors.push(`${store.url}: ${(e as Error).message}`);
-      }
-    }
-    throw new FetchError(`vmstate of ${this.#o.id}`, errors);
+  readVmstate(signal?: AbortSignal): Promise<Buffer | undefined> {
+    return this.#parts.readVmstate(signal);
   }
 
   /** Live figures: sessions, resident chunk bytes (within memoryBudgetBytes), memory-tier evictions. */
@@ -360,10 +287,9 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
       for (const p of [...this.#pending]) this.#handshake(p); // a handshake that arrived at the last moment
       for (const p of [...this.#pending]) this.#reject(p, 'server shutting down');
       for (const s of [...this.sessions]) s.abandon(graceMs);
-      await this.#profileSaves?.idle();
+      await this.#parts.profileSaves.idle();
       await this.#metricsServer?.close();
-      await this.#cache?.close();
-      await Promise.all(this.#stores.map((s) => s.close()));
+      await this.#parts.close();
       this.#log.info({ sessions: this.#endedCount }, 'stopped');
     })();
     return this.#closing;

@@ -1,0 +1,109 @@
+/**
+ * Everything one served snapshot's sessions share, opened in order: the stores, the manifest (the
+ * first store that has a valid, and where asked well-signed, one), the chunk table with its zero
+ * chunks marked, the host disk cache, the fetcher, the metrics and the working-set profile. On a
+ * failure part way, what was opened is closed again before the error goes on.
+ */
+import { FetchError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import { ChunkTable } from '../native/index.js';
+import type { StoreBackend } from '../store/backend.js';
+import { envKeyProvider } from '../store/key-provider.js';
+import type { Manifest } from '../store/manifest.js';
+import { openStore } from '../store/open.js';
+import { readVmstate as readVmstateFrom } from '../store/reader.js';
+import { keyFingerprint } from '../store/signing.js';
+import type { DiskCache } from './disk-cache.js';
+import { cacheProblemLogger, logRecoveredFetch } from './fault-log.js';
+import { ChunkFetcher } from './fetcher.js';
+import { MemoryTier } from './memory-tier.js';
+import { RuntimeMetrics } from './metrics.js';
+import { loadProfile, profileSaver } from './profile-store.js';
+import type { ProfileShape } from './profile.js';
+import type { SessionContext } from './restore-session.js';
+import type { ResolvedServeOptions } from './serve-options.js';
+import { kernelCanPoison, loadFirst } from './startup.js';
+
+export interface ServeContext {
+  stores: StoreBackend[];
+  ctx: SessionContext;
+  cache: DiskCache | undefined;
+  /** Recordings being written to the stores (awaited at shutdown). */
+  profileSaves: { idle(): Promise<void> };
+  /** The vmstate, verified (and decrypted), from the first store that delivers it. */
+  readVmstate(signal?: AbortSignal): Promise<Buffer | undefined>;
+  /** Closes the cache and the stores. */
+  close(): Promise<void>;
+}
+
+/** What the 'serving' line says about who may connect and what is checked. */
+export function securityFields(o: ResolvedServeOptions, m: Manifest) {
+  return {
+    signedBy: o.verifyKey ? keyFingerprint(o.verifyKey) : null,
+    encryption: m.encryption ? { mode: m.encryption.mode, keyId: m.encryption.keyId } : null,
+    allowUids: o.allowUids ?? null,
+    socketGroup: o.socketGroup ?? null,
+  };
+}
+
+export async function openServeContext(o: ResolvedServeOptions, log: Logger, signal?: AbortSignal): Promise<ServeContext> {
+  const stores = await Promise.all(o.stores.map((u) => openStore(u, { httpConnections: o.originConnections, ...(o.s3Endpoint ? { s3Endpoint: o.s3Endpoint } : {}) })));
+  let cache: DiskCache | undefined;
+  const close = async () => {
+    await cache?.close();
+    await Promise.all(stores.map((s) => s.close()));
+  };
+  try {
+    const index = await loadFirst(stores, o.id, signal, { ...(o.verifyKey ? { verifyKey: o.verifyKey } : {}), keys: o.keys ?? envKeyProvider() });
+    const crypto = index.crypto;
+    const m = index.manifest;
+    const table = new ChunkTable(m.totalSize, m.chunkSize);
+    table.markZero(Uint8Array.from(index.flags, (f) => (f === 0 ? 1 : 0)));
+    cache = o.cacheDir
+      ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes, onProblem: cacheProblemLogger(log), ...(crypto ? { chunkId: (b) => crypto.id(b) } : {}) }, signal)
+      : undefined;
+    const metrics = new RuntimeMetrics();
+    const fetcher = new ChunkFetcher({
+      origins: stores,
+      ...(cache ? { cache } : {}),
+      ...(crypto ? { crypto } : {}),
+      attemptTimeoutMs: o.attemptTimeoutMs,
+      retries: o.retries,
+      concurrency: o.fetchConcurrency,
+      onFetch: (e) => (metrics.onFetch(e), logRecoveredFetch(log, e)),
+    });
+    const shape: ProfileShape = { id: o.id, chunkSize: m.chunkSize, totalSize: m.totalSize, chunks: index.count };
+    const wantsProfile = o.prefetch === 'auto' || o.prefetch === 'replay';
+    const profile = wantsProfile ? await loadProfile(stores, shape, (msg) => log.warn(msg), signal) : undefined;
+    const mode = o.prefetch === 'auto' ? (profile ? 'replay' : 'off') : o.prefetch;
+    if (mode === 'replay' && !profile) log.warn(`no profile for ${o.id}: replay has nothing to prefetch (record one with --prefetch record)`);
+    const saver = profileSaver(stores, shape, log);
+    const ctx: SessionContext = {
+      index,
+      table,
+      memory: new MemoryTier(table, o.memoryBudgetBytes),
+      fetcher,
+      metrics,
+      log,
+      failTimeoutMs: o.failTimeoutMs,
+      canPoison: o.failClosed === 'poison' || (o.failClosed === 'auto' && kernelCanPoison()),
+      prefetch: { mode, fill: o.fill, window: o.prefetchWindow, recordIdleMs: o.recordIdleMs, profile, saveRecording: saver.save },
+    };
+    const readVmstate = async (sig?: AbortSignal) => {
+      const errors: string[] = [];
+      for (const store of stores) {
+        try {
+          return await readVmstateFrom(store, index, sig);
+        } catch (e) {
+          if (sig?.aborted) throw e;
+          errors.push(`${store.url}: ${(e as Error).message}`);
+        }
+      }
+      throw new FetchError(`vmstate of ${o.id}`, errors);
+    };
+    return { stores, ctx, cache, profileSaves: saver, readVmstate, close };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}
