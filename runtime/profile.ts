@@ -39,17 +39,32 @@ export interface ProfileShape {
 export class Recorder {
   readonly #t0: number;
   readonly #first = new Map<number, number>();
-  constructor(t0 = performance.now()) {
+  readonly #idleMs: number;
+  readonly #save: (first: Map<number, number>) => void;
+  #timer: NodeJS.Timeout | undefined;
+  #saved = false;
+  /** `save` gets the recording once: when no new chunk was touched for idleMs, or at finish(). */
+  constructor(t0: number, idleMs: number, save: (first: Map<number, number>) => void) {
     this.#t0 = t0;
+    this.#idleMs = idleMs;
+    this.#save = save;
   }
   touch(chunk: number): void {
-    if (!this.#first.has(chunk)) this.#first.set(chunk, performance.now() - this.#t0);
+    if (this.#saved || this.#first.has(chunk)) return;
+    this.#first.set(chunk, performance.now() - this.#t0);
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => this.finish(), this.#idleMs);
+    this.#timer.unref();
   }
   get size(): number {
     return this.#first.size;
   }
-  entries(): Map<number, number> {
-    return new Map(this.#first);
+  /** Saves the recording now unless it was saved already or is empty. */
+  finish(): void {
+    if (this.#saved || this.#first.size === 0) return;
+    this.#saved = true;
+    clearTimeout(this.#timer);
+    this.#save(new Map(this.#first));
   }
 }
 

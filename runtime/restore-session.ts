@@ -7,73 +7,22 @@
  * through the pidfd taken at handshake time, so a late kill can never hit a recycled PID. It never
  * leaves the peer hung and never installs a byte it has not verified.
  */
-import { FaultSession, closeFd, pidfdSendSignal, type ChunkTable, type SessionEvent, type SessionStats } from '../native/index.js';
+import { FaultSession, closeFd, pidfdSendSignal, type SessionEvent, type SessionStats } from '../native/index.js';
 import { FetchError, SessionClosedError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
-import { chunkCodec, chunkHash, type SnapshotIndex } from '../store/manifest.js';
+import { chunkCodec, chunkHash } from '../store/manifest.js';
 import { chunkLength } from '../store/reader.js';
-import type { ChunkFetcher, Tier } from './fetcher.js';
+import type { Tier } from './fetcher.js';
 import type { Handshake } from './handshake.js';
-import type { MemoryTier } from './memory-tier.js';
-import type { RuntimeMetrics } from './metrics.js';
 import { Prefetcher } from './prefetch.js';
-import { Recorder, type Profile } from './profile.js';
+import { Recorder } from './profile.js';
 
 /** How long after the fail timeout a fault fails closed even if its fetch has not given up. */
 const FAIL_BACKSTOP_MS = 500;
 
-export interface PrefetchContext {
-  /** record: collect this session's first touches; replay: prefetch the profile's chunks. */
-  mode: 'off' | 'record' | 'replay';
-  /** After replay, fetch every other missing chunk in the background. */
-  fill: boolean;
-  /** Prefetch fetches in flight per session. */
-  window: number;
-  /** A recording is saved once: when no new chunk was touched for this long, or at session end. */
-  recordIdleMs: number;
-  profile: Profile | undefined;
-  saveRecording: (first: Map<number, number>) => void;
-}
+import type { LiveSessionStats, SessionContext, SessionSummary } from './session-types.js';
 
-export interface SessionContext {
-  index: SnapshotIndex;
-  table: ChunkTable;
-  memory: MemoryTier;
-  fetcher: ChunkFetcher;
-  metrics: RuntimeMetrics;
-  log: Logger;
-  failTimeoutMs: number;
-  /** Whether UFFDIO_POISON works on this kernel; otherwise failing closed means SIGKILL. */
-  canPoison: boolean;
-  prefetch: PrefetchContext;
-}
-
-export interface SessionSummary {
-  restoreId: string;
-  pid: number;
-  durationMs: number;
-  timeToFirstFaultServedMs: number | null;
-  faults: number;
-  zeroFaults: number;
-  fetchedChunks: number;
-  bytesFetched: number;
-  hitsByTier: Record<string, number>;
-  failedChunks: number[];
-  /** Chunks installed ahead of any fault by replay or fill. */
-  prefetchedChunks: number;
-  /** Chunks in this session's recording (record mode). */
-  recordedChunks: number;
-  outcome: 'ended' | 'killed' | 'shutdown';
-}
-
-/** A live session's figures: the native counters plus what the session fetched. */
-export interface LiveSessionStats extends SessionStats {
-  restoreId: string;
-  pid: number;
-  fetchedChunks: number;
-  bytesFetched: number;
-  prefetchedChunks: number;
-}
+export type { LiveSessionStats, PrefetchContext, SessionContext, SessionSummary } from './session-types.js';
 
 export class RestoreSession {
   readonly restoreId: string;
@@ -97,8 +46,6 @@ export class RestoreSession {
   readonly #counted = new Set<number>();
   #prefetched = 0;
   readonly #recorder: Recorder | undefined;
-  #recordTimer: NodeJS.Timeout | undefined;
-  #recordSaved = false;
   readonly #prefetcher: Prefetcher | undefined;
   readonly #onEnd: (s: RestoreSession, summary: SessionSummary) => void;
   /** populate() calls, re-checked on every install, failure and end. */
@@ -112,7 +59,7 @@ export class RestoreSession {
     this.#onEnd = opts.onEnd;
     this.#log = opts.ctx.log.child({ restoreId: opts.restoreId, pid: opts.pid });
     const pf = opts.ctx.prefetch;
-    if (pf.mode === 'record') this.#recorder = new Recorder(this.#t0);
+    if (pf.mode === 'record') this.#recorder = new Recorder(this.#t0, pf.recordIdleMs, pf.saveRecording);
     const reportTouches = pf.mode === 'record' || pf.fill;
     this.#fault = new FaultSession(opts.uffd, { table: opts.ctx.table, pageSize: opts.handshake.pageSize, regions: opts.handshake.regions, reportTouches }, (e) => this.#onEvent(e));
     this.#ctx.metrics.sessions.inc();
@@ -155,23 +102,6 @@ export class RestoreSession {
         if (this.#log.isLevelEnabled('debug')) this.#log.debug({ chunk: c, err: (err as Error).message }, 'prefetch failed; the demand path will retry if needed');
       },
     );
-  }
-
-  #touch(c: number): void {
-    if (!this.#recorder || this.#recordSaved) return;
-    const before = this.#recorder.size;
-    this.#recorder.touch(c);
-    if (this.#recorder.size === before) return;
-    clearTimeout(this.#recordTimer);
-    this.#recordTimer = setTimeout(() => this.#saveRecording(), this.#ctx.prefetch.recordIdleMs);
-    this.#recordTimer.unref();
-  }
-
-  #saveRecording(): void {
-    if (!this.#recorder || this.#recordSaved || this.#recorder.size === 0) return;
-    this.#recordSaved = true;
-    clearTimeout(this.#recordTimer);
-    this.#ctx.prefetch.saveRecording(this.#recorder.entries());
   }
 
   stats(): SessionStats {
@@ -224,9 +154,9 @@ export class RestoreSession {
   }
 
   #onEvent(e: SessionEvent): void {
-    for (const c of e.touched) this.#touch(c);
+    for (const c of e.touched) this.#recorder?.touch(c);
     for (const c of e.need) {
-      this.#touch(c);
+      this.#recorder?.touch(c);
       this.#prefetcher?.demand(c);
       this.#serve(c);
     }
@@ -329,7 +259,7 @@ export class RestoreSession {
    */
   end(outcome: SessionSummary['outcome']): SessionSummary {
     if (this.#ended) return this.#ended;
-    this.#saveRecording();
+    this.#recorder?.finish();
     const st = this.#fault.stats();
     this.#fault.close();
     closeFd(this.#pidfd);

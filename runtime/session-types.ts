@@ -1,0 +1,64 @@
+/**
+ * What a restore session is given and what it reports: the context all sessions of one served
+ * snapshot share, and the figures of one session, live and at its end.
+ */
+import type { Logger } from '../core/logger.js';
+import type { ChunkTable, SessionStats } from '../native/index.js';
+import type { SnapshotIndex } from '../store/manifest.js';
+import type { ChunkFetcher } from './fetcher.js';
+import type { MemoryTier } from './memory-tier.js';
+import type { RuntimeMetrics } from './metrics.js';
+import type { Profile } from './profile.js';
+
+export interface PrefetchContext {
+  /** record: collect this session's first touches; replay: prefetch the profile's chunks. */
+  mode: 'off' | 'record' | 'replay';
+  /** After replay, fetch every other missing chunk in the background. */
+  fill: boolean;
+  /** Prefetch fetches in flight per session. */
+  window: number;
+  /** A recording is saved once: when no new chunk was touched for this long, or at session end. */
+  recordIdleMs: number;
+  profile: Profile | undefined;
+  saveRecording: (first: Map<number, number>) => void;
+}
+
+export interface SessionContext {
+  index: SnapshotIndex;
+  table: ChunkTable;
+  memory: MemoryTier;
+  fetcher: ChunkFetcher;
+  metrics: RuntimeMetrics;
+  log: Logger;
+  failTimeoutMs: number;
+  /** Whether UFFDIO_POISON works on this kernel; otherwise failing closed means SIGKILL. */
+  canPoison: boolean;
+  prefetch: PrefetchContext;
+}
+
+export interface SessionSummary {
+  restoreId: string;
+  pid: number;
+  durationMs: number;
+  timeToFirstFaultServedMs: number | null;
+  faults: number;
+  zeroFaults: number;
+  fetchedChunks: number;
+  bytesFetched: number;
+  hitsByTier: Record<string, number>;
+  failedChunks: number[];
+  /** Chunks installed ahead of any fault by replay or fill. */
+  prefetchedChunks: number;
+  /** Chunks in this session's recording (record mode). */
+  recordedChunks: number;
+  outcome: 'ended' | 'killed' | 'shutdown';
+}
+
+/** A live session's figures: the native counters plus what the session fetched. */
+export interface LiveSessionStats extends SessionStats {
+  restoreId: string;
+  pid: number;
+  fetchedChunks: number;
+  bytesFetched: number;
+  prefetchedChunks: number;
+}
