@@ -32,24 +32,10 @@ import { mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'nod
 import path from 'node:path';
 
 import { IntegrityError, InvalidArgumentError } from '../core/errors.js';
-import { hashChunk } from '../store/chunk.js';
 import { assertHash } from '../store/keys.js';
+import { resolveDiskCacheOptions, type DiskCacheOptions, type DiskCacheProblem } from './disk-cache-options.js';
 
-export interface DiskCacheOptions {
-  /** Directory (created 0700 if missing; an existing directory keeps its mode). */
-  dir: string;
-  /** Byte budget; least recently used entries are evicted to stay under it. 0 caches nothing. */
-  budgetBytes: number;
-  /**
-   * How an entry's name is computed from its bytes, and checked on every get and put. @default
-   * BLAKE3 (hashChunk); an encrypted snapshot's keyed id (ChunkCrypto.id) for its chunks.
-   */
-  chunkId?: (bytes: Uint8Array) => string;
-  /** Told of each failed write and each entry that failed verification (deleted); must not throw. @default none */
-  onProblem?: (p: DiskCacheProblem) => void;
-}
-
-export type DiskCacheProblem = { kind: 'write-failed'; hash: string; error: unknown } | { kind: 'corrupt'; hash: string; path: string };
+export { resolveDiskCacheOptions, type DiskCacheOptions, type DiskCacheProblem, type ResolvedDiskCacheOptions } from './disk-cache-options.js';
 
 export interface DiskCacheStats {
   /** Entries and bytes in this process's index (see the budget caveat above). */
@@ -63,24 +49,12 @@ export interface DiskCacheStats {
   writeErrors: number;
 }
 
-export type ResolvedDiskCacheOptions = Required<Omit<DiskCacheOptions, 'onProblem'>> & Pick<DiskCacheOptions, 'onProblem'>;
-
 /** The same mark FileStore uses: `<hash>.tmp-<pid>-<random>`. */
 const TEMP_MARK = '.tmp-';
 const ENTRY = /^[0-9a-f]{64}$/;
 const FANOUT = /^[0-9a-f]{2}$/;
 /** A temp file this old is an interrupted write whatever its pid says: writing a chunk takes ms. */
 export const STALE_TEMP_MS = 60_000;
-
-export function resolveDiskCacheOptions(options: DiskCacheOptions): ResolvedDiskCacheOptions {
-  if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options', 'an object', options);
-  const { dir, budgetBytes, chunkId, onProblem } = options;
-  if (typeof dir !== 'string' || dir.length === 0) throw new InvalidArgumentError('dir', 'a non-empty directory path', dir);
-  if (!Number.isSafeInteger(budgetBytes) || budgetBytes < 0) throw new InvalidArgumentError('budgetBytes', 'a non-negative integer', budgetBytes);
-  if (chunkId !== undefined && typeof chunkId !== 'function') throw new InvalidArgumentError('chunkId', 'a function from bytes to a 64-hex-digit id', chunkId);
-  if (onProblem !== undefined && typeof onProblem !== 'function') throw new InvalidArgumentError('onProblem', 'a function', onProblem);
-  return { dir: path.resolve(dir), budgetBytes, chunkId: chunkId ?? hashChunk, ...(onProblem ? { onProblem } : {}) };
-}
 
 export class DiskCache {
   /** hash → file size, least recently used first: a Map keeps insertion order, a hit re-inserts. */
