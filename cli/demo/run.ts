@@ -80,16 +80,20 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
     // Each run replaces the demo's previous snapshot of the same id (snapshots are otherwise never
     // overwritten); its chunks stay, so an identical data set uploads nothing new.
     const store = await openStore(o.store);
-    await store.delete(manifestKey(o.id));
-    const summary = await snapshot({
-      store,
-      id: o.id,
-      source: { pid: ready.pid, maps: [`0x${lo.toString(16)}-0x${(lo + BigInt(o.size)).toString(16)}`] },
-      chunkSize: o.chunkSize,
-      ...(o.signal ? { signal: o.signal } : {}),
-      onProgress: (p) => o.onProgress?.('snapshot', p),
-    });
-    await store.close();
+    let summary: SnapshotSummary;
+    try {
+      await store.delete(manifestKey(o.id));
+      summary = await snapshot({
+        store,
+        id: o.id,
+        source: { pid: ready.pid, maps: [`0x${lo.toString(16)}-0x${(lo + BigInt(o.size)).toString(16)}`] },
+        chunkSize: o.chunkSize,
+        ...(o.signal ? { signal: o.signal } : {}),
+        onProgress: (p) => o.onProgress?.('snapshot', p),
+      });
+    } finally {
+      await store.close();
+    }
     src.stdin!.end(); // the source may go: from here on its memory lives only in the store
     await once(src, 'exit');
     children.delete(src);
