@@ -254,8 +254,9 @@ class LiveAttachment implements Attachment {
           uffdPoison(this.uffd, this.address, this.size);
           throw e;
         }
-        // Every page is present: unregister first, so no fault can reach the runtime any more,
-        // then the runtime ends the session and closes its copy of the uffd.
+        // Every data chunk is in; what is still missing is zero in the snapshot (or was removed),
+        // which is what an unregistered anonymous page reads as. Unregister first, so no fault can
+        // reach the runtime any more, then the runtime ends the session and closes its uffd copy.
         uffdUnregister(this.uffd, this.address, this.size);
         return await this.link.request<SessionSummary | undefined>('close');
       } finally {
