@@ -31,7 +31,7 @@
  * Compression happens before encryption, so an object's size tells how compressible the chunk
  * was; use --compress none where even that matters.
  */
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Blake3Hasher } from '@napi-rs/blake-hash';
 
 import { IntegrityError, ManifestError, WrongKeyError } from '../core/errors.js';
@@ -127,7 +127,11 @@ export class ChunkCrypto {
   /** The object stored under `id`: the encoded chunk, encrypted and bound to its id. */
   seal(id: string, encoded: Uint8Array): Buffer {
     const idBytes = Buffer.from(id, 'hex');
-    const { key, nonce } = this.#convergent ? this.#chunkKey(idBytes) : { key: this.#encKey, nonce: randomBytes(NONCE) };
+    const key = this.#convergent ? this.#chunkKey(idBytes) : this.#encKey;
+    // Convergent: the nonce is a MAC of the bytes sealed (SIV-style), so equal encodings give equal
+    // objects (dedup) while two encodings of one chunk (another codec or zstd level, which share the
+    // id and so the key) never share a nonce.
+    const nonce = this.#convergent ? createHmac('sha256', key).update(encoded).digest().subarray(0, NONCE) : randomBytes(NONCE);
     const c = createCipheriv('aes-256-gcm', key, nonce);
     c.setAAD(Buffer.concat([AAD_PREFIX, idBytes]));
     const body = c.update(encoded);
@@ -146,7 +150,7 @@ export class ChunkCrypto {
     const s = Buffer.from(stored.buffer, stored.byteOffset, stored.length);
     const idBytes = Buffer.from(id, 'hex');
     const nonce = s.subarray(1, 1 + NONCE);
-    const key = this.#convergent ? this.#chunkKey(idBytes).key : this.#encKey;
+    const key = this.#convergent ? this.#chunkKey(idBytes) : this.#encKey;
     const d = createDecipheriv('aes-256-gcm', key, nonce);
     d.setAAD(Buffer.concat([AAD_PREFIX, idBytes]));
     d.setAuthTag(s.subarray(s.length - TAG));
@@ -159,10 +163,9 @@ export class ChunkCrypto {
     }
   }
 
-  /** Convergent mode: a key and nonce of this chunk's own, so no (key, nonce) ever seals two plaintexts. */
-  #chunkKey(idBytes: Buffer): { key: Buffer; nonce: Buffer } {
-    const d = hkdf(this.#encKey, idBytes, 'lazysnap/1 convergent chunk', KEY_BYTES + NONCE);
-    return { key: d.subarray(0, KEY_BYTES), nonce: d.subarray(KEY_BYTES) };
+  /** Convergent mode: a key of this chunk's own, derived from its id. */
+  #chunkKey(idBytes: Buffer): Buffer {
+    return hkdf(this.#encKey, idBytes, 'lazysnap/1 convergent chunk', KEY_BYTES);
   }
 }
 

@@ -44,6 +44,19 @@ describe('chunk ids and sealing', () => {
     expect(a.seal(a.id(q), q).subarray(1, 13).equals(a.seal(id, p).subarray(1, 13))).toBe(false);
   });
 
+  it('convergent: two encodings of one chunk (another codec or zstd level: same id, same key) never share a nonce', () => {
+    const c = ChunkCrypto.create(K, 'convergent', 'k1');
+    const plain = Buffer.alloc(64 * 1024, 7);
+    const id = c.id(plain);
+    const a = c.seal(id, plain); // codec none
+    const b = c.seal(id, encodeChunk('zstd', plain)); // zstd
+    const nonce = (o: Buffer) => o.subarray(1, 13).toString('hex');
+    expect(nonce(a)).not.toBe(nonce(b));
+    expect(c.seal(id, plain).equals(a)).toBe(true); // still deterministic: dedup holds
+    expect(c.open('k', id, a).equals(plain)).toBe(true);
+    expect(c.open('k', id, b).equals(encodeChunk('zstd', plain))).toBe(true);
+  });
+
   it('random: snapshots are salted apart (ids and objects differ), each seal draws a fresh nonce', () => {
     const a = ChunkCrypto.create(K, 'random', 'k1');
     const b = ChunkCrypto.create(K, 'random', 'k1');
