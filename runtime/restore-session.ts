@@ -16,13 +16,12 @@ import type { Tier } from './fetcher.js';
 import type { Handshake } from './handshake.js';
 import { Prefetcher } from './prefetch.js';
 import { Recorder } from './profile.js';
-
-/** How long after the fail timeout a fault fails closed even if its fetch has not given up. */
-const FAIL_BACKSTOP_MS = 500;
-
 import type { LiveSessionStats, SessionContext, SessionSummary } from './session-types.js';
 
 export type { LiveSessionStats, PrefetchContext, SessionContext, SessionSummary } from './session-types.js';
+
+/** How long after the fail timeout a fault fails closed even if its fetch has not given up. */
+const FAIL_BACKSTOP_MS = 500;
 
 export class RestoreSession {
   readonly restoreId: string;
@@ -70,7 +69,7 @@ export class RestoreSession {
       this.#prefetcher = new Prefetcher(
         {
           skip: (c) => this.#installed.has(c) || this.#tried.has(c) || chunkHash(this.#ctx.index, c) === null,
-          prefetch: (c) => this.#prefetchOne(c),
+          prefetch: (c) => this.#fetchAhead(c),
           get ended() {
             return ended();
           },
@@ -82,7 +81,11 @@ export class RestoreSession {
     }
   }
 
-  #prefetchOne(c: number): Promise<void> {
+  /**
+   * Fetches a chunk ahead of any fault (replay, fill, populate). A prefetch that fails is dropped (a
+   * fault retries it); one that must arrive (populate) waits like a fault and fails closed.
+   */
+  #fetchAhead(c: number, mustArrive = false): Promise<void> {
     this.#tried.add(c);
     const { index, memory, fetcher } = this.#ctx;
     if (memory.has(c)) {
@@ -91,7 +94,9 @@ export class RestoreSession {
       this.#prefetched++;
       return Promise.resolve();
     }
-    return fetcher.fetch({ hash: chunkHash(index, c)!, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'prefetch').then(
+    const ref = { hash: chunkHash(index, c)!, codec: chunkCodec(index, c)!, length: chunkLength(index, c) };
+    // Its patience starts when its fetch starts, not while it waits in a long populate queue.
+    return fetcher.fetch(ref, 'prefetch', mustArrive ? this.#patience() : {}).then(
       ({ bytes, tier }) => {
         // A demand fault joined this fetch (or got the chunk first): its own callback installs it.
         if (this.#installed.has(c) || this.#needAt.has(c)) return;
@@ -99,7 +104,8 @@ export class RestoreSession {
         this.#install(c, bytes, tier);
       },
       (err: unknown) => {
-        if (this.#log.isLevelEnabled('debug')) this.#log.debug({ chunk: c, err: (err as Error).message }, 'prefetch failed; the demand path will retry if needed');
+        if (mustArrive) this.#failClosed(c, err);
+        else if (this.#log.isLevelEnabled('debug')) this.#log.debug({ chunk: c, err: (err as Error).message }, 'prefetch failed; the demand path will retry if needed');
       },
     );
   }
@@ -143,7 +149,10 @@ export class RestoreSession {
       };
       this.#waiters.add(check);
       signal?.addEventListener('abort', check, { once: true });
-      for (const c of want) this.#serve(c);
+      // Windowed at prefetch priority, like fill: the peer's own faults go first.
+      const ended = () => this.#ended !== undefined || this.#failed.length > 0 || signal?.aborted === true;
+      const driver = new Prefetcher({ skip: (c) => this.#installed.has(c), prefetch: (c) => this.#fetchAhead(c, true), get ended() { return ended(); } }, index.count, this.#ctx.prefetch.window);
+      void driver.run([...want], false);
       check();
     });
   }
@@ -195,17 +204,19 @@ export class RestoreSession {
       return;
     }
     this.#waiting.add(c);
-    fetcher.fetch({ hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'demand', {
-      // Transient origin failures are retried until the fault's deadline: an origin back within the
-      // fail timeout costs the guest latency, not its life.
-      // The fetch stops at the deadline with its account of every failed attempt; the signal, a
-      // little later, is the backstop that fails closed whatever the fetch is doing.
-      signal: AbortSignal.timeout(this.#ctx.failTimeoutMs + FAIL_BACKSTOP_MS),
-      retryUntil: performance.now() + this.#ctx.failTimeoutMs,
-    }).then(
+    fetcher.fetch({ hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'demand', this.#patience()).then(
       ({ bytes, tier }) => (this.#waiting.delete(c), this.#install(c, bytes, tier)),
       (err: unknown) => this.#failClosed(c, err),
     );
+  }
+
+  /**
+   * How a fetch that must arrive waits: transient origin failures are retried until failTimeoutMs
+   * (an origin back within it costs the guest latency, not its life), the fetch then ends with its
+   * account of every attempt; the signal, a little later, fails closed whatever the fetch is doing.
+   */
+  #patience(): { signal: AbortSignal; retryUntil: number } {
+    return { signal: AbortSignal.timeout(this.#ctx.failTimeoutMs + FAIL_BACKSTOP_MS), retryUntil: performance.now() + this.#ctx.failTimeoutMs };
   }
 
   #install(c: number, bytes: Buffer, tier: Tier): void {

@@ -11,6 +11,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { closeFd, connectUnix, createUffd, recvWithFds, sendWithFds } from '../../native/index.js';
 import type { RestoreServer } from '../../runtime/restore-server.js';
 import { runClient, startClient } from '../helpers/fc-client.js';
+import { fakeOrigin } from '../helpers/fault-origin.js';
 import { makeImage, tempDir } from '../helpers/images.js';
 import { serve, snapshotTo, summaries } from '../helpers/serve.js';
 import { hasUffd, kernelHasPoison, uffdSuite } from '../helpers/skip.js';
@@ -210,6 +211,29 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve'), () => {
     const [summary] = await summaries(server, 1);
     expect(summary).toMatchObject({ pid, fetchedChunks: nonZero, outcome: 'ended' });
     expect(seen.slice(1)).toEqual([`session ${pid}`, `end ${pid} ended`]);
+  });
+
+  it('populate() gives each fetch a fault\'s patience from when it starts: a long populate from a slow origin does not fail closed', async () => {
+    // 48 data chunks, 150 ms each, fail timeout 400 ms: all of them would not fit in one fault's
+    // patience (48 / 16 connections x 150 ms = 450 ms even if all were sent at once), each fits in its own.
+    const o = await fakeOrigin(store, () => ({ delayMs: 150 }));
+    server = await serve(tmp.dir, { stores: [o.url], id: 'vm', prefetch: 'off', failTimeoutMs: 400 });
+    try {
+      const c = startClient(['--socket', server.socketPath, '--image', img.path, '--wait', '--linger']);
+      const pid = await c.ready;
+      for (let i = 0; i < 200 && !server.sessionOf(pid); i++) await sleep(5);
+      await server.sessionOf(pid)!.populate();
+      expect(server.sessionStats()[0]).toMatchObject({ fetchedChunks: 64 - img.zeroChunks.length, forwardedFaults: 0 });
+      c.go();
+      await sleep(20);
+      c.release();
+      expect((await c.result).report).toMatchObject({ ok: true, mismatches: 0 });
+      expect((await summaries(server, 1))[0]).toMatchObject({ failedChunks: [], outcome: 'ended' });
+    } finally {
+      await server.close(0);
+      server = undefined;
+      await o.close();
+    }
   });
 
   it('shuts down gracefully: stops accepting, lets a live session finish, then stops', async () => {
