@@ -219,6 +219,15 @@ export class FirecrackerConnectionError extends LazysnapError {
 
 export { InsecurePathError, KeyUnavailableError, SignatureError, WrongKeyError } from './security-errors.js';
 
+/**
+ * An untrusted value (a peer's, a document's) in a message, at most 40 characters. Not String():
+ * {"toString": 1} makes that throw a TypeError.
+ */
+export function showUntrusted(v: unknown): string {
+  const s = JSON.stringify(v) ?? String(v);
+  return s.length > 40 ? `${s.slice(0, 37)}...` : s;
+}
+
 /** A URL safe to log: credentials and query strings (presigned signatures) removed. */
 export function redactUrl(url: string): string {
   try {

@@ -109,8 +109,8 @@ export class ChunkFetcher {
    * The verified bytes of a chunk and the tier that served them. Concurrent calls for one hash share
    * one fetch; the signal only detaches this caller, it never cancels a fetch others may wait for.
    */
-  fetch(ref: ChunkRef, priority: Priority, options: AbortSignal | FetchOptions = {}): Promise<{ bytes: Buffer; tier: Tier }> {
-    const { signal, retryUntil = 0 } = options instanceof AbortSignal ? { signal: options } : options;
+  fetch(ref: ChunkRef, priority: Priority, options: FetchOptions = {}): Promise<{ bytes: Buffer; tier: Tier }> {
+    const { signal, retryUntil = 0 } = options;
     signal?.throwIfAborted();
     let entry = this.#inflight.get(ref.hash);
     // The fetch keeps trying for as long as its most patient waiter can wait.

@@ -7,7 +7,7 @@
  */
 import { readlinkSync } from 'node:fs';
 
-import { HandshakeError } from '../core/errors.js';
+import { HandshakeError, showUntrusted } from '../core/errors.js';
 import type { PageSize, Region } from '../native/index.js';
 
 export interface Handshake {
@@ -23,11 +23,7 @@ export interface SnapshotShape {
 
 const MAX_REGIONS = 1024;
 const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
-/** A peer's value in a message. Not String(): {"toString": 1} makes that throw a TypeError. */
-const show = (v: unknown): string => {
-  const s = JSON.stringify(v) ?? String(v);
-  return s.length > 40 ? `${s.slice(0, 37)}...` : s;
-};
+const show = showUntrusted;
 
 /**
  * Parses a complete payload. `fdCount` is how many fds came with it. Throws HandshakeError with the

@@ -23,7 +23,7 @@ export class WorkerLink {
       if (m.type === 'reply') {
         const p = this.#pending.get(m.seq);
         this.#pending.delete(m.seq);
-        if (m.error) p?.reject(Object.assign(new LazysnapError((m.error.code ?? 'LAZYSNAP_FETCH_FAILED') as never, m.error.message)));
+        if (m.error) p?.reject(new LazysnapError((m.error.code ?? 'LAZYSNAP_SESSION_CLOSED') as never, m.error.message));
         else p?.resolve(m.value);
       }
       for (const l of this.#listeners) l(m);

@@ -53,7 +53,7 @@ async function main(): Promise<void> {
         (value) => post({ type: 'reply', seq: m.seq, value }),
         (e: unknown) => post({ type: 'reply', seq: m.seq, error: errorOf(e) }),
       );
-    if (m.op === 'stats') void reply(Promise.resolve(session?.liveStats() ?? server.summaries.at(-1)));
+    if (m.op === 'stats') void reply(session ? Promise.resolve(session.liveStats()) : Promise.reject(new Error('no live session')));
     else if (m.op === 'populate') void reply(session ? session.populate() : Promise.reject(new Error('no live session')));
     else if (m.op === 'close') {
       // attach() has unregistered the memory: no fault can reach this session any more, so it ends

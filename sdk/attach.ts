@@ -49,7 +49,10 @@ import { WorkerLink } from './attach-link.js';
 const PAGE = 4096;
 
 /** Serve options that make sense in-process (no socket, metrics or peer policy: the peer is us). */
-export type AttachServeOptions = Omit<ServeOptions, 'socketPath' | 'logger' | 'metricsPort' | 'metricsHost' | 'allowUids' | 'handshakeTimeoutMs' | 'shutdownGraceMs'>;
+export type AttachServeOptions = Omit<ServeOptions, 'socketPath' | 'logger' | 'metricsPort' | 'metricsHost' | 'allowUids' | 'socketGroup' | 'handshakeTimeoutMs' | 'shutdownGraceMs' | 'keys' | 'verifyKey'> & {
+  /** A public key (PEM text): only a manifest it signed is restored. Key objects cannot cross to the runtime's thread. */
+  verifyKey?: string;
+};
 
 export interface AttachOptions extends AttachServeOptions {
   /** The runtime's log level (it logs to stderr from its worker). @default 'warn' */

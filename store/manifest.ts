@@ -7,7 +7,7 @@
  *   chunks.flags:  base64 of n bytes, 0 = all-zero chunk (not stored), k > 0 = stored with codecs[k-1]
  * Readers accept any 1.x format and reject another major version with UnsupportedFormatError.
  */
-import { ManifestError, UnsupportedFormatError } from '../core/errors.js';
+import { ManifestError, UnsupportedFormatError, showUntrusted } from '../core/errors.js';
 import { CODECS, type Codec } from './chunk.js';
 import { validateEncryptionInfo, type ChunkCrypto, type EncryptionInfo } from './chunk-crypto.js';
 import { assertSnapshotId } from './keys.js';
@@ -77,11 +77,7 @@ export function serializeManifest(m: Manifest): Buffer {
   return Buffer.from(`${JSON.stringify(m, null, 1)}\n`);
 }
 
-/** A document's value in a message. Not `${v}`: {"toString": 1} makes that throw a TypeError. */
-const show = (v: unknown): string => {
-  const s = JSON.stringify(v) ?? String(v);
-  return s.length > 40 ? `${s.slice(0, 37)}...` : s;
-};
+const show = showUntrusted;
 
 const isInt = (v: unknown, min = 0): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= min;
 

@@ -29,16 +29,17 @@ options:
   --json               print the report as JSON
 `;
 
-const ms = (v: number) => `${v.toFixed(v < 10 ? 1 : 0)} ms`;
+/** Milliseconds as text (cli/common.ts's `ms` takes nanoseconds). */
+const millis = (v: number) => `${v.toFixed(v < 10 ? 1 : 0)} ms`;
 
 function table(report: DemoReport): string {
   const { runs, snapshot: s } = report;
   const pct = (r: RestoreOutcome) => `${formatBytes(r.stats.bytesFetched)} (${((100 * r.stats.bytesFetched) / report.source.size).toFixed(1)}%)`;
   const rows: [string, (r: RestoreOutcome) => string][] = [
-    ['runtime ready', (r) => ms(r.attachMs)],
-    ...(runs.some((r) => r.mode === 'eager') ? ([['everything fetched', (r) => (r.mode === 'eager' ? ms(r.attachMs + r.populateMs) : '-')]] as [string, (r: RestoreOutcome) => string][]) : []),
-    ['first byte read', (r) => ms(r.firstByteMs)],
-    ['workload done', (r) => ms(r.workloadDoneMs)],
+    ['runtime ready', (r) => millis(r.attachMs)],
+    ...(runs.some((r) => r.mode === 'eager') ? ([['everything fetched', (r) => (r.mode === 'eager' ? millis(r.attachMs + r.populateMs) : '-')]] as [string, (r: RestoreOutcome) => string][]) : []),
+    ['first byte read', (r) => millis(r.firstByteMs)],
+    ['workload done', (r) => millis(r.workloadDoneMs)],
     ['faults', (r) => String(r.stats.faults)],
     ['  on zero chunks', (r) => String(r.stats.zeroFaults)],
     ['chunks fetched', (r) => `${r.stats.fetchedChunks} of ${s.chunks - s.zeroChunks}`],
@@ -53,8 +54,8 @@ function table(report: DemoReport): string {
 function describe(report: DemoReport): string {
   const { source: src, snapshot: s, runs } = report;
   const out = [
-    `lazysnap demo: process ${src.pid} built ${src.records.toLocaleString('en')} records in ${formatBytes(src.size)} of memory (${ms(src.buildMs)})`,
-    `  snapshot  ${s.id} in ${s.store}: ${s.chunks} chunks of ${formatBytes(s.totalSize / s.chunks)}, ${s.zeroChunks} zero (not stored), ${s.uploadedChunks} uploaded (${formatBytes(s.uploadedBytes)}), ${ms(s.elapsedMs)}`,
+    `lazysnap demo: process ${src.pid} built ${src.records.toLocaleString('en')} records in ${formatBytes(src.size)} of memory (${millis(src.buildMs)})`,
+    `  snapshot  ${s.id} in ${s.store}: ${s.chunks} chunks of ${formatBytes(s.totalSize / s.chunks)}, ${s.zeroChunks} zero (not stored), ${s.uploadedChunks} uploaded (${formatBytes(s.uploadedBytes)}), ${millis(s.elapsedMs)}`,
     `  workload  reads ${report.touched} of ${report.chunks} chunks in a fresh process, page by page${runs.some((r) => r.userModeOnly) ? '\n  (unprivileged: user-mode-only userfaultfd; kernel-side access to unrestored pages gets EFAULT)' : ''}`,
     '',
     table(report),
