@@ -28,8 +28,10 @@ export class WorkerLink {
       }
       for (const l of this.#listeners) l(m);
     });
+    // 'error' is followed by 'exit': the first tells, the second finds it told.
     const gone = (e: Error) => {
-      this.#gone ??= e;
+      if (this.#gone) return;
+      this.#gone = e;
       for (const p of this.#pending.values()) p.reject(e);
       this.#pending.clear();
       for (const l of this.#listeners) l({ type: 'failed', error: { message: e.message } });

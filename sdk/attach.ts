@@ -170,21 +170,28 @@ export async function attach(target: AttachTarget, options: AttachOptions): Prom
     if (mapped) munmap(address, buffer.byteLength);
     throw e;
   }
-  const dir = mkdtempSync(path.join(tmpdir(), 'lazysnap-attach-')); // 0700: the socket is private
-  const socketPath = path.join(dir, 'uffd.sock');
-  const data: AttachWorkerData = { serve: { ...serve, socketPath, handshakeTimeoutMs: 5000, shutdownGraceMs: 0 }, logLevel };
-  const link = new WorkerLink(startModuleWorker(new URL('./attach-worker.js', import.meta.url), { workerData: data }));
+  let dir: string | undefined;
+  let link: WorkerLink | undefined;
   let uffd = -1;
   let conn = -1;
   let registered = 0;
+  // Every step on its own: one that fails must not leave the others undone, nor hide the error.
   const cleanup = async () => {
-    if (registered) uffdUnregister(uffd, address, registered);
-    if (conn >= 0) closeFd(conn);
-    if (uffd >= 0) closeFd(uffd);
-    await link.terminate();
-    rmSync(dir, { recursive: true, force: true });
+    const steps: (() => unknown)[] = [
+      () => registered && uffdUnregister(uffd, address, registered),
+      () => conn >= 0 && closeFd(conn),
+      () => uffd >= 0 && closeFd(uffd),
+      () => link?.terminate(),
+      () => dir && rmSync(dir, { recursive: true, force: true }),
+      () => mapped && munmap(address, buffer.byteLength),
+    ];
+    for (const step of steps) await Promise.resolve().then(step).catch(() => {});
   };
   try {
+    dir = mkdtempSync(path.join(tmpdir(), 'lazysnap-attach-')); // 0700: the socket is private
+    const socketPath = path.join(dir, 'uffd.sock');
+    const data: AttachWorkerData = { serve: { ...serve, socketPath, handshakeTimeoutMs: 5000, shutdownGraceMs: 0 }, logLevel };
+    link = new WorkerLink(startModuleWorker(new URL('./attach-worker.js', import.meta.url), { workerData: data }));
     const ready = await link.waitFor(['ready'], signal);
     const size = ready.totalSize;
     if (ready.pageSize !== PAGE) throw new InvalidArgumentError('id', 'a snapshot of 4 KiB pages (hugepage snapshots restore into hugetlb memory)', ready.pageSize);
@@ -206,8 +213,19 @@ export async function attach(target: AttachTarget, options: AttachOptions): Prom
     return new LiveAttachment(buffer, address, size, u.userModeOnly, s.restoreId, mapped, link, uffd, conn, dir);
   } catch (e) {
     await cleanup();
-    if (mapped) munmap(address, buffer.byteLength);
     throw e;
+  }
+}
+
+/**
+ * Fails closed when the runtime cannot finish: poisons every page not yet restored (a touch raises
+ * SIGBUS), or where the kernel cannot poison, kills this process; either beats a hang or zeros.
+ */
+function failClosedLocally(uffd: number, address: bigint, size: number): void {
+  try {
+    uffdPoison(uffd, address, size);
+  } catch {
+    process.kill(process.pid, 'SIGKILL');
   }
 }
 
@@ -229,13 +247,10 @@ class LiveAttachment implements Attachment {
   ) {
     // Fail closed if the runtime dies under us: poison every page not yet restored (a touch then
     // raises SIGBUS) rather than leave this thread to wait forever on a fault nobody serves.
+    // (Only while this thread's event loop runs: a thread blocked in a fault when the worker dies
+    // stays blocked; see docs/SDK.md.)
     link.onGone = () => {
-      if (this.#detached) return;
-      try {
-        uffdPoison(uffd, address, size);
-      } catch {
-        process.kill(process.pid, 'SIGKILL'); // the kernel cannot poison: a hang is worse
-      }
+      if (!this.#detached) failClosedLocally(uffd, address, size);
     };
   }
 
@@ -254,7 +269,7 @@ class LiveAttachment implements Attachment {
           await this.link.request('populate');
         } catch (e) {
           // Once unregistered, a page never restored would read as zeros: poison what is missing.
-          uffdPoison(this.uffd, this.address, this.size);
+          failClosedLocally(this.uffd, this.address, this.size);
           throw e;
         }
         // Every data chunk is in; what is still missing is zero in the snapshot (or was removed),
