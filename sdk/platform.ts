@@ -5,12 +5,12 @@
  * restore of the same snapshot on the host shares one server: one chunk table, one fetch per chunk.
  */
 import { createHash } from 'node:crypto';
-import { lstatSync, mkdirSync } from 'node:fs';
 import { rename, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import { InvalidArgumentError, LazysnapError, NotFoundError } from '../core/errors.js';
 import { RestoreServer, type ServeOptions } from '../runtime/restore-server.js';
+import { prepareSocketDir } from '../runtime/serve-socket.js';
 import { assertSnapshotId } from '../store/keys.js';
 import { FirecrackerClient, type LoadSnapshotParams } from './firecracker-client.js';
 
@@ -66,11 +66,9 @@ export class RestoreHost {
     if (typeof options?.runtimeDir !== 'string' || options.runtimeDir === '') throw new InvalidArgumentError('runtimeDir', 'a directory path', options?.runtimeDir);
     this.runtimeDir = path.resolve(options.runtimeDir);
     this.#serve = options.serve;
-    mkdirSync(this.runtimeDir, { recursive: true, mode: 0o700 });
-    const st = lstatSync(this.runtimeDir);
-    if (!st.isDirectory() || (st.mode & 0o022) !== 0 || (process.getuid && st.uid !== process.getuid())) {
-      throw new InvalidArgumentError('runtimeDir', 'a directory owned by this user and writable by no one else', `${this.runtimeDir} (mode ${(st.mode & 0o777).toString(8)}, uid ${st.uid})`);
-    }
+    // serve's own rule for a socket's directory (created 0700; refused if others could write it or
+    // a parent without the sticky bit): checked now, so a bad host fails at start, not first restore.
+    prepareSocketDir(path.join(this.runtimeDir, 'restore.sock'), options.serve?.socketGroup);
   }
 
   #key(ref: SnapshotRef): string {
@@ -83,10 +81,10 @@ export class RestoreHost {
 
   /** The running server for a snapshot, started on first use and shared by later restores. */
   server(ref: SnapshotRef, signal?: AbortSignal): Promise<RestoreServer> {
-    return this.#entry(ref, signal).entry.server;
+    return detachable(this.#entry(ref).entry.server, signal);
   }
 
-  #entry(ref: SnapshotRef, signal?: AbortSignal): { entry: Entry; created: boolean } {
+  #entry(ref: SnapshotRef): { entry: Entry; created: boolean } {
     if (this.#closed) throw new LazysnapError('LAZYSNAP_SESSION_CLOSED', 'the restore host is closed');
     const key = this.#key(ref);
     let e = this.#entries.get(key);
@@ -95,7 +93,9 @@ export class RestoreHost {
       // Same id from other stores gets its own socket: the name carries a digest of the stores.
       const tag = createHash('sha256').update(key).digest('hex').slice(0, 12);
       const socketPath = path.join(this.runtimeDir, `${ref.id.slice(0, 48)}-${tag}.sock`);
-      const server = RestoreServer.start({ ...this.#serve, stores: ref.stores, id: ref.id, socketPath }, signal);
+      // No caller's signal: the start is shared by every restore of the snapshot (each caller's
+      // signal only detaches that caller, see restore()).
+      const server = RestoreServer.start({ ...this.#serve, stores: ref.stores, id: ref.id, socketPath });
       e = { server, vmstate: undefined };
       this.#entries.set(key, e);
       // A server that failed to start is forgotten, so the next restore tries again.
@@ -106,13 +106,13 @@ export class RestoreHost {
   }
 
   /** Downloads the snapshot's vmstate once per host, verified (and decrypted) by the server's reader. */
-  async #vmstate(server: RestoreServer, signal?: AbortSignal): Promise<string> {
+  async #vmstate(server: RestoreServer): Promise<string> {
     const vm = server.snapshot.vmstate;
     if (!vm) throw new NotFoundError(server.storeUrls[0] ?? 'the store', `the vmstate of snapshot ${server.snapshot.id} (it was taken without --vmstate FILE)`);
     const file = path.join(this.runtimeDir, `${vm.hash}.vmstate`);
     const have = await stat(file).catch(() => undefined);
     if (have?.size === vm.size) return file; // named by its hash, written only once verified
-    const bytes = (await server.readVmstate(signal))!;
+    const bytes = (await server.readVmstate())!;
     const tmp = `${file}.${process.pid}.tmp`;
     await writeFile(tmp, bytes, { mode: 0o600 });
     await rename(tmp, file);
@@ -130,13 +130,13 @@ export class RestoreHost {
     const { signal } = options;
     signal?.throwIfAborted();
     const t0 = performance.now();
-    const { entry, created } = this.#entry(options.snapshot, signal);
+    const { entry, created } = this.#entry(options.snapshot);
     const reusedServer = !created;
-    const server = await entry.server;
+    const server = await detachable(entry.server, signal);
     const t1 = performance.now();
-    entry.vmstate ??= this.#vmstate(server, signal);
+    entry.vmstate ??= this.#vmstate(server);
     entry.vmstate.catch(() => (entry.vmstate = undefined)); // retried by the next restore
-    const vmstatePath = await entry.vmstate;
+    const vmstatePath = await detachable(entry.vmstate, signal);
     const t2 = performance.now();
     const fc = typeof options.firecracker === 'string' ? new FirecrackerClient({ socketPath: options.firecracker }) : options.firecracker;
     try {
@@ -158,4 +158,15 @@ export class RestoreHost {
     this.#entries.clear();
     await Promise.all(entries.map((e) => e.server.then((s) => s.close(graceMs), () => {})));
   }
+}
+
+/** `p` for one caller: its signal rejects this caller's wait, never the shared work behind it. */
+function detachable<T>(p: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (!signal) return p;
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
 }

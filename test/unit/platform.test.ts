@@ -116,11 +116,21 @@ describe.skipIf(!hasUffd || !!specMissing)(uffdSuite(`RestoreHost: one-call lazy
     expect(fc!.requests.filter((r) => r.path === '/snapshot/load')).toHaveLength(1);
   });
 
+  it('one caller\'s abort detaches only that caller: the shared server start goes on for the others', async () => {
+    const ref = { id: 'fn', stores: [store] };
+    const ac = new AbortController();
+    const a = host!.server(ref, ac.signal);
+    const b = host!.server(ref);
+    ac.abort(new Error('caller gone'));
+    await expect(a).rejects.toThrow('caller gone');
+    expect((await b).snapshot).toMatchObject({ id: 'fn', chunks: 32 });
+  });
+
   it('refuses a runtime directory others can write', () => {
     const dir = path.join(tmp.dir, 'open');
     host = new RestoreHost({ runtimeDir: dir });
     // (created 0700 above; now loosen it as a careless deploy would)
     chmodSync(dir, 0o777);
-    expect(() => new RestoreHost({ runtimeDir: dir })).toThrow(/writable by no one else/);
+    expect(() => new RestoreHost({ runtimeDir: dir })).toThrow(expect.objectContaining({ code: 'LAZYSNAP_INSECURE_PATH', message: expect.stringMatching(/writable by/) }));
   });
 });
