@@ -22,9 +22,9 @@ options:
   --chunk-size SIZE    chunk size, a power of two >= 4KiB (default 512KiB)
   --working-set F      fraction of chunks the workload reads, 0 < F <= 1 (default 0.1)
   --store DIR          the local store (default .lazysnap in the current directory; kept, so
-                       \`lazysnap inspect --store DIR --id demo\` can look at it afterwards)
-  --id ID              snapshot id (default demo), replaced on each run; its chunks stay, so a
-                       second run uploads nothing new (dedup)
+                       \`lazysnap inspect --store DIR --id ID\` can look at it afterwards)
+  --id ID              snapshot id, which must be new (default demo-<UTC time>); a second run
+                       uploads no chunks: they are all in the store already (dedup)
   --compare            also restore eagerly (every chunk fetched before the workload), side by side
   --json               print the report as JSON
 `;
@@ -75,7 +75,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       'chunk-size': { type: 'string', default: '512KiB' },
       'working-set': { type: 'string', default: '0.1' },
       store: { type: 'string', default: '.lazysnap' },
-      id: { type: 'string', default: 'demo' },
+      id: { type: 'string' },
       compare: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
     },
@@ -86,7 +86,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
     chunkSize: parseSize('--chunk-size', values['chunk-size']),
     workingSet: Number(values['working-set']),
     store: values.store,
-    id: values.id,
+    id: values.id ?? `demo-${new Date().toISOString().replace(/[:.]/g, '-')}`,
     compare: values.compare,
     seed: 0x5eed,
     ...(signal ? { signal } : {}),

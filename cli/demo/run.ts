@@ -15,8 +15,6 @@ import { createInterface } from 'node:readline';
 import { LazysnapError, SourceError } from '../../core/errors.js';
 import { moduleCommand } from '../../core/worker.js';
 import { snapshot, type SnapshotProgress, type SnapshotSummary } from '../../sdk/snapshot.js';
-import { manifestKey } from '../../store/keys.js';
-import { openStore } from '../../store/open.js';
 import type { RestoreFailure, RestoreJob, RestoreOutcome } from './restore-proc.js';
 import type { SourceReady } from './source-proc.js';
 
@@ -77,23 +75,16 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
     const ready = await firstLine<SourceReady>(src, 'the source process', o.signal);
     const lo = BigInt(ready.address);
     o.onProgress?.(`snapshotting process ${ready.pid}`);
-    // Each run replaces the demo's previous snapshot of the same id (snapshots are otherwise never
-    // overwritten); its chunks stay, so an identical data set uploads nothing new.
-    const store = await openStore(o.store);
-    let summary: SnapshotSummary;
-    try {
-      await store.delete(manifestKey(o.id));
-      summary = await snapshot({
-        store,
-        id: o.id,
-        source: { pid: ready.pid, maps: [`0x${lo.toString(16)}-0x${(lo + BigInt(o.size)).toString(16)}`] },
-        chunkSize: o.chunkSize,
-        ...(o.signal ? { signal: o.signal } : {}),
-        onProgress: (p) => o.onProgress?.('snapshot', p),
-      });
-    } finally {
-      await store.close();
-    }
+    // A new snapshot id per run (snapshots are never overwritten, and a demo must not delete one):
+    // the chunks of an identical data set are already there, so a second run uploads nothing.
+    const summary = await snapshot({
+      store: o.store,
+      id: o.id,
+      source: { pid: ready.pid, maps: [`0x${lo.toString(16)}-0x${(lo + BigInt(o.size)).toString(16)}`] },
+      chunkSize: o.chunkSize,
+      ...(o.signal ? { signal: o.signal } : {}),
+      onProgress: (p) => o.onProgress?.('snapshot', p),
+    });
     src.stdin!.end(); // the source may go: from here on its memory lives only in the store
     await once(src, 'exit');
     children.delete(src);

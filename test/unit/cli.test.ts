@@ -77,7 +77,8 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap demo'), () => {
       expect(run.pagesRead).toBe(16 * 64);
     }
     // Which chunks are zero, from the manifest: lazy fetched exactly the working set's data chunks.
-    const ix = await loadIndex(new FileStore(store), 'demo');
+    const ix = await loadIndex(new FileStore(store), report.snapshot.id);
+    expect(report.snapshot.id).toMatch(/^demo-\d{4}-\d\d-\d\dT/);
     const zero = new Set([...Array(64).keys()].filter((c) => chunkHash(ix, c) === null));
     expect(zero.size).toBe(report.snapshot.zeroChunks);
     expect(zero.size).toBeGreaterThan(0);
@@ -90,7 +91,7 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap demo'), () => {
     expect(lazy!.stats.bytesFetched).toBeLessThan(eager!.stats.bytesFetched);
     expect(lazy!.firstByteMs).toBeGreaterThan(0);
 
-    // A second run replaces the snapshot and uploads nothing: the data set's chunks are all there.
+    // A second run is a new snapshot and uploads nothing: the data set's chunks are all there.
     const again = await run(['demo', '--size', '16MiB', '--chunk-size', '256KiB', '--store', store, '--json']);
     expect(again.code).toBe(0);
     expect((JSON.parse(again.out) as DemoReport).snapshot).toMatchObject({ uploadedChunks: 0, chunks: 64 });
