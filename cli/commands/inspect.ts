@@ -1,7 +1,8 @@
 import { parseArgs } from 'node:util';
 
+import { WrongKeyError } from '../../core/errors.js';
 import { formatBytes } from '../../core/units.js';
-import { keyCheckOf } from '../../store/chunk-crypto.js';
+import { openChunkCrypto } from '../../store/chunk-crypto.js';
 import { envKeyProvider } from '../../store/key-provider.js';
 import { assertSnapshotId, signatureKey } from '../../store/keys.js';
 import { chunkCodec, chunkHash } from '../../store/manifest.js';
@@ -19,7 +20,8 @@ whether it is signed and how its chunks are encrypted.
                        and not shown
 
 With LAZYSNAP_CHUNK_KEY (or LAZYSNAP_CHUNK_KEY_FILE) set, an encrypted snapshot's key check is
-compared with that key ("key: matches" or "key: does not match"). No chunk is read.
+compared with that key ("key: matches", "key: does not match", or "key: unusable (why)" for a
+key that cannot be read or is for another key id). No chunk is read.
 `;
 
 export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
@@ -36,12 +38,20 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
     const ix = await loadIndex(store, id, signal, vk ? { verifyKey: vk } : {});
     const m = ix.manifest;
     const signature = vk ? `verified (${keyFingerprint(vk)})` : (await store.has(signatureKey(id), signal ? { signal } : {})) ? 'present, not verified (give --verify-key)' : 'none';
+    // The same check serve makes (openChunkCrypto): a key that is there but wrong does not match; a
+    // key that cannot be had (malformed, another key id) says why instead.
     let keyMatch: boolean | null = null;
+    let keyProblem: string | undefined;
     if (m.encryption && (process.env.LAZYSNAP_CHUNK_KEY || process.env.LAZYSNAP_CHUNK_KEY_FILE)) {
-      const key = await envKeyProvider().getKey(m.encryption.keyId).catch(() => undefined);
-      keyMatch = key ? keyCheckOf(key) === m.encryption.keyCheck : false;
+      keyMatch = await openChunkCrypto(m.encryption, envKeyProvider(), id, signal).then(
+        () => true,
+        (e: unknown) => {
+          if (!(e instanceof WrongKeyError)) keyProblem = (e as Error).message;
+          return false;
+        },
+      );
     }
-    const encryption = m.encryption ? { alg: m.encryption.alg, mode: m.encryption.mode, keyId: m.encryption.keyId, keyMatches: keyMatch } : null;
+    const encryption = m.encryption ? { alg: m.encryption.alg, mode: m.encryption.mode, keyId: m.encryption.keyId, keyMatches: keyMatch, ...(keyProblem ? { keyProblem } : {}) } : null;
     const unique = new Set<string>();
     const byCodec: Record<string, number> = {};
     let zero = 0;
@@ -81,7 +91,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
           `  parent      ${m.parent ?? '-'}`,
           `  vmstate     ${m.vmstate ? `${m.vmstate.key} (${formatBytes(m.vmstate.size)})` : '-'}`,
           `  signature   ${signature}`,
-          `  encryption  ${encryption ? `${encryption.alg}, ${encryption.mode}, key id ${encryption.keyId}${keyMatch === null ? '' : keyMatch ? ', key: matches' : ', key: does not match'}` : 'none'}`,
+          `  encryption  ${encryption ? `${encryption.alg}, ${encryption.mode}, key id ${encryption.keyId}${keyMatch === null ? '' : keyMatch ? ', key: matches' : keyProblem ? `, key: unusable (${keyProblem})` : ', key: does not match'}` : 'none'}`,
         ].join('\n') + '\n',
       );
     }
