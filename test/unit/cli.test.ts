@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,6 +26,9 @@ const NOBODY = ['--reuid', '65534', '--regid', '65534', '--clear-groups'];
 const unprivilegedSkip = (() => {
   if (process.getuid?.() !== 0) return 'needs root (to become uid 65534)';
   for (const tool of ['setpriv', 'unshare']) if (spawnSync(tool, ['--version']).status !== 0) return `needs ${tool} (util-linux)`;
+  // The bind mount shows the checkout's own mode: a checkout that is itself private (cloned straight
+  // into a mktemp -d directory) cannot be entered by uid 65534 however it is mounted.
+  if ((statSync(repoRoot).mode & 0o005) !== 0o005) return `the checkout ${repoRoot} is not readable by others (mode ${(statSync(repoRoot).mode & 0o777).toString(8)})`;
   return '';
 })();
 
