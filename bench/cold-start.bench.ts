@@ -16,7 +16,16 @@ import assert from 'node:assert/strict';
 import { existsSync, rmSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 
-import { ChunkTable, FaultSession, acceptUnix, closeFd, listenUnix, recvWithFds, watchFd, type FdWatch } from '../native/index.js';
+import {
+  ChunkTable,
+  FaultSession,
+  acceptUnix,
+  closeFd,
+  listenUnix,
+  recvWithFds,
+  watchFd,
+  type FdWatch,
+} from '../native/index.js';
 import { ChunkFetcher, type FetchEvent } from '../runtime/fetcher.js';
 import { parseHandshake } from '../runtime/handshake.js';
 import type { RestoreServer } from '../runtime/restore-server.js';
@@ -46,22 +55,37 @@ const TARGET = { lazy: 3.7, eager: 10, bound: 1.5 };
 const ID = 'p3-cold';
 const MODES = ['eager', 'lazy', 'replay', 'floor'] as const;
 
-
-
 const tmp = tempDir('lazysnap-p3-');
 process.once('exit', tmp.cleanup); // also when interrupted (slow-origin.ts exits on SIGINT/SIGTERM)
 const image = path.join(tmp.dir, 'p3.img');
 const storeDir = path.join(tmp.dir, 'store');
 const UNITS = Math.ceil(IMAGE_BYTES / UNIT);
-const clientArgs = (socket: string) =>
-  ['--socket', socket, '--image', image, '--touch', 'sparse', '--chunk-size', String(UNIT), '--order', 'random', '--seed', '42', '--threads', '1'];
+const clientArgs = (socket: string) => [
+  '--socket',
+  socket,
+  '--image',
+  image,
+  '--touch',
+  'sparse',
+  '--chunk-size',
+  String(UNIT),
+  '--order',
+  'random',
+  '--seed',
+  '42',
+  '--threads',
+  '1',
+];
 
 async function workload(socket: string): Promise<ClientReport> {
   const c = startClient(clientArgs(socket));
   c.release();
   try {
     const r = await timeout(c.result, STEP_MS, 'fc-client');
-    assert.ok(r.report?.ok && r.code === 0, `fc-client failed (code ${r.code}, signal ${r.signal}): ${r.stderr}`);
+    assert.ok(
+      r.report?.ok && r.code === 0,
+      `fc-client failed (code ${r.code}, signal ${r.signal}): ${r.stderr}`,
+    );
     assert.equal(r.report.pagesVerified, UNITS, 'the client must verify one page per unit');
     return r.report;
   } finally {
@@ -71,12 +95,18 @@ async function workload(socket: string): Promise<ClientReport> {
 
 async function originTotals(server: RestoreServer): Promise<{ fetches: number; storedBytes: number }> {
   const sum = async (m: typeof server.metrics.fetches) =>
-    (await m.get()).values.filter((v) => String(v.labels.tier).startsWith('origin')).reduce((a, v) => a + v.value, 0);
+    (await m.get()).values
+      .filter((v) => String(v.labels.tier).startsWith('origin'))
+      .reduce((a, v) => a + v.value, 0);
   return { fetches: await sum(server.metrics.fetches), storedBytes: await sum(server.metrics.fetchBytes) };
 }
 
 /** Serves one client from a fully resident table (the eager mode's "run from memory"). */
-function serveResident(table: ChunkTable, socket: string, ix: SnapshotIndex): { needs: () => number; close: () => void } {
+function serveResident(
+  table: ChunkTable,
+  socket: string,
+  ix: SnapshotIndex,
+): { needs: () => number; close: () => void } {
   const lfd = listenUnix(socket);
   let conn = -1;
   let session: FaultSession | undefined;
@@ -90,8 +120,15 @@ function serveResident(table: ChunkTable, socket: string, ix: SnapshotIndex): { 
       if (!m) return;
       cw!.stop(); // the handshake (or EOF); nothing else is read
       if (m.data.length === 0) return;
-      const hs = parseHandshake(m.data, m.fds.length, { totalSize: ix.manifest.totalSize, pageSize: ix.manifest.pageSize });
-      session = new FaultSession(m.fds[0]!, { table, pageSize: hs.pageSize, regions: hs.regions }, (e) => (needs += e.need.length));
+      const hs = parseHandshake(m.data, m.fds.length, {
+        totalSize: ix.manifest.totalSize,
+        pageSize: ix.manifest.pageSize,
+      });
+      session = new FaultSession(
+        m.fds[0]!,
+        { table, pageSize: hs.pageSize, regions: hs.regions },
+        (e) => (needs += e.need.length),
+      );
     });
   });
   return {
@@ -112,7 +149,11 @@ function serveResident(table: ChunkTable, socket: string, ix: SnapshotIndex): { 
  * decoded, as the runtime does). eager: into a table, then the client runs from it. floor: the
  * download alone, what the origin emulation itself needs to deliver the working set.
  */
-async function downloadRound(mode: 'eager' | 'floor', ix: SnapshotIndex, chunks: number[]): Promise<Record<string, number>> {
+async function downloadRound(
+  mode: 'eager' | 'floor',
+  ix: SnapshotIndex,
+  chunks: number[],
+): Promise<Record<string, number>> {
   const store = new HttpStore(origin!.url, { connections: C });
   let fetches = 0;
   let storedBytes = 0;
@@ -128,7 +169,9 @@ async function downloadRound(mode: 'eager' | 'floor', ix: SnapshotIndex, chunks:
   try {
     const t0 = performance.now();
     const all = chunks.map((i) =>
-      fetcher.fetch({ hash: chunkHash(ix, i)!, codec: chunkCodec(ix, i)!, length: chunkLength(ix, i) }, 'demand').then(({ bytes }) => table?.put(i, bytes)),
+      fetcher
+        .fetch({ hash: chunkHash(ix, i)!, codec: chunkCodec(ix, i)!, length: chunkLength(ix, i) }, 'demand')
+        .then(({ bytes }) => table?.put(i, bytes)),
     );
     await timeout(Promise.all(all), STEP_MS, `${mode} download`);
     const downloadMs = performance.now() - t0;
@@ -147,16 +190,24 @@ async function downloadRound(mode: 'eager' | 'floor', ix: SnapshotIndex, chunks:
 
 async function serverRound(mode: 'lazy' | 'record' | 'replay'): Promise<Record<string, number>> {
   const opts =
-    mode === 'record' ? { stores: [storeDir], prefetch: 'record' as const, recordIdleMs: 500 }
-    : mode === 'lazy' ? { stores: [origin!.url], prefetch: 'off' as const, fetchConcurrency: C }
-    : { stores: [origin!.url], prefetch: 'replay' as const, prefetchWindow: C, fetchConcurrency: C };
+    mode === 'record'
+      ? { stores: [storeDir], prefetch: 'record' as const, recordIdleMs: 500 }
+      : mode === 'lazy'
+        ? { stores: [origin!.url], prefetch: 'off' as const, fetchConcurrency: C }
+        : { stores: [origin!.url], prefetch: 'replay' as const, prefetchWindow: C, fetchConcurrency: C };
   const server = await timeout(serve(tmp.dir, { id: ID, ...opts }), STEP_MS, `${mode} server start`);
   try {
     const r = await workload(server.socketPath);
     const [s] = await summaries(server, 1, STEP_MS);
     const { fetches, storedBytes } = await originTotals(server);
     return {
-      ms: r.elapsedNs / 1e6, fetches, storedBytes, sessionFetchedChunks: s!.fetchedChunks, sessionBytesFetched: s!.bytesFetched, prefetchedChunks: s!.prefetchedChunks, recordedChunks: s!.recordedChunks,
+      ms: r.elapsedNs / 1e6,
+      fetches,
+      storedBytes,
+      sessionFetchedChunks: s!.fetchedChunks,
+      sessionBytesFetched: s!.bytesFetched,
+      prefetchedChunks: s!.prefetchedChunks,
+      recordedChunks: s!.recordedChunks,
     };
   } finally {
     await timeout(server.close(0), STEP_MS, `${mode} server close`); // close() also waits for the profile save
@@ -170,7 +221,12 @@ let wsChunks = 0;
 try {
   // ~50% zero chunks picked by a seeded xorshift (called once per chunk, in order).
   let x = 0x9e3779b9;
-  writeZeroRichImage(image, IMAGE_BYTES, CS, () => ((x ^= x << 13), (x ^= x >>> 17), (x ^= x << 5), (x >>> 0) % 2 === 0));
+  writeZeroRichImage(
+    image,
+    IMAGE_BYTES,
+    CS,
+    () => ((x ^= x << 13), (x ^= x >>> 17), (x ^= x << 5), (x >>> 0) % 2 === 0),
+  );
   await timeout(snapshotTo(storeDir, image, ID, CS), STEP_MS, 'snapshot');
   ix = await loadIndex(new FileStore(storeDir), ID);
   assert.equal(ix.manifest.chunks.codecs.includes('zstd'), true, 'the snapshot should be zstd');
@@ -179,7 +235,9 @@ try {
   const wsNonZero = [...touched].filter((c) => chunkHash(ix, c) !== null);
   wsChunks = wsNonZero.length;
   assert.ok(wsChunks <= C, `C = ${C} must cover the working set's ${wsChunks} chunk requests`);
-  console.error(`P3: ${ix.count} chunks, ${nonZero.length} non-zero; working set ${touched.size} chunks, ${wsChunks} non-zero`);
+  console.error(
+    `P3: ${ix.count} chunks, ${nonZero.length} non-zero; working set ${touched.size} chunks, ${wsChunks} non-zero`,
+  );
   origin = await startSlowOrigin(storeDir, { firstByteMs: FIRST_BYTE_MS, bytesPerSecond: BPS });
   // Round 0 is a warm-up (page cache, JIT, nginx), recorded but left out of the medians.
   for (let round = 0; round <= ROUNDS; round++) {
@@ -199,12 +257,21 @@ try {
         r = { ...(await serverRound('replay')), profileChunks: rec.recordedChunks! };
         r.boundMs = FIRST_BYTE_MS + (r.storedBytes! / (C * BPS)) * 1000;
       }
-      assert.equal(r.fetches, mode === 'eager' ? nonZero.length : wsChunks, `${mode}: origin fetches ≠ the chunks it needs`);
+      assert.equal(
+        r.fetches,
+        mode === 'eager' ? nonZero.length : wsChunks,
+        `${mode}: origin fetches ≠ the chunks it needs`,
+      );
       const after = await origin.stats();
-      Object.assign(r, { proxyConnections: after.connections - before.connections, proxyRequests: after.requests - before.requests });
+      Object.assign(r, {
+        proxyConnections: after.connections - before.connections,
+        proxyRequests: after.requests - before.requests,
+      });
       rounds.push({ round, warmup: round === 0, mode, ...r });
-      console.error(`P3 ${round === 0 ? 'warm-up' : `round ${round}/${ROUNDS}`} ${mode}: ${r.ms!.toFixed(1)} ms, ${r.fetches} fetches, ${(r.storedBytes! / 1e6).toFixed(1)} MB` +
-        `, ${r.proxyRequests} requests on ${r.proxyConnections} new connections`);
+      console.error(
+        `P3 ${round === 0 ? 'warm-up' : `round ${round}/${ROUNDS}`} ${mode}: ${r.ms!.toFixed(1)} ms, ${r.fetches} fetches, ${(r.storedBytes! / 1e6).toFixed(1)} MB` +
+          `, ${r.proxyRequests} requests on ${r.proxyConnections} new connections`,
+      );
     }
   }
 } finally {
@@ -212,26 +279,93 @@ try {
   tmp.cleanup();
 }
 
-const xs = (mode: string, k = 'ms') => rounds.filter((r) => r.mode === mode && !r.warmup).map((r) => r[k] as number);
-const med = Object.fromEntries(MODES.map((m) => [m, median(xs(m))])) as Record<(typeof MODES)[number], number>;
+const xs = (mode: string, k = 'ms') =>
+  rounds.filter((r) => r.mode === mode && !r.warmup).map((r) => r[k] as number);
+const med = Object.fromEntries(MODES.map((m) => [m, median(xs(m))])) as Record<
+  (typeof MODES)[number],
+  number
+>;
 const bound = median(xs('replay', 'boundMs'));
 const mb = (mode: string) => xs(mode, 'storedBytes').map((b) => b / 1e6);
 const speedup = (ref: number) => ref / med.replay;
 const rows: ResultRow[] = [
-  { case: `workload time, fault-only lazy vs record → replay (ratio = lazy / replay)`, unit: 'ms', reference: med.lazy, lazysnap: med.replay,
-    referenceRange: range(xs('lazy')), lazysnapRange: range(xs('replay')), ratio: speedup(med.lazy), target: `≥ ${TARGET.lazy}× faster`, met: speedup(med.lazy) >= TARGET.lazy },
-  { case: `workload time, eager download + run vs record → replay (ratio = eager / replay)`, unit: 'ms', reference: med.eager, lazysnap: med.replay,
-    referenceRange: range(xs('eager')), lazysnapRange: range(xs('replay')), ratio: speedup(med.eager), target: `≥ ${TARGET.eager}× faster`, met: speedup(med.eager) >= TARGET.eager },
-  { case: `record → replay vs the bound ${FIRST_BYTE_MS} ms + stored bytes / (${C} × 90 MB/s) (ratio = replay / bound)`, unit: 'ms', reference: bound, lazysnap: med.replay,
-    referenceRange: range(xs('replay', 'boundMs')), lazysnapRange: range(xs('replay')), ratio: med.replay / bound, target: `≤ ${TARGET.bound}×`, met: med.replay / bound <= TARGET.bound },
-  { case: `working-set download alone, ${C} connections, no restore (extra row: the emulation's floor; ratio = floor / bound)`, unit: 'ms', reference: bound, lazysnap: med.floor,
-    referenceRange: range(xs('replay', 'boundMs')), lazysnapRange: range(xs('floor')), ratio: med.floor / bound, target: null, met: null },
-  { case: 'eager: download only (extra row; reference = eager total)', unit: 'ms', reference: med.eager, lazysnap: median(xs('eager', 'downloadMs')),
-    referenceRange: range(xs('eager')), lazysnapRange: range(xs('eager', 'downloadMs')), ratio: null, target: null, met: null },
-  { case: 'origin bytes fetched (stored), fault-only lazy vs replay', unit: 'MB', reference: median(mb('lazy')), lazysnap: median(mb('replay')),
-    referenceRange: range(mb('lazy')), lazysnapRange: range(mb('replay')), ratio: median(mb('replay')) / median(mb('lazy')), target: null, met: null },
-  { case: 'origin bytes fetched (stored), eager vs replay', unit: 'MB', reference: median(mb('eager')), lazysnap: median(mb('replay')),
-    referenceRange: range(mb('eager')), lazysnapRange: range(mb('replay')), ratio: median(mb('replay')) / median(mb('eager')), target: null, met: null },
+  {
+    case: `workload time, fault-only lazy vs record → replay (ratio = lazy / replay)`,
+    unit: 'ms',
+    reference: med.lazy,
+    lazysnap: med.replay,
+    referenceRange: range(xs('lazy')),
+    lazysnapRange: range(xs('replay')),
+    ratio: speedup(med.lazy),
+    target: `≥ ${TARGET.lazy}× faster`,
+    met: speedup(med.lazy) >= TARGET.lazy,
+  },
+  {
+    case: `workload time, eager download + run vs record → replay (ratio = eager / replay)`,
+    unit: 'ms',
+    reference: med.eager,
+    lazysnap: med.replay,
+    referenceRange: range(xs('eager')),
+    lazysnapRange: range(xs('replay')),
+    ratio: speedup(med.eager),
+    target: `≥ ${TARGET.eager}× faster`,
+    met: speedup(med.eager) >= TARGET.eager,
+  },
+  {
+    case: `record → replay vs the bound ${FIRST_BYTE_MS} ms + stored bytes / (${C} × 90 MB/s) (ratio = replay / bound)`,
+    unit: 'ms',
+    reference: bound,
+    lazysnap: med.replay,
+    referenceRange: range(xs('replay', 'boundMs')),
+    lazysnapRange: range(xs('replay')),
+    ratio: med.replay / bound,
+    target: `≤ ${TARGET.bound}×`,
+    met: med.replay / bound <= TARGET.bound,
+  },
+  {
+    case: `working-set download alone, ${C} connections, no restore (extra row: the emulation's floor; ratio = floor / bound)`,
+    unit: 'ms',
+    reference: bound,
+    lazysnap: med.floor,
+    referenceRange: range(xs('replay', 'boundMs')),
+    lazysnapRange: range(xs('floor')),
+    ratio: med.floor / bound,
+    target: null,
+    met: null,
+  },
+  {
+    case: 'eager: download only (extra row; reference = eager total)',
+    unit: 'ms',
+    reference: med.eager,
+    lazysnap: median(xs('eager', 'downloadMs')),
+    referenceRange: range(xs('eager')),
+    lazysnapRange: range(xs('eager', 'downloadMs')),
+    ratio: null,
+    target: null,
+    met: null,
+  },
+  {
+    case: 'origin bytes fetched (stored), fault-only lazy vs replay',
+    unit: 'MB',
+    reference: median(mb('lazy')),
+    lazysnap: median(mb('replay')),
+    referenceRange: range(mb('lazy')),
+    lazysnapRange: range(mb('replay')),
+    ratio: median(mb('replay')) / median(mb('lazy')),
+    target: null,
+    met: null,
+  },
+  {
+    case: 'origin bytes fetched (stored), eager vs replay',
+    unit: 'MB',
+    reference: median(mb('eager')),
+    lazysnap: median(mb('replay')),
+    referenceRange: range(mb('eager')),
+    lazysnapRange: range(mb('replay')),
+    ratio: median(mb('replay')) / median(mb('eager')),
+    target: null,
+    met: null,
+  },
 ];
 
 const file = writeResult({
@@ -256,7 +390,17 @@ const file = writeResult({
     `lazysnap_fetch_bytes_total{tier=origin*}. ${ROUNDS} rounds after a warm-up round, the order of the modes rotated by one each round so that no mode ever ` +
     `runs twice in a row; medians (min–max beneath). Ratios: speed-ups are baseline / replay, the bound row is replay / bound.`,
   env: environment(),
-  config: { imageBytes: IMAGE_BYTES, chunkSize: CS, unit: UNIT, firstByteMs: FIRST_BYTE_MS, bytesPerSecond: BPS, connections: C, rounds: ROUNDS, workingSetChunks: wsChunks, targets: TARGET },
+  config: {
+    imageBytes: IMAGE_BYTES,
+    chunkSize: CS,
+    unit: UNIT,
+    firstByteMs: FIRST_BYTE_MS,
+    bytesPerSecond: BPS,
+    connections: C,
+    rounds: ROUNDS,
+    workingSetChunks: wsChunks,
+    targets: TARGET,
+  },
   rows,
   rounds,
   medians: { ...Object.fromEntries(MODES.map((m) => [`${m}.ms`, med[m]])), 'bound.ms': bound },

@@ -36,8 +36,6 @@ const ROUNDS = roundCount(5);
 const STEP_MS = 120_000;
 const ID = 'p5-concurrent';
 
-
-
 const tmp = tempDir('lazysnap-p5-');
 process.once('exit', tmp.cleanup); // also when interrupted (slow-origin.ts exits on SIGINT/SIGTERM)
 const image = path.join(tmp.dir, 'p5.img');
@@ -53,13 +51,19 @@ function clientArgs(socket: string, k: number): string[] {
 }
 
 async function originFetches(server: RestoreServer): Promise<number> {
-  return (await server.metrics.fetches.get()).values.filter((v) => String(v.labels.tier).startsWith('origin')).reduce((a, v) => a + v.value, 0);
+  return (await server.metrics.fetches.get()).values
+    .filter((v) => String(v.labels.tier).startsWith('origin'))
+    .reduce((a, v) => a + v.value, 0);
 }
 
 /** One cold server, `n` clients started together; wall time from the first spawn to the last exit. */
 async function restores(origin: SlowOrigin, n: number): Promise<Record<string, number>> {
   const before = await origin.stats();
-  const server = await timeout(serve(tmp.dir, { stores: [origin.url], id: ID, prefetch: 'off' }), STEP_MS, 'server start');
+  const server = await timeout(
+    serve(tmp.dir, { stores: [origin.url], id: ID, prefetch: 'off' }),
+    STEP_MS,
+    'server start',
+  );
   const clients: RunningClient[] = [];
   try {
     const t0 = performance.now();
@@ -68,11 +72,17 @@ async function restores(origin: SlowOrigin, n: number): Promise<Record<string, n
     const results = await timeout(Promise.all(clients.map((c) => c.result)), STEP_MS, `${n} clients`);
     const wallMs = performance.now() - t0;
     for (const [k, r] of results.entries()) {
-      assert.ok(r.report?.ok && r.code === 0, `client ${k} failed (code ${r.code}, signal ${r.signal}): ${r.stderr}`);
+      assert.ok(
+        r.report?.ok && r.code === 0,
+        `client ${k} failed (code ${r.code}, signal ${r.signal}): ${r.stderr}`,
+      );
       assert.equal(r.report.pagesVerified, IMAGE_BYTES / 4096, `client ${k} must verify every page`);
     }
     const s = await summaries(server, n, STEP_MS);
-    assert.ok(s.every((x) => x.outcome === 'ended' && x.failedChunks.length === 0), 'a session did not end cleanly');
+    assert.ok(
+      s.every((x) => x.outcome === 'ended' && x.failedChunks.length === 0),
+      'a session did not end cleanly',
+    );
     const after = await origin.stats();
     return {
       wallMs,
@@ -101,8 +111,10 @@ try {
     for (const n of [1, CLIENTS]) {
       const r = await restores(origin, n);
       rounds.push({ round, warmup: round === 0, clients: n, amplification: r.fetches! / distinct, ...r });
-      console.error(`P5 ${round === 0 ? 'warm-up' : `round ${round}/${ROUNDS}`} ${n} client(s): ${r.wallMs!.toFixed(0)} ms wall, ` +
-        `${r.fetches} origin fetches (${r.proxyRequests} proxy requests) for ${distinct} chunks`);
+      console.error(
+        `P5 ${round === 0 ? 'warm-up' : `round ${round}/${ROUNDS}`} ${n} client(s): ${r.wallMs!.toFixed(0)} ms wall, ` +
+          `${r.fetches} origin fetches (${r.proxyRequests} proxy requests) for ${distinct} chunks`,
+      );
     }
   }
 } finally {
@@ -117,12 +129,37 @@ const requests = xs(CLIENTS, 'proxyRequests');
 const wall = { one: median(xs(1, 'wallMs')), many: median(xs(CLIENTS, 'wallMs')) };
 const amp = median(fetches) / distinct;
 const rows: ResultRow[] = [
-  { case: `fetch amplification, ${CLIENTS} restores at once (reference = distinct non-zero chunks, lazysnap = origin fetches)`, unit: 'chunks',
-    reference: distinct, lazysnap: median(fetches), lazysnapRange: range(fetches), ratio: amp, target: '= 1.00×', met: fetches.every((f) => f === distinct) },
-  { case: `requests reaching the proxy, ${CLIENTS} restores (extra row: manifest included, counted outside lazysnap)`, unit: 'requests',
-    reference: distinct + 1, lazysnap: median(requests), lazysnapRange: range(requests), ratio: median(requests) / (distinct + 1), target: null, met: null },
-  { case: `wall time, 1 restore alone vs ${CLIENTS} at once (spawn to last exit; extra row)`, unit: 'ms', reference: wall.one, lazysnap: wall.many,
-    referenceRange: range(xs(1, 'wallMs')), lazysnapRange: range(xs(CLIENTS, 'wallMs')), ratio: wall.many / wall.one, target: null, met: null },
+  {
+    case: `fetch amplification, ${CLIENTS} restores at once (reference = distinct non-zero chunks, lazysnap = origin fetches)`,
+    unit: 'chunks',
+    reference: distinct,
+    lazysnap: median(fetches),
+    lazysnapRange: range(fetches),
+    ratio: amp,
+    target: '= 1.00×',
+    met: fetches.every((f) => f === distinct),
+  },
+  {
+    case: `requests reaching the proxy, ${CLIENTS} restores (extra row: manifest included, counted outside lazysnap)`,
+    unit: 'requests',
+    reference: distinct + 1,
+    lazysnap: median(requests),
+    lazysnapRange: range(requests),
+    ratio: median(requests) / (distinct + 1),
+    target: null,
+    met: null,
+  },
+  {
+    case: `wall time, 1 restore alone vs ${CLIENTS} at once (spawn to last exit; extra row)`,
+    unit: 'ms',
+    reference: wall.one,
+    lazysnap: wall.many,
+    referenceRange: range(xs(1, 'wallMs')),
+    lazysnapRange: range(xs(CLIENTS, 'wallMs')),
+    ratio: wall.many / wall.one,
+    target: null,
+    met: null,
+  },
 ];
 
 const file = writeResult({
@@ -140,7 +177,15 @@ const file = writeResult({
     `request count (one more: the manifest) checks it from outside. Wall time runs from the first spawn to the last client's exit. ` +
     `${ROUNDS} rounds after a warm-up round; medians (min–max beneath).`,
   env: environment(),
-  config: { imageBytes: IMAGE_BYTES, chunkSize: CS, clients: CLIENTS, firstByteMs: FIRST_BYTE_MS, bytesPerSecond: BPS, rounds: ROUNDS, distinctChunks: distinct },
+  config: {
+    imageBytes: IMAGE_BYTES,
+    chunkSize: CS,
+    clients: CLIENTS,
+    firstByteMs: FIRST_BYTE_MS,
+    bytesPerSecond: BPS,
+    rounds: ROUNDS,
+    distinctChunks: distinct,
+  },
   rows,
   rounds,
   medians: { amplification: amp, 'wall.1.ms': wall.one, [`wall.${CLIENTS}.ms`]: wall.many },

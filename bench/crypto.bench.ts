@@ -34,12 +34,18 @@ function makeChunk(seed: number): Buffer {
 
 const plain = Array.from({ length: N }, (_, i) => makeChunk(i));
 const key = randomBytes(32);
-const ciphers: Record<EncryptionMode, ChunkCrypto> = { convergent: ChunkCrypto.create(key, 'convergent', 'bench'), random: ChunkCrypto.create(key, 'random', 'bench') };
+const ciphers: Record<EncryptionMode, ChunkCrypto> = {
+  convergent: ChunkCrypto.create(key, 'convergent', 'bench'),
+  random: ChunkCrypto.create(key, 'random', 'bench'),
+};
 
 // What each side of the restore reads: the plain and the sealed objects, with their ids.
 const plainStored = plain.map((p) => ({ id: hashChunk(p), body: encodeChunk('zstd', p) }));
 const sealed = Object.fromEntries(
-  (['convergent', 'random'] as const).map((m) => [m, plain.map((p) => ((id) => ({ id, body: ciphers[m].seal(id, encodeChunk('zstd', p)) }))(ciphers[m].id(p)))]),
+  (['convergent', 'random'] as const).map((m) => [
+    m,
+    plain.map((p) => ((id) => ({ id, body: ciphers[m].seal(id, encodeChunk('zstd', p)) }))(ciphers[m].id(p))),
+  ]),
 ) as Record<EncryptionMode, { id: string; body: Buffer }[]>;
 const stored = plainStored.reduce((n, o) => n + o.body.length, 0);
 
@@ -51,11 +57,19 @@ function timed(f: () => void): number {
 
 const cases: Record<string, () => number> = {
   encodePlain: () => timed(() => plain.forEach((p) => (hashChunk(p), encodeChunk('zstd', p)))),
-  encodeConvergent: () => timed(() => plain.forEach((p) => ciphers.convergent.seal(ciphers.convergent.id(p), encodeChunk('zstd', p)))),
-  encodeRandom: () => timed(() => plain.forEach((p) => ciphers.random.seal(ciphers.random.id(p), encodeChunk('zstd', p)))),
+  encodeConvergent: () =>
+    timed(() =>
+      plain.forEach((p) => ciphers.convergent.seal(ciphers.convergent.id(p), encodeChunk('zstd', p))),
+    ),
+  encodeRandom: () =>
+    timed(() => plain.forEach((p) => ciphers.random.seal(ciphers.random.id(p), encodeChunk('zstd', p)))),
   decodePlain: () => timed(() => plainStored.forEach((o) => decodeChunk('k', 'zstd', o.body, o.id, CS))),
-  decodeConvergent: () => timed(() => sealed.convergent.forEach((o) => decodeChunk('k', 'zstd', o.body, o.id, CS, ciphers.convergent))),
-  decodeRandom: () => timed(() => sealed.random.forEach((o) => decodeChunk('k', 'zstd', o.body, o.id, CS, ciphers.random))),
+  decodeConvergent: () =>
+    timed(() =>
+      sealed.convergent.forEach((o) => decodeChunk('k', 'zstd', o.body, o.id, CS, ciphers.convergent)),
+    ),
+  decodeRandom: () =>
+    timed(() => sealed.random.forEach((o) => decodeChunk('k', 'zstd', o.body, o.id, CS, ciphers.random))),
 };
 
 const runs: Record<string, number[]> = Object.fromEntries(Object.keys(cases).map((k) => [k, []]));
@@ -86,9 +100,17 @@ function row(name: string, ref: string, ours: string): ResultRow {
   };
 }
 const rows = [
-  row('snapshot side, convergent: keyed id + zstd + seal vs BLAKE3 + zstd', 'encodePlain', 'encodeConvergent'),
+  row(
+    'snapshot side, convergent: keyed id + zstd + seal vs BLAKE3 + zstd',
+    'encodePlain',
+    'encodeConvergent',
+  ),
   row('snapshot side, random: keyed id + zstd + seal vs BLAKE3 + zstd', 'encodePlain', 'encodeRandom'),
-  row('restore side, convergent: open + unzstd + keyed id vs unzstd + BLAKE3', 'decodePlain', 'decodeConvergent'),
+  row(
+    'restore side, convergent: open + unzstd + keyed id vs unzstd + BLAKE3',
+    'decodePlain',
+    'decodeConvergent',
+  ),
   row('restore side, random: open + unzstd + keyed id vs unzstd + BLAKE3', 'decodePlain', 'decodeRandom'),
 ];
 writeResult({
@@ -101,4 +123,7 @@ writeResult({
   rounds,
   medians: med,
 });
-for (const r of rows) console.error(`${r.case}: ${r.lazysnap!.toFixed(2)} GB/s vs ${r.reference!.toFixed(2)} GB/s (${(r.ratio! * 100).toFixed(0)}%)`);
+for (const r of rows)
+  console.error(
+    `${r.case}: ${r.lazysnap!.toFixed(2)} GB/s vs ${r.reference!.toFixed(2)} GB/s (${(r.ratio! * 100).toFixed(0)}%)`,
+  );

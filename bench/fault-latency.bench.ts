@@ -49,14 +49,26 @@ try {
           timeoutMs: TIMEOUT_MS,
         });
         const f = r.client.faultNs;
-        assert.ok(f && f.count === IMAGE_BYTES / 4096, `expected one timed fault per page, got ${JSON.stringify(f)}`);
+        assert.ok(
+          f && f.count === IMAGE_BYTES / 4096,
+          `expected one timed fault per page, got ${JSON.stringify(f)}`,
+        );
         if (kind === 'lazysnap') {
           // The number means "resolved in C" only if no fault ever reached JS.
           const st = r.handler.stats as { residentFaults: number; forwardedFaults: number };
           assert.equal(st.forwardedFaults, 0, 'a fault was forwarded to JS in resident mode');
         }
-        rounds.push({ pinning: pin.id, round, warmup: round === 0, handler: kind, faultNs: f, handlerStats: r.handler });
-        console.error(`P1 ${pin.id} ${round === 0 ? 'warm-up' : `round ${round}/${ROUNDS}`} ${kind}: p50 ${f.p50} ns, p99 ${f.p99} ns`);
+        rounds.push({
+          pinning: pin.id,
+          round,
+          warmup: round === 0,
+          handler: kind,
+          faultNs: f,
+          handlerStats: r.handler,
+        });
+        console.error(
+          `P1 ${pin.id} ${round === 0 ? 'warm-up' : `round ${round}/${ROUNDS}`} ${kind}: p50 ${f.p50} ns, p99 ${f.p99} ns`,
+        );
       }
     }
   }
@@ -70,7 +82,9 @@ for (const pin of PINNINGS) {
   for (const q of ['p50', 'p99'] as const) {
     // In µs, as the table shows them.
     const xs = (kind: HandlerKind) =>
-      rounds.filter((r) => r.pinning === pin.id && r.handler === kind && !r.warmup).map((r) => (r.faultNs as Record<string, number>)[q]! / 1000);
+      rounds
+        .filter((r) => r.pinning === pin.id && r.handler === kind && !r.warmup)
+        .map((r) => (r.faultNs as Record<string, number>)[q]! / 1000);
     const ref = median(xs('reference'));
     const lazy = median(xs('lazysnap'));
     medians[`${pin.id}.reference.${q}Us`] = ref;
@@ -106,7 +120,13 @@ const file = writeResult({
     `lazysnap alternating (ABAB…); the table shows the median over rounds of each round's p50/p99 (min–max over ` +
     `rounds beneath), and ratio = lazysnap median / reference median.`,
   env: environment(),
-  config: { imageBytes: IMAGE_BYTES, chunkSize: CHUNK, rounds: ROUNDS, pinnings: PINNINGS, target: `p50 ≤ ${TARGET}× reference` },
+  config: {
+    imageBytes: IMAGE_BYTES,
+    chunkSize: CHUNK,
+    rounds: ROUNDS,
+    pinnings: PINNINGS,
+    target: `p50 ≤ ${TARGET}× reference`,
+  },
   rows,
   rounds,
   medians,

@@ -42,10 +42,27 @@ try {
     // Round 0 is a warm-up, recorded but left out of the medians.
     for (let round = 0; round <= ROUNDS; round++) {
       for (const c of CASES) {
-        const handler: HandlerSpec = { kind: c.kind, image, socket, chunkSize, ...(c.mode ? { mode: c.mode } : {}) };
+        const handler: HandlerSpec = {
+          kind: c.kind,
+          image,
+          socket,
+          chunkSize,
+          ...(c.mode ? { mode: c.mode } : {}),
+        };
         const r = await runRound({
           handler,
-          clientArgs: ['--image', image, '--touch', 'chunk', '--chunk-size', String(chunkSize), '--order', 'seq', '--threads', '1'],
+          clientArgs: [
+            '--image',
+            image,
+            '--touch',
+            'chunk',
+            '--chunk-size',
+            String(chunkSize),
+            '--order',
+            'seq',
+            '--threads',
+            '1',
+          ],
           handlerCpus: PIN.handler,
           clientCpus: PIN.client,
           timeoutMs: TIMEOUT_MS,
@@ -60,8 +77,19 @@ try {
           const st = r.handler.stats as { forwardedFaults: number };
           assert.equal(st.forwardedFaults, 0, 'a fault was forwarded to JS in resident mode');
         }
-        rounds.push({ chunkSize, round, warmup: round === 0, case: c.id, gbps, clientElapsedNs: r.client.elapsedNs, clientGBps, handlerStats: r.handler });
-        console.error(`P2 ${sizeLabel(chunkSize)} ${round === 0 ? 'warm-up' : `round ${round}/${ROUNDS}`} ${c.id}: ${gbps.toFixed(3)} GB/s`);
+        rounds.push({
+          chunkSize,
+          round,
+          warmup: round === 0,
+          case: c.id,
+          gbps,
+          clientElapsedNs: r.client.elapsedNs,
+          clientGBps,
+          handlerStats: r.handler,
+        });
+        console.error(
+          `P2 ${sizeLabel(chunkSize)} ${round === 0 ? 'warm-up' : `round ${round}/${ROUNDS}`} ${c.id}: ${gbps.toFixed(3)} GB/s`,
+        );
       }
     }
   }
@@ -72,7 +100,10 @@ try {
 const medians: Record<string, number> = {};
 const rows: ResultRow[] = [];
 for (const chunkSize of CHUNKS) {
-  const xs = (id: string) => rounds.filter((r) => r.chunkSize === chunkSize && r.case === id && !r.warmup).map((r) => r.gbps as number);
+  const xs = (id: string) =>
+    rounds
+      .filter((r) => r.chunkSize === chunkSize && r.case === id && !r.warmup)
+      .map((r) => r.gbps as number);
   const ref = median(xs('reference'));
   const lazy = median(xs('lazysnap'));
   const install = median(xs('lazysnap-install'));
@@ -124,7 +155,13 @@ const file = writeResult({
     `after one discarded warm-up round, cases alternating (reference, lazysnap, install, reference, …); the table ` +
     `shows medians (min–max over rounds beneath), ratio = lazysnap median / reference median.`,
   env: environment(),
-  config: { imageBytes: IMAGE_BYTES, chunkSizes: CHUNKS, rounds: ROUNDS, pinning: PIN, target: `lazysnap ≥ ${TARGET * 100}% of reference GB/s` },
+  config: {
+    imageBytes: IMAGE_BYTES,
+    chunkSizes: CHUNKS,
+    rounds: ROUNDS,
+    pinning: PIN,
+    target: `lazysnap ≥ ${TARGET * 100}% of reference GB/s`,
+  },
   rows,
   rounds,
   medians,

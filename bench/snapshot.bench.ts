@@ -30,7 +30,6 @@ const CS = 512 * 1024;
 const ROUNDS = roundCount(5);
 const S3_SIZE = 256 * MiB; // s3rver writes ~0.2 GB/s: a smaller image keeps the run short
 
-
 function readPass(file: string): number {
   const fd = openSync(file, 'r');
   const buf = Buffer.allocUnsafe(CS);
@@ -41,7 +40,12 @@ function readPass(file: string): number {
   return SIZE / 1e9 / s;
 }
 
-async function snap(file: string, store: import('../store/backend.js').StoreBackend, id: string, codec: 'none' | 'zstd'): Promise<number> {
+async function snap(
+  file: string,
+  store: import('../store/backend.js').StoreBackend,
+  id: string,
+  codec: 'none' | 'zstd',
+): Promise<number> {
   const source = await openMemoryFile(file);
   try {
     const s = await createSnapshot({ source, store, id, chunkSize: CS, codec });
@@ -65,7 +69,13 @@ try {
     const dir = path.join(tmp.dir, `store-${r + 1}`);
     const dirNone = await snap(image, new FileStore(`${dir}-none`), 'p4', 'none');
     const dirZstd = await snap(image, new FileStore(`${dir}-zstd`), 'p4', 'zstd');
-    const s3store = new S3Store({ bucket: 'bench', prefix: `r${r + 1}`, endpoint: s3.endpoint, credentials: S3RVER_CREDENTIALS, region: 'us-east-1' });
+    const s3store = new S3Store({
+      bucket: 'bench',
+      prefix: `r${r + 1}`,
+      endpoint: s3.endpoint,
+      credentials: S3RVER_CREDENTIALS,
+      region: 'us-east-1',
+    });
     const s3rate = await snap(small, s3store, 'p4', 'zstd');
     await s3store.close();
     if (r < 0) continue; // warm-up: page cache, JIT
@@ -74,12 +84,29 @@ try {
     cases.dirNone!.push(dirNone);
     cases.dirZstd!.push(dirZstd);
     cases.s3!.push(s3rate);
-    console.error(`P4 round ${r + 1}/${ROUNDS}: read ${ref.toFixed(2)}, chunk+hash+zero ${hashOnly.toFixed(2)}, dir/none ${dirNone.toFixed(2)}, dir/zstd ${dirZstd.toFixed(2)}, s3rver ${s3rate.toFixed(3)} GB/s`);
+    console.error(
+      `P4 round ${r + 1}/${ROUNDS}: read ${ref.toFixed(2)}, chunk+hash+zero ${hashOnly.toFixed(2)}, dir/none ${dirNone.toFixed(2)}, dir/zstd ${dirZstd.toFixed(2)}, s3rver ${s3rate.toFixed(3)} GB/s`,
+    );
   }
   const ref = median(cases.reference!);
-  const row = (c: string, key: string, target: string | null, ok: ((v: number) => boolean) | null): ResultRow => {
+  const row = (
+    c: string,
+    key: string,
+    target: string | null,
+    ok: ((v: number) => boolean) | null,
+  ): ResultRow => {
     const v = median(cases[key]!);
-    return { case: c, unit: 'GB/s', reference: ref, lazysnap: v, referenceRange: range(cases.reference!), lazysnapRange: range(cases[key]!), ratio: v / ref, target, met: ok ? ok(v) : null };
+    return {
+      case: c,
+      unit: 'GB/s',
+      reference: ref,
+      lazysnap: v,
+      referenceRange: range(cases.reference!),
+      lazysnapRange: range(cases[key]!),
+      ratio: v / ref,
+      target,
+      met: ok ? ok(v) : null,
+    };
   };
   writeResult({
     scenario: 'snapshot',
@@ -97,7 +124,9 @@ try {
       row('snapshot to the directory store, zstd level 1', 'dirZstd', null, null),
       row('snapshot to s3rver, zstd level 1 (256 MiB image)', 's3', null, null),
     ],
-    rounds: cases.reference!.map((_, i) => Object.fromEntries(Object.entries(cases).map(([k, v]) => [k, v[i]]))),
+    rounds: cases.reference!.map((_, i) =>
+      Object.fromEntries(Object.entries(cases).map(([k, v]) => [k, v[i]])),
+    ),
     medians: Object.fromEntries(Object.entries(cases).map(([k, v]) => [k, median(v)])),
   });
 } finally {

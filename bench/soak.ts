@@ -39,16 +39,23 @@ const { values } = parseArgs({
 });
 const durationMs = parseDuration(values.duration, '--duration');
 const concurrency = Number(values.concurrency);
-assert.ok(Number.isInteger(concurrency) && concurrency >= 1 && concurrency <= 1024, '--concurrency: an integer from 1 to 1024');
+assert.ok(
+  Number.isInteger(concurrency) && concurrency >= 1 && concurrency <= 1024,
+  '--concurrency: an integer from 1 to 1024',
+);
 const fetchConcurrency = Number(values['fetch-concurrency']);
-assert.ok(Number.isInteger(fetchConcurrency) && fetchConcurrency >= 1, '--fetch-concurrency: an integer >= 1');
+assert.ok(
+  Number.isInteger(fetchConcurrency) && fetchConcurrency >= 1,
+  '--fetch-concurrency: an integer >= 1',
+);
 const imageBytes = parseSize('--image-size', values['image-size']);
 const chunkSize = parseSize('--chunk-size', values['chunk-size']);
 const memoryBudget = parseSize('--memory-budget', values['memory-budget']);
 const cacheBudget = parseSize('--cache-budget', values['cache-budget']);
 assert.ok(['nginx', 'dir'].includes(values.origin), '--origin: nginx or dir');
 const useNginx = values.origin === 'nginx' && !nginxSkipReason;
-if (values.origin === 'nginx' && nginxSkipReason) console.error(`soak: ${nginxSkipReason}; serving from the directory store instead`);
+if (values.origin === 'nginx' && nginxSkipReason)
+  console.error(`soak: ${nginxSkipReason}; serving from the directory store instead`);
 
 const MiB = 1024 * 1024;
 const mib = (b: number) => `${(b / MiB).toFixed(1)} MiB`;
@@ -76,17 +83,26 @@ const r = await runSoak({
   onSample: (s: SoakSample) => {
     if (s.ms - lastPrint < 5000) return;
     lastPrint = s.ms;
-    console.error(`  ${(s.ms / 1000).toFixed(0).padStart(4)} s  restores ${String(s.restoresDone).padStart(6)}  serve RSS ${mib(s.rssBytes).padStart(10)}  fds ${s.fds}`);
+    console.error(
+      `  ${(s.ms / 1000).toFixed(0).padStart(4)} s  restores ${String(s.restoresDone).padStart(6)}  serve RSS ${mib(s.rssBytes).padStart(10)}  fds ${s.fds}`,
+    );
   },
 });
 tmp.cleanup();
 
 // Plateau check: the highest RSS of the last third of the run against the highest of the first third.
-const third = (k: number) => r.samples.filter((s) => s.ms >= (k * r.elapsedMs) / 3 && s.ms < ((k + 1) * r.elapsedMs) / 3).map((s) => s.rssBytes);
+const third = (k: number) =>
+  r.samples
+    .filter((s) => s.ms >= (k * r.elapsedMs) / 3 && s.ms < ((k + 1) * r.elapsedMs) / 3)
+    .map((s) => s.rssBytes);
 const firstThirdPeak = Math.max(...third(0));
 const lastThirdPeak = Math.max(...third(2));
-const derivedPerSession = Math.max(0, (r.rss.peakBytes - r.rss.baselineBytes - memoryBudget - 2 * fetchConcurrency * chunkSize) / concurrency);
-const heap = (h: typeof r.jsHeap.end) => (h ? `${mib(h.totalBytes)} committed, ${mib(h.usedBytes)} used` : 'unknown');
+const derivedPerSession = Math.max(
+  0,
+  (r.rss.peakBytes - r.rss.baselineBytes - memoryBudget - 2 * fetchConcurrency * chunkSize) / concurrency,
+);
+const heap = (h: typeof r.jsHeap.end) =>
+  h ? `${mib(h.totalBytes)} committed, ${mib(h.usedBytes)} used` : 'unknown';
 const nonTcp = (k: typeof r.fds.before) => k.uffd + k.pidfd + k.unix + k.file + k.other;
 const fdsBack = nonTcp(r.fds.after) === nonTcp(r.fds.before) && r.fds.after.tcp <= fetchConcurrency;
 
@@ -114,21 +130,103 @@ const file = writeResult({
     `(handshake done, no fault yet) minus the baseline, over ${concurrency}; derived: (peak - baseline - memory budget - 2 x fetch concurrency x chunk size) / ${concurrency}. ` +
     `fds from /proc/<pid>/fd by kind, before the first client and once the last session has ended (origin TCP connections idle in the keep-alive pool may stay).`,
   env: environment(),
-  config: { rounds: 1, durationMs, concurrency, imageBytes, chunkSize, memoryBudget, cacheBudget, fetchConcurrency, origin: useNginx ? 'nginx' : 'dir' },
+  config: {
+    rounds: 1,
+    durationMs,
+    concurrency,
+    imageBytes,
+    chunkSize,
+    memoryBudget,
+    cacheBudget,
+    fetchConcurrency,
+    origin: useNginx ? 'nginx' : 'dir',
+  },
   rows: [
-    { case: 'restores completed (every page verified)', unit: 'restores', reference: null, lazysnap: r.restores, ratio: null, target: null, met: null },
-    { case: 'mismatched pages', unit: 'pages', reference: 0, lazysnap: r.mismatchedPages, ratio: null, target: '= 0', met: r.mismatchedPages === 0 },
-    { case: 'failed restores', unit: 'restores', reference: 0, lazysnap: r.failedRestores.length, ratio: null, target: '= 0', met: r.failedRestores.length === 0 },
-    { case: 'serve peak RSS vs baseline + memory budget + fetch buffers + N x idle session overhead', unit: 'MiB', reference: r.rss.boundBytes / MiB, lazysnap: r.rss.peakBytes / MiB, ratio: r.rss.peakBytes / r.rss.boundBytes, target: null, met: null },
-    { case: 'serve RSS plateau: last-third peak vs first-third peak', unit: 'MiB', reference: firstThirdPeak / MiB, lazysnap: lastThirdPeak / MiB, ratio: lastThirdPeak / firstThirdPeak, target: '≤ 1.10×', met: lastThirdPeak <= firstThirdPeak * 1.1 },
-    { case: 'per-session overhead, idle (reference) vs derived from the peak under load', unit: 'KiB', reference: r.rss.perSessionBytes / 1024, lazysnap: derivedPerSession / 1024, ratio: null, target: null, met: null },
-    { case: 'serve fds (excluding idle origin connections), before vs after', unit: 'fds', reference: nonTcp(r.fds.before), lazysnap: nonTcp(r.fds.after), ratio: null, target: '= before', met: fdsBack },
+    {
+      case: 'restores completed (every page verified)',
+      unit: 'restores',
+      reference: null,
+      lazysnap: r.restores,
+      ratio: null,
+      target: null,
+      met: null,
+    },
+    {
+      case: 'mismatched pages',
+      unit: 'pages',
+      reference: 0,
+      lazysnap: r.mismatchedPages,
+      ratio: null,
+      target: '= 0',
+      met: r.mismatchedPages === 0,
+    },
+    {
+      case: 'failed restores',
+      unit: 'restores',
+      reference: 0,
+      lazysnap: r.failedRestores.length,
+      ratio: null,
+      target: '= 0',
+      met: r.failedRestores.length === 0,
+    },
+    {
+      case: 'serve peak RSS vs baseline + memory budget + fetch buffers + N x idle session overhead',
+      unit: 'MiB',
+      reference: r.rss.boundBytes / MiB,
+      lazysnap: r.rss.peakBytes / MiB,
+      ratio: r.rss.peakBytes / r.rss.boundBytes,
+      target: null,
+      met: null,
+    },
+    {
+      case: 'serve RSS plateau: last-third peak vs first-third peak',
+      unit: 'MiB',
+      reference: firstThirdPeak / MiB,
+      lazysnap: lastThirdPeak / MiB,
+      ratio: lastThirdPeak / firstThirdPeak,
+      target: '≤ 1.10×',
+      met: lastThirdPeak <= firstThirdPeak * 1.1,
+    },
+    {
+      case: 'per-session overhead, idle (reference) vs derived from the peak under load',
+      unit: 'KiB',
+      reference: r.rss.perSessionBytes / 1024,
+      lazysnap: derivedPerSession / 1024,
+      ratio: null,
+      target: null,
+      met: null,
+    },
+    {
+      case: 'serve fds (excluding idle origin connections), before vs after',
+      unit: 'fds',
+      reference: nonTcp(r.fds.before),
+      lazysnap: nonTcp(r.fds.after),
+      ratio: null,
+      target: '= before',
+      met: fdsBack,
+    },
   ],
   rounds: r.samples.map((s) => ({ ...s })),
-  medians: { jsHeapEndCommittedMiB: (r.jsHeap.end?.totalBytes ?? NaN) / MiB, jsHeapBaselineCommittedMiB: (r.jsHeap.baseline?.totalBytes ?? NaN) / MiB, restores: r.restores, peakRssMiB: r.rss.peakBytes / MiB, perSessionIdleKiB: r.rss.perSessionBytes / 1024, perSessionDerivedKiB: derivedPerSession / 1024 },
+  medians: {
+    jsHeapEndCommittedMiB: (r.jsHeap.end?.totalBytes ?? NaN) / MiB,
+    jsHeapBaselineCommittedMiB: (r.jsHeap.baseline?.totalBytes ?? NaN) / MiB,
+    restores: r.restores,
+    peakRssMiB: r.rss.peakBytes / MiB,
+    perSessionIdleKiB: r.rss.perSessionBytes / 1024,
+    perSessionDerivedKiB: derivedPerSession / 1024,
+  },
 });
 console.error(`soak results written to ${file}`);
-if (r.mismatchedPages > 0 || r.failedRestores.length > 0 || r.problems.length > 0 || !fdsBack || r.serveExit.code !== 0) {
-  console.error('soak FAILED', JSON.stringify({ failed: r.failedRestores.slice(0, 3), problems: r.problems.slice(0, 3) }));
+if (
+  r.mismatchedPages > 0 ||
+  r.failedRestores.length > 0 ||
+  r.problems.length > 0 ||
+  !fdsBack ||
+  r.serveExit.code !== 0
+) {
+  console.error(
+    'soak FAILED',
+    JSON.stringify({ failed: r.failedRestores.slice(0, 3), problems: r.problems.slice(0, 3) }),
+  );
   process.exitCode = 1;
 }

@@ -21,16 +21,26 @@ export function required(values: Record<string, unknown>, name: string): string 
   return v;
 }
 
-export function intOption(name: string, text: string | undefined, min: number, max: number): number | undefined {
+export function intOption(
+  name: string,
+  text: string | undefined,
+  min: number,
+  max: number,
+): number | undefined {
   if (text === undefined) return undefined;
   const n = Number(text);
-  if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidArgumentError(`--${name}`, `an integer from ${min} to ${max}`, text);
+  if (!Number.isSafeInteger(n) || n < min || n > max)
+    throw new InvalidArgumentError(`--${name}`, `an integer from ${min} to ${max}`, text);
   return n;
 }
 
-export async function storeFrom(values: { store?: string | string[]; 's3-endpoint'?: string }): Promise<StoreBackend> {
+export async function storeFrom(values: {
+  store?: string | string[];
+  's3-endpoint'?: string;
+}): Promise<StoreBackend> {
   const urls = Array.isArray(values.store) ? values.store : values.store ? [values.store] : [];
-  if (urls.length === 0) throw new UsageError('--store is required (a directory, file://, s3://bucket/prefix or http(s):// URL)');
+  if (urls.length === 0)
+    throw new UsageError('--store is required (a directory, file://, s3://bucket/prefix or http(s):// URL)');
   if (urls.length > 1) throw new UsageError('this command takes one --store');
   return openStore(urls[0]!, { ...(values['s3-endpoint'] ? { s3Endpoint: values['s3-endpoint'] } : {}) });
 }
@@ -40,7 +50,11 @@ export function readKeyFile(name: string, file: string): Buffer {
   try {
     return readFileSync(file);
   } catch (e) {
-    throw new InvalidArgumentError(`--${name}`, 'a readable PEM file', `${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    throw new InvalidArgumentError(
+      `--${name}`,
+      'a readable PEM file',
+      `${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+    );
   }
 }
 

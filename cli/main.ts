@@ -4,7 +4,13 @@
  */
 import { readFileSync } from 'node:fs';
 
-import { InvalidArgumentError, InvalidUrlError, LazysnapError, SourceError, StoreReadOnlyError } from '../core/errors.js';
+import {
+  InvalidArgumentError,
+  InvalidUrlError,
+  LazysnapError,
+  SourceError,
+  StoreReadOnlyError,
+} from '../core/errors.js';
 import { UsageError, type Io } from './common.js';
 
 export type { Io };
@@ -15,11 +21,20 @@ interface Command {
 }
 
 const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
-  snapshot: { summary: 'chunk VM or process memory into a store', load: () => import('./commands/snapshot.js') },
+  snapshot: {
+    summary: 'chunk VM or process memory into a store',
+    load: () => import('./commands/snapshot.js'),
+  },
   inspect: { summary: "show a snapshot's manifest", load: () => import('./commands/inspect.js') },
-  serve: { summary: 'serve a snapshot to Firecracker (UFFD backend) or processes, faulting pages in on demand', load: () => import('./commands/serve.js') },
+  serve: {
+    summary: 'serve a snapshot to Firecracker (UFFD backend) or processes, faulting pages in on demand',
+    load: () => import('./commands/serve.js'),
+  },
   gc: { summary: 'delete chunks no manifest references', load: () => import('./commands/gc.js') },
-  demo: { summary: "restore a process's memory lazily, in-process, on the embedded default", load: () => import('./commands/demo.js') },
+  demo: {
+    summary: "restore a process's memory lazily, in-process, on the embedded default",
+    load: () => import('./commands/demo.js'),
+  },
 };
 
 const USAGE = `usage: lazysnap <command> [options]
@@ -38,7 +53,10 @@ options:
 function version(): string {
   for (const rel of ['../package.json', '../../package.json']) {
     try {
-      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name?: string; version?: string };
+      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as {
+        name?: string;
+        version?: string;
+      };
       if (pkg.name === 'lazysnap' && pkg.version) return pkg.version;
     } catch {}
   }
@@ -60,13 +78,14 @@ function isUsage(e: unknown): boolean {
 export async function main(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
   const [name, ...rest] = argv;
   try {
-    if (name === undefined || name === '-h' || name === '--help' || name === 'help') return io.out(USAGE), name === undefined ? 2 : 0;
-    if (name === '-v' || name === '--version') return io.out(`${version()}\n`), 0;
+    if (name === undefined || name === '-h' || name === '--help' || name === 'help')
+      return (io.out(USAGE), name === undefined ? 2 : 0);
+    if (name === '-v' || name === '--version') return (io.out(`${version()}\n`), 0);
     // Own keys only: `lazysnap toString` must not find Object.prototype.toString.
     const entry = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
     if (!entry) throw new UsageError(`unknown command ${JSON.stringify(name)} (run lazysnap --help)`);
     const cmd = await entry.load();
-    if (rest.includes('-h') || rest.includes('--help')) return io.out(cmd.usage), 0;
+    if (rest.includes('-h') || rest.includes('--help')) return (io.out(cmd.usage), 0);
     return await cmd.run(rest, io, signal);
   } catch (e) {
     const msg = e instanceof LazysnapError || e instanceof Error ? e.message : String(e);

@@ -18,11 +18,14 @@ export function progressReporter(mode: ProgressMode, io: Io, label: string) {
       if (!force && now - last < 100 && done < total) return;
       last = now;
       const mbps = done / 1e6 / Math.max(1e-3, (now - t0) / 1000);
-      if (m === 'json') io.err(`${JSON.stringify({ progress: label, done, total, mbps: Math.round(mbps) })}\n`);
+      if (m === 'json')
+        io.err(`${JSON.stringify({ progress: label, done, total, mbps: Math.round(mbps) })}\n`);
       else {
         const w = 30;
         const f = total > 0 ? Math.round((w * done) / total) : w;
-        io.err(`\r${label} [${'#'.repeat(f)}${'.'.repeat(w - f)}] ${formatBytes(done)} / ${formatBytes(total)}  ${mbps.toFixed(0)} MB/s`);
+        io.err(
+          `\r${label} [${'#'.repeat(f)}${'.'.repeat(w - f)}] ${formatBytes(done)} / ${formatBytes(total)}  ${mbps.toFixed(0)} MB/s`,
+        );
       }
     },
     finish() {

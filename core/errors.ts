@@ -75,7 +75,10 @@ export class StoreReadOnlyError extends LazysnapError {
   declare readonly code: 'LAZYSNAP_STORE_READ_ONLY';
   readonly store: string;
   constructor(store: string) {
-    super('LAZYSNAP_STORE_READ_ONLY', `${store} is a read-only store (HTTP origins serve, they do not accept writes)`);
+    super(
+      'LAZYSNAP_STORE_READ_ONLY',
+      `${store} is a read-only store (HTTP origins serve, they do not accept writes)`,
+    );
     this.store = store;
   }
 }
@@ -89,7 +92,12 @@ export class StoreError extends LazysnapError {
   readonly status: number | undefined;
   /** Whether retrying the same request may succeed (5xx, 429, timeouts, resets). */
   readonly retryable: boolean;
-  constructor(store: string, key: string | undefined, message: string, opts: { status?: number; retryable?: boolean; cause?: unknown } = {}) {
+  constructor(
+    store: string,
+    key: string | undefined,
+    message: string,
+    opts: { status?: number; retryable?: boolean; cause?: unknown } = {},
+  ) {
     super('LAZYSNAP_STORE_ERROR', `${store}${key ? ` ${key}` : ''}: ${message}`, { cause: opts.cause });
     this.store = store;
     this.key = key;
@@ -113,7 +121,10 @@ export class UnsupportedFormatError extends LazysnapError {
   declare readonly code: 'LAZYSNAP_UNSUPPORTED_FORMAT';
   readonly format: string;
   constructor(format: string, supported: string) {
-    super('LAZYSNAP_UNSUPPORTED_FORMAT', `manifest format ${JSON.stringify(format)} is not supported (this lazysnap reads ${supported}); upgrade lazysnap`);
+    super(
+      'LAZYSNAP_UNSUPPORTED_FORMAT',
+      `manifest format ${JSON.stringify(format)} is not supported (this lazysnap reads ${supported}); upgrade lazysnap`,
+    );
     this.format = format;
   }
 }
@@ -159,7 +170,10 @@ export class FetchError extends LazysnapError {
   readonly key: string;
   readonly errors: string[];
   constructor(key: string, errors: string[]) {
-    super('LAZYSNAP_FETCH_FAILED', `${key}: no origin delivered a verified chunk (${errors.join('; ') || 'no origins'})`);
+    super(
+      'LAZYSNAP_FETCH_FAILED',
+      `${key}: no origin delivered a verified chunk (${errors.join('; ') || 'no origins'})`,
+    );
     this.key = key;
     this.errors = errors;
   }
@@ -186,9 +200,18 @@ export class FirecrackerError extends LazysnapError {
   readonly statusCode: number;
   /** Firecracker's own explanation (`fault_message` of the response), verbatim. */
   readonly faultMessage: string | undefined;
-  constructor(method: string, path: string, statusCode: number, info: { faultMessage?: string; detail?: string; cause?: unknown } = {}) {
+  constructor(
+    method: string,
+    path: string,
+    statusCode: number,
+    info: { faultMessage?: string; detail?: string; cause?: unknown } = {},
+  ) {
     const reason = info.faultMessage ?? info.detail ?? 'no fault_message in the response';
-    super('LAZYSNAP_FIRECRACKER', `${method} ${path}: ${statusCode} ${STATUS_CODES[statusCode] ?? 'Unknown Status'}: ${reason}`, { cause: info.cause });
+    super(
+      'LAZYSNAP_FIRECRACKER',
+      `${method} ${path}: ${statusCode} ${STATUS_CODES[statusCode] ?? 'Unknown Status'}: ${reason}`,
+      { cause: info.cause },
+    );
     this.method = method;
     this.path = path;
     this.statusCode = statusCode;
@@ -208,8 +231,18 @@ export class FirecrackerConnectionError extends LazysnapError {
   readonly socketPath: string;
   /** True when the call's timeoutMs elapsed; Firecracker may still carry the request out. */
   readonly timedOut: boolean;
-  constructor(method: string, path: string, socketPath: string, reason: string, info: { timedOut?: boolean; cause?: unknown } = {}) {
-    super('LAZYSNAP_FIRECRACKER_CONNECTION', `${method} ${path}: Firecracker API at ${socketPath}: ${reason}`, { cause: info.cause });
+  constructor(
+    method: string,
+    path: string,
+    socketPath: string,
+    reason: string,
+    info: { timedOut?: boolean; cause?: unknown } = {},
+  ) {
+    super(
+      'LAZYSNAP_FIRECRACKER_CONNECTION',
+      `${method} ${path}: Firecracker API at ${socketPath}: ${reason}`,
+      { cause: info.cause },
+    );
     this.method = method;
     this.path = path;
     this.socketPath = socketPath;
@@ -232,7 +265,7 @@ export function showUntrusted(v: unknown): string {
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
-    if (u.username || u.password) (u.username = 'redacted'), (u.password = '');
+    if (u.username || u.password) ((u.username = 'redacted'), (u.password = ''));
     if (u.search) u.search = '?redacted';
     return u.toString();
   } catch {
@@ -252,7 +285,11 @@ export interface SystemError extends Error {
 }
 
 export function isSystemError(e: unknown): e is SystemError {
-  return e instanceof Error && typeof (e as SystemError).syscall === 'string' && typeof (e as SystemError).code === 'string';
+  return (
+    e instanceof Error &&
+    typeof (e as SystemError).syscall === 'string' &&
+    typeof (e as SystemError).code === 'string'
+  );
 }
 
 function describe(v: unknown): string {

@@ -13,7 +13,12 @@ export class SignatureError extends LazysnapError {
   readonly expectedKey: string;
   /** Fingerprint the signature object names (unauthenticated: a hint for the operator). */
   readonly signedBy: string | undefined;
-  constructor(id: string, reason: SignatureError['reason'], detail: string, keys: { expectedKey: string; signedBy?: string | undefined }) {
+  constructor(
+    id: string,
+    reason: SignatureError['reason'],
+    detail: string,
+    keys: { expectedKey: string; signedBy?: string | undefined },
+  ) {
     super('LAZYSNAP_BAD_SIGNATURE', `manifest ${JSON.stringify(id)} refused: ${detail}`);
     this.id = id;
     this.reason = reason;
@@ -30,7 +35,9 @@ export class KeyUnavailableError extends LazysnapError {
   declare readonly code: 'LAZYSNAP_KEY_UNAVAILABLE';
   readonly keyId: string;
   constructor(keyId: string, reason: string, cause?: unknown) {
-    super('LAZYSNAP_KEY_UNAVAILABLE', `no chunk key for key id ${JSON.stringify(keyId)}: ${reason}`, { cause });
+    super('LAZYSNAP_KEY_UNAVAILABLE', `no chunk key for key id ${JSON.stringify(keyId)}: ${reason}`, {
+      cause,
+    });
     this.keyId = keyId;
   }
 }
@@ -40,7 +47,10 @@ export class WrongKeyError extends LazysnapError {
   declare readonly code: 'LAZYSNAP_WRONG_KEY';
   readonly keyId: string;
   constructor(keyId: string, what: string) {
-    super('LAZYSNAP_WRONG_KEY', `the chunk key given for key id ${JSON.stringify(keyId)} is not the key ${what} was encrypted with`);
+    super(
+      'LAZYSNAP_WRONG_KEY',
+      `the chunk key given for key id ${JSON.stringify(keyId)} is not the key ${what} was encrypted with`,
+    );
     this.keyId = keyId;
   }
 }

@@ -22,5 +22,8 @@ export function moduleCommand(moduleUrl: URL): { command: string; args: string[]
   const isSource = import.meta.url.endsWith('.ts');
   const file = new URL(moduleUrl).pathname;
   if (!isSource) return { command: process.execPath, args: [file] };
-  return { command: process.execPath, args: ['--import', import.meta.resolve('tsx/esm'), file.replace(/\.js$/, '.ts')] };
+  return {
+    command: process.execPath,
+    args: ['--import', import.meta.resolve('tsx/esm'), file.replace(/\.js$/, '.ts')],
+  };
 }

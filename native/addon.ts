@@ -98,7 +98,11 @@ export interface Addon {
 
   fileDataExtents(fd: number): [number, number][];
 
-  watchStart(fd: number, events: number, cb: (err: SystemError | null, events: number) => void): Handle<'watch'>;
+  watchStart(
+    fd: number,
+    events: number,
+    cb: (err: SystemError | null, events: number) => void,
+  ): Handle<'watch'>;
   watchStop(w: Handle<'watch'>): void;
 
   readonly UFFD_FEATURE_EVENT_REMOVE: number;

@@ -3,7 +3,12 @@
  * wraps handles in small classes. Kernel errors surface as Node-style SystemErrors
  * (`code: 'EEXIST'`, `errno`, `syscall`).
  */
-import { InvalidArgumentError, SessionClosedError, UffdUnavailableError, isSystemError } from '../core/errors.js';
+import {
+  InvalidArgumentError,
+  SessionClosedError,
+  UffdUnavailableError,
+  isSystemError,
+} from '../core/errors.js';
 import { addon, type Handle, type RawSessionEvent, type RecvResult, type FillResult } from './addon.js';
 
 export { addon, type RecvResult, type FillResult };
@@ -94,14 +99,29 @@ export function uffdWake(fd: number, address: bigint, length: number): void {
   addon().uffdWake(fd, address, length);
 }
 /** UFFDIO_COPY of whole pages, skipping pages already present (the partial-copy rule). */
-export function uffdCopy(fd: number, address: bigint, source: ArrayBufferView, pageSize: PageSize = PAGE_4K): FillResult {
+export function uffdCopy(
+  fd: number,
+  address: bigint,
+  source: ArrayBufferView,
+  pageSize: PageSize = PAGE_4K,
+): FillResult {
   return addon().uffdCopy(fd, address, source, pageSize);
 }
-export function uffdZeropage(fd: number, address: bigint, length: number, pageSize: PageSize = PAGE_4K): FillResult {
+export function uffdZeropage(
+  fd: number,
+  address: bigint,
+  length: number,
+  pageSize: PageSize = PAGE_4K,
+): FillResult {
   return addon().uffdZeropage(fd, address, length, pageSize);
 }
 /** UFFDIO_POISON (Linux 6.6+): later access raises SIGBUS. EINVAL where the kernel lacks it. */
-export function uffdPoison(fd: number, address: bigint, length: number, pageSize: PageSize = PAGE_4K): FillResult {
+export function uffdPoison(
+  fd: number,
+  address: bigint,
+  length: number,
+  pageSize: PageSize = PAGE_4K,
+): FillResult {
   return addon().uffdPoison(fd, address, length, pageSize);
 }
 
@@ -124,7 +144,8 @@ export class ChunkTable {
   constructor(totalSize: number, chunkSize: number) {
     checkInt('totalSize', totalSize, 1);
     checkInt('chunkSize', chunkSize, PAGE_4K);
-    if ((chunkSize & (chunkSize - 1)) !== 0) throw new InvalidArgumentError('chunkSize', 'a power of two', chunkSize);
+    if ((chunkSize & (chunkSize - 1)) !== 0)
+      throw new InvalidArgumentError('chunkSize', 'a power of two', chunkSize);
     this.handle = addon().tableCreate(totalSize, chunkSize);
     this.totalSize = totalSize;
     this.chunkSize = chunkSize;
@@ -215,14 +236,20 @@ export class FaultSession {
   constructor(uffd: number, options: FaultSessionOptions, onEvent: (e: SessionEvent) => void) {
     checkInt('uffd', uffd, 0, 2 ** 31 - 1);
     checkPageSize(options.pageSize);
-    if (!(options.table instanceof ChunkTable)) throw new InvalidArgumentError('table', 'a ChunkTable', options.table);
+    if (!(options.table instanceof ChunkTable))
+      throw new InvalidArgumentError('table', 'a ChunkTable', options.table);
     if (!Array.isArray(options.regions) || options.regions.length === 0) {
       throw new InvalidArgumentError('regions', 'a non-empty array of {base, size, offset}', options.regions);
     }
     this.#chunks = options.table.chunks;
     this.#handle = addon().sessionCreate(
       uffd,
-      { table: options.table.handle, pageSize: options.pageSize, regions: options.regions.map((r) => ({ ...r })), reportTouches: options.reportTouches ?? false },
+      {
+        table: options.table.handle,
+        pageSize: options.pageSize,
+        regions: options.regions.map((r) => ({ ...r })),
+        reportTouches: options.reportTouches ?? false,
+      },
       onEvent,
     );
   }
@@ -258,7 +285,8 @@ export class FaultSession {
   #check(chunks: number | Uint32Array): void {
     if (this.#closed) throw new SessionClosedError();
     if (typeof chunks === 'number') checkInt('chunk', chunks, 0, this.#chunks - 1);
-    else if (!(chunks instanceof Uint32Array)) throw new InvalidArgumentError('chunks', 'a number or Uint32Array', chunks);
+    else if (!(chunks instanceof Uint32Array))
+      throw new InvalidArgumentError('chunks', 'a number or Uint32Array', chunks);
   }
 }
 

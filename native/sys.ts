@@ -89,10 +89,17 @@ export const WATCH_WRITABLE = 2;
 export const WATCH_DISCONNECT = 4;
 
 /** Calls back on Node's event loop when fd is ready. Stop the watch before closing the fd. */
-export function watchFd(fd: number, events: WatchEvents, cb: (err: SystemError | null, events: number) => void): FdWatch {
+export function watchFd(
+  fd: number,
+  events: WatchEvents,
+  cb: (err: SystemError | null, events: number) => void,
+): FdWatch {
   const mask =
-    (events.readable ? WATCH_READABLE : 0) | (events.writable ? WATCH_WRITABLE : 0) | (events.disconnect ? WATCH_DISCONNECT : 0);
-  if (mask === 0) throw new InvalidArgumentError('events', 'at least one of readable, writable, disconnect', events);
+    (events.readable ? WATCH_READABLE : 0) |
+    (events.writable ? WATCH_WRITABLE : 0) |
+    (events.disconnect ? WATCH_DISCONNECT : 0);
+  if (mask === 0)
+    throw new InvalidArgumentError('events', 'at least one of readable, writable, disconnect', events);
   const h = addon().watchStart(fd, mask, cb);
   let stopped = false;
   return {

@@ -18,16 +18,28 @@ export interface DiskCacheOptions {
   onProblem?: (p: DiskCacheProblem) => void;
 }
 
-export type DiskCacheProblem = { kind: 'write-failed'; hash: string; error: unknown } | { kind: 'corrupt'; hash: string; path: string };
+export type DiskCacheProblem =
+  { kind: 'write-failed'; hash: string; error: unknown } | { kind: 'corrupt'; hash: string; path: string };
 
-export type ResolvedDiskCacheOptions = Required<Omit<DiskCacheOptions, 'onProblem'>> & Pick<DiskCacheOptions, 'onProblem'>;
+export type ResolvedDiskCacheOptions = Required<Omit<DiskCacheOptions, 'onProblem'>> &
+  Pick<DiskCacheOptions, 'onProblem'>;
 
 export function resolveDiskCacheOptions(options: DiskCacheOptions): ResolvedDiskCacheOptions {
-  if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options', 'an object', options);
+  if (typeof options !== 'object' || options === null)
+    throw new InvalidArgumentError('options', 'an object', options);
   const { dir, budgetBytes, chunkId, onProblem } = options;
-  if (typeof dir !== 'string' || dir.length === 0) throw new InvalidArgumentError('dir', 'a non-empty directory path', dir);
-  if (!Number.isSafeInteger(budgetBytes) || budgetBytes < 0) throw new InvalidArgumentError('budgetBytes', 'a non-negative integer', budgetBytes);
-  if (chunkId !== undefined && typeof chunkId !== 'function') throw new InvalidArgumentError('chunkId', 'a function from bytes to a 64-hex-digit id', chunkId);
-  if (onProblem !== undefined && typeof onProblem !== 'function') throw new InvalidArgumentError('onProblem', 'a function', onProblem);
-  return { dir: path.resolve(dir), budgetBytes, chunkId: chunkId ?? hashChunk, ...(onProblem ? { onProblem } : {}) };
+  if (typeof dir !== 'string' || dir.length === 0)
+    throw new InvalidArgumentError('dir', 'a non-empty directory path', dir);
+  if (!Number.isSafeInteger(budgetBytes) || budgetBytes < 0)
+    throw new InvalidArgumentError('budgetBytes', 'a non-negative integer', budgetBytes);
+  if (chunkId !== undefined && typeof chunkId !== 'function')
+    throw new InvalidArgumentError('chunkId', 'a function from bytes to a 64-hex-digit id', chunkId);
+  if (onProblem !== undefined && typeof onProblem !== 'function')
+    throw new InvalidArgumentError('onProblem', 'a function', onProblem);
+  return {
+    dir: path.resolve(dir),
+    budgetBytes,
+    chunkId: chunkId ?? hashChunk,
+    ...(onProblem ? { onProblem } : {}),
+  };
 }

@@ -33,9 +33,18 @@ import path from 'node:path';
 
 import { IntegrityError, InvalidArgumentError } from '../core/errors.js';
 import { assertHash } from '../store/keys.js';
-import { resolveDiskCacheOptions, type DiskCacheOptions, type DiskCacheProblem } from './disk-cache-options.js';
+import {
+  resolveDiskCacheOptions,
+  type DiskCacheOptions,
+  type DiskCacheProblem,
+} from './disk-cache-options.js';
 
-export { resolveDiskCacheOptions, type DiskCacheOptions, type DiskCacheProblem, type ResolvedDiskCacheOptions } from './disk-cache-options.js';
+export {
+  resolveDiskCacheOptions,
+  type DiskCacheOptions,
+  type DiskCacheProblem,
+  type ResolvedDiskCacheOptions,
+} from './disk-cache-options.js';
 
 export interface DiskCacheStats {
   /** Entries and bytes in this process's index (see the budget caveat above). */
@@ -69,7 +78,12 @@ export class DiskCache {
 
   readonly #chunkId: (bytes: Uint8Array) => string;
 
-  private constructor(readonly dir: string, readonly budgetBytes: number, chunkId: (bytes: Uint8Array) => string, onProblem?: (p: DiskCacheProblem) => void) {
+  private constructor(
+    readonly dir: string,
+    readonly budgetBytes: number,
+    chunkId: (bytes: Uint8Array) => string,
+    onProblem?: (p: DiskCacheProblem) => void,
+  ) {
     this.#chunkId = chunkId;
     this.#onProblem = onProblem;
   }
@@ -97,7 +111,8 @@ export class DiskCache {
   async get(hash: string, length: number, signal?: AbortSignal): Promise<Buffer | undefined> {
     signal?.throwIfAborted();
     assertHash(hash);
-    if (!Number.isSafeInteger(length) || length < 0) throw new InvalidArgumentError('length', 'a non-negative integer', length);
+    if (!Number.isSafeInteger(length) || length < 0)
+      throw new InvalidArgumentError('length', 'a non-negative integer', length);
     assert(!this.#closed, 'DiskCache used after close()');
     const file = this.#path(hash);
     let fh: FileHandle;
@@ -113,7 +128,8 @@ export class DiskCache {
       if (st.size === length) {
         const buf = Buffer.allocUnsafe(length);
         // A short read: the file shrank since fstat, rewritten in place by something foreign.
-        if ((await fh.read(buf, 0, length, 0)).bytesRead === length && this.#chunkId(buf) === hash) bytes = buf;
+        if ((await fh.read(buf, 0, length, 0)).bytesRead === length && this.#chunkId(buf) === hash)
+          bytes = buf;
       }
       // Best effort (EROFS, EPERM): other processes' LRU and the next open() see this read.
       if (bytes) await fh.utimes(new Date(), new Date()).catch(() => {});
@@ -256,8 +272,10 @@ export class DiskCache {
           const file = path.join(this.dir, sub, name);
           const st = await stat(file).catch(() => undefined);
           if (!st?.isFile()) return;
-          if (ENTRY.test(name) && name.startsWith(sub)) found.push({ hash: name, size: st.size, mtimeMs: st.mtimeMs });
-          else if (name.includes(TEMP_MARK) && isStaleTemp(name, st.mtimeMs, now)) await unlink(file).catch(() => {});
+          if (ENTRY.test(name) && name.startsWith(sub))
+            found.push({ hash: name, size: st.size, mtimeMs: st.mtimeMs });
+          else if (name.includes(TEMP_MARK) && isStaleTemp(name, st.mtimeMs, now))
+            await unlink(file).catch(() => {});
         }),
       );
     }
@@ -272,7 +290,8 @@ export class DiskCache {
  */
 async function mkdirFanout(sub: string): Promise<void> {
   await mkdir(sub, { mode: 0o700 }).catch(async (e: NodeJS.ErrnoException) => {
-    if (e.code === 'ENOENT') await mkdir(sub, { recursive: true, mode: 0o700 }); // the cache dir is gone
+    if (e.code === 'ENOENT')
+      await mkdir(sub, { recursive: true, mode: 0o700 }); // the cache dir is gone
     else if (e.code !== 'EEXIST') throw e; // EEXIST as a file: open() then fails with ENOTDIR
   });
 }

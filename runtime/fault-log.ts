@@ -20,7 +20,10 @@ export const WRITE_FAILURE_LOG_INTERVAL_MS = 60_000;
 export function logRecoveredFetch(log: Logger, e: FetchEvent): void {
   if (e.tier === 'failed' || e.errors.length <= e.misses) return;
   const n = e.errors.length;
-  log.warn({ hash: e.hash, tier: e.tier, priority: e.priority, ms: Math.round(e.ms), errors: e.errors }, `chunk fetched from ${e.tier} after ${n} failed attempt${n === 1 ? '' : 's'}`);
+  log.warn(
+    { hash: e.hash, tier: e.tier, priority: e.priority, ms: Math.round(e.ms), errors: e.errors },
+    `chunk fetched from ${e.tier} after ${n} failed attempt${n === 1 ? '' : 's'}`,
+  );
 }
 
 /**
@@ -28,12 +31,18 @@ export function logRecoveredFetch(log: Logger, e: FetchEvent): void {
  * failing disk). Write failures come in streaks (every put fails while the disk is full), so the
  * first is logged and then at most one line per interval, with the count in between.
  */
-export function cacheProblemLogger(log: Logger, intervalMs = WRITE_FAILURE_LOG_INTERVAL_MS): (p: DiskCacheProblem) => void {
+export function cacheProblemLogger(
+  log: Logger,
+  intervalMs = WRITE_FAILURE_LOG_INTERVAL_MS,
+): (p: DiskCacheProblem) => void {
   let lastLogged = -Infinity;
   let unlogged = 0;
   return (p) => {
     if (p.kind === 'corrupt') {
-      log.warn({ hash: p.hash, path: p.path }, 'disk cache entry failed verification: deleted, the chunk is fetched from the origins');
+      log.warn(
+        { hash: p.hash, path: p.path },
+        'disk cache entry failed verification: deleted, the chunk is fetched from the origins',
+      );
       return;
     }
     const now = performance.now();

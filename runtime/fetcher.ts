@@ -91,7 +91,8 @@ export interface FetchOptions {
 type InFlight = { promise: Promise<{ bytes: Buffer; tier: Tier }>; priority: Priority; retryUntil: number };
 
 export class ChunkFetcher {
-  readonly #o: Required<Omit<FetcherOptions, 'cache' | 'crypto' | 'onFetch'>> & Pick<FetcherOptions, 'cache' | 'crypto' | 'onFetch'>;
+  readonly #o: Required<Omit<FetcherOptions, 'cache' | 'crypto' | 'onFetch'>> &
+    Pick<FetcherOptions, 'cache' | 'crypto' | 'onFetch'>;
   readonly #queue: PQueue;
   readonly #inflight = new Map<string, InFlight>();
 
@@ -102,14 +103,21 @@ export class ChunkFetcher {
 
   /** Queued fetches not yet started, by priority (for tests and metrics). */
   pending(): { demand: number; prefetch: number } {
-    return { demand: this.#queue.sizeBy({ priority: PRIORITY.demand }), prefetch: this.#queue.sizeBy({ priority: PRIORITY.prefetch }) };
+    return {
+      demand: this.#queue.sizeBy({ priority: PRIORITY.demand }),
+      prefetch: this.#queue.sizeBy({ priority: PRIORITY.prefetch }),
+    };
   }
 
   /**
    * The verified bytes of a chunk and the tier that served them. Concurrent calls for one hash share
    * one fetch; the signal only detaches this caller, it never cancels a fetch others may wait for.
    */
-  fetch(ref: ChunkRef, priority: Priority, options: FetchOptions = {}): Promise<{ bytes: Buffer; tier: Tier }> {
+  fetch(
+    ref: ChunkRef,
+    priority: Priority,
+    options: FetchOptions = {},
+  ): Promise<{ bytes: Buffer; tier: Tier }> {
     const { signal, retryUntil = 0 } = options;
     signal?.throwIfAborted();
     let entry = this.#inflight.get(ref.hash);
@@ -140,12 +148,24 @@ export class ChunkFetcher {
     });
   }
 
-  async #fetchOnce(ref: ChunkRef, priority: Priority, entry: InFlight): Promise<{ bytes: Buffer; tier: Tier }> {
+  async #fetchOnce(
+    ref: ChunkRef,
+    priority: Priority,
+    entry: InFlight,
+  ): Promise<{ bytes: Buffer; tier: Tier }> {
     const t0 = performance.now();
     const errors: string[] = [];
     const counts = { misses: 0 };
     const done = (tier: FetchEvent['tier'], bytes: number) =>
-      this.#o.onFetch?.({ hash: ref.hash, tier, bytes, ms: performance.now() - t0, priority, errors: trimmed(errors), misses: counts.misses });
+      this.#o.onFetch?.({
+        hash: ref.hash,
+        tier,
+        bytes,
+        ms: performance.now() - t0,
+        priority,
+        errors: trimmed(errors),
+        misses: counts.misses,
+      });
     const cached = await this.#o.cache?.get(ref.hash, ref.length).catch(() => undefined);
     if (cached) {
       done('disk', cached.length);
@@ -170,7 +190,13 @@ export class ChunkFetcher {
    * One pass over the origins: the verified chunk, or whether some origin failed transiently (so a
    * later pass may succeed) rather than lacking the chunk or lying about it.
    */
-  async #pass(key: string, ref: ChunkRef, errors: string[], counts: { misses: number }, deadline: number): Promise<{ bytes: Buffer; tier: Tier; stored: number } | boolean> {
+  async #pass(
+    key: string,
+    ref: ChunkRef,
+    errors: string[],
+    counts: { misses: number },
+    deadline: number,
+  ): Promise<{ bytes: Buffer; tier: Tier; stored: number } | boolean> {
     let transient = false;
     for (const [n, origin] of this.#o.origins.entries()) {
       for (let attempt = 0; ; attempt++) {
@@ -195,7 +221,12 @@ export class ChunkFetcher {
             transient = true;
             break;
           }
-          await sleep(Math.min(this.#o.backoffMs * 2 ** attempt * (0.5 + Math.random()), Math.max(0, deadline - performance.now())));
+          await sleep(
+            Math.min(
+              this.#o.backoffMs * 2 ** attempt * (0.5 + Math.random()),
+              Math.max(0, deadline - performance.now()),
+            ),
+          );
         }
       }
     }

@@ -30,7 +30,12 @@ const show = showUntrusted;
  * reason; the caller closes every fd it received.
  */
 export function parseHandshake(data: Buffer, fdCount: number, snapshot: SnapshotShape): Handshake {
-  if (fdCount !== 1) throw new HandshakeError(fdCount === 0 ? 'no file descriptor came with the message (expected the uffd)' : `${fdCount} file descriptors came with the message (expected exactly one, the uffd)`);
+  if (fdCount !== 1)
+    throw new HandshakeError(
+      fdCount === 0
+        ? 'no file descriptor came with the message (expected the uffd)'
+        : `${fdCount} file descriptors came with the message (expected exactly one, the uffd)`,
+    );
   let raw: unknown;
   try {
     raw = JSON.parse(data.toString('utf8'));
@@ -38,38 +43,53 @@ export function parseHandshake(data: Buffer, fdCount: number, snapshot: Snapshot
     throw new HandshakeError(`payload of ${data.length} bytes is not JSON`);
   }
   if (!Array.isArray(raw)) throw new HandshakeError('payload is not a JSON array of regions');
-  if (raw.length === 0 || raw.length > MAX_REGIONS) throw new HandshakeError(`${raw.length} regions (expected 1 to ${MAX_REGIONS})`);
+  if (raw.length === 0 || raw.length > MAX_REGIONS)
+    throw new HandshakeError(`${raw.length} regions (expected 1 to ${MAX_REGIONS})`);
   let shape: Handshake['shape'] | undefined;
   let pageSize: number | undefined;
   const regions = raw.map((r: unknown, i): Region => {
-    if (r === null || typeof r !== 'object' || Array.isArray(r)) throw new HandshakeError(`region ${i} is not an object`);
+    if (r === null || typeof r !== 'object' || Array.isArray(r))
+      throw new HandshakeError(`region ${i} is not an object`);
     const o = r as Record<string, unknown>;
     const { base_host_virt_addr: base, size, offset } = o;
     if (!isUint(base) || !isUint(size) || !isUint(offset)) {
-      throw new HandshakeError(`region ${i} needs non-negative integer base_host_virt_addr, size and offset (safe integers)`);
+      throw new HandshakeError(
+        `region ${i} needs non-negative integer base_host_virt_addr, size and offset (safe integers)`,
+      );
     }
     const ps = o.page_size ?? o.page_size_kib;
     if (o.page_size !== undefined && o.page_size_kib !== undefined && o.page_size !== o.page_size_kib) {
-      throw new HandshakeError(`region ${i}: page_size ${show(o.page_size)} and page_size_kib ${show(o.page_size_kib)} disagree`);
+      throw new HandshakeError(
+        `region ${i}: page_size ${show(o.page_size)} and page_size_kib ${show(o.page_size_kib)} disagree`,
+      );
     }
     const rshape = o.page_size !== undefined ? 'v12' : o.page_size_kib !== undefined ? 'v7' : 'v1';
     const rps = ps === undefined ? 4096 : ps;
-    if (rps !== 4096 && rps !== 2097152) throw new HandshakeError(`region ${i}: page size ${show(rps)} (expected 4096 or 2097152 bytes)`);
-    if (shape !== undefined && (shape !== rshape || pageSize !== rps)) throw new HandshakeError(`region ${i} uses another payload shape or page size than region 0`);
+    if (rps !== 4096 && rps !== 2097152)
+      throw new HandshakeError(`region ${i}: page size ${show(rps)} (expected 4096 or 2097152 bytes)`);
+    if (shape !== undefined && (shape !== rshape || pageSize !== rps))
+      throw new HandshakeError(`region ${i} uses another payload shape or page size than region 0`);
     shape = rshape;
     pageSize = rps;
-    if (size === 0 || size % rps || offset % rps || base % rps) throw new HandshakeError(`region ${i}: base, size and offset must be multiples of the page size ${rps}, size non-zero`);
+    if (size === 0 || size % rps || offset % rps || base % rps)
+      throw new HandshakeError(
+        `region ${i}: base, size and offset must be multiples of the page size ${rps}, size non-zero`,
+      );
     return { base: BigInt(base), size, offset };
   });
-  if (pageSize !== snapshot.pageSize) throw new HandshakeError(`page size ${pageSize} does not match the snapshot's ${snapshot.pageSize}`);
+  if (pageSize !== snapshot.pageSize)
+    throw new HandshakeError(`page size ${pageSize} does not match the snapshot's ${snapshot.pageSize}`);
   for (const [i, r] of regions.entries()) {
     if (r.offset + r.size > snapshot.totalSize) {
-      throw new HandshakeError(`region ${i} [${r.offset}, ${r.offset + r.size}) lies beyond the snapshot's ${snapshot.totalSize} bytes`);
+      throw new HandshakeError(
+        `region ${i} [${r.offset}, ${r.offset + r.size}) lies beyond the snapshot's ${snapshot.totalSize} bytes`,
+      );
     }
   }
   const overlap = (key: (r: Region) => [bigint, bigint], what: string) => {
     const sorted = regions.map(key).sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-    for (let i = 1; i < sorted.length; i++) if (sorted[i]![0] < sorted[i - 1]![1]) throw new HandshakeError(`regions overlap in ${what}`);
+    for (let i = 1; i < sorted.length; i++)
+      if (sorted[i]![0] < sorted[i - 1]![1]) throw new HandshakeError(`regions overlap in ${what}`);
   };
   overlap((r) => [r.base, r.base + BigInt(r.size)], 'host address space');
   overlap((r) => [BigInt(r.offset), BigInt(r.offset + r.size)], 'snapshot offsets');

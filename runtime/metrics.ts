@@ -9,11 +9,33 @@ import type { FetchEvent } from './fetcher.js';
 
 export class RuntimeMetrics {
   readonly registry = new Registry();
-  readonly faults = new Counter({ name: 'lazysnap_faults_total', help: 'Page faults read from userfaultfds', registers: [this.registry] });
-  readonly zeroFaults = new Counter({ name: 'lazysnap_zero_faults_total', help: 'Faults on zero chunks, mapped without a fetch', registers: [this.registry] });
-  readonly jsFaults = new Counter({ name: 'lazysnap_forwarded_faults_total', help: 'Faults on chunks that were not resident (served through a fetch)', registers: [this.registry] });
-  readonly fetches = new Counter({ name: 'lazysnap_fetches_total', help: 'Chunk fetches by tier (disk, origin0, origin1, ..., failed)', labelNames: ['tier', 'priority'], registers: [this.registry] });
-  readonly fetchBytes = new Counter({ name: 'lazysnap_fetch_bytes_total', help: 'Bytes fetched by tier (stored size for origins)', labelNames: ['tier'], registers: [this.registry] });
+  readonly faults = new Counter({
+    name: 'lazysnap_faults_total',
+    help: 'Page faults read from userfaultfds',
+    registers: [this.registry],
+  });
+  readonly zeroFaults = new Counter({
+    name: 'lazysnap_zero_faults_total',
+    help: 'Faults on zero chunks, mapped without a fetch',
+    registers: [this.registry],
+  });
+  readonly jsFaults = new Counter({
+    name: 'lazysnap_forwarded_faults_total',
+    help: 'Faults on chunks that were not resident (served through a fetch)',
+    registers: [this.registry],
+  });
+  readonly fetches = new Counter({
+    name: 'lazysnap_fetches_total',
+    help: 'Chunk fetches by tier (disk, origin0, origin1, ..., failed)',
+    labelNames: ['tier', 'priority'],
+    registers: [this.registry],
+  });
+  readonly fetchBytes = new Counter({
+    name: 'lazysnap_fetch_bytes_total',
+    help: 'Bytes fetched by tier (stored size for origins)',
+    labelNames: ['tier'],
+    registers: [this.registry],
+  });
   readonly fetchSeconds = new Histogram({
     name: 'lazysnap_fetch_seconds',
     help: 'Time to fetch and verify a chunk, by tier',
@@ -27,11 +49,33 @@ export class RuntimeMetrics {
     buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
     registers: [this.registry],
   });
-  readonly sessions = new Gauge({ name: 'lazysnap_sessions_active', help: 'Restore sessions being served', registers: [this.registry] });
-  readonly sessionsTotal = new Counter({ name: 'lazysnap_sessions_total', help: 'Restore sessions by outcome', labelNames: ['outcome'], registers: [this.registry] });
-  readonly failClosed = new Counter({ name: 'lazysnap_fail_closed_total', help: 'Chunks no origin could deliver, by action taken', labelNames: ['action'], registers: [this.registry] });
-  readonly handshakeErrors = new Counter({ name: 'lazysnap_handshake_errors_total', help: 'Connections closed for a malformed handshake', registers: [this.registry] });
-  readonly peersRefused = new Counter({ name: 'lazysnap_peers_refused_total', help: 'Connections closed unread because the peer uid is not in the allowlist', registers: [this.registry] });
+  readonly sessions = new Gauge({
+    name: 'lazysnap_sessions_active',
+    help: 'Restore sessions being served',
+    registers: [this.registry],
+  });
+  readonly sessionsTotal = new Counter({
+    name: 'lazysnap_sessions_total',
+    help: 'Restore sessions by outcome',
+    labelNames: ['outcome'],
+    registers: [this.registry],
+  });
+  readonly failClosed = new Counter({
+    name: 'lazysnap_fail_closed_total',
+    help: 'Chunks no origin could deliver, by action taken',
+    labelNames: ['action'],
+    registers: [this.registry],
+  });
+  readonly handshakeErrors = new Counter({
+    name: 'lazysnap_handshake_errors_total',
+    help: 'Connections closed for a malformed handshake',
+    registers: [this.registry],
+  });
+  readonly peersRefused = new Counter({
+    name: 'lazysnap_peers_refused_total',
+    help: 'Connections closed unread because the peer uid is not in the allowlist',
+    registers: [this.registry],
+  });
 
   onFetch = (e: FetchEvent): void => {
     this.fetches.inc({ tier: e.tier, priority: e.priority });

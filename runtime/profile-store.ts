@@ -9,13 +9,19 @@ import { mergeProfile, parseProfile, serializeProfile, type Profile, type Profil
  * The working-set profile from the first store that has one; undefined when none does. A profile
  * that does not fit the snapshot is reported through `warn` and ignored: replay is an optimization.
  */
-export async function loadProfile(stores: StoreBackend[], shape: ProfileShape, warn: (msg: string) => void, signal?: AbortSignal): Promise<Profile | undefined> {
+export async function loadProfile(
+  stores: StoreBackend[],
+  shape: ProfileShape,
+  warn: (msg: string) => void,
+  signal?: AbortSignal,
+): Promise<Profile | undefined> {
   for (const s of stores) {
     try {
       return parseProfile(await s.get(profileKey(shape.id), { ...(signal ? { signal } : {}) }), shape);
     } catch (e) {
       if (e instanceof ProfileError) warn(`${s.url}: ${e.message}`);
-      else if (!(e instanceof NotFoundError)) warn(`${s.url}: cannot read the profile: ${(e as Error).message}`);
+      else if (!(e instanceof NotFoundError))
+        warn(`${s.url}: cannot read the profile: ${(e as Error).message}`);
     }
   }
   return undefined;
@@ -35,17 +41,25 @@ export function profileSaver(stores: StoreBackend[], shape: ProfileShape, log: L
         log.warn('no writable store to save the working-set profile to (HTTP origins are read-only)');
         return;
       }
-      chain = chain.then(async () => {
-        let base;
-        try {
-          base = parseProfile(await target.get(profileKey(shape.id)), shape);
-        } catch (e) {
-          if (!(e instanceof NotFoundError)) log.warn({ err: (e as Error).message }, 'replacing an unreadable profile');
-        }
-        const merged = mergeProfile(base, first, shape);
-        await target.put(profileKey(shape.id), serializeProfile(merged));
-        log.info({ chunks: merged.chunks.length, recordings: merged.recordings, recorded: first.size }, 'working-set profile saved');
-      }).catch((e: unknown) => log.warn({ err: (e as Error).message }, 'saving the working-set profile failed'));
+      chain = chain
+        .then(async () => {
+          let base;
+          try {
+            base = parseProfile(await target.get(profileKey(shape.id)), shape);
+          } catch (e) {
+            if (!(e instanceof NotFoundError))
+              log.warn({ err: (e as Error).message }, 'replacing an unreadable profile');
+          }
+          const merged = mergeProfile(base, first, shape);
+          await target.put(profileKey(shape.id), serializeProfile(merged));
+          log.info(
+            { chunks: merged.chunks.length, recordings: merged.recordings, recorded: first.size },
+            'working-set profile saved',
+          );
+        })
+        .catch((e: unknown) =>
+          log.warn({ err: (e as Error).message }, 'saving the working-set profile failed'),
+        );
     },
     idle: () => chain,
   };

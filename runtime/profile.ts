@@ -69,7 +69,11 @@ export class Recorder {
 }
 
 /** Folds one recording into a profile (or starts one). */
-export function mergeProfile(base: Profile | undefined, recording: Map<number, number>, shape: ProfileShape): Profile {
+export function mergeProfile(
+  base: Profile | undefined,
+  recording: Map<number, number>,
+  shape: ProfileShape,
+): Profile {
   const byChunk = new Map<number, ProfileEntry>((base?.chunks ?? []).map((e) => [e.chunk, { ...e }]));
   for (const [chunk, t] of recording) {
     const e = byChunk.get(chunk);
@@ -79,7 +83,15 @@ export function mergeProfile(base: Profile | undefined, recording: Map<number, n
     } else byChunk.set(chunk, { chunk, t, n: 1 });
   }
   const chunks = [...byChunk.values()].sort((a, b) => a.t - b.t || a.chunk - b.chunk);
-  return { format: PROFILE_FORMAT, id: shape.id, chunkSize: shape.chunkSize, totalSize: shape.totalSize, recordings: (base?.recordings ?? 0) + 1, updatedAt: new Date().toISOString(), chunks };
+  return {
+    format: PROFILE_FORMAT,
+    id: shape.id,
+    chunkSize: shape.chunkSize,
+    totalSize: shape.totalSize,
+    recordings: (base?.recordings ?? 0) + 1,
+    updatedAt: new Date().toISOString(),
+    chunks,
+  };
 }
 
 export function serializeProfile(p: Profile): Buffer {
@@ -94,15 +106,28 @@ export function parseProfile(text: Buffer, shape: ProfileShape): Profile {
   } catch {
     throw new ProfileError('not JSON');
   }
-  if (p === null || typeof p !== 'object' || !/^lazysnap-profile\/1(\.\d+)?$/.test(String(p.format))) throw new ProfileError(`format ${JSON.stringify(p?.format)} is not ${PROFILE_FORMAT}`);
+  if (p === null || typeof p !== 'object' || !/^lazysnap-profile\/1(\.\d+)?$/.test(String(p.format)))
+    throw new ProfileError(`format ${JSON.stringify(p?.format)} is not ${PROFILE_FORMAT}`);
   if (p.id !== shape.id || p.chunkSize !== shape.chunkSize || p.totalSize !== shape.totalSize) {
-    throw new ProfileError(`recorded for ${p.id} (${p.totalSize} bytes in ${p.chunkSize}-byte chunks), not for this snapshot`);
+    throw new ProfileError(
+      `recorded for ${p.id} (${p.totalSize} bytes in ${p.chunkSize}-byte chunks), not for this snapshot`,
+    );
   }
-  if (!Array.isArray(p.chunks) || !Number.isSafeInteger(p.recordings)) throw new ProfileError('chunks must be an array and recordings a count');
+  if (!Array.isArray(p.chunks) || !Number.isSafeInteger(p.recordings))
+    throw new ProfileError('chunks must be an array and recordings a count');
   const seen = new Set<number>();
   for (const e of p.chunks) {
-    if (!Number.isSafeInteger(e?.chunk) || e.chunk < 0 || e.chunk >= shape.chunks || seen.has(e.chunk) || typeof e.t !== 'number' || !Number.isSafeInteger(e.n)) {
-      throw new ProfileError(`entry ${JSON.stringify(e)} is not a distinct chunk below ${shape.chunks} with t and n`);
+    if (
+      !Number.isSafeInteger(e?.chunk) ||
+      e.chunk < 0 ||
+      e.chunk >= shape.chunks ||
+      seen.has(e.chunk) ||
+      typeof e.t !== 'number' ||
+      !Number.isSafeInteger(e.n)
+    ) {
+      throw new ProfileError(
+        `entry ${JSON.stringify(e)} is not a distinct chunk below ${shape.chunks} with t and n`,
+      );
     }
     seen.add(e.chunk);
   }

@@ -10,14 +10,34 @@
 import { EventEmitter } from 'node:events';
 import { unlinkSync } from 'node:fs';
 
-import { HandshakeError, InsecurePathError, KeyUnavailableError, SignatureError, WrongKeyError } from '../core/errors.js';
+import {
+  HandshakeError,
+  InsecurePathError,
+  KeyUnavailableError,
+  SignatureError,
+  WrongKeyError,
+} from '../core/errors.js';
 import { componentLogger, type Logger } from '../core/logger.js';
-import { acceptUnix, closeFd, peerCredentials, peerPidfd, pidfdOpen, recvWithFds, watchFd, type FdWatch } from '../native/index.js';
+import {
+  acceptUnix,
+  closeFd,
+  peerCredentials,
+  peerPidfd,
+  pidfdOpen,
+  recvWithFds,
+  watchFd,
+  type FdWatch,
+} from '../native/index.js';
 import type { Manifest } from '../store/manifest.js';
 import { assertSnapshotId } from '../store/keys.js';
 import { assertUserfaultfd, parseHandshake } from './handshake.js';
 import type { RuntimeMetrics } from './metrics.js';
-import { RestoreSession, type LiveSessionStats, type SessionContext, type SessionSummary } from './restore-session.js';
+import {
+  RestoreSession,
+  type LiveSessionStats,
+  type SessionContext,
+  type SessionSummary,
+} from './restore-session.js';
 import { openServeContext, securityFields, type ServeContext } from './serve-context.js';
 import { resolveServeOptions, type ResolvedServeOptions, type ServeOptions } from './serve-options.js';
 import { listenSocket } from './serve-socket.js';
@@ -52,7 +72,14 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
   readonly summaries: SessionSummary[] = [];
   metricsPort: number | undefined;
   /** The served snapshot's geometry, from its manifest. */
-  readonly snapshot: { id: string; totalSize: number; pageSize: number; chunkSize: number; chunks: number; vmstate: Manifest['vmstate'] };
+  readonly snapshot: {
+    id: string;
+    totalSize: number;
+    pageSize: number;
+    chunkSize: number;
+    chunks: number;
+    vmstate: Manifest['vmstate'];
+  };
   readonly #o: ResolvedServeOptions;
   readonly #log: Logger;
   readonly #parts: ServeContext;
@@ -76,8 +103,19 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     this.metrics = ctx.metrics;
     this.socketPath = o.socketPath;
     const m = ctx.index.manifest;
-    this.snapshot = { id: o.id, totalSize: m.totalSize, pageSize: m.pageSize, chunkSize: m.chunkSize, chunks: ctx.index.count, vmstate: m.vmstate };
-    const onStale = () => log.warn({ socket: o.socketPath }, 'replaced a stale socket: the previous server did not shut down cleanly (peers it served, if still running, wait on faults no one answers)');
+    this.snapshot = {
+      id: o.id,
+      totalSize: m.totalSize,
+      pageSize: m.pageSize,
+      chunkSize: m.chunkSize,
+      chunks: ctx.index.count,
+      vmstate: m.vmstate,
+    };
+    const onStale = () =>
+      log.warn(
+        { socket: o.socketPath },
+        'replaced a stale socket: the previous server did not shut down cleanly (peers it served, if still running, wait on faults no one answers)',
+      );
     this.#lfd = listenSocket(o.socketPath, o.socketGroup, onStale);
     this.#watch = watchFd(this.#lfd, { readable: true }, () => this.#acceptAll());
   }
@@ -98,10 +136,26 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
       server.#metricsServer = metricsServer;
       server.metricsPort = metricsServer?.port;
       const m = ctx.index.manifest;
-      log.info({ socket: o.socketPath, stores: stores.map((s) => s.url), chunks: ctx.index.count, totalSize: m.totalSize, canPoison: ctx.canPoison, metricsPort: server.metricsPort, ...securityFields(o, m) }, 'serving');
+      log.info(
+        {
+          socket: o.socketPath,
+          stores: stores.map((s) => s.url),
+          chunks: ctx.index.count,
+          totalSize: m.totalSize,
+          canPoison: ctx.canPoison,
+          metricsPort: server.metricsPort,
+          ...securityFields(o, m),
+        },
+        'serving',
+      );
       return server;
     } catch (e) {
-      if (e instanceof SignatureError || e instanceof WrongKeyError || e instanceof KeyUnavailableError || e instanceof InsecurePathError) {
+      if (
+        e instanceof SignatureError ||
+        e instanceof WrongKeyError ||
+        e instanceof KeyUnavailableError ||
+        e instanceof InsecurePathError
+      ) {
         log.error({ code: e.code }, `refusing to serve: ${e.message}`);
       }
       await metricsServer?.close();
@@ -155,7 +209,10 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
       cred = peerCredentials(conn);
       if (this.#o.allowUids && !this.#o.allowUids.includes(cred.uid)) {
         this.metrics.peersRefused.inc();
-        this.#log.warn({ uid: cred.uid, pid: cred.pid, allowUids: this.#o.allowUids }, `connection refused: peer uid ${cred.uid} (pid ${cred.pid}) is not in the allowlist`);
+        this.#log.warn(
+          { uid: cred.uid, pid: cred.pid, allowUids: this.#o.allowUids },
+          `connection refused: peer uid ${cred.uid} (pid ${cred.pid}) is not in the allowlist`,
+        );
         closeFd(conn);
         this.emit('rejected', { pid: cred.pid, reason: `uid ${cred.uid} is not in the allowlist` });
         return;
@@ -171,9 +228,21 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
       closeFd(conn);
       return;
     }
-    const c: Conn = { fd: conn, pidfd, pid: cred.pid, session: undefined, timer: undefined, watch: { stop() {} } };
-    c.watch = watchFd(conn, { readable: true, disconnect: true }, () => (c.session ? this.#drain(c) : this.#handshake(c)));
-    c.timer = setTimeout(() => this.#reject(c, `no handshake within ${this.#o.handshakeTimeoutMs} ms`), this.#o.handshakeTimeoutMs);
+    const c: Conn = {
+      fd: conn,
+      pidfd,
+      pid: cred.pid,
+      session: undefined,
+      timer: undefined,
+      watch: { stop() {} },
+    };
+    c.watch = watchFd(conn, { readable: true, disconnect: true }, () =>
+      c.session ? this.#drain(c) : this.#handshake(c),
+    );
+    c.timer = setTimeout(
+      () => this.#reject(c, `no handshake within ${this.#o.handshakeTimeoutMs} ms`),
+      this.#o.handshakeTimeoutMs,
+    );
     this.#pending.add(c);
   }
 
@@ -202,9 +271,14 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     if (msg === null) return;
     let handshake;
     try {
-      if (msg.data.length === 0) throw new HandshakeError('the peer closed the connection before the handshake');
-      if (msg.fdsTruncated) throw new HandshakeError('more file descriptors than expected came with the message');
-      handshake = parseHandshake(msg.data, msg.fds.length, { totalSize: this.#ctx.index.manifest.totalSize, pageSize: this.#ctx.index.manifest.pageSize });
+      if (msg.data.length === 0)
+        throw new HandshakeError('the peer closed the connection before the handshake');
+      if (msg.fdsTruncated)
+        throw new HandshakeError('more file descriptors than expected came with the message');
+      handshake = parseHandshake(msg.data, msg.fds.length, {
+        totalSize: this.#ctx.index.manifest.totalSize,
+        pageSize: this.#ctx.index.manifest.pageSize,
+      });
       assertUserfaultfd(msg.fds[0]!);
     } catch (e) {
       for (const fd of msg.fds) closeFd(fd);
@@ -277,7 +351,10 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
       this.#acceptAll();
       closeFd(this.#lfd);
       if (this.sessions.size > 0 || this.#pending.size > 0) {
-        this.#log.info({ sessions: this.sessions.size, handshakes: this.#pending.size, graceMs }, 'draining sessions');
+        this.#log.info(
+          { sessions: this.sessions.size, handshakes: this.#pending.size, graceMs },
+          'draining sessions',
+        );
         await new Promise<void>((resolve) => {
           const t = setTimeout(resolve, graceMs);
           this.#idle = () => (clearTimeout(t), resolve());

@@ -7,7 +7,13 @@
  * through the pidfd taken at handshake time, so a late kill can never hit a recycled PID. It never
  * leaves the peer hung and never installs a byte it has not verified.
  */
-import { FaultSession, closeFd, pidfdSendSignal, type SessionEvent, type SessionStats } from '../native/index.js';
+import {
+  FaultSession,
+  closeFd,
+  pidfdSendSignal,
+  type SessionEvent,
+  type SessionStats,
+} from '../native/index.js';
 import { FetchError, SessionClosedError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { chunkCodec, chunkHash } from '../store/manifest.js';
@@ -50,7 +56,15 @@ export class RestoreSession {
   /** populate() calls, re-checked on every install, failure and end. */
   readonly #waiters = new Set<() => void>();
 
-  constructor(opts: { ctx: SessionContext; handshake: Handshake; uffd: number; pidfd: number; pid: number; restoreId: string; onEnd: (s: RestoreSession, summary: SessionSummary) => void }) {
+  constructor(opts: {
+    ctx: SessionContext;
+    handshake: Handshake;
+    uffd: number;
+    pidfd: number;
+    pid: number;
+    restoreId: string;
+    onEnd: (s: RestoreSession, summary: SessionSummary) => void;
+  }) {
     this.#ctx = opts.ctx;
     this.#pidfd = opts.pidfd;
     this.pid = opts.pid;
@@ -60,9 +74,27 @@ export class RestoreSession {
     const pf = opts.ctx.prefetch;
     if (pf.mode === 'record') this.#recorder = new Recorder(this.#t0, pf.recordIdleMs, pf.saveRecording);
     const reportTouches = pf.mode === 'record' || pf.fill;
-    this.#fault = new FaultSession(opts.uffd, { table: opts.ctx.table, pageSize: opts.handshake.pageSize, regions: opts.handshake.regions, reportTouches }, (e) => this.#onEvent(e));
+    this.#fault = new FaultSession(
+      opts.uffd,
+      {
+        table: opts.ctx.table,
+        pageSize: opts.handshake.pageSize,
+        regions: opts.handshake.regions,
+        reportTouches,
+      },
+      (e) => this.#onEvent(e),
+    );
     this.#ctx.metrics.sessions.inc();
-    this.#log.info({ regions: opts.handshake.regions.length, shape: opts.handshake.shape, pageSize: opts.handshake.pageSize, prefetch: pf.mode, fill: pf.fill }, 'restore session started');
+    this.#log.info(
+      {
+        regions: opts.handshake.regions.length,
+        shape: opts.handshake.shape,
+        pageSize: opts.handshake.pageSize,
+        prefetch: pf.mode,
+        fill: pf.fill,
+      },
+      'restore session started',
+    );
     const replay = pf.mode === 'replay' && pf.profile ? pf.profile.chunks.map((e) => e.chunk) : [];
     if (replay.length > 0 || pf.fill) {
       const ended = () => this.#ended !== undefined;
@@ -105,7 +137,11 @@ export class RestoreSession {
       },
       (err: unknown) => {
         if (mustArrive) this.#failClosed(c, err);
-        else if (this.#log.isLevelEnabled('debug')) this.#log.debug({ chunk: c, err: (err as Error).message }, 'prefetch failed; the demand path will retry if needed');
+        else if (this.#log.isLevelEnabled('debug'))
+          this.#log.debug(
+            { chunk: c, err: (err as Error).message },
+            'prefetch failed; the demand path will retry if needed',
+          );
       },
     );
   }
@@ -116,7 +152,14 @@ export class RestoreSession {
 
   /** This session so far: the fault thread's counters and what it fetched. */
   liveStats(): LiveSessionStats {
-    return { restoreId: this.restoreId, pid: this.pid, ...this.#fault.stats(), fetchedChunks: this.#fetched, bytesFetched: this.#bytesFetched, prefetchedChunks: this.#prefetched };
+    return {
+      restoreId: this.restoreId,
+      pid: this.pid,
+      ...this.#fault.stats(),
+      fetchedChunks: this.#fetched,
+      bytesFetched: this.#bytesFetched,
+      prefetchedChunks: this.#prefetched,
+    };
   }
 
   get ended(): boolean {
@@ -131,13 +174,15 @@ export class RestoreSession {
   populate(signal?: AbortSignal): Promise<void> {
     const { index } = this.#ctx;
     const want = new Set<number>();
-    for (let c = 0; c < index.count; c++) if (chunkHash(index, c) !== null && !this.#installed.has(c)) want.add(c);
+    for (let c = 0; c < index.count; c++)
+      if (chunkHash(index, c) !== null && !this.#installed.has(c)) want.add(c);
     if (want.size === 0) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
       const check = (): void => {
         for (const c of want) if (this.#installed.has(c)) want.delete(c);
         if (want.size === 0) return done();
-        if (this.#failed.length > 0) return done(new FetchError(`chunk ${this.#failed[0]}`, ['failed closed while populating']));
+        if (this.#failed.length > 0)
+          return done(new FetchError(`chunk ${this.#failed[0]}`, ['failed closed while populating']));
         if (this.#ended) return done(new SessionClosedError());
         if (signal?.aborted) return done(signal.reason as Error);
       };
@@ -151,7 +196,17 @@ export class RestoreSession {
       signal?.addEventListener('abort', check, { once: true });
       // Windowed at prefetch priority, like fill: the peer's own faults go first.
       const ended = () => this.#ended !== undefined || this.#failed.length > 0 || signal?.aborted === true;
-      const driver = new Prefetcher({ skip: (c) => this.#installed.has(c), prefetch: (c) => this.#fetchAhead(c, true), get ended() { return ended(); } }, index.count, this.#ctx.prefetch.window);
+      const driver = new Prefetcher(
+        {
+          skip: (c) => this.#installed.has(c),
+          prefetch: (c) => this.#fetchAhead(c, true),
+          get ended() {
+            return ended();
+          },
+        },
+        index.count,
+        this.#ctx.prefetch.window,
+      );
       void driver.run([...want], false);
       check();
     });
@@ -179,12 +234,19 @@ export class RestoreSession {
       }
     }
     for (const err of e.errors) {
-      if (err.syscall === 'ioctl(UFFDIO_POISON)') this.#kill(`poisoning chunk ${err.chunk} failed (${err.code})`);
-      else if (err.syscall === 'fault outside the declared regions') this.#kill('the peer faulted on memory it did not declare in the handshake');
-      else this.#log.warn({ err: { code: err.code, syscall: err.syscall, chunk: err.chunk } }, 'uffd operation failed');
+      if (err.syscall === 'ioctl(UFFDIO_POISON)')
+        this.#kill(`poisoning chunk ${err.chunk} failed (${err.code})`);
+      else if (err.syscall === 'fault outside the declared regions')
+        this.#kill('the peer faulted on memory it did not declare in the handshake');
+      else
+        this.#log.warn(
+          { err: { code: err.code, syscall: err.syscall, chunk: err.chunk } },
+          'uffd operation failed',
+        );
     }
     if (e.exited) this.end('ended');
-    if (this.#waiters.size > 0 && (e.installed.length > 0 || e.poisoned.length > 0)) for (const w of [...this.#waiters]) w();
+    if (this.#waiters.size > 0 && (e.installed.length > 0 || e.poisoned.length > 0))
+      for (const w of [...this.#waiters]) w();
   }
 
   #serve(c: number): void {
@@ -204,10 +266,16 @@ export class RestoreSession {
       return;
     }
     this.#waiting.add(c);
-    fetcher.fetch({ hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'demand', this.#patience()).then(
-      ({ bytes, tier }) => (this.#waiting.delete(c), this.#install(c, bytes, tier)),
-      (err: unknown) => this.#failClosed(c, err),
-    );
+    fetcher
+      .fetch(
+        { hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) },
+        'demand',
+        this.#patience(),
+      )
+      .then(
+        ({ bytes, tier }) => (this.#waiting.delete(c), this.#install(c, bytes, tier)),
+        (err: unknown) => this.#failClosed(c, err),
+      );
   }
 
   /**
@@ -216,7 +284,10 @@ export class RestoreSession {
    * account of every attempt; the signal, a little later, fails closed whatever the fetch is doing.
    */
   #patience(): { signal: AbortSignal; retryUntil: number } {
-    return { signal: AbortSignal.timeout(this.#ctx.failTimeoutMs + FAIL_BACKSTOP_MS), retryUntil: performance.now() + this.#ctx.failTimeoutMs };
+    return {
+      signal: AbortSignal.timeout(this.#ctx.failTimeoutMs + FAIL_BACKSTOP_MS),
+      retryUntil: performance.now() + this.#ctx.failTimeoutMs,
+    };
   }
 
   #install(c: number, bytes: Buffer, tier: Tier): void {
@@ -237,11 +308,18 @@ export class RestoreSession {
     if (this.#ended) return;
     this.#failed.push(c);
     this.#waiting.delete(c);
-    const errors = (err as { errors?: string[] }).errors ?? [(err as Error).name === 'TimeoutError' ? `no verified chunk within ${this.#ctx.failTimeoutMs} ms` : String((err as Error).message ?? err)];
+    const errors = (err as { errors?: string[] }).errors ?? [
+      (err as Error).name === 'TimeoutError'
+        ? `no verified chunk within ${this.#ctx.failTimeoutMs} ms`
+        : String((err as Error).message ?? err),
+    ];
     const action = this.#ctx.canPoison ? 'poison' : 'kill';
     this.#ctx.metrics.failClosed.inc({ action });
     // One line says it all (chunk, every failed attempt, the action): the kill below adds none.
-    this.#log.error({ chunk: c, hash: chunkHash(this.#ctx.index, c), errors, action }, `chunk ${c} could not be served: failing closed (${action})`);
+    this.#log.error(
+      { chunk: c, hash: chunkHash(this.#ctx.index, c), errors, action },
+      `chunk ${c} could not be served: failing closed (${action})`,
+    );
     if (this.#ctx.canPoison) this.#fault.poison(c);
     else this.#kill(`chunk ${c} could not be served`, false);
     for (const w of [...this.#waiters]) w();
@@ -249,18 +327,23 @@ export class RestoreSession {
 
   /** Server stopping, grace over: once the uffd closes nobody answers the peer's next fault on a missing page, so fail closed. */
   abandon(graceMs: number): SessionSummary {
-    if (!this.#ended) this.#kill(`the server is shutting down and the session outlived the ${graceMs} ms grace period`);
+    if (!this.#ended)
+      this.#kill(`the server is shutting down and the session outlived the ${graceMs} ms grace period`);
     return this.end('shutdown');
   }
 
   #kill(reason: string, log = true): void {
     if (this.#killed) return;
     this.#killed = true;
-    if (log) this.#log.error({ reason }, 'killing the peer (SIGKILL through its pidfd) rather than leave it hung');
+    if (log)
+      this.#log.error({ reason }, 'killing the peer (SIGKILL through its pidfd) rather than leave it hung');
     try {
       pidfdSendSignal(this.#pidfd, 'SIGKILL');
     } catch (e) {
-      this.#log.warn({ err: (e as Error).message }, 'SIGKILL through the pidfd failed (the peer is already gone?)');
+      this.#log.warn(
+        { err: (e as Error).message },
+        'SIGKILL through the pidfd failed (the peer is already gone?)',
+      );
     }
   }
 
@@ -298,7 +381,11 @@ export class RestoreSession {
     this.#ended = summary;
     // The peer hung up mid-restore (crashed, killed): its fetches finish for the cache, nothing is installed any more.
     const waiting = [...this.#waiting];
-    if (outcome === 'ended' && !this.#killed && waiting.length > 0) this.#log.warn({ waiting }, `the peer went away with faults on ${waiting.length} chunk(s) still waiting for a fetch; session ended`);
+    if (outcome === 'ended' && !this.#killed && waiting.length > 0)
+      this.#log.warn(
+        { waiting },
+        `the peer went away with faults on ${waiting.length} chunk(s) still waiting for a fetch; session ended`,
+      );
     for (const w of [...this.#waiters]) w();
     this.#log.info(summary, 'restore session summary');
     this.#onEnd(this, summary);

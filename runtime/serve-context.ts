@@ -46,21 +46,45 @@ export function securityFields(o: ResolvedServeOptions, m: Manifest) {
   };
 }
 
-export async function openServeContext(o: ResolvedServeOptions, log: Logger, signal?: AbortSignal): Promise<ServeContext> {
-  const stores = await Promise.all(o.stores.map((u) => openStore(u, { httpConnections: o.originConnections, ...(o.s3Endpoint ? { s3Endpoint: o.s3Endpoint } : {}) })));
+export async function openServeContext(
+  o: ResolvedServeOptions,
+  log: Logger,
+  signal?: AbortSignal,
+): Promise<ServeContext> {
+  const stores = await Promise.all(
+    o.stores.map((u) =>
+      openStore(u, {
+        httpConnections: o.originConnections,
+        ...(o.s3Endpoint ? { s3Endpoint: o.s3Endpoint } : {}),
+      }),
+    ),
+  );
   let cache: DiskCache | undefined;
   const close = async () => {
     await cache?.close();
     await Promise.all(stores.map((s) => s.close()));
   };
   try {
-    const index = await loadFirst(stores, o.id, signal, { ...(o.verifyKey ? { verifyKey: o.verifyKey } : {}), keys: o.keys ?? envKeyProvider() });
+    const index = await loadFirst(stores, o.id, signal, {
+      ...(o.verifyKey ? { verifyKey: o.verifyKey } : {}),
+      keys: o.keys ?? envKeyProvider(),
+    });
     const crypto = index.crypto;
     const m = index.manifest;
     const table = new ChunkTable(m.totalSize, m.chunkSize);
     table.markZero(Uint8Array.from(index.flags, (f) => (f === 0 ? 1 : 0)));
     cache = o.cacheDir
-      ? await (await import('./disk-cache.js')).DiskCache.open({ dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes, onProblem: cacheProblemLogger(log), ...(crypto ? { chunkId: (b) => crypto.id(b) } : {}) }, signal)
+      ? await (
+          await import('./disk-cache.js')
+        ).DiskCache.open(
+          {
+            dir: o.cacheDir,
+            budgetBytes: o.cacheBudgetBytes,
+            onProblem: cacheProblemLogger(log),
+            ...(crypto ? { chunkId: (b) => crypto.id(b) } : {}),
+          },
+          signal,
+        )
       : undefined;
     const metrics = new RuntimeMetrics();
     const fetcher = new ChunkFetcher({
@@ -72,11 +96,19 @@ export async function openServeContext(o: ResolvedServeOptions, log: Logger, sig
       concurrency: o.fetchConcurrency,
       onFetch: (e) => (metrics.onFetch(e), logRecoveredFetch(log, e)),
     });
-    const shape: ProfileShape = { id: o.id, chunkSize: m.chunkSize, totalSize: m.totalSize, chunks: index.count };
+    const shape: ProfileShape = {
+      id: o.id,
+      chunkSize: m.chunkSize,
+      totalSize: m.totalSize,
+      chunks: index.count,
+    };
     const wantsProfile = o.prefetch === 'auto' || o.prefetch === 'replay';
-    const profile = wantsProfile ? await loadProfile(stores, shape, (msg) => log.warn(msg), signal) : undefined;
+    const profile = wantsProfile
+      ? await loadProfile(stores, shape, (msg) => log.warn(msg), signal)
+      : undefined;
     const mode = o.prefetch === 'auto' ? (profile ? 'replay' : 'off') : o.prefetch;
-    if (mode === 'replay' && !profile) log.warn(`no profile for ${o.id}: replay has nothing to prefetch (record one with --prefetch record)`);
+    if (mode === 'replay' && !profile)
+      log.warn(`no profile for ${o.id}: replay has nothing to prefetch (record one with --prefetch record)`);
     const saver = profileSaver(stores, shape, log);
     const ctx: SessionContext = {
       index,
@@ -87,7 +119,14 @@ export async function openServeContext(o: ResolvedServeOptions, log: Logger, sig
       log,
       failTimeoutMs: o.failTimeoutMs,
       canPoison: o.failClosed === 'poison' || (o.failClosed === 'auto' && kernelCanPoison()),
-      prefetch: { mode, fill: o.fill, window: o.prefetchWindow, recordIdleMs: o.recordIdleMs, profile, saveRecording: saver.save },
+      prefetch: {
+        mode,
+        fill: o.fill,
+        window: o.prefetchWindow,
+        recordIdleMs: o.recordIdleMs,
+        profile,
+        saveRecording: saver.save,
+      },
     };
     const readVmstate = async (sig?: AbortSignal) => {
       const errors: string[] = [];

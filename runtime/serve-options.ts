@@ -90,32 +90,58 @@ export interface ServeOptions {
 }
 
 type Optional = 's3Endpoint' | 'cacheDir' | 'metricsPort' | 'allowUids' | 'socketGroup' | 'keys' | 'logger';
-export type ResolvedServeOptions = Required<Omit<ServeOptions, Optional | 'verifyKey'>> & Pick<ServeOptions, Optional> & { verifyKey?: KeyObject };
+export type ResolvedServeOptions = Required<Omit<ServeOptions, Optional | 'verifyKey'>> &
+  Pick<ServeOptions, Optional> & { verifyKey?: KeyObject };
 
 const GiB = 2 ** 30;
 /** Node's timers (setTimeout, AbortSignal.timeout) fire after 1 ms when asked for more than this. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
-function int(name: string, v: number | undefined, dflt: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+function int(
+  name: string,
+  v: number | undefined,
+  dflt: number,
+  min: number,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
   if (v === undefined) return dflt;
-  if (!Number.isSafeInteger(v) || v < min || v > max) throw new InvalidArgumentError(name, `an integer from ${min} to ${max}`, v);
+  if (!Number.isSafeInteger(v) || v < min || v > max)
+    throw new InvalidArgumentError(name, `an integer from ${min} to ${max}`, v);
   return v;
 }
 
 export function resolveServeOptions(o: ServeOptions): ResolvedServeOptions {
-  if (!Array.isArray(o.stores) || o.stores.length === 0) throw new InvalidArgumentError('stores', 'at least one store URL', o.stores);
-  if (typeof o.socketPath !== 'string' || o.socketPath === '') throw new InvalidArgumentError('socketPath', 'a path', o.socketPath);
-  if (Buffer.byteLength(o.socketPath) > 107) throw new InvalidArgumentError('socketPath', 'at most 107 bytes (the sun_path limit)', o.socketPath);
-  if (o.prefetch !== undefined && !['auto', 'off', 'record', 'replay'].includes(o.prefetch)) throw new InvalidArgumentError('prefetch', "'auto', 'off', 'record' or 'replay'", o.prefetch);
-  if (o.failClosed !== undefined && !['auto', 'poison', 'kill'].includes(o.failClosed)) throw new InvalidArgumentError('failClosed', "'auto', 'poison' or 'kill'", o.failClosed);
+  if (!Array.isArray(o.stores) || o.stores.length === 0)
+    throw new InvalidArgumentError('stores', 'at least one store URL', o.stores);
+  if (typeof o.socketPath !== 'string' || o.socketPath === '')
+    throw new InvalidArgumentError('socketPath', 'a path', o.socketPath);
+  if (Buffer.byteLength(o.socketPath) > 107)
+    throw new InvalidArgumentError('socketPath', 'at most 107 bytes (the sun_path limit)', o.socketPath);
+  if (o.prefetch !== undefined && !['auto', 'off', 'record', 'replay'].includes(o.prefetch))
+    throw new InvalidArgumentError('prefetch', "'auto', 'off', 'record' or 'replay'", o.prefetch);
+  if (o.failClosed !== undefined && !['auto', 'poison', 'kill'].includes(o.failClosed))
+    throw new InvalidArgumentError('failClosed', "'auto', 'poison' or 'kill'", o.failClosed);
   // An empty list would refuse everyone: surely a mistake, so it is rejected rather than obeyed.
-  if (o.allowUids !== undefined && (!Array.isArray(o.allowUids) || o.allowUids.length === 0 || !o.allowUids.every((u) => Number.isSafeInteger(u) && u >= 0 && u < 2 ** 32 - 1))) {
-    throw new InvalidArgumentError('allowUids', 'a non-empty array of uids (integers from 0 to 4294967294; omit it to serve any uid)', o.allowUids);
+  if (
+    o.allowUids !== undefined &&
+    (!Array.isArray(o.allowUids) ||
+      o.allowUids.length === 0 ||
+      !o.allowUids.every((u) => Number.isSafeInteger(u) && u >= 0 && u < 2 ** 32 - 1))
+  ) {
+    throw new InvalidArgumentError(
+      'allowUids',
+      'a non-empty array of uids (integers from 0 to 4294967294; omit it to serve any uid)',
+      o.allowUids,
+    );
   }
-  if (o.socketGroup !== undefined && (!Number.isSafeInteger(o.socketGroup) || o.socketGroup < 0 || o.socketGroup >= 2 ** 32 - 1)) {
+  if (
+    o.socketGroup !== undefined &&
+    (!Number.isSafeInteger(o.socketGroup) || o.socketGroup < 0 || o.socketGroup >= 2 ** 32 - 1)
+  ) {
     throw new InvalidArgumentError('socketGroup', 'a gid (an integer from 0 to 4294967294)', o.socketGroup);
   }
-  if (o.keys !== undefined && typeof (o.keys as Partial<KeyProvider> | null)?.getKey !== 'function') throw new InvalidArgumentError('keys', 'a KeyProvider ({ getKey(keyId) })', o.keys);
+  if (o.keys !== undefined && typeof (o.keys as Partial<KeyProvider> | null)?.getKey !== 'function')
+    throw new InvalidArgumentError('keys', 'a KeyProvider ({ getKey(keyId) })', o.keys);
   const { verifyKey: vk, ...rest } = o;
   return {
     ...rest,

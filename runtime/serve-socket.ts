@@ -27,10 +27,16 @@ const OTHERS_WRITE = 0o022;
  * Checks (and if need be creates) the socket's directory, replaces a stale socket (never any other
  * file; onStale is told), and listens. Returns the listening fd.
  */
-export function listenSocket(socketPath: string, group?: number, onStale?: () => void, backlog = 1024): number {
+export function listenSocket(
+  socketPath: string,
+  group?: number,
+  onStale?: () => void,
+  backlog = 1024,
+): number {
   prepareSocketDir(socketPath, group);
   try {
-    if (!lstatSync(socketPath).isSocket()) throw new InvalidArgumentError('socket', 'a path that is free or holds a stale socket', socketPath);
+    if (!lstatSync(socketPath).isSocket())
+      throw new InvalidArgumentError('socket', 'a path that is free or holds a stale socket', socketPath);
     unlinkSync(socketPath); // a previous server's socket; nothing else is ever removed
     onStale?.();
   } catch (e) {
@@ -78,21 +84,29 @@ function checkDir(dir: string): void {
   if (!st.isDirectory()) throw new InsecurePathError(real, 'not a directory');
   trusted(real, st.uid, euid);
   if (st.mode & OTHERS_WRITE) {
-    throw new InsecurePathError(real, `the socket's directory is writable by ${who(st.mode)} (mode ${octal(st.mode)}): use a directory only its owner can write (chmod go-w, or a new path lazysnap creates 0700)`);
+    throw new InsecurePathError(
+      real,
+      `the socket's directory is writable by ${who(st.mode)} (mode ${octal(st.mode)}): use a directory only its owner can write (chmod go-w, or a new path lazysnap creates 0700)`,
+    );
   }
   for (let d = path.dirname(real); ; d = path.dirname(d)) {
     const a = statSync(d);
     trusted(d, a.uid, euid);
     if (a.mode & OTHERS_WRITE && !(a.mode & STICKY)) {
-      throw new InsecurePathError(d, `a directory above the socket is writable by ${who(a.mode)} without the sticky bit (mode ${octal(a.mode)}): others could rename the socket's directory away`);
+      throw new InsecurePathError(
+        d,
+        `a directory above the socket is writable by ${who(a.mode)} without the sticky bit (mode ${octal(a.mode)}): others could rename the socket's directory away`,
+      );
     }
     if (d === path.dirname(d)) break;
   }
 }
 
 function trusted(p: string, uid: number, euid: number): void {
-  if (uid !== euid && uid !== 0) throw new InsecurePathError(p, `owned by uid ${uid}, not by this process's uid ${euid} or root`);
+  if (uid !== euid && uid !== 0)
+    throw new InsecurePathError(p, `owned by uid ${uid}, not by this process's uid ${euid} or root`);
 }
 
-const who = (mode: number) => (mode & 0o020 && mode & 0o002 ? 'group and others' : mode & 0o020 ? 'its group' : 'others');
+const who = (mode: number) =>
+  mode & 0o020 && mode & 0o002 ? 'group and others' : mode & 0o020 ? 'its group' : 'others';
 const octal = (mode: number) => `0${(mode & 0o7777).toString(8)}`;

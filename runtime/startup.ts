@@ -26,7 +26,12 @@ export function kernelCanPoison(): boolean {
  * the refusal keeps its code. A key that is missing or wrong is the same for every store: thrown
  * at once.
  */
-export async function loadFirst(stores: StoreBackend[], id: string, signal?: AbortSignal, options: LoadIndexOptions = {}): Promise<SnapshotIndex> {
+export async function loadFirst(
+  stores: StoreBackend[],
+  id: string,
+  signal?: AbortSignal,
+  options: LoadIndexOptions = {},
+): Promise<SnapshotIndex> {
   const errors: string[] = [];
   let refused: SignatureError | undefined;
   for (const s of stores) {
@@ -39,6 +44,12 @@ export async function loadFirst(stores: StoreBackend[], id: string, signal?: Abo
       errors.push(`${s.url}: ${(e as Error).message}`);
     }
   }
-  if (refused) throw new SignatureError(id, refused.reason, `no store has a manifest signed by ${refused.expectedKey} (${errors.join('; ')})`, refused);
+  if (refused)
+    throw new SignatureError(
+      id,
+      refused.reason,
+      `no store has a manifest signed by ${refused.expectedKey} (${errors.join('; ')})`,
+      refused,
+    );
   throw new NotFoundError(stores.map((s) => s.url).join(', '), `manifests/${id}.json (${errors.join('; ')})`);
 }

@@ -9,7 +9,16 @@ import path from 'node:path';
 import { resultsDir, type Environment, type ResultRow, type ScenarioResult } from '../bench/lib/results.js';
 import { repoRoot } from '../test/helpers/fixtures.js';
 
-const ORDER = ['fault-latency', 'populate', 'cold-start', 'snapshot', 'concurrent', 'manifest-parse', 'crypto', 'soak'];
+const ORDER = [
+  'fault-latency',
+  'populate',
+  'cold-start',
+  'snapshot',
+  'concurrent',
+  'manifest-parse',
+  'crypto',
+  'soak',
+];
 const out = path.join(repoRoot, 'bench', 'README.md');
 const analysisFile = path.join(repoRoot, 'bench', 'ANALYSIS.md');
 
@@ -88,11 +97,11 @@ const doc = [
   'of DESIGN.md ("Performance targets" and "Contracts"):',
   '',
   '- **P1** ([fault-latency.bench.ts](fault-latency.bench.ts)): fault service for a resident chunk, p50 ≤ 1.25× the reference at the same pinning.',
-  '- **P2** ([populate.bench.ts](populate.bench.ts)): full populate from a local store, ≥ 80% of the reference\'s GB/s at the same chunk size.',
+  "- **P2** ([populate.bench.ts](populate.bench.ts)): full populate from a local store, ≥ 80% of the reference's GB/s at the same chunk size.",
   '- **P3** ([cold-start.bench.ts](cold-start.bench.ts)): cold start of a 1 GiB image with a ~9% working set from an S3-like origin (nginx behind a 30 ms / 90 MB/s per connection delay proxy): record → replay ≥ 3.7× faster than fault-only lazy, ≥ 10× faster than eager download, ≤ 1.5× the bound RTT + working-set bytes / (connections × 90 MB/s).',
   '- **P4** ([snapshot.bench.ts](snapshot.bench.ts)): chunk + hash + zero-detect of a 1 GiB zero-rich image ≥ 1.5 GB/s, plus whole snapshots to the directory store and s3rver.',
   '- **P5** ([concurrent.bench.ts](concurrent.bench.ts)): 16 restores of one snapshot at once on one serve fetch every chunk from the origin once (fetch amplification 1.00).',
-  '- **Manifest** ([manifest-parse.bench.ts](manifest-parse.bench.ts)): a 64 GiB snapshot\'s manifest parses in ≤ 50 ms.',
+  "- **Manifest** ([manifest-parse.bench.ts](manifest-parse.bench.ts)): a 64 GiB snapshot's manifest parses in ≤ 50 ms.",
   '- **Soak** ([soak.ts](soak.ts), `npm run soak`): 32 concurrent restores through one serve for 60 s: zero mismatched pages, RSS that plateaus, no fd leak (issue 8; run on its own, not by `npm run bench`).',
   '- **Crypto** ([crypto.bench.ts](crypto.bench.ts)): what client-side chunk encryption (AES-256-GCM) costs, as throughput against plain zstd encode/decode of the same chunks (no target: informational).',
   '',

@@ -36,9 +36,20 @@ try {
   process.exit(1);
 }
 
-const args = [gyp, 'rebuild', `--nodedir=${nodedir}`, '--directory', path.join(root, 'native'), '--jobs', 'max'];
+const args = [
+  gyp,
+  'rebuild',
+  `--nodedir=${nodedir}`,
+  '--directory',
+  path.join(root, 'native'),
+  '--jobs',
+  'max',
+];
 if (process.env.LAZYSNAP_DEBUG_NATIVE) args.push('--debug');
-const r = spawnSync(process.execPath, args, { stdio: 'inherit', env: { ...process.env, npm_config_nodedir: nodedir } });
+const r = spawnSync(process.execPath, args, {
+  stdio: 'inherit',
+  env: { ...process.env, npm_config_nodedir: nodedir },
+});
 if (r.error) {
   console.error(`lazysnap: could not run node-gyp: ${r.error.message}`);
   process.exit(1);

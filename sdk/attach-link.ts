@@ -23,7 +23,8 @@ export class WorkerLink {
       if (m.type === 'reply') {
         const p = this.#pending.get(m.seq);
         this.#pending.delete(m.seq);
-        if (m.error) p?.reject(new LazysnapError((m.error.code ?? 'LAZYSNAP_SESSION_CLOSED') as never, m.error.message));
+        if (m.error)
+          p?.reject(new LazysnapError((m.error.code ?? 'LAZYSNAP_SESSION_CLOSED') as never, m.error.message));
         else p?.resolve(m.value);
       }
       for (const l of this.#listeners) l(m);
@@ -38,7 +39,9 @@ export class WorkerLink {
       this.onGone(e);
     };
     worker.on('error', gone);
-    worker.on('exit', (code) => gone(new LazysnapError('LAZYSNAP_SESSION_CLOSED', `the attach runtime's worker exited (code ${code})`)));
+    worker.on('exit', (code) =>
+      gone(new LazysnapError('LAZYSNAP_SESSION_CLOSED', `the attach runtime's worker exited (code ${code})`)),
+    );
   }
 
   request<T>(op: AttachRequest['op']): Promise<T> {
@@ -60,7 +63,10 @@ export class WorkerLink {
   }
 
   /** The first message of one of `types` (or a failure), honouring the abort signal. */
-  waitFor<K extends AttachMessage['type']>(types: K[], signal?: AbortSignal): Promise<Extract<AttachMessage, { type: K }>> {
+  waitFor<K extends AttachMessage['type']>(
+    types: K[],
+    signal?: AbortSignal,
+  ): Promise<Extract<AttachMessage, { type: K }>> {
     return new Promise((resolve, reject) => {
       const done = () => {
         this.#listeners.delete(l);

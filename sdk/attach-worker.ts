@@ -25,7 +25,10 @@ export type AttachMessage =
 const port = parentPort!;
 const data = workerData as AttachWorkerData;
 const post = (m: AttachMessage): void => port.postMessage(m);
-const errorOf = (e: unknown) => ({ message: (e as Error).message, ...((e as { code?: string }).code ? { code: (e as { code: string }).code } : {}) });
+const errorOf = (e: unknown) => ({
+  message: (e as Error).message,
+  ...((e as { code?: string }).code ? { code: (e as { code: string }).code } : {}),
+});
 
 // Synchronous: when a chunk fails closed the poisoned page raises SIGBUS in this very process, which
 // would take an asynchronously buffered line (the one saying why) down with it.
@@ -53,8 +56,12 @@ async function main(): Promise<void> {
         (value) => post({ type: 'reply', seq: m.seq, value }),
         (e: unknown) => post({ type: 'reply', seq: m.seq, error: errorOf(e) }),
       );
-    if (m.op === 'stats') void reply(session ? Promise.resolve(session.liveStats()) : Promise.reject(new Error('no live session')));
-    else if (m.op === 'populate') void reply(session ? session.populate() : Promise.reject(new Error('no live session')));
+    if (m.op === 'stats')
+      void reply(
+        session ? Promise.resolve(session.liveStats()) : Promise.reject(new Error('no live session')),
+      );
+    else if (m.op === 'populate')
+      void reply(session ? session.populate() : Promise.reject(new Error('no live session')));
     else if (m.op === 'close') {
       // attach() has unregistered the memory: no fault can reach this session any more, so it ends
       // here rather than through close(), which fails closed (SIGKILL) the sessions it has to cut off,

@@ -49,7 +49,19 @@ import { WorkerLink } from './attach-link.js';
 const PAGE = 4096;
 
 /** Serve options that make sense in-process (no socket, metrics or peer policy: the peer is us). */
-export type AttachServeOptions = Omit<ServeOptions, 'socketPath' | 'logger' | 'metricsPort' | 'metricsHost' | 'allowUids' | 'socketGroup' | 'handshakeTimeoutMs' | 'shutdownGraceMs' | 'keys' | 'verifyKey'> & {
+export type AttachServeOptions = Omit<
+  ServeOptions,
+  | 'socketPath'
+  | 'logger'
+  | 'metricsPort'
+  | 'metricsHost'
+  | 'allowUids'
+  | 'socketGroup'
+  | 'handshakeTimeoutMs'
+  | 'shutdownGraceMs'
+  | 'keys'
+  | 'verifyKey'
+> & {
   /** A public key (PEM text): only a manifest it signed is restored. Key objects cannot cross to the runtime's thread. */
   verifyKey?: string;
 };
@@ -96,24 +108,41 @@ export interface Attachment {
 
 function checkStores(o: AttachOptions): void {
   if (!Array.isArray(o.stores) || o.stores.length === 0 || !o.stores.every((s) => typeof s === 'string')) {
-    throw new InvalidArgumentError('stores', 'store URLs (strings): objects live on the attaching thread, which blocks while it faults', o.stores);
+    throw new InvalidArgumentError(
+      'stores',
+      'store URLs (strings): objects live on the attaching thread, which blocks while it faults',
+      o.stores,
+    );
   }
   for (const [k, v] of Object.entries(o)) {
-    if (typeof v === 'function' || (k !== 'stores' && k !== 'signal' && v !== null && typeof v === 'object')) {
-      throw new InvalidArgumentError(k, 'plain data: a callback or object would have to run on the attaching thread, which blocks while it faults', typeof v);
+    if (
+      typeof v === 'function' ||
+      (k !== 'stores' && k !== 'signal' && v !== null && typeof v === 'object')
+    ) {
+      throw new InvalidArgumentError(
+        k,
+        'plain data: a callback or object would have to run on the attaching thread, which blocks while it faults',
+        typeof v,
+      );
     }
   }
 }
 
 function targetBuffer(target: AttachTarget): { buffer: ArrayBuffer | SharedArrayBuffer; mapped: boolean } {
   if (target instanceof WebAssembly.Memory) return { buffer: target.buffer, mapped: false };
-  if (target instanceof ArrayBuffer || target instanceof SharedArrayBuffer) return { buffer: target, mapped: false };
+  if (target instanceof ArrayBuffer || target instanceof SharedArrayBuffer)
+    return { buffer: target, mapped: false };
   if (target && typeof target === 'object' && 'size' in target) {
     const { size } = target;
-    if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE) throw new InvalidArgumentError('size', 'a positive multiple of 4096', size);
+    if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE)
+      throw new InvalidArgumentError('size', 'a positive multiple of 4096', size);
     return { buffer: arrayBufferAt(mmapAnonymous(size), size), mapped: true };
   }
-  throw new InvalidArgumentError('target', 'a WebAssembly.Memory, an ArrayBuffer, a SharedArrayBuffer or { size }', target);
+  throw new InvalidArgumentError(
+    'target',
+    'a WebAssembly.Memory, an ArrayBuffer, a SharedArrayBuffer or { size }',
+    target,
+  );
 }
 
 function checkAligned(address: bigint): void {
@@ -134,7 +163,11 @@ async function checkMemory(address: bigint, size: number): Promise<void> {
   for (const m of parseMaps(await readFile('/proc/self/maps', 'utf8'))) {
     if (m.end <= at || m.start > at) continue;
     if (m.path !== '' || m.perms[0] !== 'r' || m.perms[1] !== 'w' || m.perms[3] !== 'p') {
-      throw new InvalidArgumentError('target', 'private anonymous read-write memory', `a ${m.perms} mapping of ${m.path || 'anonymous memory'} at 0x${m.start.toString(16)}`);
+      throw new InvalidArgumentError(
+        'target',
+        'private anonymous read-write memory',
+        `a ${m.perms} mapping of ${m.path || 'anonymous memory'} at 0x${m.start.toString(16)}`,
+      );
     }
     at = m.end;
     if (at >= end) return;
@@ -185,17 +218,35 @@ export async function attach(target: AttachTarget, options: AttachOptions): Prom
       () => dir && rmSync(dir, { recursive: true, force: true }),
       () => mapped && munmap(address, buffer.byteLength),
     ];
-    for (const step of steps) await Promise.resolve().then(step).catch(() => {});
+    for (const step of steps)
+      await Promise.resolve()
+        .then(step)
+        .catch(() => {});
   };
   try {
     dir = mkdtempSync(path.join(tmpdir(), 'lazysnap-attach-')); // 0700: the socket is private
     const socketPath = path.join(dir, 'uffd.sock');
-    const data: AttachWorkerData = { serve: { ...serve, socketPath, handshakeTimeoutMs: 5000, shutdownGraceMs: 0 }, logLevel };
-    link = new WorkerLink(startModuleWorker(new URL('./attach-worker.js', import.meta.url), { workerData: data }));
+    const data: AttachWorkerData = {
+      serve: { ...serve, socketPath, handshakeTimeoutMs: 5000, shutdownGraceMs: 0 },
+      logLevel,
+    };
+    link = new WorkerLink(
+      startModuleWorker(new URL('./attach-worker.js', import.meta.url), { workerData: data }),
+    );
     const ready = await link.waitFor(['ready'], signal);
     const size = ready.totalSize;
-    if (ready.pageSize !== PAGE) throw new InvalidArgumentError('id', 'a snapshot of 4 KiB pages (hugepage snapshots restore into hugetlb memory)', ready.pageSize);
-    if (buffer.byteLength < size) throw new InvalidArgumentError('target', `memory of at least the snapshot's ${size} bytes`, buffer.byteLength);
+    if (ready.pageSize !== PAGE)
+      throw new InvalidArgumentError(
+        'id',
+        'a snapshot of 4 KiB pages (hugepage snapshots restore into hugetlb memory)',
+        ready.pageSize,
+      );
+    if (buffer.byteLength < size)
+      throw new InvalidArgumentError(
+        'target',
+        `memory of at least the snapshot's ${size} bytes`,
+        buffer.byteLength,
+      );
     await checkMemory(address, size);
     const u = openUffd(userModeOnly);
     uffd = u.fd;
@@ -206,11 +257,28 @@ export async function attach(target: AttachTarget, options: AttachOptions): Prom
     registered = size;
     conn = connectUnix(socketPath);
     const session = link.waitFor(['session', 'rejected'], signal);
-    sendWithFds(conn, Buffer.from(JSON.stringify([{ base_host_virt_addr: Number(address), size, offset: 0, page_size: PAGE }])), [uffd]);
+    sendWithFds(
+      conn,
+      Buffer.from(
+        JSON.stringify([{ base_host_virt_addr: Number(address), size, offset: 0, page_size: PAGE }]),
+      ),
+      [uffd],
+    );
     const s = await session;
     if (s.type === 'rejected') throw new HandshakeError(s.reason);
     link.unref();
-    return new LiveAttachment(buffer, address, size, u.userModeOnly, s.restoreId, mapped, link, uffd, conn, dir);
+    return new LiveAttachment(
+      buffer,
+      address,
+      size,
+      u.userModeOnly,
+      s.restoreId,
+      mapped,
+      link,
+      uffd,
+      conn,
+      dir,
+    );
   } catch (e) {
     await cleanup();
     throw e;
@@ -288,7 +356,12 @@ class LiveAttachment implements Attachment {
   }
 
   unmap(): void {
-    if (!this.mapped) throw new InvalidArgumentError('unmap', 'memory that attach() mapped ({ size })', 'caller-owned memory');
+    if (!this.mapped)
+      throw new InvalidArgumentError(
+        'unmap',
+        'memory that attach() mapped ({ size })',
+        'caller-owned memory',
+      );
     if (!this.#detached) throw new InvalidArgumentError('unmap', 'a detached attachment', 'still attached');
     if (this.#unmapped) return;
     this.#unmapped = true;

@@ -14,7 +14,14 @@ export type {} from '../core/webassembly.js';
 export * from '../core/errors.js';
 export { createRootLogger, componentLogger, type Logger, type LoggerConfig } from '../core/logger.js';
 
-export { snapshot, type SnapshotRequest, type MemoryFileSource, type ProcessSource, type SnapshotSummary, type SnapshotProgress } from './snapshot.js';
+export {
+  snapshot,
+  type SnapshotRequest,
+  type MemoryFileSource,
+  type ProcessSource,
+  type SnapshotSummary,
+  type SnapshotProgress,
+} from './snapshot.js';
 export { collectGarbage, type GcOptions, type GcResult } from '../snapshotter/gc.js';
 
 export { openStore, type OpenStoreOptions } from '../store/open.js';
@@ -22,9 +29,29 @@ export type { StoreBackend, ObjectInfo } from '../store/backend.js';
 export { loadIndex } from '../store/reader.js';
 export type { Manifest, ManifestRegion, SnapshotIndex } from '../store/manifest.js';
 
-export { RestoreServer, type RestoreServerEvents, type ServeOptions, type LiveSessionStats, type SessionSummary } from '../runtime/restore-server.js';
-export { RestoreHost, type RestoreHostOptions, type LazyRestoreOptions, type LazyRestoreResult, type SnapshotRef } from './platform.js';
+export {
+  RestoreServer,
+  type RestoreServerEvents,
+  type ServeOptions,
+  type LiveSessionStats,
+  type SessionSummary,
+} from '../runtime/restore-server.js';
+export {
+  RestoreHost,
+  type RestoreHostOptions,
+  type LazyRestoreOptions,
+  type LazyRestoreResult,
+  type SnapshotRef,
+} from './platform.js';
 export { attach, type AttachOptions, type AttachTarget, type Attachment, type MapRequest } from './attach.js';
 
 export { FirecrackerClient } from './firecracker-client.js';
-export type { FirecrackerClientOptions, CallOptions, MachineConfig, CreateSnapshotParams, LoadSnapshotParams, MemBackend, InstanceInfo } from './firecracker-client.js';
+export type {
+  FirecrackerClientOptions,
+  CallOptions,
+  MachineConfig,
+  CreateSnapshotParams,
+  LoadSnapshotParams,
+  MemBackend,
+  InstanceInfo,
+} from './firecracker-client.js';

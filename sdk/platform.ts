@@ -63,7 +63,8 @@ export class RestoreHost {
   #closed = false;
 
   constructor(options: RestoreHostOptions) {
-    if (typeof options?.runtimeDir !== 'string' || options.runtimeDir === '') throw new InvalidArgumentError('runtimeDir', 'a directory path', options?.runtimeDir);
+    if (typeof options?.runtimeDir !== 'string' || options.runtimeDir === '')
+      throw new InvalidArgumentError('runtimeDir', 'a directory path', options?.runtimeDir);
     this.runtimeDir = path.resolve(options.runtimeDir);
     this.#serve = options.serve;
     // serve's own rule for a socket's directory (created 0700; refused if others could write it or
@@ -73,7 +74,11 @@ export class RestoreHost {
 
   #key(ref: SnapshotRef): string {
     assertSnapshotId(ref?.id, 'snapshot.id');
-    if (!Array.isArray(ref.stores) || ref.stores.length === 0 || !ref.stores.every((s) => typeof s === 'string')) {
+    if (
+      !Array.isArray(ref.stores) ||
+      ref.stores.length === 0 ||
+      !ref.stores.every((s) => typeof s === 'string')
+    ) {
       throw new InvalidArgumentError('snapshot.stores', 'one or more store URLs', ref.stores);
     }
     return `${ref.id}\n${ref.stores.join('\n')}`;
@@ -108,7 +113,11 @@ export class RestoreHost {
   /** Downloads the snapshot's vmstate once per host, verified (and decrypted) by the server's reader. */
   async #vmstate(server: RestoreServer): Promise<string> {
     const vm = server.snapshot.vmstate;
-    if (!vm) throw new NotFoundError(server.storeUrls[0] ?? 'the store', `the vmstate of snapshot ${server.snapshot.id} (it was taken without --vmstate FILE)`);
+    if (!vm)
+      throw new NotFoundError(
+        server.storeUrls[0] ?? 'the store',
+        `the vmstate of snapshot ${server.snapshot.id} (it was taken without --vmstate FILE)`,
+      );
     const file = path.join(this.runtimeDir, `${vm.hash}.vmstate`);
     const have = await stat(file).catch(() => undefined);
     if (have?.size === vm.size) return file; // named by its hash, written only once verified
@@ -138,17 +147,31 @@ export class RestoreHost {
     entry.vmstate.catch(() => (entry.vmstate = undefined)); // retried by the next restore
     const vmstatePath = await detachable(entry.vmstate, signal);
     const t2 = performance.now();
-    const fc = typeof options.firecracker === 'string' ? new FirecrackerClient({ socketPath: options.firecracker }) : options.firecracker;
+    const fc =
+      typeof options.firecracker === 'string'
+        ? new FirecrackerClient({ socketPath: options.firecracker })
+        : options.firecracker;
     try {
       await fc.loadSnapshot(
-        { ...options.load, snapshotPath: vmstatePath, memBackend: { backendType: 'Uffd', backendPath: server.socketPath }, resumeVm: options.resumeVm ?? true },
+        {
+          ...options.load,
+          snapshotPath: vmstatePath,
+          memBackend: { backendType: 'Uffd', backendPath: server.socketPath },
+          resumeVm: options.resumeVm ?? true,
+        },
         signal ? { signal } : {},
       );
     } finally {
       if (typeof options.firecracker === 'string') await fc.close();
     }
     const t3 = performance.now();
-    return { server, reusedServer, socketPath: server.socketPath, vmstatePath, timings: { serverMs: t1 - t0, vmstateMs: t2 - t1, loadMs: t3 - t2 } };
+    return {
+      server,
+      reusedServer,
+      socketPath: server.socketPath,
+      vmstatePath,
+      timings: { serverMs: t1 - t0, vmstateMs: t2 - t1, loadMs: t3 - t2 },
+    };
   }
 
   /** Stops every server (live sessions get graceMs to finish, see RestoreServer.close). */
@@ -156,7 +179,14 @@ export class RestoreHost {
     this.#closed = true;
     const entries = [...this.#entries.values()];
     this.#entries.clear();
-    await Promise.all(entries.map((e) => e.server.then((s) => s.close(graceMs), () => {})));
+    await Promise.all(
+      entries.map((e) =>
+        e.server.then(
+          (s) => s.close(graceMs),
+          () => {},
+        ),
+      ),
+    );
   }
 }
 

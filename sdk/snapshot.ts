@@ -5,7 +5,12 @@
 import { readFile } from 'node:fs/promises';
 
 import { InvalidArgumentError, SourceError } from '../core/errors.js';
-import { createSnapshot, type SnapshotOptions, type SnapshotProgress, type SnapshotSummary } from '../snapshotter/snapshot.js';
+import {
+  createSnapshot,
+  type SnapshotOptions,
+  type SnapshotProgress,
+  type SnapshotSummary,
+} from '../snapshotter/snapshot.js';
 import type { MemorySource } from '../snapshotter/source.js';
 import { openMemoryFile } from '../snapshotter/source.js';
 import type { StoreBackend } from '../store/backend.js';
@@ -62,13 +67,22 @@ export interface SnapshotRequest {
 
 async function openSource(req: SnapshotRequest): Promise<MemorySource> {
   const src = req.source as Partial<MemoryFileSource & ProcessSource>;
-  if ((src.memoryFile === undefined) === (src.pid === undefined)) throw new InvalidArgumentError('source', 'exactly one of { memoryFile } or { pid }', Object.keys(src));
+  if ((src.memoryFile === undefined) === (src.pid === undefined))
+    throw new InvalidArgumentError('source', 'exactly one of { memoryFile } or { pid }', Object.keys(src));
   if (src.pid !== undefined) {
-    if (req.parent !== undefined) throw new InvalidArgumentError('parent', 'only with a memoryFile source (a diff snapshot)', req.parent);
+    if (req.parent !== undefined)
+      throw new InvalidArgumentError('parent', 'only with a memoryFile source (a diff snapshot)', req.parent);
     const { openProcess } = await import('../snapshotter/process-source.js');
-    return openProcess(src.pid, { ...(src.maps ? { filters: src.maps } : {}), ...(req.signal ? { signal: req.signal } : {}) });
+    return openProcess(src.pid, {
+      ...(src.maps ? { filters: src.maps } : {}),
+      ...(req.signal ? { signal: req.signal } : {}),
+    });
   }
-  return openMemoryFile(src.memoryFile!, { pageSize: src.pageSize ?? 4096, diff: req.parent !== undefined, ...(src.regions ? { regions: src.regions } : {}) });
+  return openMemoryFile(src.memoryFile!, {
+    pageSize: src.pageSize ?? 4096,
+    diff: req.parent !== undefined,
+    ...(src.regions ? { regions: src.regions } : {}),
+  });
 }
 
 /** Snapshots `source` into `store` as `id`; the manifest is written last. */
@@ -80,7 +94,10 @@ export async function snapshot(req: SnapshotRequest): Promise<SnapshotSummary> {
       })
     : undefined;
   const ownStore = typeof req.store === 'string';
-  const store = typeof req.store === 'string' ? await openStore(req.store, req.s3Endpoint ? { s3Endpoint: req.s3Endpoint } : {}) : req.store;
+  const store =
+    typeof req.store === 'string'
+      ? await openStore(req.store, req.s3Endpoint ? { s3Endpoint: req.s3Endpoint } : {})
+      : req.store;
   try {
     const source = await openSource(req);
     try {

@@ -44,7 +44,13 @@ export async function collectGarbage(options: GcOptions): Promise<GcResult> {
     for (const k of chunkKeys(ix)) live.add(k);
     manifests++;
   }
-  const result: GcResult = { manifests, referencedChunks: live.size, deleted: [], deletedBytes: 0, keptYoung: 0 };
+  const result: GcResult = {
+    manifests,
+    referencedChunks: live.size,
+    deleted: [],
+    deletedBytes: 0,
+    keptYoung: 0,
+  };
   for await (const o of store.list('chunks/', opt)) {
     if (live.has(o.key) || !parseChunkKey(o.key)) continue;
     if (now - o.mtimeMs < graceMs) {

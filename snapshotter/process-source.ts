@@ -25,7 +25,8 @@ export function parseMaps(text: string): Mapping[] {
   const out: Mapping[] = [];
   for (const line of text.split('\n')) {
     const m = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \d+\s*(.*)$/.exec(line);
-    if (m) out.push({ start: BigInt(`0x${m[1]}`), end: BigInt(`0x${m[2]}`), perms: m[3]!, path: m[4]!.trim() });
+    if (m)
+      out.push({ start: BigInt(`0x${m[1]}`), end: BigInt(`0x${m[2]}`), perms: m[3]!, path: m[4]!.trim() });
   }
   return out;
 }
@@ -53,7 +54,12 @@ export function selectRanges(m: Mapping, filters: readonly string[] = []): Array
       const lo = BigInt(`0x${r[1]}`);
       const hi = BigInt(`0x${r[2]}`);
       if (m.start < hi && lo < m.end) ranges.push([lo > m.start ? lo : m.start, hi < m.end ? hi : m.end]);
-    } else if ((f === 'heap' && m.path === '[heap]') || (f === 'stack' && m.path === '[stack]') || (f === 'anon' && m.path === '') || (!['heap', 'stack', 'anon'].includes(f) && m.path.includes(f))) {
+    } else if (
+      (f === 'heap' && m.path === '[heap]') ||
+      (f === 'stack' && m.path === '[stack]') ||
+      (f === 'anon' && m.path === '') ||
+      (!['heap', 'stack', 'anon'].includes(f) && m.path.includes(f))
+    ) {
       return [[m.start, m.end]];
     }
   }
@@ -67,8 +73,10 @@ export function assertMapFilters(filters: readonly string[]): void {
     if (r) {
       const lo = BigInt(`0x${r[1]}`);
       const hi = BigInt(`0x${r[2]}`);
-      if (lo >= hi || lo % 4096n || hi % 4096n) throw new InvalidArgumentError('maps', 'address ranges 0xSTART-0xEND, page-aligned, START < END', f);
-    } else if (f === '' || f.startsWith('0x')) throw new InvalidArgumentError('maps', 'heap, stack, anon, a path substring or 0xSTART-0xEND', f);
+      if (lo >= hi || lo % 4096n || hi % 4096n)
+        throw new InvalidArgumentError('maps', 'address ranges 0xSTART-0xEND, page-aligned, START < END', f);
+    } else if (f === '' || f.startsWith('0x'))
+      throw new InvalidArgumentError('maps', 'heap, stack, anon, a path substring or 0xSTART-0xEND', f);
   }
 }
 
@@ -93,7 +101,12 @@ export async function openProcess(pid: number, options: ProcessSourceOptions = {
   try {
     kill(pid, 'SIGSTOP');
   } catch (e) {
-    const why = isSystemError(e) && e.code === 'ESRCH' ? 'no such process' : isSystemError(e) && e.code === 'EPERM' ? 'permission denied' : (e as Error).message;
+    const why =
+      isSystemError(e) && e.code === 'ESRCH'
+        ? 'no such process'
+        : isSystemError(e) && e.code === 'EPERM'
+          ? 'permission denied'
+          : (e as Error).message;
     throw new SourceError(`cannot snapshot process ${pid}: ${why}`, e, { input: true });
   }
   const resume = () => {
@@ -103,8 +116,13 @@ export async function openProcess(pid: number, options: ProcessSourceOptions = {
   };
   try {
     await waitStopped(pid, options.signal);
-    const maps = parseMaps(await readFile(`/proc/${pid}/maps`, 'utf8')).flatMap((m) => selectRanges(m, options.filters).map(([start, end]) => ({ start, end })));
-    if (maps.length === 0) throw new SourceError(`process ${pid} has no private writable mappings${options.filters?.length ? ` matching ${options.filters.join(',')}` : ''}`);
+    const maps = parseMaps(await readFile(`/proc/${pid}/maps`, 'utf8')).flatMap((m) =>
+      selectRanges(m, options.filters).map(([start, end]) => ({ start, end })),
+    );
+    if (maps.length === 0)
+      throw new SourceError(
+        `process ${pid} has no private writable mappings${options.filters?.length ? ` matching ${options.filters.join(',')}` : ''}`,
+      );
     let off = 0;
     const regions: ManifestRegion[] = maps.map((m) => {
       const size = Number(m.end - m.start);
@@ -132,10 +150,12 @@ export async function openProcess(pid: number, options: ProcessSourceOptions = {
           const n = Math.min(target.length - done, r.offset + r.size - pos);
           const addr = maps[i]!.start + BigInt(pos - r.offset);
           const got = processVmRead(pid, addr, target.subarray(done, done + n));
-          if (got !== n) throw new SourceError(`${detail}: only ${got} of ${n} bytes readable at 0x${addr.toString(16)}`);
+          if (got !== n)
+            throw new SourceError(`${detail}: only ${got} of ${n} bytes readable at 0x${addr.toString(16)}`);
           done += n;
         }
-        if (done !== target.length) throw new SourceError(`${detail}: read past the end of the image at ${offset}`);
+        if (done !== target.length)
+          throw new SourceError(`${detail}: read past the end of the image at ${offset}`);
       },
       async close(): Promise<void> {
         resume();

@@ -18,7 +18,15 @@ import { assertCodec, encodeChunk, hashChunk, isZero, type Codec } from '../stor
 import { ChunkCrypto, ENCRYPTION_MODES, type EncryptionMode } from '../store/chunk-crypto.js';
 import { DEFAULT_KEY_ID, envKeyProvider, isKeyId, type KeyProvider } from '../store/key-provider.js';
 import { chunkKey, assertSnapshotId, manifestKey, signatureKey, vmstateKey } from '../store/keys.js';
-import { FORMAT, chunkCount, chunkCodec, encodeChunks, serializeManifest, type Manifest, type SnapshotIndex } from '../store/manifest.js';
+import {
+  FORMAT,
+  chunkCount,
+  chunkCodec,
+  encodeChunks,
+  serializeManifest,
+  type Manifest,
+  type SnapshotIndex,
+} from '../store/manifest.js';
 import { loadIndex, readChunk } from '../store/reader.js';
 import { keyFingerprint, signManifest, signingKey, type KeyInput } from '../store/signing.js';
 import type { MemorySource } from './source.js';
@@ -93,16 +101,32 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
   const concurrency = options.concurrency ?? 8;
   assertSnapshotId(id);
   assertCodec(codec);
-  if (!Number.isSafeInteger(chunkSize) || chunkSize < source.pageSize || (chunkSize & (chunkSize - 1)) !== 0 || chunkSize % source.pageSize !== 0) {
-    throw new InvalidArgumentError('chunkSize', `a power of two and a multiple of the page size ${source.pageSize}`, chunkSize);
+  if (
+    !Number.isSafeInteger(chunkSize) ||
+    chunkSize < source.pageSize ||
+    (chunkSize & (chunkSize - 1)) !== 0 ||
+    chunkSize % source.pageSize !== 0
+  ) {
+    throw new InvalidArgumentError(
+      'chunkSize',
+      `a power of two and a multiple of the page size ${source.pageSize}`,
+      chunkSize,
+    );
   }
-  if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > 256) throw new InvalidArgumentError('concurrency', 'an integer from 1 to 256', concurrency);
+  if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > 256)
+    throw new InvalidArgumentError('concurrency', 'an integer from 1 to 256', concurrency);
   // Both checked before anything is read or uploaded: a bad key must not cost a whole upload.
   const signer = options.signKey !== undefined ? signingKey(options.signKey) : undefined;
   const enc = options.encrypt;
   if (enc !== undefined) {
-    if (enc.mode !== undefined && !ENCRYPTION_MODES.includes(enc.mode)) throw new InvalidArgumentError('encrypt.mode', `one of ${ENCRYPTION_MODES.join(', ')}`, enc.mode);
-    if (enc.keyId !== undefined && !isKeyId(enc.keyId)) throw new InvalidArgumentError('encrypt.keyId', '1-128 characters of [A-Za-z0-9._:/-] starting with a letter or digit', enc.keyId);
+    if (enc.mode !== undefined && !ENCRYPTION_MODES.includes(enc.mode))
+      throw new InvalidArgumentError('encrypt.mode', `one of ${ENCRYPTION_MODES.join(', ')}`, enc.mode);
+    if (enc.keyId !== undefined && !isKeyId(enc.keyId))
+      throw new InvalidArgumentError(
+        'encrypt.keyId',
+        '1-128 characters of [A-Za-z0-9._:/-] starting with a letter or digit',
+        enc.keyId,
+      );
   }
   const keys = enc ? (enc.keys ?? envKeyProvider()) : undefined;
   signal?.throwIfAborted();
@@ -116,21 +140,39 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
     parent = await loadIndex(store, options.parent, signal, keys ? { keys } : {});
     const pm = parent.manifest;
     if (pm.totalSize !== source.totalSize || pm.chunkSize !== chunkSize || pm.pageSize !== source.pageSize) {
-      throw new InvalidArgumentError('parent', `a snapshot of the same size, chunk size and page size (${source.totalSize}/${chunkSize}/${source.pageSize})`, `${options.parent} (${pm.totalSize}/${pm.chunkSize}/${pm.pageSize})`);
+      throw new InvalidArgumentError(
+        'parent',
+        `a snapshot of the same size, chunk size and page size (${source.totalSize}/${chunkSize}/${source.pageSize})`,
+        `${options.parent} (${pm.totalSize}/${pm.chunkSize}/${pm.pageSize})`,
+      );
     }
     // Inherited entries are the parent's ids, which only mean something under the parent's cipher.
     const pe = pm.encryption;
-    if (!pe !== !enc) throw new InvalidArgumentError('parent', `a snapshot ${enc ? 'encrypted like this one' : 'that is not encrypted (or encrypt this one like it)'}`, `${options.parent} (${pe ? `encrypted, ${pe.mode}, key id ${pe.keyId}` : 'not encrypted'})`);
+    if (!pe !== !enc)
+      throw new InvalidArgumentError(
+        'parent',
+        `a snapshot ${enc ? 'encrypted like this one' : 'that is not encrypted (or encrypt this one like it)'}`,
+        `${options.parent} (${pe ? `encrypted, ${pe.mode}, key id ${pe.keyId}` : 'not encrypted'})`,
+      );
     if (pe && enc && ((enc.mode ?? 'convergent') !== pe.mode || (enc.keyId ?? DEFAULT_KEY_ID) !== pe.keyId)) {
-      throw new InvalidArgumentError('parent', `a snapshot encrypted in ${enc.mode ?? 'convergent'} mode under key id ${enc.keyId ?? DEFAULT_KEY_ID}`, `${options.parent} (${pe.mode}, key id ${pe.keyId})`);
+      throw new InvalidArgumentError(
+        'parent',
+        `a snapshot encrypted in ${enc.mode ?? 'convergent'} mode under key id ${enc.keyId ?? DEFAULT_KEY_ID}`,
+        `${options.parent} (${pe.mode}, key id ${pe.keyId})`,
+      );
     }
   } else if (source.relativeToParent) {
-    throw new SourceError(`${source.detail} is a diff snapshot: give the snapshot it was taken relative to (--parent)`, undefined, { input: true });
+    throw new SourceError(
+      `${source.detail} is a diff snapshot: give the snapshot it was taken relative to (--parent)`,
+      undefined,
+      { input: true },
+    );
   }
   let crypto: ChunkCrypto | undefined;
   if (enc && keys) {
     const keyId = enc.keyId ?? DEFAULT_KEY_ID;
-    crypto = parent?.crypto ?? ChunkCrypto.create(await keys.getKey(keyId, signal), enc.mode ?? 'convergent', keyId);
+    crypto =
+      parent?.crypto ?? ChunkCrypto.create(await keys.getKey(keyId, signal), enc.mode ?? 'convergent', keyId);
   }
 
   const t0 = performance.now();
@@ -175,7 +217,9 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
       known.add(hash);
       const key = chunkKey(hash, codec);
       if (await store.has(key, { ...(signal ? { signal } : {}) })) return;
-      const encoded = encodeChunk(codec, bytes, { ...(options.level !== undefined ? { level: options.level } : {}) });
+      const encoded = encodeChunk(codec, bytes, {
+        ...(options.level !== undefined ? { level: options.level } : {}),
+      });
       const body = crypto ? crypto.seal(hash, encoded) : encoded;
       await store.put(key, body, { ...(signal ? { signal } : {}) });
       s.uploaded++;
@@ -184,7 +228,12 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
       free.push(buf);
       s.done++;
       s.bytesDone += len;
-      options.onProgress?.({ chunksDone: s.done, chunks: n, bytesDone: s.bytesDone, totalSize: source.totalSize });
+      options.onProgress?.({
+        chunksDone: s.done,
+        chunks: n,
+        bytesDone: s.bytesDone,
+        totalSize: source.totalSize,
+      });
     }
   };
 
@@ -195,7 +244,8 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
     const hi = Math.min(source.totalSize, lo + chunkSize);
     while (r < ranges.length && ranges[r]![1] <= lo) r++;
     const overlaps: [number, number][] = [];
-    for (let k = r; k < ranges.length && ranges[k]![0] < hi; k++) overlaps.push([Math.max(lo, ranges[k]![0]), Math.min(hi, ranges[k]![1])]);
+    for (let k = r; k < ranges.length && ranges[k]![0] < hi; k++)
+      overlaps.push([Math.max(lo, ranges[k]![0]), Math.min(hi, ranges[k]![1])]);
     if (overlaps.length === 0) {
       // Nothing written here: zero in a full image, the parent's chunk in a diff.
       if (parent && parent.flags[i] !== 0) {
@@ -205,14 +255,21 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
       } else s.zero++;
       s.done++;
       s.bytesDone += hi - lo;
-      options.onProgress?.({ chunksDone: s.done, chunks: n, bytesDone: s.bytesDone, totalSize: source.totalSize });
+      options.onProgress?.({
+        chunksDone: s.done,
+        chunks: n,
+        bytesDone: s.bytesDone,
+        totalSize: source.totalSize,
+      });
       continue;
     }
     await queue.onSizeLessThan(concurrency);
-    queue.add(() => processChunk(i, lo, hi, overlaps)).catch((e: unknown) => {
-      failure ??= e;
-      queue.clear();
-    });
+    queue
+      .add(() => processChunk(i, lo, hi, overlaps))
+      .catch((e: unknown) => {
+        failure ??= e;
+        queue.clear();
+      });
   }
   await queue.onIdle();
   if (failure !== undefined) throw failure;
@@ -221,7 +278,9 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
   let vmstate: Manifest['vmstate'] = null;
   if (options.vmstate) {
     const hash = crypto ? crypto.id(options.vmstate) : hashChunk(options.vmstate);
-    await store.put(vmstateKey(id), crypto ? crypto.seal(hash, options.vmstate) : options.vmstate, { ...(signal ? { signal } : {}) });
+    await store.put(vmstateKey(id), crypto ? crypto.seal(hash, options.vmstate) : options.vmstate, {
+      ...(signal ? { signal } : {}),
+    });
     vmstate = { key: vmstateKey(id), size: options.vmstate.length, hash };
   }
   const manifest: Manifest = {
@@ -242,7 +301,8 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
   // The signature first: the manifest is the commit point, and a committed snapshot is never
   // without its signature. A run that dies in between leaves a signature of nothing, which the
   // next run with this id overwrites.
-  if (signer) await store.put(signatureKey(id), signManifest(manifestBytes, signer), { ...(signal ? { signal } : {}) });
+  if (signer)
+    await store.put(signatureKey(id), signManifest(manifestBytes, signer), { ...(signal ? { signal } : {}) });
   await store.put(manifestKey(id), manifestBytes, { ...(signal ? { signal } : {}) });
 
   const unique = new Set<string>();

@@ -44,7 +44,13 @@ class FileSource implements MemorySource {
   readonly relativeToParent: boolean;
   readonly #fh: FileHandle;
 
-  constructor(path: string, fh: FileHandle, size: number, extents: [number, number][], opts: FileSourceOptions) {
+  constructor(
+    path: string,
+    fh: FileHandle,
+    size: number,
+    extents: [number, number][],
+    opts: FileSourceOptions,
+  ) {
     this.#fh = fh;
     this.detail = path;
     this.totalSize = size;
@@ -57,9 +63,19 @@ class FileSource implements MemorySource {
       off += s;
       return r;
     });
-    if (off !== size) throw new SourceError(`${path}: region sizes add up to ${off} bytes but the file has ${size}`, undefined, { input: true });
+    if (off !== size)
+      throw new SourceError(
+        `${path}: region sizes add up to ${off} bytes but the file has ${size}`,
+        undefined,
+        { input: true },
+      );
     for (const r of this.regions) {
-      if (r.size <= 0 || r.size % this.pageSize) throw new SourceError(`${path}: region size ${r.size} is not a positive multiple of the page size ${this.pageSize}`, undefined, { input: true });
+      if (r.size <= 0 || r.size % this.pageSize)
+        throw new SourceError(
+          `${path}: region size ${r.size} is not a positive multiple of the page size ${this.pageSize}`,
+          undefined,
+          { input: true },
+        );
     }
     // Extents are filesystem-block aligned; widen them to pages so a page is never half-read.
     const ps = this.pageSize;
@@ -77,7 +93,10 @@ class FileSource implements MemorySource {
     let done = 0;
     while (done < target.length) {
       const { bytesRead } = await this.#fh.read(target, done, target.length - done, offset + done);
-      if (bytesRead === 0) throw new SourceError(`${this.detail}: unexpected end of file at ${offset + done} (the file shrank while being read?)`);
+      if (bytesRead === 0)
+        throw new SourceError(
+          `${this.detail}: unexpected end of file at ${offset + done} (the file shrank while being read?)`,
+        );
       done += bytesRead;
     }
   }
@@ -94,7 +113,8 @@ export async function openMemoryFile(path: string, options: FileSourceOptions = 
     fh = await open(path, 'r');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (e as Error).message;
+    const why =
+      code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (e as Error).message;
     throw new SourceError(`cannot open memory file ${path}: ${why}`, e, { input: true });
   }
   try {
@@ -102,7 +122,10 @@ export async function openMemoryFile(path: string, options: FileSourceOptions = 
     if (!st.isFile()) throw new SourceError(`${path} is not a regular file`, undefined, { input: true });
     if (st.size === 0) throw new SourceError(`${path} is empty`, undefined, { input: true });
     const ps = options.pageSize ?? 4096;
-    if (st.size % ps) throw new SourceError(`${path}: size ${st.size} is not a multiple of the page size ${ps}`, undefined, { input: true });
+    if (st.size % ps)
+      throw new SourceError(`${path}: size ${st.size} is not a multiple of the page size ${ps}`, undefined, {
+        input: true,
+      });
     return new FileSource(path, fh, st.size, fileDataExtents(fh.fd), options);
   } catch (e) {
     await fh.close();

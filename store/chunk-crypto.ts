@@ -31,7 +31,14 @@
  * Compression happens before encryption, so an object's size tells how compressible the chunk
  * was; use --compress none where even that matters.
  */
-import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHmac,
+  hkdfSync,
+  randomBytes,
+  timingSafeEqual,
+} from 'node:crypto';
 import { Blake3Hasher } from '@napi-rs/blake-hash';
 
 import { IntegrityError, ManifestError, WrongKeyError } from '../core/errors.js';
@@ -75,12 +82,22 @@ export function validateEncryptionInfo(e: unknown): asserts e is EncryptionInfo 
   const bad = (field: string, msg: string) => new ManifestError(`encryption${field}`, msg);
   if (e === null || typeof e !== 'object' || Array.isArray(e)) throw bad('', 'must be an object');
   const x = e as Record<string, unknown>;
-  if (x.alg !== ENCRYPTION_ALG) throw bad('.alg', `must be ${JSON.stringify(ENCRYPTION_ALG)}, is ${JSON.stringify(x.alg)}`);
-  if (!ENCRYPTION_MODES.includes(x.mode as EncryptionMode)) throw bad('.mode', `must be one of ${ENCRYPTION_MODES.join(', ')}`);
+  if (x.alg !== ENCRYPTION_ALG)
+    throw bad('.alg', `must be ${JSON.stringify(ENCRYPTION_ALG)}, is ${JSON.stringify(x.alg)}`);
+  if (!ENCRYPTION_MODES.includes(x.mode as EncryptionMode))
+    throw bad('.mode', `must be one of ${ENCRYPTION_MODES.join(', ')}`);
   if (!isKeyId(x.keyId)) throw bad('.keyId', 'must be 1-128 characters of [A-Za-z0-9._:/-]');
-  if (typeof x.keyCheck !== 'string' || !/^[0-9a-f]{32}$/.test(x.keyCheck)) throw bad('.keyCheck', 'must be 32 lowercase hex digits');
-  if (x.mode === 'random' ? typeof x.salt !== 'string' || !/^[0-9a-f]{32}$/.test(x.salt) : x.salt !== undefined) {
-    throw bad('.salt', x.mode === 'random' ? 'must be 32 lowercase hex digits in random mode' : 'must be absent in convergent mode');
+  if (typeof x.keyCheck !== 'string' || !/^[0-9a-f]{32}$/.test(x.keyCheck))
+    throw bad('.keyCheck', 'must be 32 lowercase hex digits');
+  if (
+    x.mode === 'random' ? typeof x.salt !== 'string' || !/^[0-9a-f]{32}$/.test(x.salt) : x.salt !== undefined
+  ) {
+    throw bad(
+      '.salt',
+      x.mode === 'random'
+        ? 'must be 32 lowercase hex digits in random mode'
+        : 'must be absent in convergent mode',
+    );
   }
 }
 
@@ -113,7 +130,10 @@ export class ChunkCrypto {
 
   /** For an existing snapshot; `what` names it in the WrongKeyError a mismatched key gets. */
   static forSnapshot(key: Uint8Array, info: EncryptionInfo, what: string): ChunkCrypto {
-    if (key.length !== KEY_BYTES || !timingSafeEqual(Buffer.from(keyCheckOf(key), 'hex'), Buffer.from(info.keyCheck, 'hex'))) {
+    if (
+      key.length !== KEY_BYTES ||
+      !timingSafeEqual(Buffer.from(keyCheckOf(key), 'hex'), Buffer.from(info.keyCheck, 'hex'))
+    ) {
       throw new WrongKeyError(info.keyId, what);
     }
     return new ChunkCrypto(key, info);
@@ -131,7 +151,9 @@ export class ChunkCrypto {
     // Convergent: the nonce is a MAC of the bytes sealed (SIV-style), so equal encodings give equal
     // objects (dedup) while two encodings of one chunk (another codec or zstd level, which share the
     // id and so the key) never share a nonce.
-    const nonce = this.#convergent ? createHmac('sha256', key).update(encoded).digest().subarray(0, NONCE) : randomBytes(NONCE);
+    const nonce = this.#convergent
+      ? createHmac('sha256', key).update(encoded).digest().subarray(0, NONCE)
+      : randomBytes(NONCE);
     const c = createCipheriv('aes-256-gcm', key, nonce);
     c.setAAD(Buffer.concat([AAD_PREFIX, idBytes]));
     const body = c.update(encoded);
@@ -146,7 +168,8 @@ export class ChunkCrypto {
    * No byte of an unauthenticated object is returned.
    */
   open(objectKey: string, id: string, stored: Uint8Array): Buffer {
-    if (stored.length < SEAL_OVERHEAD || stored[0] !== VERSION) throw new IntegrityError(objectKey, id, 'not an encrypted lazysnap object');
+    if (stored.length < SEAL_OVERHEAD || stored[0] !== VERSION)
+      throw new IntegrityError(objectKey, id, 'not an encrypted lazysnap object');
     const s = Buffer.from(stored.buffer, stored.byteOffset, stored.length);
     const idBytes = Buffer.from(id, 'hex');
     const nonce = s.subarray(1, 1 + NONCE);
@@ -159,7 +182,11 @@ export class ChunkCrypto {
       return Buffer.concat([body, d.final()]);
     } catch {
       body.fill(0); // unauthenticated plaintext: wiped, never handed out
-      throw new IntegrityError(objectKey, id, 'unauthentic (AES-GCM tag check failed: another key, or altered bytes)');
+      throw new IntegrityError(
+        objectKey,
+        id,
+        'unauthentic (AES-GCM tag check failed: another key, or altered bytes)',
+      );
     }
   }
 
@@ -170,7 +197,12 @@ export class ChunkCrypto {
 }
 
 /** The cipher of an existing encrypted snapshot, with its key from `keys` (checked against keyCheck). */
-export async function openChunkCrypto(info: EncryptionInfo, keys: KeyProvider, what: string, signal?: AbortSignal): Promise<ChunkCrypto> {
+export async function openChunkCrypto(
+  info: EncryptionInfo,
+  keys: KeyProvider,
+  what: string,
+  signal?: AbortSignal,
+): Promise<ChunkCrypto> {
   signal?.throwIfAborted();
   const key = await keys.getKey(info.keyId, signal);
   return ChunkCrypto.forSnapshot(key, info, what);

@@ -49,15 +49,26 @@ export function encodeChunk(codec: Codec, bytes: Uint8Array, options: EncodeOpti
  * `crypto` (an encrypted snapshot), the object is authenticated and decrypted first (IntegrityError
  * when that fails) and `hash` is the chunk's keyed id.
  */
-export function decodeChunk(key: string, codec: Codec, stored: Uint8Array, hash: string, length: number, crypto?: ChunkCrypto): Buffer {
+export function decodeChunk(
+  key: string,
+  codec: Codec,
+  stored: Uint8Array,
+  hash: string,
+  length: number,
+  crypto?: ChunkCrypto,
+): Buffer {
   const encoded = crypto ? crypto.open(key, hash, stored) : stored;
   let bytes: Buffer;
   try {
-    bytes = codec === 'none' ? Buffer.from(encoded.buffer, encoded.byteOffset, encoded.length) : decompress(encoded);
+    bytes =
+      codec === 'none'
+        ? Buffer.from(encoded.buffer, encoded.byteOffset, encoded.length)
+        : decompress(encoded);
   } catch (e) {
     throw Object.assign(new IntegrityError(key, hash, 'undecodable'), { cause: e });
   }
-  if (bytes.length !== length) throw new IntegrityError(key, hash, `${bytes.length} bytes instead of ${length}`);
+  if (bytes.length !== length)
+    throw new IntegrityError(key, hash, `${bytes.length} bytes instead of ${length}`);
   const actual = crypto ? crypto.id(bytes) : hashChunk(bytes);
   if (actual !== hash) throw new IntegrityError(key, hash, actual);
   return bytes;

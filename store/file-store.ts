@@ -117,7 +117,9 @@ export class FileStore extends StoreBase {
       const rel = stack.pop()!;
       let entries;
       try {
-        entries = await readdir(path.join(this.root, ...rel.split('/').filter(Boolean)), { withFileTypes: true });
+        entries = await readdir(path.join(this.root, ...rel.split('/').filter(Boolean)), {
+          withFileTypes: true,
+        });
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
         this.#wrap(rel || '.', e);

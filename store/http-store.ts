@@ -17,7 +17,13 @@ import { STATUS_CODES } from 'node:http';
 
 import { Pool, type Dispatcher } from 'undici';
 
-import { InvalidArgumentError, InvalidUrlError, NotFoundError, StoreError, redactUrl } from '../core/errors.js';
+import {
+  InvalidArgumentError,
+  InvalidUrlError,
+  NotFoundError,
+  StoreError,
+  redactUrl,
+} from '../core/errors.js';
 import type { ObjectInfo, ReadOptions } from './backend.js';
 import { StoreBase } from './store-base.js';
 
@@ -47,9 +53,25 @@ export interface ResolvedHttpStoreOptions {
 
 const DEFAULTS = { connections: 16, headersTimeoutMs: 10_000, bodyTimeoutMs: 30_000 } as const;
 /** Headers the store sets itself or that would break the framing undici relies on. */
-const RESERVED_HEADERS = new Set(['range', 'accept-encoding', 'connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'expect', 'content-length', 'te']);
+const RESERVED_HEADERS = new Set([
+  'range',
+  'accept-encoding',
+  'connection',
+  'keep-alive',
+  'transfer-encoding',
+  'upgrade',
+  'expect',
+  'content-length',
+  'te',
+]);
 /** Error codes for which the same request will fail the same way (the rest are worth a retry). */
-const PERMANENT_CODES = new Set(['UND_ERR_CLOSED', 'UND_ERR_DESTROYED', 'UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED', 'ENOTFOUND']);
+const PERMANENT_CODES = new Set([
+  'UND_ERR_CLOSED',
+  'UND_ERR_DESTROYED',
+  'UND_ERR_INVALID_ARG',
+  'UND_ERR_NOT_SUPPORTED',
+  'ENOTFOUND',
+]);
 const PERMANENT_TLS = /^(CERT_|UNABLE_TO_|DEPTH_ZERO_SELF_SIGNED|SELF_SIGNED_CERT|ERR_TLS_CERT)/;
 /** A body we do not need is read to its end up to this size (the socket is reused); past it, dropping the socket is cheaper. */
 const DRAIN_LIMIT = 128 * 1024;
@@ -58,11 +80,21 @@ const CONTENT_RANGE = /^bytes (\d+)-(\d+)\/(\d+|\*)$/;
 
 export function resolveHttpStoreOptions(options: HttpStoreOptions = {}): ResolvedHttpStoreOptions {
   const known = new Set(['connections', 'headersTimeoutMs', 'bodyTimeoutMs', 'headers', 'dispatcher']);
-  for (const k of Object.keys(options)) if (!known.has(k)) throw new InvalidArgumentError(`options.${k}`, `one of ${[...known].join(', ')}`, k);
-  const { connections = DEFAULTS.connections, headersTimeoutMs = DEFAULTS.headersTimeoutMs, bodyTimeoutMs = DEFAULTS.bodyTimeoutMs } = options;
-  if (!Number.isSafeInteger(connections) || connections < 1) throw new InvalidArgumentError('connections', 'an integer >= 1', connections);
-  for (const [name, v] of [['headersTimeoutMs', headersTimeoutMs], ['bodyTimeoutMs', bodyTimeoutMs]] as const) {
-    if (!Number.isSafeInteger(v) || v < 1) throw new InvalidArgumentError(name, 'an integer number of milliseconds >= 1', v);
+  for (const k of Object.keys(options))
+    if (!known.has(k)) throw new InvalidArgumentError(`options.${k}`, `one of ${[...known].join(', ')}`, k);
+  const {
+    connections = DEFAULTS.connections,
+    headersTimeoutMs = DEFAULTS.headersTimeoutMs,
+    bodyTimeoutMs = DEFAULTS.bodyTimeoutMs,
+  } = options;
+  if (!Number.isSafeInteger(connections) || connections < 1)
+    throw new InvalidArgumentError('connections', 'an integer >= 1', connections);
+  for (const [name, v] of [
+    ['headersTimeoutMs', headersTimeoutMs],
+    ['bodyTimeoutMs', bodyTimeoutMs],
+  ] as const) {
+    if (!Number.isSafeInteger(v) || v < 1)
+      throw new InvalidArgumentError(name, 'an integer number of milliseconds >= 1', v);
   }
   const headers: Record<string, string> = {};
   if (options.headers !== undefined && (typeof options.headers !== 'object' || options.headers === null)) {
@@ -70,10 +102,21 @@ export function resolveHttpStoreOptions(options: HttpStoreOptions = {}): Resolve
   }
   for (const [name, value] of Object.entries(options.headers ?? {})) {
     const lower = name.toLowerCase();
-    if (!/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(lower)) throw new InvalidArgumentError('headers', 'valid HTTP header names', name);
-    if (RESERVED_HEADERS.has(lower)) throw new InvalidArgumentError('headers', `no ${[...RESERVED_HEADERS].join('/')} header (the store sets or forbids these)`, name);
+    if (!/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(lower))
+      throw new InvalidArgumentError('headers', 'valid HTTP header names', name);
+    if (RESERVED_HEADERS.has(lower))
+      throw new InvalidArgumentError(
+        'headers',
+        `no ${[...RESERVED_HEADERS].join('/')} header (the store sets or forbids these)`,
+        name,
+      );
     // The value is a secret more often than not: describe it, never echo it.
-    if (typeof value !== 'string' || /[\r\n\0]/.test(value)) throw new InvalidArgumentError(`headers.${lower}`, 'a string without CR, LF or NUL', typeof value === 'string' ? 'a string with a control character' : value);
+    if (typeof value !== 'string' || /[\r\n\0]/.test(value))
+      throw new InvalidArgumentError(
+        `headers.${lower}`,
+        'a string without CR, LF or NUL',
+        typeof value === 'string' ? 'a string with a control character' : value,
+      );
     headers[lower] = value;
   }
   if (options.dispatcher !== undefined && typeof options.dispatcher?.request !== 'function') {
@@ -101,14 +144,22 @@ export class HttpStore extends StoreBase {
     } catch {
       throw new InvalidUrlError(String(baseUrl), 'not a URL; expected http(s)://host[:port][/path]');
     }
-    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new InvalidUrlError(baseUrl, `scheme ${u.protocol} is not http: or https:`);
+    if (u.protocol !== 'http:' && u.protocol !== 'https:')
+      throw new InvalidUrlError(baseUrl, `scheme ${u.protocol} is not http: or https:`);
     if (u.search || u.hash || baseUrl.includes('?') || baseUrl.includes('#')) {
-      throw new InvalidUrlError(baseUrl, 'a query string or fragment cannot be combined with object keys; give the base path only');
+      throw new InvalidUrlError(
+        baseUrl,
+        'a query string or fragment cannot be combined with object keys; give the base path only',
+      );
     }
     this.#opts = resolveHttpStoreOptions(options);
     this.#headers = { ...this.#opts.headers, 'accept-encoding': 'identity' };
     if (u.username || u.password) {
-      if (this.#headers.authorization !== undefined) throw new InvalidUrlError(baseUrl, 'credentials in the URL and an authorization header: give one of them');
+      if (this.#headers.authorization !== undefined)
+        throw new InvalidUrlError(
+          baseUrl,
+          'credentials in the URL and an authorization header: give one of them',
+        );
       const basic = `${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`;
       this.#headers.authorization = `Basic ${Buffer.from(basic).toString('base64')}`;
     }
@@ -127,7 +178,9 @@ export class HttpStore extends StoreBase {
   }
 
   protected async doGet(key: string, { range, signal }: ReadOptions): Promise<Buffer> {
-    const headers = range ? { ...this.#headers, range: `bytes=${range.start}-${range.end - 1}` } : this.#headers;
+    const headers = range
+      ? { ...this.#headers, range: `bytes=${range.start}-${range.end - 1}` }
+      : this.#headers;
     const res = await this.#request('GET', key, headers, signal);
     const { statusCode: status, body } = res;
     if (status !== 200 && status !== 206) {
@@ -135,17 +188,37 @@ export class HttpStore extends StoreBase {
       // the body past 128 KiB); the caller does not wait for a slow one.
       this.#drain(body, signal);
       if (status === 416 && range) {
-        throw new StoreError(this.url, key, `range ${range.start}-${range.end} starts past the end of the object (Content-Range ${headerOf(res, 'content-range') ?? 'absent'})`, { status });
+        throw new StoreError(
+          this.url,
+          key,
+          `range ${range.start}-${range.end} starts past the end of the object (Content-Range ${headerOf(res, 'content-range') ?? 'absent'})`,
+          { status },
+        );
       }
       throw this.#statusError(key, status, 'GET');
     }
     try {
       const encoding = headerOf(res, 'content-encoding');
-      if (encoding && encoding !== 'identity') throw new StoreError(this.url, key, `origin sent Content-Encoding ${encoding} though identity was asked for`, { status });
+      if (encoding && encoding !== 'identity')
+        throw new StoreError(
+          this.url,
+          key,
+          `origin sent Content-Encoding ${encoding} though identity was asked for`,
+          { status },
+        );
       const length = parseLength(headerOf(res, 'content-length'));
-      if (length !== undefined && length > bufferConstants.MAX_LENGTH) throw new StoreError(this.url, key, `object of ${length} bytes exceeds the largest Buffer`, { status });
+      if (length !== undefined && length > bufferConstants.MAX_LENGTH)
+        throw new StoreError(this.url, key, `object of ${length} bytes exceeds the largest Buffer`, {
+          status,
+        });
       if (status === 206) {
-        if (!range) throw new StoreError(this.url, key, 'origin answered 206 Partial Content to a request without Range', { status });
+        if (!range)
+          throw new StoreError(
+            this.url,
+            key,
+            'origin answered 206 Partial Content to a request without Range',
+            { status },
+          );
         const expected = this.#checkContentRange(key, headerOf(res, 'content-range'), range, length);
         return await this.#readBody(key, body, expected, undefined);
       }
@@ -176,7 +249,12 @@ export class HttpStore extends StoreBase {
   }
 
   protected async *doList(prefix: string): AsyncIterable<ObjectInfo> {
-    throw new StoreError(this.url, prefix || undefined, 'an HTTP origin cannot list objects; list through the bucket (s3://bucket/prefix) or the store directory instead', { retryable: false });
+    throw new StoreError(
+      this.url,
+      prefix || undefined,
+      'an HTTP origin cannot list objects; list through the bucket (s3://bucket/prefix) or the store directory instead',
+      { retryable: false },
+    );
   }
 
   override async close(): Promise<void> {
@@ -185,7 +263,12 @@ export class HttpStore extends StoreBase {
     if (this.#ownsDispatcher) await this.#dispatcher.close();
   }
 
-  async #request(method: 'GET' | 'HEAD', key: string, headers: Record<string, string>, signal: AbortSignal | undefined): Promise<Dispatcher.ResponseData> {
+  async #request(
+    method: 'GET' | 'HEAD',
+    key: string,
+    headers: Record<string, string>,
+    signal: AbortSignal | undefined,
+  ): Promise<Dispatcher.ResponseData> {
     if (this.#closed) throw new StoreError(this.url, key, 'the store is closed', { retryable: false });
     try {
       const res = await this.#dispatcher.request({
@@ -213,7 +296,9 @@ export class HttpStore extends StoreBase {
    */
   #drain(body: Dispatcher.ResponseData['body'], signal: AbortSignal | undefined): void {
     const timeout = AbortSignal.timeout(DRAIN_TIMEOUT_MS);
-    void body.dump({ limit: DRAIN_LIMIT, signal: signal ? AbortSignal.any([signal, timeout]) : timeout }).catch(noop);
+    void body
+      .dump({ limit: DRAIN_LIMIT, signal: signal ? AbortSignal.any([signal, timeout]) : timeout })
+      .catch(noop);
   }
 
   /**
@@ -221,7 +306,12 @@ export class HttpStore extends StoreBase {
    * 512 KiB chunk). With `stopAfter`, keeps that many bytes; the rest is drained if small (the
    * connection is reused) or the body destroyed (the connection is dropped).
    */
-  async #readBody(key: string, body: Dispatcher.ResponseData['body'], length: number | undefined, stopAfter: number | undefined): Promise<Buffer> {
+  async #readBody(
+    key: string,
+    body: Dispatcher.ResponseData['body'],
+    length: number | undefined,
+    stopAfter: number | undefined,
+  ): Promise<Buffer> {
     const cap = Math.min(length ?? Infinity, stopAfter ?? Infinity);
     const out = Number.isFinite(cap) ? Buffer.allocUnsafe(cap) : undefined;
     const parts: Buffer[] = [];
@@ -235,29 +325,48 @@ export class HttpStore extends StoreBase {
         kept += take.length;
       }
       received += chunk.length;
-      if (stopAfter !== undefined && kept >= stopAfter && (length === undefined || length - received > DRAIN_LIMIT)) {
+      if (
+        stopAfter !== undefined &&
+        kept >= stopAfter &&
+        (length === undefined || length - received > DRAIN_LIMIT)
+      ) {
         return out ? out : Buffer.concat(parts); // leaving the loop destroys the body
       }
     }
     if (length !== undefined && received !== length) {
-      throw new StoreError(this.url, key, `truncated body: ${received} of ${length} bytes (Content-Length)`, { retryable: true });
+      throw new StoreError(this.url, key, `truncated body: ${received} of ${length} bytes (Content-Length)`, {
+        retryable: true,
+      });
     }
     return out ? out.subarray(0, kept) : Buffer.concat(parts, kept);
   }
 
   /** The byte count a 206 must carry for [start, end): the range, or less where the object ends. */
-  #checkContentRange(key: string, header: string | undefined, range: { start: number; end: number }, length: number | undefined): number {
+  #checkContentRange(
+    key: string,
+    header: string | undefined,
+    range: { start: number; end: number },
+    length: number | undefined,
+  ): number {
     const m = header ? CONTENT_RANGE.exec(header) : null;
     const first = Number(m?.[1]);
     const last = Number(m?.[2]);
     const size = m?.[3] === '*' ? undefined : Number(m?.[3]);
-    const reachesEnd = last === range.end - 1 || (size !== undefined && last === size - 1 && last < range.end - 1);
+    const reachesEnd =
+      last === range.end - 1 || (size !== undefined && last === size - 1 && last < range.end - 1);
     if (!m || first !== range.start || last < first || !reachesEnd || (size !== undefined && last >= size)) {
-      throw new StoreError(this.url, key, `206 with Content-Range ${JSON.stringify(header ?? null)} for requested bytes ${range.start}-${range.end - 1}`, { status: 206 });
+      throw new StoreError(
+        this.url,
+        key,
+        `206 with Content-Range ${JSON.stringify(header ?? null)} for requested bytes ${range.start}-${range.end - 1}`,
+        { status: 206 },
+      );
     }
     const count = last - first + 1;
     if (length !== undefined && length !== count) {
-      throw new StoreError(this.url, key, `206 with Content-Length ${length} but Content-Range ${header}`, { status: 206 });
+      throw new StoreError(this.url, key, `206 with Content-Length ${length} but Content-Range ${header}`, {
+        status: 206,
+      });
     }
     return count;
   }
@@ -266,7 +375,12 @@ export class HttpStore extends StoreBase {
     if (status === 404 || status === 410) return new NotFoundError(this.url, key);
     const retryable = status >= 500 || status === 429 || status === 408;
     const hint = status >= 300 && status < 400 ? ' (redirects are not followed: give the final URL)' : '';
-    return new StoreError(this.url, key, `${method} answered HTTP ${status} ${STATUS_CODES[status] ?? ''}${hint}`.trimEnd(), { status, retryable });
+    return new StoreError(
+      this.url,
+      key,
+      `${method} answered HTTP ${status} ${STATUS_CODES[status] ?? ''}${hint}`.trimEnd(),
+      { status, retryable },
+    );
   }
 
   /** Our own errors pass through; an abort becomes signal.reason; the rest are network errors. */
@@ -279,9 +393,11 @@ export class HttpStore extends StoreBase {
     }
     const retryable = !PERMANENT_CODES.has(code) && !PERMANENT_TLS.test(code);
     const what =
-      code === 'UND_ERR_HEADERS_TIMEOUT' ? `no response headers within ${this.#opts.headersTimeoutMs} ms`
-      : code === 'UND_ERR_BODY_TIMEOUT' ? `body stalled for ${this.#opts.bodyTimeoutMs} ms`
-      : (e as Error).message;
+      code === 'UND_ERR_HEADERS_TIMEOUT'
+        ? `no response headers within ${this.#opts.headersTimeoutMs} ms`
+        : code === 'UND_ERR_BODY_TIMEOUT'
+          ? `body stalled for ${this.#opts.bodyTimeoutMs} ms`
+          : (e as Error).message;
     return new StoreError(this.url, key, `${what}${code ? ` (${code})` : ''}`, { retryable, cause: e });
   }
 }

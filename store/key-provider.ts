@@ -47,7 +47,9 @@ export function parseKeyMaterial(text: string, where: string): Buffer {
   if (/^[0-9a-fA-F]{64}$/.test(t)) key = Buffer.from(t, 'hex');
   else if (/^[A-Za-z0-9+/_-]+={0,2}$/.test(t)) key = Buffer.from(t, 'base64');
   if (key?.length !== KEY_BYTES) {
-    throw new Error(`${where} must hold ${KEY_BYTES} bytes as 64 hex digits or base64 (it holds ${t.length} characters${key ? `, ${key.length} bytes decoded` : ' that are neither'}); generate one with: openssl rand -hex 32`);
+    throw new Error(
+      `${where} must hold ${KEY_BYTES} bytes as 64 hex digits or base64 (it holds ${t.length} characters${key ? `, ${key.length} bytes decoded` : ' that are neither'}); generate one with: openssl rand -hex 32`,
+    );
   }
   return key;
 }
@@ -70,17 +72,25 @@ class EnvKeyProvider implements KeyProvider {
 
   async getKey(keyId: string): Promise<Buffer> {
     const only = this.#env[KEY_ID_ENV];
-    if (only && only !== keyId) throw new KeyUnavailableError(keyId, `${KEY_ID_ENV} is ${JSON.stringify(only)}: the key in the environment is for that id`);
+    if (only && only !== keyId)
+      throw new KeyUnavailableError(
+        keyId,
+        `${KEY_ID_ENV} is ${JSON.stringify(only)}: the key in the environment is for that id`,
+      );
     const inline = this.#env[KEY_ENV];
     const file = this.#env[KEY_FILE_ENV];
-    if (inline && file) throw new KeyUnavailableError(keyId, `both ${KEY_ENV} and ${KEY_FILE_ENV} are set; set one`);
+    if (inline && file)
+      throw new KeyUnavailableError(keyId, `both ${KEY_ENV} and ${KEY_FILE_ENV} are set; set one`);
     try {
       if (inline) return parseKeyMaterial(inline, KEY_ENV);
       if (file) return parseKeyMaterial(readFileSync(file, 'utf8'), `${KEY_FILE_ENV} (${file})`);
     } catch (e) {
       throw new KeyUnavailableError(keyId, (e as Error).message, e);
     }
-    throw new KeyUnavailableError(keyId, `set ${KEY_ENV} (64 hex digits or base64 of 32 bytes) or ${KEY_FILE_ENV}`);
+    throw new KeyUnavailableError(
+      keyId,
+      `set ${KEY_ENV} (64 hex digits or base64 of 32 bytes) or ${KEY_FILE_ENV}`,
+    );
   }
 }
 
@@ -93,7 +103,8 @@ class StaticKeyProvider implements KeyProvider {
   readonly #keys = new Map<string, Buffer>();
   constructor(keys: Record<string, Uint8Array>) {
     for (const [id, k] of Object.entries(keys)) {
-      if (k.length !== KEY_BYTES) throw new KeyUnavailableError(id, `a key must be ${KEY_BYTES} bytes, this one is ${k.length}`);
+      if (k.length !== KEY_BYTES)
+        throw new KeyUnavailableError(id, `a key must be ${KEY_BYTES} bytes, this one is ${k.length}`);
       this.#keys.set(id, Buffer.from(k));
     }
   }

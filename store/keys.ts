@@ -13,20 +13,27 @@ const SEGMENT = /^[A-Za-z0-9._-]{1,255}$/;
 /** Snapshot ids: 1–128 of [A-Za-z0-9._-], starting with a letter or digit, never '..'. */
 export function assertSnapshotId(id: unknown, name = 'id'): asserts id is string {
   if (typeof id !== 'string' || !ID.test(id) || id.includes('..')) {
-    throw new InvalidArgumentError(name, 'a snapshot id of 1-128 characters [A-Za-z0-9._-] starting with a letter or digit, without ".."', id);
+    throw new InvalidArgumentError(
+      name,
+      'a snapshot id of 1-128 characters [A-Za-z0-9._-] starting with a letter or digit, without ".."',
+      id,
+    );
   }
 }
 
 /** A relative key of safe segments: no empty, '.' or '..' segment, no leading '/', no NUL. */
 export function assertKey(key: unknown): asserts key is string {
-  if (typeof key !== 'string' || key.length === 0 || key.length > 1024) throw new InvalidArgumentError('key', 'a store key of 1-1024 characters', key);
+  if (typeof key !== 'string' || key.length === 0 || key.length > 1024)
+    throw new InvalidArgumentError('key', 'a store key of 1-1024 characters', key);
   for (const seg of key.split('/')) {
-    if (!SEGMENT.test(seg) || seg === '.' || seg === '..') throw new InvalidArgumentError('key', 'relative segments of [A-Za-z0-9._-], none "." or ".."', key);
+    if (!SEGMENT.test(seg) || seg === '.' || seg === '..')
+      throw new InvalidArgumentError('key', 'relative segments of [A-Za-z0-9._-], none "." or ".."', key);
   }
 }
 
 export function assertHash(hash: unknown): asserts hash is string {
-  if (typeof hash !== 'string' || !HASH.test(hash)) throw new InvalidArgumentError('hash', 'a 64-digit lowercase hex BLAKE3 hash', hash);
+  if (typeof hash !== 'string' || !HASH.test(hash))
+    throw new InvalidArgumentError('hash', 'a 64-digit lowercase hex BLAKE3 hash', hash);
 }
 
 export const manifestKey = (id: string): string => (assertSnapshotId(id), `manifests/${id}.json`);

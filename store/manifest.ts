@@ -70,7 +70,11 @@ export function chunkCodec(ix: SnapshotIndex, i: number): Codec | null {
 }
 
 export function encodeChunks(hashes: Buffer, flags: Uint8Array, codecs: Codec[]): Manifest['chunks'] {
-  return { hashes: hashes.toString('base64'), flags: Buffer.from(flags.buffer, flags.byteOffset, flags.length).toString('base64'), codecs };
+  return {
+    hashes: hashes.toString('base64'),
+    flags: Buffer.from(flags.buffer, flags.byteOffset, flags.length).toString('base64'),
+    codecs,
+  };
 }
 
 export function serializeManifest(m: Manifest): Buffer {
@@ -79,7 +83,8 @@ export function serializeManifest(m: Manifest): Buffer {
 
 const show = showUntrusted;
 
-const isInt = (v: unknown, min = 0): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= min;
+const isInt = (v: unknown, min = 0): v is number =>
+  typeof v === 'number' && Number.isSafeInteger(v) && v >= min;
 
 function need(cond: boolean, field: string, msg: string): asserts cond {
   if (!cond) throw new ManifestError(field, msg);
@@ -103,42 +108,105 @@ export function parseManifest(text: Buffer | string, expectedId?: string): Snaps
   } catch {
     throw new ManifestError('id', `${JSON.stringify(m.id)} is not a valid snapshot id`);
   }
-  if (expectedId !== undefined) need(m.id === expectedId, 'id', `is ${JSON.stringify(m.id)}, expected ${JSON.stringify(expectedId)}`);
-  need(m.pageSize === 4096 || m.pageSize === 2097152, 'pageSize', `must be 4096 or 2097152, is ${show(m.pageSize)}`);
-  need(isInt(m.chunkSize, 4096) && (m.chunkSize & (m.chunkSize - 1)) === 0 && m.chunkSize <= MAX_CHUNK, 'chunkSize', `must be a power of two from 4096 to ${MAX_CHUNK}, is ${show(m.chunkSize)}`);
+  if (expectedId !== undefined)
+    need(m.id === expectedId, 'id', `is ${JSON.stringify(m.id)}, expected ${JSON.stringify(expectedId)}`);
+  need(
+    m.pageSize === 4096 || m.pageSize === 2097152,
+    'pageSize',
+    `must be 4096 or 2097152, is ${show(m.pageSize)}`,
+  );
+  need(
+    isInt(m.chunkSize, 4096) && (m.chunkSize & (m.chunkSize - 1)) === 0 && m.chunkSize <= MAX_CHUNK,
+    'chunkSize',
+    `must be a power of two from 4096 to ${MAX_CHUNK}, is ${show(m.chunkSize)}`,
+  );
   need(m.chunkSize % m.pageSize === 0, 'chunkSize', `must be a multiple of pageSize ${m.pageSize}`);
-  need(isInt(m.totalSize, 1) && m.totalSize % m.pageSize === 0, 'totalSize', `must be a positive multiple of pageSize, is ${show(m.totalSize)}`);
-  need(Array.isArray(m.regions) && m.regions.length > 0 && m.regions.length <= 4096, 'regions', 'must be a non-empty array');
+  need(
+    isInt(m.totalSize, 1) && m.totalSize % m.pageSize === 0,
+    'totalSize',
+    `must be a positive multiple of pageSize, is ${show(m.totalSize)}`,
+  );
+  need(
+    Array.isArray(m.regions) && m.regions.length > 0 && m.regions.length <= 4096,
+    'regions',
+    'must be a non-empty array',
+  );
   let next = 0;
   m.regions.forEach((r, i) => {
     const f = `regions[${i}]`;
     need(r !== null && typeof r === 'object', f, 'not an object');
-    need(isInt(r.offset) && r.offset === next, `${f}.offset`, `must be ${next} (regions are laid end to end), is ${show(r.offset)}`);
-    need(isInt(r.size, 1) && r.size % m.pageSize === 0, `${f}.size`, `must be a positive multiple of pageSize, is ${show(r.size)}`);
-    need(r.address === undefined || (typeof r.address === 'string' && /^0x[0-9a-f]{1,16}$/.test(r.address)), `${f}.address`, 'must be "0x" and hex digits');
+    need(
+      isInt(r.offset) && r.offset === next,
+      `${f}.offset`,
+      `must be ${next} (regions are laid end to end), is ${show(r.offset)}`,
+    );
+    need(
+      isInt(r.size, 1) && r.size % m.pageSize === 0,
+      `${f}.size`,
+      `must be a positive multiple of pageSize, is ${show(r.size)}`,
+    );
+    need(
+      r.address === undefined || (typeof r.address === 'string' && /^0x[0-9a-f]{1,16}$/.test(r.address)),
+      `${f}.address`,
+      'must be "0x" and hex digits',
+    );
     next += r.size;
   });
   need(next === m.totalSize, 'regions', `sizes add up to ${next}, not totalSize ${m.totalSize}`);
-  need(m.parent === null || m.parent === undefined || typeof m.parent === 'string', 'parent', 'must be a snapshot id or null');
+  need(
+    m.parent === null || m.parent === undefined || typeof m.parent === 'string',
+    'parent',
+    'must be a snapshot id or null',
+  );
   // Informational fields, but readers print them: a non-string here must not reach a template.
   need(typeof m.createdAt === 'string', 'createdAt', 'must be a string');
   const src = m.source as Partial<Manifest['source']> | null;
-  need(src !== null && typeof src === 'object' && typeof src.kind === 'string' && (src.detail === undefined || typeof src.detail === 'string'), 'source', 'must be {kind, detail?} with string values');
+  need(
+    src !== null &&
+      typeof src === 'object' &&
+      typeof src.kind === 'string' &&
+      (src.detail === undefined || typeof src.detail === 'string'),
+    'source',
+    'must be {kind, detail?} with string values',
+  );
   if (m.vmstate) {
-    need(typeof m.vmstate.key === 'string' && isInt(m.vmstate.size) && typeof m.vmstate.hash === 'string' && /^[0-9a-f]{64}$/.test(m.vmstate.hash), 'vmstate', 'must be {key, size, hash}');
+    need(
+      typeof m.vmstate.key === 'string' &&
+        isInt(m.vmstate.size) &&
+        typeof m.vmstate.hash === 'string' &&
+        /^[0-9a-f]{64}$/.test(m.vmstate.hash),
+      'vmstate',
+      'must be {key, size, hash}',
+    );
   }
   if (m.encryption !== undefined) validateEncryptionInfo(m.encryption);
   const c = m.chunks;
-  need(c !== null && typeof c === 'object' && typeof c.hashes === 'string' && typeof c.flags === 'string', 'chunks', 'must be {hashes, flags, codecs}');
-  need(Array.isArray(c.codecs) && c.codecs.length <= 255 && c.codecs.every((x) => CODECS.includes(x)), 'chunks.codecs', `must list codecs among ${CODECS.join(', ')}`);
+  need(
+    c !== null && typeof c === 'object' && typeof c.hashes === 'string' && typeof c.flags === 'string',
+    'chunks',
+    'must be {hashes, flags, codecs}',
+  );
+  need(
+    Array.isArray(c.codecs) && c.codecs.length <= 255 && c.codecs.every((x) => CODECS.includes(x)),
+    'chunks.codecs',
+    `must list codecs among ${CODECS.join(', ')}`,
+  );
   const count = chunkCount(m.totalSize, m.chunkSize);
   const hashes = Buffer.from(c.hashes, 'base64');
   const flagsBuf = Buffer.from(c.flags, 'base64');
-  need(hashes.length === count * 32, 'chunks.hashes', `must hold ${count} hashes (${count * 32} bytes), holds ${hashes.length} bytes`);
+  need(
+    hashes.length === count * 32,
+    'chunks.hashes',
+    `must hold ${count} hashes (${count * 32} bytes), holds ${hashes.length} bytes`,
+  );
   need(flagsBuf.length === count, 'chunks.flags', `must hold ${count} flags, holds ${flagsBuf.length}`);
   const flags = new Uint8Array(flagsBuf.buffer, flagsBuf.byteOffset, flagsBuf.length);
   for (let i = 0; i < count; i++) {
-    need(flags[i]! <= c.codecs.length, 'chunks.flags', `chunk ${i} names codec ${flags[i]! - 1}, which the manifest does not list`);
+    need(
+      flags[i]! <= c.codecs.length,
+      'chunks.flags',
+      `chunk ${i} names codec ${flags[i]! - 1}, which the manifest does not list`,
+    );
   }
   return { manifest: m, count, hashes, flags };
 }

@@ -37,7 +37,12 @@ export async function openStore(url: string, options: OpenStoreOptions = {}): Pr
   }
   if (scheme === 'http' || scheme === 'https') {
     const { HttpStore } = await import('./http-store.js');
-    return new HttpStore(url, { ...(options.httpConnections ? { connections: options.httpConnections } : {}) });
+    return new HttpStore(url, {
+      ...(options.httpConnections ? { connections: options.httpConnections } : {}),
+    });
   }
-  throw new InvalidUrlError(url, `unsupported scheme ${scheme}:// (use a directory path, file://, s3:// or http(s)://)`);
+  throw new InvalidUrlError(
+    url,
+    `unsupported scheme ${scheme}:// (use a directory path, file://, s3:// or http(s)://)`,
+  );
 }

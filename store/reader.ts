@@ -29,7 +29,12 @@ export interface LoadIndexOptions {
   keys?: KeyProvider;
 }
 
-export async function loadIndex(store: StoreBackend, id: string, signal?: AbortSignal, options: LoadIndexOptions = {}): Promise<SnapshotIndex> {
+export async function loadIndex(
+  store: StoreBackend,
+  id: string,
+  signal?: AbortSignal,
+  options: LoadIndexOptions = {},
+): Promise<SnapshotIndex> {
   const opt = signal ? { signal } : {};
   let raw: Buffer;
   if (options.verifyKey) {
@@ -47,7 +52,8 @@ export async function loadIndex(store: StoreBackend, id: string, signal?: AbortS
   }
   const ix = parseManifest(raw, id);
   const enc = ix.manifest.encryption;
-  if (enc && options.keys) ix.crypto = await openChunkCrypto(enc, options.keys, `snapshot ${JSON.stringify(id)}`, signal);
+  if (enc && options.keys)
+    ix.crypto = await openChunkCrypto(enc, options.keys, `snapshot ${JSON.stringify(id)}`, signal);
   return ix;
 }
 
@@ -59,12 +65,21 @@ export function chunkLength(ix: SnapshotIndex, i: number): number {
 /** The cipher of an encrypted index; KeyUnavailableError when it was loaded without keys. */
 export function indexCrypto(ix: SnapshotIndex): ChunkCrypto | undefined {
   const enc = ix.manifest.encryption;
-  if (enc && !ix.crypto) throw new KeyUnavailableError(enc.keyId, `snapshot ${JSON.stringify(ix.manifest.id)} is encrypted and was loaded without a key provider`);
+  if (enc && !ix.crypto)
+    throw new KeyUnavailableError(
+      enc.keyId,
+      `snapshot ${JSON.stringify(ix.manifest.id)} is encrypted and was loaded without a key provider`,
+    );
   return ix.crypto;
 }
 
 /** The verified bytes of chunk i (zeros for a zero chunk). */
-export async function readChunk(store: StoreBackend, ix: SnapshotIndex, i: number, signal?: AbortSignal): Promise<Buffer> {
+export async function readChunk(
+  store: StoreBackend,
+  ix: SnapshotIndex,
+  i: number,
+  signal?: AbortSignal,
+): Promise<Buffer> {
   const len = chunkLength(ix, i);
   const hash = chunkHash(ix, i);
   if (hash === null) return Buffer.alloc(len);
@@ -75,11 +90,22 @@ export async function readChunk(store: StoreBackend, ix: SnapshotIndex, i: numbe
 }
 
 /** The verified vmstate of a snapshot (decrypted when the snapshot is encrypted), or undefined. */
-export async function readVmstate(store: StoreBackend, ix: SnapshotIndex, signal?: AbortSignal): Promise<Buffer | undefined> {
+export async function readVmstate(
+  store: StoreBackend,
+  ix: SnapshotIndex,
+  signal?: AbortSignal,
+): Promise<Buffer | undefined> {
   const v = ix.manifest.vmstate;
   if (!v) return undefined;
   const crypto = indexCrypto(ix);
-  return decodeChunk(v.key, 'none', await store.get(v.key, { ...(signal ? { signal } : {}) }), v.hash, v.size, crypto);
+  return decodeChunk(
+    v.key,
+    'none',
+    await store.get(v.key, { ...(signal ? { signal } : {}) }),
+    v.hash,
+    v.size,
+    crypto,
+  );
 }
 
 /** Every distinct stored chunk key a snapshot references. */

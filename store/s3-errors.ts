@@ -1,5 +1,10 @@
 /** Classifying S3 SDK errors: status, retryability, and a one-line description with no request data. */
-export type SdkError = Error & { code?: string; $metadata?: { httpStatusCode?: number }; $retryable?: unknown; errors?: unknown[] };
+export type SdkError = Error & {
+  code?: string;
+  $metadata?: { httpStatusCode?: number };
+  $retryable?: unknown;
+  errors?: unknown[];
+};
 
 export function statusOf(e: unknown): number | undefined {
   return (e as SdkError | undefined)?.$metadata?.httpStatusCode;
@@ -16,13 +21,37 @@ export function codeOf(e: unknown): string | undefined {
 }
 
 const THROTTLING = new Set([
-  'SlowDown', 'Throttling', 'ThrottlingException', 'ThrottledException', 'RequestThrottled', 'RequestThrottledException',
-  'TooManyRequestsException', 'RequestLimitExceeded', 'BandwidthLimitExceeded', 'ProvisionedThroughputExceededException',
+  'SlowDown',
+  'Throttling',
+  'ThrottlingException',
+  'ThrottledException',
+  'RequestThrottled',
+  'RequestThrottledException',
+  'TooManyRequestsException',
+  'RequestLimitExceeded',
+  'BandwidthLimitExceeded',
+  'ProvisionedThroughputExceededException',
 ]);
-const TRANSIENT_NAMES = new Set(['TimeoutError', 'RequestTimeout', 'RequestTimeoutException', 'InternalError', 'ServiceUnavailable']);
+const TRANSIENT_NAMES = new Set([
+  'TimeoutError',
+  'RequestTimeout',
+  'RequestTimeoutException',
+  'InternalError',
+  'ServiceUnavailable',
+]);
 const TRANSIENT_CODES = new Set([
-  'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ENETDOWN',
-  'EHOSTDOWN', 'ERR_STREAM_PREMATURE_CLOSE', 'UND_ERR_SOCKET',
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'EHOSTDOWN',
+  'ERR_STREAM_PREMATURE_CLOSE',
+  'UND_ERR_SOCKET',
 ]);
 
 /** Whether the same request may succeed later: throttling, 5xx, 408/429, timeouts, resets. */
@@ -31,7 +60,9 @@ export function isRetryable(e: unknown, status: number | undefined): boolean {
   if (THROTTLING.has(name) || TRANSIENT_NAMES.has(name)) return true;
   if (status !== undefined) return status >= 500 || status === 408 || status === 429;
   const code = codeOf(e);
-  return (code !== undefined && TRANSIENT_CODES.has(code)) || (e as SdkError | undefined)?.$retryable !== undefined;
+  return (
+    (code !== undefined && TRANSIENT_CODES.has(code)) || (e as SdkError | undefined)?.$retryable !== undefined
+  );
 }
 
 /** One line: the service's error name, status and message, or the socket error. Carries no request data. */

@@ -19,7 +19,13 @@ import {
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 
-import { InvalidArgumentError, InvalidUrlError, LazysnapError, NotFoundError, StoreError } from '../core/errors.js';
+import {
+  InvalidArgumentError,
+  InvalidUrlError,
+  LazysnapError,
+  NotFoundError,
+  StoreError,
+} from '../core/errors.js';
 import type { ObjectInfo, ReadOptions, WriteOptions } from './backend.js';
 import { assertKey } from './keys.js';
 import { describeError, isRetryable, nameOf, statusOf } from './s3-errors.js';
@@ -59,21 +65,30 @@ export class S3Store extends StoreBase {
 
   constructor(options: S3StoreOptions) {
     super();
-    if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options', 'an object', options);
+    if (typeof options !== 'object' || options === null)
+      throw new InvalidArgumentError('options', 'an object', options);
     const problem = bucketProblem(options.bucket);
     if (problem) throw new InvalidArgumentError('bucket', `an S3 bucket name (${problem})`, options.bucket);
-    const prefix = typeof options.prefix === 'string' ? options.prefix.replace(/^\/+|\/+$/g, '') : options.prefix ?? '';
+    const prefix =
+      typeof options.prefix === 'string' ? options.prefix.replace(/^\/+|\/+$/g, '') : (options.prefix ?? '');
     const prefixIssue = prefixProblem(prefix);
-    if (prefixIssue) throw new InvalidArgumentError('prefix', `a key prefix (${prefixIssue})`, options.prefix);
+    if (prefixIssue)
+      throw new InvalidArgumentError('prefix', `a key prefix (${prefixIssue})`, options.prefix);
     this.bucket = options.bucket;
     this.prefix = prefix as string;
     this.#base = this.prefix ? `${this.prefix}/` : '';
     this.url = `s3://${this.bucket}${this.prefix ? `/${this.prefix}` : ''}`;
     if (options.client !== undefined) {
       // Duck-typed: a second copy of the SDK in node_modules has its own S3Client class.
-      if (typeof (options.client as { send?: unknown } | null)?.send !== 'function') throw new InvalidArgumentError('client', 'an S3Client', options.client);
+      if (typeof (options.client as { send?: unknown } | null)?.send !== 'function')
+        throw new InvalidArgumentError('client', 'an S3Client', options.client);
       const both = CLIENT_OPTIONS.find((k) => options[k] !== undefined);
-      if (both) throw new InvalidArgumentError(both, 'unset when a client is given (configure the client instead)', options[both]);
+      if (both)
+        throw new InvalidArgumentError(
+          both,
+          'unset when a client is given (configure the client instead)',
+          options[both],
+        );
       this.#client = options.client;
       this.#ownsClient = false;
     } else {
@@ -92,7 +107,10 @@ export class S3Store extends StoreBase {
     return this.#call('GET', key, signal, async (abortSignal) => {
       let res;
       try {
-        res = await this.#client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.#base + key, Range }), { abortSignal });
+        res = await this.#client.send(
+          new GetObjectCommand({ Bucket: this.bucket, Key: this.#base + key, Range }),
+          { abortSignal },
+        );
       } catch (e) {
         // A range that starts at or past the end: an empty read, as a file's would be.
         if (range && statusOf(e) === 416) return Buffer.alloc(0);
@@ -100,7 +118,12 @@ export class S3Store extends StoreBase {
       }
       const body = await readBody(res.Body as Body | undefined, res.ContentLength, signal);
       if (res.ContentLength !== undefined && body.length !== res.ContentLength) {
-        throw new StoreError(this.url, key, `truncated response: ${body.length} of ${res.ContentLength} bytes`, { retryable: true });
+        throw new StoreError(
+          this.url,
+          key,
+          `truncated response: ${body.length} of ${res.ContentLength} bytes`,
+          { retryable: true },
+        );
       }
       if (!range) return body;
       if (!res.ContentRange) {
@@ -108,8 +131,18 @@ export class S3Store extends StoreBase {
         return body.subarray(range.start, range.end);
       }
       const m = /^bytes (\d+)-(\d+)\//.exec(res.ContentRange);
-      if (!m || Number(m[1]) !== range.start || Number(m[2]) >= range.end || Number(m[2]) - Number(m[1]) + 1 !== body.length) {
-        throw new StoreError(this.url, key, `asked for ${Range}, the server answered ${res.ContentRange} with ${body.length} bytes`, { retryable: false });
+      if (
+        !m ||
+        Number(m[1]) !== range.start ||
+        Number(m[2]) >= range.end ||
+        Number(m[2]) - Number(m[1]) + 1 !== body.length
+      ) {
+        throw new StoreError(
+          this.url,
+          key,
+          `asked for ${Range}, the server answered ${res.ContentRange} with ${body.length} bytes`,
+          { retryable: false },
+        );
       }
       return body;
     });
@@ -118,14 +151,25 @@ export class S3Store extends StoreBase {
   protected async doPut(key: string, body: Buffer, { signal }: WriteOptions): Promise<void> {
     const ContentType = key.endsWith('.json') ? 'application/json' : 'application/octet-stream';
     await this.#call('PUT', key, signal, (abortSignal) =>
-      this.#client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.#base + key, Body: body, ContentLength: body.length, ContentType }), { abortSignal }),
+      this.#client.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: this.#base + key,
+          Body: body,
+          ContentLength: body.length,
+          ContentType,
+        }),
+        { abortSignal },
+      ),
     );
   }
 
   protected async doHas(key: string, signal?: AbortSignal): Promise<boolean> {
     return this.#call('HEAD', key, signal, async (abortSignal) => {
       try {
-        await this.#client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.#base + key }), { abortSignal });
+        await this.#client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.#base + key }), {
+          abortSignal,
+        });
         return true;
       } catch (e) {
         if (statusOf(e) === 404) return false; // HEAD has no body: a missing bucket looks the same
@@ -137,7 +181,9 @@ export class S3Store extends StoreBase {
   protected async doDelete(key: string, signal?: AbortSignal): Promise<void> {
     await this.#call('DELETE', key, signal, async (abortSignal) => {
       try {
-        await this.#client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.#base + key }), { abortSignal });
+        await this.#client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.#base + key }), {
+          abortSignal,
+        });
       } catch (e) {
         // S3 answers 204 for a missing key; some compatible servers answer 404 NoSuchKey.
         if (!(statusOf(e) === 404 && nameOf(e) !== 'NoSuchBucket')) throw e;
@@ -149,7 +195,14 @@ export class S3Store extends StoreBase {
     let token: string | undefined;
     do {
       const page = await this.#call(`LIST ${JSON.stringify(prefix)}`, undefined, signal, (abortSignal) =>
-        this.#client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.#base + prefix, ContinuationToken: token }), { abortSignal }),
+        this.#client.send(
+          new ListObjectsV2Command({
+            Bucket: this.bucket,
+            Prefix: this.#base + prefix,
+            ContinuationToken: token,
+          }),
+          { abortSignal },
+        ),
       );
       for (const obj of page.Contents ?? []) {
         const key = obj.Key?.startsWith(this.#base) ? obj.Key.slice(this.#base.length) : undefined;
@@ -167,7 +220,12 @@ export class S3Store extends StoreBase {
   }
 
   /** Runs one request and turns whatever it throws into the caller's abort reason or a store error. */
-  async #call<T>(op: string, key: string | undefined, signal: AbortSignal | undefined, run: (signal?: AbortSignal) => Promise<T>): Promise<T> {
+  async #call<T>(
+    op: string,
+    key: string | undefined,
+    signal: AbortSignal | undefined,
+    run: (signal?: AbortSignal) => Promise<T>,
+  ): Promise<T> {
     try {
       return await run(signal);
     } catch (e) {
@@ -175,8 +233,13 @@ export class S3Store extends StoreBase {
       if (e instanceof LazysnapError) throw e;
       const status = statusOf(e);
       const name = nameOf(e);
-      if (key !== undefined && (name === 'NoSuchKey' || (status === 404 && name !== 'NoSuchBucket'))) throw new NotFoundError(this.url, key, e);
-      throw new StoreError(this.url, key, `${op} failed: ${describeError(e, status)}`, { cause: e, status, retryable: isRetryable(e, status) });
+      if (key !== undefined && (name === 'NoSuchKey' || (status === 404 && name !== 'NoSuchBucket')))
+        throw new NotFoundError(this.url, key, e);
+      throw new StoreError(this.url, key, `${op} failed: ${describeError(e, status)}`, {
+        cause: e,
+        status,
+        retryable: isRetryable(e, status),
+      });
     }
   }
 }
@@ -187,7 +250,11 @@ type Body = AsyncIterable<Uint8Array> & { destroy?(error?: Error): void };
  * The whole body in one Buffer, allocated once when the length is known (the common case). An abort
  * destroys the stream here too: Node's handler already does, but an injected client may not.
  */
-async function readBody(body: Body | undefined, length: number | undefined, signal?: AbortSignal): Promise<Buffer> {
+async function readBody(
+  body: Body | undefined,
+  length: number | undefined,
+  signal?: AbortSignal,
+): Promise<Buffer> {
   if (!body) return Buffer.alloc(0);
   const onAbort = (): void => body.destroy?.(signal?.reason);
   signal?.addEventListener('abort', onAbort, { once: true });
@@ -213,10 +280,14 @@ async function readBody(body: Body | undefined, length: number | undefined, sign
 function createClient(o: S3StoreOptions): S3Client {
   const env = process.env;
   // Read here rather than left to the SDK, because an endpoint also switches on path-style.
-  const fromEnv = env.AWS_IGNORE_CONFIGURED_ENDPOINT_URLS === 'true' ? undefined : env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || undefined;
+  const fromEnv =
+    env.AWS_IGNORE_CONFIGURED_ENDPOINT_URLS === 'true'
+      ? undefined
+      : env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || undefined;
   const endpoint = o.endpoint ?? fromEnv;
   if (endpoint !== undefined) assertEndpoint(endpoint);
-  if (o.forcePathStyle !== undefined && typeof o.forcePathStyle !== 'boolean') throw new InvalidArgumentError('forcePathStyle', 'a boolean', o.forcePathStyle);
+  if (o.forcePathStyle !== undefined && typeof o.forcePathStyle !== 'boolean')
+    throw new InvalidArgumentError('forcePathStyle', 'a boolean', o.forcePathStyle);
   if (o.region !== undefined && (typeof o.region !== 'string' || !/^[a-z0-9-]{1,64}$/.test(o.region))) {
     throw new InvalidArgumentError('region', 'an AWS region name such as "eu-west-1"', o.region);
   }
@@ -257,11 +328,20 @@ function assertEndpoint(endpoint: unknown): asserts endpoint is string {
   try {
     u = new URL(endpoint);
   } catch {
-    throw new InvalidUrlError(endpoint, 'the S3 endpoint must be an http(s) URL such as http://127.0.0.1:9000');
+    throw new InvalidUrlError(
+      endpoint,
+      'the S3 endpoint must be an http(s) URL such as http://127.0.0.1:9000',
+    );
   }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new InvalidUrlError(endpoint, `the S3 endpoint must be http or https, not ${u.protocol}`);
-  if (u.username || u.password) throw new InvalidUrlError(endpoint, 'credentials do not belong in the endpoint URL: use the AWS credential chain');
-  if (u.search || u.hash) throw new InvalidUrlError(endpoint, 'the S3 endpoint takes no query string or fragment');
+  if (u.protocol !== 'http:' && u.protocol !== 'https:')
+    throw new InvalidUrlError(endpoint, `the S3 endpoint must be http or https, not ${u.protocol}`);
+  if (u.username || u.password)
+    throw new InvalidUrlError(
+      endpoint,
+      'credentials do not belong in the endpoint URL: use the AWS credential chain',
+    );
+  if (u.search || u.hash)
+    throw new InvalidUrlError(endpoint, 'the S3 endpoint takes no query string or fragment');
 }
 
 export { bucketProblem, parseS3Url } from './s3-url.js';

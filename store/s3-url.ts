@@ -4,14 +4,22 @@ import { assertKey } from './keys.js';
 
 /** Parses `s3://bucket[/prefix]`; the scheme is matched without regard to case, nothing else is. */
 export function parseS3Url(url: string): { bucket: string; prefix: string } {
-  if (typeof url !== 'string' || !/^s3:\/\//i.test(url)) throw new InvalidUrlError(String(url), 'expected s3://bucket[/prefix]');
+  if (typeof url !== 'string' || !/^s3:\/\//i.test(url))
+    throw new InvalidUrlError(String(url), 'expected s3://bucket[/prefix]');
   const rest = url.slice('s3://'.length);
   const slash = rest.indexOf('/');
   const bucket = slash < 0 ? rest : rest.slice(0, slash);
   if (bucket.includes('@')) {
-    throw new InvalidUrlError(url, 'credentials do not belong in the URL: use the AWS credential chain (environment, shared config, instance role)');
+    throw new InvalidUrlError(
+      url,
+      'credentials do not belong in the URL: use the AWS credential chain (environment, shared config, instance role)',
+    );
   }
-  if (/[?#]/.test(rest)) throw new InvalidUrlError(url, 'query strings and fragments are not accepted: options are flags or environment variables');
+  if (/[?#]/.test(rest))
+    throw new InvalidUrlError(
+      url,
+      'query strings and fragments are not accepted: options are flags or environment variables',
+    );
   const bucketIssue = bucketProblem(bucket);
   if (bucketIssue) throw new InvalidUrlError(url, `bad bucket name: ${bucketIssue}`);
   const prefix = slash < 0 ? '' : rest.slice(slash + 1).replace(/\/+$/, '');
@@ -28,7 +36,8 @@ export function parseS3Url(url: string): { bucket: string; prefix: string } {
 export function bucketProblem(name: unknown): string | undefined {
   if (typeof name !== 'string' || name === '') return 'the bucket name is empty';
   if (name.length < 3 || name.length > 63) return `it must be 3-63 characters long, not ${name.length}`;
-  if (!/^[a-z0-9][a-z0-9.-]*[a-z0-9]$/.test(name)) return 'only lowercase letters, digits, "." and "-", starting and ending with a letter or digit';
+  if (!/^[a-z0-9][a-z0-9.-]*[a-z0-9]$/.test(name))
+    return 'only lowercase letters, digits, "." and "-", starting and ending with a letter or digit';
   if (name.includes('..')) return 'no two adjacent periods';
   if (/^\d{1,3}(\.\d{1,3}){3}$/.test(name)) return 'it must not look like an IP address';
   if (/^(xn--|sthree-)/.test(name)) return 'the prefixes "xn--" and "sthree-" are reserved';

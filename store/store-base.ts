@@ -20,7 +20,10 @@ export abstract class StoreBase implements StoreBackend {
     assertKey(key);
     options.signal?.throwIfAborted();
     const r = options.range;
-    if (r && !(Number.isSafeInteger(r.start) && Number.isSafeInteger(r.end) && r.start >= 0 && r.end > r.start)) {
+    if (
+      r &&
+      !(Number.isSafeInteger(r.start) && Number.isSafeInteger(r.end) && r.start >= 0 && r.end > r.start)
+    ) {
       throw new InvalidArgumentError('range', 'integers with 0 <= start < end', r);
     }
     return this.doGet(key, options);

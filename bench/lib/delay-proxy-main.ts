@@ -25,7 +25,9 @@ const { values } = parseArgs({
 });
 const port = Number(values['target-port']);
 if (!Number.isInteger(port)) {
-  console.error('usage: delay-proxy-main --target-port N [--target-host H] [--first-byte-ms MS] [--bytes-per-second B]');
+  console.error(
+    'usage: delay-proxy-main --target-port N [--target-host H] [--first-byte-ms MS] [--bytes-per-second B]',
+  );
   process.exit(2);
 }
 

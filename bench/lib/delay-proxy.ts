@@ -29,9 +29,20 @@ export interface DelayProxyOptions {
 }
 
 /** Totals since start: accepted connections, requests seen, bytes to the client and upstream. */
-export interface DelayProxyStats { connections: number; requests: number; bytesDown: number; bytesUp: number }
+export interface DelayProxyStats {
+  connections: number;
+  requests: number;
+  bytesDown: number;
+  bytesUp: number;
+}
 
-export interface DelayProxy { url: string; host: string; port: number; stats(): DelayProxyStats; close(): Promise<void> }
+export interface DelayProxy {
+  url: string;
+  host: string;
+  port: number;
+  stats(): DelayProxyStats;
+  close(): Promise<void>;
+}
 
 type ResolvedDelayProxyOptions = Required<DelayProxyOptions>;
 
@@ -45,13 +56,21 @@ const MIN_SEND = 16 * 1024;
 function resolveDelayProxyOptions(o: DelayProxyOptions): ResolvedDelayProxyOptions {
   if (typeof o !== 'object' || o === null) throw new InvalidArgumentError('options', 'an object', o);
   const { target, firstByteMs = 30, bytesPerSecond = 90e6, host = '127.0.0.1', port = 0 } = o;
-  if (typeof target?.host !== 'string' || !Number.isInteger(target.port) || target.port < 1 || target.port > 65535) {
+  if (
+    typeof target?.host !== 'string' ||
+    !Number.isInteger(target.port) ||
+    target.port < 1 ||
+    target.port > 65535
+  ) {
     throw new InvalidArgumentError('target', 'a { host, port } with port 1-65535', target);
   }
-  if (!Number.isFinite(firstByteMs) || firstByteMs < 0) throw new InvalidArgumentError('firstByteMs', 'a finite number ≥ 0', firstByteMs);
-  if (!Number.isFinite(bytesPerSecond) || bytesPerSecond <= 0) throw new InvalidArgumentError('bytesPerSecond', 'a finite number > 0', bytesPerSecond);
+  if (!Number.isFinite(firstByteMs) || firstByteMs < 0)
+    throw new InvalidArgumentError('firstByteMs', 'a finite number ≥ 0', firstByteMs);
+  if (!Number.isFinite(bytesPerSecond) || bytesPerSecond <= 0)
+    throw new InvalidArgumentError('bytesPerSecond', 'a finite number > 0', bytesPerSecond);
   if (typeof host !== 'string') throw new InvalidArgumentError('host', 'a string', host);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidArgumentError('port', 'an integer 0-65535', port);
+  if (!Number.isInteger(port) || port < 0 || port > 65535)
+    throw new InvalidArgumentError('port', 'an integer 0-65535', port);
   return { target: { host: target.host, port: target.port }, firstByteMs, bytesPerSecond, host, port };
 }
 
@@ -93,7 +112,10 @@ export async function startDelayProxy(options: DelayProxyOptions): Promise<Delay
 }
 
 /** notBefore: performance.now() before which buf must not be written; set on a response's first chunk. */
-interface Pending { buf: Buffer; notBefore: number }
+interface Pending {
+  buf: Buffer;
+  notBefore: number;
+}
 
 /** Wires one client to a fresh upstream connection; returns the upstream socket. */
 function relay(client: net.Socket, o: ResolvedDelayProxyOptions, counters: DelayProxyStats): net.Socket {
@@ -120,10 +142,13 @@ function relay(client: net.Socket, o: ResolvedDelayProxyOptions, counters: Delay
     refilledAt = now;
   };
   const wake = (ms: number): void => {
-    timer = setTimeout(() => {
-      timer = undefined;
-      pump();
-    }, Math.max(1, Math.ceil(ms)));
+    timer = setTimeout(
+      () => {
+        timer = undefined;
+        pump();
+      },
+      Math.max(1, Math.ceil(ms)),
+    );
   };
 
   function pump(): void {

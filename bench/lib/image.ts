@@ -14,7 +14,8 @@ export function writeRandomImage(file: string, size: number): string {
   try {
     for (let off = 0; off < size; off += PIECE) {
       const piece = randomBytes(Math.min(PIECE, size - off));
-      for (let done = 0; done < piece.length; ) done += writeSync(fd, piece, done, piece.length - done, off + done);
+      for (let done = 0; done < piece.length;)
+        done += writeSync(fd, piece, done, piece.length - done, off + done);
     }
   } finally {
     closeSync(fd);
@@ -26,13 +27,20 @@ export function writeRandomImage(file: string, size: number): string {
  * A random image in which the chunks `isZero` picks are zero bytes (written, not holes: zero
  * detection must read them like data), written in 64 MiB pieces like writeRandomImage.
  */
-export function writeZeroRichImage(file: string, size: number, chunkSize: number, isZero: (chunk: number) => boolean): string {
+export function writeZeroRichImage(
+  file: string,
+  size: number,
+  chunkSize: number,
+  isZero: (chunk: number) => boolean,
+): string {
   const fd = openSync(file, 'w', 0o600);
   try {
     for (let off = 0; off < size; off += PIECE) {
       const piece = randomBytes(Math.min(PIECE, size - off));
-      for (let c = 0; c < piece.length; c += chunkSize) if (isZero((off + c) / chunkSize)) piece.fill(0, c, c + chunkSize);
-      for (let done = 0; done < piece.length; ) done += writeSync(fd, piece, done, piece.length - done, off + done);
+      for (let c = 0; c < piece.length; c += chunkSize)
+        if (isZero((off + c) / chunkSize)) piece.fill(0, c, c + chunkSize);
+      for (let done = 0; done < piece.length;)
+        done += writeSync(fd, piece, done, piece.length - done, off + done);
     }
   } finally {
     closeSync(fd);

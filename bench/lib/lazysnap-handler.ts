@@ -49,8 +49,15 @@ const { values } = parseArgs({
 });
 const mode = values.mode;
 const chunkSize = Number(values['chunk-size']);
-if (!values.socket || !values.image || !Number.isInteger(chunkSize) || (mode !== 'resident' && mode !== 'install')) {
-  console.error('usage: lazysnap-handler --socket PATH --image FILE --chunk-size N [--mode resident|install]');
+if (
+  !values.socket ||
+  !values.image ||
+  !Number.isInteger(chunkSize) ||
+  (mode !== 'resident' && mode !== 'install')
+) {
+  console.error(
+    'usage: lazysnap-handler --socket PATH --image FILE --chunk-size N [--mode resident|install]',
+  );
   process.exit(2);
 }
 const socketPath = values.socket;
@@ -109,7 +116,8 @@ function onEvent(e: SessionEvent): void {
 
 function openSession(raw: WireRegion[], fds: number[]): void {
   const uffd = fds[0];
-  if (uffd === undefined || !Array.isArray(raw) || raw.length === 0) fail('handshake: expected regions JSON and one uffd');
+  if (uffd === undefined || !Array.isArray(raw) || raw.length === 0)
+    fail('handshake: expected regions JSON and one uffd');
   for (const extra of fds.slice(1)) closeFd(extra);
   const pageSize = (raw[0]?.page_size ?? raw[0]?.page_size_kib ?? 4096) as PageSize;
   const regions = raw.map((r) => ({ base: BigInt(r.base_host_virt_addr), size: r.size, offset: r.offset }));
@@ -130,7 +138,15 @@ function finish(conn: number, w: FdWatch): void {
   const stats = session?.stats() ?? null;
   session?.close();
   closeFd(conn);
-  const out: Record<string, unknown> = { handler: 'lazysnap', mode, chunkSize, imageBytes, needEvents, errors, stats };
+  const out: Record<string, unknown> = {
+    handler: 'lazysnap',
+    mode,
+    chunkSize,
+    imageBytes,
+    needEvents,
+    errors,
+    stats,
+  };
   if (mode === 'install') {
     out.installNs = installNs;
     out.installGBps = installNs ? imageBytes / installNs : null;

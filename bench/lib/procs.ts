@@ -99,7 +99,9 @@ function startHandler(argv: string[], cpus: string): Handler {
       const seen = lines.find((l) => re.test(l));
       if (seen !== undefined) return res(seen);
       waiters.push({ re, res });
-      void exit.then((e) => rej(new Error(`handler exited (${e.code}) before printing ${re}: ${e.stderr.trim()}`)));
+      void exit.then((e) =>
+        rej(new Error(`handler exited (${e.code}) before printing ${re}: ${e.stderr.trim()}`)),
+      );
     });
   return { child, line, exit };
 }
@@ -128,11 +130,14 @@ export async function runRound(o: RoundOptions): Promise<RoundResult> {
     const r = await timeout(client.result, o.timeoutMs, 'client run');
     live.delete(client.child);
     if (r.code !== 0 || !r.report?.ok) {
-      throw new Error(`client failed (code ${r.code}, signal ${r.signal}): ${r.stderr.trim()} ${JSON.stringify(r.report)}`);
+      throw new Error(
+        `client failed (code ${r.code}, signal ${r.signal}): ${r.stderr.trim()} ${JSON.stringify(r.report)}`,
+      );
     }
     const e = await timeout(h.exit, o.timeoutMs, `${o.handler.kind} handler exit`);
     const last = e.lines.filter((l) => l.startsWith('{') && !l.includes('"event"')).pop();
-    if (e.code !== 0 || last === undefined) throw new Error(`${o.handler.kind} handler exited ${e.code}: ${e.stderr.trim()}`);
+    if (e.code !== 0 || last === undefined)
+      throw new Error(`${o.handler.kind} handler exited ${e.code}: ${e.stderr.trim()}`);
     return { client: r.report, handler: JSON.parse(last) as Record<string, unknown> };
   } finally {
     for (const c of [h.child, client?.child]) {

@@ -50,7 +50,12 @@ export interface ScenarioResult {
 function sh(cmd: string, args: string[]): string | null {
   try {
     // GIT_OPTIONAL_LOCKS=0: `git status` must not write the index while reporting.
-    return execFileSync(cmd, args, { cwd: repoRoot, encoding: 'utf8', env: { ...process.env, GIT_OPTIONAL_LOCKS: '0' }, stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return execFileSync(cmd, args, {
+      cwd: repoRoot,
+      encoding: 'utf8',
+      env: { ...process.env, GIT_OPTIONAL_LOCKS: '0' },
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
   } catch {
     return null;
   }

@@ -31,7 +31,10 @@ process.once('exit', () => {
 // Interrupted: exit through 'exit', so these handlers (and nginx's, fc-client's, the drivers') run.
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
 
-export async function startSlowOrigin(root: string, o: { firstByteMs: number; bytesPerSecond: number }): Promise<SlowOrigin> {
+export async function startSlowOrigin(
+  root: string,
+  o: { firstByteMs: number; bytesPerSecond: number },
+): Promise<SlowOrigin> {
   const nginx = await startStaticNginx(root);
   // nginx.ts kills nginx on exit but removes its temp prefix only in stop(): do that on exit too.
   const prefix = path.dirname(nginx.accessLog);
@@ -39,7 +42,17 @@ export async function startSlowOrigin(root: string, o: { firstByteMs: number; by
   process.once('exit', rmPrefix);
   const port = new URL(nginx.url).port;
   const script = path.join(repoRoot, 'bench', 'lib', 'delay-proxy-main.ts');
-  const args = ['--import', 'tsx', script, '--target-port', port, '--first-byte-ms', String(o.firstByteMs), '--bytes-per-second', String(o.bytesPerSecond)];
+  const args = [
+    '--import',
+    'tsx',
+    script,
+    '--target-port',
+    port,
+    '--first-byte-ms',
+    String(o.firstByteMs),
+    '--bytes-per-second',
+    String(o.bytesPerSecond),
+  ];
   const child = spawn(process.execPath, args, { cwd: repoRoot, stdio: ['pipe', 'pipe', 'inherit'] });
   live.add(child);
   const exited = once(child, 'exit').then(() => live.delete(child));

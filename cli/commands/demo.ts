@@ -34,21 +34,41 @@ const millis = (v: number) => `${v.toFixed(v < 10 ? 1 : 0)} ms`;
 
 function table(report: DemoReport): string {
   const { runs, snapshot: s } = report;
-  const pct = (r: RestoreOutcome) => `${formatBytes(r.stats.bytesFetched)} (${((100 * r.stats.bytesFetched) / report.source.size).toFixed(1)}%)`;
+  const pct = (r: RestoreOutcome) =>
+    `${formatBytes(r.stats.bytesFetched)} (${((100 * r.stats.bytesFetched) / report.source.size).toFixed(1)}%)`;
   const rows: [string, (r: RestoreOutcome) => string][] = [
     ['runtime ready', (r) => millis(r.attachMs)],
-    ...(runs.some((r) => r.mode === 'eager') ? ([['everything fetched', (r) => (r.mode === 'eager' ? millis(r.attachMs + r.populateMs) : '-')]] as [string, (r: RestoreOutcome) => string][]) : []),
+    ...(runs.some((r) => r.mode === 'eager')
+      ? ([['everything fetched', (r) => (r.mode === 'eager' ? millis(r.attachMs + r.populateMs) : '-')]] as [
+          string,
+          (r: RestoreOutcome) => string,
+        ][])
+      : []),
     ['first byte read', (r) => millis(r.firstByteMs)],
     ['workload done', (r) => millis(r.workloadDoneMs)],
     ['faults', (r) => String(r.stats.faults)],
     ['  on zero chunks', (r) => String(r.stats.zeroFaults)],
     ['chunks fetched', (r) => `${r.stats.fetchedChunks} of ${s.chunks - s.zeroChunks}`],
     ['bytes fetched', pct],
-    ['verified', (r) => (r.mismatchedTouched.length === 0 && r.mismatchedAll.length === 0 ? 'every chunk' : `MISMATCH in ${r.mismatchedAll.length} chunks`)],
+    [
+      'verified',
+      (r) =>
+        r.mismatchedTouched.length === 0 && r.mismatchedAll.length === 0
+          ? 'every chunk'
+          : `MISMATCH in ${r.mismatchedAll.length} chunks`,
+    ],
   ];
-  const w = [22, ...runs.map((r) => Math.max(`${r.mode} (pid ${r.pid})`.length + 3, ...rows.map(([, f]) => f(r).length + 3)))];
+  const w = [
+    22,
+    ...runs.map((r) =>
+      Math.max(`${r.mode} (pid ${r.pid})`.length + 3, ...rows.map(([, f]) => f(r).length + 3)),
+    ),
+  ];
   const line = (cells: string[]) => `  ${cells.map((c, i) => c.padEnd(w[i]!)).join('')}`.trimEnd();
-  return [line(['', ...runs.map((r) => `${r.mode} (pid ${r.pid})`)]), ...rows.map(([name, f]) => line([name, ...runs.map(f)]))].join('\n');
+  return [
+    line(['', ...runs.map((r) => `${r.mode} (pid ${r.pid})`)]),
+    ...rows.map(([name, f]) => line([name, ...runs.map(f)])),
+  ].join('\n');
 }
 
 function describe(report: DemoReport): string {
@@ -62,7 +82,10 @@ function describe(report: DemoReport): string {
   ];
   if (runs.length === 2) {
     const [lazy, eager] = runs as [RestoreOutcome, RestoreOutcome];
-    out.push('', `  lazy restore finished the workload ${(eager.workloadDoneMs / lazy.workloadDoneMs).toFixed(1)}x sooner, fetching ${(eager.stats.bytesFetched / Math.max(1, lazy.stats.bytesFetched)).toFixed(1)}x fewer bytes`);
+    out.push(
+      '',
+      `  lazy restore finished the workload ${(eager.workloadDoneMs / lazy.workloadDoneMs).toFixed(1)}x sooner, fetching ${(eager.stats.bytesFetched / Math.max(1, lazy.stats.bytesFetched)).toFixed(1)}x fewer bytes`,
+    );
   }
   return `${out.join('\n')}\n`;
 }
@@ -91,13 +114,26 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
     seed: 0x5eed,
     ...(signal ? { signal } : {}),
   };
-  if (!(opts.workingSet > 0 && opts.workingSet <= 1)) throw new InvalidArgumentError('--working-set', 'a fraction in (0, 1]', values['working-set']);
-  if (opts.size % 65536 || opts.size === 0) throw new InvalidArgumentError('--size', 'a non-zero multiple of 64KiB (the data set lives in a WebAssembly memory)', values.size);
-  if (opts.chunkSize < 4096 || (opts.chunkSize & (opts.chunkSize - 1)) !== 0) throw new InvalidArgumentError('--chunk-size', 'a power of two >= 4KiB', values['chunk-size']);
+  if (!(opts.workingSet > 0 && opts.workingSet <= 1))
+    throw new InvalidArgumentError('--working-set', 'a fraction in (0, 1]', values['working-set']);
+  if (opts.size % 65536 || opts.size === 0)
+    throw new InvalidArgumentError(
+      '--size',
+      'a non-zero multiple of 64KiB (the data set lives in a WebAssembly memory)',
+      values.size,
+    );
+  if (opts.chunkSize < 4096 || (opts.chunkSize & (opts.chunkSize - 1)) !== 0)
+    throw new InvalidArgumentError('--chunk-size', 'a power of two >= 4KiB', values['chunk-size']);
   // The source fills all of --size and the working set shuffles every chunk index: bound both
   // before allocating (a fuzzed `--size 4096TiB` ended in "Invalid array length").
-  if (opts.size > totalmem()) throw new InvalidArgumentError('--size', `at most this machine's memory (${formatBytes(totalmem())})`, values.size);
-  if (Math.ceil(opts.size / opts.chunkSize) > MAX_CHUNKS) throw new InvalidArgumentError('--size', `at most ${MAX_CHUNKS} chunks of --chunk-size`, values.size);
+  if (opts.size > totalmem())
+    throw new InvalidArgumentError(
+      '--size',
+      `at most this machine's memory (${formatBytes(totalmem())})`,
+      values.size,
+    );
+  if (Math.ceil(opts.size / opts.chunkSize) > MAX_CHUNKS)
+    throw new InvalidArgumentError('--size', `at most ${MAX_CHUNKS} chunks of --chunk-size`, values.size);
   if (!values.json && io.isTTY) {
     let last = '';
     opts.onProgress = (stage, p) => {

@@ -29,7 +29,12 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
   const graceMs = parseDuration(values.grace, '--grace');
   const store = await storeFrom(values);
   try {
-    const r = await collectGarbage({ store, dryRun: values['dry-run'], graceMs, ...(signal ? { signal } : {}) });
+    const r = await collectGarbage({
+      store,
+      dryRun: values['dry-run'],
+      graceMs,
+      ...(signal ? { signal } : {}),
+    });
     if (values.json) io.out(`${JSON.stringify({ dryRun: values['dry-run'], ...r })}\n`);
     else {
       const verb = values['dry-run'] ? 'would delete' : 'deleted';

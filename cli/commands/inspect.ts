@@ -27,17 +27,30 @@ key that cannot be read or is for another key id). No chunk is read.
 export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { store: { type: 'string' }, id: { type: 'string' }, json: { type: 'boolean', default: false }, 's3-endpoint': { type: 'string' }, 'verify-key': { type: 'string' } },
+    options: {
+      store: { type: 'string' },
+      id: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      's3-endpoint': { type: 'string' },
+      'verify-key': { type: 'string' },
+    },
     strict: true,
   });
   const id = required(values, 'id');
   assertSnapshotId(id, '--id');
-  const vk = values['verify-key'] !== undefined ? verifyKey(readKeyFile('verify-key', values['verify-key']), '--verify-key') : undefined;
+  const vk =
+    values['verify-key'] !== undefined
+      ? verifyKey(readKeyFile('verify-key', values['verify-key']), '--verify-key')
+      : undefined;
   const store = await storeFrom(values);
   try {
     const ix = await loadIndex(store, id, signal, vk ? { verifyKey: vk } : {});
     const m = ix.manifest;
-    const signature = vk ? `verified (${keyFingerprint(vk)})` : (await store.has(signatureKey(id), signal ? { signal } : {})) ? 'present, not verified (give --verify-key)' : 'none';
+    const signature = vk
+      ? `verified (${keyFingerprint(vk)})`
+      : (await store.has(signatureKey(id), signal ? { signal } : {}))
+        ? 'present, not verified (give --verify-key)'
+        : 'none';
     // The same check serve makes (openChunkCrypto): a key that is there but wrong does not match; a
     // key that cannot be had (malformed, another key id) says why instead.
     let keyMatch: boolean | null = null;
@@ -51,7 +64,15 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
         },
       );
     }
-    const encryption = m.encryption ? { alg: m.encryption.alg, mode: m.encryption.mode, keyId: m.encryption.keyId, keyMatches: keyMatch, ...(keyProblem ? { keyProblem } : {}) } : null;
+    const encryption = m.encryption
+      ? {
+          alg: m.encryption.alg,
+          mode: m.encryption.mode,
+          keyId: m.encryption.keyId,
+          keyMatches: keyMatch,
+          ...(keyProblem ? { keyProblem } : {}),
+        }
+      : null;
     const unique = new Set<string>();
     const byCodec: Record<string, number> = {};
     let zero = 0;
@@ -87,7 +108,11 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
           `  source      ${m.source.kind}${m.source.detail ? ` ${m.source.detail}` : ''}`,
           `  size        ${formatBytes(m.totalSize)}, pages ${formatBytes(m.pageSize)}, chunks ${formatBytes(m.chunkSize)}`,
           `  regions     ${m.regions.map((r) => `${formatBytes(r.size)}@${r.offset}${r.address ? ` (${r.address})` : ''}`).join(', ')}`,
-          `  chunks      ${ix.count} total, ${zero} zero, ${unique.size} unique (${Object.entries(byCodec).map(([c, n]) => `${n} ${c}`).join(', ') || 'none stored'})`,
+          `  chunks      ${ix.count} total, ${zero} zero, ${unique.size} unique (${
+            Object.entries(byCodec)
+              .map(([c, n]) => `${n} ${c}`)
+              .join(', ') || 'none stored'
+          })`,
           `  parent      ${m.parent ?? '-'}`,
           `  vmstate     ${m.vmstate ? `${m.vmstate.key} (${formatBytes(m.vmstate.size)})` : '-'}`,
           `  signature   ${signature}`,

@@ -90,8 +90,10 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
     },
     strict: true,
   });
-  if (!values.store?.length) throw new UsageError('--store is required (repeat it for an ordered fallback list)');
-  if (!['auto', 'off', 'record', 'replay'].includes(values.prefetch)) throw new InvalidArgumentError('--prefetch', 'auto, off, record or replay', values.prefetch);
+  if (!values.store?.length)
+    throw new UsageError('--store is required (repeat it for an ordered fallback list)');
+  if (!['auto', 'off', 'record', 'replay'].includes(values.prefetch))
+    throw new InvalidArgumentError('--prefetch', 'auto, off, record or replay', values.prefetch);
   const prefetchWindow = intOption('prefetch-window', values['prefetch-window'], 1, 1024);
   const fetchConcurrency = intOption('fetch-concurrency', values['fetch-concurrency'], 1, 1024);
   const retries = intOption('retries', values.retries, 0, 10);
@@ -104,8 +106,12 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       socketPath: required(values, 'socket'),
       ...(values['s3-endpoint'] ? { s3Endpoint: values['s3-endpoint'] } : {}),
       ...(values['cache-dir'] ? { cacheDir: values['cache-dir'] } : {}),
-      ...(values['cache-budget'] ? { cacheBudgetBytes: parseSize('--cache-budget', values['cache-budget']) } : {}),
-      ...(values['memory-budget'] ? { memoryBudgetBytes: parseSize('--memory-budget', values['memory-budget']) } : {}),
+      ...(values['cache-budget']
+        ? { cacheBudgetBytes: parseSize('--cache-budget', values['cache-budget']) }
+        : {}),
+      ...(values['memory-budget']
+        ? { memoryBudgetBytes: parseSize('--memory-budget', values['memory-budget']) }
+        : {}),
       failClosed: values['fail-closed'] as 'auto',
       prefetch: values.prefetch as 'auto',
       fill: values.fill,
@@ -118,13 +124,19 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       ...(retries !== undefined ? { retries } : {}),
       ...(metricsPort !== undefined ? { metricsPort } : {}),
       ...(values['metrics-host'] ? { metricsHost: values['metrics-host'] } : {}),
-      ...(values['allow-uid'] ? { allowUids: values['allow-uid'].map((u) => intOption('allow-uid', u, 0, 2 ** 32 - 2)!) } : {}),
+      ...(values['allow-uid']
+        ? { allowUids: values['allow-uid'].map((u) => intOption('allow-uid', u, 0, 2 ** 32 - 2)!) }
+        : {}),
       ...(socketGroup !== undefined ? { socketGroup } : {}),
-      ...(values['verify-key'] ? { verifyKey: verifyKey(readKeyFile('verify-key', values['verify-key']), '--verify-key') } : {}),
+      ...(values['verify-key']
+        ? { verifyKey: verifyKey(readKeyFile('verify-key', values['verify-key']), '--verify-key') }
+        : {}),
     },
     signal,
   );
-  io.err(`lazysnap: serving ${values.id} on ${server.socketPath}${server.metricsPort !== undefined ? `, metrics on :${server.metricsPort}` : ''}\n`);
+  io.err(
+    `lazysnap: serving ${values.id} on ${server.socketPath}${server.metricsPort !== undefined ? `, metrics on :${server.metricsPort}` : ''}\n`,
+  );
   await new Promise<void>((resolve) => {
     if (!signal) return;
     if (signal.aborted) resolve();

@@ -80,31 +80,46 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
     strict: true,
   });
   const id = required(values, 'id');
-  if ((values['mem-file'] === undefined) === (values.pid === undefined)) throw new UsageError('give exactly one source: --mem-file FILE or --pid PID');
+  if ((values['mem-file'] === undefined) === (values.pid === undefined))
+    throw new UsageError('give exactly one source: --mem-file FILE or --pid PID');
   const codec = values.compress;
   assertCodec(codec, '--compress');
   const pageSize = parseSize('--page-size', values['page-size']);
-  if (pageSize !== 4096 && pageSize !== 2097152) throw new InvalidArgumentError('--page-size', '4KiB or 2MiB', values['page-size']);
+  if (pageSize !== 4096 && pageSize !== 2097152)
+    throw new InvalidArgumentError('--page-size', '4KiB or 2MiB', values['page-size']);
   const chunkSize = parseSize('--chunk-size', values['chunk-size']);
   const level = intOption('level', values.level, 1, 19);
   const concurrency = intOption('concurrency', values.concurrency, 1, 256);
   const mode = values.progress as ProgressMode;
-  if (!['auto', 'tty', 'json', 'quiet'].includes(mode)) throw new InvalidArgumentError('--progress', 'auto, tty, json or quiet', mode);
+  if (!['auto', 'tty', 'json', 'quiet'].includes(mode))
+    throw new InvalidArgumentError('--progress', 'auto, tty, json or quiet', mode);
   const regions = values.regions?.split(',').map((r) => parseSize('--regions', r));
-  if (values.maps !== undefined && values.pid === undefined) throw new UsageError('--maps selects mappings of a process: it needs --pid');
+  if (values.maps !== undefined && values.pid === undefined)
+    throw new UsageError('--maps selects mappings of a process: it needs --pid');
   const pid = values.pid !== undefined ? intOption('pid', values.pid, 1, 2 ** 22)! : undefined;
-  const signKey = values['sign-key'] !== undefined ? signingKey(readKeyFile('sign-key', values['sign-key']), '--sign-key') : undefined;
-  if (values.encrypt !== undefined && !ENCRYPTION_MODES.includes(values.encrypt as EncryptionMode)) throw new InvalidArgumentError('--encrypt', ENCRYPTION_MODES.join(' or '), values.encrypt);
-  if (values['key-id'] !== undefined && values.encrypt === undefined) throw new UsageError('--key-id names the key of --encrypt: give --encrypt convergent or --encrypt random');
+  const signKey =
+    values['sign-key'] !== undefined
+      ? signingKey(readKeyFile('sign-key', values['sign-key']), '--sign-key')
+      : undefined;
+  if (values.encrypt !== undefined && !ENCRYPTION_MODES.includes(values.encrypt as EncryptionMode))
+    throw new InvalidArgumentError('--encrypt', ENCRYPTION_MODES.join(' or '), values.encrypt);
+  if (values['key-id'] !== undefined && values.encrypt === undefined)
+    throw new UsageError(
+      '--key-id names the key of --encrypt: give --encrypt convergent or --encrypt random',
+    );
   const keyId = values['key-id'] ?? process.env[KEY_ID_ENV] ?? DEFAULT_KEY_ID;
-  const encrypt = values.encrypt !== undefined ? { mode: values.encrypt as EncryptionMode, keyId } : undefined;
+  const encrypt =
+    values.encrypt !== undefined ? { mode: values.encrypt as EncryptionMode, keyId } : undefined;
   const store = await storeFrom(values);
   const bar = progressReporter(mode, io, id);
   try {
     const summary = await snapshot({
       store,
       id,
-      source: pid !== undefined ? { pid, ...(values.maps !== undefined ? { maps: values.maps.split(',') } : {}) } : { memoryFile: values['mem-file']!, pageSize, ...(regions ? { regions } : {}) },
+      source:
+        pid !== undefined
+          ? { pid, ...(values.maps !== undefined ? { maps: values.maps.split(',') } : {}) }
+          : { memoryFile: values['mem-file']!, pageSize, ...(regions ? { regions } : {}) },
       chunkSize,
       codec,
       ...(values.vmstate !== undefined ? { vmstateFile: values.vmstate } : {}),
@@ -125,7 +140,9 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
           `  unique      ${summary.uniqueChunks} chunks${summary.inheritedChunks ? `, ${summary.inheritedChunks} inherited from ${values.parent}` : ''}\n` +
           `  uploaded    ${summary.uploadedChunks} chunks, ${formatBytes(summary.uploadedBytes)} (dedup+compression ${summary.dedupRatio.toFixed(2)}x)\n` +
           `  throughput  ${summary.mbPerSecond.toFixed(0)} MB/s (${(summary.elapsedMs / 1000).toFixed(2)} s)\n` +
-          (summary.encryption ? `  encrypted   aes-256-gcm, ${summary.encryption.mode}, key id ${summary.encryption.keyId}\n` : '') +
+          (summary.encryption
+            ? `  encrypted   aes-256-gcm, ${summary.encryption.mode}, key id ${summary.encryption.keyId}\n`
+            : '') +
           (summary.signedBy ? `  signed      ${summary.signedBy}\n` : ''),
       );
     }

@@ -77,11 +77,27 @@ async function run(job: RestoreJob): Promise<RestoreOutcome> {
   const stats = await att.stats();
   const mismatchedAll: number[] = [];
   for (let c = 0; c * job.chunkSize < job.size; c++) {
-    if (digest(bytes.subarray(c * job.chunkSize, Math.min(job.size, (c + 1) * job.chunkSize))) !== job.digests[c]) mismatchedAll.push(c);
+    if (
+      digest(bytes.subarray(c * job.chunkSize, Math.min(job.size, (c + 1) * job.chunkSize))) !==
+      job.digests[c]
+    )
+      mismatchedAll.push(c);
   }
   await att.detach();
   void sum;
-  const outcome: RestoreOutcome = { pid: process.pid, mode: job.mode, userModeOnly: att.userModeOnly, attachMs, populateMs, firstByteMs, workloadDoneMs, stats, pagesRead, mismatchedTouched, mismatchedAll };
+  const outcome: RestoreOutcome = {
+    pid: process.pid,
+    mode: job.mode,
+    userModeOnly: att.userModeOnly,
+    attachMs,
+    populateMs,
+    firstByteMs,
+    workloadDoneMs,
+    stats,
+    pagesRead,
+    mismatchedTouched,
+    mismatchedAll,
+  };
   return outcome;
 }
 
@@ -89,7 +105,9 @@ const job = JSON.parse(readFileSync(process.argv[2]!, 'utf8')) as RestoreJob;
 run(job).then(
   (o) => process.stdout.write(`${JSON.stringify(o)}\n`),
   (e: unknown) => {
-    const failure: RestoreFailure = { error: { code: (e as { code?: string }).code ?? 'LAZYSNAP_ERROR', message: (e as Error).message } };
+    const failure: RestoreFailure = {
+      error: { code: (e as { code?: string }).code ?? 'LAZYSNAP_ERROR', message: (e as Error).message },
+    };
     process.stdout.write(`${JSON.stringify(failure)}\n`);
     process.exitCode = 1;
   },

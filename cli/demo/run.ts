@@ -94,18 +94,36 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
     const runs: RestoreOutcome[] = [];
     for (const mode of o.compare ? (['lazy', 'eager'] as const) : (['lazy'] as const)) {
       o.onProgress?.(`${mode} restore into a fresh process`);
-      const job: RestoreJob = { mode, stores: [path.resolve(o.store)], id: o.id, size: o.size, chunkSize: o.chunkSize, touch, digests: ready.digests };
+      const job: RestoreJob = {
+        mode,
+        stores: [path.resolve(o.store)],
+        id: o.id,
+        size: o.size,
+        chunkSize: o.chunkSize,
+        touch,
+        digests: ready.digests,
+      };
       const jobFile = path.join(work, `${mode}.json`);
       writeFileSync(jobFile, JSON.stringify(job));
       const child = start('./restore-proc.js', [jobFile]);
       children.add(child);
-      const out = await firstLine<RestoreOutcome | RestoreFailure>(child, `the ${mode} restore process`, o.signal);
+      const out = await firstLine<RestoreOutcome | RestoreFailure>(
+        child,
+        `the ${mode} restore process`,
+        o.signal,
+      );
       await once(child, 'exit');
       children.delete(child);
       if ('error' in out) throw new LazysnapError(out.error.code as never, out.error.message);
       runs.push(out);
     }
-    return { source: { pid: ready.pid, size: o.size, records: ready.records, buildMs: ready.buildMs }, snapshot: { ...summary, store: path.resolve(o.store) }, chunks, touched: touch.length, runs };
+    return {
+      source: { pid: ready.pid, size: o.size, records: ready.records, buildMs: ready.buildMs },
+      snapshot: { ...summary, store: path.resolve(o.store) },
+      chunks,
+      touched: touch.length,
+      runs,
+    };
   } finally {
     for (const c of children) c.kill('SIGKILL');
     rmSync(work, { recursive: true, force: true });

@@ -29,8 +29,20 @@ const t0 = performance.now();
 const records = buildDataset(bytes, seed);
 const buildMs = performance.now() - t0;
 const digests: string[] = [];
-for (let off = 0; off < size; off += chunkSize) digests.push(createHash('sha256').update(bytes.subarray(off, Math.min(size, off + chunkSize))).digest('hex'));
-const ready: SourceReady = { pid: process.pid, address: `0x${addressOf(bytes).toString(16)}`, size, records, buildMs, digests };
+for (let off = 0; off < size; off += chunkSize)
+  digests.push(
+    createHash('sha256')
+      .update(bytes.subarray(off, Math.min(size, off + chunkSize)))
+      .digest('hex'),
+  );
+const ready: SourceReady = {
+  pid: process.pid,
+  address: `0x${addressOf(bytes).toString(16)}`,
+  size,
+  records,
+  buildMs,
+  digests,
+};
 process.stdout.write(`${JSON.stringify(ready)}\n`);
 process.stdin.resume();
 process.stdin.on('end', () => process.exit(0));

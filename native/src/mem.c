@@ -19,7 +19,8 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   uint64_t len;
   bool huge;
-  if (!get_args(env, info, 2, argv, NULL) || !arg_u64(env, argv[0], "length", &len) || !arg_bool(env, argv[1], "hugetlb", &huge))
+  if (!get_args(env, info, 2, argv, NULL) || !arg_u64(env, argv[0], "length", &len) ||
+      !arg_bool(env, argv[1], "hugetlb", &huge))
     return NULL;
   uint64_t align = huge ? 2097152 : 4096;
   if (len == 0 || len % align) {
@@ -36,7 +37,8 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
 static napi_value js_munmap(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   uint64_t addr, len;
-  if (!get_args(env, info, 2, argv, NULL) || !arg_u64(env, argv[0], "address", &addr) || !arg_u64(env, argv[1], "length", &len))
+  if (!get_args(env, info, 2, argv, NULL) || !arg_u64(env, argv[0], "address", &addr) ||
+      !arg_u64(env, argv[1], "length", &len))
     return NULL;
   if (munmap((void *)(uintptr_t)addr, len) != 0) return throw_errno(env, errno, "munmap"), NULL;
   return make_undefined(env);
@@ -83,7 +85,8 @@ static napi_value js_pvm_read(napi_env env, napi_callback_info info) {
 static napi_value js_kill(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   int32_t pid, sig;
-  if (!get_args(env, info, 2, argv, NULL) || !arg_i32(env, argv[0], "pid", &pid) || !arg_i32(env, argv[1], "signal", &sig))
+  if (!get_args(env, info, 2, argv, NULL) || !arg_i32(env, argv[0], "pid", &pid) ||
+      !arg_i32(env, argv[1], "signal", &sig))
     return NULL;
   if (pid <= 0) {
     throw_arg(env, "pid must be a positive process id, received %d (process groups are not signalled)", pid);
@@ -99,7 +102,8 @@ static napi_value js_kill(napi_env env, napi_callback_info info) {
 static napi_value js_ab_at(napi_env env, napi_callback_info info) {
   napi_value argv[2], ab;
   uint64_t addr, len;
-  if (!get_args(env, info, 2, argv, NULL) || !arg_u64(env, argv[0], "address", &addr) || !arg_u64(env, argv[1], "length", &len))
+  if (!get_args(env, info, 2, argv, NULL) || !arg_u64(env, argv[0], "address", &addr) ||
+      !arg_u64(env, argv[1], "length", &len))
     return NULL;
   if (addr == 0 || len == 0) {
     throw_arg(env, "address and length must be non-zero");
@@ -120,10 +124,13 @@ static napi_value js_addr_of(napi_env env, napi_callback_info info) {
 
 napi_value mem_init(napi_env env, napi_value exports) {
   if (!export_fn(env, exports, "mmapAnonymous", js_mmap) || !export_fn(env, exports, "munmap", js_munmap) ||
-      !export_fn(env, exports, "madvise", js_madvise) || !export_fn(env, exports, "processVmRead", js_pvm_read) ||
-      !export_fn(env, exports, "kill", js_kill) || !export_fn(env, exports, "arrayBufferAt", js_ab_at) ||
-      !export_fn(env, exports, "addressOf", js_addr_of) || !export_int(env, exports, "MADV_DONTNEED", MADV_DONTNEED) ||
-      !export_int(env, exports, "MADV_REMOVE", MADV_REMOVE) || !export_int(env, exports, "MADV_WILLNEED", MADV_WILLNEED) ||
+      !export_fn(env, exports, "madvise", js_madvise) ||
+      !export_fn(env, exports, "processVmRead", js_pvm_read) || !export_fn(env, exports, "kill", js_kill) ||
+      !export_fn(env, exports, "arrayBufferAt", js_ab_at) ||
+      !export_fn(env, exports, "addressOf", js_addr_of) ||
+      !export_int(env, exports, "MADV_DONTNEED", MADV_DONTNEED) ||
+      !export_int(env, exports, "MADV_REMOVE", MADV_REMOVE) ||
+      !export_int(env, exports, "MADV_WILLNEED", MADV_WILLNEED) ||
       !export_int(env, exports, "PAGE_SIZE", sysconf(_SC_PAGESIZE)))
     return NULL;
   return exports;

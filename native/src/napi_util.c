@@ -81,7 +81,8 @@ bool arg_u64(napi_env env, napi_value v, const char *name, uint64_t *out) {
 
 bool arg_i32(napi_env env, napi_value v, const char *name, int32_t *out) {
   double d;
-  if (type_of(env, v) != napi_number || napi_get_value_double(env, v, &d) != napi_ok || d != (double)(int32_t)d) {
+  if (type_of(env, v) != napi_number || napi_get_value_double(env, v, &d) != napi_ok ||
+      d != (double)(int32_t)d) {
     throw_arg(env, "%s must be a 32-bit integer", name);
     return false;
   }
@@ -91,8 +92,8 @@ bool arg_i32(napi_env env, napi_value v, const char *name, int32_t *out) {
 
 bool arg_u32(napi_env env, napi_value v, const char *name, uint32_t *out) {
   double d;
-  if (type_of(env, v) != napi_number || napi_get_value_double(env, v, &d) != napi_ok || d < 0 || d > 4294967295.0 ||
-      d != (double)(uint32_t)d) {
+  if (type_of(env, v) != napi_number || napi_get_value_double(env, v, &d) != napi_ok || d < 0 ||
+      d > 4294967295.0 || d != (double)(uint32_t)d) {
     throw_arg(env, "%s must be an unsigned 32-bit integer", name);
     return false;
   }
@@ -135,9 +136,14 @@ bool arg_bytes(napi_env env, napi_value v, const char *name, uint8_t **data, siz
     napi_get_typedarray_info(env, v, &tt, &n, &p, &ab, &off);
     size_t elt = 1;
     switch (tt) {
-      case napi_int16_array: case napi_uint16_array: elt = 2; break;
-      case napi_int32_array: case napi_uint32_array: case napi_float32_array: elt = 4; break;
-      case napi_float64_array: case napi_bigint64_array: case napi_biguint64_array: elt = 8; break;
+      case napi_int16_array:
+      case napi_uint16_array: elt = 2; break;
+      case napi_int32_array:
+      case napi_uint32_array:
+      case napi_float32_array: elt = 4; break;
+      case napi_float64_array:
+      case napi_bigint64_array:
+      case napi_biguint64_array: elt = 8; break;
       default: break;
     }
     *data = p;
@@ -207,7 +213,8 @@ bool set_named(napi_env env, napi_value obj, const char *key, napi_value v) {
 }
 bool export_fn(napi_env env, napi_value exports, const char *name, napi_callback fn) {
   napi_value f;
-  return napi_create_function(env, name, NAPI_AUTO_LENGTH, fn, NULL, &f) == napi_ok && set_named(env, exports, name, f);
+  return napi_create_function(env, name, NAPI_AUTO_LENGTH, fn, NULL, &f) == napi_ok &&
+         set_named(env, exports, name, f);
 }
 bool export_int(napi_env env, napi_value exports, const char *name, int64_t v) {
   napi_value n;

@@ -10,12 +10,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define NAPI_OK(env, call)                                        \
-  do {                                                            \
-    if ((call) != napi_ok) {                                      \
-      napi_throw_error((env), "LAZYSNAP_NATIVE", #call " failed"); \
-      return NULL;                                                \
-    }                                                             \
+#define NAPI_OK(env, call)                                                                                   \
+  do {                                                                                                       \
+    if ((call) != napi_ok) {                                                                                 \
+      napi_throw_error((env), "LAZYSNAP_NATIVE", #call " failed");                                           \
+      return NULL;                                                                                           \
+    }                                                                                                        \
   } while (0)
 
 /* Throws an Error shaped like Node's system errors: message "EEXIST: file exists, ioctl(UFFDIO_COPY)",
@@ -26,7 +26,7 @@ napi_value make_errno_error(napi_env env, int err, const char *syscall);
 void throw_arg(napi_env env, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 bool get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv, napi_value *self);
-bool arg_u64(napi_env env, napi_value v, const char *name, uint64_t *out);  /* bigint or safe integer */
+bool arg_u64(napi_env env, napi_value v, const char *name, uint64_t *out); /* bigint or safe integer */
 bool arg_i32(napi_env env, napi_value v, const char *name, int32_t *out);
 bool arg_u32(napi_env env, napi_value v, const char *name, uint32_t *out);
 bool arg_fd(napi_env env, napi_value v, const char *name, int *out);
@@ -36,7 +36,7 @@ bool arg_bytes(napi_env env, napi_value v, const char *name, uint8_t **data, siz
 bool arg_string(napi_env env, napi_value v, const char *name, char *buf, size_t cap);
 bool prop(napi_env env, napi_value obj, const char *key, napi_value *out); /* false if undefined */
 
-napi_value make_u64(napi_env env, uint64_t v);    /* a Number (counters stay below 2^53) */
+napi_value make_u64(napi_env env, uint64_t v); /* a Number (counters stay below 2^53) */
 napi_value make_bigint(napi_env env, uint64_t v);
 napi_value make_i32(napi_env env, int32_t v);
 napi_value make_undefined(napi_env env);

@@ -30,14 +30,17 @@ static const napi_type_tag SESSION_TAG = {0x6c617a79736e6170ULL, 0x73657373696f6
 
 static void session_unref(session_t *s) {
   if (atomic_fetch_sub(&s->ref, 1) != 1) return;
-  free(s->need.v), free(s->installed.v), free(s->poisoned.v), free(s->missing.v), free(s->touched.v), free(s->errs);
+  free(s->need.v), free(s->installed.v), free(s->poisoned.v), free(s->missing.v), free(s->touched.v),
+      free(s->errs);
   free(s->q), free(s->regions), free(s->zero_page);
   pthread_mutex_destroy(&s->qmu);
   pthread_mutex_destroy(&s->omu);
   free(s);
 }
 
-static void tsfn_finalize(napi_env env, void *data, void *hint) { session_unref(data); }
+static void tsfn_finalize(napi_env env, void *data, void *hint) {
+  session_unref(data);
+}
 
 /* ---- JS bindings ------------------------------------------------------------------------------ */
 
@@ -81,8 +84,8 @@ static void session_finalize(napi_env env, void *data, void *hint) {
 static bool parse_regions(napi_env env, napi_value arr, session_t *s) {
   bool is;
   uint32_t n;
-  if (napi_is_array(env, arr, &is) != napi_ok || !is || napi_get_array_length(env, arr, &n) != napi_ok || n == 0 ||
-      n > 1024) {
+  if (napi_is_array(env, arr, &is) != napi_ok || !is || napi_get_array_length(env, arr, &n) != napi_ok ||
+      n == 0 || n > 1024) {
     throw_arg(env, "regions must be an array of 1 to 1024 {base, size, offset} objects");
     return false;
   }
@@ -145,7 +148,8 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
     return NULL;
   }
   if (table->total_size % ps) {
-    throw_arg(env, "the snapshot size (%llu) must be a multiple of pageSize", (unsigned long long)table->total_size);
+    throw_arg(env, "the snapshot size (%llu) must be a multiple of pageSize",
+              (unsigned long long)table->total_size);
     return NULL;
   }
   session_t *s = calloc(1, sizeof *s);
@@ -162,7 +166,8 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   s->created_ns = monotonic_ns();
   s->chunk_size = table->chunk_size;
   s->total_size = table->total_size;
-  if (prop(env, argv[1], "reportTouches", &v) && !arg_bool(env, v, "reportTouches", &s->report_touches)) goto fail;
+  if (prop(env, argv[1], "reportTouches", &v) && !arg_bool(env, v, "reportTouches", &s->report_touches))
+    goto fail;
   if (!prop(env, argv[1], "regions", &v)) {
     throw_arg(env, "options.regions is required");
     goto fail;
@@ -189,8 +194,8 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   }
   napi_value name;
   napi_create_string_utf8(env, "lazysnap.session", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_threadsafe_function(env, argv[2], NULL, name, 0, 1, s, tsfn_finalize, s, session_call_js, &s->tsfn) !=
-      napi_ok) {
+  if (napi_create_threadsafe_function(env, argv[2], NULL, name, 0, 1, s, tsfn_finalize, s, session_call_js,
+                                      &s->tsfn) != napi_ok) {
     throw_errno(env, EAGAIN, "napi_create_threadsafe_function");
     goto fail;
   }
@@ -264,8 +269,12 @@ static napi_value push_commands(napi_env env, napi_callback_info info, uint32_t 
   }
   return make_undefined(env);
 }
-static napi_value js_install(napi_env env, napi_callback_info info) { return push_commands(env, info, CMD_INSTALL); }
-static napi_value js_poison(napi_env env, napi_callback_info info) { return push_commands(env, info, CMD_POISON); }
+static napi_value js_install(napi_env env, napi_callback_info info) {
+  return push_commands(env, info, CMD_INSTALL);
+}
+static napi_value js_poison(napi_env env, napi_callback_info info) {
+  return push_commands(env, info, CMD_POISON);
+}
 
 static napi_value js_stats(napi_env env, napi_callback_info info) {
   napi_value argv[1], o;
@@ -288,8 +297,10 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
 }
 
 napi_value session_init(napi_env env, napi_value exports) {
-  if (!export_fn(env, exports, "sessionCreate", js_create) || !export_fn(env, exports, "sessionInstall", js_install) ||
-      !export_fn(env, exports, "sessionPoison", js_poison) || !export_fn(env, exports, "sessionStats", js_stats) ||
+  if (!export_fn(env, exports, "sessionCreate", js_create) ||
+      !export_fn(env, exports, "sessionInstall", js_install) ||
+      !export_fn(env, exports, "sessionPoison", js_poison) ||
+      !export_fn(env, exports, "sessionStats", js_stats) ||
       !export_fn(env, exports, "sessionClose", js_close))
     return NULL;
   return exports;

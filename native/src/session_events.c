@@ -48,4 +48,3 @@ void session_call_js(napi_env env, napi_value cb, void *context, void *data) {
     napi_fatal_exception(env, e);
   }
 }
-

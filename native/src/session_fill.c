@@ -52,7 +52,8 @@ uint64_t monotonic_ns(void) {
 
 void mark_served(session_t *s) {
   if (atomic_load_explicit(&s->stats[ST_firstServedNs], memory_order_relaxed) == 0)
-    atomic_store_explicit(&s->stats[ST_firstServedNs], monotonic_ns() - s->created_ns + 1, memory_order_relaxed);
+    atomic_store_explicit(&s->stats[ST_firstServedNs], monotonic_ns() - s->created_ns + 1,
+                          memory_order_relaxed);
 }
 
 static int do_fill(session_t *s, uffd_fill_mode mode, uint64_t dst, const void *src, uint64_t len) {
@@ -60,9 +61,12 @@ static int do_fill(session_t *s, uffd_fill_mode mode, uint64_t dst, const void *
   uint64_t done = 0;
   int r = uffd_fill(s->uffd, mode, dst, src, len, s->page_size, true, &st, &done);
   if (st.bytes && mode != UFFD_FILL_POISON) mark_served(s);
-  if (mode == UFFD_FILL_COPY) STAT_ADD(s, bytesCopied, st.bytes);
-  else if (mode == UFFD_FILL_ZERO) STAT_ADD(s, bytesZeroed, st.bytes);
-  else STAT_ADD(s, bytesPoisoned, st.bytes);
+  if (mode == UFFD_FILL_COPY)
+    STAT_ADD(s, bytesCopied, st.bytes);
+  else if (mode == UFFD_FILL_ZERO)
+    STAT_ADD(s, bytesZeroed, st.bytes);
+  else
+    STAT_ADD(s, bytesPoisoned, st.bytes);
   if (st.eexist_pages) STAT_ADD(s, pagesPresent, st.eexist_pages);
   if (st.partials) STAT_ADD(s, partialCopies, st.partials);
   return r;
@@ -95,7 +99,7 @@ static int copy_range(session_t *s, uint64_t dst, const uint8_t *src, uint64_t o
 /* Fills snapshot range [lo, hi) in every region it touches: from src (the bytes of the chunk that
  * starts at chunk_lo), zeros (src NULL, mode ZERO) or poison. */
 int fill_span(session_t *s, uint64_t lo, uint64_t hi, uint64_t chunk_lo, const uint8_t *src,
-                     uffd_fill_mode mode) {
+              uffd_fill_mode mode) {
   for (uint32_t i = 0; i < s->nregions; i++) {
     const region_t *r = &s->regions[i];
     uint64_t a = lo > r->offset ? lo : r->offset;
@@ -103,9 +107,12 @@ int fill_span(session_t *s, uint64_t lo, uint64_t hi, uint64_t chunk_lo, const u
     if (a >= b) continue;
     uint64_t dst = r->base + (a - r->offset);
     int rc;
-    if (mode == UFFD_FILL_POISON) rc = do_fill(s, UFFD_FILL_POISON, dst, NULL, b - a);
-    else if (src) rc = copy_range(s, dst, src + (a - chunk_lo), a, b - a);
-    else rc = zero_range(s, dst, b - a);
+    if (mode == UFFD_FILL_POISON)
+      rc = do_fill(s, UFFD_FILL_POISON, dst, NULL, b - a);
+    else if (src)
+      rc = copy_range(s, dst, src + (a - chunk_lo), a, b - a);
+    else
+      rc = zero_range(s, dst, b - a);
     if (rc) return rc;
   }
   return 0;

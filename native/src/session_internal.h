@@ -17,20 +17,32 @@ enum { CMD_INSTALL = 1, CMD_POISON = 2 };
 /* Per-session chunk state, owned by the fault thread. */
 enum { CS_NONE = 0, CS_REQUESTED = 1, CS_INSTALLED = 2 };
 
-typedef struct { uint32_t op, chunk; } cmd_t;
-typedef struct { uint64_t base, size, offset; } region_t;
-typedef struct { uint32_t chunk; int err; const char *syscall; } report_t;
-typedef struct { uint32_t *v; size_t n, cap; } u32vec;
+typedef struct {
+  uint32_t op, chunk;
+} cmd_t;
+typedef struct {
+  uint64_t base, size, offset;
+} region_t;
+typedef struct {
+  uint32_t chunk;
+  int err;
+  const char *syscall;
+} report_t;
+typedef struct {
+  uint32_t *v;
+  size_t n, cap;
+} u32vec;
 
-#define STATS(X)                                                                                      \
-  X(faults) X(zeroFaults) X(residentFaults) X(removedFaults) X(forwardedFaults) X(staleFaults)        \
-  X(removes) X(unknownEvents) X(installs) X(poisons) X(missing) X(bytesCopied) X(bytesZeroed)         \
-  X(bytesPoisoned) X(pagesPresent) X(partialCopies) X(mmapChangingRetries) X(notifications) X(firstServedNs)
+#define STATS(X)                                                                                             \
+  X(faults)                                                                                                  \
+  X(zeroFaults) X(residentFaults) X(removedFaults) X(forwardedFaults) X(staleFaults) X(removes)              \
+      X(unknownEvents) X(installs) X(poisons) X(missing) X(bytesCopied) X(bytesZeroed) X(bytesPoisoned)      \
+          X(pagesPresent) X(partialCopies) X(mmapChangingRetries) X(notifications) X(firstServedNs)
 enum {
 #define X(n) ST_##n,
   STATS(X)
 #undef X
-  ST_COUNT
+      ST_COUNT
 };
 typedef struct session {
   atomic_uint ref; /* the JS handle + the thread-safe function */
@@ -72,7 +84,6 @@ typedef struct session {
   uint64_t created_ns; /* CLOCK_MONOTONIC at creation, for firstServedNs */
 } session_t;
 
-
 #define STAT_ADD(s, name, v) atomic_fetch_add_explicit(&(s)->stats[ST_##name], (v), memory_order_relaxed)
 
 /* Grows *p (n elements of size sz, capacity *cap) to hold one more. Allocation happens only when a
@@ -99,7 +110,8 @@ const region_t *region_of(const session_t *s, uint64_t addr);
 bool is_removed(const session_t *s, uint64_t off);
 bool mark_removed(session_t *s, uint64_t start, uint64_t end);
 int zero_range(session_t *s, uint64_t dst, uint64_t len);
-int fill_span(session_t *s, uint64_t lo, uint64_t hi, uint64_t chunk_lo, const uint8_t *src, uffd_fill_mode mode);
+int fill_span(session_t *s, uint64_t lo, uint64_t hi, uint64_t chunk_lo, const uint8_t *src,
+              uffd_fill_mode mode);
 int fill_chunk(session_t *s, uint32_t c, const uint8_t *src, uffd_fill_mode mode);
 
 /* session_events.c: the thread-safe function's call_js */

@@ -74,8 +74,10 @@ static int resolve(session_t *s, uint64_t addr) {
      * the page was lost some other way. Resolve just this page; EEXIST (the usual case) wakes it. */
     STAT_ADD(s, staleFaults, 1);
     uint64_t plo = off, phi = off + s->page_size;
-    if (st == CHUNK_RESIDENT) rc = fill_span(s, plo, phi, (uint64_t)c * s->chunk_size, data, UFFD_FILL_COPY);
-    else if (st == CHUNK_ZERO) rc = fill_span(s, plo, phi, plo, NULL, UFFD_FILL_ZERO);
+    if (st == CHUNK_RESIDENT)
+      rc = fill_span(s, plo, phi, (uint64_t)c * s->chunk_size, data, UFFD_FILL_COPY);
+    else if (st == CHUNK_ZERO)
+      rc = fill_span(s, plo, phi, plo, NULL, UFFD_FILL_ZERO);
     else {
       s->cstate[c] = CS_REQUESTED;
       out_chunk(s, &s->need, c);
@@ -112,7 +114,8 @@ static int run_command(session_t *s, cmd_t cmd) {
   if (cmd.op == CMD_POISON) {
     int rc = fill_chunk(s, c, NULL, UFFD_FILL_POISON);
     if (rc == -EAGAIN) return rc;
-    if (rc) classify(s, rc, c, "ioctl(UFFDIO_POISON)");
+    if (rc)
+      classify(s, rc, c, "ioctl(UFFDIO_POISON)");
     else {
       STAT_ADD(s, poisons, 1);
       s->cstate[c] = CS_INSTALLED;
@@ -165,7 +168,8 @@ static int drain_events(session_t *s) {
           STAT_ADD(s, faults, 1);
           if (grow((void **)&s->faults, s->nfaults, &s->capfaults, sizeof *s->faults))
             s->faults[s->nfaults++] = m->arg.pagefault.address;
-          else out_error(s, UINT32_MAX, ENOMEM, "realloc(fault queue)");
+          else
+            out_error(s, UINT32_MAX, ENOMEM, "realloc(fault queue)");
           break;
         case UFFD_EVENT_REMOVE:
           STAT_ADD(s, removes, 1);
@@ -178,9 +182,7 @@ static int drain_events(session_t *s) {
           close((int)m->arg.fork.ufd);
           STAT_ADD(s, unknownEvents, 1);
           break;
-        default:
-          STAT_ADD(s, unknownEvents, 1);
-          break;
+        default: STAT_ADD(s, unknownEvents, 1); break;
       }
     }
     if (cnt < sizeof msgs / sizeof msgs[0]) return 0;
@@ -213,7 +215,8 @@ static int process(session_t *s) {
 
 static bool has_output(session_t *s) {
   pthread_mutex_lock(&s->omu);
-  bool any = s->need.n || s->installed.n || s->poisoned.n || s->missing.n || s->touched.n || s->nerrs || s->out_exited;
+  bool any = s->need.n || s->installed.n || s->poisoned.n || s->missing.n || s->touched.n || s->nerrs ||
+             s->out_exited;
   pthread_mutex_unlock(&s->omu);
   return any;
 }

@@ -28,7 +28,8 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   struct sockaddr_un a;
   int32_t backlog;
-  if (!get_args(env, info, 2, argv, NULL) || !unix_addr(env, argv[0], &a) || !arg_i32(env, argv[1], "backlog", &backlog))
+  if (!get_args(env, info, 2, argv, NULL) || !unix_addr(env, argv[0], &a) ||
+      !arg_i32(env, argv[1], "backlog", &backlog))
     return NULL;
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, errno, "socket"), NULL;
@@ -157,8 +158,8 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
       !arg_bytes(env, argv[1], "data", &data, &len))
     return NULL;
   bool is;
-  if (napi_is_array(env, argv[2], &is) != napi_ok || !is || napi_get_array_length(env, argv[2], &nf) != napi_ok ||
-      nf > 253) {
+  if (napi_is_array(env, argv[2], &is) != napi_ok || !is ||
+      napi_get_array_length(env, argv[2], &nf) != napi_ok || nf > 253) {
     throw_arg(env, "fds must be an array of at most 253 file descriptors");
     return NULL;
   }
@@ -195,7 +196,8 @@ static napi_value js_peercred(napi_env env, napi_callback_info info) {
   if (!get_args(env, info, 1, argv, NULL) || !arg_fd(env, argv[0], "fd", &fd)) return NULL;
   struct ucred cr;
   socklen_t l = sizeof cr;
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &l) != 0) return throw_errno(env, errno, "getsockopt(SO_PEERCRED)"), NULL;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &l) != 0)
+    return throw_errno(env, errno, "getsockopt(SO_PEERCRED)"), NULL;
   NAPI_OK(env, napi_create_object(env, &o));
   set_named(env, o, "pid", make_i32(env, cr.pid));
   set_named(env, o, "uid", make_u64(env, cr.uid));
@@ -227,9 +229,11 @@ static napi_value js_pidfd_signal(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   int fd;
   int32_t sig;
-  if (!get_args(env, info, 2, argv, NULL) || !arg_fd(env, argv[0], "pidfd", &fd) || !arg_i32(env, argv[1], "signal", &sig))
+  if (!get_args(env, info, 2, argv, NULL) || !arg_fd(env, argv[0], "pidfd", &fd) ||
+      !arg_i32(env, argv[1], "signal", &sig))
     return NULL;
-  if (syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0) != 0) return throw_errno(env, errno, "pidfd_send_signal"), NULL;
+  if (syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0) != 0)
+    return throw_errno(env, errno, "pidfd_send_signal"), NULL;
   return make_undefined(env);
 }
 
@@ -243,11 +247,15 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
 }
 
 napi_value sock_init(napi_env env, napi_value exports) {
-  if (!export_fn(env, exports, "sockListen", js_listen) || !export_fn(env, exports, "sockAccept", js_accept) ||
+  if (!export_fn(env, exports, "sockListen", js_listen) ||
+      !export_fn(env, exports, "sockAccept", js_accept) ||
       !export_fn(env, exports, "sockConnect", js_connect) || !export_fn(env, exports, "sockRecv", js_recv) ||
-      !export_fn(env, exports, "sockSend", js_send) || !export_fn(env, exports, "sockPeerCred", js_peercred) ||
-      !export_fn(env, exports, "sockPeerPidfd", js_peerpidfd) || !export_fn(env, exports, "pidfdOpen", js_pidfd_open) ||
-      !export_fn(env, exports, "pidfdSendSignal", js_pidfd_signal) || !export_fn(env, exports, "closeFd", js_close))
+      !export_fn(env, exports, "sockSend", js_send) ||
+      !export_fn(env, exports, "sockPeerCred", js_peercred) ||
+      !export_fn(env, exports, "sockPeerPidfd", js_peerpidfd) ||
+      !export_fn(env, exports, "pidfdOpen", js_pidfd_open) ||
+      !export_fn(env, exports, "pidfdSendSignal", js_pidfd_signal) ||
+      !export_fn(env, exports, "closeFd", js_close))
     return NULL;
   return exports;
 }

@@ -11,7 +11,9 @@ static const napi_type_tag TABLE_TAG = {0x6c617a79736e6170ULL, 0x7461626c6500000
 
 #define HUGE_2M (2ull << 20)
 
-void table_ref(table_t *t) { atomic_fetch_add(&t->ref, 1); }
+void table_ref(table_t *t) {
+  atomic_fetch_add(&t->ref, 1);
+}
 
 void table_unref(table_t *t) {
   if (atomic_fetch_sub(&t->ref, 1) != 1) return;
@@ -56,11 +58,15 @@ void table_release(table_t *t, uint32_t i) {
 static void drop_resident_locked(table_t *t, uint32_t i) {
   t->resident_bytes -= table_chunk_len(t, i);
   t->resident_chunks--;
-  if (t->readers[i]) t->discard[i] = 1;
-  else discard_locked(t, i);
+  if (t->readers[i])
+    t->discard[i] = 1;
+  else
+    discard_locked(t, i);
 }
 
-static void table_finalize(napi_env env, void *data, void *hint) { table_unref(data); }
+static void table_finalize(napi_env env, void *data, void *hint) {
+  table_unref(data);
+}
 
 table_t *table_from_js(napi_env env, napi_value v) {
   bool ok = false;
@@ -110,7 +116,8 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   uint64_t len = (total + HUGE_2M - 1) & ~(HUGE_2M - 1);
   uint8_t *raw = MAP_FAILED;
   if (t && t->state && t->readers && t->discard)
-    raw = mmap(NULL, len + HUGE_2M, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    raw =
+        mmap(NULL, len + HUGE_2M, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (raw == MAP_FAILED) {
     int e = t && t->state && t->readers && t->discard ? errno : ENOMEM;
     if (t) free(t->state), free(t->readers), free(t->discard);
@@ -147,7 +154,8 @@ static napi_value js_put(napi_env env, napi_callback_info info) {
   if (!t || !arg_chunk(env, t, argv[1], &i) || !arg_bytes(env, argv[2], "bytes", &data, &len)) return NULL;
   uint64_t want = table_chunk_len(t, i);
   if (len != want) {
-    throw_arg(env, "bytes for chunk %u must be %llu bytes long, received %zu", i, (unsigned long long)want, len);
+    throw_arg(env, "bytes for chunk %u must be %llu bytes long, received %zu", i, (unsigned long long)want,
+              len);
     return NULL;
   }
   /* A copy into the arena, not a reference to the JS buffer: a fault thread may read it at any
@@ -261,7 +269,8 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
 
 napi_value table_init(napi_env env, napi_value exports) {
   if (!export_fn(env, exports, "tableCreate", js_create) || !export_fn(env, exports, "tablePut", js_put) ||
-      !export_fn(env, exports, "tableSetZero", js_set_zero) || !export_fn(env, exports, "tableMarkZero", js_mark_zero) ||
+      !export_fn(env, exports, "tableSetZero", js_set_zero) ||
+      !export_fn(env, exports, "tableMarkZero", js_mark_zero) ||
       !export_fn(env, exports, "tableEvict", js_evict) || !export_fn(env, exports, "tableState", js_state) ||
       !export_fn(env, exports, "tableStats", js_stats))
     return NULL;

@@ -52,20 +52,24 @@ static int fill_once(int fd, uffd_fill_mode mode, uint64_t dst, const void *src,
   int r;
   switch (mode) {
     case UFFD_FILL_COPY: {
-      struct uffdio_copy c = {
-          .dst = dst, .src = (uint64_t)(uintptr_t)src, .len = len, .mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE};
+      struct uffdio_copy c = {.dst = dst,
+                              .src = (uint64_t)(uintptr_t)src,
+                              .len = len,
+                              .mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE};
       r = ioctl(fd, UFFDIO_COPY, &c);
       *count = c.copy;
       break;
     }
     case UFFD_FILL_ZERO: {
-      struct uffdio_zeropage z = {.range = {.start = dst, .len = len}, .mode = wake ? 0 : UFFDIO_ZEROPAGE_MODE_DONTWAKE};
+      struct uffdio_zeropage z = {.range = {.start = dst, .len = len},
+                                  .mode = wake ? 0 : UFFDIO_ZEROPAGE_MODE_DONTWAKE};
       r = ioctl(fd, UFFDIO_ZEROPAGE, &z);
       *count = z.zeropage;
       break;
     }
     default: {
-      struct uffdio_poison p = {.range = {.start = dst, .len = len}, .mode = wake ? 0 : UFFDIO_POISON_MODE_DONTWAKE};
+      struct uffdio_poison p = {.range = {.start = dst, .len = len},
+                                .mode = wake ? 0 : UFFDIO_POISON_MODE_DONTWAKE};
       r = ioctl(fd, UFFDIO_POISON, &p);
       *count = p.updated;
       break;
@@ -74,8 +78,8 @@ static int fill_once(int fd, uffd_fill_mode mode, uint64_t dst, const void *src,
   return r == 0 ? 0 : -errno;
 }
 
-int uffd_fill(int fd, uffd_fill_mode mode, uint64_t dst, const void *src, uint64_t len, uint64_t page_size, bool wake,
-              uffd_fill_stats *st, uint64_t *done) {
+int uffd_fill(int fd, uffd_fill_mode mode, uint64_t dst, const void *src, uint64_t len, uint64_t page_size,
+              bool wake, uffd_fill_stats *st, uint64_t *done) {
   uint64_t off = 0;
   while (off < len) {
     /* The kernel leaves the count field untouched when it bails out early (mmap_changing), so a zero

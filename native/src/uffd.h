@@ -20,8 +20,8 @@
 #define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
 #endif
 #ifndef UFFD_FEATURE_POISON /* Linux 6.6 */
-#define UFFD_FEATURE_POISON (1 << 14)
-#define _UFFDIO_POISON (0x08)
+#define UFFD_FEATURE_POISON         (1 << 14)
+#define _UFFDIO_POISON              (0x08)
 #define UFFDIO_POISON_MODE_DONTWAKE ((__u64)1 << 0)
 struct uffdio_poison {
   struct uffdio_range range;
@@ -59,7 +59,7 @@ int uffd_wake(int fd, uint64_t start, uint64_t len);
  * Returns 0 when the range is done; -EAGAIN (mmap changing) or another -errno with *done = bytes
  * finished so far, so the caller can drain events and resume at dst + *done.
  * wake=false passes DONTWAKE: the caller wakes the range itself. */
-int uffd_fill(int fd, uffd_fill_mode mode, uint64_t dst, const void *src, uint64_t len, uint64_t page_size, bool wake,
-              uffd_fill_stats *st, uint64_t *done);
+int uffd_fill(int fd, uffd_fill_mode mode, uint64_t dst, const void *src, uint64_t len, uint64_t page_size,
+              bool wake, uffd_fill_stats *st, uint64_t *done);
 
 #endif

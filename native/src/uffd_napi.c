@@ -28,7 +28,8 @@ static napi_value js_api(napi_env env, napi_callback_info info) {
   napi_value argv[2], o;
   int fd;
   uint64_t feat, avail = 0, ioctls = 0;
-  if (!get_args(env, info, 2, argv, NULL) || !arg_fd(env, argv[0], "fd", &fd) || !arg_u64(env, argv[1], "features", &feat))
+  if (!get_args(env, info, 2, argv, NULL) || !arg_fd(env, argv[0], "fd", &fd) ||
+      !arg_u64(env, argv[1], "features", &feat))
     return NULL;
   int r = uffd_api(fd, feat, &avail, &ioctls);
   if (r) return throw_errno(env, -r, "ioctl(UFFDIO_API)"), NULL;
@@ -38,10 +39,10 @@ static napi_value js_api(napi_env env, napi_callback_info info) {
   return o;
 }
 
-static bool range_args(napi_env env, napi_callback_info info, size_t n, napi_value *argv, int *fd, uint64_t *a,
-                       uint64_t *len) {
-  return get_args(env, info, n, argv, NULL) && arg_fd(env, argv[0], "fd", fd) && arg_u64(env, argv[1], "address", a) &&
-         arg_u64(env, argv[2], "length", len);
+static bool range_args(napi_env env, napi_callback_info info, size_t n, napi_value *argv, int *fd,
+                       uint64_t *a, uint64_t *len) {
+  return get_args(env, info, n, argv, NULL) && arg_fd(env, argv[0], "fd", fd) &&
+         arg_u64(env, argv[1], "address", a) && arg_u64(env, argv[2], "length", len);
 }
 
 /* uffdRegister(fd, address, length, mode) → ioctls bitmask (bigint) valid on the range. */
@@ -90,7 +91,8 @@ static napi_value fill(napi_env env, napi_callback_info info, uffd_fill_mode mod
   uint64_t a, len = 0, ps = 4096;
   uint8_t *src = NULL;
   size_t slen;
-  if (!get_args(env, info, 4, argv, NULL) || !arg_fd(env, argv[0], "fd", &fd) || !arg_u64(env, argv[1], "address", &a))
+  if (!get_args(env, info, 4, argv, NULL) || !arg_fd(env, argv[0], "fd", &fd) ||
+      !arg_u64(env, argv[1], "address", &a))
     return NULL;
   if (mode == UFFD_FILL_COPY) {
     if (!arg_bytes(env, argv[2], "source", &src, &slen)) return NULL;
@@ -119,7 +121,9 @@ static napi_value fill(napi_env env, napi_callback_info info, uffd_fill_mode mod
   }
   return fill_result(env, &st);
 }
-static napi_value js_copy(napi_env env, napi_callback_info info) { return fill(env, info, UFFD_FILL_COPY, "ioctl(UFFDIO_COPY)"); }
+static napi_value js_copy(napi_env env, napi_callback_info info) {
+  return fill(env, info, UFFD_FILL_COPY, "ioctl(UFFDIO_COPY)");
+}
 static napi_value js_zero(napi_env env, napi_callback_info info) {
   return fill(env, info, UFFD_FILL_ZERO, "ioctl(UFFDIO_ZEROPAGE)");
 }
@@ -130,14 +134,16 @@ static napi_value js_poison(napi_env env, napi_callback_info info) {
 napi_value uffd_napi_init(napi_env env, napi_value exports) {
 #define C(n) export_int(env, exports, #n, (int64_t)(n))
   if (!export_fn(env, exports, "uffdCreate", js_create) || !export_fn(env, exports, "uffdApi", js_api) ||
-      !export_fn(env, exports, "uffdRegister", js_register) || !export_fn(env, exports, "uffdUnregister", js_unregister) ||
+      !export_fn(env, exports, "uffdRegister", js_register) ||
+      !export_fn(env, exports, "uffdUnregister", js_unregister) ||
       !export_fn(env, exports, "uffdWake", js_wake) || !export_fn(env, exports, "uffdCopy", js_copy) ||
-      !export_fn(env, exports, "uffdZeropage", js_zero) || !export_fn(env, exports, "uffdPoison", js_poison) ||
-      !C(UFFD_FEATURE_EVENT_REMOVE) || !C(UFFD_FEATURE_EVENT_FORK) || !C(UFFD_FEATURE_EVENT_UNMAP) ||
-      !C(UFFD_FEATURE_MISSING_HUGETLBFS) || !C(UFFD_FEATURE_SIGBUS) || !C(UFFD_FEATURE_THREAD_ID) ||
-      !C(UFFD_FEATURE_EXACT_ADDRESS) || !C(UFFD_FEATURE_POISON) || !C(UFFDIO_REGISTER_MODE_MISSING) ||
-      !C(UFFDIO_REGISTER_MODE_WP) || !C(UFFDIO_REGISTER_MODE_MINOR) || !C(_UFFDIO_COPY) || !C(_UFFDIO_ZEROPAGE) ||
-      !C(_UFFDIO_WAKE) || !C(_UFFDIO_POISON))
+      !export_fn(env, exports, "uffdZeropage", js_zero) ||
+      !export_fn(env, exports, "uffdPoison", js_poison) || !C(UFFD_FEATURE_EVENT_REMOVE) ||
+      !C(UFFD_FEATURE_EVENT_FORK) || !C(UFFD_FEATURE_EVENT_UNMAP) || !C(UFFD_FEATURE_MISSING_HUGETLBFS) ||
+      !C(UFFD_FEATURE_SIGBUS) || !C(UFFD_FEATURE_THREAD_ID) || !C(UFFD_FEATURE_EXACT_ADDRESS) ||
+      !C(UFFD_FEATURE_POISON) || !C(UFFDIO_REGISTER_MODE_MISSING) || !C(UFFDIO_REGISTER_MODE_WP) ||
+      !C(UFFDIO_REGISTER_MODE_MINOR) || !C(_UFFDIO_COPY) || !C(_UFFDIO_ZEROPAGE) || !C(_UFFDIO_WAKE) ||
+      !C(_UFFDIO_POISON))
     return NULL;
 #undef C
   return exports;

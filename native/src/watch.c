@@ -33,8 +33,10 @@ static void on_event(uv_poll_t *h, int status, int events) {
   napi_open_handle_scope(env, &scope);
   napi_value cb, argv[2], global, res;
   napi_get_reference_value(env, w->cb, &cb);
-  if (status < 0) argv[0] = make_errno_error(env, -status, "uv_poll");
-  else napi_get_null(env, &argv[0]);
+  if (status < 0)
+    argv[0] = make_errno_error(env, -status, "uv_poll");
+  else
+    napi_get_null(env, &argv[0]);
   argv[1] = make_i32(env, events);
   napi_get_global(env, &global);
   /* make_callback, not call_function: it runs the microtask queue afterwards, as any I/O callback. */
@@ -65,12 +67,14 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
   napi_value argv[3], ext, name;
   int fd;
   uint32_t ev;
-  if (!get_args(env, info, 3, argv, NULL) || !arg_fd(env, argv[0], "fd", &fd) || !arg_u32(env, argv[1], "events", &ev))
+  if (!get_args(env, info, 3, argv, NULL) || !arg_fd(env, argv[0], "fd", &fd) ||
+      !arg_u32(env, argv[1], "events", &ev))
     return NULL;
   napi_valuetype t;
   napi_typeof(env, argv[2], &t);
   if (t != napi_function || ev == 0 || ev > 7) {
-    throw_arg(env, "watchStart(fd, events 1..7, callback) needs a callback and readable|writable|disconnect bits");
+    throw_arg(env,
+              "watchStart(fd, events 1..7, callback) needs a callback and readable|writable|disconnect bits");
     return NULL;
   }
   uv_loop_t *loop;
@@ -118,6 +122,7 @@ static napi_value js_stop(napi_env env, napi_callback_info info) {
 }
 
 napi_value watch_init(napi_env env, napi_value exports) {
-  if (!export_fn(env, exports, "watchStart", js_start) || !export_fn(env, exports, "watchStop", js_stop)) return NULL;
+  if (!export_fn(env, exports, "watchStart", js_start) || !export_fn(env, exports, "watchStop", js_stop))
+    return NULL;
   return exports;
 }

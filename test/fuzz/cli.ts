@@ -19,33 +19,127 @@ import { main } from '../../cli/main.js';
 import { createRootLogger } from '../../core/logger.js';
 import { tempDir } from '../helpers/images.js';
 import { snapshotTo } from '../helpers/serve.js';
-import { CaseClock, Tally, outcome, params, type FuzzTarget, type Outcome, type RunOptions } from './target.js';
+import {
+  CaseClock,
+  Tally,
+  outcome,
+  params,
+  type FuzzTarget,
+  type Outcome,
+  type RunOptions,
+} from './target.js';
 
 const COMMANDS = ['snapshot', 'inspect', 'serve', 'gc', 'demo'];
 const BOOL_OPTS = ['json', 'dry-run', 'fill', 'compare'];
 /** Messages that mean an internal error escaped as the user-facing line. */
-const INTERNAL = /Cannot read propert|Cannot convert|is not a function|is not defined|is not iterable|Maximum call stack|Invalid array length|Invalid string length|out of memory|\[object Object\]/;
+const INTERNAL =
+  /Cannot read propert|Cannot convert|is not a function|is not defined|is not iterable|Maximum call stack|Invalid array length|Invalid string length|out of memory|\[object Object\]/;
 
 const token: fc.Arbitrary<string> = fc
-  .oneof(fc.string({ maxLength: 12 }), fc.string({ unit: 'binary', maxLength: 8 }), fc.constantFrom('', '-', '--', '---', '-h', '--help', '-v', '--version', '--x', '-x', '..', '%2e%2e', '\\', '\0', 'é', 'a'.repeat(300)))
-  .filter((t) => !t.includes(':') && !t.startsWith('/') && (t.match(/\.\./g)?.length ?? 0) <= 4 && !(t.startsWith('-') && t.includes('pid')));
+  .oneof(
+    fc.string({ maxLength: 12 }),
+    fc.string({ unit: 'binary', maxLength: 8 }),
+    fc.constantFrom(
+      '',
+      '-',
+      '--',
+      '---',
+      '-h',
+      '--help',
+      '-v',
+      '--version',
+      '--x',
+      '-x',
+      '..',
+      '%2e%2e',
+      '\\',
+      '\0',
+      'é',
+      'a'.repeat(300),
+    ),
+  )
+  .filter(
+    (t) =>
+      !t.includes(':') &&
+      !t.startsWith('/') &&
+      (t.match(/\.\./g)?.length ?? 0) <= 4 &&
+      !(t.startsWith('-') && t.includes('pid')),
+  );
 
 interface Pools {
   [option: string]: string[];
 }
 
 function pools(sb: string): Pools {
-  const numbers = ['2', '0', '1', '8', '-1', '1.5', '1e3', '0x10', 'NaN', 'Infinity', '99999999999999999999', ' 3 ', '', 'abc'];
-  const sizes = ['64KiB', '4096', '4KiB', '512KiB', '1MiB', '2MiB', '4097', '0', '-4KiB', '1.5KiB', '1TiB', '4096TiB', '9999999TiB', '1e3', 'KiB', '', '8 k'];
+  const numbers = [
+    '2',
+    '0',
+    '1',
+    '8',
+    '-1',
+    '1.5',
+    '1e3',
+    '0x10',
+    'NaN',
+    'Infinity',
+    '99999999999999999999',
+    ' 3 ',
+    '',
+    'abc',
+  ];
+  const sizes = [
+    '64KiB',
+    '4096',
+    '4KiB',
+    '512KiB',
+    '1MiB',
+    '2MiB',
+    '4097',
+    '0',
+    '-4KiB',
+    '1.5KiB',
+    '1TiB',
+    '4096TiB',
+    '9999999TiB',
+    '1e3',
+    'KiB',
+    '',
+    '8 k',
+  ];
   const durations = ['5s', '0ms', '1ms', '500ms', '1h', '30d', '999999999999999d', '1.5s', '-1s', 's', ''];
-  const stores = [path.join(sb, 'tiny'), path.join(sb, 'nope'), path.join(sb, 'empty'), `file://${path.join(sb, 'tiny')}`, 'file://remote/x', 's3://bucket-x/p', 's3://Bad_Bucket', 'http://127.0.0.1:9/x', 'ftp://x/y', '', ' ', 'rel-store'];
+  const stores = [
+    path.join(sb, 'tiny'),
+    path.join(sb, 'nope'),
+    path.join(sb, 'empty'),
+    `file://${path.join(sb, 'tiny')}`,
+    'file://remote/x',
+    's3://bucket-x/p',
+    's3://Bad_Bucket',
+    'http://127.0.0.1:9/x',
+    'ftp://x/y',
+    '',
+    ' ',
+    'rel-store',
+  ];
   return {
     store: stores,
     'cache-dir': [path.join(sb, 'cache'), 'rel-cache', '', path.join(sb, 'tiny', 'image.bin')],
     id: ['vm', 'nope', '..', '../x', '', '-x', 'a'.repeat(200), 'a/b', 'vm\0'],
     parent: ['vm', 'nope', '..', ''],
-    socket: [path.join(sb, 'run', 's.sock'), path.join(sb, 'x'.repeat(120)), '', 'rel.sock', path.join(sb, 'tiny')],
-    'mem-file': [path.join(sb, 'image.bin'), path.join(sb, 'nope.bin'), sb, '/dev/null', path.join(sb, 'empty.bin')],
+    socket: [
+      path.join(sb, 'run', 's.sock'),
+      path.join(sb, 'x'.repeat(120)),
+      '',
+      'rel.sock',
+      path.join(sb, 'tiny'),
+    ],
+    'mem-file': [
+      path.join(sb, 'image.bin'),
+      path.join(sb, 'nope.bin'),
+      sb,
+      '/dev/null',
+      path.join(sb, 'empty.bin'),
+    ],
     vmstate: [path.join(sb, 'image.bin'), path.join(sb, 'nope.bin'), sb, ''],
     pid: ['0', '-1', '4194304', '4194305', 'abc', '1.5', '', '0x0'],
     'metrics-port': ['0', '65536', '-1', 'x', ''],
@@ -61,30 +155,91 @@ function pools(sb: string): Pools {
     'working-set': ['0.1', '1', '0', '2', '-1', 'NaN', 'x'],
     'latency-ms': ['0', '2', '-1', 'NaN', '1e9'],
     ...Object.fromEntries(['chunk-size', 'size', 'cache-budget', 'memory-budget'].map((o) => [o, sizes])),
-    ...Object.fromEntries(['fail-timeout', 'attempt-timeout', 'handshake-timeout', 'shutdown-grace', 'grace'].map((o) => [o, durations])),
-    ...Object.fromEntries(['level', 'concurrency', 'retries', 'prefetch-window', 'fetch-concurrency'].map((o) => [o, numbers])),
+    ...Object.fromEntries(
+      ['fail-timeout', 'attempt-timeout', 'handshake-timeout', 'shutdown-grace', 'grace'].map((o) => [
+        o,
+        durations,
+      ]),
+    ),
+    ...Object.fromEntries(
+      ['level', 'concurrency', 'retries', 'prefetch-window', 'fetch-concurrency'].map((o) => [o, numbers]),
+    ),
   };
 }
 
 /** Each command's own options (booleans in BOOL_OPTS), so most cases get past parseArgs. */
 const OPTIONS: Record<string, string[]> = {
-  snapshot: ['mem-file', 'pid', 'store', 'id', 'vmstate', 'parent', 'chunk-size', 'compress', 'level', 'regions', 'page-size', 'concurrency', 'progress', 's3-endpoint', 'json'],
+  snapshot: [
+    'mem-file',
+    'pid',
+    'store',
+    'id',
+    'vmstate',
+    'parent',
+    'chunk-size',
+    'compress',
+    'level',
+    'regions',
+    'page-size',
+    'concurrency',
+    'progress',
+    's3-endpoint',
+    'json',
+  ],
   inspect: ['store', 'id', 'json', 's3-endpoint'],
-  serve: ['store', 'id', 'socket', 'cache-dir', 'cache-budget', 'memory-budget', 'fail-timeout', 'fail-closed', 'attempt-timeout', 'retries', 'handshake-timeout', 'shutdown-grace', 'metrics-port', 'metrics-host', 'allow-uid', 's3-endpoint', 'prefetch', 'fill', 'prefetch-window', 'fetch-concurrency'],
+  serve: [
+    'store',
+    'id',
+    'socket',
+    'cache-dir',
+    'cache-budget',
+    'memory-budget',
+    'fail-timeout',
+    'fail-closed',
+    'attempt-timeout',
+    'retries',
+    'handshake-timeout',
+    'shutdown-grace',
+    'metrics-port',
+    'metrics-host',
+    'allow-uid',
+    's3-endpoint',
+    'prefetch',
+    'fill',
+    'prefetch-window',
+    'fetch-concurrency',
+  ],
   gc: ['store', 'dry-run', 'grace', 'json', 's3-endpoint'],
   demo: ['size', 'chunk-size', 'working-set', 'latency-ms', 'compare', 'json'],
 };
 
 /** The options without which each command stops at once; snapshot's source is one of two. */
-const CORE: Record<string, string[]> = { snapshot: ['mem-file', 'store', 'id'], inspect: ['store', 'id'], serve: ['store', 'id', 'socket'], gc: ['store'], demo: ['size'] };
+const CORE: Record<string, string[]> = {
+  snapshot: ['mem-file', 'store', 'id'],
+  inspect: ['store', 'id'],
+  serve: ['store', 'id', 'socket'],
+  gc: ['store'],
+  demo: ['size'],
+};
 
 function argvArb(p: Pools): fc.Arbitrary<string[]> {
   const names = Object.keys(p);
   /** One option with a value from its pool (sometimes a random token, as `--o=v`, or missing). */
   const opt = (n: string): fc.Arbitrary<string[]> => {
-    if (BOOL_OPTS.includes(n)) return fc.oneof({ weight: 8, arbitrary: fc.constant<string[]>([`--${n}`]) }, { weight: 1, arbitrary: fc.constant<string[]>([`--${n}=x`]) });
+    if (BOOL_OPTS.includes(n))
+      return fc.oneof(
+        { weight: 8, arbitrary: fc.constant<string[]>([`--${n}`]) },
+        { weight: 1, arbitrary: fc.constant<string[]>([`--${n}=x`]) },
+      );
     // Pools start with a value that works, so many cases get past validation to the real work.
-    const v = n === 'pid' ? fc.constantFrom(...p.pid!) : fc.oneof({ weight: 4, arbitrary: fc.constant(p[n]![0]!) }, { weight: 6, arbitrary: fc.constantFrom(...p[n]!) }, { weight: 1, arbitrary: token });
+    const v =
+      n === 'pid'
+        ? fc.constantFrom(...p.pid!)
+        : fc.oneof(
+            { weight: 4, arbitrary: fc.constant(p[n]![0]!) },
+            { weight: 6, arbitrary: fc.constantFrom(...p[n]!) },
+            { weight: 1, arbitrary: token },
+          );
     return fc.oneof(
       { weight: 20, arbitrary: v.map((x) => [`--${n}`, x]) },
       { weight: 5, arbitrary: v.map((x) => [`--${n}=${x}`]) },
@@ -100,10 +255,17 @@ function argvArb(p: Pools): fc.Arbitrary<string[]> {
     fc
       .tuple(
         // The options a run needs are there 7 times in 8; the others come and go.
-        fc.tuple(...OPTIONS[c]!.map((n) => fc.boolean().chain((b) => fc.nat(7).map((k) => (CORE[c]!.includes(n) ? k > 0 : b))))).chain((on) =>
-          fc.tuple(...OPTIONS[c]!.filter((_, i) => on[i]).map(opt)),
+        fc
+          .tuple(
+            ...OPTIONS[c]!.map((n) =>
+              fc.boolean().chain((b) => fc.nat(7).map((k) => (CORE[c]!.includes(n) ? k > 0 : b))),
+            ),
+          )
+          .chain((on) => fc.tuple(...OPTIONS[c]!.filter((_, i) => on[i]).map(opt))),
+        fc.oneof(
+          { weight: 3, arbitrary: fc.constant([] as string[][]) },
+          { weight: 1, arbitrary: fc.array(noise, { minLength: 1, maxLength: 2 }) },
         ),
-        fc.oneof({ weight: 3, arbitrary: fc.constant([] as string[][]) }, { weight: 1, arbitrary: fc.array(noise, { minLength: 1, maxLength: 2 }) }),
         fc.nat(),
       )
       .map(([own, extra, rot]) => {
@@ -112,7 +274,9 @@ function argvArb(p: Pools): fc.Arbitrary<string[]> {
         return [c, ...[...items.slice(r), ...items.slice(0, r)].flat()];
       }),
   );
-  const anything = fc.tuple(fc.oneof(fc.constantFrom(...COMMANDS), token), fc.array(noise, { maxLength: 8 })).map(([c, items]) => [c, ...items.flat()]);
+  const anything = fc
+    .tuple(fc.oneof(fc.constantFrom(...COMMANDS), token), fc.array(noise, { maxLength: 8 }))
+    .map(([c, items]) => [c, ...items.flat()]);
   return fc.oneof({ weight: 8, arbitrary: forCommand }, { weight: 1, arbitrary: anything });
 }
 
@@ -134,7 +298,13 @@ export const cliArgs: FuzzTarget = {
     await snapshotTo(path.join(sb, 'tiny'), path.join(sb, 'image.bin'), 'vm', 16 * 1024);
     const saved = { cwd: process.cwd(), env: { ...process.env } };
     // No AWS credential lookup may leave the machine (instance metadata), no log noise.
-    Object.assign(process.env, { AWS_ACCESS_KEY_ID: 'fuzz', AWS_SECRET_ACCESS_KEY: 'fuzz', AWS_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true', AWS_ENDPOINT_URL_S3: 'http://127.0.0.1:9' });
+    Object.assign(process.env, {
+      AWS_ACCESS_KEY_ID: 'fuzz',
+      AWS_SECRET_ACCESS_KEY: 'fuzz',
+      AWS_REGION: 'us-east-1',
+      AWS_EC2_METADATA_DISABLED: 'true',
+      AWS_ENDPOINT_URL_S3: 'http://127.0.0.1:9',
+    });
     createRootLogger({ level: 'silent' });
     const stray: unknown[] = [];
     const onStray = (e: unknown) => stray.push(e);
@@ -150,7 +320,17 @@ export const cliArgs: FuzzTarget = {
       ['inspect', '--store', 'http://127.0.0.1:9/x', '--id', 'vm'],
       ['gc', '--store', path.join(sb, 'tiny'), '--dry-run'],
       ['snapshot', '--mem-file', path.join(sb, 'image.bin'), '--store', path.join(sb, 'warm'), '--id', 'vm'],
-      ['serve', '--store', path.join(sb, 'tiny'), '--id', 'vm', '--socket', path.join(sb, 'run', 'warm.sock'), '--metrics-port', '0'],
+      [
+        'serve',
+        '--store',
+        path.join(sb, 'tiny'),
+        '--id',
+        'vm',
+        '--socket',
+        path.join(sb, 'run', 'warm.sock'),
+        '--metrics-port',
+        '0',
+      ],
       ['demo'],
     ]) {
       await main(argv, quiet, argv[0] === 'demo' ? AbortSignal.abort() : AbortSignal.timeout(300));
@@ -159,7 +339,8 @@ export const cliArgs: FuzzTarget = {
       let out = '';
       let err = '';
       const io = { out: (s: string) => (out += s), err: (s: string) => (err += s) };
-      const signal = argv[0] === 'demo' ? AbortSignal.abort() : AbortSignal.timeout(argv[0] === 'serve' ? 300 : 1500);
+      const signal =
+        argv[0] === 'demo' ? AbortSignal.abort() : AbortSignal.timeout(argv[0] === 'serve' ? 300 : 1500);
       const fds0 = readdirSync('/proc/self/fd').length;
       let code: number;
       try {
@@ -179,10 +360,12 @@ export const cliArgs: FuzzTarget = {
       tally.add(`${COMMANDS.includes(argv[0]!) ? argv[0] : '(other)'} exit ${code}`);
       if (process.env.FUZZ_CLI_TRACE) console.log(code, JSON.stringify(argv), err.trim().slice(0, 200));
       if (![0, 1, 2].includes(code)) throw new Error(`exit code ${code}`);
-      if (/\n\s+at .+[:(]/.test(err) || /\n\s+at .+[:(]/.test(out)) throw new Error(`stack trace printed:\n${err}`);
+      if (/\n\s+at .+[:(]/.test(err) || /\n\s+at .+[:(]/.test(out))
+        throw new Error(`stack trace printed:\n${err}`);
       if (code !== 0) {
         const last = err.endsWith('\n') ? err.slice(0, -1).split('\n').pop()! : '';
-        if (!/^lazysnap: \S/.test(last)) throw new Error(`exit ${code} without one clear error line: ${JSON.stringify(err)}`);
+        if (!/^lazysnap: \S/.test(last))
+          throw new Error(`exit ${code} without one clear error line: ${JSON.stringify(err)}`);
         if (INTERNAL.test(last)) throw new Error(`an internal error reached the user: ${last}`);
       }
     });

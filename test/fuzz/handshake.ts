@@ -24,14 +24,27 @@ import { makeImage, tempDir } from '../helpers/images.js';
 import { serve, snapshotTo } from '../helpers/serve.js';
 import { hasUffd, uffdSkipReason } from '../helpers/skip.js';
 import { anyPayload, checkAccepted, type Payload } from './handshake-payloads.js';
-import { CaseClock, Tally, expectTyped, outcome, params, type FuzzTarget, type Outcome, type RunOptions } from './target.js';
+import {
+  CaseClock,
+  Tally,
+  expectTyped,
+  outcome,
+  params,
+  type FuzzTarget,
+  type Outcome,
+  type RunOptions,
+} from './target.js';
 
 const shapeArb: fc.Arbitrary<SnapshotShape> = fc
   .tuple(fc.constantFrom<PageSize>(4096, 2097152), fc.integer({ min: 1, max: 1 << 16 }))
   .map(([pageSize, pages]) => ({ pageSize, totalSize: pages * pageSize }));
 
 /** What the server would be told: fd counts as recvWithFds reports them (at most 4 kept). */
-const fdCountArb = fc.oneof({ weight: 8, arbitrary: fc.constant(1) }, { weight: 1, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.integer({ min: 2, max: 253 }) });
+const fdCountArb = fc.oneof(
+  { weight: 8, arbitrary: fc.constant(1) },
+  { weight: 1, arbitrary: fc.constant(0) },
+  { weight: 1, arbitrary: fc.integer({ min: 2, max: 253 }) },
+);
 
 export const handshakeParse: FuzzTarget = {
   name: 'handshake.parse',
@@ -50,7 +63,8 @@ export const handshakeParse: FuzzTarget = {
         } catch (e) {
           expectTyped(e, ['LAZYSNAP_BAD_HANDSHAKE'], 'parseHandshake');
           tally.add(`${p.kind} rejected`);
-          if (p.valid && fds === 1) throw new Error(`a valid ${p.kind} payload was rejected: ${(e as Error).message}`);
+          if (p.valid && fds === 1)
+            throw new Error(`a valid ${p.kind} payload was rejected: ${(e as Error).message}`);
           return;
         }
         tally.add(`${p.kind} accepted`);
@@ -60,7 +74,8 @@ export const handshakeParse: FuzzTarget = {
         if (p.valid) {
           const got = h.regions.map((r) => `${r.base}:${r.size}:${r.offset}`).join(' ');
           const want = p.valid.regions.map((r) => `${r.base}:${r.size}:${r.offset}`).join(' ');
-          if (got !== want || h.shape !== p.valid.shape) throw new Error(`parsed ${got} (${h.shape}), expected ${want} (${p.valid.shape})`);
+          if (got !== want || h.shape !== p.valid.shape)
+            throw new Error(`parsed ${got} (${h.shape}), expected ${want} (${p.valid.shape})`);
         }
       },
     );
@@ -77,7 +92,12 @@ const fdKindsArb: fc.Arbitrary<string[]> = fc.oneof(
   { weight: 4, arbitrary: fc.constantFrom(...KINDS).map((k): string[] => [k]) },
   { weight: 1, arbitrary: fc.constant([] as string[]) },
   { weight: 2, arbitrary: fc.array(fc.constantFrom<string>(...KINDS), { minLength: 2, maxLength: 6 }) },
-  { weight: 1, arbitrary: fc.tuple(fc.constantFrom(...KINDS), fc.integer({ min: 7, max: 253 })).map(([k, n]) => Array<string>(n).fill(k)) },
+  {
+    weight: 1,
+    arbitrary: fc
+      .tuple(fc.constantFrom(...KINDS), fc.integer({ min: 7, max: 253 }))
+      .map(([k, n]) => Array<string>(n).fill(k)),
+  },
 );
 
 /** Payloads past what the server reads in one message: only "closed, server fine" is asserted. */
@@ -90,16 +110,23 @@ class RawClient {
   readonly #child;
   readonly #lines: AsyncIterator<string>;
   constructor(socket: string, timeoutMs: number) {
-    this.#child = spawn(rawHandshakePath(), [socket, String(timeoutMs)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    this.#child = spawn(rawHandshakePath(), [socket, String(timeoutMs)], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
     this.#lines = createInterface({ input: this.#child.stdout })[Symbol.asyncIterator]();
   }
   get pid(): number {
     return this.#child.pid!;
   }
   async send(kinds: string[], payload: Buffer): Promise<string> {
-    this.#child.stdin.write(`${kinds.length ? kinds.join('') : '-'} ${payload.length ? payload.toString('hex') : '-'}\n`);
+    this.#child.stdin.write(
+      `${kinds.length ? kinds.join('') : '-'} ${payload.length ? payload.toString('hex') : '-'}\n`,
+    );
     const r = await this.#lines.next();
-    if (r.done) throw new Error(`raw-handshake exited (${this.#child.exitCode ?? this.#child.signalCode}): the server killed it or it crashed`);
+    if (r.done)
+      throw new Error(
+        `raw-handshake exited (${this.#child.exitCode ?? this.#child.signalCode}): the server killed it or it crashed`,
+      );
     return r.value;
   }
   async close(): Promise<void> {
@@ -121,13 +148,23 @@ async function settleFds(want: number): Promise<number> {
 
 export const handshakeSocket: FuzzTarget = {
   name: 'handshake.socket',
-  surface: 'UFFD handshake over the real socket: payload x fds (0, 1, 2, many; uffd, /dev/null, pipes, socket, forged uffd messages)',
+  surface:
+    'UFFD handshake over the real socket: payload x fds (0, 1, 2, many; uffd, /dev/null, pipes, socket, forged uffd messages)',
   weight: 15,
   quickRuns: 150,
   async run(o: RunOptions): Promise<Outcome> {
     const clock = new CaseClock();
     const tally = new Tally();
-    if (!hasUffd) return { target: this.name, cases: 0, failed: false, seed: 0, report: '', slowestMs: 0, skipped: uffdSkipReason };
+    if (!hasUffd)
+      return {
+        target: this.name,
+        cases: 0,
+        failed: false,
+        seed: 0,
+        report: '',
+        slowestMs: 0,
+        skipped: uffdSkipReason,
+      };
     const tmp = tempDir('lazysnap-fuzz-');
     const CS = 256 * 1024;
     const img = makeImage(tmp.dir, 4 << 20, CS, { zeroEvery: 4 });
@@ -141,14 +178,26 @@ export const handshakeSocket: FuzzTarget = {
         if (line.includes('handshake rejected')) rejected++;
       },
     };
-    const server = await serve(tmp.dir, { stores: [store], id: 'vm', handshakeTimeoutMs: 5000, prefetch: 'off', logger: pino({ level: 'info' }, sink) });
+    const server = await serve(tmp.dir, {
+      stores: [store],
+      id: 'vm',
+      handshakeTimeoutMs: 5000,
+      prefetch: 'off',
+      logger: pino({ level: 'info' }, sink),
+    });
     // Counted by event: server.summaries keeps only the last 1024, and a long run has more sessions.
     let ended = 0;
     server.on('sessionEnd', () => ended++);
     try {
       const fdsBefore = openFds();
       const client = new RawClient(server.socketPath, 10_000);
-      const caseArb = fc.record({ kinds: fdKindsArb, payload: fc.oneof({ weight: 30, arbitrary: anyPayload(snap, 8192) }, { weight: 1, arbitrary: hugePayload }) });
+      const caseArb = fc.record({
+        kinds: fdKindsArb,
+        payload: fc.oneof(
+          { weight: 30, arbitrary: anyPayload(snap, 8192) },
+          { weight: 1, arbitrary: hugePayload },
+        ),
+      });
       const prop = fc.asyncProperty(caseArb, async ({ kinds, payload }) => {
         const acc0 = ended;
         const rej0 = rejected;
@@ -157,9 +206,15 @@ export const handshakeSocket: FuzzTarget = {
         // The rejection is logged, or the summary kept, before the server closes the connection.
         const accepted = ended - acc0;
         const rejects = rejected - rej0;
-        if (accepted + rejects !== 1) throw new Error(`one connection ended as ${accepted} sessions and ${rejects} rejections`);
-        if (server.sessions.size !== 0 || server.stats().pendingHandshakes !== 0) throw new Error(`the server still holds ${server.sessions.size} sessions / ${server.stats().pendingHandshakes} pending handshakes`);
-        tally.add(`${accepted ? 'accepted' : 'rejected'} ${kinds.length === 1 ? kinds[0] : kinds.length > 6 ? '7-253 fds' : `${kinds.length} fds`}`);
+        if (accepted + rejects !== 1)
+          throw new Error(`one connection ended as ${accepted} sessions and ${rejects} rejections`);
+        if (server.sessions.size !== 0 || server.stats().pendingHandshakes !== 0)
+          throw new Error(
+            `the server still holds ${server.sessions.size} sessions / ${server.stats().pendingHandshakes} pending handshakes`,
+          );
+        tally.add(
+          `${accepted ? 'accepted' : 'rejected'} ${kinds.length === 1 ? kinds[0] : kinds.length > 6 ? '7-253 fds' : `${kinds.length} fds`}`,
+        );
         if (payload.kind === 'huge') return;
         let parses = true;
         try {
@@ -169,7 +224,10 @@ export const handshakeSocket: FuzzTarget = {
           parses = false;
         }
         const expected = parses && kinds.length === 1 && UFFD_KINDS.has(kinds[0]!);
-        if ((accepted === 1) !== expected) throw new Error(`the server ${accepted ? 'accepted' : 'rejected'} a handshake the parser ${parses ? 'accepts' : 'rejects'} with fds [${kinds.join('')}]`);
+        if ((accepted === 1) !== expected)
+          throw new Error(
+            `the server ${accepted ? 'accepted' : 'rejected'} a handshake the parser ${parses ? 'accepts' : 'rejects'} with fds [${kinds.join('')}]`,
+          );
       });
       const details = await fc.check(prop, params(o));
       const result = { ...outcome(this.name, details, clock), notes: String(tally) };
@@ -180,7 +238,9 @@ export const handshakeSocket: FuzzTarget = {
       const good = await runClient(['--socket', server.socketPath, '--image', img.path, '--threads', '2']);
       const fdsEnd = await settleFds(fdsBefore);
       const problems = [
-        good.report?.ok === true && good.report.mismatches === 0 && good.report.pagesVerified === 1024 ? '' : `the good client after the fuzz cases failed: ${JSON.stringify(good.report)} ${good.stderr}`,
+        good.report?.ok === true && good.report.mismatches === 0 && good.report.pagesVerified === 1024
+          ? ''
+          : `the good client after the fuzz cases failed: ${JSON.stringify(good.report)} ${good.stderr}`,
         fdsAfter === fdsBefore ? '' : `fd leak: ${fdsBefore} fds before the cases, ${fdsAfter} after`,
         fdsEnd === fdsBefore ? '' : `fd leak: ${fdsBefore} fds before the good client, ${fdsEnd} after`,
       ].filter(Boolean);

@@ -11,4 +11,14 @@ import type { FuzzTarget } from './target.js';
 
 export type { FuzzTarget, Outcome, RunOptions } from './target.js';
 
-export const TARGETS: FuzzTarget[] = [handshakeParse, handshakeSocket, manifestParse, manifestRoundTrip, manifestInspect, storeKeys, storeUrls, cliArgs, serveOptions];
+export const TARGETS: FuzzTarget[] = [
+  handshakeParse,
+  handshakeSocket,
+  manifestParse,
+  manifestRoundTrip,
+  manifestInspect,
+  storeKeys,
+  storeUrls,
+  cliArgs,
+  serveOptions,
+];

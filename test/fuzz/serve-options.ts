@@ -8,16 +8,53 @@ import fc from 'fast-check';
 
 import { parseDuration } from '../../core/units.js';
 import { resolveServeOptions, type ServeOptions } from '../../runtime/serve-options.js';
-import { CaseClock, Tally, expectTyped, outcome, params, type FuzzTarget, type Outcome, type RunOptions } from './target.js';
+import {
+  CaseClock,
+  Tally,
+  expectTyped,
+  outcome,
+  params,
+  type FuzzTarget,
+  type Outcome,
+  type RunOptions,
+} from './target.js';
 
-const TIMERS = ['failTimeoutMs', 'attemptTimeoutMs', 'handshakeTimeoutMs', 'shutdownGraceMs', 'recordIdleMs'] as const;
+const TIMERS = [
+  'failTimeoutMs',
+  'attemptTimeoutMs',
+  'handshakeTimeoutMs',
+  'shutdownGraceMs',
+  'recordIdleMs',
+] as const;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** A duration as a user types it, or a number as an SDK caller passes it. */
 const durationArb: fc.Arbitrary<{ text?: string; ms?: number }> = fc.oneof(
-  fc.tuple(fc.oneof(fc.nat(100), fc.nat(), fc.constantFrom(24, 25, 30, 365, 999999999999999)), fc.constantFrom('ms', 's', 'm', 'h', 'd')).map(([n, u]) => ({ text: `${n}${u}` })),
+  fc
+    .tuple(
+      fc.oneof(fc.nat(100), fc.nat(), fc.constantFrom(24, 25, 30, 365, 999999999999999)),
+      fc.constantFrom('ms', 's', 'm', 'h', 'd'),
+    )
+    .map(([n, u]) => ({ text: `${n}${u}` })),
   fc.constantFrom('', 's', '1.5s', '-1s', '1e3ms', ' 5s', '5S').map((text) => ({ text })),
-  fc.oneof(fc.integer(), fc.constantFrom(0, 1, MAX_TIMER_MS, MAX_TIMER_MS + 1, 2 ** 32, 2 ** 53 - 1, 2 ** 53, 1.5, -1, Infinity, NaN)).map((ms) => ({ ms })),
+  fc
+    .oneof(
+      fc.integer(),
+      fc.constantFrom(
+        0,
+        1,
+        MAX_TIMER_MS,
+        MAX_TIMER_MS + 1,
+        2 ** 32,
+        2 ** 53 - 1,
+        2 ** 53,
+        1.5,
+        -1,
+        Infinity,
+        NaN,
+      ),
+    )
+    .map((ms) => ({ ms })),
 );
 
 export const serveOptions: FuzzTarget = {
@@ -41,7 +78,10 @@ export const serveOptions: FuzzTarget = {
       }
       tally.add('accepted');
       const v = resolved[name];
-      if (!Number.isSafeInteger(v) || v < 0 || v > MAX_TIMER_MS) throw new Error(`${name} ${JSON.stringify(d)} accepted as ${v} ms: a Node timer fires after 1 ms instead`);
+      if (!Number.isSafeInteger(v) || v < 0 || v > MAX_TIMER_MS)
+        throw new Error(
+          `${name} ${JSON.stringify(d)} accepted as ${v} ms: a Node timer fires after 1 ms instead`,
+        );
     });
     return { ...outcome(this.name, await fc.check(prop, params(o)), clock), notes: String(tally) };
   },

@@ -10,12 +10,28 @@ import path from 'node:path';
 
 import fc from 'fast-check';
 
-import { assertKey, assertSnapshotId, chunkKey, manifestKey, profileKey, vmstateKey } from '../../store/keys.js';
+import {
+  assertKey,
+  assertSnapshotId,
+  chunkKey,
+  manifestKey,
+  profileKey,
+  vmstateKey,
+} from '../../store/keys.js';
 import { FileStore } from '../../store/file-store.js';
 import { openStore } from '../../store/open.js';
 import { tempDir } from '../helpers/images.js';
 import { hostilePath } from './arbitraries.js';
-import { CaseClock, Tally, expectTyped, outcome, params, type FuzzTarget, type Outcome, type RunOptions } from './target.js';
+import {
+  CaseClock,
+  Tally,
+  expectTyped,
+  outcome,
+  params,
+  type FuzzTarget,
+  type Outcome,
+  type RunOptions,
+} from './target.js';
 
 const KEY_BUILDERS: Record<string, (s: string) => string> = {
   raw: (s) => s,
@@ -28,12 +44,19 @@ const KEY_BUILDERS: Record<string, (s: string) => string> = {
 
 /** The id rules, restated independently of keys.ts's regex. */
 function idOk(s: string): boolean {
-  return s.length >= 1 && s.length <= 128 && [...s].every((c) => /[A-Za-z0-9._-]/.test(c)) && /[A-Za-z0-9]/.test(s[0]!) && !s.includes('..');
+  return (
+    s.length >= 1 &&
+    s.length <= 128 &&
+    [...s].every((c) => /[A-Za-z0-9._-]/.test(c)) &&
+    /[A-Za-z0-9]/.test(s[0]!) &&
+    !s.includes('..')
+  );
 }
 
 function escapes(sandbox: string, root: string): string | undefined {
   const extra = readdirSync(sandbox).filter((n) => n !== 'root' && n !== 'outside');
-  if (extra.length) return `created outside the store root: ${extra.map((n) => path.join(sandbox, n)).join(', ')}`;
+  if (extra.length)
+    return `created outside the store root: ${extra.map((n) => path.join(sandbox, n)).join(', ')}`;
   const out = readdirSync(path.join(sandbox, 'outside'));
   if (out.length) return `created outside the store root: ${path.join(sandbox, 'outside', out[0]!)}`;
   return existsSync(root) ? undefined : 'the store root vanished';
@@ -54,48 +77,60 @@ export const storeKeys: FuzzTarget = {
     const store = new FileStore(root);
     const tally = new Tally();
     const op = fc.constantFrom('put', 'get', 'has', 'delete', 'list', 'id');
-    const prop = fc.asyncProperty(hostilePath(path.join(sandbox, 'outside')), fc.constantFrom(...Object.keys(KEY_BUILDERS)), op, async (s, builder, which) => {
-      if (which === 'id') {
-        let ok = true;
-        try {
-          assertSnapshotId(s);
-        } catch (e) {
-          expectTyped(e, ['LAZYSNAP_INVALID_ARGUMENT'], 'assertSnapshotId');
-          ok = false;
+    const prop = fc.asyncProperty(
+      hostilePath(path.join(sandbox, 'outside')),
+      fc.constantFrom(...Object.keys(KEY_BUILDERS)),
+      op,
+      async (s, builder, which) => {
+        if (which === 'id') {
+          let ok = true;
+          try {
+            assertSnapshotId(s);
+          } catch (e) {
+            expectTyped(e, ['LAZYSNAP_INVALID_ARGUMENT'], 'assertSnapshotId');
+            ok = false;
+          }
+          tally.add(ok ? 'id accepted' : 'id refused');
+          if (ok !== idOk(s))
+            throw new Error(`assertSnapshotId ${ok ? 'accepted' : 'refused'} ${JSON.stringify(s)}`);
+          return;
         }
-        tally.add(ok ? 'id accepted' : 'id refused');
-        if (ok !== idOk(s)) throw new Error(`assertSnapshotId ${ok ? 'accepted' : 'refused'} ${JSON.stringify(s)}`);
-        return;
-      }
-      let key: string;
-      try {
-        key = KEY_BUILDERS[builder]!(s);
-        if (which !== 'list') assertKey(key);
-      } catch (e) {
-        expectTyped(e, ['LAZYSNAP_INVALID_ARGUMENT'], `building a ${builder} key`);
-        key = builder === 'raw' ? s : `manifests/${s}`; // the store itself must refuse it too
-      }
-      const dest = path.resolve(root, ...key.split('/'));
-      let done = false;
-      try {
-        await clock.timeAsync(async () => {
-          if (which === 'put') await store.put(key, Buffer.from('x'));
-          else if (which === 'get') await store.get(key);
-          else if (which === 'has') await store.has(key);
-          else if (which === 'delete') await store.delete(key);
-          else for await (const _ of store.list(key)) void _;
-        });
-        done = true;
-        tally.add(`${which} done`);
-      } catch (e) {
-        expectTyped(e, ['LAZYSNAP_INVALID_ARGUMENT', 'LAZYSNAP_NOT_FOUND', 'LAZYSNAP_STORE_ERROR'], `store.${which}`);
-        tally.add(`${which} ${(e as { code: string }).code.replace('LAZYSNAP_', '')}`);
-      }
-      if (done && which !== 'list' && !dest.startsWith(`${root}${path.sep}`)) throw new Error(`store.${which} accepted ${JSON.stringify(key)}, which resolves to ${dest}`);
-      if (done && which === 'put' && !existsSync(dest)) throw new Error(`store.put(${JSON.stringify(key)}) wrote somewhere other than ${dest}`);
-      const esc = escapes(sandbox, root);
-      if (esc) throw new Error(`${esc} (after store.${which}(${JSON.stringify(key)}))`);
-    });
+        let key: string;
+        try {
+          key = KEY_BUILDERS[builder]!(s);
+          if (which !== 'list') assertKey(key);
+        } catch (e) {
+          expectTyped(e, ['LAZYSNAP_INVALID_ARGUMENT'], `building a ${builder} key`);
+          key = builder === 'raw' ? s : `manifests/${s}`; // the store itself must refuse it too
+        }
+        const dest = path.resolve(root, ...key.split('/'));
+        let done = false;
+        try {
+          await clock.timeAsync(async () => {
+            if (which === 'put') await store.put(key, Buffer.from('x'));
+            else if (which === 'get') await store.get(key);
+            else if (which === 'has') await store.has(key);
+            else if (which === 'delete') await store.delete(key);
+            else for await (const _ of store.list(key)) void _;
+          });
+          done = true;
+          tally.add(`${which} done`);
+        } catch (e) {
+          expectTyped(
+            e,
+            ['LAZYSNAP_INVALID_ARGUMENT', 'LAZYSNAP_NOT_FOUND', 'LAZYSNAP_STORE_ERROR'],
+            `store.${which}`,
+          );
+          tally.add(`${which} ${(e as { code: string }).code.replace('LAZYSNAP_', '')}`);
+        }
+        if (done && which !== 'list' && !dest.startsWith(`${root}${path.sep}`))
+          throw new Error(`store.${which} accepted ${JSON.stringify(key)}, which resolves to ${dest}`);
+        if (done && which === 'put' && !existsSync(dest))
+          throw new Error(`store.put(${JSON.stringify(key)}) wrote somewhere other than ${dest}`);
+        const esc = escapes(sandbox, root);
+        if (esc) throw new Error(`${esc} (after store.${which}(${JSON.stringify(key)}))`);
+      },
+    );
     try {
       return { ...outcome(this.name, await fc.check(prop, params(o)), clock), notes: String(tally) };
     } finally {
@@ -108,10 +143,52 @@ const urlArb = (outside: string): fc.Arbitrary<string> =>
   fc.oneof(
     hostilePath(outside),
     hostilePath(outside).map((p) => `file://${p}`),
-    fc.tuple(fc.constantFrom('file://', 'FILE://', 'file:', 'file:///', 'file://host/', 'file://localhost/'), hostilePath(outside)).map(([a, b]) => `${a}${b}`),
-    fc.tuple(fc.constantFrom('s3://', 'S3://', 's3:///', 's3://a@b/', 's3://bucket/', 's3://bucket?x=1/', 's3://127.0.0.1/'), hostilePath(outside)).map(([a, b]) => `${a}${b}`),
-    fc.tuple(fc.constantFrom('http://', 'https://', 'http://127.0.0.1:9/', 'http://[::1]/', 'http://u:p@127.0.0.1/', 'http:/', 'ftp://'), hostilePath(outside)).map(([a, b]) => `${a}${b}`),
-    fc.constantFrom('', ' ', '\0', 'file://', 's3://', 'http://', 'file:///dev/null', 'file:///%00', 'file:///a%2fb', 'x://y'),
+    fc
+      .tuple(
+        fc.constantFrom('file://', 'FILE://', 'file:', 'file:///', 'file://host/', 'file://localhost/'),
+        hostilePath(outside),
+      )
+      .map(([a, b]) => `${a}${b}`),
+    fc
+      .tuple(
+        fc.constantFrom(
+          's3://',
+          'S3://',
+          's3:///',
+          's3://a@b/',
+          's3://bucket/',
+          's3://bucket?x=1/',
+          's3://127.0.0.1/',
+        ),
+        hostilePath(outside),
+      )
+      .map(([a, b]) => `${a}${b}`),
+    fc
+      .tuple(
+        fc.constantFrom(
+          'http://',
+          'https://',
+          'http://127.0.0.1:9/',
+          'http://[::1]/',
+          'http://u:p@127.0.0.1/',
+          'http:/',
+          'ftp://',
+        ),
+        hostilePath(outside),
+      )
+      .map(([a, b]) => `${a}${b}`),
+    fc.constantFrom(
+      '',
+      ' ',
+      '\0',
+      'file://',
+      's3://',
+      'http://',
+      'file:///dev/null',
+      'file:///%00',
+      'file:///a%2fb',
+      'x://y',
+    ),
   );
 
 export const storeUrls: FuzzTarget = {
@@ -128,7 +205,11 @@ export const storeUrls: FuzzTarget = {
       try {
         s = await clock.timeAsync(() => openStore(url, { s3Endpoint: 'http://127.0.0.1:9' }));
       } catch (e) {
-        expectTyped(e, ['LAZYSNAP_INVALID_URL', 'LAZYSNAP_INVALID_ARGUMENT'], `openStore(${JSON.stringify(url)})`);
+        expectTyped(
+          e,
+          ['LAZYSNAP_INVALID_URL', 'LAZYSNAP_INVALID_ARGUMENT'],
+          `openStore(${JSON.stringify(url)})`,
+        );
         return;
       }
       await s.close();

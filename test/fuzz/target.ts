@@ -35,7 +35,10 @@ export class Tally {
     this.#n.set(label, (this.#n.get(label) ?? 0) + 1);
   }
   toString(): string {
-    return [...this.#n].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ');
+    return [...this.#n]
+      .sort((a, b) => b[1] - a[1])
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ');
   }
 }
 
@@ -72,7 +75,11 @@ export class CaseClock {
 }
 
 export function params(o: RunOptions): fc.Parameters<unknown> {
-  return { numRuns: o.numRuns, ...(o.seed !== undefined ? { seed: o.seed } : {}), ...(o.path !== undefined ? { path: o.path } : {}) };
+  return {
+    numRuns: o.numRuns,
+    ...(o.seed !== undefined ? { seed: o.seed } : {}),
+    ...(o.path !== undefined ? { path: o.path } : {}),
+  };
 }
 
 export function outcome(target: string, details: fc.RunDetails<unknown>, clock: CaseClock): Outcome {
@@ -81,7 +88,9 @@ export function outcome(target: string, details: fc.RunDetails<unknown>, clock: 
     cases: details.numRuns + details.numShrinks,
     failed: details.failed,
     seed: details.seed,
-    report: details.failed ? `${fc.defaultReportMessage(details) ?? 'failed'}\nError: ${(details.errorInstance as Error | undefined)?.message ?? String(details.errorInstance)}` : '',
+    report: details.failed
+      ? `${fc.defaultReportMessage(details) ?? 'failed'}\nError: ${(details.errorInstance as Error | undefined)?.message ?? String(details.errorInstance)}`
+      : '',
     slowestMs: clock.slowestMs,
   };
 }
@@ -90,11 +99,16 @@ export function outcome(target: string, details: fc.RunDetails<unknown>, clock: 
 export function expectTyped(e: unknown, codes: string[], what: string): void {
   if (e instanceof LazysnapError && codes.includes(e.code)) return;
   const err = e as Error;
-  throw new Error(`${what} threw ${err?.name ?? typeof e}: ${err?.message ?? String(e)} (expected a LazysnapError ${codes.join('/')})`, { cause: e });
+  throw new Error(
+    `${what} threw ${err?.name ?? typeof e}: ${err?.message ?? String(e)} (expected a LazysnapError ${codes.join('/')})`,
+    { cause: e },
+  );
 }
 
 /** Makes a Buffer print as readable text in fast-check's counterexamples. */
 export function shown(b: Buffer): Buffer {
-  Object.defineProperty(b, fc.toStringMethod, { value: () => `Buffer(${JSON.stringify(b.toString('latin1').slice(0, 2000))})` });
+  Object.defineProperty(b, fc.toStringMethod, {
+    value: () => `Buffer(${JSON.stringify(b.toString('latin1').slice(0, 2000))})`,
+  });
   return b;
 }

@@ -25,7 +25,9 @@ import { parse as parseYaml } from 'yaml';
 import { repoRoot } from './fixtures.js';
 
 /** shared/ sits beside the project root, for developers and CI alike. */
-export const FIRECRACKER_SPEC = process.env.LAZYSNAP_FIRECRACKER_SPEC ?? path.join(repoRoot, '..', 'shared', 'contracts', 'firecracker-api-v1.16.1.yaml');
+export const FIRECRACKER_SPEC =
+  process.env.LAZYSNAP_FIRECRACKER_SPEC ??
+  path.join(repoRoot, '..', 'shared', 'contracts', 'firecracker-api-v1.16.1.yaml');
 /** micro_http's default `--http-api-max-payload-size`. */
 const MAX_PAYLOAD = 51_200;
 
@@ -58,40 +60,66 @@ export function loadFirecrackerSpec(file = FIRECRACKER_SPEC): Spec {
   let spec = specs.get(file);
   if (!spec) {
     spec = parseYaml(readFileSync(file, 'utf8')) as Spec;
-    if (typeof spec?.paths !== 'object' || typeof spec.definitions !== 'object') throw new Error(`${file}: not a swagger 2.0 document`);
+    if (typeof spec?.paths !== 'object' || typeof spec.definitions !== 'object')
+      throw new Error(`${file}: not a swagger 2.0 document`);
     specs.set(file, spec);
   }
   return spec;
 }
 
 /** Where `value` breaks `schema`, one line per problem ("$.mem_backend.backend_type: ..."); empty if valid. */
-export function validateSchema(schema: Schema, value: unknown, definitions: Record<string, Schema>, at = '$'): string[] {
+export function validateSchema(
+  schema: Schema,
+  value: unknown,
+  definitions: Record<string, Schema>,
+  at = '$',
+): string[] {
   if (schema.$ref !== undefined) {
     const target = /^#\/definitions\/(.+)$/.exec(schema.$ref)?.[1];
     const resolved = target === undefined ? undefined : definitions[target];
-    return resolved ? validateSchema(resolved, value, definitions, at) : [`${at}: unresolvable $ref ${schema.$ref}`];
+    return resolved
+      ? validateSchema(resolved, value, definitions, at)
+      : [`${at}: unresolvable $ref ${schema.$ref}`];
   }
   const type = schema.type ?? (schema.properties ? 'object' : undefined);
   const actual = value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value;
   const typeOk =
     type === undefined ||
-    (type === 'integer' ? Number.isInteger(value) : type === 'number' ? typeof value === 'number' && Number.isFinite(value) : actual === type);
-  if (!typeOk) return [`${at}: expected ${type}, got ${actual === 'number' ? `number ${String(value)}` : actual}`];
+    (type === 'integer'
+      ? Number.isInteger(value)
+      : type === 'number'
+        ? typeof value === 'number' && Number.isFinite(value)
+        : actual === type);
+  if (!typeOk)
+    return [`${at}: expected ${type}, got ${actual === 'number' ? `number ${String(value)}` : actual}`];
   const errors: string[] = [];
-  if (schema.enum && !schema.enum.includes(value)) errors.push(`${at}: ${JSON.stringify(value)} is not one of ${schema.enum.map((e) => JSON.stringify(e)).join(', ')}`);
+  if (schema.enum && !schema.enum.includes(value))
+    errors.push(
+      `${at}: ${JSON.stringify(value)} is not one of ${schema.enum.map((e) => JSON.stringify(e)).join(', ')}`,
+    );
   if (typeof value === 'number') {
-    if (schema.minimum !== undefined && value < schema.minimum) errors.push(`${at}: ${value} is below the minimum ${schema.minimum}`);
-    if (schema.maximum !== undefined && value > schema.maximum) errors.push(`${at}: ${value} is above the maximum ${schema.maximum}`);
+    if (schema.minimum !== undefined && value < schema.minimum)
+      errors.push(`${at}: ${value} is below the minimum ${schema.minimum}`);
+    if (schema.maximum !== undefined && value > schema.maximum)
+      errors.push(`${at}: ${value} is above the maximum ${schema.maximum}`);
   }
-  if (Array.isArray(value) && schema.items) value.forEach((item, i) => errors.push(...validateSchema(schema.items!, item, definitions, `${at}[${i}]`)));
+  if (Array.isArray(value) && schema.items)
+    value.forEach((item, i) =>
+      errors.push(...validateSchema(schema.items!, item, definitions, `${at}[${i}]`)),
+    );
   if (actual === 'object') {
     const o = value as Record<string, unknown>;
-    for (const field of schema.required ?? []) if (!(field in o)) errors.push(`${at}: missing required field \`${field}\``);
+    for (const field of schema.required ?? [])
+      if (!(field in o)) errors.push(`${at}: missing required field \`${field}\``);
     for (const [key, v] of Object.entries(o)) {
       const property = schema.properties?.[key];
       if (property) errors.push(...validateSchema(property, v, definitions, `${at}.${key}`));
-      else if (typeof schema.additionalProperties === 'object') errors.push(...validateSchema(schema.additionalProperties, v, definitions, `${at}.${key}`));
-      else if (schema.properties && schema.additionalProperties !== true) errors.push(`${at}: unknown field \`${key}\`, expected one of ${Object.keys(schema.properties).join(', ')}`);
+      else if (typeof schema.additionalProperties === 'object')
+        errors.push(...validateSchema(schema.additionalProperties, v, definitions, `${at}.${key}`));
+      else if (schema.properties && schema.additionalProperties !== true)
+        errors.push(
+          `${at}: unknown field \`${key}\`, expected one of ${Object.keys(schema.properties).join(', ')}`,
+        );
     }
   }
   return errors;
@@ -152,18 +180,37 @@ export async function startFakeFirecracker(options: FakeFirecrackerOptions = {})
   let next: { status: number; body: string } | 'hang' | undefined;
   const state = {
     instance: 'Not started' as string,
-    machine: { vcpu_count: 1, mem_size_mib: 128, smt: false, track_dirty_pages: false, huge_pages: 'None' } as Record<string, unknown>,
+    machine: {
+      vcpu_count: 1,
+      mem_size_mib: 128,
+      smt: false,
+      track_dirty_pages: false,
+      huge_pages: 'None',
+    } as Record<string, unknown>,
   };
 
   const handle = (req: http.IncomingMessage, raw: string, res: http.ServerResponse): void => {
     const method = req.method ?? '';
     const url = (req.url ?? '').split('?')[0] ?? '';
-    const rec: RecordedRequest = { method, path: url, headers: req.headers, raw, body: undefined, status: undefined, violations: [] };
+    const rec: RecordedRequest = {
+      method,
+      path: url,
+      headers: req.headers,
+      raw,
+      body: undefined,
+      status: undefined,
+      violations: [],
+    };
     requests.push(rec);
     const answer = (status: number, body?: unknown): void => {
       rec.status = status;
       const text = body === undefined ? '' : typeof body === 'string' ? body : JSON.stringify(body);
-      res.writeHead(status, text ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) } : {}).end(text);
+      res
+        .writeHead(
+          status,
+          text ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) } : {},
+        )
+        .end(text);
     };
     const reject = (status: number, problems: string[]): void => {
       rec.violations.push(...problems);
@@ -174,20 +221,31 @@ export async function startFakeFirecracker(options: FakeFirecrackerOptions = {})
       next = undefined;
       return;
     }
-    const template = Object.keys(spec.paths).find((t) => new RegExp(`^${t.replace(/[.*+?^$()|[\]\\]/g, '\\$&').replace(/\{[^}]+\}/g, '[^/]+')}$`).test(url));
+    const template = Object.keys(spec.paths).find((t) =>
+      new RegExp(`^${t.replace(/[.*+?^$()|[\]\\]/g, '\\$&').replace(/\{[^}]+\}/g, '[^/]+')}$`).test(url),
+    );
     if (template === undefined) return reject(404, [`no path ${url} in the Firecracker API spec`]);
     const op = spec.paths[template]?.[method.toLowerCase()];
-    if (!op) return reject(405, [`${template} has no ${method} in the spec (it has ${Object.keys(spec.paths[template] ?? {}).join(', ')})`]);
+    if (!op)
+      return reject(405, [
+        `${template} has no ${method} in the spec (it has ${Object.keys(spec.paths[template] ?? {}).join(', ')})`,
+      ]);
 
     const problems: string[] = [];
     const param = op.parameters?.find((p) => p.in === 'body');
     if (raw !== '') {
       if (!param) problems.push(`${method} ${template} takes no body`);
       if (req.headers['content-length'] === undefined || req.headers['transfer-encoding'] !== undefined) {
-        problems.push(`body without Content-Length (Transfer-Encoding ${req.headers['transfer-encoding'] ?? 'none'}): Firecracker's micro_http reads bodies by Content-Length only`);
+        problems.push(
+          `body without Content-Length (Transfer-Encoding ${req.headers['transfer-encoding'] ?? 'none'}): Firecracker's micro_http reads bodies by Content-Length only`,
+        );
       }
-      if (Buffer.byteLength(raw) > MAX_PAYLOAD) problems.push(`body of ${Buffer.byteLength(raw)} bytes exceeds micro_http's ${MAX_PAYLOAD}`);
-      if (req.headers['content-type']?.split(';')[0]?.trim() !== 'application/json') problems.push(`Content-Type ${req.headers['content-type'] ?? 'absent'}, the spec consumes application/json`);
+      if (Buffer.byteLength(raw) > MAX_PAYLOAD)
+        problems.push(`body of ${Buffer.byteLength(raw)} bytes exceeds micro_http's ${MAX_PAYLOAD}`);
+      if (req.headers['content-type']?.split(';')[0]?.trim() !== 'application/json')
+        problems.push(
+          `Content-Type ${req.headers['content-type'] ?? 'absent'}, the spec consumes application/json`,
+        );
     }
     if (param?.schema) {
       if (raw === '') problems.push(`${method} ${template} needs a JSON body (${param.name})`);
@@ -196,7 +254,8 @@ export async function startFakeFirecracker(options: FakeFirecrackerOptions = {})
           rec.body = JSON.parse(raw);
           problems.push(...validateSchema(param.schema, rec.body, spec.definitions));
           const rule = PROSE_RULES[`${method} ${template}`];
-          const broken = rule && problems.length === 0 ? rule(rec.body as Record<string, unknown>) : undefined;
+          const broken =
+            rule && problems.length === 0 ? rule(rec.body as Record<string, unknown>) : undefined;
           if (broken) problems.push(broken);
         } catch (e) {
           problems.push(`body is not JSON: ${(e as Error).message}`);
@@ -210,13 +269,20 @@ export async function startFakeFirecracker(options: FakeFirecrackerOptions = {})
       next = undefined;
       return answer(status, body);
     }
-    const success = Object.keys(op.responses).filter((s) => /^2\d\d$/.test(s)).sort()[0];
-    if (success === undefined) return reject(500, [`the spec has no success response for ${method} ${template}`]);
+    const success = Object.keys(op.responses)
+      .filter((s) => /^2\d\d$/.test(s))
+      .sort()[0];
+    if (success === undefined)
+      return reject(500, [`the spec has no success response for ${method} ${template}`]);
     const body = method === 'GET' ? respond(template, state) : undefined;
     const schema = op.responses[success]?.schema;
     if (schema && body === undefined) return reject(501, [`the fake has no answer for GET ${template}`]);
     const own = schema ? validateSchema(schema, body, spec.definitions) : [];
-    if (own.length > 0) return reject(500, own.map((p) => `the fake's own response breaks the spec: ${p}`));
+    if (own.length > 0)
+      return reject(
+        500,
+        own.map((p) => `the fake's own response breaks the spec: ${p}`),
+      );
     if (options.onLoad && `${method} ${template}` === 'PUT /snapshot/load') {
       options.onLoad(rec.body as Record<string, unknown>).then(
         () => {
@@ -244,7 +310,8 @@ export async function startFakeFirecracker(options: FakeFirecrackerOptions = {})
     requests,
     violations,
     answerNext: (status, body) => void (next = { status, body }),
-    failNext: (status, faultMessage) => void (next = { status, body: JSON.stringify({ fault_message: faultMessage }) }),
+    failNext: (status, faultMessage) =>
+      void (next = { status, body: JSON.stringify({ fault_message: faultMessage }) }),
     hangNext: () => void (next = 'hang'),
     async close() {
       server.closeAllConnections();
@@ -256,29 +323,51 @@ export async function startFakeFirecracker(options: FakeFirecrackerOptions = {})
 
 /** Bodies of the GETs the fake answers, from its state. */
 function respond(template: string, state: { instance: string; machine: Record<string, unknown> }): unknown {
-  if (template === '/') return { app_name: 'Firecracker', id: 'anonymous-instance', state: state.instance, vmm_version: '1.16.1' };
+  if (template === '/')
+    return {
+      app_name: 'Firecracker',
+      id: 'anonymous-instance',
+      state: state.instance,
+      vmm_version: '1.16.1',
+    };
   if (template === '/machine-config') return state.machine;
   if (template === '/version') return { firecracker_version: '1.16.1' };
   return undefined;
 }
 
 /** The state changes of the calls a restore makes, as Firecracker applies them. */
-function apply(call: string, body: Record<string, unknown>, state: { instance: string; machine: Record<string, unknown> }): void {
-  if (call === 'PUT /machine-config') state.machine = { smt: false, track_dirty_pages: false, huge_pages: 'None', ...body };
+function apply(
+  call: string,
+  body: Record<string, unknown>,
+  state: { instance: string; machine: Record<string, unknown> },
+): void {
+  if (call === 'PUT /machine-config')
+    state.machine = { smt: false, track_dirty_pages: false, huge_pages: 'None', ...body };
   if (call === 'PATCH /vm') state.instance = body.state === 'Paused' ? 'Paused' : 'Running';
   if (call === 'PUT /snapshot/load') state.instance = body.resume_vm === true ? 'Running' : 'Paused';
 }
 
 /** One request with exactly these bytes, bypassing the client (for checking the fake itself). */
-export function rawRequest(socketPath: string, method: string, urlPath: string, body?: string, headers: http.OutgoingHttpHeaders = {}): Promise<{ status: number; body: string }> {
+export function rawRequest(
+  socketPath: string,
+  method: string,
+  urlPath: string,
+  body?: string,
+  headers: http.OutgoingHttpHeaders = {},
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     // A header given as undefined is left out (e.g. content-length, to send a chunked body).
-    const merged = body === undefined ? headers : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers };
+    const merged =
+      body === undefined
+        ? headers
+        : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers };
     const h = Object.fromEntries(Object.entries(merged).filter(([, v]) => v !== undefined));
     const req = http.request({ socketPath, method, path: urlPath, headers: h }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('end', () =>
+        resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }),
+      );
     });
     req.on('error', reject);
     req.end(body);

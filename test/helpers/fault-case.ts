@@ -30,7 +30,11 @@ export interface Snapshot {
   id: string;
 }
 
-export async function smallSnapshot(dir: string, id = 'vm', opts: { size?: number; name?: string } = {}): Promise<Snapshot> {
+export async function smallSnapshot(
+  dir: string,
+  id = 'vm',
+  opts: { size?: number; name?: string } = {},
+): Promise<Snapshot> {
   const image = makeImage(dir, opts.size ?? IMAGE, CHUNK, { zeroEvery: 4, name: opts.name ?? `${id}.img` });
   const store = path.join(dir, `store-${id}`);
   await snapshotTo(store, image.path, id, CHUNK);
@@ -39,7 +43,11 @@ export async function smallSnapshot(dir: string, id = 'vm', opts: { size?: numbe
 
 /** One client restoring the whole image with one thread (so one chunk is fetched at a time), bounded. */
 export function restore(socket: string, snap: Snapshot, extra: string[] = []): Promise<ClientResult> {
-  return bounded(runClient(['--socket', socket, '--image', snap.image.path, '--threads', '1', ...extra]), CLIENT_BOUND_MS, 'fc-client');
+  return bounded(
+    runClient(['--socket', socket, '--image', snap.image.path, '--threads', '1', ...extra]),
+    CLIENT_BOUND_MS,
+    'fc-client',
+  );
 }
 
 /** Every page read back and equal to the snapshot. */
@@ -50,15 +58,26 @@ export function expectRestored(r: ClientResult, snap: Snapshot): void {
 
 /** Failed closed: the client died of SIGBUS (poison) or SIGKILL (kill) before it could read a wrong byte. */
 export function expectFailedClosed(r: ClientResult, canPoison: boolean): void {
-  expect({ signal: r.signal, report: r.report }).toEqual({ signal: canPoison ? 'SIGBUS' : 'SIGKILL', report: null });
+  expect({ signal: r.signal, report: r.report }).toEqual({
+    signal: canPoison ? 'SIGBUS' : 'SIGKILL',
+    report: null,
+  });
 }
 
 /**
  * Waits for the session summaries (the last lines a session writes), then asserts that exactly one
  * warn/error line was logged and that it matches. Returns it.
  */
-export async function expectOneProblem(serve: ServeProcess, sessions: number, match: RegExp): Promise<LogLine> {
-  await serve.waitForLog(() => serve.logs.filter((l) => l.msg === 'restore session summary').length >= sessions, 20_000, `${sessions} session summaries`);
+export async function expectOneProblem(
+  serve: ServeProcess,
+  sessions: number,
+  match: RegExp,
+): Promise<LogLine> {
+  await serve.waitForLog(
+    () => serve.logs.filter((l) => l.msg === 'restore session summary').length >= sessions,
+    20_000,
+    `${sessions} session summaries`,
+  );
   const problems = serve.problems();
   // Whole lines in the comparison, so a failure shows what was logged.
   expect(problems.map((l) => JSON.stringify(l))).toEqual([expect.stringMatching(match)]);
@@ -81,4 +100,5 @@ export const mountSkipReason = (() => {
     rmSync(probe, { recursive: true, force: true });
   }
 })();
-if (mountSkipReason) console.warn(`[lazysnap tests] skipping full/read-only disk cache fault cases: ${mountSkipReason}`);
+if (mountSkipReason)
+  console.warn(`[lazysnap tests] skipping full/read-only disk cache fault cases: ${mountSkipReason}`);

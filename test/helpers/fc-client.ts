@@ -61,7 +61,22 @@ export function startClient(args: string[], opts: ClientOptions = {}): RunningCl
   if (opts.taskset) [cmd, argv] = ['taskset', ['-c', opts.taskset, cmd, ...argv]];
   if (opts.asUid !== undefined) {
     const id = String(opts.asUid);
-    [cmd, argv] = ['setpriv', ['--reuid', id, '--regid', id, '--clear-groups', '--inh-caps', '+sys_ptrace', '--ambient-caps', '+sys_ptrace', cmd, ...argv]];
+    [cmd, argv] = [
+      'setpriv',
+      [
+        '--reuid',
+        id,
+        '--regid',
+        id,
+        '--clear-groups',
+        '--inh-caps',
+        '+sys_ptrace',
+        '--ambient-caps',
+        '+sys_ptrace',
+        cmd,
+        ...argv,
+      ],
+    ];
   }
   const child = spawn(cmd, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
   live.add(child);

@@ -13,16 +13,25 @@ export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)
  * Compiles `src` (relative to the repo root) to an executable and returns its path; rebuilt when
  * the source or any of `deps` (e.g. headers it includes) is newer than the binary.
  */
-export function buildC(src: string, name = path.basename(src, '.c'), extra: string[] = [], deps: string[] = []): string {
+export function buildC(
+  src: string,
+  name = path.basename(src, '.c'),
+  extra: string[] = [],
+  deps: string[] = [],
+): string {
   const source = path.join(repoRoot, src);
   const newest = Math.max(...[src, ...deps].map((f) => statSync(path.join(repoRoot, f)).mtimeMs));
   const outDir = path.join(repoRoot, 'test', 'fixtures', 'bin');
   const out = path.join(outDir, name);
   mkdirSync(outDir, { recursive: true });
   if (!existsSync(out) || statSync(out).mtimeMs < newest) {
-    execFileSync('gcc', ['-O2', '-Wall', '-Wextra', '-Werror', '-pthread', '-o', `${out}.tmp`, source, ...extra], {
-      stdio: ['ignore', 'inherit', 'inherit'],
-    });
+    execFileSync(
+      'gcc',
+      ['-O2', '-Wall', '-Wextra', '-Werror', '-pthread', '-o', `${out}.tmp`, source, ...extra],
+      {
+        stdio: ['ignore', 'inherit', 'inherit'],
+      },
+    );
     execFileSync('mv', ['-f', `${out}.tmp`, out]);
   }
   return out;

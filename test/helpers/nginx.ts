@@ -61,7 +61,10 @@ export function renderTemplate(text: string, vars: Record<string, string>): stri
     if (m === '$${') return '${';
     if (m === '%%{') return '%{';
     const name = inner?.trim() ?? '';
-    if (m === '%{' || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new Error(`template construct ${JSON.stringify(m)} is not supported: only \${name} placeholders and the $\${ and %%{ escapes`);
+    if (m === '%{' || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(name))
+      throw new Error(
+        `template construct ${JSON.stringify(m)} is not supported: only \${name} placeholders and the $\${ and %%{ escapes`,
+      );
     const v = vars[name];
     if (v === undefined) throw new Error(`template placeholder \${${name}} has no value`);
     return v;
@@ -69,7 +72,9 @@ export function renderTemplate(text: string, vars: Record<string, string>): stri
 }
 
 export const nginxPath = findExecutable('nginx', ['/usr/sbin', '/usr/local/sbin', '/sbin']);
-export const nginxSkipReason = nginxPath ? '' : 'nginx is not installed (not on PATH nor in /usr/sbin); apt-get install nginx-light';
+export const nginxSkipReason = nginxPath
+  ? ''
+  : 'nginx is not installed (not on PATH nor in /usr/sbin); apt-get install nginx-light';
 if (!nginxPath) console.warn(`[lazysnap tests] skipping nginx suites: ${nginxSkipReason}`);
 
 interface Running {
@@ -84,7 +89,9 @@ export async function startCacheTier(origin: string): Promise<NginxInstance> {
   if (!nginxPath) throw new Error(nginxSkipReason);
   const prefix = mkdtempSync(path.join(tmpdir(), 'lazysnap-nginx-'));
   try {
-    return await launchCacheTier(nginxPath, prefix, origin, () => rmSync(prefix, { recursive: true, force: true }));
+    return await launchCacheTier(nginxPath, prefix, origin, () =>
+      rmSync(prefix, { recursive: true, force: true }),
+    );
   } catch (e) {
     rmSync(prefix, { recursive: true, force: true });
     throw e;
@@ -148,17 +155,26 @@ export async function startStaticNginx(root: string): Promise<NginxInstance> {
 /** The absolute root; it goes into the configs unquoted, so refuse what nginx would parse as syntax or variables. */
 function checkedRoot(root: string): string {
   const absRoot = path.resolve(root);
-  if (!/^[A-Za-z0-9/._+-]+$/.test(absRoot)) throw new Error(`nginx root ${JSON.stringify(absRoot)} has characters the config template cannot carry`);
+  if (!/^[A-Za-z0-9/._+-]+$/.test(absRoot))
+    throw new Error(`nginx root ${JSON.stringify(absRoot)} has characters the config template cannot carry`);
   return absRoot;
 }
 
 /** The static origin (test/fixtures/nginx-origin.conf) serving `root`, its files in `prefix`. */
 function launchOrigin(bin: string, prefix: string, root: string): Promise<Running & { port: number }> {
-  return startWithRetries(bin, prefix, undefined, (port) => renderTemplate(readFileSync(ORIGIN_TEMPLATE, 'utf8'), { prefix, root, port: String(port) }));
+  return startWithRetries(bin, prefix, undefined, (port) =>
+    renderTemplate(readFileSync(ORIGIN_TEMPLATE, 'utf8'), { prefix, root, port: String(port) }),
+  );
 }
 
 /** The cache tier from the shared template, its files in `prefix`; stop() ends it, then runs `after`. */
-async function launchCacheTier(bin: string, prefix: string, origin: string, after: (signal?: NodeJS.Signals) => void | Promise<void>, fixedPort?: number): Promise<NginxInstance> {
+async function launchCacheTier(
+  bin: string,
+  prefix: string,
+  origin: string,
+  after: (signal?: NodeJS.Signals) => void | Promise<void>,
+  fixedPort?: number,
+): Promise<NginxInstance> {
   const tier = await startWithRetries(bin, prefix, fixedPort, (port) =>
     renderTemplate(readFileSync(CACHE_TIER_TEMPLATE, 'utf8'), {
       // Ignored unless nginx starts as root, but it must name an existing account then.
@@ -188,8 +204,14 @@ async function launchCacheTier(bin: string, prefix: string, origin: string, afte
  * One nginx from `render(port)`, retried on a fresh port if another process takes the port first;
  * on `fixedPort` when given (no retry: the caller needs that port).
  */
-async function startWithRetries(bin: string, prefix: string, fixedPort: number | undefined, render: (port: number) => string): Promise<Running & { port: number }> {
-  if (fixedPort !== undefined) return { port: fixedPort, ...(await startOnce(bin, prefix, render(fixedPort), fixedPort)) };
+async function startWithRetries(
+  bin: string,
+  prefix: string,
+  fixedPort: number | undefined,
+  render: (port: number) => string,
+): Promise<Running & { port: number }> {
+  if (fixedPort !== undefined)
+    return { port: fixedPort, ...(await startOnce(bin, prefix, render(fixedPort), fixedPort)) };
   let lastError: Error | undefined;
   for (let attempt = 0; attempt < 5; attempt++) {
     const port = await freePort();
@@ -210,7 +232,11 @@ async function startOnce(bin: string, prefix: string, config: string, port: numb
   rmSync(pidFile, { force: true });
   writeFileSync(conf, config);
 
-  const child = spawn(bin, ['-p', `${prefix}/`, '-c', conf, '-e', errorLog, '-g', 'daemon off; master_process off;'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(
+    bin,
+    ['-p', `${prefix}/`, '-c', conf, '-e', errorLog, '-g', 'daemon off; master_process off;'],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-4000)));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
@@ -237,7 +263,9 @@ async function startOnce(bin: string, prefix: string, config: string, port: numb
     if (!running || Date.now() > deadline) {
       const log = existsSync(errorLog) ? readFileSync(errorLog, 'utf8') : '';
       await stop();
-      throw new Error(`nginx did not start on 127.0.0.1:${port}${running ? ` within ${START_TIMEOUT_MS} ms` : ''}: ${(stderr + log).trim() || 'no output'}`);
+      throw new Error(
+        `nginx did not start on 127.0.0.1:${port}${running ? ` within ${START_TIMEOUT_MS} ms` : ''}: ${(stderr + log).trim() || 'no output'}`,
+      );
     }
     await new Promise((r) => setTimeout(r, 20));
   }

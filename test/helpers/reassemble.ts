@@ -16,7 +16,8 @@ export function countingStore<T extends StoreBackend>(store: T): T & { puts: str
   return new Proxy(store, {
     get(target, prop, recv) {
       if (prop === 'puts') return puts;
-      if (prop === 'put') return (key: string, body: Buffer, o?: object) => (puts.push(key), target.put(key, body, o));
+      if (prop === 'put')
+        return (key: string, body: Buffer, o?: object) => (puts.push(key), target.put(key, body, o));
       const v = Reflect.get(target, prop, recv) as unknown;
       return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
     },

@@ -50,11 +50,14 @@ export async function startS3rver(bucket = 'lazysnap-test'): Promise<S3rverHandl
     requests.push({ method: req.method ?? '', path: req.url ?? '', headers: req.headers });
     // Node's server already answered any `Expect: 100-continue`; the header is unsigned (SigV4).
     const { expect: _expect, ...headers } = req.headers;
-    const up = http.request({ host: '127.0.0.1', port: s3Port, method: req.method, path: req.url, headers, agent }, (upRes) => {
-      res.writeHead(upRes.statusCode ?? 502, upRes.headers);
-      upRes.pipe(res);
-      upRes.on('error', () => res.destroy());
-    });
+    const up = http.request(
+      { host: '127.0.0.1', port: s3Port, method: req.method, path: req.url, headers, agent },
+      (upRes) => {
+        res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+        upRes.pipe(res);
+        upRes.on('error', () => res.destroy());
+      },
+    );
     up.on('error', () => res.destroy());
     req.pipe(up);
     res.on('close', () => {

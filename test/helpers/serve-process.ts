@@ -51,12 +51,20 @@ const STOP_BOUND_MS = 20_000;
  * Starts `lazysnap serve --socket socket ...args` and resolves once it logged `serving` (the
  * socket is listening). `env` is added to the environment (LAZYSNAP_LOG_LEVEL defaults to info).
  */
-export async function startServe(socket: string, args: string[], opts: { env?: Record<string, string>; startTimeoutMs?: number } = {}): Promise<ServeProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'cli/bin.ts', 'serve', '--socket', socket, ...args], {
-    cwd: repoRoot,
-    env: { ...process.env, LAZYSNAP_LOG_LEVEL: 'info', ...opts.env },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+export async function startServe(
+  socket: string,
+  args: string[],
+  opts: { env?: Record<string, string>; startTimeoutMs?: number } = {},
+): Promise<ServeProcess> {
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', 'cli/bin.ts', 'serve', '--socket', socket, ...args],
+    {
+      cwd: repoRoot,
+      env: { ...process.env, LAZYSNAP_LOG_LEVEL: 'info', ...opts.env },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
   live.add(child);
   const logs: LogLine[] = [];
   let text = '';
@@ -87,14 +95,22 @@ export async function startServe(socket: string, args: string[], opts: { env?: R
     live.delete(child);
     return { code: code as number | null, signal: signal as NodeJS.Signals | null };
   });
-  const waitForLog = (match: (l: LogLine) => boolean, timeoutMs = 20_000, what = 'a log line'): Promise<LogLine> => {
+  const waitForLog = (
+    match: (l: LogLine) => boolean,
+    timeoutMs = 20_000,
+    what = 'a log line',
+  ): Promise<LogLine> => {
     const seen = logs.find(match);
     if (seen) return Promise.resolve(seen);
     return new Promise<LogLine>((resolve, reject) => {
       const w = { match, resolve: (l: LogLine) => (clearTimeout(t), resolve(l)) };
       const t = setTimeout(() => {
         waiters.delete(w);
-        reject(new Error(`serve logged no ${what} within ${timeoutMs} ms; log:\n${logs.map((l) => JSON.stringify(l)).join('\n')}\n${text}`));
+        reject(
+          new Error(
+            `serve logged no ${what} within ${timeoutMs} ms; log:\n${logs.map((l) => JSON.stringify(l)).join('\n')}\n${text}`,
+          ),
+        );
       }, timeoutMs);
       waiters.add(w);
     });
@@ -109,7 +125,8 @@ export async function startServe(socket: string, args: string[], opts: { env?: R
     problems: () => logs.filter((l) => l.level >= WARN),
     waitForLog,
     fdCount: () => readdirSync(`/proc/${pid}/fd`).length,
-    rssBytes: () => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) * 1024,
+    rssBytes: () =>
+      Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) * 1024,
     exited,
     async stop(signal = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);

@@ -21,15 +21,23 @@ export async function snapshotTo(
   }
 }
 
-export async function serve(dir: string, opts: Partial<ServeOptions> & Pick<ServeOptions, 'stores' | 'id'>): Promise<RestoreServer> {
+export async function serve(
+  dir: string,
+  opts: Partial<ServeOptions> & Pick<ServeOptions, 'stores' | 'id'>,
+): Promise<RestoreServer> {
   return RestoreServer.start({ socketPath: path.join(dir, 'run', 'uffd.sock'), ...opts });
 }
 
 /** Resolves once the server has ended n sessions (their summaries are logged and kept). */
-export async function summaries(server: RestoreServer, n: number, timeoutMs = 20_000): Promise<RestoreServer['summaries']> {
+export async function summaries(
+  server: RestoreServer,
+  n: number,
+  timeoutMs = 20_000,
+): Promise<RestoreServer['summaries']> {
   const end = Date.now() + timeoutMs;
   while (server.summaries.length < n) {
-    if (Date.now() > end) throw new Error(`only ${server.summaries.length} of ${n} sessions ended within ${timeoutMs} ms`);
+    if (Date.now() > end)
+      throw new Error(`only ${server.summaries.length} of ${n} sessions ended within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 10));
   }
   return server.summaries;

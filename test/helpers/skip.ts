@@ -36,7 +36,7 @@ export function presentPages(pid: number, address: bigint, length: number): bool
     const n = length / 4096;
     const buf = Buffer.alloc(n * 8);
     readSync(fd, buf, 0, buf.length, Number((address / 4096n) * 8n));
-    return Array.from({ length: n }, (_, i) => (buf.readBigUInt64LE(i * 8) >> 63n) === 1n);
+    return Array.from({ length: n }, (_, i) => buf.readBigUInt64LE(i * 8) >> 63n === 1n);
   } finally {
     closeSync(fd);
   }

@@ -58,7 +58,14 @@ export interface SoakResult {
   sessionSummaries: number;
   /** Warn/error lines serve logged. */
   problems: LogLine[];
-  rss: { baselineBytes: number; idleSessionsBytes: number; perSessionBytes: number; peakBytes: number; finalBytes: number; boundBytes: number };
+  rss: {
+    baselineBytes: number;
+    idleSessionsBytes: number;
+    perSessionBytes: number;
+    peakBytes: number;
+    finalBytes: number;
+    boundBytes: number;
+  };
   /** serve's V8 heap (committed and used), idle before the load and right after it: part of what RSS holds beyond the budget. */
   jsHeap: { baseline: HeapFigures | null; end: HeapFigures | null };
   fds: { before: ReturnType<typeof fdKinds>; after: ReturnType<typeof fdKinds>; settledMs: number | null };
@@ -102,7 +109,18 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   await snapshotTo(storeDir, o.image, 'soak', o.chunkSize);
   const origin = o.origin ? await o.origin(storeDir) : undefined;
   const fetchConcurrency = o.fetchConcurrency ?? 16;
-  const args = ['--store', origin?.url ?? storeDir, '--id', 'soak', '--memory-budget', String(o.memoryBudget), '--fetch-concurrency', String(fetchConcurrency), '--prefetch', 'off'];
+  const args = [
+    '--store',
+    origin?.url ?? storeDir,
+    '--id',
+    'soak',
+    '--memory-budget',
+    String(o.memoryBudget),
+    '--fetch-concurrency',
+    String(fetchConcurrency),
+    '--prefetch',
+    'off',
+  ];
   if (o.cacheBudget > 0) {
     mkdirSync(path.join(o.dir, 'cache'), { recursive: true });
     args.push('--cache-dir', path.join(o.dir, 'cache'), '--cache-budget', String(o.cacheBudget));
@@ -110,7 +128,9 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   const reports = path.join(o.dir, 'reports');
   mkdirSync(reports, { recursive: true });
   const nodeOptions = `--report-on-signal --report-signal=SIGUSR2 --report-compact --report-directory=${reports}`;
-  const serve = await startServe(path.join(o.dir, 'run', 'soak.sock'), args, { env: { NODE_OPTIONS: nodeOptions } }).catch(async (e: unknown) => {
+  const serve = await startServe(path.join(o.dir, 'run', 'soak.sock'), args, {
+    env: { NODE_OPTIONS: nodeOptions },
+  }).catch(async (e: unknown) => {
     await origin?.stop();
     throw e;
   });
@@ -124,7 +144,9 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
     const base = ['--socket', serve.socket, '--image', o.image, '--threads', '1', '--order', 'random'];
 
     // Per-session overhead: N clients connected (handshake done), nothing faulted yet.
-    const idle = Array.from({ length: o.concurrency }, (_, k) => startClient([...base, '--seed', String(k), '--wait']));
+    const idle = Array.from({ length: o.concurrency }, (_, k) =>
+      startClient([...base, '--seed', String(k), '--wait']),
+    );
     for (const c of idle) clients.add(c);
     await bounded(Promise.all(idle.map((c) => c.ready)), 60_000, 'idle handshakes');
     // A session exists once serve has read the handshake: its uffd is then open there.
@@ -141,7 +163,13 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
     let peak = idleSessions;
     sampler = setInterval(() => {
       try {
-        const s = { ms: Math.round(performance.now() - t0), rssBytes: rssNow(serve), fds: serve.fdCount(), restoresDone: results.length, clientsRunning: clients.size };
+        const s = {
+          ms: Math.round(performance.now() - t0),
+          rssBytes: rssNow(serve),
+          fds: serve.fdCount(),
+          restoresDone: results.length,
+          clientsRunning: clients.size,
+        };
         peak = Math.max(peak, s.rssBytes);
         samples.push(s);
         o.onSample?.(s);
@@ -184,7 +212,9 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
     const ok = (r: ClientResult) => r.code === 0 && r.report?.ok === true;
     return {
       restores: results.length,
-      failedRestores: results.filter((r) => !ok(r)).map((r) => ({ code: r.code, signal: r.signal, stderr: r.stderr.slice(0, 300) })),
+      failedRestores: results
+        .filter((r) => !ok(r))
+        .map((r) => ({ code: r.code, signal: r.signal, stderr: r.stderr.slice(0, 300) })),
       pagesVerified: results.reduce((n, r) => n + (r.report?.pagesVerified ?? 0), 0),
       mismatchedPages: results.reduce((n, r) => n + (r.report?.mismatches ?? 0), 0),
       sessionSummaries: summaries(),
@@ -195,7 +225,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
         perSessionBytes: perSession,
         peakBytes: peak,
         finalBytes,
-        boundBytes: baseline + o.memoryBudget + 2 * fetchConcurrency * o.chunkSize + o.concurrency * perSession,
+        boundBytes:
+          baseline + o.memoryBudget + 2 * fetchConcurrency * o.chunkSize + o.concurrency * perSession,
       },
       jsHeap: { baseline: heapBaseline, end: heapEnd },
       fds: { before, after, settledMs: settled ? Math.round(performance.now() - tSettle) : null },

@@ -24,7 +24,11 @@ async function collect(it: AsyncIterable<{ key: string; size: number }>): Promis
   return m;
 }
 
-export function storeContract(name: string, make: () => Promise<ContractTarget>, opts: { skip?: string } = {}): void {
+export function storeContract(
+  name: string,
+  make: () => Promise<ContractTarget>,
+  opts: { skip?: string } = {},
+): void {
   describe.skipIf(!!opts.skip)(`${name} store contract${opts.skip ? ` [SKIPPED: ${opts.skip}]` : ''}`, () => {
     const withTarget = (f: (t: ContractTarget) => Promise<void>) => async () => {
       const t = await make();
@@ -35,58 +39,91 @@ export function storeContract(name: string, make: () => Promise<ContractTarget>,
       }
     };
 
-    it('reads back what was stored, whole and by byte range', withTarget(async (t) => {
-      const body = randomBytes(300_000);
-      await t.seed('chunks/ab/obj', body);
-      expect((await t.store.get('chunks/ab/obj')).equals(body)).toBe(true);
-      expect((await t.store.get('chunks/ab/obj', { range: { start: 1000, end: 5096 } })).equals(body.subarray(1000, 5096))).toBe(true);
-      expect(await t.store.has('chunks/ab/obj')).toBe(true);
-      expect(await t.store.has('chunks/ab/other')).toBe(false);
-    }));
+    it(
+      'reads back what was stored, whole and by byte range',
+      withTarget(async (t) => {
+        const body = randomBytes(300_000);
+        await t.seed('chunks/ab/obj', body);
+        expect((await t.store.get('chunks/ab/obj')).equals(body)).toBe(true);
+        expect(
+          (await t.store.get('chunks/ab/obj', { range: { start: 1000, end: 5096 } })).equals(
+            body.subarray(1000, 5096),
+          ),
+        ).toBe(true);
+        expect(await t.store.has('chunks/ab/obj')).toBe(true);
+        expect(await t.store.has('chunks/ab/other')).toBe(false);
+      }),
+    );
 
-    it('reports a missing object as NotFoundError with the key', withTarget(async (t) => {
-      const e = await t.store.get('manifests/nope.json').catch((x: unknown) => x);
-      expect(e).toBeInstanceOf(NotFoundError);
-      expect(e).toMatchObject({ code: 'LAZYSNAP_NOT_FOUND', key: 'manifests/nope.json' });
-    }));
+    it(
+      'reports a missing object as NotFoundError with the key',
+      withTarget(async (t) => {
+        const e = await t.store.get('manifests/nope.json').catch((x: unknown) => x);
+        expect(e).toBeInstanceOf(NotFoundError);
+        expect(e).toMatchObject({ code: 'LAZYSNAP_NOT_FOUND', key: 'manifests/nope.json' });
+      }),
+    );
 
-    it('lists by prefix with sizes (or refuses to, where the protocol cannot)', withTarget(async (t) => {
-      if (t.canList === false) {
-        await expect(collect(t.store.list('chunks/'))).rejects.toMatchObject({ code: 'LAZYSNAP_STORE_ERROR' });
-        return;
-      }
-      await t.seed('chunks/00/a', Buffer.alloc(10));
-      await t.seed('chunks/01/b', Buffer.alloc(20));
-      await t.seed('manifests/m.json', Buffer.from('{}'));
-      expect(await collect(t.store.list('chunks/'))).toEqual(new Map([['chunks/00/a', 10], ['chunks/01/b', 20]]));
-      expect((await collect(t.store.list(''))).size).toBe(3);
-      expect((await collect(t.store.list('profiles/'))).size).toBe(0);
-    }));
+    it(
+      'lists by prefix with sizes (or refuses to, where the protocol cannot)',
+      withTarget(async (t) => {
+        if (t.canList === false) {
+          await expect(collect(t.store.list('chunks/'))).rejects.toMatchObject({
+            code: 'LAZYSNAP_STORE_ERROR',
+          });
+          return;
+        }
+        await t.seed('chunks/00/a', Buffer.alloc(10));
+        await t.seed('chunks/01/b', Buffer.alloc(20));
+        await t.seed('manifests/m.json', Buffer.from('{}'));
+        expect(await collect(t.store.list('chunks/'))).toEqual(
+          new Map([
+            ['chunks/00/a', 10],
+            ['chunks/01/b', 20],
+          ]),
+        );
+        expect((await collect(t.store.list(''))).size).toBe(3);
+        expect((await collect(t.store.list('profiles/'))).size).toBe(0);
+      }),
+    );
 
-    it('refuses unsafe keys before touching the backend', withTarget(async (t) => {
-      for (const key of ['../etc/passwd', '/abs', 'a//b', 'a/./b', 'nul\0byte', '', 'x'.repeat(2000)]) {
-        await expect(t.store.get(key)).rejects.toBeInstanceOf(InvalidArgumentError);
-      }
-    }));
+    it(
+      'refuses unsafe keys before touching the backend',
+      withTarget(async (t) => {
+        for (const key of ['../etc/passwd', '/abs', 'a//b', 'a/./b', 'nul\0byte', '', 'x'.repeat(2000)]) {
+          await expect(t.store.get(key)).rejects.toBeInstanceOf(InvalidArgumentError);
+        }
+      }),
+    );
 
-    it('rejects at once with the signal reason when already aborted', withTarget(async (t) => {
-      const reason = new Error('stop');
-      await expect(t.store.get('chunks/ab/obj', { signal: AbortSignal.abort(reason) })).rejects.toBe(reason);
-    }));
+    it(
+      'rejects at once with the signal reason when already aborted',
+      withTarget(async (t) => {
+        const reason = new Error('stop');
+        await expect(t.store.get('chunks/ab/obj', { signal: AbortSignal.abort(reason) })).rejects.toBe(
+          reason,
+        );
+      }),
+    );
 
-    it('writes atomically and overwrites, or refuses writes when read-only', withTarget(async (t) => {
-      if (!t.store.writable) {
-        await expect(t.store.put('chunks/aa/x', Buffer.alloc(1))).rejects.toBeInstanceOf(StoreReadOnlyError);
-        await expect(t.store.delete('chunks/aa/x')).rejects.toBeInstanceOf(StoreReadOnlyError);
-        return;
-      }
-      await t.store.put('vmstate/s1', Buffer.from('one'));
-      await t.store.put('vmstate/s1', Buffer.from('two!'));
-      expect((await t.store.get('vmstate/s1')).toString()).toBe('two!');
-      expect(await collect(t.store.list('vmstate/'))).toEqual(new Map([['vmstate/s1', 4]]));
-      await t.store.delete('vmstate/s1');
-      await t.store.delete('vmstate/s1'); // deleting what is gone is not an error
-      expect(await t.store.has('vmstate/s1')).toBe(false);
-    }));
+    it(
+      'writes atomically and overwrites, or refuses writes when read-only',
+      withTarget(async (t) => {
+        if (!t.store.writable) {
+          await expect(t.store.put('chunks/aa/x', Buffer.alloc(1))).rejects.toBeInstanceOf(
+            StoreReadOnlyError,
+          );
+          await expect(t.store.delete('chunks/aa/x')).rejects.toBeInstanceOf(StoreReadOnlyError);
+          return;
+        }
+        await t.store.put('vmstate/s1', Buffer.from('one'));
+        await t.store.put('vmstate/s1', Buffer.from('two!'));
+        expect((await t.store.get('vmstate/s1')).toString()).toBe('two!');
+        expect(await collect(t.store.list('vmstate/'))).toEqual(new Map([['vmstate/s1', 4]]));
+        await t.store.delete('vmstate/s1');
+        await t.store.delete('vmstate/s1'); // deleting what is gone is not an error
+        expect(await t.store.has('vmstate/s1')).toBe(false);
+      }),
+    );
   });
 }

@@ -15,10 +15,14 @@ import { findExecutable } from './system.js';
 // Loaded by a computed specifier, untyped: the package's types reference lib.dom, which would put
 // browser globals (and their own WebAssembly declarations) into the whole project's type check.
 const HCL2JSON = '@cdktf/hcl2json';
-const { parse } = (await import(HCL2JSON)) as { parse(filename: string, contents: string): Promise<Record<string, unknown>> };
+const { parse } = (await import(HCL2JSON)) as {
+  parse(filename: string, contents: string): Promise<Record<string, unknown>>;
+};
 
 export const terraformPath = findExecutable('terraform', ['/usr/local/bin', '/usr/bin']);
-export const terraformSkipReason = terraformPath ? '' : 'terraform is not installed (not on PATH nor in /usr/local/bin)';
+export const terraformSkipReason = terraformPath
+  ? ''
+  : 'terraform is not installed (not on PATH nor in /usr/local/bin)';
 if (!terraformPath) console.warn(`[lazysnap tests] skipping terraform suites: ${terraformSkipReason}`);
 
 /** A parsed .tf file, as hcl2json shapes it: blocks are arrays, expressions are "${...}" strings. */
@@ -27,7 +31,10 @@ export type Hcl = Record<string, any>;
 /** Every .tf file of `dir` (not recursive), parsed, by file name. */
 export async function loadHcl(dir: string): Promise<Record<string, Hcl>> {
   const out: Record<string, Hcl> = {};
-  for (const f of readdirSync(dir).filter((n) => n.endsWith('.tf')).sort()) out[f] = await parse(f, readFileSync(path.join(dir, f), 'utf8'));
+  for (const f of readdirSync(dir)
+    .filter((n) => n.endsWith('.tf'))
+    .sort())
+    out[f] = await parse(f, readFileSync(path.join(dir, f), 'utf8'));
   return out;
 }
 
@@ -41,9 +48,16 @@ export function terraform(args: string[], opts: { cwd: string; input?: string })
     maxBuffer: 16 * 1024 * 1024,
     // An empty CLI configuration (without one, terraform warns that ~/.terraformrc is missing, and
     // a developer's own would change what runs); no version check calls home.
-    env: { ...process.env, TF_CLI_CONFIG_FILE: '/dev/null', TF_IN_AUTOMATION: '1', CHECKPOINT_DISABLE: '1', NO_COLOR: '1' },
+    env: {
+      ...process.env,
+      TF_CLI_CONFIG_FILE: '/dev/null',
+      TF_IN_AUTOMATION: '1',
+      CHECKPOINT_DISABLE: '1',
+      NO_COLOR: '1',
+    },
   });
-  if (r.status !== 0) throw new Error(`terraform ${args.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr || r.stdout}`);
+  if (r.status !== 0)
+    throw new Error(`terraform ${args.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr || r.stdout}`);
   return r.stdout;
 }
 
@@ -55,9 +69,13 @@ export function hclString(s: string): string {
 /** Evaluates a string-valued HCL expression with terraform console, in `dir`. */
 function evalString(dir: string, expr: string): string {
   // base64 keeps the value clear of console's own quoting; one expression per line.
-  const out = terraform(['console'], { cwd: dir, input: `base64encode(${expr.replaceAll('\n', ' ')})\n` }).trim();
+  const out = terraform(['console'], {
+    cwd: dir,
+    input: `base64encode(${expr.replaceAll('\n', ' ')})\n`,
+  }).trim();
   const m = /^"([A-Za-z0-9+/=]*)"$/.exec(out);
-  if (!m) throw new Error(`terraform console printed ${JSON.stringify(out.slice(0, 200))}, not a base64 string`);
+  if (!m)
+    throw new Error(`terraform console printed ${JSON.stringify(out.slice(0, 200))}, not a base64 string`);
   return Buffer.from(m[1]!, 'base64').toString('utf8');
 }
 
@@ -65,7 +83,9 @@ function evalString(dir: string, expr: string): string {
 export function templatefile(file: string, vars: Record<string, string>): string {
   const dir = mkdtempSync(path.join(tmpdir(), 'lazysnap-tf-'));
   try {
-    const obj = Object.entries(vars).map(([k, v]) => `${k} = ${v}`).join(', ');
+    const obj = Object.entries(vars)
+      .map(([k, v]) => `${k} = ${v}`)
+      .join(', ');
     return evalString(dir, `templatefile(${hclString(file)}, { ${obj} })`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -95,12 +115,20 @@ function localsBlocks(source: string): string[] {
  * text → HCL replacement); path.module becomes the module's real directory, so file() and
  * templatefile() read the module's files. `vars` are the input variables (terraform.tfvars.json).
  */
-export function evalModuleLocal(moduleDir: string, name: string, opts: { vars: Record<string, unknown>; stubs: Record<string, string> }): string {
+export function evalModuleLocal(
+  moduleDir: string,
+  name: string,
+  opts: { vars: Record<string, unknown>; stubs: Record<string, string> },
+): string {
   let locals = readdirSync(moduleDir)
     .filter((f) => f.endsWith('.tf'))
     .flatMap((f) => localsBlocks(readFileSync(path.join(moduleDir, f), 'utf8')))
     .join('\n\n');
-  for (const [ref, value] of Object.entries({ ...opts.stubs, 'path.module': hclString(path.resolve(moduleDir)) })) locals = locals.replaceAll(ref, value);
+  for (const [ref, value] of Object.entries({
+    ...opts.stubs,
+    'path.module': hclString(path.resolve(moduleDir)),
+  }))
+    locals = locals.replaceAll(ref, value);
   const left = /\b(?:data\.[a-z0-9_]+\.[a-z0-9_]+|aws_[a-z0-9_]+\.[a-z0-9_]+)\.[a-z_]+/.exec(locals);
   if (left) throw new Error(`${moduleDir}: the locals use ${left[0]}, which needs a provider: stub it`);
   const dir = mkdtempSync(path.join(tmpdir(), 'lazysnap-tf-'));

@@ -64,7 +64,8 @@ export class Harness {
     } catch {}
     this.table = new ChunkTable(opts.image.length, opts.chunkSize);
     for (const z of opts.zeroChunks ?? []) this.table.setZero(z);
-    const resident = opts.residentChunks === 'all' ? [...Array(this.table.chunks).keys()] : (opts.residentChunks ?? []);
+    const resident =
+      opts.residentChunks === 'all' ? [...Array(this.table.chunks).keys()] : (opts.residentChunks ?? []);
     for (const i of resident) this.putChunk(i);
     this.#lfd = listenUnix(this.socketPath);
     this.#watch = watchFd(this.#lfd, { readable: true }, () => this.#accept());
@@ -79,7 +80,9 @@ export class Harness {
   session(index = 0): Promise<Accepted> {
     const a = this.accepted[index];
     if (a) return Promise.resolve(a);
-    return new Promise((res) => this.#waiters.push((x) => (this.accepted.indexOf(x) === index ? res(x) : undefined)));
+    return new Promise((res) =>
+      this.#waiters.push((x) => (this.accepted.indexOf(x) === index ? res(x) : undefined)),
+    );
   }
 
   #accept(): void {
@@ -130,7 +133,9 @@ export class Harness {
       pageSize,
       events,
       installed: (i: number) =>
-        done.has(i) ? Promise.resolve() : new Promise<void>((res) => waiters.set(i, [...(waiters.get(i) ?? []), res])),
+        done.has(i)
+          ? Promise.resolve()
+          : new Promise<void>((res) => waiters.set(i, [...(waiters.get(i) ?? []), res])),
     });
     this.accepted.push(a);
     for (const f of this.#waiters) f(a);

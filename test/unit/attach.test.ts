@@ -38,17 +38,12 @@ const WASM_PAGE = 64 * KiB;
  * An order-sensitive hash over [p, p+n): any wrong, missing or misplaced byte changes it.
  */
 const HASH_WASM = Uint8Array.from([
-  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
-  0x01, 0x07, 0x01, 0x60, 0x02, 0x7f, 0x7f, 0x01, 0x7e,
-  0x02, 0x0c, 0x01, 0x03, 0x65, 0x6e, 0x76, 0x03, 0x6d, 0x65, 0x6d, 0x02, 0x00, 0x01,
-  0x03, 0x02, 0x01, 0x00,
-  0x07, 0x08, 0x01, 0x04, 0x68, 0x61, 0x73, 0x68, 0x00, 0x00,
-  0x0a, 0x30, 0x01, 0x2e, 0x01, 0x01, 0x7e,
-  0x02, 0x40, 0x03, 0x40, 0x20, 0x01, 0x45, 0x0d, 0x01,
-  0x20, 0x02, 0x42, 0x1f, 0x7e, 0x20, 0x00, 0x31, 0x00, 0x00, 0x7c, 0x21, 0x02,
-  0x20, 0x00, 0x41, 0x01, 0x6a, 0x21, 0x00,
-  0x20, 0x01, 0x41, 0x01, 0x6b, 0x21, 0x01,
-  0x0c, 0x00, 0x0b, 0x0b, 0x20, 0x02, 0x0b,
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x07, 0x01, 0x60, 0x02, 0x7f, 0x7f, 0x01, 0x7e, 0x02,
+  0x0c, 0x01, 0x03, 0x65, 0x6e, 0x76, 0x03, 0x6d, 0x65, 0x6d, 0x02, 0x00, 0x01, 0x03, 0x02, 0x01, 0x00, 0x07,
+  0x08, 0x01, 0x04, 0x68, 0x61, 0x73, 0x68, 0x00, 0x00, 0x0a, 0x30, 0x01, 0x2e, 0x01, 0x01, 0x7e, 0x02, 0x40,
+  0x03, 0x40, 0x20, 0x01, 0x45, 0x0d, 0x01, 0x20, 0x02, 0x42, 0x1f, 0x7e, 0x20, 0x00, 0x31, 0x00, 0x00, 0x7c,
+  0x21, 0x02, 0x20, 0x00, 0x41, 0x01, 0x6a, 0x21, 0x00, 0x20, 0x01, 0x41, 0x01, 0x6b, 0x21, 0x01, 0x0c, 0x00,
+  0x0b, 0x0b, 0x20, 0x02, 0x0b,
 ]);
 
 function hasher(memory: WebAssembly.Memory): (p: number, n: number) => bigint {
@@ -73,7 +68,7 @@ describe.skipIf(!hasUffd)(uffdSuite('attach() in-process restore'), () => {
     tmp.cleanup();
   });
 
-  it('a WebAssembly function over lazily restored linear memory gets the original bytes\' answer, fetching only what it reads', async () => {
+  it("a WebAssembly function over lazily restored linear memory gets the original bytes' answer, fetching only what it reads", async () => {
     // The oracle: the same function over a memory holding the image, copied in the ordinary way.
     const reference = new WebAssembly.Memory({ initial: (8 * MiB) / WASM_PAGE });
     new Uint8Array(reference.buffer).set(img.bytes);
@@ -116,7 +111,10 @@ describe.skipIf(!hasUffd)(uffdSuite('attach() in-process restore'), () => {
   });
 
   it('user-mode-only (what an unprivileged process gets): a kernel access to an unrestored page fails with EFAULT, a user access restores it', async () => {
-    att = await attach({ size: 8 * MiB }, { stores: [store], id: 'wasm', prefetch: 'off', userModeOnly: true });
+    att = await attach(
+      { size: 8 * MiB },
+      { stores: [store], id: 'wasm', prefetch: 'off', userModeOnly: true },
+    );
     expect(att.userModeOnly).toBe(true);
     const data = [...Array(32).keys()].find((i) => !img.zeroChunks.includes(i))!;
     const page = new Uint8Array(att.buffer as ArrayBuffer, data * CS, 4096);
@@ -142,7 +140,10 @@ describe.skipIf(!hasUffd)(uffdSuite('attach() in-process restore'), () => {
     const ix = await loadIndex(new FileStore(store), 'wasm');
     rmSync(path.join(store, ...chunkKey(chunkHash(ix, data)!, chunkCodec(ix, data)!).split('/')));
     const { command, args } = moduleCommand(new URL('../fixtures/attach-touch.js', import.meta.url));
-    const r = spawnSync(command, [...args, store, 'wasm', String(data), String(CS)], { encoding: 'utf8', timeout: 30_000 });
+    const r = spawnSync(command, [...args, store, 'wasm', String(data), String(CS)], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
     expect(r.stdout).toBe('attached\n');
     expect(r.signal).toBe(kernelHasPoison() ? 'SIGBUS' : 'SIGKILL');
     expect(r.stderr).toMatch(new RegExp(`chunk ${data} could not be served: failing closed`));
@@ -155,17 +156,34 @@ describe.skipIf(!hasUffd)(uffdSuite('attach() in-process restore'), () => {
       message: expect.stringMatching(/page-aligned memory/),
     });
     // Objects and callbacks would have to run on the thread that is blocked in the fault.
-    await expect(attach({ size: 8 * MiB }, { stores: [{ url: store }] as never, id: 'wasm' })).rejects.toMatchObject({ code: 'LAZYSNAP_INVALID_ARGUMENT', message: expect.stringMatching(/store URLs/) });
-    await expect(attach({ size: 8 * MiB }, { stores: [store], id: 'wasm', onFault: () => {} } as never)).rejects.toMatchObject({ code: 'LAZYSNAP_INVALID_ARGUMENT', message: expect.stringMatching(/onFault/) });
+    await expect(
+      attach({ size: 8 * MiB }, { stores: [{ url: store }] as never, id: 'wasm' }),
+    ).rejects.toMatchObject({
+      code: 'LAZYSNAP_INVALID_ARGUMENT',
+      message: expect.stringMatching(/store URLs/),
+    });
+    await expect(
+      attach({ size: 8 * MiB }, { stores: [store], id: 'wasm', onFault: () => {} } as never),
+    ).rejects.toMatchObject({ code: 'LAZYSNAP_INVALID_ARGUMENT', message: expect.stringMatching(/onFault/) });
     // Too small for the snapshot.
-    await expect(attach(new WebAssembly.Memory({ initial: 1 }), { stores: [store], id: 'wasm' })).rejects.toMatchObject({ code: 'LAZYSNAP_INVALID_ARGUMENT', message: expect.stringMatching(/at least the snapshot's 8388608 bytes/) });
+    await expect(
+      attach(new WebAssembly.Memory({ initial: 1 }), { stores: [store], id: 'wasm' }),
+    ).rejects.toMatchObject({
+      code: 'LAZYSNAP_INVALID_ARGUMENT',
+      message: expect.stringMatching(/at least the snapshot's 8388608 bytes/),
+    });
     // A snapshot that is not there: the runtime's own error, with its code.
-    await expect(attach({ size: 8 * MiB }, { stores: [store], id: 'nope' })).rejects.toMatchObject({ code: 'LAZYSNAP_NOT_FOUND' });
+    await expect(attach({ size: 8 * MiB }, { stores: [store], id: 'nope' })).rejects.toMatchObject({
+      code: 'LAZYSNAP_NOT_FOUND',
+    });
   });
 
   it('a runtime worker terminated while serving does not take the process down (native handles close before the environment goes)', async () => {
     const w = startModuleWorker(new URL('../../sdk/attach-worker.js', import.meta.url), {
-      workerData: { serve: { stores: [store], id: 'wasm', socketPath: path.join(tmp.dir, 'w.sock') }, logLevel: 'silent' },
+      workerData: {
+        serve: { stores: [store], id: 'wasm', socketPath: path.join(tmp.dir, 'w.sock') },
+        logLevel: 'silent',
+      },
     });
     await new Promise((resolve) => w.once('message', resolve));
     // Before the fix, libuv's close callback ran N-API calls on the dead environment: SIGSEGV here.

@@ -33,14 +33,22 @@ describe('native build', () => {
         cwd: proj,
         encoding: 'utf8',
         // No npm config may point elsewhere, and any download attempt must fail fast.
-        env: { PATH: process.env.PATH, HOME: tmp.dir, npm_config_nodedir: '', https_proxy: 'http://127.0.0.1:9' },
+        env: {
+          PATH: process.env.PATH,
+          HOME: tmp.dir,
+          npm_config_nodedir: '',
+          https_proxy: 'http://127.0.0.1:9',
+        },
       });
       expect(r.status, r.stderr).toBe(0);
       const config = readFileSync(path.join(proj, 'native', 'build', 'config.gypi'), 'utf8');
       expect(config).toContain(`"nodedir": "${prefix}"`);
       const built = spawnSync(
         path.join(prefix, 'bin', 'node'),
-        ['-e', `const a = require(${JSON.stringify(path.join(proj, 'native', 'build', 'Release', 'lazysnap.node'))}); console.log(typeof a.uffdCreate)`],
+        [
+          '-e',
+          `const a = require(${JSON.stringify(path.join(proj, 'native', 'build', 'Release', 'lazysnap.node'))}); console.log(typeof a.uffdCreate)`,
+        ],
         { encoding: 'utf8' },
       );
       expect(built.stdout.trim()).toBe('function');

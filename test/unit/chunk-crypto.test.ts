@@ -9,9 +9,21 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { IntegrityError, KeyUnavailableError, ManifestError, WrongKeyError } from '../../core/errors.js';
 import { decodeChunk, encodeChunk, hashChunk } from '../../store/chunk.js';
-import { ChunkCrypto, SEAL_OVERHEAD, keyCheckOf, openChunkCrypto, type EncryptionInfo } from '../../store/chunk-crypto.js';
+import {
+  ChunkCrypto,
+  SEAL_OVERHEAD,
+  keyCheckOf,
+  openChunkCrypto,
+  type EncryptionInfo,
+} from '../../store/chunk-crypto.js';
 import { envKeyProvider, parseKeyMaterial, staticKeyProvider } from '../../store/key-provider.js';
-import { FORMAT, encodeChunks, parseManifest, serializeManifest, type Manifest } from '../../store/manifest.js';
+import {
+  FORMAT,
+  encodeChunks,
+  parseManifest,
+  serializeManifest,
+  type Manifest,
+} from '../../store/manifest.js';
 import { tempDir } from '../helpers/images.js';
 
 const K = Buffer.from('0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff', 'hex');
@@ -110,9 +122,18 @@ describe('chunk ids and sealing', () => {
       const q = chunk(6);
       const id = c.id(p);
       const sealed = c.seal(id, p);
-      expect(catchErr(() => wrong.open('k', id, sealed)), mode).toBeInstanceOf(IntegrityError);
-      expect(catchErr(() => c.open('k', c.id(q), sealed)), mode).toBeInstanceOf(IntegrityError);
-      expect(catchErr(() => c.open('k', id, sealed.subarray(0, 20))), mode).toBeInstanceOf(IntegrityError);
+      expect(
+        catchErr(() => wrong.open('k', id, sealed)),
+        mode,
+      ).toBeInstanceOf(IntegrityError);
+      expect(
+        catchErr(() => c.open('k', c.id(q), sealed)),
+        mode,
+      ).toBeInstanceOf(IntegrityError);
+      expect(
+        catchErr(() => c.open('k', id, sealed.subarray(0, 20))),
+        mode,
+      ).toBeInstanceOf(IntegrityError);
     }
   });
 
@@ -123,23 +144,40 @@ describe('chunk ids and sealing', () => {
     const stored = c.seal(id, encodeChunk('zstd', p));
     expect(decodeChunk('k', 'zstd', stored, id, p.length, c).equals(p)).toBe(true);
     // Sealed bytes of another chunk under this id: authentic for their own id only.
-    expect(catchErr(() => decodeChunk('k', 'zstd', stored, c.id(chunk(8)), p.length, c))).toBeInstanceOf(IntegrityError);
+    expect(catchErr(() => decodeChunk('k', 'zstd', stored, c.id(chunk(8)), p.length, c))).toBeInstanceOf(
+      IntegrityError,
+    );
     // A reader that ignores encryption: undecodable (zstd) or wrong length (none), never installed.
     expect(catchErr(() => decodeChunk('k', 'zstd', stored, id, p.length))).toBeInstanceOf(IntegrityError);
-    expect(catchErr(() => decodeChunk('k', 'none', c.seal(id, p), id, p.length))).toBeInstanceOf(IntegrityError);
+    expect(catchErr(() => decodeChunk('k', 'none', c.seal(id, p), id, p.length))).toBeInstanceOf(
+      IntegrityError,
+    );
   });
 
   it('refuses a key whose check does not match the snapshot (WrongKeyError) before any chunk is read', async () => {
     const c = ChunkCrypto.create(K, 'convergent', 'k1');
-    expect(catchErr(() => ChunkCrypto.forSnapshot(K2, c.info, 'snapshot "vm"'))).toMatchObject({ code: 'LAZYSNAP_WRONG_KEY', keyId: 'k1' });
-    await expect(openChunkCrypto(c.info, staticKeyProvider({ k1: K2 }), 'x')).rejects.toBeInstanceOf(WrongKeyError);
-    await expect(openChunkCrypto(c.info, staticKeyProvider({ other: K }), 'x')).rejects.toBeInstanceOf(KeyUnavailableError);
-    expect((await openChunkCrypto(c.info, staticKeyProvider({ k1: K }), 'x')).id(chunk(1))).toBe(c.id(chunk(1)));
+    expect(catchErr(() => ChunkCrypto.forSnapshot(K2, c.info, 'snapshot "vm"'))).toMatchObject({
+      code: 'LAZYSNAP_WRONG_KEY',
+      keyId: 'k1',
+    });
+    await expect(openChunkCrypto(c.info, staticKeyProvider({ k1: K2 }), 'x')).rejects.toBeInstanceOf(
+      WrongKeyError,
+    );
+    await expect(openChunkCrypto(c.info, staticKeyProvider({ other: K }), 'x')).rejects.toBeInstanceOf(
+      KeyUnavailableError,
+    );
+    expect((await openChunkCrypto(c.info, staticKeyProvider({ k1: K }), 'x')).id(chunk(1))).toBe(
+      c.id(chunk(1)),
+    );
   });
 
   it('holds no key material in anything a serializer can reach', () => {
     const c = ChunkCrypto.create(K, 'convergent', 'k1');
-    const text = JSON.stringify({ c, p: staticKeyProvider({ k1: K }), e: envKeyProvider({ LAZYSNAP_CHUNK_KEY: K.toString('hex') }) });
+    const text = JSON.stringify({
+      c,
+      p: staticKeyProvider({ k1: K }),
+      e: envKeyProvider({ LAZYSNAP_CHUNK_KEY: K.toString('hex') }),
+    });
     expect(text).not.toContain(K.toString('hex'));
     expect(text).not.toContain(K.toString('base64'));
     expect(Object.keys(c)).toEqual(['info']);
@@ -153,13 +191,24 @@ describe('key material', () => {
 
   it('parses 64 hex digits, base64 and base64url of 32 bytes, ignoring surrounding whitespace', () => {
     const k = randomBytes(32);
-    for (const text of [k.toString('hex'), k.toString('hex').toUpperCase(), k.toString('base64'), k.toString('base64url'), `  ${k.toString('hex')}\n`]) {
+    for (const text of [
+      k.toString('hex'),
+      k.toString('hex').toUpperCase(),
+      k.toString('base64'),
+      k.toString('base64url'),
+      `  ${k.toString('hex')}\n`,
+    ]) {
       expect(parseKeyMaterial(text, 'X').equals(k)).toBe(true);
     }
   });
 
   it('rejects keys of the wrong size without quoting them', () => {
-    for (const bad of [randomBytes(31).toString('hex'), randomBytes(16).toString('base64'), 'correct horse battery staple', randomBytes(33).toString('base64')]) {
+    for (const bad of [
+      randomBytes(31).toString('hex'),
+      randomBytes(16).toString('base64'),
+      'correct horse battery staple',
+      randomBytes(33).toString('base64'),
+    ]) {
       const e = catchErr(() => parseKeyMaterial(bad, 'LAZYSNAP_CHUNK_KEY')) as Error;
       expect(e.message).toMatch(/LAZYSNAP_CHUNK_KEY must hold 32 bytes/);
       expect(e.message).not.toContain(bad.trim());
@@ -172,13 +221,25 @@ describe('key material', () => {
     const file = path.join(tmp.dir, 'key');
     writeFileSync(file, `${K.toString('base64')}\n`, { mode: 0o600 });
     expect((await envKeyProvider({ LAZYSNAP_CHUNK_KEY_FILE: file }).getKey('any')).equals(K)).toBe(true);
-    await expect(envKeyProvider({ LAZYSNAP_CHUNK_KEY: hex, LAZYSNAP_CHUNK_KEY_ID: 'prod' }).getKey('staging')).rejects.toMatchObject({ code: 'LAZYSNAP_KEY_UNAVAILABLE', message: expect.stringMatching(/"staging".*"prod"/) });
-    await expect(envKeyProvider({}).getKey('k')).rejects.toMatchObject({ code: 'LAZYSNAP_KEY_UNAVAILABLE', message: expect.stringContaining('LAZYSNAP_CHUNK_KEY') });
-    await expect(envKeyProvider({ LAZYSNAP_CHUNK_KEY: hex, LAZYSNAP_CHUNK_KEY_FILE: file }).getKey('k')).rejects.toThrow(/set one/);
+    await expect(
+      envKeyProvider({ LAZYSNAP_CHUNK_KEY: hex, LAZYSNAP_CHUNK_KEY_ID: 'prod' }).getKey('staging'),
+    ).rejects.toMatchObject({
+      code: 'LAZYSNAP_KEY_UNAVAILABLE',
+      message: expect.stringMatching(/"staging".*"prod"/),
+    });
+    await expect(envKeyProvider({}).getKey('k')).rejects.toMatchObject({
+      code: 'LAZYSNAP_KEY_UNAVAILABLE',
+      message: expect.stringContaining('LAZYSNAP_CHUNK_KEY'),
+    });
+    await expect(
+      envKeyProvider({ LAZYSNAP_CHUNK_KEY: hex, LAZYSNAP_CHUNK_KEY_FILE: file }).getKey('k'),
+    ).rejects.toThrow(/set one/);
     const short = envKeyProvider({ LAZYSNAP_CHUNK_KEY: hex.slice(2) }).getKey('k');
     await expect(short).rejects.toBeInstanceOf(KeyUnavailableError);
     await expect(short).rejects.not.toThrow(hex.slice(2));
-    await expect(envKeyProvider({ LAZYSNAP_CHUNK_KEY_FILE: path.join(tmp.dir, 'none') }).getKey('k')).rejects.toThrow(/ENOENT/);
+    await expect(
+      envKeyProvider({ LAZYSNAP_CHUNK_KEY_FILE: path.join(tmp.dir, 'none') }).getKey('k'),
+    ).rejects.toThrow(/ENOENT/);
   });
 });
 
@@ -211,12 +272,36 @@ describe('the manifest records encryption', () => {
 
   it.each([
     ['not an object', 'aes', 'encryption'],
-    ['another algorithm', { alg: 'chacha20', mode: 'convergent', keyId: 'k', keyCheck: '0'.repeat(32) }, 'encryption.alg'],
-    ['an unknown mode', { alg: 'aes-256-gcm', mode: 'ecb', keyId: 'k', keyCheck: '0'.repeat(32) }, 'encryption.mode'],
-    ['a bad key id', { alg: 'aes-256-gcm', mode: 'convergent', keyId: '../k', keyCheck: '0'.repeat(32) }, 'encryption.keyId'],
-    ['a bad key check', { alg: 'aes-256-gcm', mode: 'convergent', keyId: 'k', keyCheck: 'xyz' }, 'encryption.keyCheck'],
-    ['random without salt', { alg: 'aes-256-gcm', mode: 'random', keyId: 'k', keyCheck: '0'.repeat(32) }, 'encryption.salt'],
-    ['convergent with salt', { alg: 'aes-256-gcm', mode: 'convergent', keyId: 'k', keyCheck: '0'.repeat(32), salt: '0'.repeat(32) }, 'encryption.salt'],
+    [
+      'another algorithm',
+      { alg: 'chacha20', mode: 'convergent', keyId: 'k', keyCheck: '0'.repeat(32) },
+      'encryption.alg',
+    ],
+    [
+      'an unknown mode',
+      { alg: 'aes-256-gcm', mode: 'ecb', keyId: 'k', keyCheck: '0'.repeat(32) },
+      'encryption.mode',
+    ],
+    [
+      'a bad key id',
+      { alg: 'aes-256-gcm', mode: 'convergent', keyId: '../k', keyCheck: '0'.repeat(32) },
+      'encryption.keyId',
+    ],
+    [
+      'a bad key check',
+      { alg: 'aes-256-gcm', mode: 'convergent', keyId: 'k', keyCheck: 'xyz' },
+      'encryption.keyCheck',
+    ],
+    [
+      'random without salt',
+      { alg: 'aes-256-gcm', mode: 'random', keyId: 'k', keyCheck: '0'.repeat(32) },
+      'encryption.salt',
+    ],
+    [
+      'convergent with salt',
+      { alg: 'aes-256-gcm', mode: 'convergent', keyId: 'k', keyCheck: '0'.repeat(32), salt: '0'.repeat(32) },
+      'encryption.salt',
+    ],
   ])('rejects %s with ManifestError naming the field', (_n, enc, field) => {
     const e = catchErr(() => parseManifest(manifest(enc)));
     expect(e).toBeInstanceOf(ManifestError);

@@ -25,21 +25,34 @@ const NOBODY = ['--reuid', '65534', '--regid', '65534', '--clear-groups'];
  */
 const unprivilegedSkip = (() => {
   if (process.getuid?.() !== 0) return 'needs root (to become uid 65534)';
-  for (const tool of ['setpriv', 'unshare']) if (spawnSync(tool, ['--version']).status !== 0) return `needs ${tool} (util-linux)`;
+  for (const tool of ['setpriv', 'unshare'])
+    if (spawnSync(tool, ['--version']).status !== 0) return `needs ${tool} (util-linux)`;
   // The bind mount shows the checkout's own mode: a checkout that is itself private (cloned straight
   // into a mktemp -d directory) cannot be entered by uid 65534 however it is mounted.
-  if ((statSync(repoRoot).mode & 0o005) !== 0o005) return `the checkout ${repoRoot} is not readable by others (mode ${(statSync(repoRoot).mode & 0o777).toString(8)})`;
+  if ((statSync(repoRoot).mode & 0o005) !== 0o005)
+    return `the checkout ${repoRoot} is not readable by others (mode ${(statSync(repoRoot).mode & 0o777).toString(8)})`;
   return '';
 })();
 
-
 describe('lazysnap CLI', () => {
   it('prints help (exit 0), and usage with no command (exit 2)', async () => {
-    expect(await run(['--help'])).toMatchObject({ code: 0, out: expect.stringContaining('usage: lazysnap <command>') });
+    expect(await run(['--help'])).toMatchObject({
+      code: 0,
+      out: expect.stringContaining('usage: lazysnap <command>'),
+    });
     expect((await run([])).code).toBe(2);
-    expect(await run(['demo', '--help'])).toMatchObject({ code: 0, out: expect.stringContaining('--working-set F') });
-    expect(await run(['snapshot', '--help'])).toMatchObject({ code: 0, out: expect.stringContaining('--maps LIST') });
-    expect(await run(['--version'])).toMatchObject({ code: 0, out: expect.stringMatching(/^\d+\.\d+\.\d+\n$/) });
+    expect(await run(['demo', '--help'])).toMatchObject({
+      code: 0,
+      out: expect.stringContaining('--working-set F'),
+    });
+    expect(await run(['snapshot', '--help'])).toMatchObject({
+      code: 0,
+      out: expect.stringContaining('--maps LIST'),
+    });
+    expect(await run(['--version'])).toMatchObject({
+      code: 0,
+      out: expect.stringMatching(/^\d+\.\d+\.\d+\n$/),
+    });
   });
 
   it('rejects bad usage with one clear line and exit 2', async () => {
@@ -66,7 +79,19 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap demo'), () => {
 
   it('snapshots a live process into a local store and restores it lazily and eagerly into fresh processes, every chunk verified', async () => {
     const store = path.join(tmp.dir, '.lazysnap');
-    const r = await run(['demo', '--size', '16MiB', '--chunk-size', '256KiB', '--working-set', '0.25', '--store', store, '--compare', '--json']);
+    const r = await run([
+      'demo',
+      '--size',
+      '16MiB',
+      '--chunk-size',
+      '256KiB',
+      '--working-set',
+      '0.25',
+      '--store',
+      store,
+      '--compare',
+      '--json',
+    ]);
     expect(r.err).toBe('');
     expect(r.code).toBe(0);
     const report = JSON.parse(r.out) as DemoReport;
@@ -95,29 +120,68 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap demo'), () => {
     expect(lazy!.firstByteMs).toBeGreaterThan(0);
 
     // A second run is a new snapshot and uploads nothing: the data set's chunks are all there.
-    const again = await run(['demo', '--size', '16MiB', '--chunk-size', '256KiB', '--store', store, '--json']);
+    const again = await run([
+      'demo',
+      '--size',
+      '16MiB',
+      '--chunk-size',
+      '256KiB',
+      '--store',
+      store,
+      '--json',
+    ]);
     expect(again.code).toBe(0);
     expect((JSON.parse(again.out) as DemoReport).snapshot).toMatchObject({ uploadedChunks: 0, chunks: 64 });
   });
 
-  it.skipIf(!!unprivilegedSkip)(`runs without root: user-mode-only userfaultfd${unprivilegedSkip ? ` [SKIPPED: ${unprivilegedSkip}]` : ''}`, async () => {
-    chmodSync(tmp.dir, 0o777);
-    const store = path.join(tmp.dir, 'store');
-    const view = mkdtempSync(path.join(tmpdir(), 'lazysnap-view-'));
-    chmodSync(view, 0o755);
-    const tsx = path.join(view, path.relative(repoRoot, fileURLToPath(import.meta.resolve('tsx/esm'))));
-    const script = 'mount --bind "$1" "$2" && shift 2 && exec setpriv "$@"';
-    const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, 'sh', repoRoot, view, ...NOBODY, process.execPath, '--import', tsx, path.join(view, 'cli', 'bin.ts'), 'demo', '--size', '4MiB', '--chunk-size', '64KiB', '--store', store, '--json'], {
-      cwd: tmp.dir,
-      encoding: 'utf8',
-      env: { ...process.env, HOME: tmp.dir },
-      timeout: 60_000,
-    });
-    rmSync(view, { recursive: true, force: true });
-    expect(r.stderr).toBe('');
-    expect(r.status).toBe(0);
-    const report = JSON.parse(r.stdout) as DemoReport;
-    expect(report.runs[0]).toMatchObject({ userModeOnly: true, mismatchedTouched: [], mismatchedAll: [] });
-    expect(report.runs[0]!.stats.fetchedChunks).toBeGreaterThan(0);
-  });
+  it.skipIf(!!unprivilegedSkip)(
+    `runs without root: user-mode-only userfaultfd${unprivilegedSkip ? ` [SKIPPED: ${unprivilegedSkip}]` : ''}`,
+    async () => {
+      chmodSync(tmp.dir, 0o777);
+      const store = path.join(tmp.dir, 'store');
+      const view = mkdtempSync(path.join(tmpdir(), 'lazysnap-view-'));
+      chmodSync(view, 0o755);
+      const tsx = path.join(view, path.relative(repoRoot, fileURLToPath(import.meta.resolve('tsx/esm'))));
+      const script = 'mount --bind "$1" "$2" && shift 2 && exec setpriv "$@"';
+      const r = spawnSync(
+        'unshare',
+        [
+          '--mount',
+          '--propagation',
+          'private',
+          'sh',
+          '-c',
+          script,
+          'sh',
+          repoRoot,
+          view,
+          ...NOBODY,
+          process.execPath,
+          '--import',
+          tsx,
+          path.join(view, 'cli', 'bin.ts'),
+          'demo',
+          '--size',
+          '4MiB',
+          '--chunk-size',
+          '64KiB',
+          '--store',
+          store,
+          '--json',
+        ],
+        {
+          cwd: tmp.dir,
+          encoding: 'utf8',
+          env: { ...process.env, HOME: tmp.dir },
+          timeout: 60_000,
+        },
+      );
+      rmSync(view, { recursive: true, force: true });
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      const report = JSON.parse(r.stdout) as DemoReport;
+      expect(report.runs[0]).toMatchObject({ userModeOnly: true, mismatchedTouched: [], mismatchedAll: [] });
+      expect(report.runs[0]!.stats.fetchedChunks).toBeGreaterThan(0);
+    },
+  );
 });

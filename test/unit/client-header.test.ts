@@ -16,7 +16,12 @@ const run = promisify(execFile);
 
 describe.skipIf(!hasUffd)(uffdSuite('lazysnap_client.h'), () => {
   it('restores a buffer through serve: every page right, zero pages without a fetch', async () => {
-    const bin = buildC('examples/restore-buffer.c', 'restore-buffer', [`-I${path.join(repoRoot, 'native', 'include')}`], ['native/include/lazysnap_client.h']);
+    const bin = buildC(
+      'examples/restore-buffer.c',
+      'restore-buffer',
+      [`-I${path.join(repoRoot, 'native', 'include')}`],
+      ['native/include/lazysnap_client.h'],
+    );
     const tmp = tempDir();
     const img = makeImage(tmp.dir, 8 * 1024 * 1024, 256 * 1024, { zeroEvery: 2 });
     await snapshotTo(path.join(tmp.dir, 'store'), img.path, 'buf', 256 * 1024);
@@ -28,8 +33,13 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap_client.h'), () => {
       expect(s!.fetchedChunks).toBe(16); // the 16 non-zero chunks; the 16 zero ones were never fetched
       expect(s!.zeroFaults).toBeGreaterThanOrEqual(1);
       // A socket nobody serves: a clear errno, nothing left behind.
-      const e = await run(bin, [path.join(tmp.dir, 'nobody.sock'), img.path]).catch((x: { code: number; stderr: string }) => x);
-      expect(e).toMatchObject({ code: 1, stderr: expect.stringContaining('lazysnap_restore: No such file or directory') });
+      const e = await run(bin, [path.join(tmp.dir, 'nobody.sock'), img.path]).catch(
+        (x: { code: number; stderr: string }) => x,
+      );
+      expect(e).toMatchObject({
+        code: 1,
+        stderr: expect.stringContaining('lazysnap_restore: No such file or directory'),
+      });
     } finally {
       await server.close(0);
       tmp.cleanup();

@@ -54,12 +54,22 @@ afterAll(async () => {
 });
 
 async function proxy(extra: Partial<DelayProxyOptions> = {}): Promise<DelayProxy> {
-  const p = await startDelayProxy({ target: { host: '127.0.0.1', port: originPort }, firstByteMs: FIRST_BYTE_MS, bytesPerSecond: RATE, ...extra });
+  const p = await startDelayProxy({
+    target: { host: '127.0.0.1', port: originPort },
+    firstByteMs: FIRST_BYTE_MS,
+    bytesPerSecond: RATE,
+    ...extra,
+  });
   proxies.push(p);
   return p;
 }
 
-interface Timed { body: Buffer; ttfb: number; total: number; socket: net.Socket }
+interface Timed {
+  body: Buffer;
+  ttfb: number;
+  total: number;
+  socket: net.Socket;
+}
 
 /** GET `url`, timing first byte (headers) and last byte from just before the request is sent. */
 async function get(url: string, agent: http.Agent | false = false): Promise<Timed> {
@@ -172,14 +182,23 @@ describe('startDelayProxy', () => {
       { target, port: 70000 },
     ];
     for (const o of bad) {
-      await expect(startDelayProxy(o as DelayProxyOptions)).rejects.toMatchObject({ code: 'LAZYSNAP_INVALID_ARGUMENT' });
+      await expect(startDelayProxy(o as DelayProxyOptions)).rejects.toMatchObject({
+        code: 'LAZYSNAP_INVALID_ARGUMENT',
+      });
     }
     await expect(startDelayProxy({ target, firstByteMs: -1 })).rejects.toThrow(InvalidArgumentError);
-    await expect(startDelayProxy({ target, firstByteMs: -1 })).rejects.toThrow(/firstByteMs must be .*received -1/);
+    await expect(startDelayProxy({ target, firstByteMs: -1 })).rejects.toThrow(
+      /firstByteMs must be .*received -1/,
+    );
   });
 
   it('has the documented shape', () => {
     expectTypeOf(startDelayProxy).parameter(0).toEqualTypeOf<DelayProxyOptions>();
-    expectTypeOf<ReturnType<DelayProxy['stats']>>().toEqualTypeOf<{ connections: number; requests: number; bytesDown: number; bytesUp: number }>();
+    expectTypeOf<ReturnType<DelayProxy['stats']>>().toEqualTypeOf<{
+      connections: number;
+      requests: number;
+      bytesDown: number;
+      bytesUp: number;
+    }>();
   });
 });

@@ -1,12 +1,26 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  truncateSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 
 import { IntegrityError, InvalidArgumentError } from '../../core/errors.js';
-import { DiskCache, STALE_TEMP_MS, resolveDiskCacheOptions, type DiskCacheProblem } from '../../runtime/disk-cache.js';
+import {
+  DiskCache,
+  STALE_TEMP_MS,
+  resolveDiskCacheOptions,
+  type DiskCacheProblem,
+} from '../../runtime/disk-cache.js';
 import { hashChunk } from '../../store/chunk.js';
 import { tempDir } from '../helpers/images.js';
 
@@ -59,7 +73,15 @@ describe('DiskCache', () => {
     expect(await cache.get(a.hash, a.bytes.length)).toEqual(a.bytes);
     // A hit touches the mtime: the recency other processes and the next open() see.
     expect(statSync(entryPath(dir, a.hash)).mtimeMs).toBeGreaterThan(Date.now() - 60_000);
-    expect(cache.stats()).toEqual({ entries: 1, bytes: 1000, hits: 1, misses: 1, corrupt: 0, evictions: 0, writeErrors: 0 });
+    expect(cache.stats()).toEqual({
+      entries: 1,
+      bytes: 1000,
+      hits: 1,
+      misses: 1,
+      corrupt: 0,
+      evictions: 0,
+      writeErrors: 0,
+    });
     await cache.close();
     await expect(cache.get(a.hash, a.bytes.length)).rejects.toThrow(/after close/);
     expect(existsSync(entryPath(dir, a.hash))).toBe(true); // entries outlive the process
@@ -96,7 +118,14 @@ describe('DiskCache', () => {
   });
 
   it.each([
-    ['a flipped byte', (f: string) => { const b = readFileSync(f); b[10]! ^= 1; writeFileSync(f, b); }],
+    [
+      'a flipped byte',
+      (f: string) => {
+        const b = readFileSync(f);
+        b[10]! ^= 1;
+        writeFileSync(f, b);
+      },
+    ],
     ['truncation', (f: string) => truncateSync(f, 500)],
   ])('treats %s on disk as corrupt: a miss, counted, the file deleted', async (_name, damage) => {
     const cache = await DiskCache.open({ dir, budgetBytes: 1 << 20 });
@@ -115,9 +144,16 @@ describe('DiskCache', () => {
     const a = chunk();
     const b = chunk();
     await expect(cache.put(a.hash, b.bytes)).rejects.toBeInstanceOf(IntegrityError);
-    await expect(cache.put(a.hash, b.bytes)).rejects.toMatchObject({ code: 'LAZYSNAP_INTEGRITY', expected: a.hash, actual: b.hash });
+    await expect(cache.put(a.hash, b.bytes)).rejects.toMatchObject({
+      code: 'LAZYSNAP_INTEGRITY',
+      expected: a.hash,
+      actual: b.hash,
+    });
     await expect(cache.put('../etc/passwd', a.bytes)).rejects.toBeInstanceOf(InvalidArgumentError);
-    await expect(cache.get(a.hash.toUpperCase(), 1000)).rejects.toMatchObject({ code: 'LAZYSNAP_INVALID_ARGUMENT', argument: 'hash' });
+    await expect(cache.get(a.hash.toUpperCase(), 1000)).rejects.toMatchObject({
+      code: 'LAZYSNAP_INVALID_ARGUMENT',
+      argument: 'hash',
+    });
     await expect(cache.get(a.hash, -1)).rejects.toMatchObject({ argument: 'length' });
     await expect(DiskCache.open({ dir, budgetBytes: -1 })).rejects.toMatchObject({ argument: 'budgetBytes' });
     await expect(DiskCache.open({ dir: '', budgetBytes: 1 })).rejects.toMatchObject({ argument: 'dir' });
@@ -152,7 +188,9 @@ describe('DiskCache', () => {
     expect(await cache.get(a.hash, 1000)).toBeUndefined(); // gone now: a plain miss, not reported again
     expect(problems).toEqual([{ kind: 'corrupt', hash: a.hash, path: entryPath(dir, a.hash) }]);
     expect(existsSync(entryPath(dir, a.hash))).toBe(false);
-    expect(() => resolveDiskCacheOptions({ dir, budgetBytes: 1, onProblem: 'log' as never })).toThrow(InvalidArgumentError);
+    expect(() => resolveDiskCacheOptions({ dir, budgetBytes: 1, onProblem: 'log' as never })).toThrow(
+      InvalidArgumentError,
+    );
   });
 
   it('sees entries another DiskCache on the same directory wrote, and notices what it evicted', async () => {
@@ -225,41 +263,47 @@ const mountSkip = (() => {
     return `needs mount(2) (root with CAP_SYS_ADMIN): ${(e as Error).message.split('\n')[0]}`;
   }
 })();
-if (mountSkip) console.warn(`[lazysnap tests] skipping disk cache full/read-only filesystem tests: ${mountSkip}`);
+if (mountSkip)
+  console.warn(`[lazysnap tests] skipping disk cache full/read-only filesystem tests: ${mountSkip}`);
 
-describe.skipIf(mountSkip)(`DiskCache on a full or read-only filesystem${mountSkip ? ` [SKIPPED: ${mountSkip}]` : ''}`, () => {
-  let mounted: string | undefined;
-  afterEach(() => {
-    if (mounted) execFileSync('umount', [mounted]);
-    mounted = undefined;
-  });
+describe.skipIf(mountSkip)(
+  `DiskCache on a full or read-only filesystem${mountSkip ? ` [SKIPPED: ${mountSkip}]` : ''}`,
+  () => {
+    let mounted: string | undefined;
+    afterEach(() => {
+      if (mounted) execFileSync('umount', [mounted]);
+      mounted = undefined;
+    });
 
-  it('keeps serving on a full tmpfs (ENOSPC): put resolves and counts, no temp file is left', async () => {
-    mkdirSync(dir);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0700', 'tmpfs', dir]);
-    mounted = dir;
-    const cache = await DiskCache.open({ dir, budgetBytes: 1 << 20 });
-    const small = chunk(8192);
-    await cache.put(small.hash, small.bytes);
-    const big = chunk(128 * 1024);
-    await expect(cache.put(big.hash, big.bytes)).resolves.toBeUndefined();
-    expect(cache.stats()).toMatchObject({ writeErrors: 1, entries: 1 });
-    expect(cache.lastWriteError).toMatchObject({ code: 'ENOSPC' });
-    expect(readdirSync(path.join(dir, big.hash.slice(0, 2))).filter((n) => n.includes('.tmp-'))).toEqual([]);
-    expect(await cache.get(small.hash, 8192)).toEqual(small.bytes);
-  });
+    it('keeps serving on a full tmpfs (ENOSPC): put resolves and counts, no temp file is left', async () => {
+      mkdirSync(dir);
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0700', 'tmpfs', dir]);
+      mounted = dir;
+      const cache = await DiskCache.open({ dir, budgetBytes: 1 << 20 });
+      const small = chunk(8192);
+      await cache.put(small.hash, small.bytes);
+      const big = chunk(128 * 1024);
+      await expect(cache.put(big.hash, big.bytes)).resolves.toBeUndefined();
+      expect(cache.stats()).toMatchObject({ writeErrors: 1, entries: 1 });
+      expect(cache.lastWriteError).toMatchObject({ code: 'ENOSPC' });
+      expect(readdirSync(path.join(dir, big.hash.slice(0, 2))).filter((n) => n.includes('.tmp-'))).toEqual(
+        [],
+      );
+      expect(await cache.get(small.hash, 8192)).toEqual(small.bytes);
+    });
 
-  it('keeps serving on a read-only filesystem (EROFS): existing entries still read, touch is best effort', async () => {
-    const cache = await DiskCache.open({ dir, budgetBytes: 1 << 20 });
-    const a = chunk();
-    await put(cache, a);
-    execFileSync('mount', ['--bind', dir, dir]);
-    mounted = dir;
-    execFileSync('mount', ['-o', 'remount,bind,ro', dir]);
-    const b = chunk();
-    await expect(cache.put(b.hash, b.bytes)).resolves.toBeUndefined();
-    expect(cache.lastWriteError).toMatchObject({ code: 'EROFS' });
-    expect(await cache.get(a.hash, 1000)).toEqual(a.bytes);
-    expect(cache.stats()).toMatchObject({ writeErrors: 1, hits: 1, entries: 1 });
-  });
-});
+    it('keeps serving on a read-only filesystem (EROFS): existing entries still read, touch is best effort', async () => {
+      const cache = await DiskCache.open({ dir, budgetBytes: 1 << 20 });
+      const a = chunk();
+      await put(cache, a);
+      execFileSync('mount', ['--bind', dir, dir]);
+      mounted = dir;
+      execFileSync('mount', ['-o', 'remount,bind,ro', dir]);
+      const b = chunk();
+      await expect(cache.put(b.hash, b.bytes)).resolves.toBeUndefined();
+      expect(cache.lastWriteError).toMatchObject({ code: 'EROFS' });
+      expect(await cache.get(a.hash, 1000)).toEqual(a.bytes);
+      expect(cache.stats()).toMatchObject({ writeErrors: 1, hits: 1, entries: 1 });
+    });
+  },
+);

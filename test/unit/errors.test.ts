@@ -23,7 +23,9 @@ describe('typed errors', () => {
     expect(e.name).toBe('InvalidArgumentError');
     expect(e.argument).toBe('chunkSize');
     expect(e.message).toBe('chunkSize must be a power of two, received 3000');
-    expect(new InvalidArgumentError('id', 'a safe name', 'a/../b').message).toBe('id must be a safe name, received "a/../b"');
+    expect(new InvalidArgumentError('id', 'a safe name', 'a/../b').message).toBe(
+      'id must be a safe name, received "a/../b"',
+    );
     expect(new InvalidArgumentError('x', 'y', 5n).message).toMatch(/received 5n$/);
     expect(new InvalidArgumentError('x', 'y', [1, 2]).message).toMatch(/an array of length 2$/);
     expectTypeOf(e.code).toEqualTypeOf<'LAZYSNAP_INVALID_ARGUMENT'>();
@@ -31,7 +33,11 @@ describe('typed errors', () => {
   });
 
   it('keep the underlying error as cause', () => {
-    const cause = Object.assign(new Error('EPERM: operation not permitted, userfaultfd'), { code: 'EPERM', errno: -1, syscall: 'userfaultfd' });
+    const cause = Object.assign(new Error('EPERM: operation not permitted, userfaultfd'), {
+      code: 'EPERM',
+      errno: -1,
+      syscall: 'userfaultfd',
+    });
     const e = new UffdUnavailableError('run as root', cause);
     expect(e.cause).toBe(cause);
     expect(e.remedy).toBe('run as root');
@@ -43,12 +49,33 @@ describe('typed errors', () => {
   });
 
   it('security refusals carry their codes and context, never key material', () => {
-    const sig = new SignatureError('vm', 'mismatch', 'its signature does not verify', { expectedKey: 'ed25519:aa', signedBy: 'ed25519:bb' });
-    expect(sig).toMatchObject({ code: 'LAZYSNAP_BAD_SIGNATURE', name: 'SignatureError', id: 'vm', reason: 'mismatch', expectedKey: 'ed25519:aa', signedBy: 'ed25519:bb' });
+    const sig = new SignatureError('vm', 'mismatch', 'its signature does not verify', {
+      expectedKey: 'ed25519:aa',
+      signedBy: 'ed25519:bb',
+    });
+    expect(sig).toMatchObject({
+      code: 'LAZYSNAP_BAD_SIGNATURE',
+      name: 'SignatureError',
+      id: 'vm',
+      reason: 'mismatch',
+      expectedKey: 'ed25519:aa',
+      signedBy: 'ed25519:bb',
+    });
     expect(sig.message).toBe('manifest "vm" refused: its signature does not verify');
     expectTypeOf(sig.reason).toEqualTypeOf<'missing' | 'malformed' | 'mismatch'>();
-    expect(new KeyUnavailableError('prod', 'set LAZYSNAP_CHUNK_KEY')).toMatchObject({ code: 'LAZYSNAP_KEY_UNAVAILABLE', keyId: 'prod', message: 'no chunk key for key id "prod": set LAZYSNAP_CHUNK_KEY' });
-    expect(new WrongKeyError('prod', 'snapshot "vm"')).toMatchObject({ code: 'LAZYSNAP_WRONG_KEY', keyId: 'prod' });
-    expect(new InsecurePathError('/run/x', 'owned by uid 5')).toMatchObject({ code: 'LAZYSNAP_INSECURE_PATH', path: '/run/x', message: 'refusing to use /run/x: owned by uid 5' });
+    expect(new KeyUnavailableError('prod', 'set LAZYSNAP_CHUNK_KEY')).toMatchObject({
+      code: 'LAZYSNAP_KEY_UNAVAILABLE',
+      keyId: 'prod',
+      message: 'no chunk key for key id "prod": set LAZYSNAP_CHUNK_KEY',
+    });
+    expect(new WrongKeyError('prod', 'snapshot "vm"')).toMatchObject({
+      code: 'LAZYSNAP_WRONG_KEY',
+      keyId: 'prod',
+    });
+    expect(new InsecurePathError('/run/x', 'owned by uid 5')).toMatchObject({
+      code: 'LAZYSNAP_INSECURE_PATH',
+      path: '/run/x',
+      message: 'refusing to use /run/x: owned by uid 5',
+    });
   });
 });

@@ -12,11 +12,25 @@ import type { FetchEvent } from '../../runtime/fetcher.js';
 
 function capture(): { log: pino.Logger; lines: Record<string, unknown>[] } {
   const lines: Record<string, unknown>[] = [];
-  const sink = new Writable({ write: (chunk: Buffer, _e, cb) => (lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>), cb()) });
+  const sink = new Writable({
+    write: (chunk: Buffer, _e, cb) => (
+      lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>),
+      cb()
+    ),
+  });
   return { log: pino({ level: 'info' }, sink), lines };
 }
 const flush = () => new Promise((r) => setImmediate(r));
-const event = (e: Partial<FetchEvent>): FetchEvent => ({ hash: 'ab'.repeat(32), tier: 'origin0', bytes: 1, ms: 1, priority: 'demand', errors: [], misses: 0, ...e });
+const event = (e: Partial<FetchEvent>): FetchEvent => ({
+  hash: 'ab'.repeat(32),
+  tier: 'origin0',
+  bytes: 1,
+  ms: 1,
+  priority: 'demand',
+  errors: [],
+  misses: 0,
+  ...e,
+});
 
 describe('fault log', () => {
   it('logs a fetch that recovered from failed attempts once, and neither clean fetches, plain misses nor failures', async () => {
@@ -26,7 +40,13 @@ describe('fault log', () => {
     logRecoveredFetch(log, event({ tier: 'failed', errors: ['a: HTTP 503', 'a: HTTP 503'] }));
     logRecoveredFetch(log, event({ tier: 'origin0', errors: ['a: HTTP 503', 'a: HTTP 503'] }));
     await flush();
-    expect(lines).toMatchObject([{ level: 40, msg: 'chunk fetched from origin0 after 2 failed attempts', errors: ['a: HTTP 503', 'a: HTTP 503'] }]);
+    expect(lines).toMatchObject([
+      {
+        level: 40,
+        msg: 'chunk fetched from origin0 after 2 failed attempts',
+        errors: ['a: HTTP 503', 'a: HTTP 503'],
+      },
+    ]);
   });
 
   it('logs every corrupt cache entry, and a streak of failing writes once per interval with the count between', async () => {

@@ -12,7 +12,14 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { runClient, startClient, type RunningClient } from '../helpers/fc-client.js';
 import { fakeOrigin } from '../helpers/fault-origin.js';
-import { CLIENT_BOUND_MS, expectOneProblem, expectRestored, restore, smallSnapshot, type Snapshot } from '../helpers/fault-case.js';
+import {
+  CLIENT_BOUND_MS,
+  expectOneProblem,
+  expectRestored,
+  restore,
+  smallSnapshot,
+  type Snapshot,
+} from '../helpers/fault-case.js';
 import { repoRoot } from '../helpers/fixtures.js';
 import { tempDir } from '../helpers/images.js';
 import { bounded, fdKinds, startServe, until, type ServeProcess } from '../helpers/serve-process.js';
@@ -54,7 +61,9 @@ describe.skipIf(!hasUffd)(uffdSuite('faults: processes'), () => {
 
   it('client killed mid-session (a fault waiting on a fetch): session ended, its fds closed, one warn line, serve goes on', async () => {
     let chunkRequests = 0;
-    const o = await fakeOrigin(snap.store, (_n, url) => (url.startsWith('/chunks/') && ++chunkRequests === 1 ? { delayMs: 1500 } : 'ok'));
+    const o = await fakeOrigin(snap.store, (_n, url) =>
+      url.startsWith('/chunks/') && ++chunkRequests === 1 ? { delayMs: 1500 } : 'ok',
+    );
     cleanup.push(o.close);
     const s = (serve = await startServe(socket(), ['--store', o.url, '--id', snap.id]));
     const before = fdKinds(s.pid);
@@ -75,24 +84,49 @@ describe.skipIf(!hasUffd)(uffdSuite('faults: processes'), () => {
   });
 
   it('serve SIGTERM during restores: stops accepting at once, lets them finish, exits 0, no warn line', async () => {
-    const o = await fakeOrigin(snap.store, (_n, url) => (url.startsWith('/chunks/') ? { delayMs: 100 } : 'ok'));
+    const o = await fakeOrigin(snap.store, (_n, url) =>
+      url.startsWith('/chunks/') ? { delayMs: 100 } : 'ok',
+    );
     cleanup.push(o.close);
-    const s = (serve = await startServe(socket(), ['--store', o.url, '--id', snap.id, '--shutdown-grace', '20s']));
+    const s = (serve = await startServe(socket(), [
+      '--store',
+      o.url,
+      '--id',
+      snap.id,
+      '--shutdown-grace',
+      '20s',
+    ]));
     const clients = Array.from({ length: 4 }, () => client(['--order', 'random']));
     for (const c of clients) c.release();
-    await s.waitForLog(() => s.logs.filter((l) => l.msg === 'restore session started').length === 4, 10_000, '4 sessions');
+    await s.waitForLog(
+      () => s.logs.filter((l) => l.msg === 'restore session started').length === 4,
+      10_000,
+      '4 sessions',
+    );
     s.child.kill('SIGTERM');
     expect(await until(() => !existsSync(s.socket), 5000)).toBe(true); // no new restores from here on
     expect((await runClient(['--socket', s.socket, '--image', snap.image.path])).stderr).toMatch(/connect/);
     for (const c of clients) expectRestored(await bounded(c.result, CLIENT_BOUND_MS, 'client'), snap);
     expect(await bounded(s.exited, CLIENT_BOUND_MS, 'serve exit')).toEqual({ code: 0, signal: null });
     expect(s.logs.find((l) => l.msg === 'draining sessions')).toMatchObject({ sessions: 4, graceMs: 20_000 });
-    expect(s.logs.filter((l) => l.msg === 'restore session summary').map((l) => l.outcome)).toEqual(['ended', 'ended', 'ended', 'ended']);
+    expect(s.logs.filter((l) => l.msg === 'restore session summary').map((l) => l.outcome)).toEqual([
+      'ended',
+      'ended',
+      'ended',
+      'ended',
+    ]);
     expect(s.problems()).toEqual([]);
   });
 
   it('serve SIGTERM with a session outliving the grace period: the peer is killed (not left hung), exit 0, one error line', async () => {
-    const s = (serve = await startServe(socket(), ['--store', snap.store, '--id', snap.id, '--shutdown-grace', '500ms']));
+    const s = (serve = await startServe(socket(), [
+      '--store',
+      snap.store,
+      '--id',
+      snap.id,
+      '--shutdown-grace',
+      '500ms',
+    ]));
     const c = client(['--wait']);
     await bounded(c.ready, CLIENT_BOUND_MS, 'handshake');
     s.child.kill('SIGTERM');
@@ -105,7 +139,14 @@ describe.skipIf(!hasUffd)(uffdSuite('faults: processes'), () => {
   });
 
   it('serve SIGTERM with a handshake not yet read (serve stopped, the connection in its backlog): served, then failed closed, not dropped', async () => {
-    const s = (serve = await startServe(socket(), ['--store', snap.store, '--id', snap.id, '--shutdown-grace', '500ms']));
+    const s = (serve = await startServe(socket(), [
+      '--store',
+      snap.store,
+      '--id',
+      snap.id,
+      '--shutdown-grace',
+      '500ms',
+    ]));
     s.child.kill('SIGSTOP'); // a busy serve: the kernel still completes the connect and queues the handshake
     cleanup.push(() => void s.child.kill('SIGCONT'));
     const c = client(['--wait']);
@@ -136,13 +177,18 @@ describe.skipIf(!hasUffd)(uffdSuite('faults: processes'), () => {
     const done = client(['--linger']); // restores everything, reports, then waits to be let go
     const midway = client(['--wait']); // handshake done, not a page touched yet
     await bounded(midway.ready, CLIENT_BOUND_MS, 'handshake');
-    expect(await bounded(done.reported, CLIENT_BOUND_MS, 'first client report')).toMatchObject({ ok: true, mismatches: 0 });
+    expect(await bounded(done.reported, CLIENT_BOUND_MS, 'first client report')).toMatchObject({
+      ok: true,
+      mismatches: 0,
+    });
     first.child.kill('SIGKILL');
     await first.exited;
     midway.go();
     // Every toucher thread of the client blocks in the kernel's userfaultfd handler: its uffd is
     // alive (the client keeps its copy, as Firecracker does) but nobody reads it any more.
-    expect(await until(() => wchans(midway.child.pid!).filter((w) => w === 'handle_userfault').length === 1, 5000)).toBe(true);
+    expect(
+      await until(() => wchans(midway.child.pid!).filter((w) => w === 'handle_userfault').length === 1, 5000),
+    ).toBe(true);
     await sleep(1000);
     expect(midway.child.exitCode).toBe(null);
     expect(wchans(midway.child.pid!)).toContain('handle_userfault');
@@ -150,7 +196,9 @@ describe.skipIf(!hasUffd)(uffdSuite('faults: processes'), () => {
     done.release();
     expectRestored(await bounded(done.result, CLIENT_BOUND_MS, 'client with every page'), snap);
     // The supervisor's new serve replaces the stale socket (one warn line) and serves new clients.
-    expect(await until(() => starts.length === 2 && starts[1]!.logs.some((l) => l.msg === 'serving'), 20_000)).toBe(true);
+    expect(
+      await until(() => starts.length === 2 && starts[1]!.logs.some((l) => l.msg === 'serving'), 20_000),
+    ).toBe(true);
     const second = starts[1]!;
     expectRestored(await restore(socket(), snap), snap);
     await expectOneProblem(second, 1, /replaced a stale socket/);
@@ -160,7 +208,10 @@ describe.skipIf(!hasUffd)(uffdSuite('faults: processes'), () => {
   });
 
   it('kernel fact: once the last reference to a uffd is closed, its memory reads as zeros (why clients keep their copy)', async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/uffd-release.ts'], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/uffd-release.ts'], {
+      cwd: repoRoot,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     cleanup.push(() => void child.kill('SIGKILL'));
     let out = '';
     child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));

@@ -25,20 +25,59 @@ const CS = 256 * 1024;
 /** 64 MiB of random bytes: 256 distinct chunks, none zero, so the upload lasts long enough to interrupt. */
 const SIZE = 64 * MiB;
 const CHUNKS = SIZE / CS;
-const ENV = { AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey, AWS_REGION: 'us-east-1' };
+const ENV = {
+  AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
+  AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
+  AWS_REGION: 'us-east-1',
+};
 
 /** `lazysnap snapshot` as a child process; `extra` may override the defaults (the last of a repeated option wins). */
-function snapshotCli(image: string, store: string, extra: string[] = []): { child: ChildProcess; done: Promise<{ code: number | null; signal: NodeJS.Signals | null; out: string; err: string }> } {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'cli/bin.ts', 'snapshot', '--mem-file', image, '--store', store, '--id', 'big', '--chunk-size', '256KiB', '--concurrency', '2', '--progress', 'quiet', '--json', ...extra], {
-    cwd: repoRoot,
-    env: { ...process.env, ...ENV },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+function snapshotCli(
+  image: string,
+  store: string,
+  extra: string[] = [],
+): {
+  child: ChildProcess;
+  done: Promise<{ code: number | null; signal: NodeJS.Signals | null; out: string; err: string }>;
+} {
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      'cli/bin.ts',
+      'snapshot',
+      '--mem-file',
+      image,
+      '--store',
+      store,
+      '--id',
+      'big',
+      '--chunk-size',
+      '256KiB',
+      '--concurrency',
+      '2',
+      '--progress',
+      'quiet',
+      '--json',
+      ...extra,
+    ],
+    {
+      cwd: repoRoot,
+      env: { ...process.env, ...ENV },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   let out = '';
   let err = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const done = once(child, 'close').then(([code, signal]) => ({ code: code as number | null, signal: signal as NodeJS.Signals | null, out, err }));
+  const done = once(child, 'close').then(([code, signal]) => ({
+    code: code as number | null,
+    signal: signal as NodeJS.Signals | null,
+    out,
+    err,
+  }));
   return { child, done };
 }
 
@@ -66,8 +105,15 @@ describe('faults: snapshot upload interrupted', () => {
 
     it('SIGKILL mid-upload: no manifest; the rerun PUTs only the missing chunks, the manifest last, and the snapshot reads back whole', async () => {
       const url = `s3://${s3.bucket}/kill`;
-      const store = new S3Store({ bucket: s3.bucket, prefix: 'kill', endpoint: s3.endpoint, credentials: S3RVER_CREDENTIALS, region: 'us-east-1' });
-      const puts = (prefix: string) => s3.requests.filter((r) => r.method === 'PUT' && r.path.includes(`/kill/${prefix}`));
+      const store = new S3Store({
+        bucket: s3.bucket,
+        prefix: 'kill',
+        endpoint: s3.endpoint,
+        credentials: S3RVER_CREDENTIALS,
+        region: 'us-east-1',
+      });
+      const puts = (prefix: string) =>
+        s3.requests.filter((r) => r.method === 'PUT' && r.path.includes(`/kill/${prefix}`));
       const first = snapshotCli(image.path, url, ['--s3-endpoint', s3.endpoint]);
       // Kill it once a fifth of the chunks have been sent: well inside the upload.
       expect(await until(() => puts('chunks/').length >= CHUNKS / 5, 60_000, 2)).toBe(true);
@@ -80,9 +126,16 @@ describe('faults: snapshot upload interrupted', () => {
       expect(present).toBeLessThan(CHUNKS);
 
       s3.reset();
-      const second = await bounded(snapshotCli(image.path, url, ['--s3-endpoint', s3.endpoint]).done, 60_000, 'rerun');
+      const second = await bounded(
+        snapshotCli(image.path, url, ['--s3-endpoint', s3.endpoint]).done,
+        60_000,
+        'rerun',
+      );
       expect({ code: second.code, err: second.err }).toEqual({ code: 0, err: '' });
-      expect(JSON.parse(second.out)).toMatchObject({ uploadedChunks: CHUNKS - present, uniqueChunks: CHUNKS });
+      expect(JSON.parse(second.out)).toMatchObject({
+        uploadedChunks: CHUNKS - present,
+        uniqueChunks: CHUNKS,
+      });
       expect(puts('chunks/')).toHaveLength(CHUNKS - present);
       // The manifest's PUT arrives after every chunk's PUT has been answered (the snapshotter waits for them).
       const order = s3.requests.filter((r) => r.method === 'PUT').map((r) => r.path);
@@ -95,7 +148,12 @@ describe('faults: snapshot upload interrupted', () => {
 
   it('to a directory store, SIGKILL mid-upload: no manifest; the rerun writes only the missing chunks and reads back whole', async () => {
     const dir = path.join(tmp.dir, 'dirstore');
-    const chunkFiles = () => (existsSync(path.join(dir, 'chunks')) ? readdirSync(path.join(dir, 'chunks'), { recursive: true }).map(String).filter((f) => f.endsWith('.zstd')) : []);
+    const chunkFiles = () =>
+      existsSync(path.join(dir, 'chunks'))
+        ? readdirSync(path.join(dir, 'chunks'), { recursive: true })
+            .map(String)
+            .filter((f) => f.endsWith('.zstd'))
+        : [];
     const first = snapshotCli(image.path, dir, ['--concurrency', '1']); // a directory is fast: one chunk at a time leaves time to interrupt
     expect(await until(() => chunkFiles().length >= CHUNKS / 5, 60_000, 2)).toBe(true);
     first.child.kill('SIGKILL');

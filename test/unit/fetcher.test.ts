@@ -39,7 +39,12 @@ describe('chunk fetcher', () => {
   it('retries a 503 on the same origin with backoff, then serves verified bytes', async () => {
     const { o, store } = await http((n) => (n <= 2 ? '503' : 'ok'));
     const events: FetchEvent[] = [];
-    const f = new ChunkFetcher({ origins: [store], retries: 2, backoffMs: 5, onFetch: (e) => events.push(e) });
+    const f = new ChunkFetcher({
+      origins: [store],
+      retries: 2,
+      backoffMs: 5,
+      onFetch: (e) => events.push(e),
+    });
     const got = await f.fetch(ref, 'demand');
     expect(got.bytes.equals(bytes)).toBe(true);
     expect(got.tier).toBe('origin0');
@@ -53,20 +58,34 @@ describe('chunk fetcher', () => {
     // Eight 503s: a single pass (3 attempts) cannot get past them; passes until the deadline do.
     const { o, store } = await http((n) => (n <= 8 ? '503' : 'ok'));
     const events: FetchEvent[] = [];
-    const f = new ChunkFetcher({ origins: [store], retries: 2, backoffMs: 5, onFetch: (e) => events.push(e) });
+    const f = new ChunkFetcher({
+      origins: [store],
+      retries: 2,
+      backoffMs: 5,
+      onFetch: (e) => events.push(e),
+    });
     await expect(f.fetch(ref, 'demand')).rejects.toThrow(FetchError); // one pass: 3 attempts, gives up
     expect(o.requests).toHaveLength(3);
     const got = await f.fetch(ref, 'demand', { retryUntil: performance.now() + 5000 });
     expect(got.bytes.equals(bytes)).toBe(true);
     expect(o.requests).toHaveLength(9);
     // One event for the recovered fetch, naming every failed attempt of every pass.
-    expect(events[1]).toMatchObject({ tier: 'origin0', errors: Array(5).fill(expect.stringMatching(/HTTP 503/)) });
+    expect(events[1]).toMatchObject({
+      tier: 'origin0',
+      errors: Array(5).fill(expect.stringMatching(/HTTP 503/)),
+    });
 
     // An origin that does not have the chunk is not asked again, however long the caller could wait.
     const dir = new FileStore(path.join(tmp.dir, 'empty'));
     let gets = 0;
-    const empty = Object.assign(Object.create(dir) as FileStore, { get: (k: string, o?: object) => (gets++, dir.get(k, o)) });
-    await expect(new ChunkFetcher({ origins: [empty] }).fetch({ ...ref, hash: 'f'.repeat(64) }, 'demand', { retryUntil: performance.now() + 10_000 })).rejects.toThrow(/not found/);
+    const empty = Object.assign(Object.create(dir) as FileStore, {
+      get: (k: string, o?: object) => (gets++, dir.get(k, o)),
+    });
+    await expect(
+      new ChunkFetcher({ origins: [empty] }).fetch({ ...ref, hash: 'f'.repeat(64) }, 'demand', {
+        retryUntil: performance.now() + 10_000,
+      }),
+    ).rejects.toThrow(/not found/);
     expect(gets).toBe(1);
   });
 
@@ -74,7 +93,12 @@ describe('chunk fetcher', () => {
     const stall = await http(() => 'stall');
     const liar = await http(() => 'lie');
     const good = await http(() => 'ok');
-    const f = new ChunkFetcher({ origins: [stall.store, liar.store, good.store], attemptTimeoutMs: 200, retries: 3, backoffMs: 5 });
+    const f = new ChunkFetcher({
+      origins: [stall.store, liar.store, good.store],
+      attemptTimeoutMs: 200,
+      retries: 3,
+      backoffMs: 5,
+    });
     const t0 = Date.now();
     const got = await f.fetch(ref, 'demand');
     expect(got.tier).toBe('origin2');
@@ -85,7 +109,11 @@ describe('chunk fetcher', () => {
 
   it('gives one FetchError naming every failed attempt when nothing delivers', async () => {
     const a = await http(() => '503');
-    const f = new ChunkFetcher({ origins: [a.store, new FileStore(path.join(tmp.dir, 'empty'))], retries: 1, backoffMs: 1 });
+    const f = new ChunkFetcher({
+      origins: [a.store, new FileStore(path.join(tmp.dir, 'empty'))],
+      retries: 1,
+      backoffMs: 1,
+    });
     const e = await f.fetch(ref, 'demand').catch((x: unknown) => x);
     expect(e).toBeInstanceOf(FetchError);
     expect((e as FetchError).errors).toHaveLength(3);
@@ -96,7 +124,9 @@ describe('chunk fetcher', () => {
   it('fetches a chunk once however many ask at once', async () => {
     const { o, store } = await http(() => 'ok');
     const f = new ChunkFetcher({ origins: [store] });
-    const all = await Promise.all(Array.from({ length: 20 }, (_, i) => f.fetch(ref, i % 2 ? 'demand' : 'prefetch')));
+    const all = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => f.fetch(ref, i % 2 ? 'demand' : 'prefetch')),
+    );
     expect(all.every((r) => r.bytes.equals(bytes))).toBe(true);
     expect(o.requests).toHaveLength(1);
   });

@@ -21,7 +21,8 @@ import { serve, snapshotTo } from '../helpers/serve.js';
 import { hasUffd, uffdSuite } from '../helpers/skip.js';
 
 const snap = { totalSize: 1 << 20, pageSize: 4096 as const };
-const payload = (r: Record<string, unknown>) => Buffer.from(JSON.stringify([{ base_host_virt_addr: 0, size: 4096, offset: 0, ...r }]));
+const payload = (r: Record<string, unknown>) =>
+  Buffer.from(JSON.stringify([{ base_host_virt_addr: 0, size: 4096, offset: 0, ...r }]));
 
 describe('handshake payloads whose values break String()', () => {
   it.each([
@@ -73,7 +74,10 @@ describe('CLI arguments', () => {
   }
   it('`lazysnap toString` is an unknown command, not "entry.load is not a function"', async () => {
     for (const name of ['toString', 'constructor', '__proto__', 'hasOwnProperty']) {
-      expect(await run([name])).toEqual({ code: 2, err: `lazysnap: unknown command "${name}" (run lazysnap --help)\n` });
+      expect(await run([name])).toEqual({
+        code: 2,
+        err: `lazysnap: unknown command "${name}" (run lazysnap --help)\n`,
+      });
     }
   });
   it('`demo --size=4096TiB` is refused before allocating, not "Invalid array length"', async () => {
@@ -82,20 +86,36 @@ describe('CLI arguments', () => {
     expect(r.err).toMatch(/^lazysnap: --size must be at most this machine's memory/);
     const chunks = await run(['demo', '--size=1GiB', '--chunk-size=4KiB']);
     expect(chunks.code).toBe(1); // 2^18 chunks are fine: it gets as far as the aborted signal
-    expect((await run(['demo', '--size=20GiB', '--chunk-size=4KiB'])).err).toMatch(/at most 4194304 chunks|at most this machine's memory/);
+    expect((await run(['demo', '--size=20GiB', '--chunk-size=4KiB'])).err).toMatch(
+      /at most 4194304 chunks|at most this machine's memory/,
+    );
   });
 });
 
 describe('serve durations past the timer limit', () => {
   it('`serve --fail-timeout 25d` is refused: Node would fire the timer after 1 ms and fail every fetch', async () => {
     const opts = { stores: ['/nonexistent'], id: 'vm', socketPath: '/tmp/x.sock' };
-    for (const name of ['failTimeoutMs', 'attemptTimeoutMs', 'handshakeTimeoutMs', 'shutdownGraceMs', 'recordIdleMs']) {
+    for (const name of [
+      'failTimeoutMs',
+      'attemptTimeoutMs',
+      'handshakeTimeoutMs',
+      'shutdownGraceMs',
+      'recordIdleMs',
+    ]) {
       expect(() => resolveServeOptions({ ...opts, [name]: 25 * 86_400_000 })).toThrow(InvalidArgumentError);
       expect(resolveServeOptions({ ...opts, [name]: 2 ** 31 - 1 })).toMatchObject({ [name]: 2 ** 31 - 1 });
     }
     let err = '';
-    const code = await main(['serve', '--store', '/nonexistent', '--id', 'vm', '--socket', '/tmp/x.sock', '--fail-timeout', '25d'], { out: () => {}, err: (s) => (err += s) });
-    expect({ code, err }).toEqual({ code: 2, err: expect.stringMatching(/^lazysnap: failTimeoutMs must be an integer from 1 to 2147483647, received 2160000000\n$/) });
+    const code = await main(
+      ['serve', '--store', '/nonexistent', '--id', 'vm', '--socket', '/tmp/x.sock', '--fail-timeout', '25d'],
+      { out: () => {}, err: (s) => (err += s) },
+    );
+    expect({ code, err }).toEqual({
+      code: 2,
+      err: expect.stringMatching(
+        /^lazysnap: failTimeoutMs must be an integer from 1 to 2147483647, received 2160000000\n$/,
+      ),
+    });
   });
 });
 
@@ -109,7 +129,17 @@ describe('resources of a command that fails', () => {
 
   it('snapshot with an unreadable --vmstate leaves no file open (the source and store were left open)', async () => {
     writeFileSync(path.join(tmp.dir, 'image.bin'), Buffer.alloc(65536, 7));
-    const argv = ['snapshot', '--mem-file', path.join(tmp.dir, 'image.bin'), '--store', path.join(tmp.dir, 'store'), '--id', 'vm', '--vmstate', tmp.dir];
+    const argv = [
+      'snapshot',
+      '--mem-file',
+      path.join(tmp.dir, 'image.bin'),
+      '--store',
+      path.join(tmp.dir, 'store'),
+      '--id',
+      'vm',
+      '--vmstate',
+      tmp.dir,
+    ];
     await main(argv, { out: () => {}, err: () => {} }); // warm-up: first use opens fds for good
     const before = openFds();
     let err = '';
@@ -123,7 +153,19 @@ describe('resources of a command that fails', () => {
     const img = makeImage(tmp.dir, 256 * 1024, CS);
     await snapshotTo(path.join(tmp.dir, 'store'), img.path, 'vm', CS);
     const socket = path.join(tmp.dir, 'run', 's.sock');
-    const argv = ['serve', '--store', path.join(tmp.dir, 'store'), '--id', 'vm', '--socket', socket, '--metrics-port', '0', '--metrics-host', '256.0.0.1'];
+    const argv = [
+      'serve',
+      '--store',
+      path.join(tmp.dir, 'store'),
+      '--id',
+      'vm',
+      '--socket',
+      socket,
+      '--metrics-port',
+      '0',
+      '--metrics-host',
+      '256.0.0.1',
+    ];
     await main(argv, { out: () => {}, err: () => {} }, AbortSignal.timeout(5000)); // warm-up, as above
     const before = openFds();
     let err = '';
@@ -152,7 +194,9 @@ describe.skipIf(!hasUffd)(uffdSuite('serve: only a userfaultfd is accepted as th
     const store = path.join(tmp.dir, 'store');
     await snapshotTo(store, img.path, 'vm', CS);
     server = await serve(tmp.dir, { stores: [store], id: 'vm' });
-    const child = spawn(rawHandshakePath(), [server.socketPath, '10000'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const child = spawn(rawHandshakePath(), [server.socketPath, '10000'], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
     const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
     const valid = payload({ page_size: 4096, page_size_kib: 4096 }).toString('hex');
     // Before the fix the server took both as the uffd: /dev/null kept its fault thread spinning, and

@@ -12,7 +12,10 @@ describe('fuzz (quick run; npm run fuzz for the long one)', () => {
     it(`${t.name}: ${t.surface}`, async () => {
       const r = await t.run({ numRuns: t.quickRuns });
       if (r.skipped) console.warn(`[lazysnap tests] ${t.name} skipped: ${r.skipped}`);
-      expect(r.failed, `${r.report}\nreplay: npm run fuzz -- --only ${t.name} --seed=${r.seed} --cases ${t.quickRuns}`).toBe(false);
+      expect(
+        r.failed,
+        `${r.report}\nreplay: npm run fuzz -- --only ${t.name} --seed=${r.seed} --cases ${t.quickRuns}`,
+      ).toBe(false);
       if (!r.skipped) expect(r.cases).toBe(t.quickRuns);
     });
   }

@@ -24,7 +24,15 @@ describe.skipIf(!hasUffd)(uffdSuite('load: 32 concurrent restores through one se
 
   it('32 clients restoring back to back for 3 s: no mismatched page, fds back to baseline', async () => {
     const image = makeImage(tmp.dir, 4 * MiB, 256 * 1024, { zeroEvery: 4 });
-    const r = await runSoak({ dir: tmp.dir, image: image.path, chunkSize: 256 * 1024, durationMs: 3000, concurrency: 32, memoryBudget: 2 * MiB, cacheBudget: 2 * MiB });
+    const r = await runSoak({
+      dir: tmp.dir,
+      image: image.path,
+      chunkSize: 256 * 1024,
+      durationMs: 3000,
+      concurrency: 32,
+      memoryBudget: 2 * MiB,
+      cacheBudget: 2 * MiB,
+    });
     expect(r.failedRestores).toEqual([]);
     expect(r.restores).toBeGreaterThanOrEqual(32);
     expect(r.mismatchedPages).toBe(0);

@@ -20,7 +20,8 @@ describe('package-lock.json', () => {
     for (const [key, pkg] of Object.entries(lock.packages)) {
       for (const dep of Object.keys(pkg.optionalDependencies ?? {})) {
         const nested = `${key}/node_modules/${dep}`;
-        if (!lock.packages[nested] && !lock.packages[`node_modules/${dep}`]) missing.push(`${dep} (of ${key || 'the root'})`);
+        if (!lock.packages[nested] && !lock.packages[`node_modules/${dep}`])
+          missing.push(`${dep} (of ${key || 'the root'})`);
       }
     }
     expect(missing).toEqual([]);

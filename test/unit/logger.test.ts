@@ -25,7 +25,14 @@ describe('logger', () => {
       "const log = m.componentLogger('runtime.session').child({ snapshotId: 'snap1', restoreId: 'r1' }); log.info({ faults: 3 }, 'session done'); m.rootLogger().flush();",
     );
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatchObject({ level: 30, component: 'runtime.session', snapshotId: 'snap1', restoreId: 'r1', faults: 3, msg: 'session done' });
+    expect(lines[0]).toMatchObject({
+      level: 30,
+      component: 'runtime.session',
+      snapshotId: 'snap1',
+      restoreId: 'r1',
+      faults: 3,
+      msg: 'session done',
+    });
   });
 
   it('honours LAZYSNAP_LOG_LEVEL and never prints credentials', () => {

@@ -3,7 +3,15 @@ import { describe, expect, expectTypeOf, it } from 'vitest';
 import { ManifestError, UnsupportedFormatError } from '../../core/errors.js';
 import { decodeChunk, encodeChunk, hashChunk, isZero } from '../../store/chunk.js';
 import { assertKey, chunkKey, parseChunkKey } from '../../store/keys.js';
-import { FORMAT, chunkCodec, chunkHash, encodeChunks, parseManifest, serializeManifest, type Manifest } from '../../store/manifest.js';
+import {
+  FORMAT,
+  chunkCodec,
+  chunkHash,
+  encodeChunks,
+  parseManifest,
+  serializeManifest,
+  type Manifest,
+} from '../../store/manifest.js';
 
 function manifest(over: Partial<Manifest> = {}): Manifest {
   const n = 4;
@@ -18,7 +26,10 @@ function manifest(over: Partial<Manifest> = {}): Manifest {
     pageSize: 4096,
     chunkSize: 65536,
     totalSize: 4 * 65536,
-    regions: [{ offset: 0, size: 3 * 65536 }, { offset: 3 * 65536, size: 65536, address: '0x7f0000000000' }],
+    regions: [
+      { offset: 0, size: 3 * 65536 },
+      { offset: 3 * 65536, size: 65536, address: '0x7f0000000000' },
+    ],
     parent: null,
     vmstate: null,
     chunks: encodeChunks(hashes, flags, ['zstd', 'none']),
@@ -57,13 +68,50 @@ describe('manifest lazysnap/1', () => {
     ['a bad id', JSON.stringify(manifest({ id: '../x' })), 'id'],
     ['page size 12345', JSON.stringify(manifest({ pageSize: 12345 as 4096 })), 'pageSize'],
     ['a chunk size not a power of two', JSON.stringify(manifest({ chunkSize: 65536 * 3 })), 'chunkSize'],
-    ['a gap between regions', JSON.stringify(manifest({ regions: [{ offset: 0, size: 65536 }, { offset: 131072, size: 131072 }] })), 'regions[1].offset'],
-    ['regions short of totalSize', JSON.stringify(manifest({ regions: [{ offset: 0, size: 65536 }] })), 'regions'],
-    ['an unaligned region', JSON.stringify(manifest({ regions: [{ offset: 0, size: 100 }] })), 'regions[0].size'],
-    ['a bad address', JSON.stringify(manifest({ regions: [{ offset: 0, size: 4 * 65536, address: '12' }] })), 'regions[0].address'],
-    ['too few hashes', JSON.stringify(manifest({ chunks: { ...manifest().chunks, hashes: Buffer.alloc(64).toString('base64') } })), 'chunks.hashes'],
-    ['an unknown codec', JSON.stringify(manifest({ chunks: { ...manifest().chunks, codecs: ['zstd', 'lz4' as 'none'] } })), 'chunks.codecs'],
-    ['a flag naming no codec', JSON.stringify(manifest({ chunks: { ...manifest().chunks, codecs: ['zstd'] } })), 'chunks.flags'],
+    [
+      'a gap between regions',
+      JSON.stringify(
+        manifest({
+          regions: [
+            { offset: 0, size: 65536 },
+            { offset: 131072, size: 131072 },
+          ],
+        }),
+      ),
+      'regions[1].offset',
+    ],
+    [
+      'regions short of totalSize',
+      JSON.stringify(manifest({ regions: [{ offset: 0, size: 65536 }] })),
+      'regions',
+    ],
+    [
+      'an unaligned region',
+      JSON.stringify(manifest({ regions: [{ offset: 0, size: 100 }] })),
+      'regions[0].size',
+    ],
+    [
+      'a bad address',
+      JSON.stringify(manifest({ regions: [{ offset: 0, size: 4 * 65536, address: '12' }] })),
+      'regions[0].address',
+    ],
+    [
+      'too few hashes',
+      JSON.stringify(
+        manifest({ chunks: { ...manifest().chunks, hashes: Buffer.alloc(64).toString('base64') } }),
+      ),
+      'chunks.hashes',
+    ],
+    [
+      'an unknown codec',
+      JSON.stringify(manifest({ chunks: { ...manifest().chunks, codecs: ['zstd', 'lz4' as 'none'] } })),
+      'chunks.codecs',
+    ],
+    [
+      'a flag naming no codec',
+      JSON.stringify(manifest({ chunks: { ...manifest().chunks, codecs: ['zstd'] } })),
+      'chunks.flags',
+    ],
   ])('rejects %s, naming the field', (_name, text, field) => {
     let err: unknown;
     try {
@@ -76,7 +124,9 @@ describe('manifest lazysnap/1', () => {
   });
 
   it('rejects a manifest stored under another id', () => {
-    expect(() => parseManifest(serializeManifest(manifest()), 'other')).toThrow(/id: is "snap-1", expected "other"/);
+    expect(() => parseManifest(serializeManifest(manifest()), 'other')).toThrow(
+      /id: is "snap-1", expected "other"/,
+    );
   });
 });
 
@@ -90,9 +140,21 @@ describe('chunks and keys', () => {
     const z = encodeChunk('zstd', bytes);
     expect(z.length).toBeLessThan(1000);
     expect(decodeChunk('k', 'zstd', z, h, 65536).equals(bytes)).toBe(true);
-    expect(() => decodeChunk('k', 'zstd', z, h.replace(/^./, (c) => (c === '0' ? '1' : '0')), 65536)).toThrow(/content hash .* does not match/);
-    expect(() => decodeChunk('k', 'zstd', Buffer.from('garbage'), h, 65536)).toThrow(expect.objectContaining({ code: 'LAZYSNAP_INTEGRITY' }));
-    expect(() => decodeChunk('k', 'none', bytes.subarray(1), h, 65536)).toThrow(/65535 bytes instead of 65536/);
+    expect(() =>
+      decodeChunk(
+        'k',
+        'zstd',
+        z,
+        h.replace(/^./, (c) => (c === '0' ? '1' : '0')),
+        65536,
+      ),
+    ).toThrow(/content hash .* does not match/);
+    expect(() => decodeChunk('k', 'zstd', Buffer.from('garbage'), h, 65536)).toThrow(
+      expect.objectContaining({ code: 'LAZYSNAP_INTEGRITY' }),
+    );
+    expect(() => decodeChunk('k', 'none', bytes.subarray(1), h, 65536)).toThrow(
+      /65535 bytes instead of 65536/,
+    );
   });
 
   it('lays chunks out as chunks/<2 hex>/<hash>[.codec] and parses them back', () => {

@@ -37,7 +37,10 @@ const MiB = 1024 * KiB;
  * which may verify and exit first: counters read right after the client exits may lag by one fill.
  * Wait for the thread to catch up (a counter that stays wrong still fails).
  */
-async function settledStats(a: { session: { stats(): SessionStats } }, until: (st: SessionStats) => boolean): Promise<SessionStats> {
+async function settledStats(
+  a: { session: { stats(): SessionStats } },
+  until: (st: SessionStats) => boolean,
+): Promise<SessionStats> {
   for (let i = 0; i < 200; i++) {
     const st = a.session.stats();
     if (until(st)) return st;
@@ -62,8 +65,23 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
     const cs = 256 * KiB;
     const img = makeImage(tmp.dir, 32 * MiB, cs, { zeroEvery: 5 });
     const resident = [...Array(128).keys()].filter((i) => i % 3 === 0 && !img.zeroChunks.includes(i));
-    harness = new Harness({ dir: tmp.dir, image: img.bytes, chunkSize: cs, zeroChunks: img.zeroChunks, residentChunks: resident });
-    const r = await runClient(['--socket', harness.socketPath, '--image', img.path, '--threads', '8', '--order', 'random']);
+    harness = new Harness({
+      dir: tmp.dir,
+      image: img.bytes,
+      chunkSize: cs,
+      zeroChunks: img.zeroChunks,
+      residentChunks: resident,
+    });
+    const r = await runClient([
+      '--socket',
+      harness.socketPath,
+      '--image',
+      img.path,
+      '--threads',
+      '8',
+      '--order',
+      'random',
+    ]);
     expect(r.stderr).toBe('');
     expect(r.report).toMatchObject({ ok: true, mismatches: 0, pagesVerified: 8192 });
     const a = await harness.session();
@@ -145,9 +163,14 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
     const pid = await c.ready;
     const a = await harness.session();
     const base = a.regions[0]!.base;
-    const page = (chunk: number, p: number) => img.bytes.subarray(chunk * cs + p * 4096, chunk * cs + (p + 1) * 4096);
+    const page = (chunk: number, p: number) =>
+      img.bytes.subarray(chunk * cs + p * 4096, chunk * cs + (p + 1) * 4096);
     // Pages 1 and 5 of chunk 2, and the last page of chunk 3, arrive first (as a racing fault would).
-    for (const [chunk, p] of [[2, 1], [2, 5], [3, 63]] as const) {
+    for (const [chunk, p] of [
+      [2, 1],
+      [2, 5],
+      [3, 63],
+    ] as const) {
       uffdCopy(a.uffd, base + BigInt(chunk * cs + p * 4096), page(chunk, p));
     }
     expect(presentPages(pid, base + BigInt(2 * cs), 2 * cs).filter(Boolean)).toHaveLength(3);
@@ -170,9 +193,22 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
   it('UFFD_EVENT_REMOVE: a ballooned range reads zero afterwards and the rest keeps its bytes', async () => {
     const cs = 512 * KiB;
     const img = makeImage(tmp.dir, 8 * MiB, cs, { zeroChunks: [15] });
-    harness = new Harness({ dir: tmp.dir, image: img.bytes, chunkSize: cs, zeroChunks: img.zeroChunks, residentChunks: 'all' });
+    harness = new Harness({
+      dir: tmp.dir,
+      image: img.bytes,
+      chunkSize: cs,
+      zeroChunks: img.zeroChunks,
+      residentChunks: 'all',
+    });
     // 768 KiB straddling chunks 2 and 3, after every page has been restored once.
-    const r = await runClient(['--socket', harness.socketPath, '--image', img.path, '--balloon', `${cs + cs / 2}:${768 * KiB}`]);
+    const r = await runClient([
+      '--socket',
+      harness.socketPath,
+      '--image',
+      img.path,
+      '--balloon',
+      `${cs + cs / 2}:${768 * KiB}`,
+    ]);
     expect(r.report?.ok).toBe(true);
     expect(r.report?.balloon).toEqual({ zeroPages: 192, nonZeroPages: 0, outsideOk: true });
     const st = await settledStats(await harness.session(), (x) => x.removedFaults >= 192);
@@ -180,22 +216,38 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
     expect(st.removedFaults).toBe(192);
   });
 
-  it.skipIf(!hasPoison)(`poisons what cannot be served: the client dies of SIGBUS instead of hanging${hasPoison ? '' : ' [SKIPPED: kernel < 6.6]'}`, async () => {
-    const cs = 512 * KiB;
-    const img = makeImage(tmp.dir, 4 * MiB, cs);
-    harness = new Harness({
-      dir: tmp.dir,
-      image: img.bytes,
-      chunkSize: cs,
-      residentChunks: [0, 1, 2, 3, 4, 5, 6],
-      onNeed: (chunks, a) => a.session.poison(chunks),
-    });
-    const r = await runClient(['--socket', harness.socketPath, '--image', img.path, '--order', 'seq', '--threads', '1']);
-    expect({ signal: r.signal, code: r.code, stderr: r.stderr }).toEqual({ signal: 'SIGBUS', code: null, stderr: '' });
-    const st = await settledStats(await harness.session(), (x) => x.poisons >= 1);
-    expect(st.poisons).toBe(1);
-    expect(st.bytesPoisoned).toBe(cs);
-  });
+  it.skipIf(!hasPoison)(
+    `poisons what cannot be served: the client dies of SIGBUS instead of hanging${hasPoison ? '' : ' [SKIPPED: kernel < 6.6]'}`,
+    async () => {
+      const cs = 512 * KiB;
+      const img = makeImage(tmp.dir, 4 * MiB, cs);
+      harness = new Harness({
+        dir: tmp.dir,
+        image: img.bytes,
+        chunkSize: cs,
+        residentChunks: [0, 1, 2, 3, 4, 5, 6],
+        onNeed: (chunks, a) => a.session.poison(chunks),
+      });
+      const r = await runClient([
+        '--socket',
+        harness.socketPath,
+        '--image',
+        img.path,
+        '--order',
+        'seq',
+        '--threads',
+        '1',
+      ]);
+      expect({ signal: r.signal, code: r.code, stderr: r.stderr }).toEqual({
+        signal: 'SIGBUS',
+        code: null,
+        stderr: '',
+      });
+      const st = await settledStats(await harness.session(), (x) => x.poisons >= 1);
+      expect(st.poisons).toBe(1);
+      expect(st.bytesPoisoned).toBe(cs);
+    },
+  );
 
   it('serves two regions with a chunk straddling the boundary, for every handshake payload shape', async () => {
     const cs = 2 * MiB;
@@ -203,19 +255,33 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
     harness = new Harness({ dir: tmp.dir, image: img.bytes, chunkSize: cs, zeroChunks: img.zeroChunks });
     for (const payload of ['v1', 'v7', 'v12']) {
       const r = await runClient([
-        '--socket', harness.socketPath, '--image', img.path, '--regions', '13M,3M', '--payload', payload, '--threads', '4',
+        '--socket',
+        harness.socketPath,
+        '--image',
+        img.path,
+        '--regions',
+        '13M,3M',
+        '--payload',
+        payload,
+        '--threads',
+        '4',
       ]);
       expect(r.report, payload).toMatchObject({ ok: true, pagesVerified: 4096 });
     }
     const first = await harness.session(0);
     const third = await harness.session(2);
-    expect(third.regions.map((x) => [x.size, x.offset])).toEqual([[13 * MiB, 0], [3 * MiB, 13 * MiB]]);
+    expect(third.regions.map((x) => [x.size, x.offset])).toEqual([
+      [13 * MiB, 0],
+      [3 * MiB, 13 * MiB],
+    ]);
     // The first restore fetched the 7 non-zero chunks once each (chunk 6 spans both regions: one
     // request fills both halves); later restores of the same snapshot find them in the shared table.
     expect(first.session.stats().forwardedFaults).toBe(7);
     expect(third.session.stats()).toMatchObject({ forwardedFaults: 0, installs: 0 });
     // Counted just after the copy that wakes the client, so it may land after the client is gone.
-    expect((await settledStats(third, (st) => st.residentFaults >= 1)).residentFaults).toBeGreaterThanOrEqual(1);
+    expect((await settledStats(third, (st) => st.residentFaults >= 1)).residentFaults).toBeGreaterThanOrEqual(
+      1,
+    );
   });
 
   it('reports an install whose bytes were evicted first as missing, and serves it once re-put', async () => {
@@ -245,7 +311,12 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
     const cs = 512 * KiB;
     const img = makeImage(tmp.dir, 2 * MiB, cs);
     let needed: Uint32Array | undefined;
-    harness = new Harness({ dir: tmp.dir, image: img.bytes, chunkSize: cs, onNeed: (chunks) => (needed = Uint32Array.from(chunks)) });
+    harness = new Harness({
+      dir: tmp.dir,
+      image: img.bytes,
+      chunkSize: cs,
+      onNeed: (chunks) => (needed = Uint32Array.from(chunks)),
+    });
     const c = startClient(['--socket', harness.socketPath, '--image', img.path, '--threads', '1']);
     const a = await harness.session();
     while (!needed) await sleep(5);
@@ -256,7 +327,7 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
     const exited = await new Promise<SessionEvent>((res) => {
       const poll = setInterval(() => {
         const e = a.events.find((x) => x.exited);
-        if (e) res(e), clearInterval(poll);
+        if (e) (res(e), clearInterval(poll));
       }, 5);
     });
     expect(exited.exited).toBe(true);
@@ -274,8 +345,10 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
     uffdRegister(uffd, addr, size);
     const table = new ChunkTable(size, cs);
     const events: SessionEvent[] = [];
-    const session = new FaultSession(uffd, { table, pageSize: 4096, regions: [{ base: addr, size, offset: 0 }] }, (e) =>
-      events.push(e),
+    const session = new FaultSession(
+      uffd,
+      { table, pageSize: 4096, regions: [{ base: addr, size, offset: 0 }] },
+      (e) => events.push(e),
     );
     try {
       // madvise blocks until the fault thread has read the REMOVE; no JS is needed for that.
@@ -289,7 +362,11 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
       const want = Buffer.from(img.bytes.subarray(cs, 2 * cs));
       want.fill(0, 2 * 4096, 5 * 4096);
       expect(got.equals(want)).toBe(true);
-      expect(session.stats()).toMatchObject({ removes: 1, bytesZeroed: 3 * 4096, bytesCopied: cs - 3 * 4096 });
+      expect(session.stats()).toMatchObject({
+        removes: 1,
+        bytesZeroed: 3 * 4096,
+        bytesCopied: cs - 3 * 4096,
+      });
     } finally {
       session.close();
       munmap(addr, size);
@@ -301,7 +378,11 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
     const uffd = createUffd();
     uffdApi(uffd, 0n);
     const addr = mmapAnonymous(1 * MiB);
-    const s = new FaultSession(uffd, { table, pageSize: 4096, regions: [{ base: addr, size: 1 * MiB, offset: 0 }] }, () => {});
+    const s = new FaultSession(
+      uffd,
+      { table, pageSize: 4096, regions: [{ base: addr, size: 1 * MiB, offset: 0 }] },
+      () => {},
+    );
     const { readlinkSync } = await import('node:fs');
     expect(readlinkSync(`/proc/self/fd/${uffd}`)).toContain('userfaultfd');
     s.close();
@@ -313,23 +394,44 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
 });
 
 const hugeReason = hasUffd ? hugepageSkipReason(16) : 'needs userfaultfd';
-describe.skipIf(hugeReason !== '')(`native fault session on 2 MiB hugetlb pages${hugeReason ? ` [SKIPPED: ${hugeReason}]` : ''}`, () => {
-  it('copies whole huge pages and zero-fills zero chunks by copy (no ZEROPAGE on hugetlbfs)', async () => {
-    const tmp = tempDir();
-    const cs = 4 * MiB;
-    const img = makeImage(tmp.dir, 16 * MiB, cs, { zeroChunks: [1] });
-    const harness = new Harness({ dir: tmp.dir, image: img.bytes, chunkSize: cs, zeroChunks: img.zeroChunks });
-    try {
-      const r = await runClient(['--socket', harness.socketPath, '--image', img.path, '--page-size', '2097152', '--threads', '4']);
-      expect({ code: r.code, signal: r.signal, stderr: r.stderr }).toEqual({ code: 0, signal: null, stderr: '' });
-      expect(r.report).toMatchObject({ ok: true, mismatches: 0 });
-      const st = await settledStats(await harness.session(), (x) => x.bytesCopied >= 16 * MiB);
-      expect(st.bytesZeroed).toBe(0);
-      expect(st.bytesCopied).toBe(16 * MiB);
-      expect(st.forwardedFaults).toBe(3);
-    } finally {
-      harness.close();
-      tmp.cleanup();
-    }
-  });
-});
+describe.skipIf(hugeReason !== '')(
+  `native fault session on 2 MiB hugetlb pages${hugeReason ? ` [SKIPPED: ${hugeReason}]` : ''}`,
+  () => {
+    it('copies whole huge pages and zero-fills zero chunks by copy (no ZEROPAGE on hugetlbfs)', async () => {
+      const tmp = tempDir();
+      const cs = 4 * MiB;
+      const img = makeImage(tmp.dir, 16 * MiB, cs, { zeroChunks: [1] });
+      const harness = new Harness({
+        dir: tmp.dir,
+        image: img.bytes,
+        chunkSize: cs,
+        zeroChunks: img.zeroChunks,
+      });
+      try {
+        const r = await runClient([
+          '--socket',
+          harness.socketPath,
+          '--image',
+          img.path,
+          '--page-size',
+          '2097152',
+          '--threads',
+          '4',
+        ]);
+        expect({ code: r.code, signal: r.signal, stderr: r.stderr }).toEqual({
+          code: 0,
+          signal: null,
+          stderr: '',
+        });
+        expect(r.report).toMatchObject({ ok: true, mismatches: 0 });
+        const st = await settledStats(await harness.session(), (x) => x.bytesCopied >= 16 * MiB);
+        expect(st.bytesZeroed).toBe(0);
+        expect(st.bytesCopied).toBe(16 * MiB);
+        expect(st.forwardedFaults).toBe(3);
+      } finally {
+        harness.close();
+        tmp.cleanup();
+      }
+    });
+  },
+);

@@ -1,7 +1,17 @@
 /** Handshake and process primitives: SCM_RIGHTS, SO_PEERCRED, pidfds, memory helpers, fd watching. */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { chmodSync, copyFileSync, fstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  fstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -124,7 +134,10 @@ describe('unix socket handshake primitives', () => {
   });
 
   it('identifies the peer (SO_PEERCRED) and holds it as a pidfd that a recycled PID cannot fool', async () => {
-    const child = spawn(process.execPath, ['-e', `require('net').connect(${JSON.stringify(sock)}); setInterval(() => {}, 1000)`]);
+    const child = spawn(process.execPath, [
+      '-e',
+      `require('net').connect(${JSON.stringify(sock)}); setInterval(() => {}, 1000)`,
+    ]);
     const s = await until(() => {
       const fd = acceptUnix(lfd);
       return fd >= 0 ? fd : null;
@@ -176,7 +189,9 @@ describe('memory and process helpers', () => {
     const got = Buffer.alloc(self.length);
     expect(processVmRead(process.pid, addressOf(self), got)).toBe(self.length);
     expect(got.equals(self)).toBe(true);
-    expect(() => processVmRead(process.pid, 4096n, Buffer.alloc(16))).toThrow(expect.objectContaining({ code: 'EFAULT' }));
+    expect(() => processVmRead(process.pid, 4096n, Buffer.alloc(16))).toThrow(
+      expect.objectContaining({ code: 'EFAULT' }),
+    );
   });
 
   it('signals a process by pid', async () => {
@@ -189,27 +204,45 @@ describe('memory and process helpers', () => {
 });
 
 const asRoot = process.getuid?.() === 0 && spawnSync('id', ['nobody']).status === 0;
-describe.skipIf(!asRoot)(`without privilege${asRoot ? '' : ' [SKIPPED: needs root and a nobody user to switch to]'}`, () => {
-  it('says what to do when userfaultfd is refused, and allows user-mode-only handling', () => {
-    const open = (statSync('/dev/userfaultfd').mode & 0o006) !== 0 || readFileSync('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').trim() === '1';
-    // A world-readable build of the typed edge and the addon, so nobody can load it wherever the checkout is.
-    const dir = mkdtempSync(path.join(tmpdir(), 'lazysnap-nobody-'));
-    try {
-      chmodSync(dir, 0o755);
-      execFileSync(process.execPath, [path.join(repoRoot, 'node_modules/typescript/bin/tsc'), '-p', path.join(repoRoot, 'tsconfig.build.json'), '--outDir', path.join(dir, 'dist')]);
-      mkdirSync(path.join(dir, 'native/build/Release'), { recursive: true });
-      copyFileSync(path.join(repoRoot, 'native/build/Release/lazysnap.node'), path.join(dir, 'native/build/Release/lazysnap.node'));
-      writeFileSync(path.join(dir, 'package.json'), '{"type":"module"}');
-      execFileSync('chmod', ['-R', 'a+rX', dir]);
-      const script = `import('${dir}/dist/native/index.js').then(({probeUffd}) => console.log(JSON.stringify([probeUffd(), probeUffd({userModeOnly: true})])))`;
-      const out = execFileSync('su', ['-s', '/bin/sh', 'nobody', '-c', `${process.execPath} -e "${script}"`], { cwd: dir, encoding: 'utf8' });
-      const [full, umo] = JSON.parse(out.trim().split('\n').pop()!) as { ok: boolean; reason?: string }[];
-      expect(umo!.ok).toBe(true);
-      if (open) return; // this machine lets everyone use userfaultfd: nothing to refuse
-      expect(full!.ok).toBe(false);
-      expect(full!.reason).toMatch(/CAP_SYS_PTRACE|unprivileged_userfaultfd/);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  }, 60_000);
-});
+describe.skipIf(!asRoot)(
+  `without privilege${asRoot ? '' : ' [SKIPPED: needs root and a nobody user to switch to]'}`,
+  () => {
+    it('says what to do when userfaultfd is refused, and allows user-mode-only handling', () => {
+      const open =
+        (statSync('/dev/userfaultfd').mode & 0o006) !== 0 ||
+        readFileSync('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').trim() === '1';
+      // A world-readable build of the typed edge and the addon, so nobody can load it wherever the checkout is.
+      const dir = mkdtempSync(path.join(tmpdir(), 'lazysnap-nobody-'));
+      try {
+        chmodSync(dir, 0o755);
+        execFileSync(process.execPath, [
+          path.join(repoRoot, 'node_modules/typescript/bin/tsc'),
+          '-p',
+          path.join(repoRoot, 'tsconfig.build.json'),
+          '--outDir',
+          path.join(dir, 'dist'),
+        ]);
+        mkdirSync(path.join(dir, 'native/build/Release'), { recursive: true });
+        copyFileSync(
+          path.join(repoRoot, 'native/build/Release/lazysnap.node'),
+          path.join(dir, 'native/build/Release/lazysnap.node'),
+        );
+        writeFileSync(path.join(dir, 'package.json'), '{"type":"module"}');
+        execFileSync('chmod', ['-R', 'a+rX', dir]);
+        const script = `import('${dir}/dist/native/index.js').then(({probeUffd}) => console.log(JSON.stringify([probeUffd(), probeUffd({userModeOnly: true})])))`;
+        const out = execFileSync(
+          'su',
+          ['-s', '/bin/sh', 'nobody', '-c', `${process.execPath} -e "${script}"`],
+          { cwd: dir, encoding: 'utf8' },
+        );
+        const [full, umo] = JSON.parse(out.trim().split('\n').pop()!) as { ok: boolean; reason?: string }[];
+        expect(umo!.ok).toBe(true);
+        if (open) return; // this machine lets everyone use userfaultfd: nothing to refuse
+        expect(full!.ok).toBe(false);
+        expect(full!.reason).toMatch(/CAP_SYS_PTRACE|unprivileged_userfaultfd/);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }, 60_000);
+  },
+);

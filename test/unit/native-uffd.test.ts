@@ -29,7 +29,8 @@ import { hasUffd, kernelHasPoison, uffdSuite } from '../helpers/skip.js';
 const hasPoison = kernelHasPoison();
 
 const PAGE = 4096;
-const pattern = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff));
+const pattern = (n: number, seed: number) =>
+  Buffer.from(Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff));
 
 function catchErr(f: () => unknown): SystemError {
   try {
@@ -98,20 +99,26 @@ describe.skipIf(!hasUffd)(uffdSuite('userfaultfd primitives'), () => {
     expect(() => uffdWake(uffd, addr, size)).not.toThrow();
   });
 
-  it.skipIf(!hasPoison)(`poison marks missing pages so that any access fails${hasPoison ? '' : ' [SKIPPED: kernel < 6.6]'}`, () => {
-    uffdApi(uffd, 0n);
-    uffdRegister(uffd, addr, size);
-    expect(uffdPoison(uffd, addr + BigInt(PAGE), PAGE)).toEqual({ bytes: PAGE, pagesPresent: 0 });
-    uffdZeropage(uffd, addr, PAGE);
-    // process_vm_readv stops at the poisoned page: page 0 reads, page 1 does not.
-    expect(processVmRead(process.pid, addr, Buffer.alloc(2 * PAGE))).toBe(PAGE);
-  });
+  it.skipIf(!hasPoison)(
+    `poison marks missing pages so that any access fails${hasPoison ? '' : ' [SKIPPED: kernel < 6.6]'}`,
+    () => {
+      uffdApi(uffd, 0n);
+      uffdRegister(uffd, addr, size);
+      expect(uffdPoison(uffd, addr + BigInt(PAGE), PAGE)).toEqual({ bytes: PAGE, pagesPresent: 0 });
+      uffdZeropage(uffd, addr, PAGE);
+      // process_vm_readv stops at the poisoned page: page 0 reads, page 1 does not.
+      expect(processVmRead(process.pid, addr, Buffer.alloc(2 * PAGE))).toBe(PAGE);
+    },
+  );
 
   it('unregister ends delivery for the range: later ioctls there fail with ENOENT', () => {
     uffdApi(uffd, 0n);
     uffdRegister(uffd, addr, size);
     uffdUnregister(uffd, addr, size);
-    expect(catchErr(() => uffdCopy(uffd, addr, pattern(PAGE, 2)))).toMatchObject({ code: 'ENOENT', errno: -2 });
+    expect(catchErr(() => uffdCopy(uffd, addr, pattern(PAGE, 2)))).toMatchObject({
+      code: 'ENOENT',
+      errno: -2,
+    });
   });
 
   it('reports kernel errors shaped like Node system errors', () => {
@@ -134,7 +141,9 @@ describe('native argument validation (no kernel needed)', () => {
     expect(() => new FaultSession(3, { table: t, pageSize: 8192 as 4096, regions: [] }, () => {})).toThrow(
       /pageSize must be 4096 or 2097152, received 8192/,
     );
-    expect(() => new FaultSession(3, { table: t, pageSize: 4096, regions: [] }, () => {})).toThrow(InvalidArgumentError);
+    expect(() => new FaultSession(3, { table: t, pageSize: 4096, regions: [] }, () => {})).toThrow(
+      InvalidArgumentError,
+    );
     try {
       new ChunkTable(-1, 4096);
     } catch (e) {
@@ -151,8 +160,18 @@ describe('native argument validation (no kernel needed)', () => {
       () => a.uffdCopy(-1, 0n, Buffer.alloc(4096)),
       () => a.uffdZeropage(3, 4097n, 4096),
       () => a.mmapAnonymous(4095, false),
-      () => a.sessionCreate(3, { table: t, pageSize: 4096, regions: [{ base: 4096n, size: 8192, offset: 1 << 20 }] }, () => {}),
-      () => a.sessionCreate(3, { table: t, pageSize: 4096, regions: [{ base: 1n, size: 4096, offset: 0 }] }, () => {}),
+      () =>
+        a.sessionCreate(
+          3,
+          { table: t, pageSize: 4096, regions: [{ base: 4096n, size: 8192, offset: 1 << 20 }] },
+          () => {},
+        ),
+      () =>
+        a.sessionCreate(
+          3,
+          { table: t, pageSize: 4096, regions: [{ base: 1n, size: 4096, offset: 0 }] },
+          () => {},
+        ),
       () => a.kill(0, 9),
       () => a.sockListen('x'.repeat(200), 1),
     ];

@@ -21,7 +21,7 @@ const MiB = 1024 * KiB;
 const CS = 256 * KiB;
 
 async function until(f: () => boolean, ms = 10_000): Promise<void> {
-  for (const end = Date.now() + ms; !f(); ) {
+  for (const end = Date.now() + ms; !f();) {
     if (Date.now() > end) throw new Error('timed out waiting');
     await sleep(5);
   }
@@ -48,11 +48,24 @@ describe.skipIf(!hasUffd)(uffdSuite('working-set prefetch'), () => {
     tmp.cleanup();
   });
   const profile = async () =>
-    parseProfile(await new FileStore(store).get('profiles/vm'), { id: 'vm', chunkSize: CS, totalSize: 16 * MiB, chunks: 64 });
+    parseProfile(await new FileStore(store).get('profiles/vm'), {
+      id: 'vm',
+      chunkSize: CS,
+      totalSize: 16 * MiB,
+      chunks: 64,
+    });
 
   it('record writes the first-touch order to profiles/<id>, and recordings merge', async () => {
     server = await serve(tmp.dir, { stores: [store], id: 'vm', prefetch: 'record', recordIdleMs: 60_000 });
-    let r = await runClient(['--socket', server.socketPath, '--image', img.path, ...workload, '--order', 'seq']);
+    let r = await runClient([
+      '--socket',
+      server.socketPath,
+      '--image',
+      img.path,
+      ...workload,
+      '--order',
+      'seq',
+    ]);
     expect(r.report).toMatchObject({ ok: true });
     const [s] = await summaries(server, 1);
     expect(s!.recordedChunks).toBe(nonZero.length);
@@ -62,7 +75,17 @@ describe.skipIf(!hasUffd)(uffdSuite('working-set prefetch'), () => {
     expect(p.recordings).toBe(1);
     // A second recording, in another order, merges into the same profile.
     server = await serve(tmp.dir, { stores: [store], id: 'vm', prefetch: 'record', recordIdleMs: 60_000 });
-    r = await runClient(['--socket', server.socketPath, '--image', img.path, ...workload, '--order', 'random', '--seed', '7']);
+    r = await runClient([
+      '--socket',
+      server.socketPath,
+      '--image',
+      img.path,
+      ...workload,
+      '--order',
+      'random',
+      '--seed',
+      '7',
+    ]);
     expect(r.report).toMatchObject({ ok: true });
     await summaries(server, 1);
     await server.close(0);
@@ -116,12 +139,41 @@ describe.skipIf(!hasUffd)(uffdSuite('working-set prefetch'), () => {
     await snapshotTo(bigStore, big.path, 'big', 32 * KiB);
     // A profile of all 2048 chunks in order, replayed through a slow origin (20 ms per request).
     const order = Array.from({ length: 2048 }, (_, i) => ({ chunk: i, t: i, n: 1 }));
-    await new FileStore(bigStore).put('profiles/big', Buffer.from(JSON.stringify({ format: 'lazysnap-profile/1', id: 'big', chunkSize: 32 * KiB, totalSize: 64 * MiB, recordings: 1, updatedAt: '', chunks: order })));
+    await new FileStore(bigStore).put(
+      'profiles/big',
+      Buffer.from(
+        JSON.stringify({
+          format: 'lazysnap-profile/1',
+          id: 'big',
+          chunkSize: 32 * KiB,
+          totalSize: 64 * MiB,
+          recordings: 1,
+          updatedAt: '',
+          chunks: order,
+        }),
+      ),
+    );
     const slow = await fakeOrigin(bigStore, () => ({ delayMs: 20 }));
     try {
-      server = await serve(tmp.dir, { stores: [slow.url], id: 'big', prefetchWindow: 4, fetchConcurrency: 8 });
+      server = await serve(tmp.dir, {
+        stores: [slow.url],
+        id: 'big',
+        prefetchWindow: 4,
+        fetchConcurrency: 8,
+      });
       // The client touches one page near the end of the replay order, at once.
-      const r = await runClient(['--socket', server.socketPath, '--image', big.path, '--touch', 'sparse', '--chunk-size', '64M', '--threads', '1']);
+      const r = await runClient([
+        '--socket',
+        server.socketPath,
+        '--image',
+        big.path,
+        '--touch',
+        'sparse',
+        '--chunk-size',
+        '64M',
+        '--threads',
+        '1',
+      ]);
       expect(r.report).toMatchObject({ ok: true });
       // The client is done (its session ended with it) while the replay had fetched only a small
       // part of its 2048 chunks: the demand fault did not wait behind the queued prefetches.

@@ -40,9 +40,18 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve with remote origins'), () =>
     await snapshotTo(path.join(tmp.dir, 'store'), img.path, 'vm', CS);
     s3 = await startS3rver('snaps');
     for (const k of envKeys) saved[k] = process.env[k];
-    Object.assign(process.env, { AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey, AWS_REGION: 'us-east-1' });
+    Object.assign(process.env, {
+      AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
+      AWS_REGION: 'us-east-1',
+    });
     const src = await openMemoryFile(img.path);
-    await createSnapshot({ source: src, store: new S3Store({ bucket: 'snaps', prefix: 'prod', endpoint: s3.endpoint }), id: 'vm', chunkSize: CS });
+    await createSnapshot({
+      source: src,
+      store: new S3Store({ bucket: 'snaps', prefix: 'prod', endpoint: s3.endpoint }),
+      id: 'vm',
+      chunkSize: CS,
+    });
     await src.close();
   });
   afterAll(async () => {
@@ -54,8 +63,21 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve with remote origins'), () =>
   it('serves from s3rver, with the balloon: removed pages read zero, the rest the snapshot', async () => {
     const server = await serve(tmp.dir, { stores: ['s3://snaps/prod'], s3Endpoint: s3.endpoint, id: 'vm' });
     try {
-      const r = await runClient(['--socket', server.socketPath, '--image', img.path, '--threads', '4', '--balloon', `${3 * MiB}:${2 * MiB}`]);
-      expect(r.report).toMatchObject({ ok: true, mismatches: 0, balloon: { zeroPages: 512, nonZeroPages: 0, outsideOk: true } });
+      const r = await runClient([
+        '--socket',
+        server.socketPath,
+        '--image',
+        img.path,
+        '--threads',
+        '4',
+        '--balloon',
+        `${3 * MiB}:${2 * MiB}`,
+      ]);
+      expect(r.report).toMatchObject({
+        ok: true,
+        mismatches: 0,
+        balloon: { zeroPages: 512, nonZeroPages: 0, outsideOk: true },
+      });
       const [s] = await summaries(server, 1);
       expect(s!.hitsByTier.origin0).toBeGreaterThan(0);
     } finally {
@@ -63,67 +85,113 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve with remote origins'), () =>
     }
   });
 
-  it.skipIf(!!nginxSkipReason)(`serves from nginx in front of the store, S3 as the fallback${nginxSkipReason ? ` [SKIPPED: ${nginxSkipReason}]` : ''}`, async () => {
-    const nginx = await startNginx(path.join(tmp.dir, 'store'));
-    const server = await serve(tmp.dir, { stores: [nginx.url, 's3://snaps/prod'], s3Endpoint: s3.endpoint, id: 'vm', memoryBudgetBytes: 2 * MiB, cacheDir: path.join(tmp.dir, 'cache'), cacheBudgetBytes: 4 * MiB });
-    try {
-      s3.reset();
-      const r = await runClient(['--socket', server.socketPath, '--image', img.path, '--threads', '4']);
-      expect(r.report).toMatchObject({ ok: true, mismatches: 0 });
-      const [s] = await summaries(server, 1);
-      expect(Object.keys(s!.hitsByTier).filter((t) => t !== 'memory')).toEqual(['origin0']);
-      expect(s3.requests.filter((q) => q.method === 'GET')).toEqual([]); // the cache tier answered everything
-      // Budgets hold after the session: resident memory now, the disk cache once its background
-      // writes have finished (close() waits for them; while they run it may hold up to
-      // fetch concurrency x chunk size more).
-      const st = server.stats();
-      expect(st.residentBytes).toBeLessThanOrEqual(2 * MiB);
-      expect(st.memoryEvictions).toBeGreaterThan(0);
-      expect(st).toMatchObject({ sessions: 0, pendingHandshakes: 0 });
-      await server.close(0);
-      expect(dirBytes(path.join(tmp.dir, 'cache'))).toBeLessThanOrEqual(4 * MiB);
-    } finally {
-      await server.close(0);
-      await nginx.stop();
-    }
-  });
-
-  it.skipIf(!existsSync('/dev/kvm'))(`restores a KVM guest's memory from the directory store, s3rver and nginx${existsSync('/dev/kvm') ? '' : ' [SKIPPED: no /dev/kvm]'}`, async () => {
-    const nginx = nginxSkipReason ? undefined : await startNginx(path.join(tmp.dir, 'store'));
-    const origins: [string, string[]][] = [
-      ['directory', [path.join(tmp.dir, 'store')]],
-      ['s3rver', ['s3://snaps/prod']],
-      ...(nginx ? [['nginx', [nginx.url]] as [string, string[]]] : []),
-    ];
-    try {
-      for (const [name, stores] of origins) {
-        const server = await serve(tmp.dir, { stores, s3Endpoint: s3.endpoint, id: 'vm' });
-        try {
-          // Every guest access faults inside KVM_RUN and is served through the socket.
-          const r = await runClient(['--socket', server.socketPath, '--image', img.path, '--kvm', '--threads', '2', '--regions', '12M,4M']);
-          expect({ name, code: r.code, stderr: r.stderr }).toEqual({ name, code: 0, stderr: '' });
-          expect(r.report, name).toMatchObject({ ok: true, mode: 'kvm', mismatches: 0, pagesVerified: 4096 });
-          const [s] = await summaries(server, 1);
-          expect(s!.faults, name).toBeGreaterThanOrEqual(1);
-        } finally {
-          await server.close(0);
-        }
+  it.skipIf(!!nginxSkipReason)(
+    `serves from nginx in front of the store, S3 as the fallback${nginxSkipReason ? ` [SKIPPED: ${nginxSkipReason}]` : ''}`,
+    async () => {
+      const nginx = await startNginx(path.join(tmp.dir, 'store'));
+      const server = await serve(tmp.dir, {
+        stores: [nginx.url, 's3://snaps/prod'],
+        s3Endpoint: s3.endpoint,
+        id: 'vm',
+        memoryBudgetBytes: 2 * MiB,
+        cacheDir: path.join(tmp.dir, 'cache'),
+        cacheBudgetBytes: 4 * MiB,
+      });
+      try {
+        s3.reset();
+        const r = await runClient(['--socket', server.socketPath, '--image', img.path, '--threads', '4']);
+        expect(r.report).toMatchObject({ ok: true, mismatches: 0 });
+        const [s] = await summaries(server, 1);
+        expect(Object.keys(s!.hitsByTier).filter((t) => t !== 'memory')).toEqual(['origin0']);
+        expect(s3.requests.filter((q) => q.method === 'GET')).toEqual([]); // the cache tier answered everything
+        // Budgets hold after the session: resident memory now, the disk cache once its background
+        // writes have finished (close() waits for them; while they run it may hold up to
+        // fetch concurrency x chunk size more).
+        const st = server.stats();
+        expect(st.residentBytes).toBeLessThanOrEqual(2 * MiB);
+        expect(st.memoryEvictions).toBeGreaterThan(0);
+        expect(st).toMatchObject({ sessions: 0, pendingHandshakes: 0 });
+        await server.close(0);
+        expect(dirBytes(path.join(tmp.dir, 'cache'))).toBeLessThanOrEqual(4 * MiB);
+      } finally {
+        await server.close(0);
+        await nginx.stop();
       }
-    } finally {
-      await nginx?.stop();
-    }
-  });
+    },
+  );
+
+  it.skipIf(!existsSync('/dev/kvm'))(
+    `restores a KVM guest's memory from the directory store, s3rver and nginx${existsSync('/dev/kvm') ? '' : ' [SKIPPED: no /dev/kvm]'}`,
+    async () => {
+      const nginx = nginxSkipReason ? undefined : await startNginx(path.join(tmp.dir, 'store'));
+      const origins: [string, string[]][] = [
+        ['directory', [path.join(tmp.dir, 'store')]],
+        ['s3rver', ['s3://snaps/prod']],
+        ...(nginx ? [['nginx', [nginx.url]] as [string, string[]]] : []),
+      ];
+      try {
+        for (const [name, stores] of origins) {
+          const server = await serve(tmp.dir, { stores, s3Endpoint: s3.endpoint, id: 'vm' });
+          try {
+            // Every guest access faults inside KVM_RUN and is served through the socket.
+            const r = await runClient([
+              '--socket',
+              server.socketPath,
+              '--image',
+              img.path,
+              '--kvm',
+              '--threads',
+              '2',
+              '--regions',
+              '12M,4M',
+            ]);
+            expect({ name, code: r.code, stderr: r.stderr }).toEqual({ name, code: 0, stderr: '' });
+            expect(r.report, name).toMatchObject({
+              ok: true,
+              mode: 'kvm',
+              mismatches: 0,
+              pagesVerified: 4096,
+            });
+            const [s] = await summaries(server, 1);
+            expect(s!.faults, name).toBeGreaterThanOrEqual(1);
+          } finally {
+            await server.close(0);
+          }
+        }
+      } finally {
+        await nginx?.stop();
+      }
+    },
+  );
 
   it('runs as a process: lazysnap serve, then SIGTERM drains and exits 0', async () => {
     const sock = path.join(tmp.dir, 'cli', 'fc.sock');
-    const child = spawn(process.execPath, ['--import', 'tsx', 'cli/bin.ts', 'serve', '--store', path.join(tmp.dir, 'store'), '--id', 'vm', '--socket', sock, '--shutdown-grace', '2s'], {
-      cwd: repoRoot,
-      env: { ...process.env, LAZYSNAP_LOG_LEVEL: 'warn' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        'cli/bin.ts',
+        'serve',
+        '--store',
+        path.join(tmp.dir, 'store'),
+        '--id',
+        'vm',
+        '--socket',
+        sock,
+        '--shutdown-grace',
+        '2s',
+      ],
+      {
+        cwd: repoRoot,
+        env: { ...process.env, LAZYSNAP_LOG_LEVEL: 'warn' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let err = '';
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    for (let i = 0; i < 300 && !err.includes('serving vm on'); i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 300 && !err.includes('serving vm on'); i++)
+      await new Promise((r) => setTimeout(r, 20));
     expect(err).toContain(`serving vm on ${sock}`);
     const r = await runClient(['--socket', sock, '--image', img.path, '--threads', '2']);
     expect(r.report).toMatchObject({ ok: true });
@@ -134,27 +202,44 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve with remote origins'), () =>
 });
 
 const hugeReason = hasUffd ? hugepageSkipReason(16) : 'needs userfaultfd';
-describe.skipIf(hugeReason !== '')(`lazysnap serve on 2 MiB pages${hugeReason ? ` [SKIPPED: ${hugeReason}]` : ''}`, () => {
-  it('restores a hugepage snapshot whole, zero chunks by copy', async () => {
-    const tmp = tempDir();
-    try {
-      const img = makeImage(tmp.dir, 16 * MiB, 2 * MiB, { zeroChunks: [2, 5] });
-      const src = await openMemoryFile(img.path, { pageSize: 2097152 });
-      const { FileStore } = await import('../../store/file-store.js');
-      await createSnapshot({ source: src, store: new FileStore(path.join(tmp.dir, 'store')), id: 'huge', chunkSize: 2 * MiB });
-      await src.close();
-      const server = await serve(tmp.dir, { stores: [path.join(tmp.dir, 'store')], id: 'huge' });
+describe.skipIf(hugeReason !== '')(
+  `lazysnap serve on 2 MiB pages${hugeReason ? ` [SKIPPED: ${hugeReason}]` : ''}`,
+  () => {
+    it('restores a hugepage snapshot whole, zero chunks by copy', async () => {
+      const tmp = tempDir();
       try {
-        const r = await runClient(['--socket', server.socketPath, '--image', img.path, '--page-size', '2097152', '--threads', '4']);
-        expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
-        expect(r.report).toMatchObject({ ok: true, mismatches: 0 });
-        const [s] = await summaries(server, 1);
-        expect(s!.fetchedChunks).toBe(6);
+        const img = makeImage(tmp.dir, 16 * MiB, 2 * MiB, { zeroChunks: [2, 5] });
+        const src = await openMemoryFile(img.path, { pageSize: 2097152 });
+        const { FileStore } = await import('../../store/file-store.js');
+        await createSnapshot({
+          source: src,
+          store: new FileStore(path.join(tmp.dir, 'store')),
+          id: 'huge',
+          chunkSize: 2 * MiB,
+        });
+        await src.close();
+        const server = await serve(tmp.dir, { stores: [path.join(tmp.dir, 'store')], id: 'huge' });
+        try {
+          const r = await runClient([
+            '--socket',
+            server.socketPath,
+            '--image',
+            img.path,
+            '--page-size',
+            '2097152',
+            '--threads',
+            '4',
+          ]);
+          expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+          expect(r.report).toMatchObject({ ok: true, mismatches: 0 });
+          const [s] = await summaries(server, 1);
+          expect(s!.fetchedChunks).toBe(6);
+        } finally {
+          await server.close(0);
+        }
       } finally {
-        await server.close(0);
+        tmp.cleanup();
       }
-    } finally {
-      tmp.cleanup();
-    }
-  });
-});
+    });
+  },
+);

@@ -28,10 +28,15 @@ function openFds(): number {
 /** GET without keep-alive, so the test itself holds no socket afterwards. */
 function scrape(port: number): Promise<string> {
   return new Promise((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port, path: '/metrics', agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (d: string) => (body += d)).on('end', () => resolve(body));
-    }).on('error', reject);
+    http
+      .get({ host: '127.0.0.1', port, path: '/metrics', agent: false }, (res) => {
+        let body = '';
+        res
+          .setEncoding('utf8')
+          .on('data', (d: string) => (body += d))
+          .on('end', () => resolve(body));
+      })
+      .on('error', reject);
   });
 }
 
@@ -59,14 +64,33 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve'), () => {
 
   it('restores every byte through the socket, two regions, with a per-session summary and metrics', async () => {
     const before = openFds();
-    server = await serve(tmp.dir, { stores: [store], id: 'vm', cacheDir: path.join(tmp.dir, 'cache'), metricsPort: 0 });
+    server = await serve(tmp.dir, {
+      stores: [store],
+      id: 'vm',
+      cacheDir: path.join(tmp.dir, 'cache'),
+      metricsPort: 0,
+    });
     expect(statSync(server.socketPath).mode & 0o777).toBe(0o600);
     expect(statSync(path.dirname(server.socketPath)).mode & 0o777).toBe(0o700);
-    const r = await runClient(['--socket', server.socketPath, '--image', img.path, '--threads', '4', '--regions', '12M,4M']);
+    const r = await runClient([
+      '--socket',
+      server.socketPath,
+      '--image',
+      img.path,
+      '--threads',
+      '4',
+      '--regions',
+      '12M,4M',
+    ]);
     expect(r.report).toMatchObject({ ok: true, mismatches: 0, pagesVerified: 4096 });
     const [s] = await summaries(server, 1);
     const nonZero = 64 - img.zeroChunks.length;
-    expect(s).toMatchObject({ outcome: 'ended', fetchedChunks: nonZero, failedChunks: [], hitsByTier: { origin0: nonZero } });
+    expect(s).toMatchObject({
+      outcome: 'ended',
+      fetchedChunks: nonZero,
+      failedChunks: [],
+      hitsByTier: { origin0: nonZero },
+    });
     expect(s!.timeToFirstFaultServedMs).toBeGreaterThan(0);
     expect(s!.zeroFaults).toBeGreaterThanOrEqual(1);
     const metrics = await scrape(server.metricsPort!);
@@ -83,8 +107,17 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve'), () => {
   it('serves a second restore from the disk cache and eight concurrent restores with one fetch per chunk', async () => {
     const cacheDir = path.join(tmp.dir, 'cache');
     server = await serve(tmp.dir, { stores: [store], id: 'vm', cacheDir });
-    const results = await Promise.all(Array.from({ length: 8 }, () => runClient(['--socket', server!.socketPath, '--image', img.path, '--threads', '2'])));
-    for (const r of results) expect({ report: r.report, code: r.code, stderr: r.stderr }).toMatchObject({ report: { ok: true, mismatches: 0 }, code: 0, stderr: '' });
+    const results = await Promise.all(
+      Array.from({ length: 8 }, () =>
+        runClient(['--socket', server!.socketPath, '--image', img.path, '--threads', '2']),
+      ),
+    );
+    for (const r of results)
+      expect({ report: r.report, code: r.code, stderr: r.stderr }).toMatchObject({
+        report: { ok: true, mismatches: 0 },
+        code: 0,
+        stderr: '',
+      });
     await summaries(server, 8);
     // Shared table + in-flight dedup: each chunk left the origin once, for eight restores.
     expect(await originFetches(server)).toBe(64 - img.zeroChunks.length);
@@ -101,7 +134,9 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve'), () => {
   it('falls through to the next origin when the first lacks a chunk or serves corrupt bytes', async () => {
     const bad = path.join(tmp.dir, 'bad');
     cpSync(store, bad, { recursive: true });
-    const files = readdirSync(path.join(bad, 'chunks'), { recursive: true }).map(String).filter((f) => f.endsWith('.zstd'));
+    const files = readdirSync(path.join(bad, 'chunks'), { recursive: true })
+      .map(String)
+      .filter((f) => f.endsWith('.zstd'));
     rmSync(path.join(bad, 'chunks', files[0]!));
     writeFileSync(path.join(bad, 'chunks', files[1]!), 'not zstd at all');
     server = await serve(tmp.dir, { stores: [bad, store], id: 'vm', retries: 0 });
@@ -112,22 +147,36 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve'), () => {
     expect(s!.failedChunks).toEqual([]);
   });
 
-  it.skipIf(!hasPoison)('fails closed when no origin can deliver: the client dies of SIGBUS within the bound', async () => {
-    const empty = path.join(tmp.dir, 'empty');
-    cpSync(path.join(store, 'manifests'), path.join(empty, 'manifests'), { recursive: true });
-    server = await serve(tmp.dir, { stores: [empty], id: 'vm', failTimeoutMs: 1500, attemptTimeoutMs: 200 });
-    const t0 = Date.now();
-    const r = await runClient(['--socket', server.socketPath, '--image', img.path, '--threads', '2']);
-    expect({ signal: r.signal, code: r.code }).toEqual({ signal: 'SIGBUS', code: null });
-    expect(Date.now() - t0).toBeLessThan(5000);
-    const [s] = await summaries(server, 1);
-    expect(s!.failedChunks.length).toBeGreaterThanOrEqual(1);
-  });
+  it.skipIf(!hasPoison)(
+    'fails closed when no origin can deliver: the client dies of SIGBUS within the bound',
+    async () => {
+      const empty = path.join(tmp.dir, 'empty');
+      cpSync(path.join(store, 'manifests'), path.join(empty, 'manifests'), { recursive: true });
+      server = await serve(tmp.dir, {
+        stores: [empty],
+        id: 'vm',
+        failTimeoutMs: 1500,
+        attemptTimeoutMs: 200,
+      });
+      const t0 = Date.now();
+      const r = await runClient(['--socket', server.socketPath, '--image', img.path, '--threads', '2']);
+      expect({ signal: r.signal, code: r.code }).toEqual({ signal: 'SIGBUS', code: null });
+      expect(Date.now() - t0).toBeLessThan(5000);
+      const [s] = await summaries(server, 1);
+      expect(s!.failedChunks.length).toBeGreaterThanOrEqual(1);
+    },
+  );
 
   it('fails closed with SIGKILL when told to (or where the kernel cannot poison)', async () => {
     const empty = path.join(tmp.dir, 'empty');
     cpSync(path.join(store, 'manifests'), path.join(empty, 'manifests'), { recursive: true });
-    server = await serve(tmp.dir, { stores: [empty], id: 'vm', failTimeoutMs: 500, attemptTimeoutMs: 100, failClosed: 'kill' });
+    server = await serve(tmp.dir, {
+      stores: [empty],
+      id: 'vm',
+      failTimeoutMs: 500,
+      attemptTimeoutMs: 100,
+      failClosed: 'kill',
+    });
     const r = await runClient(['--socket', server.socketPath, '--image', img.path, '--threads', '2']);
     expect(r.signal).toBe('SIGKILL');
     const [s] = await summaries(server, 1);
@@ -137,14 +186,25 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve'), () => {
   it('rejects malformed handshakes with a logged reason and keeps serving a good client', async () => {
     server = await serve(tmp.dir, { stores: [store], id: 'vm', handshakeTimeoutMs: 300 });
     const uffd = createUffd();
-    const ok = (extra = {}) => ({ base_host_virt_addr: 0x7f0000000000, size: 4 * MiB, offset: 0, page_size: 4096, page_size_kib: 4096, ...extra });
+    const ok = (extra = {}) => ({
+      base_host_virt_addr: 0x7f0000000000,
+      size: 4 * MiB,
+      offset: 0,
+      page_size: 4096,
+      page_size_kib: 4096,
+      ...extra,
+    });
     const cases: [string, Buffer, number[]][] = [
       ['garbage', Buffer.from('\x00\x01garbage{'), [uffd]],
       ['not an array', Buffer.from(JSON.stringify(ok())), [uffd]],
       ['no fd', Buffer.from(JSON.stringify([ok()])), []],
       ['two fds', Buffer.from(JSON.stringify([ok()])), [uffd, uffd]],
       ['overlapping regions', Buffer.from(JSON.stringify([ok(), ok({ offset: 4 * MiB })])), [uffd]],
-      ['page size 12345', Buffer.from(JSON.stringify([ok({ page_size: 12345, page_size_kib: 12345 })])), [uffd]],
+      [
+        'page size 12345',
+        Buffer.from(JSON.stringify([ok({ page_size: 12345, page_size_kib: 12345 })])),
+        [uffd],
+      ],
       ['region larger than the snapshot', Buffer.from(JSON.stringify([ok({ size: 32 * MiB })])), [uffd]],
       ['silence', Buffer.alloc(0), []],
     ];
@@ -213,7 +273,7 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve'), () => {
     expect(seen.slice(1)).toEqual([`session ${pid}`, `end ${pid} ended`]);
   });
 
-  it('populate() gives each fetch a fault\'s patience from when it starts: a long populate from a slow origin does not fail closed', async () => {
+  it("populate() gives each fetch a fault's patience from when it starts: a long populate from a slow origin does not fail closed", async () => {
     // 48 data chunks, 150 ms each, fail timeout 400 ms: all of them would not fit in one fault's
     // patience (48 / 16 connections x 150 ms = 450 ms even if all were sent at once), each fits in its own.
     const o = await fakeOrigin(store, () => ({ delayMs: 150 }));
@@ -223,7 +283,10 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve'), () => {
       const pid = await c.ready;
       for (let i = 0; i < 200 && !server.sessionOf(pid); i++) await sleep(5);
       await server.sessionOf(pid)!.populate();
-      expect(server.sessionStats()[0]).toMatchObject({ fetchedChunks: 64 - img.zeroChunks.length, forwardedFaults: 0 });
+      expect(server.sessionStats()[0]).toMatchObject({
+        fetchedChunks: 64 - img.zeroChunks.length,
+        forwardedFaults: 0,
+      });
       c.go();
       await sleep(20);
       c.release();

@@ -18,7 +18,6 @@ import { cli } from '../helpers/cli.js';
 
 const CS = 256 * 1024;
 
-
 describe('snapshots in S3 (s3rver)', () => {
   let s3: S3rverHandle;
   let tmp: ReturnType<typeof tempDir>;
@@ -32,7 +31,13 @@ describe('snapshots in S3 (s3rver)', () => {
   });
 
   it('round-trips, and a second snapshot PUTs only its changed chunks and its manifest', async () => {
-    const store = new S3Store({ bucket: s3.bucket, prefix: 'rt', endpoint: s3.endpoint, credentials: S3RVER_CREDENTIALS, region: 'us-east-1' });
+    const store = new S3Store({
+      bucket: s3.bucket,
+      prefix: 'rt',
+      endpoint: s3.endpoint,
+      credentials: S3RVER_CREDENTIALS,
+      region: 'us-east-1',
+    });
     const img = makeImage(tmp.dir, 4 * 1024 * 1024, CS, { zeroEvery: 4 });
     let src = await openMemoryFile(img.path);
     const first = await createSnapshot({ source: src, store, id: 'one', chunkSize: CS });
@@ -58,12 +63,29 @@ describe('snapshots in S3 (s3rver)', () => {
 
   it('works from the CLI with an s3:// URL, --s3-endpoint and credentials from the environment', async () => {
     const img = makeImage(tmp.dir, 1024 * 1024, CS, { name: 'cli.img' });
-    const env = { AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey, AWS_REGION: 'us-east-1' };
+    const env = {
+      AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
+      AWS_REGION: 'us-east-1',
+    };
     const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
     Object.assign(process.env, env);
     try {
       const url = `s3://${s3.bucket}/cli/prefix`;
-      const r = await cli(['snapshot', '--mem-file', img.path, '--store', url, '--s3-endpoint', s3.endpoint, '--id', 'c1', '--chunk-size', '256KiB', '--json']);
+      const r = await cli([
+        'snapshot',
+        '--mem-file',
+        img.path,
+        '--store',
+        url,
+        '--s3-endpoint',
+        s3.endpoint,
+        '--id',
+        'c1',
+        '--chunk-size',
+        '256KiB',
+        '--json',
+      ]);
       expect(r.err).toBe('');
       expect(JSON.parse(r.out)).toMatchObject({ id: 'c1', chunks: 4, uploadedChunks: 4 });
       const i = await cli(['inspect', '--store', url, '--s3-endpoint', s3.endpoint, '--id', 'c1']);
@@ -72,36 +94,46 @@ describe('snapshots in S3 (s3rver)', () => {
       expect((await reassemble(store, 'c1')).equals(img.bytes)).toBe(true);
       await store.close();
     } finally {
-      for (const [k, v] of Object.entries(saved)) v === undefined ? delete process.env[k] : (process.env[k] = v);
+      for (const [k, v] of Object.entries(saved))
+        v === undefined ? delete process.env[k] : (process.env[k] = v);
     }
   });
 });
 
-describe.skipIf(!!nginxSkipReason)(`snapshots read over HTTP from nginx${nginxSkipReason ? ` [SKIPPED: ${nginxSkipReason}]` : ''}`, () => {
-  let nginx: NginxServer;
-  let tmp: ReturnType<typeof tempDir>;
-  beforeAll(async () => {
-    tmp = tempDir();
-    nginx = await startNginx(path.join(tmp.dir, 'store'));
-  });
-  afterAll(async () => {
-    await nginx.stop();
-    tmp.cleanup();
-  });
+describe.skipIf(!!nginxSkipReason)(
+  `snapshots read over HTTP from nginx${nginxSkipReason ? ` [SKIPPED: ${nginxSkipReason}]` : ''}`,
+  () => {
+    let nginx: NginxServer;
+    let tmp: ReturnType<typeof tempDir>;
+    beforeAll(async () => {
+      tmp = tempDir();
+      nginx = await startNginx(path.join(tmp.dir, 'store'));
+    });
+    afterAll(async () => {
+      await nginx.stop();
+      tmp.cleanup();
+    });
 
-  it('reassembles a snapshot written to a directory store and served by nginx, and inspects it by URL', async () => {
-    const img = makeImage(tmp.dir, 4 * 1024 * 1024, CS, { zeroChunks: [0, 7] });
-    const src = await openMemoryFile(img.path);
-    await createSnapshot({ source: src, store: new FileStore(path.join(tmp.dir, 'store')), id: 'web', chunkSize: CS, codec: 'zstd' });
-    await src.close();
-    const http = await openStore(nginx.url);
-    expect(http.writable).toBe(false);
-    expect((await reassemble(http, 'web')).equals(img.bytes)).toBe(true);
-    await http.close();
-    const r = await cli(['inspect', '--store', nginx.url, '--id', 'web', '--json']);
-    expect(JSON.parse(r.out)).toMatchObject({ id: 'web', chunks: { total: 16, zero: 2, unique: 14 } });
-    const w = await cli(['snapshot', '--mem-file', img.path, '--store', nginx.url, '--id', 'nope']);
-    expect(w.code).toBe(2);
-    expect(w.err).toMatch(/is a read-only store/);
-  });
-});
+    it('reassembles a snapshot written to a directory store and served by nginx, and inspects it by URL', async () => {
+      const img = makeImage(tmp.dir, 4 * 1024 * 1024, CS, { zeroChunks: [0, 7] });
+      const src = await openMemoryFile(img.path);
+      await createSnapshot({
+        source: src,
+        store: new FileStore(path.join(tmp.dir, 'store')),
+        id: 'web',
+        chunkSize: CS,
+        codec: 'zstd',
+      });
+      await src.close();
+      const http = await openStore(nginx.url);
+      expect(http.writable).toBe(false);
+      expect((await reassemble(http, 'web')).equals(img.bytes)).toBe(true);
+      await http.close();
+      const r = await cli(['inspect', '--store', nginx.url, '--id', 'web', '--json']);
+      expect(JSON.parse(r.out)).toMatchObject({ id: 'web', chunks: { total: 16, zero: 2, unique: 14 } });
+      const w = await cli(['snapshot', '--mem-file', img.path, '--store', nginx.url, '--id', 'nope']);
+      expect(w.code).toBe(2);
+      expect(w.err).toMatch(/is a read-only store/);
+    });
+  },
+);

@@ -1,6 +1,17 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { closeSync, existsSync, openSync, readFileSync, readdirSync, truncateSync, unlinkSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  truncateSync,
+  unlinkSync,
+  utimesSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
@@ -27,7 +38,6 @@ function files(dir: string): string[] {
     .map((d) => path.relative(dir, path.join(d.parentPath, d.name)));
 }
 
-
 describe('snapshotter with the directory store', () => {
   let tmp: ReturnType<typeof tempDir>;
   let storeDir: string;
@@ -46,7 +56,11 @@ describe('snapshotter with the directory store', () => {
     const s = await createSnapshot({ source, store, id: 'img', chunkSize: CS });
     await source.close();
     expect((await reassemble(store, 'img')).equals(img.bytes)).toBe(true);
-    expect(s).toMatchObject({ chunks: 32, zeroChunks: img.zeroChunks.length, uniqueChunks: 32 - img.zeroChunks.length - 1 });
+    expect(s).toMatchObject({
+      chunks: 32,
+      zeroChunks: img.zeroChunks.length,
+      uniqueChunks: 32 - img.zeroChunks.length - 1,
+    });
     const chunkFiles = files(path.join(storeDir, 'chunks'));
     expect(chunkFiles).toHaveLength(s.uniqueChunks);
     expect(chunkFiles.every((f) => f.endsWith('.zstd'))).toBe(true);
@@ -77,7 +91,13 @@ describe('snapshotter with the directory store', () => {
     const base = makeImage(tmp.dir, 4 * MiB, CS, { zeroChunks: [5], name: 'base.img' });
     const store = new FileStore(storeDir);
     let src = await openMemoryFile(base.path);
-    await createSnapshot({ source: src, store, id: 'base', chunkSize: CS, vmstate: Buffer.from('vmstate-v1') });
+    await createSnapshot({
+      source: src,
+      store,
+      id: 'base',
+      chunkSize: CS,
+      vmstate: Buffer.from('vmstate-v1'),
+    });
     await src.close();
     // A Firecracker diff: full-size sparse file, only dirty pages written.
     const next = Buffer.from(base.bytes);
@@ -104,7 +124,9 @@ describe('snapshotter with the directory store', () => {
     const ix = await loadIndex(store, 'next');
     expect(ix.manifest.parent).toBe('base');
     const noParent = await openMemoryFile(diffPath, { diff: true });
-    await expect(createSnapshot({ source: noParent, store, id: 'orphan', chunkSize: CS })).rejects.toThrow(/--parent/);
+    await expect(createSnapshot({ source: noParent, store, id: 'orphan', chunkSize: CS })).rejects.toThrow(
+      /--parent/,
+    );
     await noParent.close();
   });
 
@@ -126,7 +148,7 @@ describe('snapshotter with the directory store', () => {
       const image = await reassemble(store, 'proc');
       const mem = image.subarray(region!.offset, region!.offset + region!.size);
       for (const off of [0, 8, 4096 * 3, 4096 * 3 + 8, 4096 * 5 + 16, Number(size) - 8]) {
-        const want = (BigInt(off) * 0x9e3779b97f4a7c15n) & ((1n << 64n) - 1n) ^ 0x6c617a79736e6170n;
+        const want = ((BigInt(off) * 0x9e3779b97f4a7c15n) & ((1n << 64n) - 1n)) ^ 0x6c617a79736e6170n;
         expect(mem.readBigUInt64LE(off), `offset ${off}`).toBe(Math.floor(off / 4096) % 4 === 3 ? 0n : want);
       }
       expect(ix.manifest.source.kind).toBe('process');
@@ -145,7 +167,22 @@ describe('snapshotter with the directory store', () => {
       // One MiB from the middle of the 4 MiB mapping.
       const lo = base + BigInt(MiB);
       const hi = lo + BigInt(MiB);
-      const r = await cli(['snapshot', '--pid', String(child.pid), '--maps', `0x${lo.toString(16)}-0x${hi.toString(16)}`, '--store', storeDir, '--id', 'part', '--chunk-size', '64KiB', '--progress', 'quiet', '--json']);
+      const r = await cli([
+        'snapshot',
+        '--pid',
+        String(child.pid),
+        '--maps',
+        `0x${lo.toString(16)}-0x${hi.toString(16)}`,
+        '--store',
+        storeDir,
+        '--id',
+        'part',
+        '--chunk-size',
+        '64KiB',
+        '--progress',
+        'quiet',
+        '--json',
+      ]);
       expect(r.err).toBe('');
       expect(JSON.parse(r.out)).toMatchObject({ totalSize: MiB });
       const ix = await loadIndex(new FileStore(storeDir), 'part');
@@ -154,10 +191,25 @@ describe('snapshotter with the directory store', () => {
       for (const off of [0, 4096 * 3 + 8, MiB - 8]) {
         const abs = BigInt(MiB + off);
         const want = ((abs * 0x9e3779b97f4a7c15n) & ((1n << 64n) - 1n)) ^ 0x6c617a79736e6170n;
-        expect(image.readBigUInt64LE(off), `offset ${off}`).toBe(Math.floor((MiB + off) / 4096) % 4 === 3 ? 0n : want);
+        expect(image.readBigUInt64LE(off), `offset ${off}`).toBe(
+          Math.floor((MiB + off) / 4096) % 4 === 3 ? 0n : want,
+        );
       }
-      const bad = await cli(['snapshot', '--pid', String(child.pid), '--maps', '0x1001-0x2000', '--store', storeDir, '--id', 'bad']);
-      expect(bad).toMatchObject({ code: 2, err: expect.stringMatching(/maps must be address ranges 0xSTART-0xEND, page-aligned/) });
+      const bad = await cli([
+        'snapshot',
+        '--pid',
+        String(child.pid),
+        '--maps',
+        '0x1001-0x2000',
+        '--store',
+        storeDir,
+        '--id',
+        'bad',
+      ]);
+      expect(bad).toMatchObject({
+        code: 2,
+        err: expect.stringMatching(/maps must be address ranges 0xSTART-0xEND, page-aligned/),
+      });
     } finally {
       child.stdin!.end();
       await once(child, 'exit');
@@ -166,7 +218,9 @@ describe('snapshotter with the directory store', () => {
 
   it('reports an unreadable process as a source error and leaves it running', async () => {
     await expect(openProcess(2 ** 22 - 1)).rejects.toThrow(SourceError);
-    expect((await cli(['snapshot', '--pid', String(2 ** 22 - 1), '--store', storeDir, '--id', 'x'])).code).toBe(2);
+    expect(
+      (await cli(['snapshot', '--pid', String(2 ** 22 - 1), '--store', storeDir, '--id', 'x'])).code,
+    ).toBe(2);
   });
 
   it('resumes an interrupted snapshot without re-uploading and never publishes a partial manifest', async () => {
@@ -203,7 +257,10 @@ describe('snapshotter with the directory store', () => {
     b.fill(1, 0, CS); // b shares 7 of 8 chunks with a
     writeFileSync(path.join(tmp.dir, 'b.img'), b);
     const store = new FileStore(storeDir);
-    for (const [id, p] of [['a', a.path], ['b', path.join(tmp.dir, 'b.img')]] as const) {
+    for (const [id, p] of [
+      ['a', a.path],
+      ['b', path.join(tmp.dir, 'b.img')],
+    ] as const) {
       const src = await openMemoryFile(p);
       await createSnapshot({ source: src, store, id, chunkSize: CS });
       await src.close();
@@ -227,16 +284,37 @@ describe('snapshotter with the directory store', () => {
   it('rejects bad input with one clear line, exit 2, and writes nothing', async () => {
     const img = makeImage(tmp.dir, 1 * MiB, CS);
     const cases: [string[], RegExp][] = [
-      [['snapshot', '--mem-file', path.join(tmp.dir, 'missing'), '--store', storeDir, '--id', 'x'], /cannot open memory file .*missing: no such file/],
+      [
+        ['snapshot', '--mem-file', path.join(tmp.dir, 'missing'), '--store', storeDir, '--id', 'x'],
+        /cannot open memory file .*missing: no such file/,
+      ],
       [['snapshot', '--mem-file', img.path, '--store', storeDir, '--id', 'a/b'], /id must be a snapshot id/],
       [['snapshot', '--mem-file', img.path, '--store', storeDir, '--id', '..'], /id must be a snapshot id/],
-      [['snapshot', '--mem-file', img.path, '--store', 'ftp://host/x', '--id', 'x'], /unsupported scheme ftp:\/\//],
+      [
+        ['snapshot', '--mem-file', img.path, '--store', 'ftp://host/x', '--id', 'x'],
+        /unsupported scheme ftp:\/\//,
+      ],
       [['snapshot', '--mem-file', img.path, '--store', 's3://', '--id', 'x'], /invalid store URL "s3:\/\/"/],
-      [['snapshot', '--mem-file', img.path, '--store', 's3://Bad_Bucket/p', '--id', 'x'], /invalid store URL/],
-      [['inspect', '--store', 'https://user:hunter2@cdn.example/x?sig=abc', '--id', 'x?'], /--id must be a snapshot id/],
-      [['snapshot', '--mem-file', img.path, '--store', storeDir, '--id', 'x', '--chunk-size', '3000'], /chunkSize must be a power of two/],
-      [['snapshot', '--mem-file', img.path, '--store', storeDir, '--id', 'x', '--compress', 'lz4'], /--compress must be one of none, zstd/],
-      [['snapshot', '--mem-file', img.path, '--store', storeDir, '--id', 'x', '--regions', '512KiB'], /region sizes add up to 524288 bytes but the file has 1048576/],
+      [
+        ['snapshot', '--mem-file', img.path, '--store', 's3://Bad_Bucket/p', '--id', 'x'],
+        /invalid store URL/,
+      ],
+      [
+        ['inspect', '--store', 'https://user:hunter2@cdn.example/x?sig=abc', '--id', 'x?'],
+        /--id must be a snapshot id/,
+      ],
+      [
+        ['snapshot', '--mem-file', img.path, '--store', storeDir, '--id', 'x', '--chunk-size', '3000'],
+        /chunkSize must be a power of two/,
+      ],
+      [
+        ['snapshot', '--mem-file', img.path, '--store', storeDir, '--id', 'x', '--compress', 'lz4'],
+        /--compress must be one of none, zstd/,
+      ],
+      [
+        ['snapshot', '--mem-file', img.path, '--store', storeDir, '--id', 'x', '--regions', '512KiB'],
+        /region sizes add up to 524288 bytes but the file has 1048576/,
+      ],
       [['snapshot', '--store', storeDir, '--id', 'x'], /exactly one source/],
       [['inspect', '--store', storeDir], /--id is required/],
       [['gc', '--store', storeDir, '--grace', 'soon'], /--grace must be a duration/],
@@ -252,15 +330,51 @@ describe('snapshotter with the directory store', () => {
 
   it('inspect rejects corrupt and future-version manifests with a clear error', async () => {
     const img = makeImage(tmp.dir, 1 * MiB, CS);
-    expect((await cli(['snapshot', '--mem-file', img.path, '--store', storeDir, '--id', 'ok', '--chunk-size', '256KiB', '--progress', 'quiet'])).code).toBe(0);
+    expect(
+      (
+        await cli([
+          'snapshot',
+          '--mem-file',
+          img.path,
+          '--store',
+          storeDir,
+          '--id',
+          'ok',
+          '--chunk-size',
+          '256KiB',
+          '--progress',
+          'quiet',
+        ])
+      ).code,
+    ).toBe(0);
     const good = JSON.parse(readFileSync(path.join(storeDir, 'manifests', 'ok.json'), 'utf8'));
-    expect((await cli(['inspect', '--store', storeDir, '--id', 'ok'])).out).toMatch(/4 total, 0 zero, 4 unique \(4 zstd\)/);
+    expect((await cli(['inspect', '--store', storeDir, '--id', 'ok'])).out).toMatch(
+      /4 total, 0 zero, 4 unique \(4 zstd\)/,
+    );
     writeFileSync(path.join(storeDir, 'manifests', 'bad.json'), '{"format": "lazysnap/1", "id": "bad"');
-    writeFileSync(path.join(storeDir, 'manifests', 'future.json'), JSON.stringify({ ...good, id: 'future', format: 'lazysnap/2' }));
-    writeFileSync(path.join(storeDir, 'manifests', 'short.json'), JSON.stringify({ ...good, id: 'short', totalSize: 2 * MiB }));
-    expect(await cli(['inspect', '--store', storeDir, '--id', 'bad'])).toMatchObject({ code: 1, err: expect.stringMatching(/invalid manifest: \(document\): not JSON/) });
-    expect(await cli(['inspect', '--store', storeDir, '--id', 'future'])).toMatchObject({ code: 1, err: expect.stringMatching(/format "lazysnap\/2" is not supported.*upgrade lazysnap/) });
-    expect(await cli(['inspect', '--store', storeDir, '--id', 'short'])).toMatchObject({ code: 1, err: expect.stringMatching(/regions: sizes add up to 1048576, not totalSize 2097152/) });
-    expect(await cli(['inspect', '--store', storeDir, '--id', 'nope'])).toMatchObject({ code: 1, err: expect.stringMatching(/manifests\/nope.json not found/) });
+    writeFileSync(
+      path.join(storeDir, 'manifests', 'future.json'),
+      JSON.stringify({ ...good, id: 'future', format: 'lazysnap/2' }),
+    );
+    writeFileSync(
+      path.join(storeDir, 'manifests', 'short.json'),
+      JSON.stringify({ ...good, id: 'short', totalSize: 2 * MiB }),
+    );
+    expect(await cli(['inspect', '--store', storeDir, '--id', 'bad'])).toMatchObject({
+      code: 1,
+      err: expect.stringMatching(/invalid manifest: \(document\): not JSON/),
+    });
+    expect(await cli(['inspect', '--store', storeDir, '--id', 'future'])).toMatchObject({
+      code: 1,
+      err: expect.stringMatching(/format "lazysnap\/2" is not supported.*upgrade lazysnap/),
+    });
+    expect(await cli(['inspect', '--store', storeDir, '--id', 'short'])).toMatchObject({
+      code: 1,
+      err: expect.stringMatching(/regions: sizes add up to 1048576, not totalSize 2097152/),
+    });
+    expect(await cli(['inspect', '--store', storeDir, '--id', 'nope'])).toMatchObject({
+      code: 1,
+      err: expect.stringMatching(/manifests\/nope.json not found/),
+    });
   });
 });

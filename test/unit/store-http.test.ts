@@ -34,7 +34,12 @@ function area(): { sub: string; dir: string; files: FileStore; cleanup: () => vo
   const sub = `t${++seq}-${randomBytes(3).toString('hex')}`;
   const dir = path.join(served!.dir, sub);
   mkdirSync(dir);
-  return { sub, dir, files: new FileStore(dir), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  return {
+    sub,
+    dir,
+    files: new FileStore(dir),
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
 }
 
 storeContract(
@@ -58,78 +63,97 @@ storeContract(
 /** Access-log lines for paths under /<sub>/, waiting until `count` are in (nginx logs after sending). */
 async function logLines(sub: string, count: number): Promise<string[][]> {
   for (let i = 0; ; i++) {
-    const lines = readFileSync(nginx!.accessLog, 'utf8').split('\n').map((l) => l.split(' ')).filter((f) => f[4]?.startsWith(`/${sub}/`));
+    const lines = readFileSync(nginx!.accessLog, 'utf8')
+      .split('\n')
+      .map((l) => l.split(' '))
+      .filter((f) => f[4]?.startsWith(`/${sub}/`));
     if (lines.length >= count || i > 100) return lines;
     await new Promise((r) => setTimeout(r, 10));
   }
 }
 
-describe.skipIf(!!nginxSkipReason)(`http store against nginx${nginxSkipReason ? ` [SKIPPED: ${nginxSkipReason}]` : ''}`, () => {
-  it('reads a byte range as 206 Partial Content, exactly those bytes; clips at the end, refuses past it', async () => {
-    const a = area();
-    const store = new HttpStore(`${nginx!.url}/${a.sub}`);
-    try {
-      const body = randomBytes(300_000);
-      await a.files.put('chunks/ab/obj', body);
-      const got = await store.get('chunks/ab/obj', { range: { start: 1000, end: 5096 } });
-      expect(got.equals(body.subarray(1000, 5096))).toBe(true);
-      const [line] = await logLines(a.sub, 1);
-      expect(line?.slice(2, 7)).toEqual(['206', 'GET', `/${a.sub}/chunks/ab/obj`, '"bytes=1000-5095"', '4096']);
-
-      const tail = await store.get('chunks/ab/obj', { range: { start: 299_990, end: 300_100 } });
-      expect(tail.equals(body.subarray(299_990))).toBe(true);
-      const past = await store.get('chunks/ab/obj', { range: { start: 300_000, end: 300_010 } }).catch((e: unknown) => e);
-      expect(past).toBeInstanceOf(StoreError);
-      expect(past).toMatchObject({ status: 416, retryable: false });
-    } finally {
-      await store.close();
-      a.cleanup();
-    }
-  });
-
-  it('resolves keys under a base path (with or without a trailing slash)', async () => {
-    const a = area();
-    const body = Buffer.from('{"format":"lazysnap/1"}');
-    await a.files.put('manifests/snap-1.json', body);
-    // nginx serves the whole root under /cache/ as well: the store is at /cache/<sub>.
-    for (const base of [`${nginx!.url}/cache/${a.sub}`, `${nginx!.url}/cache/${a.sub}/`]) {
-      const store = new HttpStore(base);
+describe.skipIf(!!nginxSkipReason)(
+  `http store against nginx${nginxSkipReason ? ` [SKIPPED: ${nginxSkipReason}]` : ''}`,
+  () => {
+    it('reads a byte range as 206 Partial Content, exactly those bytes; clips at the end, refuses past it', async () => {
+      const a = area();
+      const store = new HttpStore(`${nginx!.url}/${a.sub}`);
       try {
-        expect(store.url).toBe(`${nginx!.url}/cache/${a.sub}`);
-        expect((await store.get('manifests/snap-1.json')).equals(body)).toBe(true);
-        expect(await store.has('manifests/snap-1.json')).toBe(true);
-        await expect(store.get('manifests/snap-2.json')).rejects.toBeInstanceOf(NotFoundError);
+        const body = randomBytes(300_000);
+        await a.files.put('chunks/ab/obj', body);
+        const got = await store.get('chunks/ab/obj', { range: { start: 1000, end: 5096 } });
+        expect(got.equals(body.subarray(1000, 5096))).toBe(true);
+        const [line] = await logLines(a.sub, 1);
+        expect(line?.slice(2, 7)).toEqual([
+          '206',
+          'GET',
+          `/${a.sub}/chunks/ab/obj`,
+          '"bytes=1000-5095"',
+          '4096',
+        ]);
+
+        const tail = await store.get('chunks/ab/obj', { range: { start: 299_990, end: 300_100 } });
+        expect(tail.equals(body.subarray(299_990))).toBe(true);
+        const past = await store
+          .get('chunks/ab/obj', { range: { start: 300_000, end: 300_010 } })
+          .catch((e: unknown) => e);
+        expect(past).toBeInstanceOf(StoreError);
+        expect(past).toMatchObject({ status: 416, retryable: false });
       } finally {
         await store.close();
+        a.cleanup();
       }
-    }
-    a.cleanup();
-  });
+    });
 
-  it('reuses keep-alive connections and opens no more than `connections`', async () => {
-    const a = area();
-    const store = new HttpStore(`${nginx!.url}/${a.sub}`, { connections: 4 });
-    try {
-      const body = randomBytes(64 * 1024);
-      await a.files.put('chunks/cd/obj', body);
-      const read = async (i: number) => expect((await store.get('chunks/cd/obj', { range: { start: i, end: i + 4096 } })).equals(body.subarray(i, i + 4096))).toBe(true);
-      const n = 40;
-      for (let i = 0; i < n; i++) await read(i);
-      const sequential = await logLines(a.sub, n);
-      expect(sequential).toHaveLength(n);
-      // undici hands a finished connection back one event-loop turn later (pipelining 1), so
-      // back-to-back requests alternate between two sockets: never one per request.
-      expect(new Set(sequential.map((f) => f[0])).size).toBeLessThanOrEqual(2);
-
-      await Promise.all(Array.from({ length: 32 }, (_, i) => read(i)));
-      const all = await logLines(a.sub, n + 32);
-      expect(new Set(all.map((f) => f[0])).size).toBeLessThanOrEqual(4);
-    } finally {
-      await store.close();
+    it('resolves keys under a base path (with or without a trailing slash)', async () => {
+      const a = area();
+      const body = Buffer.from('{"format":"lazysnap/1"}');
+      await a.files.put('manifests/snap-1.json', body);
+      // nginx serves the whole root under /cache/ as well: the store is at /cache/<sub>.
+      for (const base of [`${nginx!.url}/cache/${a.sub}`, `${nginx!.url}/cache/${a.sub}/`]) {
+        const store = new HttpStore(base);
+        try {
+          expect(store.url).toBe(`${nginx!.url}/cache/${a.sub}`);
+          expect((await store.get('manifests/snap-1.json')).equals(body)).toBe(true);
+          expect(await store.has('manifests/snap-1.json')).toBe(true);
+          await expect(store.get('manifests/snap-2.json')).rejects.toBeInstanceOf(NotFoundError);
+        } finally {
+          await store.close();
+        }
+      }
       a.cleanup();
-    }
-  });
-});
+    });
+
+    it('reuses keep-alive connections and opens no more than `connections`', async () => {
+      const a = area();
+      const store = new HttpStore(`${nginx!.url}/${a.sub}`, { connections: 4 });
+      try {
+        const body = randomBytes(64 * 1024);
+        await a.files.put('chunks/cd/obj', body);
+        const read = async (i: number) =>
+          expect(
+            (await store.get('chunks/cd/obj', { range: { start: i, end: i + 4096 } })).equals(
+              body.subarray(i, i + 4096),
+            ),
+          ).toBe(true);
+        const n = 40;
+        for (let i = 0; i < n; i++) await read(i);
+        const sequential = await logLines(a.sub, n);
+        expect(sequential).toHaveLength(n);
+        // undici hands a finished connection back one event-loop turn later (pipelining 1), so
+        // back-to-back requests alternate between two sockets: never one per request.
+        expect(new Set(sequential.map((f) => f[0])).size).toBeLessThanOrEqual(2);
+
+        await Promise.all(Array.from({ length: 32 }, (_, i) => read(i)));
+        const all = await logLines(a.sub, n + 32);
+        expect(new Set(all.map((f) => f[0])).size).toBeLessThanOrEqual(4);
+      } finally {
+        await store.close();
+        a.cleanup();
+      }
+    });
+  },
+);
 
 // ---------------------------------------------------------------------------------------------
 // Faults nginx cannot produce, from a small node:http origin.
@@ -141,7 +165,9 @@ interface FakeOrigin {
   close(): Promise<void>;
 }
 
-async function fakeOrigin(handler: (req: http.IncomingMessage, res: http.ServerResponse) => void): Promise<FakeOrigin> {
+async function fakeOrigin(
+  handler: (req: http.IncomingMessage, res: http.ServerResponse) => void,
+): Promise<FakeOrigin> {
   const seen: http.IncomingHttpHeaders[] = [];
   const server = http.createServer((req, res) => {
     seen.push(req.headers);
@@ -176,7 +202,8 @@ async function withOrigin(
   }
 }
 
-const status = (code: number) => (_req: http.IncomingMessage, res: http.ServerResponse) => res.writeHead(code, { 'content-type': 'text/plain' }).end(`status ${code}`);
+const status = (code: number) => (_req: http.IncomingMessage, res: http.ServerResponse) =>
+  res.writeHead(code, { 'content-type': 'text/plain' }).end(`status ${code}`);
 const silent = () => {};
 
 describe('http store faults (fake origin)', () => {
@@ -193,7 +220,12 @@ describe('http store faults (fake origin)', () => {
       for (const op of [() => store.get('chunks/ab/x'), () => store.has('chunks/ab/x')]) {
         const e = await op().catch((x: unknown) => x);
         expect(e).toBeInstanceOf(StoreError);
-        expect(e).toMatchObject({ code: 'LAZYSNAP_STORE_ERROR', status: code, retryable, key: 'chunks/ab/x' });
+        expect(e).toMatchObject({
+          code: 'LAZYSNAP_STORE_ERROR',
+          status: code,
+          retryable,
+          key: 'chunks/ab/x',
+        });
       }
     });
   });
@@ -212,7 +244,10 @@ describe('http store faults (fake origin)', () => {
   it('HTTP 404 and 410 → NotFoundError (has() → false)', async () => {
     for (const code of [404, 410]) {
       await withOrigin(status(code), async (store) => {
-        await expect(store.get('chunks/ab/x')).rejects.toMatchObject({ code: 'LAZYSNAP_NOT_FOUND', key: 'chunks/ab/x' });
+        await expect(store.get('chunks/ab/x')).rejects.toMatchObject({
+          code: 'LAZYSNAP_NOT_FOUND',
+          key: 'chunks/ab/x',
+        });
         expect(await store.has('chunks/ab/x')).toBe(false);
       });
     }
@@ -220,9 +255,14 @@ describe('http store faults (fake origin)', () => {
 
   it('requests <base path>/<key> with Range and identity encoding', async () => {
     await withOrigin(
-      (req, res) => res.writeHead(206, { 'content-range': 'bytes 10-19/100', 'content-length': 10 }).end(Buffer.alloc(10, 7)),
+      (req, res) =>
+        res
+          .writeHead(206, { 'content-range': 'bytes 10-19/100', 'content-length': 10 })
+          .end(Buffer.alloc(10, 7)),
       async (store, origin) => {
-        expect(await store.get('chunks/ab/x', { range: { start: 10, end: 20 } })).toEqual(Buffer.alloc(10, 7));
+        expect(await store.get('chunks/ab/x', { range: { start: 10, end: 20 } })).toEqual(
+          Buffer.alloc(10, 7),
+        );
         expect(origin.seen[0]).toMatchObject({ range: 'bytes=10-19', 'accept-encoding': 'identity' });
       },
       { path: '/a/b/' },
@@ -246,9 +286,14 @@ describe('http store faults (fake origin)', () => {
   it('a 206 whose Content-Range is not what was asked → StoreError', async () => {
     for (const cr of ['bytes 0-9/100', 'bytes 10-14/100', 'bytes */100', undefined]) {
       await withOrigin(
-        (_req, res) => res.writeHead(206, { 'content-length': 10, ...(cr ? { 'content-range': cr } : {}) }).end(Buffer.alloc(10)),
+        (_req, res) =>
+          res
+            .writeHead(206, { 'content-length': 10, ...(cr ? { 'content-range': cr } : {}) })
+            .end(Buffer.alloc(10)),
         async (store) => {
-          const e = await store.get('chunks/ab/x', { range: { start: 10, end: 20 } }).catch((x: unknown) => x);
+          const e = await store
+            .get('chunks/ab/x', { range: { start: 10, end: 20 } })
+            .catch((x: unknown) => x);
           expect(e).toBeInstanceOf(StoreError);
           expect(e).toMatchObject({ status: 206, retryable: false });
         },
@@ -263,7 +308,11 @@ describe('http store faults (fake origin)', () => {
       await withOrigin(
         (_req, res) => res.writeHead(200, { 'content-length': body.length }).end(body),
         async (store) => {
-          expect((await store.get('chunks/ab/x', { range: { start: 100, end: 900 } })).equals(body.subarray(100, 900))).toBe(true);
+          expect(
+            (await store.get('chunks/ab/x', { range: { start: 100, end: 900 } })).equals(
+              body.subarray(100, 900),
+            ),
+          ).toBe(true);
           expect((await store.get('chunks/ab/x')).equals(body)).toBe(true);
         },
       );
@@ -292,7 +341,10 @@ describe('http store faults (fake origin)', () => {
     await origin.close(); // the port is now closed
     const store = new HttpStore(origin.url);
     try {
-      await expect(store.get('chunks/ab/x')).rejects.toMatchObject({ code: 'LAZYSNAP_STORE_ERROR', retryable: true });
+      await expect(store.get('chunks/ab/x')).rejects.toMatchObject({
+        code: 'LAZYSNAP_STORE_ERROR',
+        retryable: true,
+      });
     } finally {
       await store.close();
     }
@@ -324,7 +376,9 @@ describe('http store faults (fake origin)', () => {
       const m = mode++;
       if (m === 0) res.writeHead(500).end(`echo: Bearer ${SECRET}`);
       else if (m === 1) res.writeHead(403).end(`echo: Bearer ${SECRET}`);
-      else if (m === 2) (res.writeHead(200, { 'content-length': 100 }), res.write(Buffer.alloc(5), () => res.socket?.destroy()));
+      else if (m === 2)
+        (res.writeHead(200, { 'content-length': 100 }),
+          res.write(Buffer.alloc(5), () => res.socket?.destroy()));
       else if (m === 3) res.writeHead(206, { 'content-range': 'bytes 0-0/1', 'content-length': 1 }).end('x');
       // m >= 4: never answer (timeout)
     };
@@ -358,7 +412,9 @@ describe('http store faults (fake origin)', () => {
       const e = await store.get('chunks/ab/x').catch((x: unknown) => x);
       expect(e).toMatchObject({ status: 500, retryable: true });
       expect(inspect(e, { depth: 4 })).not.toMatch(/secret|alice/);
-      expect(origin.seen[0]?.authorization).toBe(`Basic ${Buffer.from('alice:pw@secret').toString('base64')}`);
+      expect(origin.seen[0]?.authorization).toBe(
+        `Basic ${Buffer.from('alice:pw@secret').toString('base64')}`,
+      );
     } finally {
       await store.close();
       await origin.close();
@@ -411,7 +467,9 @@ describe('http store validation and refusals', () => {
     } catch (e) {
       expect((e as Error).message).not.toContain('SECRET');
     }
-    expect(() => new HttpStore('http://u:p@127.0.0.1:1', { headers: { authorization: 'x' } })).toThrow(InvalidUrlError);
+    expect(() => new HttpStore('http://u:p@127.0.0.1:1', { headers: { authorization: 'x' } })).toThrow(
+      InvalidUrlError,
+    );
   });
 
   it('refuses to list, writes and use after close', async () => {
@@ -423,9 +481,15 @@ describe('http store validation and refusals', () => {
     expect(e).toBeInstanceOf(StoreError);
     expect(e).toMatchObject({ retryable: false });
     expect((e as Error).message).toMatch(/cannot list.*s3:\/\//);
-    await expect(store.put('chunks/aa/x', Buffer.alloc(1))).rejects.toMatchObject({ code: 'LAZYSNAP_STORE_READ_ONLY' });
+    await expect(store.put('chunks/aa/x', Buffer.alloc(1))).rejects.toMatchObject({
+      code: 'LAZYSNAP_STORE_READ_ONLY',
+    });
     await store.close();
     await store.close();
-    await expect(store.get('chunks/aa/x')).rejects.toMatchObject({ code: 'LAZYSNAP_STORE_ERROR', retryable: false, message: expect.stringMatching(/closed/) });
+    await expect(store.get('chunks/aa/x')).rejects.toMatchObject({
+      code: 'LAZYSNAP_STORE_ERROR',
+      retryable: false,
+      message: expect.stringMatching(/closed/),
+    });
   });
 });

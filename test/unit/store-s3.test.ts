@@ -54,7 +54,8 @@ async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
   for await (const x of it) out.push(x);
   return out;
 }
-const keysOf = async (it: AsyncIterable<{ key: string }>): Promise<string[]> => (await collect(it)).map((o) => o.key).sort();
+const keysOf = async (it: AsyncIterable<{ key: string }>): Promise<string[]> =>
+  (await collect(it)).map((o) => o.key).sort();
 
 /** A plain HTTP server that answers every request with `handler`; closed after the test. */
 async function fakeServer(handler: http.RequestListener): Promise<string> {
@@ -72,7 +73,8 @@ afterEach(async () => {
   }
 });
 
-const s3ErrorXml = (code: string): string => `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>${code} here</Message></Error>`;
+const s3ErrorXml = (code: string): string =>
+  `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>${code} here</Message></Error>`;
 
 storeContract('s3 (s3rver)', async () => {
   const store = s3Store();
@@ -90,10 +92,17 @@ describe('s3 store specifics', () => {
     const part = await store.get('chunks/ab/obj', { range: { start: 100, end: 228 } });
     expect(part.equals(body.subarray(100, 228))).toBe(true);
     expect(s3.requests).toHaveLength(1);
-    expect(s3.requests[0]).toMatchObject({ method: 'GET', path: `/${s3.bucket}/${store.prefix}/chunks/ab/obj?x-id=GetObject` });
+    expect(s3.requests[0]).toMatchObject({
+      method: 'GET',
+      path: `/${s3.bucket}/${store.prefix}/chunks/ab/obj?x-id=GetObject`,
+    });
     expect(s3.requests[0]!.headers.range).toBe('bytes=100-227');
     // A range running past the end reads short and one starting past it reads empty, as a file's would.
-    expect((await store.get('chunks/ab/obj', { range: { start: 9_990, end: 20_000 } })).equals(body.subarray(9_990))).toBe(true);
+    expect(
+      (await store.get('chunks/ab/obj', { range: { start: 9_990, end: 20_000 } })).equals(
+        body.subarray(9_990),
+      ),
+    ).toBe(true);
     expect((await store.get('chunks/ab/obj', { range: { start: 20_000, end: 20_001 } })).length).toBe(0);
   });
 
@@ -108,7 +117,11 @@ describe('s3 store specifics', () => {
 
     const root = s3Store({ prefix: '' });
     expect(root.url).toBe(`s3://${s3.bucket}`);
-    expect(await keysOf(root.list(`${base}/`))).toEqual([`${base}/snaps/chunks/00/c`, `${base}/snaps/manifests/m.json`, `${base}/snaps2/chunks/00/d`]);
+    expect(await keysOf(root.list(`${base}/`))).toEqual([
+      `${base}/snaps/chunks/00/c`,
+      `${base}/snaps/manifests/m.json`,
+      `${base}/snaps2/chunks/00/d`,
+    ]);
     expect(await keysOf(store.list(''))).toEqual(['chunks/00/c', 'manifests/m.json']);
     const [info] = await collect(store.list('chunks/'));
     expect(info).toMatchObject({ key: 'chunks/00/c', size: 3 });
@@ -124,11 +137,14 @@ describe('s3 store specifics', () => {
       seen.push(`${q.get('prefix')}|${q.get('continuation-token') ?? ''}`);
       const item = (key: string, size: number): string =>
         `<Contents><Key>${key}</Key><LastModified>2024-05-01T10:00:00.000Z</LastModified><Size>${size}</Size></Contents>`;
-      const page = q.get('continuation-token') === 'page-2'
-        ? `${item('p/profiles/c', 3)}${item('p/profiles/', 0)}${item('p/profiles/with space', 1)}<IsTruncated>false</IsTruncated>`
-        : `${item('p/profiles/a', 1)}${item('p/profiles/b', 2)}<IsTruncated>true</IsTruncated><NextContinuationToken>page-2</NextContinuationToken>`;
+      const page =
+        q.get('continuation-token') === 'page-2'
+          ? `${item('p/profiles/c', 3)}${item('p/profiles/', 0)}${item('p/profiles/with space', 1)}<IsTruncated>false</IsTruncated>`
+          : `${item('p/profiles/a', 1)}${item('p/profiles/b', 2)}<IsTruncated>true</IsTruncated><NextContinuationToken>page-2</NextContinuationToken>`;
       res.writeHead(200, { 'content-type': 'application/xml' });
-      res.end(`<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>b</Name>${page}</ListBucketResult>`);
+      res.end(
+        `<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>b</Name>${page}</ListBucketResult>`,
+      );
     });
     const store = s3Store({ endpoint, prefix: 'p' });
     expect(await collect(store.list('profiles/'))).toEqual([
@@ -140,7 +156,12 @@ describe('s3 store specifics', () => {
   });
 
   it('leaves an injected client open on close()', async () => {
-    const client = new S3Client({ endpoint: s3.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: S3RVER_CREDENTIALS });
+    const client = new S3Client({
+      endpoint: s3.endpoint,
+      region: 'us-east-1',
+      forcePathStyle: true,
+      credentials: S3RVER_CREDENTIALS,
+    });
     try {
       const store = new S3Store({ bucket: s3.bucket, prefix: uniq(), client });
       await store.put('profiles/p', Buffer.from('x'));
@@ -159,9 +180,25 @@ describe('s3 store specifics', () => {
     expect([a.url, a.bucket, a.prefix]).toEqual(['s3://my-bucket', 'my-bucket', '']);
     expect([b.url, b.bucket, b.prefix]).toEqual(['s3://my.bucket-2/a/b', 'my.bucket-2', 'a/b']);
     for (const bad of [
-      's3://', 's3:///prefix', 'http://bucket/x', 'bucket/x', 's3://ab', `s3://${'b'.repeat(64)}`, 's3://Upper', 's3://under_score',
-      's3://-dash', 's3://a..b', 's3://192.168.1.10', 's3://xn--punycode', 's3://bucket?versionId=1', 's3://bucket/p#frag',
-      's3://bucket/a//b', 's3://bucket/a/../b', 's3://bucket/with space', 's3://bucket:9000/p', 's3://AKIAKEY:hunter2@bucket/p',
+      's3://',
+      's3:///prefix',
+      'http://bucket/x',
+      'bucket/x',
+      's3://ab',
+      `s3://${'b'.repeat(64)}`,
+      's3://Upper',
+      's3://under_score',
+      's3://-dash',
+      's3://a..b',
+      's3://192.168.1.10',
+      's3://xn--punycode',
+      's3://bucket?versionId=1',
+      's3://bucket/p#frag',
+      's3://bucket/a//b',
+      's3://bucket/a/../b',
+      's3://bucket/with space',
+      's3://bucket:9000/p',
+      's3://AKIAKEY:hunter2@bucket/p',
     ]) {
       let err: unknown;
       try {
@@ -180,11 +217,15 @@ describe('s3 store specifics', () => {
     expect(() => new S3Store({ ...base, bucket: 'Bad' })).toThrow(InvalidArgumentError);
     expect(() => new S3Store({ ...base, prefix: 'a/../b' })).toThrow(InvalidArgumentError);
     expect(() => new S3Store({ ...base, endpoint: 'ftp://host' })).toThrow(InvalidUrlError);
-    expect(() => new S3Store({ ...base, endpoint: 'http://u:hunter2@host' })).toThrow(/credentials do not belong/);
+    expect(() => new S3Store({ ...base, endpoint: 'http://u:hunter2@host' })).toThrow(
+      /credentials do not belong/,
+    );
     expect(() => new S3Store({ ...base, maxAttempts: 0 })).toThrow(InvalidArgumentError);
     const client = new S3Client({ region: 'us-east-1' });
     try {
-      expect(() => new S3Store({ bucket: 'ok-bucket', client, endpoint: 'http://127.0.0.1:1' })).toThrow(/endpoint must be unset when a client is given/);
+      expect(() => new S3Store({ bucket: 'ok-bucket', client, endpoint: 'http://127.0.0.1:1' })).toThrow(
+        /endpoint must be unset when a client is given/,
+      );
     } finally {
       client.destroy();
     }
@@ -202,7 +243,10 @@ describe('s3 store specifics', () => {
     s3.reset();
     await store.put('vmstate/v', Buffer.from('state'));
     expect((await store.get('vmstate/v')).toString()).toBe('state');
-    expect(s3.requests.map((r) => `${r.method} ${r.path.split('?')[0]}`)).toEqual([`PUT /${s3.bucket}/${prefix}/vmstate/v`, `GET /${s3.bucket}/${prefix}/vmstate/v`]);
+    expect(s3.requests.map((r) => `${r.method} ${r.path.split('?')[0]}`)).toEqual([
+      `PUT /${s3.bucket}/${prefix}/vmstate/v`,
+      `GET /${s3.bucket}/${prefix}/vmstate/v`,
+    ]);
     // The SigV4 credential scope names the signing region: no region anywhere, so us-east-1...
     expect(s3.requests[0]!.headers.authorization).toContain('/us-east-1/s3/aws4_request');
     // ...and AWS_REGION when it is set.
@@ -222,7 +266,12 @@ describe('s3 store specifics', () => {
     const err = await store.get('chunks/ab/x').catch((e: unknown) => e);
     expect(performance.now() - t0).toBeLessThan(2_000);
     expect(err).toBeInstanceOf(StoreError);
-    expect(err).toMatchObject({ code: 'LAZYSNAP_STORE_ERROR', retryable: true, key: 'chunks/ab/x', store: store.url });
+    expect(err).toMatchObject({
+      code: 'LAZYSNAP_STORE_ERROR',
+      retryable: true,
+      key: 'chunks/ab/x',
+      store: store.url,
+    });
     expect((err as Error).message).toMatch(/ECONNREFUSED/);
   });
 
@@ -233,11 +282,22 @@ describe('s3 store specifics', () => {
       res.writeHead(status, { 'content-type': 'application/xml' }).end(s3ErrorXml(code));
     });
     const store = s3Store({ endpoint, maxAttempts: 1 });
-    await expect(store.get('chunks/ab/x')).rejects.toMatchObject({ code: 'LAZYSNAP_STORE_ERROR', status: 503, retryable: true });
+    await expect(store.get('chunks/ab/x')).rejects.toMatchObject({
+      code: 'LAZYSNAP_STORE_ERROR',
+      status: 503,
+      retryable: true,
+    });
     [status, code] = [500, 'InternalError'];
-    await expect(store.put('chunks/ab/x', Buffer.alloc(1))).rejects.toMatchObject({ status: 500, retryable: true });
+    await expect(store.put('chunks/ab/x', Buffer.alloc(1))).rejects.toMatchObject({
+      status: 500,
+      retryable: true,
+    });
     [status, code] = [403, 'AccessDenied'];
-    await expect(store.get('chunks/ab/x')).rejects.toMatchObject({ status: 403, retryable: false, message: expect.stringMatching(/AccessDenied/) });
+    await expect(store.get('chunks/ab/x')).rejects.toMatchObject({
+      status: 403,
+      retryable: false,
+      message: expect.stringMatching(/AccessDenied/),
+    });
     await expect(store.has('chunks/ab/x')).rejects.toMatchObject({ status: 403, retryable: false });
 
     const noBucket = s3Store({ bucket: 'no-such-bucket-here' });
@@ -253,7 +313,10 @@ describe('s3 store specifics', () => {
       setTimeout(() => res.socket?.destroy(), 20);
     });
     const store = s3Store({ endpoint, maxAttempts: 1 });
-    await expect(store.get('chunks/ab/x')).rejects.toMatchObject({ code: 'LAZYSNAP_STORE_ERROR', retryable: true });
+    await expect(store.get('chunks/ab/x')).rejects.toMatchObject({
+      code: 'LAZYSNAP_STORE_ERROR',
+      retryable: true,
+    });
   });
 
   it('rejects with the signal reason when aborted mid-request: waiting for headers, body, or a retry', async () => {
@@ -267,7 +330,11 @@ describe('s3 store specifics', () => {
       hits++;
       res.writeHead(503, { 'content-type': 'application/xml' }).end(s3ErrorXml('SlowDown'));
     });
-    for (const [endpoint, maxAttempts] of [[stall, 1], [halfBody, 1], [busy, 10]] as const) {
+    for (const [endpoint, maxAttempts] of [
+      [stall, 1],
+      [halfBody, 1],
+      [busy, 10],
+    ] as const) {
       const store = s3Store({ endpoint, maxAttempts });
       const ac = new AbortController();
       const reason = new Error(`stop ${endpoint}`);
@@ -294,7 +361,11 @@ describe('s3 store specifics', () => {
     await gone.stop();
     const wrongKey = s3Store({ credentials, endpoint: denied });
     const refused = s3Store({ credentials, endpoint: gone.endpoint, maxAttempts: 1 });
-    const fromUrl = S3Store.fromUrl(`s3://${s3.bucket}/p`, { credentials, endpoint: s3.endpoint, region: 'us-east-1' });
+    const fromUrl = S3Store.fromUrl(`s3://${s3.bucket}/p`, {
+      credentials,
+      endpoint: s3.endpoint,
+      region: 'us-east-1',
+    });
     open.push(fromUrl);
     const errors = [
       await wrongKey.get('chunks/ab/x').catch((e: unknown) => e),
@@ -308,7 +379,13 @@ describe('s3 store specifics', () => {
     for (const e of errors) {
       expect(e).toMatchObject({ code: expect.stringMatching(/^LAZYSNAP_(STORE_ERROR|NOT_FOUND)$/) });
       const err = e as Error;
-      for (const text of [err.message, err.stack ?? '', String(err), JSON.stringify(err), inspect(err, { depth: 4 })]) {
+      for (const text of [
+        err.message,
+        err.stack ?? '',
+        String(err),
+        JSON.stringify(err),
+        inspect(err, { depth: 4 }),
+      ]) {
         expect(text).not.toContain(secret);
       }
     }

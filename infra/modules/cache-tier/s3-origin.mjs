@@ -26,7 +26,9 @@ const listen = process.env.S3_ORIGIN_LISTEN || '127.0.0.1:8081';
 const endpoint = process.env.AWS_ENDPOINT_URL_S3 || undefined;
 const listenMatch = /^(.+):(\d{1,5})$/.exec(listen);
 if (!bucket || !/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket) || !listenMatch) {
-  process.stderr.write('s3-origin: set S3_ORIGIN_BUCKET to a bucket name and S3_ORIGIN_LISTEN to host:port\n');
+  process.stderr.write(
+    's3-origin: set S3_ORIGIN_BUCKET to a bucket name and S3_ORIGIN_LISTEN to host:port\n',
+  );
   process.exit(2);
 }
 
@@ -63,7 +65,9 @@ function statusFor(e) {
 
 function logError(key, status, e) {
   // The error's name and message only: never request headers or credentials.
-  process.stderr.write(`${JSON.stringify({ level: 'error', msg: 'S3 request failed', key, status, error: `${e?.name}: ${e?.message}` })}\n`);
+  process.stderr.write(
+    `${JSON.stringify({ level: 'error', msg: 'S3 request failed', key, status, error: `${e?.name}: ${e?.message}` })}\n`,
+  );
 }
 
 const server = http.createServer(async (req, res) => {
@@ -87,12 +91,16 @@ const server = http.createServer(async (req, res) => {
   res.once('close', () => abort.abort());
   const conditions = {
     ...(req.headers['if-none-match'] ? { IfNoneMatch: req.headers['if-none-match'] } : {}),
-    ...(req.headers['if-modified-since'] ? { IfModifiedSince: new Date(req.headers['if-modified-since']) } : {}),
+    ...(req.headers['if-modified-since']
+      ? { IfModifiedSince: new Date(req.headers['if-modified-since']) }
+      : {}),
   };
   const input = { Bucket: bucket, Key: key, ...conditions };
   let out;
   try {
-    out = await s3.send(req.method === 'HEAD' ? new HeadObjectCommand(input) : new GetObjectCommand(input), { abortSignal: abort.signal });
+    out = await s3.send(req.method === 'HEAD' ? new HeadObjectCommand(input) : new GetObjectCommand(input), {
+      abortSignal: abort.signal,
+    });
   } catch (e) {
     if (abort.signal.aborted) return;
     const status = statusFor(e);
