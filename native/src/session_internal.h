@@ -33,11 +33,14 @@ typedef struct {
   size_t n, cap;
 } u32vec;
 
-#define STATS(X)                                                                                             \
-  X(faults)                                                                                                  \
-  X(zeroFaults) X(residentFaults) X(removedFaults) X(forwardedFaults) X(staleFaults) X(removes)              \
-      X(unknownEvents) X(installs) X(poisons) X(missing) X(bytesCopied) X(bytesZeroed) X(bytesPoisoned)      \
-          X(pagesPresent) X(partialCopies) X(mmapChangingRetries) X(notifications) X(firstServedNs)
+/* An X-macro list of the fault thread's counters. */
+// clang-format off
+#define STATS(X) \
+  X(faults) X(zeroFaults) X(residentFaults) X(removedFaults) X(forwardedFaults) X(staleFaults) \
+  X(removes) X(unknownEvents) X(installs) X(poisons) X(missing) X(bytesCopied) X(bytesZeroed) \
+  X(bytesPoisoned) X(pagesPresent) X(partialCopies) X(mmapChangingRetries) X(notifications) \
+  X(firstServedNs)
+// clang-format on
 enum {
 #define X(n) ST_##n,
   STATS(X)
