@@ -129,17 +129,28 @@ export class UnsupportedFormatError extends LazysnapError {
   }
 }
 
-/** Bytes whose hash is not the one they are stored under: never installed, never cached. */
+/**
+ * Bytes that are not what they are stored under (a wrong hash, a wrong length, an object too long to
+ * be the chunk, an undecodable or unauthentic object): never installed, never cached. `reason` says
+ * which; `expected` and `actual` are set when there is a value to compare (a hash, a length).
+ */
 export class IntegrityError extends LazysnapError {
   declare readonly code: 'LAZYSNAP_INTEGRITY';
   readonly key: string;
-  readonly expected: string;
-  readonly actual: string;
-  constructor(key: string, expected: string, actual: string) {
-    super('LAZYSNAP_INTEGRITY', `${key}: content hash ${actual} does not match ${expected}`);
+  readonly reason: string;
+  readonly expected: string | undefined;
+  readonly actual: string | undefined;
+  constructor(
+    key: string,
+    reason: string,
+    details: { expected?: string | number; actual?: string | number; cause?: unknown } = {},
+  ) {
+    const vs = details.expected !== undefined ? ` (expected ${details.expected}, got ${details.actual})` : '';
+    super('LAZYSNAP_INTEGRITY', `${key}: ${reason}${vs}`, { cause: details.cause });
     this.key = key;
-    this.expected = expected;
-    this.actual = actual;
+    this.reason = reason;
+    this.expected = details.expected === undefined ? undefined : String(details.expected);
+    this.actual = details.actual === undefined ? undefined : String(details.actual);
   }
 }
 

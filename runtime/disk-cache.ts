@@ -164,7 +164,11 @@ export class DiskCache {
     assertHash(hash);
     if (!(bytes instanceof Uint8Array)) throw new InvalidArgumentError('bytes', 'a Buffer', bytes);
     const actual = this.#chunkId(bytes);
-    if (actual !== hash) throw new IntegrityError(`${hash.slice(0, 2)}/${hash}`, hash, actual);
+    if (actual !== hash)
+      throw new IntegrityError(`${hash.slice(0, 2)}/${hash}`, 'content hash mismatch', {
+        expected: hash,
+        actual,
+      });
     assert(!this.#closed, 'DiskCache used after close()');
     // Larger than the whole budget: it would evict everything, then itself.
     if (bytes.length > this.budgetBytes) return;

@@ -169,7 +169,7 @@ export class ChunkCrypto {
    */
   open(objectKey: string, id: string, stored: Uint8Array): Buffer {
     if (stored.length < SEAL_OVERHEAD || stored[0] !== VERSION)
-      throw new IntegrityError(objectKey, id, 'not an encrypted lazysnap object');
+      throw new IntegrityError(objectKey, 'not an encrypted lazysnap object');
     const s = Buffer.from(stored.buffer, stored.byteOffset, stored.length);
     const idBytes = Buffer.from(id, 'hex');
     const nonce = s.subarray(1, 1 + NONCE);
@@ -184,7 +184,6 @@ export class ChunkCrypto {
       body.fill(0); // unauthenticated plaintext: wiped, never handed out
       throw new IntegrityError(
         objectKey,
-        id,
         'unauthentic (AES-GCM tag check failed: another key, or altered bytes)',
       );
     }

@@ -9,10 +9,11 @@
  * first, and checks the keyed hash of the result.
  */
 import { blake3 } from '@napi-rs/blake-hash';
-import { compress, decompress } from 'zstd-napi';
+import { compress } from 'zstd-napi';
+import zstd from 'zstd-napi/binding.js';
 
 import { IntegrityError, InvalidArgumentError } from '../core/errors.js';
-import type { ChunkCrypto } from './chunk-crypto.js';
+import { SEAL_OVERHEAD, type ChunkCrypto } from './chunk-crypto.js';
 
 export const CODECS = ['none', 'zstd'] as const;
 export type Codec = (typeof CODECS)[number];
@@ -44,10 +45,28 @@ export function encodeChunk(codec: Codec, bytes: Uint8Array, options: EncodeOpti
 }
 
 /**
+ * The longest stored object that can hold a chunk of `length` bytes: zstd's worst case (incompressible
+ * bytes) for zstd, the length itself for none, plus the seal of an encrypted snapshot. Backends refuse
+ * anything longer before buffering it (ReadOptions.maxBytes): an origin that sends more is lying.
+ */
+export function maxStoredSize(codec: Codec, length: number, encrypted: boolean): number {
+  return (codec === 'zstd' ? zstd.compressBound(length) : length) + (encrypted ? SEAL_OVERHEAD : 0);
+}
+
+/** One decompression context per thread, reused: creating one per chunk costs more than a small decode. */
+let dctx: InstanceType<typeof zstd.DCtx> | undefined;
+
+/**
  * Decodes a stored object and verifies it is the chunk `hash` of `length` bytes. Throws
  * IntegrityError on a hash or length mismatch, and on a decoder error (a corrupt object). With
  * `crypto` (an encrypted snapshot), the object is authenticated and decrypted first (IntegrityError
  * when that fails) and `hash` is the chunk's keyed id.
+ *
+ * Bounded: the object may come from an origin that lies (a 48 KB zstd frame can declare, and decode to,
+ * gigabytes). A frame whose declared content size is not `length` is refused before decoding, and the
+ * decoder writes into a buffer of exactly `length` bytes, so it fails as soon as the output would be
+ * longer: nothing here allocates more than one chunk, whatever the object says. `into`, when given
+ * (exactly `length` bytes), receives the chunk instead of a new buffer.
  */
 export function decodeChunk(
   key: string,
@@ -56,20 +75,46 @@ export function decodeChunk(
   hash: string,
   length: number,
   crypto?: ChunkCrypto,
+  into?: Uint8Array,
 ): Buffer {
   const encoded = crypto ? crypto.open(key, hash, stored) : stored;
+  const out = into
+    ? Buffer.from(into.buffer, into.byteOffset, into.length)
+    : codec === 'none'
+      ? undefined
+      : Buffer.allocUnsafe(length);
   let bytes: Buffer;
-  try {
-    bytes =
-      codec === 'none'
-        ? Buffer.from(encoded.buffer, encoded.byteOffset, encoded.length)
-        : decompress(encoded);
-  } catch (e) {
-    throw Object.assign(new IntegrityError(key, hash, 'undecodable'), { cause: e });
+  if (codec === 'none') {
+    if (encoded.length !== length)
+      throw new IntegrityError(key, "stored object is not the chunk's length", {
+        expected: length,
+        actual: encoded.length,
+      });
+    bytes = out ? (out.set(encoded), out) : Buffer.from(encoded.buffer, encoded.byteOffset, encoded.length);
+  } else {
+    let declared: number | null;
+    let n: number;
+    try {
+      declared = zstd.getFrameContentSize(encoded);
+    } catch (cause) {
+      throw new IntegrityError(key, 'not a zstd frame', { cause });
+    }
+    if (declared !== null && declared !== length)
+      throw new IntegrityError(key, 'zstd frame declares another length', {
+        expected: length,
+        actual: declared,
+      });
+    try {
+      n = (dctx ??= new zstd.DCtx()).decompress(out!, encoded);
+    } catch (cause) {
+      // "Destination buffer is too small" for an object that decodes to more than one chunk.
+      throw new IntegrityError(key, `undecodable (${(cause as Error).message})`, { cause });
+    }
+    if (n !== length)
+      throw new IntegrityError(key, 'decoded length differs', { expected: length, actual: n });
+    bytes = out!;
   }
-  if (bytes.length !== length)
-    throw new IntegrityError(key, hash, `${bytes.length} bytes instead of ${length}`);
   const actual = crypto ? crypto.id(bytes) : hashChunk(bytes);
-  if (actual !== hash) throw new IntegrityError(key, hash, actual);
+  if (actual !== hash) throw new IntegrityError(key, 'content hash mismatch', { expected: hash, actual });
   return bytes;
 }
