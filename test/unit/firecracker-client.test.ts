@@ -20,10 +20,7 @@ import {
   type CallOptions,
   type LoadSnapshotParams,
 } from '../../sdk/firecracker-client.js';
-import { existsSync } from 'node:fs';
-
 import {
-  FIRECRACKER_SPEC,
   rawRequest,
   startFakeFirecracker,
   validateSchema,
@@ -56,12 +53,7 @@ async function received(n: number): Promise<void> {
   expect(fc.requests.length).toBe(n);
 }
 
-// The spec ships in shared/ beside the project (developers and CI). Elsewhere: a visible skip.
-const specMissing = existsSync(FIRECRACKER_SPEC)
-  ? ''
-  : ` [SKIPPED: Firecracker API spec not found at ${FIRECRACKER_SPEC}; set LAZYSNAP_FIRECRACKER_SPEC]`;
-
-describe.skipIf(!!specMissing)(`the fake Firecracker catches spec violations${specMissing}`, () => {
+describe('the fake Firecracker catches spec violations', () => {
   const load = (body: unknown) => rawRequest(fc.socketPath, 'PUT', '/snapshot/load', JSON.stringify(body));
 
   it.each([
@@ -175,7 +167,7 @@ describe.skipIf(!!specMissing)(`the fake Firecracker catches spec violations${sp
   });
 });
 
-describe.skipIf(!!specMissing)(`FirecrackerClient against the spec${specMissing}`, () => {
+describe('FirecrackerClient against the spec', () => {
   it('sends every call with the spec paths, methods and snake_case field names', async () => {
     expect(await client.describeInstance()).toEqual({
       appName: 'Firecracker',
