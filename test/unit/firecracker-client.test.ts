@@ -138,7 +138,7 @@ describe('the fake Firecracker catches spec violations', () => {
     ]);
   });
 
-  it('accepts the exact body of PROTOCOL.md and resolves $refs, items and path templates', async () => {
+  it('accepts the exact body of docs/PROTOCOL.md and resolves $refs, items and path templates', async () => {
     const res = await load({
       snapshot_path: '/s/vmstate',
       mem_backend: { backend_type: 'Uffd', backend_path: '/run/lazysnap/fn.sock' },
@@ -237,7 +237,7 @@ describe('FirecrackerClient against the spec', () => {
       snapshot_type: 'Diff',
     });
     expect(bodies[5]).toEqual({ state: 'Resumed' });
-    // Exactly the call of PROTOCOL.md: mem_backend, never mem_file_path with it.
+    // Exactly the call of docs/PROTOCOL.md: mem_backend, never mem_file_path with it.
     expect(bodies[6]).toEqual({
       snapshot_path: '/snap/vmstate',
       mem_backend: { backend_type: 'Uffd', backend_path: '/run/lazysnap/fn.sock' },
