@@ -10,7 +10,7 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     reporters: ['default'],
-    // The AWS SDK prints a Node-20 support notice on load; DESIGN.md says to silence it.
+    // The AWS SDK prints a Node-20 support notice on load; docs/DESIGN.md says to silence it.
     env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' },
   },
 });

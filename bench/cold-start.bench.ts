@@ -1,5 +1,5 @@
 /**
- * P3, cold start from an S3-like origin (DESIGN.md, "Performance targets"): a 1 GiB image, a ~9%
+ * P3, cold start from an S3-like origin (docs/DESIGN.md, "Performance targets"): a 1 GiB image, a ~9%
  * working set, origin = nginx behind the delay proxy (30 ms to first byte, 90 MB/s per connection).
  * Replayed prefetch ≥ 3.7× faster than fault-only lazy, ≥ 10× faster than eager download, ≤ 1.5×
  * the bound RTT + working-set bytes / (C × 90 MB/s).

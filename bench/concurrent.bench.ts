@@ -1,5 +1,5 @@
 /**
- * P5, concurrent restores (DESIGN.md, "Performance targets"): 16 restores of one snapshot at once on
+ * P5, concurrent restores (docs/DESIGN.md, "Performance targets"): 16 restores of one snapshot at once on
  * one serve fetch every chunk from the origin once (fetch amplification 1.0).
  *
  *   node --import tsx bench/concurrent.bench.ts      (or `npm run bench` for every scenario + report)

@@ -1,5 +1,5 @@
 /**
- * P1, fault service for a resident chunk (DESIGN.md, "Performance targets"): per-4 KiB-fault latency
+ * P1, fault service for a resident chunk (docs/DESIGN.md, "Performance targets"): per-4 KiB-fault latency
  * of lazysnap's native fault thread against the pure-C reference handler, p50 ≤ 1.25× at the same
  * pinning.
  *

@@ -1,5 +1,5 @@
 /**
- * Manifest parse time for a 64 GiB snapshot (DESIGN.md, "Contracts": ≤ 50 ms): 131,072 chunks of
+ * Manifest parse time for a 64 GiB snapshot (docs/DESIGN.md, "Contracts": ≤ 50 ms): 131,072 chunks of
  * 512 KiB, half of them zero, two regions. Reference: JSON.parse of the same text alone, the floor
  * any JSON manifest pays; lazysnap's parseManifest adds validation and base64 decoding.
  *

@@ -1,5 +1,5 @@
 /**
- * P2, full populate from a local store (DESIGN.md, "Performance targets"): GB/s of touching every
+ * P2, full populate from a local store (docs/DESIGN.md, "Performance targets"): GB/s of touching every
  * chunk of a 1 GiB image once, lazysnap ≥ 80% of the pure-C reference at the same chunk size.
  *
  *   node --import tsx bench/populate.bench.ts      (or `npm run bench` for every scenario + report)

@@ -1,5 +1,5 @@
 /**
- * P4, snapshotter throughput (DESIGN.md, "Performance targets"): chunk + hash + zero-detect of a
+ * P4, snapshotter throughput (docs/DESIGN.md, "Performance targets"): chunk + hash + zero-detect of a
  * 1 GiB zero-rich image at ≥ 1.5 GB/s; also MB/s of whole snapshots to the directory store and to
  * s3rver (informational).
  *

@@ -167,7 +167,7 @@ export class SourceError extends LazysnapError {
   }
 }
 
-/** A UFFD handshake that breaks the protocol (PROTOCOL.md). The connection is closed; others go on. */
+/** A UFFD handshake that breaks the protocol (docs/PROTOCOL.md). The connection is closed; others go on. */
 export class HandshakeError extends LazysnapError {
   declare readonly code: 'LAZYSNAP_BAD_HANDSHAKE';
   constructor(reason: string) {

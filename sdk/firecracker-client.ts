@@ -1,7 +1,7 @@
 /**
  * A client for Firecracker's REST API on its Unix socket (`--api-sock`), for the calls a snapshot
  * restore needs. The wire format is the swagger spec of Firecracker v1.16.1
- * (contracts/firecracker-api-v1.16.1.yaml); test/unit/firecracker-client.test.ts checks every call
+ * (test/fixtures/contracts/firecracker-api-v1.16.1.yaml); test/unit/firecracker-client.test.ts checks every call
  * against that file. The TS API is camelCase; bodies use the spec's snake_case names, built field
  * by field (no generic case conversion: a wrong name is rejected by Firecracker, whose serde
  * structs deny unknown fields, so each one is spelled out and tested).

@@ -1,7 +1,7 @@
 /**
  * Store keys and snapshot ids. Every key is built here, and every externally supplied id is
  * checked here, so no backend ever sees '..', an absolute path, a NUL or a key that escapes its
- * prefix. Layout (DESIGN.md): manifests/<id>.json (and its detached signature manifests/<id>.json.sig),
+ * prefix. Layout (docs/DESIGN.md): manifests/<id>.json (and its detached signature manifests/<id>.json.sig),
  * chunks/<2 hex>/<hash>[.<codec>], profiles/<id>, vmstate/<id>.
  */
 import { InvalidArgumentError } from '../core/errors.js';

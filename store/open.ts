@@ -1,5 +1,5 @@
 /**
- * Store URLs → backends (DESIGN.md, "Contracts"): a path or file:// (directory), s3://bucket/prefix
+ * Store URLs → backends (docs/DESIGN.md, "Contracts"): a path or file:// (directory), s3://bucket/prefix
  * (standard AWS credential chain; --s3-endpoint / AWS_ENDPOINT_URL_S3 for S3-compatible servers,
  * path-style), http(s):// (read-only origin). Backends with heavy dependencies load on first use.
  */

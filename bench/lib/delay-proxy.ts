@@ -1,6 +1,6 @@
 /**
  * A userspace TCP proxy that makes a local origin (nginx, s3rver) look like S3 seen from a VM: each
- * response's first byte is held back and every connection's download is paced. P3 in DESIGN.md needs
+ * response's first byte is held back and every connection's download is paced. P3 in docs/DESIGN.md needs
  * this because this kernel has no netem, so the network stack itself cannot add latency or shape.
  *
  * Model: one upstream connection per accepted connection. Client→upstream bytes pass at once. A

@@ -3,7 +3,7 @@
  *
  * A single-threaded userfaultfd page-fault handler with the whole snapshot
  * image resident in memory, serving exactly one client that performs
- * Firecracker's UFFD handshake (see /work/shared/PROTOCOL.md and Firecracker
+ * Firecracker's UFFD handshake (see docs/PROTOCOL.md and Firecracker
  * src/vmm/src/persist.rs). It resolves every fault by UFFDIO_COPY of the whole
  * chunk that contains the faulting page, like lazysnap does, so the two can be
  * benchmarked side by side. The fault path neither logs nor allocates.

@@ -3,7 +3,7 @@
  *
  * Header-only, C99 + Linux. The process maps its regions (or lets this header map them), registers
  * them with a userfaultfd and sends the uffd to `lazysnap serve` over its Unix socket with the same
- * handshake Firecracker uses (shared/PROTOCOL.md: one sendmsg, a JSON array of regions, the uffd in
+ * handshake Firecracker uses (docs/PROTOCOL.md: one sendmsg, a JSON array of regions, the uffd in
  * SCM_RIGHTS). From then on, the first touch of each page blocks until serve has installed the
  * snapshot's bytes there; zero pages come for free. Keep the session open for as long as the memory
  * is used: closing the socket ends the restore session.

@@ -1,5 +1,5 @@
 /**
- * A private nginx HTTP cache tier (DESIGN.md) in front of a store directory, for the HTTP store
+ * A private nginx HTTP cache tier (docs/DESIGN.md) in front of a store directory, for the HTTP store
  * tests and benchmarks. Two nginx processes, both in the foreground as one process each
  * (`daemon off; master_process off`), with pids, logs, temp and cache directories in one fresh temp
  * prefix, so they never touch the packaged service:

@@ -20,10 +20,7 @@ import {
   type CallOptions,
   type LoadSnapshotParams,
 } from '../../sdk/firecracker-client.js';
-import { existsSync } from 'node:fs';
-
 import {
-  FIRECRACKER_SPEC,
   rawRequest,
   startFakeFirecracker,
   validateSchema,
@@ -56,12 +53,7 @@ async function received(n: number): Promise<void> {
   expect(fc.requests.length).toBe(n);
 }
 
-// The spec ships in shared/ beside the project (developers and CI). Elsewhere: a visible skip.
-const specMissing = existsSync(FIRECRACKER_SPEC)
-  ? ''
-  : ` [SKIPPED: Firecracker API spec not found at ${FIRECRACKER_SPEC}; set LAZYSNAP_FIRECRACKER_SPEC]`;
-
-describe.skipIf(!!specMissing)(`the fake Firecracker catches spec violations${specMissing}`, () => {
+describe('the fake Firecracker catches spec violations', () => {
   const load = (body: unknown) => rawRequest(fc.socketPath, 'PUT', '/snapshot/load', JSON.stringify(body));
 
   it.each([
@@ -146,7 +138,7 @@ describe.skipIf(!!specMissing)(`the fake Firecracker catches spec violations${sp
     ]);
   });
 
-  it('accepts the exact body of PROTOCOL.md and resolves $refs, items and path templates', async () => {
+  it('accepts the exact body of docs/PROTOCOL.md and resolves $refs, items and path templates', async () => {
     const res = await load({
       snapshot_path: '/s/vmstate',
       mem_backend: { backend_type: 'Uffd', backend_path: '/run/lazysnap/fn.sock' },
@@ -175,7 +167,7 @@ describe.skipIf(!!specMissing)(`the fake Firecracker catches spec violations${sp
   });
 });
 
-describe.skipIf(!!specMissing)(`FirecrackerClient against the spec${specMissing}`, () => {
+describe('FirecrackerClient against the spec', () => {
   it('sends every call with the spec paths, methods and snake_case field names', async () => {
     expect(await client.describeInstance()).toEqual({
       appName: 'Firecracker',
@@ -245,7 +237,7 @@ describe.skipIf(!!specMissing)(`FirecrackerClient against the spec${specMissing}
       snapshot_type: 'Diff',
     });
     expect(bodies[5]).toEqual({ state: 'Resumed' });
-    // Exactly the call of PROTOCOL.md: mem_backend, never mem_file_path with it.
+    // Exactly the call of docs/PROTOCOL.md: mem_backend, never mem_file_path with it.
     expect(bodies[6]).toEqual({
       snapshot_path: '/snap/vmstate',
       mem_backend: { backend_type: 'Uffd', backend_path: '/run/lazysnap/fn.sock' },

@@ -1,7 +1,7 @@
 /**
  * The uffd primitives on memory this process registers itself. Reads go through process_vm_readv,
  * a kernel-side access: on pages already present it never faults, so the test thread never waits on
- * itself (the deadlock rule in DESIGN.md).
+ * itself (the deadlock rule in docs/DESIGN.md).
  */
 import { afterEach, beforeEach, describe, expect, expectTypeOf, it } from 'vitest';
 

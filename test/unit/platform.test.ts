@@ -5,7 +5,7 @@
  * exact-handshake client, which the fake starts during the load as Firecracker connects to the
  * backend then, and which verifies every page it touches.
  */
-import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
@@ -13,7 +13,7 @@ import { RestoreHost } from '../../sdk/platform.js';
 import { snapshot } from '../../sdk/snapshot.js';
 import { FileStore } from '../../store/file-store.js';
 import { vmstateKey } from '../../store/keys.js';
-import { FIRECRACKER_SPEC, startFakeFirecracker, type FakeFirecracker } from '../helpers/fake-firecracker.js';
+import { startFakeFirecracker, type FakeFirecracker } from '../helpers/fake-firecracker.js';
 import { startClient, type RunningClient } from '../helpers/fc-client.js';
 import { makeImage, tempDir } from '../helpers/images.js';
 import { hasUffd, uffdSuite } from '../helpers/skip.js';
@@ -21,177 +21,169 @@ import { hasUffd, uffdSuite } from '../helpers/skip.js';
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const CS = 256 * KiB;
-// The spec ships in shared/ beside the project (developers and CI). Elsewhere: a visible skip.
-const specMissing = existsSync(FIRECRACKER_SPEC)
-  ? ''
-  : ` [SKIPPED: Firecracker API spec not found at ${FIRECRACKER_SPEC}; set LAZYSNAP_FIRECRACKER_SPEC]`;
+describe.skipIf(!hasUffd)(uffdSuite('RestoreHost: one-call lazy Firecracker restore'), () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let store: string;
+  let img: ReturnType<typeof makeImage>;
+  let host: RestoreHost | undefined;
+  let fc: FakeFirecracker | undefined;
+  const clients: RunningClient[] = [];
+  const loads: Record<string, unknown>[] = [];
+  const vmstate = Buffer.from('{"vmstate":"the microVM state Firecracker reads at load"}');
 
-describe.skipIf(!hasUffd || !!specMissing)(
-  uffdSuite(`RestoreHost: one-call lazy Firecracker restore${specMissing}`),
-  () => {
-    let tmp: ReturnType<typeof tempDir>;
-    let store: string;
-    let img: ReturnType<typeof makeImage>;
-    let host: RestoreHost | undefined;
-    let fc: FakeFirecracker | undefined;
-    const clients: RunningClient[] = [];
-    const loads: Record<string, unknown>[] = [];
-    const vmstate = Buffer.from('{"vmstate":"the microVM state Firecracker reads at load"}');
-
-    async function startFc(): Promise<FakeFirecracker> {
-      return startFakeFirecracker({
-        onLoad: async (body) => {
-          loads.push(body);
-          // What Firecracker does during the load: read the vmstate, then connect to the backend.
-          expect(readFileSync(body.snapshot_path as string)).toEqual(vmstate);
-          const mem = body.mem_backend as { backend_type: string; backend_path: string };
-          const c = startClient([
-            '--socket',
-            mem.backend_path,
-            '--image',
-            img.path,
-            '--threads',
-            '2',
-            '--wait',
-          ]);
-          clients.push(c);
-          await c.ready;
-        },
-      });
-    }
-
-    beforeEach(async () => {
-      tmp = tempDir();
-      store = path.join(tmp.dir, 'store');
-      img = makeImage(tmp.dir, 8 * MiB, CS, { zeroEvery: 4 });
-      writeFileSync(path.join(tmp.dir, 'vmstate'), vmstate);
-      await snapshot({
-        store,
-        id: 'fn',
-        source: { memoryFile: img.path },
-        vmstateFile: path.join(tmp.dir, 'vmstate'),
-        chunkSize: CS,
-      });
-      host = new RestoreHost({ runtimeDir: path.join(tmp.dir, 'run'), serve: { prefetch: 'off' } });
-      fc = await startFc();
+  async function startFc(): Promise<FakeFirecracker> {
+    return startFakeFirecracker({
+      onLoad: async (body) => {
+        loads.push(body);
+        // What Firecracker does during the load: read the vmstate, then connect to the backend.
+        expect(readFileSync(body.snapshot_path as string)).toEqual(vmstate);
+        const mem = body.mem_backend as { backend_type: string; backend_path: string };
+        const c = startClient([
+          '--socket',
+          mem.backend_path,
+          '--image',
+          img.path,
+          '--threads',
+          '2',
+          '--wait',
+        ]);
+        clients.push(c);
+        await c.ready;
+      },
     });
-    afterEach(async () => {
-      for (const c of clients.splice(0)) c.child.kill('SIGKILL');
-      loads.splice(0);
-      await host?.close(0);
-      await fc?.close();
-      tmp.cleanup();
+  }
+
+  beforeEach(async () => {
+    tmp = tempDir();
+    store = path.join(tmp.dir, 'store');
+    img = makeImage(tmp.dir, 8 * MiB, CS, { zeroEvery: 4 });
+    writeFileSync(path.join(tmp.dir, 'vmstate'), vmstate);
+    await snapshot({
+      store,
+      id: 'fn',
+      source: { memoryFile: img.path },
+      vmstateFile: path.join(tmp.dir, 'vmstate'),
+      chunkSize: CS,
+    });
+    host = new RestoreHost({ runtimeDir: path.join(tmp.dir, 'run'), serve: { prefetch: 'off' } });
+    fc = await startFc();
+  });
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.child.kill('SIGKILL');
+    loads.splice(0);
+    await host?.close(0);
+    await fc?.close();
+    tmp.cleanup();
+  });
+
+  it('restores two microVMs of one snapshot through one shared server: every page right, each chunk fetched once', async () => {
+    const sessions: string[] = [];
+    const first = await host!.restore({
+      snapshot: { id: 'fn', stores: [store] },
+      firecracker: fc!.socketPath,
+    });
+    first.server.on('session', (s) => sessions.push(s.restoreId));
+    expect(first.reusedServer).toBe(false);
+    expect(loads[0]).toMatchObject({
+      mem_backend: { backend_type: 'Uffd', backend_path: first.socketPath },
+      resume_vm: true,
+    });
+    clients[0]!.go();
+    expect((await clients[0]!.result).report).toMatchObject({
+      ok: true,
+      mismatches: 0,
+      pagesVerified: 2048,
     });
 
-    it('restores two microVMs of one snapshot through one shared server: every page right, each chunk fetched once', async () => {
-      const sessions: string[] = [];
-      const first = await host!.restore({
+    const fc2 = await startFc();
+    try {
+      const second = await host!.restore({
         snapshot: { id: 'fn', stores: [store] },
-        firecracker: fc!.socketPath,
+        firecracker: fc2.socketPath,
+        resumeVm: false,
       });
-      first.server.on('session', (s) => sessions.push(s.restoreId));
-      expect(first.reusedServer).toBe(false);
-      expect(loads[0]).toMatchObject({
-        mem_backend: { backend_type: 'Uffd', backend_path: first.socketPath },
-        resume_vm: true,
-      });
-      clients[0]!.go();
-      expect((await clients[0]!.result).report).toMatchObject({
+      expect(second.reusedServer).toBe(true);
+      expect(second.server).toBe(first.server);
+      expect(second.vmstatePath).toBe(first.vmstatePath);
+      expect(loads[1]).toMatchObject({ resume_vm: false });
+      clients[1]!.go();
+      expect((await clients[1]!.result).report).toMatchObject({
         ok: true,
         mismatches: 0,
         pagesVerified: 2048,
       });
+      expect(fc2.violations).toEqual([]);
+    } finally {
+      await fc2.close();
+    }
+    expect(fc!.violations).toEqual([]);
+    expect(sessions).toHaveLength(1); // the second restore's session, seen through the server's events
+    // Both sessions ended; the first fetched every data chunk, the second found them all resident.
+    for (let i = 0; i < 200 && first.server.summaries.length < 2; i++)
+      await new Promise((r) => setTimeout(r, 10));
+    const [a, b] = first.server.summaries;
+    expect(a!.fetchedChunks).toBe(32 - img.zeroChunks.length);
+    expect(b!.fetchedChunks).toBe(0);
+  });
 
-      const fc2 = await startFc();
-      try {
-        const second = await host!.restore({
-          snapshot: { id: 'fn', stores: [store] },
-          firecracker: fc2.socketPath,
-          resumeVm: false,
-        });
-        expect(second.reusedServer).toBe(true);
-        expect(second.server).toBe(first.server);
-        expect(second.vmstatePath).toBe(first.vmstatePath);
-        expect(loads[1]).toMatchObject({ resume_vm: false });
-        clients[1]!.go();
-        expect((await clients[1]!.result).report).toMatchObject({
-          ok: true,
-          mismatches: 0,
-          pagesVerified: 2048,
-        });
-        expect(fc2.violations).toEqual([]);
-      } finally {
-        await fc2.close();
-      }
-      expect(fc!.violations).toEqual([]);
-      expect(sessions).toHaveLength(1); // the second restore's session, seen through the server's events
-      // Both sessions ended; the first fetched every data chunk, the second found them all resident.
-      for (let i = 0; i < 200 && first.server.summaries.length < 2; i++)
-        await new Promise((r) => setTimeout(r, 10));
-      const [a, b] = first.server.summaries;
-      expect(a!.fetchedChunks).toBe(32 - img.zeroChunks.length);
-      expect(b!.fetchedChunks).toBe(0);
+  it("reports Firecracker's own fault message, a snapshot without vmstate, and a vmstate that lies", async () => {
+    fc!.failNext(400, 'Load snapshot error: Cannot restore microvm state');
+    await expect(
+      host!.restore({ snapshot: { id: 'fn', stores: [store] }, firecracker: fc!.socketPath }),
+    ).rejects.toMatchObject({
+      code: 'LAZYSNAP_FIRECRACKER',
+      message: expect.stringContaining('Cannot restore microvm state'),
     });
 
-    it("reports Firecracker's own fault message, a snapshot without vmstate, and a vmstate that lies", async () => {
-      fc!.failNext(400, 'Load snapshot error: Cannot restore microvm state');
-      await expect(
-        host!.restore({ snapshot: { id: 'fn', stores: [store] }, firecracker: fc!.socketPath }),
-      ).rejects.toMatchObject({
-        code: 'LAZYSNAP_FIRECRACKER',
-        message: expect.stringContaining('Cannot restore microvm state'),
-      });
-
-      await snapshot({ store, id: 'novm', source: { memoryFile: img.path }, chunkSize: CS });
-      await expect(
-        host!.restore({ snapshot: { id: 'novm', stores: [store] }, firecracker: fc!.socketPath }),
-      ).rejects.toMatchObject({
-        code: 'LAZYSNAP_NOT_FOUND',
-        message: expect.stringMatching(/vmstate of snapshot novm/),
-      });
-
-      // (a vmstate of its own: the host keeps verified vmstate files by hash and would reuse fn's)
-      writeFileSync(path.join(tmp.dir, 'vmstate2'), 'another microVM state');
-      await snapshot({
-        store,
-        id: 'liar',
-        source: { memoryFile: img.path },
-        vmstateFile: path.join(tmp.dir, 'vmstate2'),
-        chunkSize: CS,
-      });
-      await new FileStore(store).put(vmstateKey('liar'), Buffer.from('tampered'));
-      await expect(
-        host!.restore({ snapshot: { id: 'liar', stores: [store] }, firecracker: fc!.socketPath }),
-      ).rejects.toMatchObject({
-        code: 'LAZYSNAP_FETCH_FAILED',
-        message: expect.stringMatching(/content hash .* does not match/),
-      });
-      // Nothing reached Firecracker for the two bad snapshots.
-      expect(loads).toHaveLength(0);
-      expect(fc!.requests.filter((r) => r.path === '/snapshot/load')).toHaveLength(1);
+    await snapshot({ store, id: 'novm', source: { memoryFile: img.path }, chunkSize: CS });
+    await expect(
+      host!.restore({ snapshot: { id: 'novm', stores: [store] }, firecracker: fc!.socketPath }),
+    ).rejects.toMatchObject({
+      code: 'LAZYSNAP_NOT_FOUND',
+      message: expect.stringMatching(/vmstate of snapshot novm/),
     });
 
-    it("one caller's abort detaches only that caller: the shared server start goes on for the others", async () => {
-      const ref = { id: 'fn', stores: [store] };
-      const ac = new AbortController();
-      const a = host!.server(ref, ac.signal);
-      const b = host!.server(ref);
-      ac.abort(new Error('caller gone'));
-      await expect(a).rejects.toThrow('caller gone');
-      expect((await b).snapshot).toMatchObject({ id: 'fn', chunks: 32 });
+    // (a vmstate of its own: the host keeps verified vmstate files by hash and would reuse fn's)
+    writeFileSync(path.join(tmp.dir, 'vmstate2'), 'another microVM state');
+    await snapshot({
+      store,
+      id: 'liar',
+      source: { memoryFile: img.path },
+      vmstateFile: path.join(tmp.dir, 'vmstate2'),
+      chunkSize: CS,
     });
+    await new FileStore(store).put(vmstateKey('liar'), Buffer.from('tampered'));
+    await expect(
+      host!.restore({ snapshot: { id: 'liar', stores: [store] }, firecracker: fc!.socketPath }),
+    ).rejects.toMatchObject({
+      code: 'LAZYSNAP_FETCH_FAILED',
+      message: expect.stringMatching(/content hash .* does not match/),
+    });
+    // Nothing reached Firecracker for the two bad snapshots.
+    expect(loads).toHaveLength(0);
+    expect(fc!.requests.filter((r) => r.path === '/snapshot/load')).toHaveLength(1);
+  });
 
-    it('refuses a runtime directory others can write', () => {
-      const dir = path.join(tmp.dir, 'open');
-      host = new RestoreHost({ runtimeDir: dir });
-      // (created 0700 above; now loosen it as a careless deploy would)
-      chmodSync(dir, 0o777);
-      expect(() => new RestoreHost({ runtimeDir: dir })).toThrow(
-        expect.objectContaining({
-          code: 'LAZYSNAP_INSECURE_PATH',
-          message: expect.stringMatching(/writable by/),
-        }),
-      );
-    });
-  },
-);
+  it("one caller's abort detaches only that caller: the shared server start goes on for the others", async () => {
+    const ref = { id: 'fn', stores: [store] };
+    const ac = new AbortController();
+    const a = host!.server(ref, ac.signal);
+    const b = host!.server(ref);
+    ac.abort(new Error('caller gone'));
+    await expect(a).rejects.toThrow('caller gone');
+    expect((await b).snapshot).toMatchObject({ id: 'fn', chunks: 32 });
+  });
+
+  it('refuses a runtime directory others can write', () => {
+    const dir = path.join(tmp.dir, 'open');
+    host = new RestoreHost({ runtimeDir: dir });
+    // (created 0700 above; now loosen it as a careless deploy would)
+    chmodSync(dir, 0o777);
+    expect(() => new RestoreHost({ runtimeDir: dir })).toThrow(
+      expect.objectContaining({
+        code: 'LAZYSNAP_INSECURE_PATH',
+        message: expect.stringMatching(/writable by/),
+      }),
+    );
+  });
+});
