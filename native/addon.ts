@@ -13,6 +13,40 @@ declare const handle: unique symbol;
 /** An opaque native handle (a tagged napi external). */
 export type Handle<T extends string> = { readonly [handle]: T };
 
+/**
+ * What can fail in the native fault path (native/src/session_internal.h, fail_kind). The native side
+ * only reports; runtime/native-failure.ts decides what each means.
+ */
+export const FAILURE_KINDS = [
+  'copy',
+  'zeropage',
+  'wake',
+  'poison',
+  'event-read',
+  'thread-exit',
+  'out-of-memory',
+  'outside-regions',
+  'injected',
+] as const;
+export type FailureKind = (typeof FAILURE_KINDS)[number] | 'unknown';
+
+/** One native failure: its kind, the errno name (`ENOENT`), where (chunk, peer address, length). */
+export interface NativeFailure {
+  kind: FailureKind;
+  /** The errno name, as Node names it ('ENOENT', 'ENOMEM', ...). */
+  code: string;
+  /** Negative, as Node's system errors carry it. */
+  errno: number;
+  /** The call or step that failed, for messages. */
+  syscall: string;
+  /** The chunk concerned, when the failure is about one. */
+  chunk?: number;
+  /** The first byte concerned in the peer's address space, when known. */
+  address?: bigint;
+  /** Bytes concerned from `address` (refused pages in a row are reported once). */
+  length: number;
+}
+
 export interface RawSessionEvent {
   need: Uint32Array;
   installed: Uint32Array;
@@ -20,8 +54,11 @@ export interface RawSessionEvent {
   missing: Uint32Array;
   /** With reportTouches: chunks whose first fault was served from the resident table. */
   touched: Uint32Array;
-  errors: SystemError[];
+  failures: NativeFailure[];
+  /** The peer's address space is gone (it exited). */
   exited: boolean;
+  /** The fault thread stopped serving (a `thread-exit` or `event-read` failure says why). */
+  stopped: boolean;
 }
 
 export interface RawRegion {
@@ -69,9 +106,20 @@ export interface Addon {
 
   sessionCreate(
     uffd: number,
-    opts: { table: Handle<'table'>; pageSize: number; regions: RawRegion[]; reportTouches?: boolean },
+    opts: {
+      table: Handle<'table'>;
+      pageSize: number;
+      regions: RawRegion[];
+      reportTouches?: boolean;
+      stateFd?: number;
+    },
     onEvent: (e: RawSessionEvent) => void,
   ): Handle<'session'>;
+  sessionWake(s: Handle<'session'>, chunks: number | Uint32Array): void;
+  sessionStateFd(s: Handle<'session'>): number;
+  /** Test builds only (lazysnap_test.node). */
+  sessionInject?(s: Handle<'session'>, kind: number, after: number): void;
+  readonly FAULT_INJECTION?: number;
   sessionInstall(s: Handle<'session'>, chunks: number | Uint32Array): void;
   sessionPoison(s: Handle<'session'>, chunks: number | Uint32Array): void;
   sessionStats(s: Handle<'session'>): Record<string, number>;
@@ -128,10 +176,15 @@ export interface Addon {
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** Source tree (native/) and compiled tree (dist/native/) both find the one build output. */
+/**
+ * LAZYSNAP_NATIVE_BUILD=test loads lazysnap_test.node, the same sources built with the fault-injection
+ * hooks the test suites need (binding.gyp); nothing else ever loads it.
+ */
+const name = process.env.LAZYSNAP_NATIVE_BUILD === 'test' ? 'lazysnap_test.node' : 'lazysnap.node';
 const candidates = [
-  path.join(here, 'build', 'Release', 'lazysnap.node'),
-  path.join(here, '..', '..', 'native', 'build', 'Release', 'lazysnap.node'),
-  path.join(here, 'build', 'Debug', 'lazysnap.node'),
+  path.join(here, 'build', 'Release', name),
+  path.join(here, '..', '..', 'native', 'build', 'Release', name),
+  path.join(here, 'build', 'Debug', name),
 ];
 
 function load(): Addon {

@@ -9,9 +9,18 @@ import {
   UffdUnavailableError,
   isSystemError,
 } from '../core/errors.js';
-import { addon, type Handle, type RawSessionEvent, type RecvResult, type FillResult } from './addon.js';
+import {
+  addon,
+  type FailureKind,
+  type FillResult,
+  type Handle,
+  type NativeFailure,
+  type RawSessionEvent,
+  type RecvResult,
+} from './addon.js';
 
-export { addon, type RecvResult, type FillResult };
+export { FAILURE_KINDS } from './addon.js';
+export { addon, type FailureKind, type FillResult, type NativeFailure, type RecvResult };
 export type SessionEvent = RawSessionEvent;
 
 export const PAGE_4K = 4096;
@@ -195,6 +204,14 @@ export interface FaultSessionOptions {
    * what working-set recording needs. @default false
    */
   reportTouches?: boolean;
+  /**
+   * Adopt a session another server (or an earlier worker) served: a descriptor of its state memfd
+   * (stateFd() there). The removed pages and installed chunks it recorded carry over; the thread
+   * re-applies the events it may have read last, drains what is pending and wakes every region, so
+   * threads that faulted while nobody served fault again. The descriptor is duplicated, not taken.
+   * Throws EPROTO for a state of another layout version, EINVAL for another snapshot geometry.
+   */
+  stateFd?: number;
 }
 
 /** Counters kept by the fault thread (monotonic; read with stats()). */
@@ -220,13 +237,22 @@ export interface SessionStats {
   notifications: number;
   /** Nanoseconds from session creation to the first page made present (0: none yet). */
   firstServedNs: number;
+  /** Fills the kernel refused whole (a range across VMAs) and that were retried in halves. */
+  narrowedFills: number;
+  /** Pages the kernel refused on their own (reported as failures). */
+  failedPages: number;
+  /** Wakes of every region (faults dropped from a full queue, or adoption). */
+  wakeAlls: number;
+  /** REMOVE events a predecessor read and this session applied again on adoption. */
+  adoptedRemoves: number;
 }
 
 /**
  * One userfaultfd served by a native thread. Takes ownership of `uffd` (closed by close()).
  * `onEvent` runs on the JS thread with batches: `need` (absent chunks a fault waits for: put them
  * in the table, then install()), `installed`, `poisoned`, `missing` (install() found no bytes),
- * `errors` (SystemErrors, `chunk` set when known) and `exited` (the address space is gone).
+ * `failures` (typed: runtime/native-failure.ts decides what each means), `exited` (the address
+ * space is gone) and `stopped` (the thread no longer serves; a failure says why).
  */
 export class FaultSession {
   readonly #handle: Handle<'session'>;
@@ -249,6 +275,7 @@ export class FaultSession {
         pageSize: options.pageSize,
         regions: options.regions.map((r) => ({ ...r })),
         reportTouches: options.reportTouches ?? false,
+        ...(options.stateFd !== undefined ? { stateFd: options.stateFd } : {}),
       },
       onEvent,
     );
@@ -268,6 +295,29 @@ export class FaultSession {
   poison(chunks: number | Uint32Array): void {
     this.#check(chunks);
     addon().sessionPoison(this.#handle, chunks);
+  }
+
+  /** Queues a wake of every thread waiting in the chunks: present pages resume, missing ones fault again. */
+  wake(chunks: number | Uint32Array): void {
+    this.#check(chunks);
+    addon().sessionWake(this.#handle, chunks);
+  }
+
+  /** A new descriptor of this session's state memfd (for a successor to adopt); the caller closes it. */
+  stateFd(): number {
+    if (this.#closed) throw new SessionClosedError();
+    return addon().sessionStateFd(this.#handle);
+  }
+
+  /**
+   * Test builds only (LAZYSNAP_NATIVE_BUILD=test): makes the fault thread fail on purpose after `after`
+   * more opportunities: 'event-read' (read(uffd) returns EIO) or 'out-of-memory' (an output is lost).
+   */
+  inject(kind: 'event-read' | 'out-of-memory', after = 1): void {
+    const fn = addon().sessionInject;
+    if (!fn)
+      throw new Error('fault injection needs the test build of the addon (LAZYSNAP_NATIVE_BUILD=test)');
+    fn(this.#handle, kind === 'event-read' ? 5 : 7, after);
   }
 
   /** Counters so far; a fault is counted just after the ioctl that wakes it. Final after close(). */

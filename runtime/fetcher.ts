@@ -3,25 +3,30 @@
  * answer wins. Every attempt has a timeout; retryable errors (5xx, timeouts, resets) are retried with
  * jittered exponential backoff on the same origin; a missing object, a non-retryable error or bytes
  * whose hash is wrong (an origin that lies) fall through to the next origin at once. Bytes are
- * verified (BLAKE3 of the decoded chunk) before anyone sees them. For an encrypted snapshot an
- * object that fails authentication is an integrity failure like any other: next origin, and in
- * the end fail closed.
+ * verified (BLAKE3 of the decoded chunk) before anyone sees them, and bounded: an origin body longer
+ * than the largest object that can hold the chunk is refused before it is buffered, and decoding never
+ * produces more than the chunk's length (store/chunk.ts). For an encrypted snapshot an object that
+ * fails authentication is an integrity failure like any other: next origin, and in the end fail closed.
  *
- * A caller that can wait (a demand fault, until its session's fail timeout) passes `retryUntil`: while
- * some origin failed transiently (timeouts, 5xx, refused connections), the fetch goes over the
- * origins again with backoff until that time, so an origin restart shorter than the fail timeout
- * costs latency, not the VM. Absence and lying bytes everywhere fail at once.
+ * Demand and prefetch have their own slots (two p-queues): a demand fault never waits behind a
+ * prefetch, however many sessions replay at once, and a demand for a chunk still queued as a prefetch
+ * starts a demand task for it (whichever task starts first does the fetch, the other joins it).
  *
- * One fetch per chunk however many faults or sessions want it (in-flight dedup by hash). A p-queue
- * bounds concurrent fetches; demand faults run before prefetches, and a demand for a chunk already
- * queued as a prefetch promotes it.
+ * A caller that can wait (a demand fault, until its session's fail timeout) passes `patienceMs`: from
+ * when the fetch starts (not while it is queued), transient origin failures (timeouts, 5xx, refused
+ * connections) are retried over the origins again with backoff until that much time has passed, so an
+ * origin restart shorter than the fail timeout costs latency, not the VM. Absence and lying bytes
+ * everywhere fail at once. A little after the patience runs out the caller is answered with a
+ * TimeoutError whatever the fetch is doing.
+ *
+ * One fetch per chunk however many faults or sessions want it (in-flight dedup by hash).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import PQueue from 'p-queue';
 
 import { FetchError, IntegrityError, NotFoundError, StoreError } from '../core/errors.js';
 import type { StoreBackend } from '../store/backend.js';
-import { decodeChunk, type Codec } from '../store/chunk.js';
+import { decodeChunk, maxStoredSize, type Codec } from '../store/chunk.js';
 import type { ChunkCrypto } from '../store/chunk-crypto.js';
 import { chunkKey } from '../store/keys.js';
 
@@ -68,91 +73,164 @@ export interface FetcherOptions {
   retries?: number;
   /** First backoff; doubles per retry, ± 50% jitter. @default 50 */
   backoffMs?: number;
-  /** Fetches in flight at once (origin requests and cache reads). @default 16 */
+  /** Demand fetches in flight at once (origin requests and cache reads). @default 16 */
   concurrency?: number;
+  /** Prefetch fetches in flight at once, in slots of their own. @default 16 */
+  prefetchConcurrency?: number;
   /** Called once per fetch that completes or fails (metrics, logs). */
   onFetch?: (e: FetchEvent) => void;
 }
 
-const PRIORITY: Record<Priority, number> = { demand: 10, prefetch: 0 };
 /** Between passes over the origins: the first wait, doubled per pass up to the cap. */
 const PASS_BACKOFF_MS = 100;
 const PASS_BACKOFF_CAP_MS = 1000;
+/** How long after its patience a caller is answered (TimeoutError) if the fetch has not settled. */
+export const FETCH_BACKSTOP_MS = 500;
 /** Attempt lines kept for a fetch (logs and errors): the first and the last ones, and a count between. */
 const MAX_ERROR_LINES = 12;
 
 export interface FetchOptions {
   /** Detaches this caller only; a fetch others wait for is never cancelled. */
   signal?: AbortSignal;
-  /** performance.now() until which transient failures are retried in further passes. @default one pass */
-  retryUntil?: number;
+  /**
+   * How long this caller can wait once the fetch has started: transient failures are retried in further
+   * passes until then, and the caller is answered (TimeoutError) shortly after. @default one pass
+   */
+  patienceMs?: number;
 }
 
-type InFlight = { promise: Promise<{ bytes: Buffer; tier: Tier }>; priority: Priority; retryUntil: number };
+type Result = { bytes: Buffer; tier: Tier };
+
+/** One fetch of one chunk, shared by every caller that wants it. */
+class InFlight {
+  readonly promise: Promise<Result>;
+  priority: Priority;
+  /** performance.now() when the fetch started, undefined while queued. */
+  startedAt: number | undefined;
+  /** Transient failures are retried until this performance.now() (0: one pass). */
+  retryUntil = 0;
+  /** Callers' patience, applied when the fetch starts. */
+  readonly #pending: { patienceMs: number; arm: () => void }[] = [];
+  #resolve!: (r: Result) => void;
+  #reject!: (e: unknown) => void;
+
+  constructor(priority: Priority) {
+    this.priority = priority;
+    this.promise = new Promise<Result>((res, rej) => ((this.#resolve = res), (this.#reject = rej)));
+    this.promise.catch(() => {}); // callers get their own view; an unobserved failure is not a crash
+  }
+
+  /** Marks the fetch started (once) and arms every caller's patience from now. */
+  start(): boolean {
+    if (this.startedAt !== undefined) return false;
+    this.startedAt = performance.now();
+    for (const p of this.#pending.splice(0)) this.#patience(p.patienceMs, p.arm);
+    return true;
+  }
+
+  /** Registers a caller's patience: armed now if the fetch runs, else when it starts. */
+  wait(patienceMs: number, arm: () => void): void {
+    if (this.startedAt === undefined) this.#pending.push({ patienceMs, arm });
+    else this.#patience(patienceMs, arm);
+  }
+
+  #patience(patienceMs: number, arm: () => void): void {
+    this.retryUntil = Math.max(this.retryUntil, performance.now() + patienceMs);
+    arm();
+  }
+
+  settle(r: Result | undefined, e?: unknown): void {
+    if (r) this.#resolve(r);
+    else this.#reject(e);
+  }
+}
 
 export class ChunkFetcher {
   readonly #o: Required<Omit<FetcherOptions, 'cache' | 'crypto' | 'onFetch'>> &
     Pick<FetcherOptions, 'cache' | 'crypto' | 'onFetch'>;
-  readonly #queue: PQueue;
+  readonly #demand: PQueue;
+  readonly #prefetch: PQueue;
   readonly #inflight = new Map<string, InFlight>();
 
   constructor(options: FetcherOptions) {
-    this.#o = { attemptTimeoutMs: 5000, retries: 2, backoffMs: 50, concurrency: 16, ...options };
-    this.#queue = new PQueue({ concurrency: this.#o.concurrency });
+    this.#o = {
+      attemptTimeoutMs: 5000,
+      retries: 2,
+      backoffMs: 50,
+      concurrency: 16,
+      prefetchConcurrency: 16,
+      ...options,
+    };
+    this.#demand = new PQueue({ concurrency: this.#o.concurrency });
+    this.#prefetch = new PQueue({ concurrency: this.#o.prefetchConcurrency });
   }
 
   /** Queued fetches not yet started, by priority (for tests and metrics). */
   pending(): { demand: number; prefetch: number } {
-    return {
-      demand: this.#queue.sizeBy({ priority: PRIORITY.demand }),
-      prefetch: this.#queue.sizeBy({ priority: PRIORITY.prefetch }),
-    };
+    return { demand: this.#demand.size, prefetch: this.#prefetch.size };
+  }
+
+  /** Fetches running now, by the slots they hold. */
+  running(): { demand: number; prefetch: number } {
+    return { demand: this.#demand.pending, prefetch: this.#prefetch.pending };
   }
 
   /**
    * The verified bytes of a chunk and the tier that served them. Concurrent calls for one hash share
    * one fetch; the signal only detaches this caller, it never cancels a fetch others may wait for.
    */
-  fetch(
-    ref: ChunkRef,
-    priority: Priority,
-    options: FetchOptions = {},
-  ): Promise<{ bytes: Buffer; tier: Tier }> {
-    const { signal, retryUntil = 0 } = options;
+  fetch(ref: ChunkRef, priority: Priority, options: FetchOptions = {}): Promise<Result> {
+    const { signal, patienceMs } = options;
     signal?.throwIfAborted();
     let entry = this.#inflight.get(ref.hash);
-    // The fetch keeps trying for as long as its most patient waiter can wait.
-    if (entry && retryUntil > entry.retryUntil) entry.retryUntil = retryUntil;
-    if (entry && priority === 'demand' && entry.priority === 'prefetch') {
-      entry.priority = 'demand';
-      try {
-        this.#queue.setPriority(ref.hash, PRIORITY.demand);
-      } catch {
-        // Already running: nothing to promote.
-      }
-    }
     if (!entry) {
-      const e: InFlight = { promise: undefined as never, priority, retryUntil };
-      e.promise = this.#queue
-        .add(() => this.#fetchOnce(ref, priority, e), { priority: PRIORITY[priority], id: ref.hash })
-        .finally(() => this.#inflight.delete(ref.hash)) as Promise<{ bytes: Buffer; tier: Tier }>;
+      const e = new InFlight(priority);
       entry = e;
-      this.#inflight.set(ref.hash, entry);
+      this.#inflight.set(ref.hash, e);
+      void e.promise.then(
+        () => this.#inflight.delete(ref.hash),
+        () => this.#inflight.delete(ref.hash),
+      );
+      this.#enqueue(e, ref, priority);
+    } else if (priority === 'demand' && entry.priority === 'prefetch') {
+      // Queued behind other prefetches: a demand task of its own; whichever starts first fetches.
+      entry.priority = 'demand';
+      if (entry.startedAt === undefined) this.#enqueue(entry, ref, 'demand');
     }
     const shared = entry;
-    if (!signal) return entry.promise;
-    return new Promise((resolve, reject) => {
-      const onAbort = () => reject(signal.reason);
-      signal.addEventListener('abort', onAbort, { once: true });
-      shared.promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    if (!signal && patienceMs === undefined) return shared.promise;
+    return new Promise<Result>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const onAbort = () => reject(signal!.reason);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (patienceMs !== undefined) {
+        shared.wait(patienceMs, () => {
+          timer = setTimeout(
+            () => reject(new DOMException(`no verified chunk within ${patienceMs} ms`, 'TimeoutError')),
+            patienceMs + FETCH_BACKSTOP_MS,
+          );
+        });
+      }
+      shared.promise.then(resolve, reject).finally(() => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+      });
     });
   }
 
-  async #fetchOnce(
-    ref: ChunkRef,
-    priority: Priority,
-    entry: InFlight,
-  ): Promise<{ bytes: Buffer; tier: Tier }> {
+  #enqueue(entry: InFlight, ref: ChunkRef, priority: Priority): void {
+    const queue = priority === 'demand' ? this.#demand : this.#prefetch;
+    void queue.add(async () => {
+      if (!entry.start()) return; // the other task got there first
+      try {
+        entry.settle(await this.#fetchOnce(ref, entry));
+      } catch (e) {
+        entry.settle(undefined, e);
+      }
+    });
+  }
+
+  async #fetchOnce(ref: ChunkRef, entry: InFlight): Promise<Result> {
     const t0 = performance.now();
     const errors: string[] = [];
     const counts = { misses: 0 };
@@ -162,7 +240,7 @@ export class ChunkFetcher {
         tier,
         bytes,
         ms: performance.now() - t0,
-        priority,
+        priority: entry.priority,
         errors: trimmed(errors),
         misses: counts.misses,
       });
@@ -198,6 +276,7 @@ export class ChunkFetcher {
     deadline: number,
   ): Promise<{ bytes: Buffer; tier: Tier; stored: number } | boolean> {
     let transient = false;
+    const maxBytes = maxStoredSize(ref.codec, ref.length, this.#o.crypto !== undefined);
     for (const [n, origin] of this.#o.origins.entries()) {
       for (let attempt = 0; ; attempt++) {
         // A waiter's deadline also bounds each attempt, so the fetch ends with its own account of
@@ -206,7 +285,7 @@ export class ChunkFetcher {
         if (left <= 0) return true;
         const timeoutMs = Math.max(1, Math.min(this.#o.attemptTimeoutMs, Math.floor(left)));
         try {
-          const stored = await origin.get(key, { signal: AbortSignal.timeout(timeoutMs) });
+          const stored = await origin.get(key, { signal: AbortSignal.timeout(timeoutMs), maxBytes });
           const bytes = decodeChunk(key, ref.codec, stored, ref.hash, ref.length, this.#o.crypto);
           void this.#o.cache?.put(ref.hash, bytes).catch(() => {});
           return { bytes, tier: `origin${n}`, stored: stored.length };

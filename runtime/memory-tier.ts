@@ -2,8 +2,12 @@
  * The in-memory tier: the native ChunkTable's resident chunks, kept under a byte budget by evicting
  * the least recently admitted or used chunk. Resident chunks are what the fault thread serves without
  * JS, so a chunk one session fetched is installed by every other session of the snapshot for free.
- * Eviction is safe while fault threads copy (the table defers the release); a chunk evicted between
- * put and install comes back as a `missing` event and is put again.
+ *
+ * A chunk with an install queued is pinned until the fault thread has copied it: evicting it first
+ * would make the install find nothing (a `missing` event), and with a budget smaller than the installs
+ * in flight, installs would evict each other for ever. Pinned chunks may take the tier over its budget,
+ * by at most the chunks being installed at once; it comes back under when they are unpinned. A budget
+ * of 0 keeps nothing that is not being installed.
  */
 import type { ChunkTable } from '../native/index.js';
 
@@ -12,6 +16,8 @@ export class MemoryTier {
   readonly #budget: number;
   /** Insertion order = recency: a Map re-inserted on use is an O(1) LRU. */
   readonly #lru = new Map<number, number>();
+  /** Chunk → installs in flight that will copy from it. */
+  readonly #pins = new Map<number, number>();
   #bytes = 0;
   evictions = 0;
 
@@ -24,18 +30,11 @@ export class MemoryTier {
     return this.#bytes;
   }
 
-  /** Puts verified bytes for chunk i, then evicts down to the budget (never i itself). */
+  /** Puts verified bytes for chunk i, then evicts down to the budget (never a pinned chunk, never i). */
   admit(i: number, bytes: Buffer): void {
     this.#table.put(i, bytes);
     this.touch(i, bytes.length);
-    for (const [old, len] of this.#lru) {
-      if (this.#bytes <= this.#budget) break;
-      if (old === i) continue;
-      this.#table.evict(old);
-      this.#lru.delete(old);
-      this.#bytes -= len;
-      this.evictions++;
-    }
+    this.#evict(i);
   }
 
   /** Marks chunk i as just used (it is resident). */
@@ -47,5 +46,33 @@ export class MemoryTier {
 
   has(i: number): boolean {
     return this.#lru.has(i) && this.#table.state(i) === 'resident';
+  }
+
+  /** Keeps chunk i resident until unpin(): an install will copy from it. */
+  pin(i: number): void {
+    this.#pins.set(i, (this.#pins.get(i) ?? 0) + 1);
+  }
+
+  /** One install of chunk i is done (installed, found missing, or its session ended). */
+  unpin(i: number): void {
+    const n = this.#pins.get(i);
+    if (n === undefined) return;
+    if (n > 1) this.#pins.set(i, n - 1);
+    else {
+      this.#pins.delete(i);
+      this.#evict();
+    }
+  }
+
+  #evict(keep?: number): void {
+    if (this.#bytes <= this.#budget) return;
+    for (const [old, len] of this.#lru) {
+      if (this.#bytes <= this.#budget) break;
+      if (old === keep || this.#pins.has(old)) continue;
+      this.#table.evict(old);
+      this.#lru.delete(old);
+      this.#bytes -= len;
+      this.evictions++;
+    }
   }
 }

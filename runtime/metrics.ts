@@ -66,6 +66,12 @@ export class RuntimeMetrics {
     labelNames: ['action'],
     registers: [this.registry],
   });
+  readonly nativeFailures = new Counter({
+    name: 'lazysnap_native_failures_total',
+    help: 'Failures the fault thread reported (runtime/native-failure.ts), by kind, errno name and the action taken',
+    labelNames: ['kind', 'code', 'action'],
+    registers: [this.registry],
+  });
   readonly handshakeErrors = new Counter({
     name: 'lazysnap_handshake_errors_total',
     help: 'Connections closed for a malformed handshake',

@@ -18,6 +18,8 @@ export interface ReadOptions {
   signal?: AbortSignal;
   /** Byte range [start, end) of the object. @default the whole object */
   range?: { start: number; end: number };
+  /** The longest object the caller can use; a longer one fails with IntegrityError. @default unbounded */
+  maxBytes?: number;
 }
 
 export interface WriteOptions {

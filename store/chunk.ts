@@ -86,7 +86,7 @@ export function decodeChunk(
   let bytes: Buffer;
   if (codec === 'none') {
     if (encoded.length !== length)
-      throw new IntegrityError(key, "stored object is not the chunk's length", {
+      throw new IntegrityError(key, 'stored object has the wrong length', {
         expected: length,
         actual: encoded.length,
       });

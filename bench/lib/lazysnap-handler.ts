@@ -16,6 +16,7 @@
  */
 import { fstatSync, openSync, readSync, unlinkSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { describeFailure } from '../../runtime/native-failure.js';
 
 import {
   ChunkTable,
@@ -102,8 +103,8 @@ function onEvent(e: SessionEvent): void {
   // before its chunk was put (it waits for `go`, so it should not). Counted, not served: the
   // in-order stream installs that chunk anyway.
   needEvents += e.need.length;
-  errors += e.errors.length;
-  for (const err of e.errors) console.error(`lazysnap-handler: session error: ${err.message}`);
+  errors += e.failures.length;
+  for (const f of e.failures) console.error(`lazysnap-handler: session failure: ${describeFailure(f)}`);
   if (mode === 'install' && e.installed.length) {
     installedCount += e.installed.length;
     if (installedCount >= table.chunks && installNs === null) {

@@ -81,8 +81,9 @@ bool arg_u64(napi_env env, napi_value v, const char *name, uint64_t *out) {
 
 bool arg_i32(napi_env env, napi_value v, const char *name, int32_t *out) {
   double d;
+  /* Range first: converting an out-of-range double to int32_t is undefined behaviour in C. */
   if (type_of(env, v) != napi_number || napi_get_value_double(env, v, &d) != napi_ok ||
-      d != (double)(int32_t)d) {
+      !(d >= -2147483648.0) || !(d <= 2147483647.0) || d != (double)(int32_t)d) {
     throw_arg(env, "%s must be a 32-bit integer", name);
     return false;
   }

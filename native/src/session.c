@@ -8,7 +8,12 @@
  * skipping present pages, waking every waiter). All uffd ioctls of a session happen on this one
  * thread, so event processing and installs are ordered: a REMOVE is always marked before the next
  * copy, and a removed page never receives snapshot bytes (PROTOCOL.md, "UFFD_EVENT_REMOVE").
- * No policy here: what to fetch, when to give up and how to fail closed are JS decisions. */
+ * No policy here: what to fetch, when to give up and how to fail closed are JS decisions; failures
+ * reach JS typed (session_events.c) and runtime/native-failure.ts decides what each one means.
+ *
+ * The removed-page bitmap lives in a state region that can be handed to a successor (session_state.h):
+ * created with `stateFd`, a session adopts its predecessor's state, re-applies the events it may have
+ * read last, drains what is pending and wakes every region (docs/RELIABILITY.md, "Crash and upgrade"). */
 #include "session.h"
 
 #include <errno.h>
@@ -30,16 +35,32 @@ static const napi_type_tag SESSION_TAG = {0x6c617a79736e6170ULL, 0x73657373696f6
 
 static void session_unref(session_t *s) {
   if (atomic_fetch_sub(&s->ref, 1) != 1) return;
-  free(s->need.v), free(s->installed.v), free(s->poisoned.v), free(s->missing.v), free(s->touched.v),
-      free(s->errs);
+  free(s->need.v), free(s->installed.v), free(s->poisoned.v), free(s->missing.v), free(s->touched.v);
   free(s->q), free(s->regions), free(s->zero_page);
   pthread_mutex_destroy(&s->qmu);
   pthread_mutex_destroy(&s->omu);
   free(s);
 }
 
+/* Stops and joins the fault thread once. Afterwards nothing calls into the thread-safe function. */
+static void stop_thread(session_t *s) {
+  if (!s->started || s->joined) return;
+  atomic_store(&s->stop, true);
+  uint64_t one = 1;
+  (void)!write(s->efd, &one, sizeof one);
+  pthread_join(s->thread, NULL);
+  s->joined = true;
+}
+
+/* Node finalizes the thread-safe function when we release it, and also on its own when the
+ * environment is torn down (a worker terminated with a live session), possibly before the session's
+ * own finalizer runs. After this returns Node frees the function: so the thread is joined first (it
+ * may be about to call it), and the handle is forgotten so that close() does not release it again. */
 static void tsfn_finalize(napi_env env, void *data, void *hint) {
-  session_unref(data);
+  session_t *s = data;
+  stop_thread(s);
+  s->tsfn = NULL;
+  session_unref(s);
 }
 
 /* ---- JS bindings ------------------------------------------------------------------------------ */
@@ -60,16 +81,12 @@ static session_t *session_from_js(napi_env env, napi_value v) {
 static void session_stop(session_t *s) {
   if (s->closed) return;
   s->closed = true;
-  if (s->started) {
-    atomic_store(&s->stop, true);
-    uint64_t one = 1;
-    (void)!write(s->efd, &one, sizeof one);
-    pthread_join(s->thread, NULL);
-  }
+  stop_thread(s);
   close(s->uffd);
   close(s->efd);
-  free(s->cstate), free(s->removed), free(s->faults), free(s->work);
-  s->cstate = NULL, s->removed = NULL, s->faults = NULL, s->work = NULL;
+  state_close(&s->state);
+  free(s->cstate), free(s->faults), free(s->work);
+  s->cstate = NULL, s->faults = NULL, s->work = NULL;
   table_unref(s->table);
   s->table = NULL;
   if (s->tsfn) napi_release_threadsafe_function(s->tsfn, napi_tsfn_release);
@@ -162,6 +179,7 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   pthread_mutex_init(&s->omu, NULL);
   s->uffd = -1;
   s->efd = -1;
+  s->state.fd = -1;
   s->page_size = ps;
   s->created_ns = monotonic_ns();
   s->chunk_size = table->chunk_size;
@@ -173,11 +191,40 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
     goto fail;
   }
   if (!parse_regions(env, v, s)) goto fail;
+  int state_fd = -1;
+  if (prop(env, argv[1], "stateFd", &v) && !arg_fd(env, v, "stateFd", &state_fd)) goto fail;
+  s->nchunks = table->nchunks;
   s->cstate = calloc(table->nchunks, 1);
+  s->faults = malloc(FAULTQ_CAP * sizeof *s->faults);
   if (ps != 4096) s->zero_page = aligned_alloc(4096, ps), s->zero_page && memset(s->zero_page, 0, ps);
-  if (!s->cstate || (ps != 4096 && !s->zero_page)) {
+  /* Outputs start with room for a burst, so growing them (on the thread, which can fail: then the
+   * session fails closed) is rare. */
+  size_t room = table->nchunks < 1024 ? table->nchunks : 1024;
+  bool outs = true;
+  u32vec *vecs[] = {&s->need, &s->installed, &s->poisoned, &s->missing, &s->touched};
+  for (size_t i = 0; i < sizeof vecs / sizeof *vecs; i++) {
+    vecs[i]->v = malloc(room * sizeof(uint32_t));
+    vecs[i]->cap = vecs[i]->v ? room : 0;
+    outs = outs && vecs[i]->v;
+  }
+  if (!s->cstate || !s->faults || !outs || (ps != 4096 && !s->zero_page)) {
     throw_errno(env, ENOMEM, "calloc");
     goto fail;
+  }
+  int sr = state_open(&s->state, state_fd, ps, table->chunk_size, table->total_size);
+  if (sr) {
+    throw_errno(env, -sr,
+                sr == -EPROTO                    ? "adopt session state (unknown layout or version)"
+                : sr == -EINVAL && state_fd >= 0 ? "adopt session state (another snapshot geometry)"
+                                                 : "create session state (memfd)");
+    goto fail;
+  }
+  if (state_fd >= 0) {
+    /* Chunks the predecessor installed whole are still there (a removed page among them reads zero
+     * through the removed bitmap): no fetch, no copy again. */
+    s->adopted = true;
+    for (uint32_t c = 0; c < table->nchunks; c++)
+      if (state_bit(s->state.installed, c)) s->cstate[c] = CS_INSTALLED;
   }
   /* Firecracker creates the uffd O_NONBLOCK; a client that did not would make read() block and the
    * thread deaf to close(). The flag lives on the shared open file description, which the client
@@ -219,7 +266,9 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   return ext;
 fail:
   if (s->efd >= 0) close(s->efd);
-  free(s->cstate), free(s->zero_page), free(s->regions);
+  state_close(&s->state);
+  free(s->cstate), free(s->faults), free(s->zero_page), free(s->regions);
+  free(s->need.v), free(s->installed.v), free(s->poisoned.v), free(s->missing.v), free(s->touched.v);
   pthread_mutex_destroy(&s->qmu), pthread_mutex_destroy(&s->omu);
   free(s);
   return NULL;
@@ -251,7 +300,7 @@ static napi_value push_commands(napi_env env, napi_callback_info info, uint32_t 
   } else if (!arg_u32(env, argv[1], "chunkIndex", &one)) {
     return NULL;
   }
-  uint32_t nchunks = (uint32_t)((s->total_size + s->chunk_size - 1) / s->chunk_size);
+  uint32_t nchunks = s->nchunks;
   for (size_t i = 0; i < n; i++) {
     if (list[i] >= nchunks) {
       throw_arg(env, "chunkIndex must be below %u, received %u", nchunks, list[i]);
@@ -259,8 +308,15 @@ static napi_value push_commands(napi_env env, napi_callback_info info, uint32_t 
     }
   }
   pthread_mutex_lock(&s->qmu);
-  for (size_t i = 0; i < n; i++)
-    if (grow((void **)&s->q, s->nq, &s->capq, sizeof *s->q)) s->q[s->nq++] = (cmd_t){op, list[i]};
+  for (size_t i = 0; i < n; i++) {
+    if (!grow((void **)&s->q, s->nq, &s->capq, sizeof *s->q)) {
+      /* Commands queued so far stay; the caller learns that the rest were not (and fails closed). */
+      pthread_mutex_unlock(&s->qmu);
+      throw_errno(env, ENOMEM, "queueing a session command");
+      return NULL;
+    }
+    s->q[s->nq++] = (cmd_t){op, list[i]};
+  }
   pthread_mutex_unlock(&s->qmu);
   uint64_t v = 1;
   if (write(s->efd, &v, sizeof v) < 0 && errno != EAGAIN) {
@@ -275,6 +331,51 @@ static napi_value js_install(napi_env env, napi_callback_info info) {
 static napi_value js_poison(napi_env env, napi_callback_info info) {
   return push_commands(env, info, CMD_POISON);
 }
+static napi_value js_wake(napi_env env, napi_callback_info info) {
+  return push_commands(env, info, CMD_WAKE);
+}
+
+/* sessionStateFd(session) → a new descriptor of the session's state memfd (session_state.h), for a
+ * supervisor to hold so that a successor can adopt the session. The caller owns and closes it. */
+static napi_value js_state_fd(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv, NULL)) return NULL;
+  session_t *s = session_from_js(env, argv[0]);
+  if (!s) return NULL;
+  if (s->closed) {
+    throw_errno(env, EBADF, "session closed");
+    return NULL;
+  }
+  int fd = fcntl(s->state.fd, F_DUPFD_CLOEXEC, 3);
+  if (fd < 0) {
+    throw_errno(env, errno, "fcntl(F_DUPFD_CLOEXEC)");
+    return NULL;
+  }
+  return make_i32(env, fd);
+}
+
+#ifdef LAZYSNAP_FAULT_INJECTION
+/* Test builds only (native/binding.gyp target lazysnap_test): sessionInject(session, kind, after) makes
+ * the fault thread fail as the kernel or the allocator cannot be made to on purpose: kind 5 (event
+ * read: read(uffd) returns EIO) or 7 (out of memory: an output cannot be recorded), after `after`
+ * more opportunities. */
+static napi_value js_inject(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int32_t kind, after;
+  if (!get_args(env, info, 3, argv, NULL)) return NULL;
+  session_t *s = session_from_js(env, argv[0]);
+  if (!s || !arg_i32(env, argv[1], "kind", &kind) || !arg_i32(env, argv[2], "after", &after)) return NULL;
+  if (kind != FAIL_EVENT_READ && kind != FAIL_OUT_OF_MEMORY) {
+    throw_arg(env, "kind must be %d (event read) or %d (out of memory)", FAIL_EVENT_READ, FAIL_OUT_OF_MEMORY);
+    return NULL;
+  }
+  atomic_store(&s->inject_after, after < 1 ? 1 : after);
+  atomic_store(&s->inject_kind, kind);
+  uint64_t one = 1;
+  (void)!write(s->efd, &one, sizeof one);
+  return make_undefined(env);
+}
+#endif
 
 static napi_value js_stats(napi_env env, napi_callback_info info) {
   napi_value argv[1], o;
@@ -300,6 +401,12 @@ napi_value session_init(napi_env env, napi_value exports) {
   if (!export_fn(env, exports, "sessionCreate", js_create) ||
       !export_fn(env, exports, "sessionInstall", js_install) ||
       !export_fn(env, exports, "sessionPoison", js_poison) ||
+      !export_fn(env, exports, "sessionWake", js_wake) ||
+      !export_fn(env, exports, "sessionStateFd", js_state_fd) ||
+#ifdef LAZYSNAP_FAULT_INJECTION
+      !export_fn(env, exports, "sessionInject", js_inject) ||
+      !export_int(env, exports, "FAULT_INJECTION", 1) ||
+#endif
       !export_fn(env, exports, "sessionStats", js_stats) ||
       !export_fn(env, exports, "sessionClose", js_close))
     return NULL;

@@ -1,10 +1,26 @@
-/* Delivering a session's output to JS: the fault thread fills the outbox (need, installed,
- * poisoned, missing, touched, errors, exited) and pokes the thread-safe function; this runs on the JS
- * thread, drains the outbox into one event object and calls the session's callback. */
+/* Delivering a session's output to JS: the fault thread fills the outbox (need, installed, poisoned,
+ * missing, touched, failures, exited, stopped) and pokes the thread-safe function; this runs on the JS
+ * thread, drains the outbox into one event object and calls the session's callback.
+ *
+ * Failures are typed (kind, errno name, chunk, address, length) and carry no advice: what each means is
+ * decided in one place, runtime/native-failure.ts. */
 #include <string.h>
+#include <uv.h>
 
 #include "napi_util.h"
 #include "session_internal.h"
+
+static const char *const KIND_NAMES[] = {
+    [FAIL_COPY] = "copy",
+    [FAIL_ZEROPAGE] = "zeropage",
+    [FAIL_WAKE] = "wake",
+    [FAIL_POISON] = "poison",
+    [FAIL_EVENT_READ] = "event-read",
+    [FAIL_THREAD_EXIT] = "thread-exit",
+    [FAIL_OUT_OF_MEMORY] = "out-of-memory",
+    [FAIL_OUTSIDE_REGIONS] = "outside-regions",
+    [FAIL_INJECTED] = "injected",
+};
 
 static napi_value u32_array(napi_env env, u32vec *a) {
   napi_value ab, arr;
@@ -16,31 +32,61 @@ static napi_value u32_array(napi_env env, u32vec *a) {
   return arr;
 }
 
+static napi_value failure_object(napi_env env, const failure_t *f) {
+  napi_value o, v;
+  napi_create_object(env, &o);
+  unsigned k = f->kind < sizeof KIND_NAMES / sizeof *KIND_NAMES && KIND_NAMES[f->kind] ? f->kind : 0;
+  napi_create_string_utf8(env, k ? KIND_NAMES[k] : "unknown", NAPI_AUTO_LENGTH, &v);
+  set_named(env, o, "kind", v);
+  napi_create_string_utf8(env, uv_err_name(-f->err), NAPI_AUTO_LENGTH, &v);
+  set_named(env, o, "code", v);
+  set_named(env, o, "errno", make_i32(env, -f->err));
+  napi_create_string_utf8(env, f->what ? f->what : "", NAPI_AUTO_LENGTH, &v);
+  set_named(env, o, "syscall", v);
+  if (f->chunk != UINT32_MAX) set_named(env, o, "chunk", make_u64(env, f->chunk));
+  if (f->addr) set_named(env, o, "address", make_bigint(env, f->addr));
+  set_named(env, o, "length", make_u64(env, f->len));
+  return o;
+}
+
 void session_call_js(napi_env env, napi_value cb, void *context, void *data) {
   session_t *s = context;
   if (env == NULL || s->closed) return;
   /* Clear first: anything the thread adds while we drain triggers a fresh call. */
   atomic_store(&s->notify_pending, false);
-  napi_value o, errs, undef;
+  napi_value o, fails, undef, flag;
   napi_create_object(env, &o);
+  napi_create_array(env, &fails);
+  uint32_t nf = 0;
   pthread_mutex_lock(&s->omu);
   set_named(env, o, "need", u32_array(env, &s->need));
   set_named(env, o, "installed", u32_array(env, &s->installed));
   set_named(env, o, "poisoned", u32_array(env, &s->poisoned));
   set_named(env, o, "missing", u32_array(env, &s->missing));
   set_named(env, o, "touched", u32_array(env, &s->touched));
-  napi_create_array_with_length(env, s->nerrs, &errs);
-  for (size_t i = 0; i < s->nerrs; i++) {
-    napi_value e = make_errno_error(env, s->errs[i].err, s->errs[i].syscall);
-    if (s->errs[i].chunk != UINT32_MAX) set_named(env, e, "chunk", make_u64(env, s->errs[i].chunk));
-    napi_set_element(env, errs, i, e);
+  for (size_t i = 0; i < s->nfails; i++)
+    napi_set_element(env, fails, nf++, failure_object(env, &s->fails[i]));
+  s->nfails = 0;
+  if (s->fails_lost) {
+    /* Some report (a need, an install, a failure) is gone: nobody can tell which peer thread waits for
+     * what any more. Reported as its own kind so that policy can only fail closed. */
+    failure_t lost = {.kind = FAIL_OUT_OF_MEMORY,
+                      .err = 12 /* ENOMEM */,
+                      .chunk = UINT32_MAX,
+                      .what = "recording an output"};
+    napi_set_element(env, fails, nf++, failure_object(env, &lost));
+    s->fails_lost = false;
   }
-  s->nerrs = 0;
-  napi_value ex;
-  napi_get_boolean(env, s->out_exited, &ex);
+  if (s->fatal.kind) {
+    napi_set_element(env, fails, nf++, failure_object(env, &s->fatal));
+    s->fatal.kind = 0;
+  }
+  napi_get_boolean(env, s->out_exited, &flag);
+  set_named(env, o, "exited", flag);
+  napi_get_boolean(env, s->out_stopped, &flag);
+  set_named(env, o, "stopped", flag);
   pthread_mutex_unlock(&s->omu);
-  set_named(env, o, "errors", errs);
-  set_named(env, o, "exited", ex);
+  set_named(env, o, "failures", fails);
   napi_get_undefined(env, &undef);
   if (napi_call_function(env, undef, cb, 1, &o, NULL) == napi_pending_exception) {
     napi_value e;

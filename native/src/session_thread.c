@@ -1,6 +1,11 @@
 /* The fault thread of a session: reads uffd events, applies REMOVEs first, runs queued installs and
  * poisons, resolves faults in C where it can and forwards the first fault on an absent chunk to JS.
- * All uffd ioctls of a session happen here, so events and installs are ordered (see session.c). */
+ * All uffd ioctls of a session happen here, so events and installs are ordered (see session.c).
+ *
+ * Nothing on this path allocates: the fault queue and the failure list have fixed sizes, commands
+ * arrive in a buffer swapped with JS's, events are read into the session's state region. When an
+ * output cannot be recorded the session says so (FAIL_OUT_OF_MEMORY), because a lost report would
+ * leave a thread of the peer asleep with nobody to decide about it. */
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -18,32 +23,60 @@ static void notify(session_t *s) {
   }
 }
 
-static void out_chunk(session_t *s, u32vec *v, uint32_t chunk) {
+#ifdef LAZYSNAP_FAULT_INJECTION
+/* Test builds only: true when the armed injection of this kind fires now. */
+static bool injected(session_t *s, int kind) {
+  if (atomic_load(&s->inject_kind) != kind) return false;
+  if (atomic_fetch_sub(&s->inject_after, 1) > 1) return false;
+  atomic_store(&s->inject_kind, 0);
+  return true;
+}
+#else
+#define injected(s, kind) false
+#endif
+
+void out_chunk(session_t *s, u32vec *v, uint32_t chunk) {
   pthread_mutex_lock(&s->omu);
-  u32_push(v, chunk);
+  if (!injected(s, FAIL_OUT_OF_MEMORY) && grow((void **)&v->v, v->n, &v->cap, sizeof *v->v))
+    v->v[v->n++] = chunk;
+  else
+    s->fails_lost = true;
   pthread_mutex_unlock(&s->omu);
 }
 
-static void out_error(session_t *s, uint32_t chunk, int err, const char *syscall) {
+void out_failure(session_t *s, fail_kind kind, int err, uint32_t chunk, uint64_t addr, uint64_t len,
+                 const char *what) {
   pthread_mutex_lock(&s->omu);
-  if (grow((void **)&s->errs, s->nerrs, &s->caperrs, sizeof *s->errs))
-    s->errs[s->nerrs++] = (report_t){.chunk = chunk, .err = err, .syscall = syscall};
+  failure_t *last = s->nfails ? &s->fails[s->nfails - 1] : NULL;
+  if (last && last->kind == kind && last->err == err && last->chunk == chunk && addr &&
+      last->addr + last->len == addr)
+    last->len += len; /* one report for a run of refused pages */
+  else if (s->nfails < FAILQ_CAP)
+    s->fails[s->nfails++] =
+        (failure_t){.kind = kind, .err = err, .chunk = chunk, .addr = addr, .len = len, .what = what};
+  else
+    s->fails_lost = true;
   pthread_mutex_unlock(&s->omu);
 }
 
-/* Errors other than "retry after draining events". ESRCH: the address space is gone (the peer
- * exited); ENOENT: the range is no longer registered (unmapped). Neither is worth retrying. */
-static void classify(session_t *s, int r, uint32_t chunk, const char *syscall) {
-  if (r == -ESRCH) {
-    if (!s->exited) {
-      s->exited = true;
-      pthread_mutex_lock(&s->omu);
-      s->out_exited = true;
-      pthread_mutex_unlock(&s->omu);
-    }
-    return;
+/* The thread is about to stop serving: reported once, with why. */
+static void stop_with(session_t *s, fail_kind kind, int err, const char *what) {
+  pthread_mutex_lock(&s->omu);
+  if (!s->fatal.kind) s->fatal = (failure_t){.kind = kind, .err = err, .chunk = UINT32_MAX, .what = what};
+  s->out_stopped = true;
+  pthread_mutex_unlock(&s->omu);
+  notify(s);
+}
+
+/* ESRCH from any ioctl: the address space is gone (the peer exited). Nothing more to serve. */
+static int settle(session_t *s, int rc) {
+  if (rc == -ESRCH && !s->exited) {
+    s->exited = true;
+    pthread_mutex_lock(&s->omu);
+    s->out_exited = true;
+    pthread_mutex_unlock(&s->omu);
   }
-  out_error(s, chunk, -r, syscall);
+  return rc == -EAGAIN ? rc : 0;
 }
 
 /* ---- the fault path --------------------------------------------------------------------------- */
@@ -54,18 +87,18 @@ static int resolve(session_t *s, uint64_t addr) {
   const region_t *r = region_of(s, page);
   if (!r) {
     /* The peer registered memory it did not declare in the handshake; JS decides (fail closed). */
-    out_error(s, UINT32_MAX, EFAULT, "fault outside the declared regions");
+    out_failure(s, FAIL_OUTSIDE_REGIONS, EFAULT, UINT32_MAX, page, s->page_size,
+                "fault outside the declared regions");
     return 0;
   }
   uint64_t off = r->offset + (page - r->base);
+  uint32_t c = (uint32_t)(off / s->chunk_size);
   if (is_removed(s, off)) {
-    int rc = zero_range(s, page, s->page_size);
+    int rc = zero_range(s, page, s->page_size, c);
     /* Counted once resolved: an EAGAIN (mmap changing) retries the same fault later. */
     if (rc == 0) STAT_ADD(s, removedFaults, 1);
-    if (rc && rc != -EAGAIN) classify(s, rc, (uint32_t)(off / s->chunk_size), "ioctl(UFFDIO_ZEROPAGE)");
-    return rc == -EAGAIN ? rc : 0;
+    return settle(s, rc);
   }
-  uint32_t c = (uint32_t)(off / s->chunk_size);
   const uint8_t *data = NULL;
   int st = table_acquire(s->table, c, &data);
   int rc = 0;
@@ -75,9 +108,9 @@ static int resolve(session_t *s, uint64_t addr) {
     STAT_ADD(s, staleFaults, 1);
     uint64_t plo = off, phi = off + s->page_size;
     if (st == CHUNK_RESIDENT)
-      rc = fill_span(s, plo, phi, (uint64_t)c * s->chunk_size, data, UFFD_FILL_COPY);
+      rc = fill_span(s, plo, phi, (uint64_t)c * s->chunk_size, data, UFFD_FILL_COPY, c);
     else if (st == CHUNK_ZERO)
-      rc = fill_span(s, plo, phi, plo, NULL, UFFD_FILL_ZERO);
+      rc = fill_span(s, plo, phi, plo, NULL, UFFD_FILL_ZERO, c);
     else {
       s->cstate[c] = CS_REQUESTED;
       out_chunk(s, &s->need, c);
@@ -88,12 +121,14 @@ static int resolve(session_t *s, uint64_t addr) {
     if (rc == 0) {
       STAT_ADD(s, zeroFaults, 1);
       s->cstate[c] = CS_INSTALLED;
+      state_set(s->state.installed, c);
     }
   } else if (st == CHUNK_RESIDENT) {
     rc = fill_chunk(s, c, data, UFFD_FILL_COPY);
     if (rc == 0) {
       STAT_ADD(s, residentFaults, 1);
       s->cstate[c] = CS_INSTALLED;
+      state_set(s->state.installed, c);
       /* A first touch JS would not otherwise see (absent chunks arrive as `need`). */
       if (s->report_touches) out_chunk(s, &s->touched, c);
     }
@@ -105,23 +140,21 @@ static int resolve(session_t *s, uint64_t addr) {
     STAT_ADD(s, forwardedFaults, 1);
   }
   if (data) table_release(s->table, c);
-  if (rc && rc != -EAGAIN) classify(s, rc, c, "ioctl(UFFDIO_COPY)");
-  return rc == -EAGAIN ? rc : 0;
+  return settle(s, rc);
 }
 
 static int run_command(session_t *s, cmd_t cmd) {
   uint32_t c = cmd.chunk;
+  if (cmd.op == CMD_WAKE) return settle(s, wake_chunk(s, c));
   if (cmd.op == CMD_POISON) {
+    /* Pages already present stay as they are; removed pages get zeros (session_fill.c). */
     int rc = fill_chunk(s, c, NULL, UFFD_FILL_POISON);
-    if (rc == -EAGAIN) return rc;
-    if (rc)
-      classify(s, rc, c, "ioctl(UFFDIO_POISON)");
-    else {
+    if (rc == 0) {
       STAT_ADD(s, poisons, 1);
       s->cstate[c] = CS_INSTALLED;
       out_chunk(s, &s->poisoned, c);
     }
-    return 0;
+    return settle(s, rc);
   }
   if (s->cstate[c] == CS_INSTALLED) {
     out_chunk(s, &s->installed, c);
@@ -129,94 +162,114 @@ static int run_command(session_t *s, cmd_t cmd) {
   }
   const uint8_t *data = NULL;
   int st = table_acquire(s->table, c, &data);
-  int rc = 0;
   if (st == CHUNK_ABSENT) {
-    /* Evicted between put and install (JS's budget policy raced its own install). JS re-puts. */
-    s->cstate[c] = CS_NONE;
+    /* Evicted between put and install: JS decides whether anyone still needs it. */
+    if (s->cstate[c] != CS_REQUESTED) s->cstate[c] = CS_NONE;
     STAT_ADD(s, missing, 1);
     out_chunk(s, &s->missing, c);
     return 0;
   }
-  rc = fill_chunk(s, c, data, st == CHUNK_RESIDENT ? UFFD_FILL_COPY : UFFD_FILL_ZERO);
+  int rc = fill_chunk(s, c, data, st == CHUNK_RESIDENT ? UFFD_FILL_COPY : UFFD_FILL_ZERO);
   if (data) table_release(s->table, c);
-  if (rc == -EAGAIN) return rc;
-  if (rc) {
-    classify(s, rc, c, "ioctl(UFFDIO_COPY)");
-    return 0;
+  if (rc == 0) {
+    s->cstate[c] = CS_INSTALLED;
+    state_set(s->state.installed, c);
+    STAT_ADD(s, installs, 1);
+    out_chunk(s, &s->installed, c);
   }
-  s->cstate[c] = CS_INSTALLED;
-  STAT_ADD(s, installs, 1);
-  out_chunk(s, &s->installed, c);
-  return 0;
+  return settle(s, rc);
 }
 
-/* Reads every pending event. REMOVEs are applied at once, before any ioctl, as the protocol
- * requires; page faults are queued for resolve(). Returns 0 or -errno from read(). */
+static void apply_event(session_t *s, const struct uffd_msg *m) {
+  switch (m->event) {
+    case UFFD_EVENT_PAGEFAULT:
+      STAT_ADD(s, faults, 1);
+      if (s->nfaults < FAULTQ_CAP)
+        s->faults[s->nfaults++] = m->arg.pagefault.address;
+      else
+        s->wake_all = true; /* its thread faults again once woken */
+      break;
+    case UFFD_EVENT_REMOVE:
+      STAT_ADD(s, removes, 1);
+      mark_removed(s, m->arg.remove.start, m->arg.remove.end);
+      break;
+    case UFFD_EVENT_FORK:
+      /* Not requested by Firecracker; a client that asked for it hands us a new uffd: close it
+       * rather than leak it. */
+      close((int)m->arg.fork.ufd);
+      STAT_ADD(s, unknownEvents, 1);
+      break;
+    default: STAT_ADD(s, unknownEvents, 1); break;
+  }
+}
+
+/* Reads every pending event straight into the state region (so a REMOVE the kernel handed over survives
+ * this process), applies REMOVEs at once, before any ioctl, as the protocol requires, and queues page
+ * faults for resolve(); then clears the slots. Returns 0 or -errno from read(). */
 static int drain_events(session_t *s) {
-  struct uffd_msg msgs[64];
+  struct uffd_msg *msgs = s->state.hdr->evbuf;
   for (;;) {
-    ssize_t n = read(s->uffd, msgs, sizeof msgs);
+    if (injected(s, FAIL_EVENT_READ)) return -EIO;
+    ssize_t n = read(s->uffd, msgs, sizeof(struct uffd_msg) * STATE_EVBUF);
     if (n < 0) {
       if (errno == EINTR) continue;
       return errno == EAGAIN ? 0 : -errno;
     }
     size_t cnt = (size_t)n / sizeof msgs[0];
-    for (size_t i = 0; i < cnt; i++) {
-      const struct uffd_msg *m = &msgs[i];
-      switch (m->event) {
-        case UFFD_EVENT_PAGEFAULT:
-          STAT_ADD(s, faults, 1);
-          if (grow((void **)&s->faults, s->nfaults, &s->capfaults, sizeof *s->faults))
-            s->faults[s->nfaults++] = m->arg.pagefault.address;
-          else
-            out_error(s, UINT32_MAX, ENOMEM, "realloc(fault queue)");
-          break;
-        case UFFD_EVENT_REMOVE:
-          STAT_ADD(s, removes, 1);
-          if (!mark_removed(s, m->arg.remove.start, m->arg.remove.end))
-            out_error(s, UINT32_MAX, ENOMEM, "calloc(removed bitmap)");
-          break;
-        case UFFD_EVENT_FORK:
-          /* Not requested by Firecracker; a client that asked for it hands us a new uffd: close it
-           * rather than leak it. */
-          close((int)m->arg.fork.ufd);
-          STAT_ADD(s, unknownEvents, 1);
-          break;
-        default: STAT_ADD(s, unknownEvents, 1); break;
-      }
-    }
-    if (cnt < sizeof msgs / sizeof msgs[0]) return 0;
+    for (size_t i = 0; i < cnt; i++) apply_event(s, &msgs[i]);
+    memset(msgs, 0, cnt * sizeof msgs[0]);
+    if (cnt < STATE_EVBUF) return 0;
   }
 }
 
+/* Messages a predecessor read but may not have applied (it died in between). Only REMOVEs matter:
+ * re-marking a page removed is idempotent, and every faulting thread is woken after adoption. */
+static void apply_adopted_events(session_t *s) {
+  struct uffd_msg *msgs = s->state.hdr->evbuf;
+  for (size_t i = 0; i < STATE_EVBUF; i++) {
+    if (msgs[i].event == UFFD_EVENT_REMOVE) {
+      STAT_ADD(s, adoptedRemoves, 1);
+      mark_removed(s, msgs[i].arg.remove.start, msgs[i].arg.remove.end);
+    }
+  }
+  memset(msgs, 0, sizeof(struct uffd_msg) * STATE_EVBUF);
+}
+
+/* Takes JS's queued commands by swapping buffers; keeps an unfinished batch (EAGAIN) first. */
 static void take_commands(session_t *s) {
+  if (s->iwork < s->nwork) return;
   pthread_mutex_lock(&s->qmu);
-  for (size_t i = 0; i < s->nq; i++)
-    if (grow((void **)&s->work, s->nwork, &s->capwork, sizeof *s->work)) s->work[s->nwork++] = s->q[i];
-  s->nq = 0;
+  cmd_t *w = s->work;
+  size_t wc = s->capwork;
+  s->work = s->q, s->nwork = s->nq, s->capwork = s->capq;
+  s->q = w, s->capq = wc, s->nq = 0;
+  s->iwork = 0;
   pthread_mutex_unlock(&s->qmu);
 }
 
 /* Runs queued commands then queued faults; stops at the first -EAGAIN and keeps what is left. */
 static int process(session_t *s) {
-  size_t i = 0;
   int rc = 0;
-  for (; i < s->nwork && !s->exited; i++)
-    if ((rc = run_command(s, s->work[i])) == -EAGAIN) break;
-  memmove(s->work, s->work + i, (s->nwork - i) * sizeof *s->work);
-  s->nwork = s->exited ? 0 : s->nwork - i;
+  for (; s->iwork < s->nwork && !s->exited; s->iwork++)
+    if ((rc = run_command(s, s->work[s->iwork])) == -EAGAIN) break;
+  if (s->exited) s->iwork = s->nwork;
   if (rc) return rc;
-  for (i = 0; i < s->nfaults && !s->exited; i++)
+  size_t i = 0;
+  for (; i < s->nfaults && !s->exited; i++)
     if ((rc = resolve(s, s->faults[i])) == -EAGAIN) break;
   memmove(s->faults, s->faults + i, (s->nfaults - i) * sizeof *s->faults);
   s->nfaults = s->exited ? 0 : s->nfaults - i;
+  if (rc == 0 && s->nfaults == 0 && s->wake_all && !s->exited) {
+    s->wake_all = false;
+    settle(s, wake_regions(s));
+  }
   return rc;
 }
 
 static bool has_output(session_t *s) {
   pthread_mutex_lock(&s->omu);
-  bool any = s->need.n || s->installed.n || s->poisoned.n || s->missing.n || s->touched.n || s->nerrs ||
-             s->out_exited;
+  bool any = s->need.n || s->installed.n || s->poisoned.n || s->missing.n || s->touched.n || s->nfails ||
+             s->fails_lost || s->out_exited;
   pthread_mutex_unlock(&s->omu);
   return any;
 }
@@ -227,31 +280,35 @@ void *session_thread_main(void *arg) {
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are Node's business, not this thread's */
   struct pollfd p[2] = {{.fd = s->uffd, .events = POLLIN}, {.fd = s->efd, .events = POLLIN}};
+  /* Taking over from a server that stopped: its last events first, then everything pending, then a
+   * wake of every region, since faults it read and never served are asleep in the kernel. */
   bool again = false;
+  if (s->adopted) {
+    apply_adopted_events(s);
+    s->wake_all = true;
+    again = true; /* the first poll must not block: the wake is due whether or not events are pending */
+  }
   while (!atomic_load(&s->stop)) {
     /* After an EAGAIN the REMOVE that caused it is about to be queued: wake up as soon as it is,
      * or after 1 ms at most. */
     int n = poll(p, 2, again ? 1 : -1);
     if (n < 0) {
       if (errno == EINTR) continue;
-      out_error(s, UINT32_MAX, errno, "poll");
-      notify(s);
+      stop_with(s, FAIL_THREAD_EXIT, errno, "poll");
       break;
     }
     if (p[1].revents & POLLIN) {
       uint64_t v;
-      if (read(s->efd, &v, sizeof v) < 0 && errno != EAGAIN) out_error(s, UINT32_MAX, errno, "read(eventfd)");
+      (void)!read(s->efd, &v, sizeof v); /* EAGAIN: another wakeup already consumed it */
     }
     if (p[0].revents & (POLLERR | POLLNVAL)) {
       /* POLLERR: UFFDIO_API was never done on this uffd; nothing can be served. */
-      out_error(s, UINT32_MAX, p[0].revents & POLLNVAL ? EBADF : EINVAL, "poll(uffd)");
-      notify(s);
+      stop_with(s, FAIL_THREAD_EXIT, p[0].revents & POLLNVAL ? EBADF : EINVAL, "poll(uffd)");
       break;
     }
     int rc = drain_events(s);
     if (rc < 0) {
-      out_error(s, UINT32_MAX, -rc, "read(uffd)");
-      notify(s);
+      stop_with(s, FAIL_EVENT_READ, -rc, "read(uffd)");
       break;
     }
     take_commands(s);

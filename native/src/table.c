@@ -101,7 +101,8 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
     throw_arg(env, "chunkSize must be a power of two >= 4096, received %llu", (unsigned long long)cs);
     return NULL;
   }
-  uint64_t n = (total + cs - 1) / cs;
+  /* Not (total + cs - 1) / cs: that wraps for totals near 2^64. */
+  uint64_t n = total / cs + (total % cs != 0);
   if (total == 0 || n > UINT32_MAX) {
     throw_arg(env, "totalSize must be > 0 and at most 2^32 chunks, received %llu", (unsigned long long)total);
     return NULL;
@@ -128,8 +129,11 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   uint8_t *arena = (uint8_t *)(((uintptr_t)raw + HUGE_2M - 1) & ~(uintptr_t)(HUGE_2M - 1));
   if (arena > raw) munmap(raw, (uint64_t)(arena - raw));
   if (raw + len + HUGE_2M > arena + len) munmap(arena + len, (uint64_t)(raw + len + HUGE_2M - (arena + len)));
-  /* EINVAL: THP compiled out or disabled; the arena still works on 4 KiB pages. */
-  madvise(arena, len, MADV_HUGEPAGE);
+  /* Huge pages only where a chunk is whole huge pages. With smaller chunks one resident chunk would make
+   * the kernel (or khugepaged, which collapses a 2 MiB range around even one present page) back a whole
+   * 2 MiB: real memory up to 2 MiB / chunk size times the memory budget. Explicitly off then, because
+   * THP "always" would do the same without being asked. EINVAL: THP compiled out; 4 KiB pages work. */
+  madvise(arena, len, cs >= HUGE_2M ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
   t->arena = arena;
   t->arena_len = len;
   atomic_init(&t->ref, 1);

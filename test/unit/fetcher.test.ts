@@ -54,7 +54,7 @@ describe('chunk fetcher', () => {
     expect(events[0]!.errors[0]!.split(o.url)).toHaveLength(2); // the origin named once, not twice
   });
 
-  it('with retryUntil, goes over the origins again while they fail transiently, and stops at once when they only lack the chunk', async () => {
+  it('with patience, goes over the origins again while they fail transiently, and stops at once when they only lack the chunk', async () => {
     // Eight 503s: a single pass (3 attempts) cannot get past them; passes until the deadline do.
     const { o, store } = await http((n) => (n <= 8 ? '503' : 'ok'));
     const events: FetchEvent[] = [];
@@ -66,7 +66,7 @@ describe('chunk fetcher', () => {
     });
     await expect(f.fetch(ref, 'demand')).rejects.toThrow(FetchError); // one pass: 3 attempts, gives up
     expect(o.requests).toHaveLength(3);
-    const got = await f.fetch(ref, 'demand', { retryUntil: performance.now() + 5000 });
+    const got = await f.fetch(ref, 'demand', { patienceMs: 5000 });
     expect(got.bytes.equals(bytes)).toBe(true);
     expect(o.requests).toHaveLength(9);
     // One event for the recovered fetch, naming every failed attempt of every pass.
@@ -83,7 +83,7 @@ describe('chunk fetcher', () => {
     });
     await expect(
       new ChunkFetcher({ origins: [empty] }).fetch({ ...ref, hash: 'f'.repeat(64) }, 'demand', {
-        retryUntil: performance.now() + 10_000,
+        patienceMs: 10_000,
       }),
     ).rejects.toThrow(/not found/);
     expect(gets).toBe(1);
@@ -145,16 +145,67 @@ describe('chunk fetcher', () => {
     const o = await fakeOrigin(root2, (_n, url) => (order.push(url), 'ok'));
     const store = new HttpStore(o.url);
     closers.push(async () => (await store.close(), await o.close()));
-    const f = new ChunkFetcher({ origins: [store], concurrency: 1 });
+    const f = new ChunkFetcher({ origins: [store], concurrency: 1, prefetchConcurrency: 1 });
     const jobs = refs.slice(0, 30).map((r) => f.fetch(r, 'prefetch'));
     expect(f.pending().prefetch).toBe(29);
     const demand = f.fetch(refs[35]!, 'demand');
     const promoted = f.fetch(refs[20]!, 'demand'); // queued as prefetch, now wanted by a fault
     await Promise.all([...jobs, demand, promoted]);
     const pos = (r: { hash: string }) => order.findIndex((u) => u.includes(r.hash));
-    // At most the prefetch already running precedes the demands.
+    // The demands take the demand slot one after the other while the prefetch slot keeps going: at
+    // most a few prefetches precede them, never the 29 queued.
     expect(pos(refs[35]!)).toBeLessThanOrEqual(2);
-    expect(pos(refs[20]!)).toBeLessThanOrEqual(2);
+    expect(pos(refs[20]!)).toBeLessThanOrEqual(3);
     expect(order).toHaveLength(31);
+  });
+
+  it('keeps slots for demand: prefetches holding every prefetch slot on a stalled origin do not delay a demand', async () => {
+    const root2 = path.join(tmp.dir, 'slots');
+    const refs = await Promise.all(
+      Array.from({ length: 9 }, async (_, i) => {
+        const b = Buffer.alloc(4096, i + 1);
+        const r = { hash: hashChunk(b), codec: 'none' as const, length: 4096 };
+        await new FileStore(root2).put(chunkKey(r.hash, 'none'), b);
+        return r;
+      }),
+    );
+    const wanted = refs[8]!;
+    // The origin holds every prefetched chunk for 1.5 s, and answers the demanded one at once.
+    const o = await fakeOrigin(root2, (_n, url) => (url.includes(wanted.hash) ? 'ok' : { delayMs: 1500 }));
+    const store = new HttpStore(o.url, { connections: 16 });
+    closers.push(async () => (await store.close(), await o.close()));
+    const f = new ChunkFetcher({
+      origins: [store],
+      concurrency: 4,
+      prefetchConcurrency: 4,
+      attemptTimeoutMs: 60_000,
+    });
+    const slow = refs.slice(0, 8).map((r) => f.fetch(r, 'prefetch'));
+    await expect.poll(() => f.running().prefetch).toBe(4);
+    expect(f.pending().prefetch).toBe(4);
+    const got = await f.fetch(wanted, 'demand');
+    expect(got.bytes.readUInt8(0)).toBe(9);
+    expect(f.running().prefetch).toBe(4); // still held: the demand did not wait for any of them
+    await Promise.all(slow);
+  });
+
+  it("counts a demand's patience from when its fetch starts, not while it is queued", async () => {
+    // One demand slot, held by a fetch that takes 600 ms; the next demand (patience 400 ms) waits in
+    // the queue longer than its patience but is served, because its clock starts when its fetch does.
+    const root2 = path.join(tmp.dir, 'patience');
+    const a = Buffer.alloc(4096, 1);
+    const b = Buffer.alloc(4096, 2);
+    const ra = { hash: hashChunk(a), codec: 'none' as const, length: 4096 };
+    const rb = { hash: hashChunk(b), codec: 'none' as const, length: 4096 };
+    await new FileStore(root2).put(chunkKey(ra.hash, 'none'), a);
+    await new FileStore(root2).put(chunkKey(rb.hash, 'none'), b);
+    const o = await fakeOrigin(root2, (_n, url) => (url.includes(ra.hash) ? { delayMs: 600 } : 'ok'));
+    const store = new HttpStore(o.url);
+    closers.push(async () => (await store.close(), await o.close()));
+    const f = new ChunkFetcher({ origins: [store], concurrency: 1 });
+    const first = f.fetch(ra, 'demand', { patienceMs: 5000 });
+    const second = f.fetch(rb, 'demand', { patienceMs: 400 });
+    expect((await second).bytes.equals(b)).toBe(true);
+    expect((await first).bytes.equals(a)).toBe(true);
   });
 });

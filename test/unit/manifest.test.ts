@@ -1,4 +1,5 @@
 import { describe, expect, expectTypeOf, it } from 'vitest';
+import { Compressor } from 'zstd-napi';
 
 import { ManifestError, UnsupportedFormatError } from '../../core/errors.js';
 import { decodeChunk, encodeChunk, hashChunk, isZero } from '../../store/chunk.js';
@@ -148,13 +149,36 @@ describe('chunks and keys', () => {
         h.replace(/^./, (c) => (c === '0' ? '1' : '0')),
         65536,
       ),
-    ).toThrow(/content hash .* does not match/);
+    ).toThrow(/content hash mismatch \(expected [0-9a-f]{64}, got [0-9a-f]{64}\)/);
     expect(() => decodeChunk('k', 'zstd', Buffer.from('garbage'), h, 65536)).toThrow(
       expect.objectContaining({ code: 'LAZYSNAP_INTEGRITY' }),
     );
     expect(() => decodeChunk('k', 'none', bytes.subarray(1), h, 65536)).toThrow(
-      /65535 bytes instead of 65536/,
+      /stored object has the wrong length \(expected 65536, got 65535\)/,
     );
+  });
+
+  it('decodes a zstd bomb to at most one chunk: refused by its declared size, or when the output would pass the length', () => {
+    // 48 KB that decode to 1.5 GiB of zeros: the object. With the size in the frame header it
+    // is refused before decoding; without it the decoder stops at the chunk's length.
+    const c = new Compressor();
+    const huge = Buffer.alloc(1536 * 1024 * 1024);
+    const declared = encodeChunk('zstd', huge);
+    c.setParameters({ contentSizeFlag: false });
+    const undeclared = c.compress(huge);
+    expect(undeclared.length).toBeLessThan(64 * 1024);
+    const h = hashChunk(Buffer.alloc(65536));
+    const before = process.memoryUsage().rss;
+    const t0 = performance.now();
+    expect(() => decodeChunk('k', 'zstd', declared, h, 65536)).toThrow(
+      /zstd frame declares another length \(expected 65536, got 1610612736\)/,
+    );
+    expect(() => decodeChunk('k', 'zstd', undeclared, h, 65536)).toThrow(
+      expect.objectContaining({ code: 'LAZYSNAP_INTEGRITY', message: expect.stringMatching(/undecodable/) }),
+    );
+    // One chunk's work, not 1.5 GiB of it: well under what decoding the whole frame takes (~1 s here).
+    expect(performance.now() - t0).toBeLessThan(1000);
+    expect(process.memoryUsage().rss - before).toBeLessThan(64 * 1024 * 1024);
   });
 
   it('lays chunks out as chunks/<2 hex>/<hash>[.codec] and parses them back', () => {

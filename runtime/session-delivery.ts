@@ -1,0 +1,193 @@
+/**
+ * Getting one session's chunks into its peer: fetch through the tiers, admit to the shared memory tier,
+ * install. A demand (a fault waits) has the session's fail timeout as patience, counted from when its
+ * fetch starts, and fails closed when it runs out; a prefetch (replay, fill) that fails is dropped, as a
+ * fault would fetch it again; a prefetch that must arrive (populate) waits like a demand.
+ *
+ * Installs are tracked one by one: each install() pins its chunk in the memory tier until the fault
+ * thread answers it (installed, or missing when the bytes were gone), and a missing chunk is fetched
+ * again only if a fault still waits for it: a chunk that was only prefetched never fails a VM closed.
+ */
+import type { FaultSession } from '../native/index.js';
+import type { Logger } from '../core/logger.js';
+import { chunkCodec, chunkHash } from '../store/manifest.js';
+import { chunkLength } from '../store/reader.js';
+import type { Tier } from './fetcher.js';
+import type { FailClosed } from './session-fail-closed.js';
+import type { SessionContext } from './session-types.js';
+
+export class ChunkDelivery {
+  readonly #ctx: SessionContext;
+  readonly #fault: FaultSession;
+  readonly #fail: FailClosed;
+  readonly #log: Logger;
+  /** Chunks a fault waits for, since when (performance.now()): until installed. */
+  readonly #needAt = new Map<number, number>();
+  /** Demanded chunks whose fetch has not settled: a peer can only exit with some if it died midway. */
+  readonly #waiting = new Set<number>();
+  readonly #installed = new Set<number>();
+  /** Chunks a prefetch was started for (never prefetched twice). */
+  readonly #tried = new Set<number>();
+  /** Chunks whose fetch was counted for this session (a re-install after `missing` is not a fetch). */
+  readonly #counted = new Set<number>();
+  /** Install commands in flight per chunk, each holding a pin in the memory tier. */
+  readonly #installs = new Map<number, number>();
+  /** Chunks installed through a prefetch before any fault asked for them. */
+  readonly #ahead = new Set<number>();
+  readonly hits: Record<string, number> = {};
+  bytesFetched = 0;
+  fetched = 0;
+  #ended = false;
+
+  constructor(ctx: SessionContext, fault: FaultSession, fail: FailClosed, log: Logger) {
+    this.#ctx = ctx;
+    this.#fault = fault;
+    this.#fail = fail;
+    this.#log = log;
+  }
+
+  /** Chunks installed ahead of any fault (replay, fill, populate). */
+  get prefetched(): number {
+    return this.#ahead.size;
+  }
+
+  /** Demanded chunks still being fetched. */
+  get waiting(): number[] {
+    return [...this.#waiting];
+  }
+
+  isInstalled(c: number): boolean {
+    return this.#installed.has(c);
+  }
+
+  /** Whether a prefetch of c would be useless: zero, installed, or already tried. */
+  skipPrefetch(c: number): boolean {
+    return this.#installed.has(c) || this.#tried.has(c) || chunkHash(this.#ctx.index, c) === null;
+  }
+
+  /** A fault waits for chunk c (it crossed into JS as `need`). */
+  demand(c: number): void {
+    if (this.#ended) return;
+    if (!this.#needAt.has(c)) this.#needAt.set(c, performance.now());
+    const { index, memory, fetcher } = this.#ctx;
+    if (memory.has(c)) {
+      memory.touch(c);
+      this.#install(c);
+      return;
+    }
+    const hash = chunkHash(index, c);
+    if (hash === null) {
+      // The table marks every zero chunk; a need for one means the table was reset. Install zeros.
+      this.#ctx.table.setZero(c);
+      this.#install(c);
+      return;
+    }
+    this.#waiting.add(c);
+    fetcher
+      .fetch({ hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'demand', {
+        patienceMs: this.#ctx.failTimeoutMs,
+      })
+      .then(
+        ({ bytes, tier }) => {
+          this.#waiting.delete(c);
+          this.#admit(c, bytes, tier);
+        },
+        (err: unknown) => {
+          this.#waiting.delete(c);
+          if (!this.#ended) this.#fail.chunk(c, err);
+        },
+      );
+  }
+
+  /**
+   * Fetches a chunk ahead of any fault. One that fails is dropped (a fault retries it); one that must
+   * arrive (populate) waits like a fault and fails closed.
+   */
+  prefetch(c: number, mustArrive = false): Promise<void> {
+    this.#tried.add(c);
+    const { index, memory, fetcher } = this.#ctx;
+    if (memory.has(c)) {
+      memory.touch(c);
+      this.#install(c);
+      return Promise.resolve();
+    }
+    const ref = { hash: chunkHash(index, c)!, codec: chunkCodec(index, c)!, length: chunkLength(index, c) };
+    return fetcher.fetch(ref, 'prefetch', mustArrive ? { patienceMs: this.#ctx.failTimeoutMs } : {}).then(
+      ({ bytes, tier }) => {
+        // A demand fault joined this fetch (or got the chunk first): its own callback installs it.
+        if (this.#installed.has(c) || this.#needAt.has(c)) return;
+        this.#admit(c, bytes, tier);
+      },
+      (err: unknown) => {
+        if (mustArrive && !this.#ended) this.#fail.chunk(c, err);
+        else if (this.#log.isLevelEnabled('debug'))
+          this.#log.debug(
+            { chunk: c, err: (err as Error).message },
+            'prefetch failed; the demand path will retry if needed',
+          );
+      },
+    );
+  }
+
+  /** The fault thread copied chunk c (or found it present). Returns how long a fault waited, if one did. */
+  installed(c: number): number | undefined {
+    this.#unpin(c);
+    const t = this.#needAt.get(c);
+    this.#needAt.delete(c);
+    if (t === undefined && !this.#installed.has(c)) this.#ahead.add(c);
+    this.#installed.add(c);
+    return t === undefined ? undefined : performance.now() - t;
+  }
+
+  /** An install found no bytes (evicted before the copy): fetched again only if a fault waits. */
+  missing(c: number): void {
+    this.#unpin(c);
+    if (this.#needAt.has(c)) this.demand(c);
+  }
+
+  /** Chunk c was poisoned (failed closed): no fault waits for it any more. */
+  poisoned(c: number): void {
+    this.#needAt.delete(c);
+  }
+
+  /** The session ended: nothing more is installed, pins are released. */
+  end(): void {
+    this.#ended = true;
+    for (const [c, n] of this.#installs) for (let i = 0; i < n; i++) this.#ctx.memory.unpin(c);
+    this.#installs.clear();
+  }
+
+  #admit(c: number, bytes: Buffer, tier: Tier): void {
+    // Counted once per chunk: a chunk fetched again after `missing` is not another fetch for this session.
+    if (!this.#counted.has(c)) {
+      this.#counted.add(c);
+      this.hits[tier] = (this.hits[tier] ?? 0) + 1;
+      if (tier !== 'disk') this.bytesFetched += bytes.length;
+      this.fetched++;
+    }
+    if (this.#ended) return;
+    this.#ctx.memory.admit(c, bytes);
+    this.#install(c);
+  }
+
+  #install(c: number): void {
+    if (this.#ended) return;
+    this.#ctx.memory.pin(c);
+    this.#installs.set(c, (this.#installs.get(c) ?? 0) + 1);
+    try {
+      this.#fault.install(c);
+    } catch (e) {
+      this.#unpin(c);
+      // The command could not be queued (out of memory): the fault waiting on it would never be answered.
+      this.#fail.kill(`installing chunk ${c} could not be queued (${(e as Error).message})`);
+    }
+  }
+
+  #unpin(c: number): void {
+    const n = this.#installs.get(c);
+    if (!n) return;
+    if (n > 1) this.#installs.set(c, n - 1);
+    else this.#installs.delete(c);
+    this.#ctx.memory.unpin(c);
+  }
+}
