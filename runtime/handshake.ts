@@ -5,10 +5,10 @@
  * (both hold bytes, despite the name). Everything is validated against the snapshot before a single
  * page is served: a malformed handshake closes that connection and nothing else.
  */
-import { readlinkSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
 
 import { HandshakeError, showUntrusted } from '../core/errors.js';
-import type { PageSize, Region } from '../native/index.js';
+import { constants, type PageSize, type Region } from '../native/index.js';
 
 export interface Handshake {
   regions: Region[];
@@ -96,11 +96,21 @@ export function parseHandshake(data: Buffer, fdCount: number, snapshot: Snapshot
   return { regions, pageSize: pageSize as PageSize, shape: shape! };
 }
 
+/** fs/userfaultfd.c: set in ctx->features once UFFDIO_API has been done (shown in fdinfo). */
+const UFFD_FEATURE_INITIALIZED = 1n << 31n;
+
 /**
- * Throws unless `fd` (received from the peer) is a userfaultfd. The fault thread trusts what it
- * reads from the fd: from a pipe or a file a peer could feed forged events, and a forged FORK event
- * names an fd that the thread closes, any of the server's own (its listening socket, another VM's
- * uffd). /dev/null or a pipe at EOF would also keep the thread spinning on "readable".
+ * Throws unless `fd` (received from the peer) is a userfaultfd this server can serve correctly. The
+ * fault thread trusts what it reads from the fd: from a pipe or a file a peer could feed forged events,
+ * and a forged FORK event names an fd that the thread closes, any of the server's own (its listening
+ * socket, another VM's uffd). /dev/null or a pipe at EOF would also keep the thread spinning on
+ * "readable".
+ *
+ * The features the peer negotiated are in the fd's fdinfo ("API:\t<api>:<features>:<ioctls>"). Two are
+ * refused: a uffd on which UFFDIO_API was never done (nothing can be served on it), and one without
+ * UFFD_FEATURE_EVENT_REMOVE. Without REMOVE events the kernel zaps pages the peer gives back (a balloon
+ * inflating, MADV_DONTNEED) and tells nobody: the next fault there would get the snapshot's bytes where
+ * the peer must read zeros. Firecracker always requests it, as do lazysnap_client.h and attach().
  */
 export function assertUserfaultfd(fd: number): void {
   let target: string;
@@ -114,4 +124,28 @@ export function assertUserfaultfd(fd: number): void {
     const kind = /^(anon_inode:\[[\w-]+\]|pipe|socket)/.exec(target)?.[1] ?? 'a file';
     throw new HandshakeError(`the file descriptor that came with the message is ${kind}, not a userfaultfd`);
   }
+  const features = uffdFeatures(fd);
+  if (features === undefined) return; // a kernel that does not show them: nothing to check against
+  if ((features & UFFD_FEATURE_INITIALIZED) === 0n)
+    throw new HandshakeError(
+      'the userfaultfd was never initialized with UFFDIO_API: nothing could be served on it',
+    );
+  if ((features & constants().UFFD_FEATURE_EVENT_REMOVE) === 0n)
+    throw new HandshakeError(
+      'the userfaultfd was created without UFFD_FEATURE_EVENT_REMOVE: pages the peer removes (balloon, ' +
+        'MADV_DONTNEED) would later be served snapshot bytes instead of zeros; request it in UFFDIO_API ' +
+        '(Firecracker and lazysnap_client.h do)',
+    );
+}
+
+/** The features negotiated on a uffd, from /proc/self/fdinfo; undefined when not shown. */
+function uffdFeatures(fd: number): bigint | undefined {
+  let info: string;
+  try {
+    info = readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const m = /^API:\s*[0-9a-f]+:([0-9a-f]+):/m.exec(info);
+  return m ? BigInt(`0x${m[1]}`) : undefined;
 }

@@ -250,6 +250,21 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   s->table = table;
   table_ref(table);
   s->uffd = uffd;
+#ifdef LAZYSNAP_FAULT_INJECTION
+  /* Test builds only: LAZYSNAP_INJECT=<kind>:<after> arms every new session (see js_inject), so a
+   * whole `serve` process started by a test can be made to fail where the kernel cannot be. */
+  const char *inj = getenv("LAZYSNAP_INJECT");
+  if (inj) {
+    int after = 1;
+    const char *colon = strchr(inj, ':');
+    if (colon) after = atoi(colon + 1);
+    int kind = !strncmp(inj, "event-read", 10)      ? FAIL_EVENT_READ
+               : !strncmp(inj, "out-of-memory", 13) ? FAIL_OUT_OF_MEMORY
+                                                    : 0;
+    atomic_store(&s->inject_after, after < 1 ? 1 : after);
+    atomic_store(&s->inject_kind, kind);
+  }
+#endif
   int err = pthread_create(&s->thread, NULL, session_thread_main, s);
   if (err) {
     s->uffd = -1; /* the caller keeps ownership when creation fails */

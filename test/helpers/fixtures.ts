@@ -45,3 +45,8 @@ export function fcClientPath(): string {
 export function rawHandshakePath(): string {
   return buildC('test/fixtures/raw-handshake.c');
 }
+
+/** The scriptable peer of the reliability suites (VMA splits, balloon, SIGBUS per page). */
+export function uffdPeerPath(): string {
+  return buildC('test/fixtures/uffd-peer.c');
+}
