@@ -35,7 +35,8 @@ export interface HandlerSpec {
 
 export function handlerArgv(h: HandlerSpec): string[] {
   const common = ['--socket', h.socket, '--image', h.image, '--chunk-size', String(h.chunkSize)];
-  if (h.kind === 'reference') return [buildC('bench/ref/ref-handler.c', 'ref-handler'), ...common];
+  if (h.kind === 'reference')
+    return [buildC('bench/ref/ref-handler.c', 'ref-handler', [], ['bench/ref/ref-uffd.h']), ...common];
   const script = path.join(repoRoot, 'bench', 'lib', 'lazysnap-handler.ts');
   return [process.execPath, '--import', 'tsx', script, ...common, '--mode', h.mode ?? 'resident'];
 }
