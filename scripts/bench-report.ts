@@ -118,7 +118,7 @@ const doc = [
   'reference column) against nginx behind a userspace delay proxy ([lib/slow-origin.ts](lib/slow-origin.ts)), since this kernel has no netem.',
   '',
   'Run everything and regenerate this file with `npm run bench` (Linux with userfaultfd access, gcc, taskset, nginx, at least',
-  '2 CPUs and ~4 GiB of free memory; a few minutes: about 3½ here). `LAZYSNAP_BENCH_ROUNDS=N` changes the rounds per case for a',
+  '2 CPUs and ~4 GiB of free memory; about 7 minutes here, an estimate from short runs). `LAZYSNAP_BENCH_ROUNDS=N` changes the rounds per case for a',
   'quick look; the count used is printed with each table.',
   '',
   '## Environment',
