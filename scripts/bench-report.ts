@@ -12,6 +12,7 @@ import { repoRoot } from '../test/helpers/fixtures.js';
 const ORDER = [
   'fault-latency',
   'populate',
+  'local-restore',
   'cold-start',
   'snapshot',
   'concurrent',
@@ -33,7 +34,8 @@ function rank(s: string): number {
 }
 
 function num(v: number, unit: string): string {
-  return v.toFixed(unit === 'GB/s' ? 2 : 1);
+  // Sub-millisecond figures (P6's reference) would all read 0.x with one decimal.
+  return v.toFixed(unit === 'GB/s' || (unit === 'ms' && Math.abs(v) < 1) ? 2 : 1);
 }
 
 function cell(v: number | null, r: [number, number] | undefined, unit: string): string {
@@ -98,7 +100,8 @@ const doc = [
   '',
   '- **P1** ([fault-latency.bench.ts](fault-latency.bench.ts)): fault service for a resident chunk, p50 ≤ 1.25× the reference at the same pinning.',
   "- **P2** ([populate.bench.ts](populate.bench.ts)): full populate from a local store, ≥ 80% of the reference's GB/s at the same chunk size.",
-  '- **P3** ([cold-start.bench.ts](cold-start.bench.ts)): cold start of a 1 GiB image with a ~9% working set from an S3-like origin (nginx behind a 30 ms / 90 MB/s per connection delay proxy): record → replay ≥ 3.7× faster than fault-only lazy, ≥ 10× faster than eager download, ≤ 1.5× the bound RTT + working-set bytes / (connections × 90 MB/s).',
+  '- **L1, L2, P6** ([local-restore.bench.ts](local-restore.bench.ts)): `lazysnap serve` as users run it (the CLI, a fresh process, default options, a zstd directory store, nothing resident beforehand) against a C handler doing the same per-chunk work: L1 ≤ 1.25× (random on 2 threads, sequential on 1); L2 disk cache: filling it ≤ 1.05× L1, warm ≤ 1.15× the C handler on the same raw files and faster than L1; P6 handshake → first page served ≤ 1 ms + one (here local) origin round trip.',
+  "- **P3** ([cold-start.bench.ts](cold-start.bench.ts)): cold start of a 1 GiB image with a ~9% working set from an S3-like origin (nginx behind a 30 ms / 90 MB/s per connection delay proxy), `lazysnap serve` with default options, the profile recorded on a different run: replay ≥ 5× faster than fault-only on a clustered working set, ≥ 10× faster than eager download, ≤ 1.5× the emulation's own floor (the working set alone through the same proxy).",
   '- **P4** ([snapshot.bench.ts](snapshot.bench.ts)): chunk + hash + zero-detect of a 1 GiB zero-rich image ≥ 1.5 GB/s, plus whole snapshots to the directory store and s3rver.',
   '- **P5** ([concurrent.bench.ts](concurrent.bench.ts)): 16 restores of one snapshot at once on one serve fetch every chunk from the origin once (fetch amplification 1.00).',
   "- **Manifest** ([manifest-parse.bench.ts](manifest-parse.bench.ts)): a 64 GiB snapshot's manifest parses in ≤ 50 ms.",
@@ -108,11 +111,14 @@ const doc = [
   'P1 and P2 compare against a pure-C reference handler ([ref/ref-handler.c](ref/ref-handler.c)). Both drive the Firecracker-exact client (test/fixtures/fc-client.c) against each handler in turn, alternating',
   'reference and lazysnap round by round because the machine is shared and noisy, and report medians over rounds',
   '(min–max beneath each median). lazysnap runs as [lib/lazysnap-handler.ts](lib/lazysnap-handler.ts), a standalone',
-  'Node program on the native FaultSession. P3 and P5 compare lazysnap with itself (the baseline each row names is in the',
+  'Node program on the native FaultSession, with every chunk resident before the client connects. L1, L2 and P6 measure',
+  'the path users take instead: `lazysnap serve` (the CLI, [lib/serve-cli.ts](lib/serve-cli.ts)) reading a real store, against',
+  '[ref/ref-store-handler.c](ref/ref-store-handler.c), which reads, zstd-decodes and copies each chunk on its first fault.',
+  'P3 and P5 compare lazysnap with itself (the baseline each row names is in the',
   'reference column) against nginx behind a userspace delay proxy ([lib/slow-origin.ts](lib/slow-origin.ts)), since this kernel has no netem.',
   '',
   'Run everything and regenerate this file with `npm run bench` (Linux with userfaultfd access, gcc, taskset, nginx, at least',
-  '2 CPUs and ~4 GiB of free memory; a few minutes: about 3½ here). `LAZYSNAP_BENCH_ROUNDS=N` changes the rounds per case for a',
+  '2 CPUs and ~4 GiB of free memory; about 7 minutes here, an estimate from short runs). `LAZYSNAP_BENCH_ROUNDS=N` changes the rounds per case for a',
   'quick look; the count used is printed with each table.',
   '',
   '## Environment',

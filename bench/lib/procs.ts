@@ -35,7 +35,8 @@ export interface HandlerSpec {
 
 export function handlerArgv(h: HandlerSpec): string[] {
   const common = ['--socket', h.socket, '--image', h.image, '--chunk-size', String(h.chunkSize)];
-  if (h.kind === 'reference') return [buildC('bench/ref/ref-handler.c', 'ref-handler'), ...common];
+  if (h.kind === 'reference')
+    return [buildC('bench/ref/ref-handler.c', 'ref-handler', [], ['bench/ref/ref-uffd.h']), ...common];
   const script = path.join(repoRoot, 'bench', 'lib', 'lazysnap-handler.ts');
   return [process.execPath, '--import', 'tsx', script, ...common, '--mode', h.mode ?? 'resident'];
 }
@@ -64,15 +65,21 @@ export function timeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> 
   return Promise.race([p, expiry]).finally(() => clearTimeout(t));
 }
 
-interface Handler {
+export interface Handler {
   child: ChildProcess;
   /** Resolves with the first stdout line matching re. */
   line(re: RegExp): Promise<string>;
   exit: Promise<{ code: number | null; stderr: string; lines: string[] }>;
 }
 
-function startHandler(argv: string[], cpus: string): Handler {
-  const child = spawn('taskset', ['-c', cpus, ...argv], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Starts a handler that prints `listening` once its socket accepts, then one JSON line of counters
+ * when its client is gone (the C references and lazysnap-handler.ts); under taskset when `cpus` is
+ * given. It is SIGKILLed if the driver exits first.
+ */
+export function startHandler(argv: string[], cpus?: string): Handler {
+  const [cmd, ...args] = cpus === undefined ? argv : ['taskset', '-c', cpus, ...argv];
+  const child = spawn(cmd!, args, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(child);
   const lines: string[] = [];
   const waiters: { re: RegExp; res: (l: string) => void }[] = [];

@@ -14,6 +14,16 @@ export interface ClientReport {
   firstMismatch: number | null;
   elapsedNs: number;
   faultNs: { count: number; p50: number; p99: number; mean: number; max: number } | null;
+  /**
+   * Just before the handshake's sendmsg to the completion of the first read of restored memory;
+   * null with --kvm, --wait or --mlock-range (the workload does not start right after the handshake).
+   */
+  firstTouchNs?: number | null;
+  /** --touch cluster: chunks in the working set, and how many of them --cluster-drift swapped in. */
+  cluster?: { chunks: number; drifted: number } | null;
+  /** --split: mprotect calls made and their duration (with `during`, concurrent with the touchers). */
+  split?: { mode: 'before' | 'during'; every: number; calls: number; ns: number } | null;
+  mlock?: { offset: number; length: number; ns: number } | null;
   balloon: { zeroPages: number; nonZeroPages: number; outsideOk: boolean } | null;
 }
 

@@ -50,21 +50,20 @@ const STOP_BOUND_MS = 20_000;
 /**
  * Starts `lazysnap serve --socket socket ...args` and resolves once it logged `serving` (the
  * socket is listening). `env` is added to the environment (LAZYSNAP_LOG_LEVEL defaults to info).
+ * `dist`: run the compiled CLI (`node dist/cli/bin.js`, as installed), not the sources through tsx;
+ * the caller makes sure dist/ is current (benchmarks: bench/lib/serve-cli.ts).
  */
 export async function startServe(
   socket: string,
   args: string[],
-  opts: { env?: Record<string, string>; startTimeoutMs?: number } = {},
+  opts: { env?: Record<string, string>; startTimeoutMs?: number; dist?: boolean } = {},
 ): Promise<ServeProcess> {
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', 'cli/bin.ts', 'serve', '--socket', socket, ...args],
-    {
-      cwd: repoRoot,
-      env: { ...process.env, LAZYSNAP_LOG_LEVEL: 'info', ...opts.env },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
-  );
+  const entry = opts.dist ? ['dist/cli/bin.js'] : ['--import', 'tsx', 'cli/bin.ts'];
+  const child = spawn(process.execPath, [...entry, 'serve', '--socket', socket, ...args], {
+    cwd: repoRoot,
+    env: { ...process.env, LAZYSNAP_LOG_LEVEL: 'info', ...opts.env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   live.add(child);
   const logs: LogLine[] = [];
   let text = '';
