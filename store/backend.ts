@@ -16,8 +16,6 @@ export interface ObjectInfo {
 
 export interface ReadOptions {
   signal?: AbortSignal;
-  /** Byte range [start, end) of the object. @default the whole object */
-  range?: { start: number; end: number };
 }
 
 export interface WriteOptions {

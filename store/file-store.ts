@@ -42,18 +42,9 @@ export class FileStore extends StoreBase {
     throw new StoreError(this.url, key, (e as Error).message, { cause: e, retryable: false });
   }
 
-  protected async doGet(key: string, { range, signal }: ReadOptions): Promise<Buffer> {
+  protected async doGet(key: string, { signal }: ReadOptions): Promise<Buffer> {
     try {
-      if (!range) return await readFile(this.#path(key), { signal });
-      const fh = await open(this.#path(key), constants.O_RDONLY);
-      try {
-        const buf = Buffer.alloc(range.end - range.start);
-        const { bytesRead } = await fh.read(buf, 0, buf.length, range.start);
-        signal?.throwIfAborted();
-        return buf.subarray(0, bytesRead);
-      } finally {
-        await fh.close();
-      }
+      return await readFile(this.#path(key), { signal });
     } catch (e) {
       this.#wrap(key, e);
     }

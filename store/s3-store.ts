@@ -102,49 +102,22 @@ export class S3Store extends StoreBase {
     return new S3Store({ ...options, ...parseS3Url(url) });
   }
 
-  protected async doGet(key: string, { range, signal }: ReadOptions): Promise<Buffer> {
-    const Range = range && `bytes=${range.start}-${range.end - 1}`;
+  protected async doGet(key: string, { signal }: ReadOptions): Promise<Buffer> {
     return this.#call('GET', key, signal, async (abortSignal) => {
-      let res;
-      try {
-        res = await this.#client.send(
-          new GetObjectCommand({ Bucket: this.bucket, Key: this.#base + key, Range }),
-          { abortSignal },
-        );
-      } catch (e) {
-        // A range that starts at or past the end: an empty read, as a file's would be.
-        if (range && statusOf(e) === 416) return Buffer.alloc(0);
-        throw e;
-      }
-      const body = await readBody(res.Body as Body | undefined, res.ContentLength, signal);
-      if (res.ContentLength !== undefined && body.length !== res.ContentLength) {
+      const res = await this.#client.send(
+        new GetObjectCommand({ Bucket: this.bucket, Key: this.#base + key }),
+        { abortSignal },
+      );
+      const bytes = await readBody(res.Body as Body | undefined, res.ContentLength, signal);
+      if (res.ContentLength !== undefined && bytes.length !== res.ContentLength) {
         throw new StoreError(
           this.url,
           key,
-          `truncated response: ${body.length} of ${res.ContentLength} bytes`,
+          `truncated response: ${bytes.length} of ${res.ContentLength} bytes`,
           { retryable: true },
         );
       }
-      if (!range) return body;
-      if (!res.ContentRange) {
-        // The server ignored Range (allowed by RFC 9110) and sent the whole object.
-        return body.subarray(range.start, range.end);
-      }
-      const m = /^bytes (\d+)-(\d+)\//.exec(res.ContentRange);
-      if (
-        !m ||
-        Number(m[1]) !== range.start ||
-        Number(m[2]) >= range.end ||
-        Number(m[2]) - Number(m[1]) + 1 !== body.length
-      ) {
-        throw new StoreError(
-          this.url,
-          key,
-          `asked for ${Range}, the server answered ${res.ContentRange} with ${body.length} bytes`,
-          { retryable: false },
-        );
-      }
-      return body;
+      return bytes;
     });
   }
 

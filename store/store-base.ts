@@ -2,7 +2,7 @@
  * The shared front of every backend: validates keys, honours AbortSignals on entry, refuses writes
  * to read-only stores. Backends implement the do* methods and may assume a valid key.
  */
-import { InvalidArgumentError, StoreReadOnlyError } from '../core/errors.js';
+import { StoreReadOnlyError } from '../core/errors.js';
 import type { ObjectInfo, ReadOptions, StoreBackend, WriteOptions } from './backend.js';
 import { assertKey } from './keys.js';
 
@@ -19,13 +19,6 @@ export abstract class StoreBase implements StoreBackend {
   async get(key: string, options: ReadOptions = {}): Promise<Buffer> {
     assertKey(key);
     options.signal?.throwIfAborted();
-    const r = options.range;
-    if (
-      r &&
-      !(Number.isSafeInteger(r.start) && Number.isSafeInteger(r.end) && r.start >= 0 && r.end > r.start)
-    ) {
-      throw new InvalidArgumentError('range', 'integers with 0 <= start < end', r);
-    }
     return this.doGet(key, options);
   }
 
