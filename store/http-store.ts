@@ -8,8 +8,10 @@
  * 128 KiB) or destroyed, never left unread, so the connection goes back to the pool.
  *
  * Errors are sorted in one place (#statusError, #networkError): 404/410 → NotFoundError; 408, 429
- * and 5xx, timeouts, resets and truncated bodies → StoreError with `retryable`; anything else →
- * StoreError without. Configured headers (authorization) are never put in a message or `url`.
+ * and 5xx, timeouts, resets and truncated bodies → StoreError with `retryable`; a body longer than
+ * ReadOptions.maxBytes → IntegrityError (refused on its Content-Length before it is read, or cut
+ * off once more than maxBytes arrived); anything else → StoreError without. Configured headers
+ * (authorization) are never put in a message or `url`.
  */
 import assert from 'node:assert';
 import { constants as bufferConstants } from 'node:buffer';
@@ -18,6 +20,7 @@ import { STATUS_CODES } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
 
 import {
+  IntegrityError,
   InvalidArgumentError,
   InvalidUrlError,
   NotFoundError,
@@ -25,7 +28,7 @@ import {
   redactUrl,
 } from '../core/errors.js';
 import type { ObjectInfo, ReadOptions } from './backend.js';
-import { StoreBase } from './store-base.js';
+import { StoreBase, tooLong } from './store-base.js';
 
 export interface HttpStoreOptions {
   /** Concurrent connections to the origin (one undici Pool). @default 16 */
@@ -179,7 +182,7 @@ export class HttpStore extends StoreBase {
       });
   }
 
-  protected async doGet(key: string, { signal }: ReadOptions): Promise<Buffer> {
+  protected async doGet(key: string, { maxBytes = Infinity, signal }: ReadOptions): Promise<Buffer> {
     const res = await this.#request('GET', key, this.#headers, signal);
     const { statusCode: status, body } = res;
     if (status !== 200) {
@@ -201,11 +204,13 @@ export class HttpStore extends StoreBase {
           { status },
         );
       const length = parseLength(headerOf(res, 'content-length'));
+      // Refused before a byte of the body is read; the catch below destroys a big body unread.
+      if (length !== undefined && length > maxBytes) throw tooLong(key, maxBytes, length, true);
       if (length !== undefined && length > bufferConstants.MAX_LENGTH)
         throw new StoreError(this.url, key, `object of ${length} bytes exceeds the largest Buffer`, {
           status,
         });
-      return await this.#readBody(key, body, length);
+      return await this.#readBody(key, body, length, maxBytes);
     } catch (e) {
       this.#drain(body, undefined); // drained if small and intact (socket reused), else destroyed
       throw this.#networkError(key, e, signal);
@@ -284,12 +289,15 @@ export class HttpStore extends StoreBase {
 
   /**
    * Reads the body into one Buffer: preallocated when the length is known (no concat copy of a
-   * 512 KiB chunk).
+   * 512 KiB chunk). Without a length (chunked), stops as soon as more than maxBytes have arrived,
+   * so at most maxBytes plus one network read is held: leaving the loop destroys the body, and
+   * with it the connection, rather than reading on whatever the origin still wants to send.
    */
   async #readBody(
     key: string,
     body: Dispatcher.ResponseData['body'],
     length: number | undefined,
+    maxBytes: number,
   ): Promise<Buffer> {
     const out = length !== undefined ? Buffer.allocUnsafe(length) : undefined;
     const parts: Buffer[] = [];
@@ -302,6 +310,7 @@ export class HttpStore extends StoreBase {
         chunk.copy(out, received);
       } else parts.push(chunk);
       received += chunk.length;
+      if (received > maxBytes) throw tooLong(key, maxBytes, received, false);
     }
     if (length !== undefined && received !== length) {
       throw new StoreError(this.url, key, `truncated body: ${received} of ${length} bytes (Content-Length)`, {
@@ -326,7 +335,9 @@ export class HttpStore extends StoreBase {
   /** Our own errors pass through; an abort becomes signal.reason; the rest are network errors. */
   #networkError(key: string, e: unknown, signal: AbortSignal | undefined): unknown {
     if (signal?.aborted) return signal.reason;
-    if (e instanceof StoreError || e instanceof NotFoundError) return e;
+    // IntegrityError included: wrapped, it would read as a retryable network error, and a lying
+    // origin would be asked again instead of passed over.
+    if (e instanceof StoreError || e instanceof NotFoundError || e instanceof IntegrityError) return e;
     const code = String((e as { code?: unknown }).code ?? '');
     if (this.#closed && (code === 'UND_ERR_CLOSED' || code === 'UND_ERR_DESTROYED')) {
       return new StoreError(this.url, key, 'the store is closed', { retryable: false, cause: e });
