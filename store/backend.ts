@@ -4,8 +4,9 @@
  * Keys are relative, '/'-separated and validated by store/keys.ts before any backend sees them.
  *
  * Errors: a missing object is NotFoundError (code LAZYSNAP_NOT_FOUND); a write to a read-only
- * store is StoreReadOnlyError; anything else is StoreError with `retryable` set when the same
- * request may succeed later. Every operation takes an AbortSignal and rejects with signal.reason.
+ * store is StoreReadOnlyError; an object longer than ReadOptions.maxBytes is IntegrityError;
+ * anything else is StoreError with `retryable` set when the same request may succeed later. Every
+ * operation takes an AbortSignal and rejects with signal.reason.
  */
 export interface ObjectInfo {
   key: string;
@@ -16,9 +17,14 @@ export interface ObjectInfo {
 
 export interface ReadOptions {
   signal?: AbortSignal;
-  /** Byte range [start, end) of the object. @default the whole object */
-  range?: { start: number; end: number };
-  /** The longest object the caller can use; a longer one fails with IntegrityError. @default unbounded */
+  /**
+   * The longest object the caller can use (for a chunk, store/chunk.ts maxStoredSize). A longer one
+   * fails with IntegrityError (code LAZYSNAP_INTEGRITY; never retryable: an origin that sends more
+   * is lying, and will lie again): at once when its length is known in advance (Content-Length, S3
+   * ContentLength, the file's size), otherwise as soon as more than maxBytes bytes have arrived.
+   * Nothing beyond maxBytes (plus one network read) is ever buffered. A safe integer >= 0.
+   * @default unbounded
+   */
   maxBytes?: number;
 }
 

@@ -9,13 +9,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, readFile, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-import { NotFoundError, StoreError } from '../core/errors.js';
+import { IntegrityError, NotFoundError, StoreError } from '../core/errors.js';
 import type { ObjectInfo, ReadOptions, WriteOptions } from './backend.js';
-import { StoreBase } from './store-base.js';
+import { StoreBase, tooLong } from './store-base.js';
 
 const TEMP_MARK = '.tmp-';
 
@@ -42,19 +42,31 @@ export class FileStore extends StoreBase {
     throw new StoreError(this.url, key, (e as Error).message, { cause: e, retryable: false });
   }
 
-  protected async doGet(key: string, { range, signal }: ReadOptions): Promise<Buffer> {
+  protected async doGet(key: string, { maxBytes = Infinity, signal }: ReadOptions): Promise<Buffer> {
     try {
-      if (!range) return await readFile(this.#path(key), { signal });
       const fh = await open(this.#path(key), constants.O_RDONLY);
       try {
-        const buf = Buffer.alloc(range.end - range.start);
-        const { bytesRead } = await fh.read(buf, 0, buf.length, range.start);
+        // The size of the open file, not of the path: a rename in between cannot swap it.
+        const { size } = await fh.stat();
+        if (size > maxBytes) throw tooLong(key, maxBytes, size, true);
+        // Exactly `size` bytes, never more: a file someone grows in place (store writes rename
+        // whole files into place, so only a foreign writer) cannot make this read past maxBytes.
+        const buf = Buffer.allocUnsafe(size);
+        let n = 0;
+        while (n < size) {
+          signal?.throwIfAborted();
+          const { bytesRead } = await fh.read(buf, n, size - n, n);
+          if (bytesRead === 0) break; // shrunk since fstat
+          n += bytesRead;
+        }
         signal?.throwIfAborted();
-        return buf.subarray(0, bytesRead);
+        return buf.subarray(0, n);
       } finally {
         await fh.close();
       }
     } catch (e) {
+      if (signal?.aborted) throw signal.reason;
+      if (e instanceof IntegrityError) throw e;
       this.#wrap(key, e);
     }
   }

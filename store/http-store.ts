@@ -8,8 +8,10 @@
  * 128 KiB) or destroyed, never left unread, so the connection goes back to the pool.
  *
  * Errors are sorted in one place (#statusError, #networkError): 404/410 → NotFoundError; 408, 429
- * and 5xx, timeouts, resets and truncated bodies → StoreError with `retryable`; anything else →
- * StoreError without. Configured headers (authorization) are never put in a message or `url`.
+ * and 5xx, timeouts, resets and truncated bodies → StoreError with `retryable`; a body longer than
+ * ReadOptions.maxBytes → IntegrityError (refused on its Content-Length before it is read, or cut
+ * off once more than maxBytes arrived); anything else → StoreError without. Configured headers
+ * (authorization) are never put in a message or `url`.
  */
 import assert from 'node:assert';
 import { constants as bufferConstants } from 'node:buffer';
@@ -18,6 +20,7 @@ import { STATUS_CODES } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
 
 import {
+  IntegrityError,
   InvalidArgumentError,
   InvalidUrlError,
   NotFoundError,
@@ -25,7 +28,7 @@ import {
   redactUrl,
 } from '../core/errors.js';
 import type { ObjectInfo, ReadOptions } from './backend.js';
-import { StoreBase } from './store-base.js';
+import { StoreBase, tooLong } from './store-base.js';
 
 export interface HttpStoreOptions {
   /** Concurrent connections to the origin (one undici Pool). @default 16 */
@@ -52,7 +55,10 @@ export interface ResolvedHttpStoreOptions {
 }
 
 const DEFAULTS = { connections: 16, headersTimeoutMs: 10_000, bodyTimeoutMs: 30_000 } as const;
-/** Headers the store sets itself or that would break the framing undici relies on. */
+/**
+ * Headers the store sets itself or that would break the framing undici relies on; and Range, which
+ * would turn every answer into a part of the object (a 206, refused).
+ */
 const RESERVED_HEADERS = new Set([
   'range',
   'accept-encoding',
@@ -76,7 +82,6 @@ const PERMANENT_TLS = /^(CERT_|UNABLE_TO_|DEPTH_ZERO_SELF_SIGNED|SELF_SIGNED_CER
 /** A body we do not need is read to its end up to this size (the socket is reused); past it, dropping the socket is cheaper. */
 const DRAIN_LIMIT = 128 * 1024;
 const DRAIN_TIMEOUT_MS = 1000;
-const CONTENT_RANGE = /^bytes (\d+)-(\d+)\/(\d+|\*)$/;
 
 export function resolveHttpStoreOptions(options: HttpStoreOptions = {}): ResolvedHttpStoreOptions {
   const known = new Set(['connections', 'headersTimeoutMs', 'bodyTimeoutMs', 'headers', 'dispatcher']);
@@ -177,24 +182,16 @@ export class HttpStore extends StoreBase {
       });
   }
 
-  protected async doGet(key: string, { range, signal }: ReadOptions): Promise<Buffer> {
-    const headers = range
-      ? { ...this.#headers, range: `bytes=${range.start}-${range.end - 1}` }
-      : this.#headers;
-    const res = await this.#request('GET', key, headers, signal);
+  protected async doGet(key: string, { maxBytes = Infinity, signal }: ReadOptions): Promise<Buffer> {
+    const res = await this.#request('GET', key, this.#headers, signal);
     const { statusCode: status, body } = res;
-    if (status !== 200 && status !== 206) {
+    if (status !== 200) {
       // An error page is small: drain it in the background so the socket is reused (dump destroys
       // the body past 128 KiB); the caller does not wait for a slow one.
       this.#drain(body, signal);
-      if (status === 416 && range) {
-        throw new StoreError(
-          this.url,
-          key,
-          `range ${range.start}-${range.end} starts past the end of the object (Content-Range ${headerOf(res, 'content-range') ?? 'absent'})`,
-          { status },
-        );
-      }
+      // Never asked for (no Range is sent): a part of the object is not the object.
+      const what = '206 Partial Content to a request without Range';
+      if (status === 206) throw new StoreError(this.url, key, `origin answered ${what}`, { status });
       throw this.#statusError(key, status, 'GET');
     }
     try {
@@ -207,24 +204,13 @@ export class HttpStore extends StoreBase {
           { status },
         );
       const length = parseLength(headerOf(res, 'content-length'));
+      // Refused before a byte of the body is read; the catch below destroys a big body unread.
+      if (length !== undefined && length > maxBytes) throw tooLong(key, maxBytes, length, true);
       if (length !== undefined && length > bufferConstants.MAX_LENGTH)
         throw new StoreError(this.url, key, `object of ${length} bytes exceeds the largest Buffer`, {
           status,
         });
-      if (status === 206) {
-        if (!range)
-          throw new StoreError(
-            this.url,
-            key,
-            'origin answered 206 Partial Content to a request without Range',
-            { status },
-          );
-        const expected = this.#checkContentRange(key, headerOf(res, 'content-range'), range, length);
-        return await this.#readBody(key, body, expected, undefined);
-      }
-      // 200: the whole object. An origin that ignores Range still works; stop once `end` is in.
-      const whole = await this.#readBody(key, body, length, range?.end);
-      return range ? whole.subarray(range.start, range.end) : whole;
+      return await this.#readBody(key, body, length, maxBytes);
     } catch (e) {
       this.#drain(body, undefined); // drained if small and intact (socket reused), else destroyed
       throw this.#networkError(key, e, signal);
@@ -303,72 +289,35 @@ export class HttpStore extends StoreBase {
 
   /**
    * Reads the body into one Buffer: preallocated when the length is known (no concat copy of a
-   * 512 KiB chunk). With `stopAfter`, keeps that many bytes; the rest is drained if small (the
-   * connection is reused) or the body destroyed (the connection is dropped).
+   * 512 KiB chunk). Without a length (chunked), stops as soon as more than maxBytes have arrived,
+   * so at most maxBytes plus one network read is held: leaving the loop destroys the body, and
+   * with it the connection, rather than reading on whatever the origin still wants to send.
    */
   async #readBody(
     key: string,
     body: Dispatcher.ResponseData['body'],
     length: number | undefined,
-    stopAfter: number | undefined,
+    maxBytes: number,
   ): Promise<Buffer> {
-    const cap = Math.min(length ?? Infinity, stopAfter ?? Infinity);
-    const out = Number.isFinite(cap) ? Buffer.allocUnsafe(cap) : undefined;
+    const out = length !== undefined ? Buffer.allocUnsafe(length) : undefined;
     const parts: Buffer[] = [];
     let received = 0;
-    let kept = 0;
     for await (const chunk of body as AsyncIterable<Buffer>) {
-      if (kept < cap) {
-        const take = chunk.subarray(0, cap - kept);
-        if (out) take.copy(out, kept);
-        else parts.push(take);
-        kept += take.length;
-      }
+      if (out) {
+        // undici frames the body by Content-Length; checked anyway, as copy() would silently clip.
+        if (received + chunk.length > out.length)
+          throw new StoreError(this.url, key, `body longer than its Content-Length ${length}`);
+        chunk.copy(out, received);
+      } else parts.push(chunk);
       received += chunk.length;
-      if (
-        stopAfter !== undefined &&
-        kept >= stopAfter &&
-        (length === undefined || length - received > DRAIN_LIMIT)
-      ) {
-        return out ? out : Buffer.concat(parts); // leaving the loop destroys the body
-      }
+      if (received > maxBytes) throw tooLong(key, maxBytes, received, false);
     }
     if (length !== undefined && received !== length) {
       throw new StoreError(this.url, key, `truncated body: ${received} of ${length} bytes (Content-Length)`, {
         retryable: true,
       });
     }
-    return out ? out.subarray(0, kept) : Buffer.concat(parts, kept);
-  }
-
-  /** The byte count a 206 must carry for [start, end): the range, or less where the object ends. */
-  #checkContentRange(
-    key: string,
-    header: string | undefined,
-    range: { start: number; end: number },
-    length: number | undefined,
-  ): number {
-    const m = header ? CONTENT_RANGE.exec(header) : null;
-    const first = Number(m?.[1]);
-    const last = Number(m?.[2]);
-    const size = m?.[3] === '*' ? undefined : Number(m?.[3]);
-    const reachesEnd =
-      last === range.end - 1 || (size !== undefined && last === size - 1 && last < range.end - 1);
-    if (!m || first !== range.start || last < first || !reachesEnd || (size !== undefined && last >= size)) {
-      throw new StoreError(
-        this.url,
-        key,
-        `206 with Content-Range ${JSON.stringify(header ?? null)} for requested bytes ${range.start}-${range.end - 1}`,
-        { status: 206 },
-      );
-    }
-    const count = last - first + 1;
-    if (length !== undefined && length !== count) {
-      throw new StoreError(this.url, key, `206 with Content-Length ${length} but Content-Range ${header}`, {
-        status: 206,
-      });
-    }
-    return count;
+    return out ?? Buffer.concat(parts, received);
   }
 
   #statusError(key: string, status: number, method: string): NotFoundError | StoreError {
@@ -386,7 +335,9 @@ export class HttpStore extends StoreBase {
   /** Our own errors pass through; an abort becomes signal.reason; the rest are network errors. */
   #networkError(key: string, e: unknown, signal: AbortSignal | undefined): unknown {
     if (signal?.aborted) return signal.reason;
-    if (e instanceof StoreError || e instanceof NotFoundError) return e;
+    // IntegrityError included: wrapped, it would read as a retryable network error, and a lying
+    // origin would be asked again instead of passed over.
+    if (e instanceof StoreError || e instanceof NotFoundError || e instanceof IntegrityError) return e;
     const code = String((e as { code?: unknown }).code ?? '');
     if (this.#closed && (code === 'UND_ERR_CLOSED' || code === 'UND_ERR_DESTROYED')) {
       return new StoreError(this.url, key, 'the store is closed', { retryable: false, cause: e });

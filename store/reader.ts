@@ -8,7 +8,7 @@ import type { KeyObject } from 'node:crypto';
 
 import { KeyUnavailableError, NotFoundError } from '../core/errors.js';
 import type { StoreBackend } from './backend.js';
-import { decodeChunk } from './chunk.js';
+import { decodeChunk, maxStoredSize } from './chunk.js';
 import { openChunkCrypto, type ChunkCrypto } from './chunk-crypto.js';
 import type { KeyProvider } from './key-provider.js';
 import { chunkCodec, chunkHash, parseManifest, type SnapshotIndex } from './manifest.js';
@@ -86,7 +86,11 @@ export async function readChunk(
   const crypto = indexCrypto(ix);
   const codec = chunkCodec(ix, i)!;
   const key = chunkKey(hash, codec);
-  return decodeChunk(key, codec, await store.get(key, { ...(signal ? { signal } : {}) }), hash, len, crypto);
+  // The store refuses an object longer than the chunk can be stored as before buffering it: the
+  // object may come from an origin that lies (a diff's parent read over HTTP).
+  const maxBytes = maxStoredSize(codec, len, crypto !== undefined);
+  const stored = await store.get(key, { maxBytes, ...(signal ? { signal } : {}) });
+  return decodeChunk(key, codec, stored, hash, len, crypto);
 }
 
 /** The verified vmstate of a snapshot (decrypted when the snapshot is encrypted), or undefined. */
@@ -98,14 +102,9 @@ export async function readVmstate(
   const v = ix.manifest.vmstate;
   if (!v) return undefined;
   const crypto = indexCrypto(ix);
-  return decodeChunk(
-    v.key,
-    'none',
-    await store.get(v.key, { ...(signal ? { signal } : {}) }),
-    v.hash,
-    v.size,
-    crypto,
-  );
+  const maxBytes = maxStoredSize('none', v.size, crypto !== undefined);
+  const stored = await store.get(v.key, { maxBytes, ...(signal ? { signal } : {}) });
+  return decodeChunk(v.key, 'none', stored, v.hash, v.size, crypto);
 }
 
 /** Every distinct stored chunk key a snapshot references. */

@@ -1,8 +1,9 @@
 /**
- * The shared front of every backend: validates keys, honours AbortSignals on entry, refuses writes
- * to read-only stores. Backends implement the do* methods and may assume a valid key.
+ * The shared front of every backend: validates keys and read options, honours AbortSignals on
+ * entry, refuses writes to read-only stores. Backends implement the do* methods and may assume a
+ * valid key.
  */
-import { InvalidArgumentError, StoreReadOnlyError } from '../core/errors.js';
+import { IntegrityError, InvalidArgumentError, StoreReadOnlyError } from '../core/errors.js';
 import type { ObjectInfo, ReadOptions, StoreBackend, WriteOptions } from './backend.js';
 import { assertKey } from './keys.js';
 
@@ -19,13 +20,9 @@ export abstract class StoreBase implements StoreBackend {
   async get(key: string, options: ReadOptions = {}): Promise<Buffer> {
     assertKey(key);
     options.signal?.throwIfAborted();
-    const r = options.range;
-    if (
-      r &&
-      !(Number.isSafeInteger(r.start) && Number.isSafeInteger(r.end) && r.start >= 0 && r.end > r.start)
-    ) {
-      throw new InvalidArgumentError('range', 'integers with 0 <= start < end', r);
-    }
+    const { maxBytes } = options;
+    if (maxBytes !== undefined && !(Number.isSafeInteger(maxBytes) && maxBytes >= 0))
+      throw new InvalidArgumentError('maxBytes', 'a safe integer >= 0', maxBytes);
     return this.doGet(key, options);
   }
 
@@ -56,4 +53,17 @@ export abstract class StoreBase implements StoreBackend {
   }
 
   async close(): Promise<void> {}
+}
+
+/**
+ * The error for an object longer than ReadOptions.maxBytes, the same from every backend. `known`: the
+ * length was announced (Content-Length, ContentLength, the file's size) and nothing was read;
+ * otherwise `length` is what had arrived when the read stopped.
+ */
+export function tooLong(key: string, maxBytes: number, length: number, known: boolean): IntegrityError {
+  return new IntegrityError(
+    key,
+    known ? 'object is longer than maxBytes' : 'object is longer than maxBytes (read stopped)',
+    { expected: `at most ${maxBytes} bytes`, actual: known ? `${length} bytes` : `${length} bytes or more` },
+  );
 }

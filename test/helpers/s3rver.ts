@@ -25,8 +25,18 @@ export interface S3rverHandle {
   /** The proxy's URL: point clients here. */
   endpoint: string;
   bucket: string;
-  /** Every request the proxy forwarded, in arrival order; `path` includes the query string. */
-  requests: { method: string; path: string; headers: http.IncomingHttpHeaders }[];
+  /**
+   * Every request the proxy forwarded, in arrival order; `path` includes the query string.
+   * `bytesOut` counts the response body bytes the proxy handed to the client's socket so far, and
+   * `closed` turns true once the response is finished or its connection gone.
+   */
+  requests: {
+    method: string;
+    path: string;
+    headers: http.IncomingHttpHeaders;
+    bytesOut: number;
+    closed: boolean;
+  }[];
   /** Forgets the request log. */
   reset(): void;
   stop(): Promise<void>;
@@ -47,13 +57,22 @@ export async function startS3rver(bucket = 'lazysnap-test'): Promise<S3rverHandl
   const requests: S3rverHandle['requests'] = [];
   const agent = new http.Agent({ keepAlive: true });
   const proxy = http.createServer((req, res) => {
-    requests.push({ method: req.method ?? '', path: req.url ?? '', headers: req.headers });
+    const record = {
+      method: req.method ?? '',
+      path: req.url ?? '',
+      headers: req.headers,
+      bytesOut: 0,
+      closed: false,
+    };
+    requests.push(record);
     // Node's server already answered any `Expect: 100-continue`; the header is unsigned (SigV4).
     const { expect: _expect, ...headers } = req.headers;
     const up = http.request(
       { host: '127.0.0.1', port: s3Port, method: req.method, path: req.url, headers, agent },
       (upRes) => {
         res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+        // Counted as piped: pipe() stops reading upstream while the client's socket is full.
+        upRes.on('data', (chunk: Buffer) => (record.bytesOut += chunk.length));
         upRes.pipe(res);
         upRes.on('error', () => res.destroy());
       },
@@ -61,6 +80,7 @@ export async function startS3rver(bucket = 'lazysnap-test'): Promise<S3rverHandl
     up.on('error', () => res.destroy());
     req.pipe(up);
     res.on('close', () => {
+      record.closed = true;
       if (!res.writableFinished) up.destroy();
     });
   });

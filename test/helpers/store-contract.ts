@@ -6,7 +6,12 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 
-import { InvalidArgumentError, NotFoundError, StoreReadOnlyError } from '../../core/errors.js';
+import {
+  IntegrityError,
+  InvalidArgumentError,
+  NotFoundError,
+  StoreReadOnlyError,
+} from '../../core/errors.js';
 import type { StoreBackend } from '../../store/backend.js';
 
 export interface ContractTarget {
@@ -40,18 +45,49 @@ export function storeContract(
     };
 
     it(
-      'reads back what was stored, whole and by byte range',
+      'reads back what was stored',
       withTarget(async (t) => {
         const body = randomBytes(300_000);
         await t.seed('chunks/ab/obj', body);
         expect((await t.store.get('chunks/ab/obj')).equals(body)).toBe(true);
-        expect(
-          (await t.store.get('chunks/ab/obj', { range: { start: 1000, end: 5096 } })).equals(
-            body.subarray(1000, 5096),
-          ),
-        ).toBe(true);
         expect(await t.store.has('chunks/ab/obj')).toBe(true);
         expect(await t.store.has('chunks/ab/other')).toBe(false);
+      }),
+    );
+
+    it(
+      'reads an object of up to maxBytes whole and refuses a longer one with IntegrityError',
+      withTarget(async (t) => {
+        const body = randomBytes(300_000);
+        await t.seed('chunks/ab/obj', body);
+        await t.seed('chunks/ab/empty', Buffer.alloc(0));
+        for (const maxBytes of [300_000, 300_001, Number.MAX_SAFE_INTEGER])
+          expect((await t.store.get('chunks/ab/obj', { maxBytes })).equals(body), `${maxBytes}`).toBe(true);
+        expect((await t.store.get('chunks/ab/empty', { maxBytes: 0 })).length).toBe(0);
+        for (const maxBytes of [299_999, 4096, 0]) {
+          const e = await t.store.get('chunks/ab/obj', { maxBytes }).catch((x: unknown) => x);
+          expect(e, `${maxBytes}`).toBeInstanceOf(IntegrityError);
+          expect(e).toMatchObject({
+            code: 'LAZYSNAP_INTEGRITY',
+            key: 'chunks/ab/obj',
+            expected: `at most ${maxBytes} bytes`,
+            actual: '300000 bytes',
+          });
+          expect(e).not.toHaveProperty('retryable', true);
+        }
+        // The refusal leaves the store usable: the same object still reads with room for it.
+        expect((await t.store.get('chunks/ab/obj', { maxBytes: 300_000 })).equals(body)).toBe(true);
+      }),
+    );
+
+    it(
+      'refuses a maxBytes that is not a safe integer >= 0 before touching the backend',
+      withTarget(async (t) => {
+        for (const maxBytes of [-1, 1.5, Number.NaN, Infinity, 2 ** 53, '10' as unknown as number]) {
+          const e = await t.store.get('chunks/ab/obj', { maxBytes }).catch((x: unknown) => x);
+          expect(e, String(maxBytes)).toBeInstanceOf(InvalidArgumentError);
+          expect(e).toMatchObject({ code: 'LAZYSNAP_INVALID_ARGUMENT', argument: 'maxBytes' });
+        }
       }),
     );
 

@@ -796,20 +796,16 @@ describe.skipIf(!!nginxSkipReason)(
       put('a/chunks/ab/c1', body);
       const store = new HttpStore(`${nginx.url}/a`);
       try {
-        expect(
-          (await store.get('chunks/ab/c1', { range: { start: 10, end: 4106 } })).equals(
-            body.subarray(10, 4106),
-          ),
-        ).toBe(true);
+        expect((await store.get('chunks/ab/c1', { maxBytes: body.length })).equals(body)).toBe(true);
         expect((await store.get('chunks/ab/c1')).equals(body)).toBe(true);
         expect(await store.has('chunks/ab/c1')).toBe(true);
         const tier = await tierLog('/a/', 3);
         expect(tier.map((f) => [f[2], f[3], f[7]])).toEqual([
-          ['206', 'GET', 'MISS'],
+          ['200', 'GET', 'MISS'],
           ['200', 'GET', 'HIT'],
           ['200', 'HEAD', 'HIT'],
         ]);
-        // The origin saw one whole-object GET: the cache fetched the object, not the range.
+        // The origin saw one GET: the second read and the HEAD were answered from the cache.
         const origin = await originLog('/a/', 1);
         expect(origin.map((f) => [f[1], f[2], f[3], f[4]])).toEqual([
           ['200', 'GET', '/a/chunks/ab/c1', '"-"'],
@@ -951,11 +947,7 @@ describe.skipIf(!!nginxSkipReason)(
         const body = Buffer.from(Array.from({ length: 300_000 }, (_, i) => i % 251));
         await s3store.put('chunks/ab/obj', body);
         s3.reset();
-        expect(
-          (await store.get('chunks/ab/obj', { range: { start: 1000, end: 5096 } })).equals(
-            body.subarray(1000, 5096),
-          ),
-        ).toBe(true);
+        expect((await store.get('chunks/ab/obj', { maxBytes: body.length })).equals(body)).toBe(true);
         expect((await store.get('chunks/ab/obj')).equals(body)).toBe(true);
         expect(await store.has('chunks/ab/obj')).toBe(true);
         await expect(store.get('manifests/none.json')).rejects.toBeInstanceOf(NotFoundError);

@@ -1,8 +1,10 @@
+import { randomBytes } from 'node:crypto';
 import { describe, expect, expectTypeOf, it } from 'vitest';
 import { Compressor } from 'zstd-napi';
 
 import { ManifestError, UnsupportedFormatError } from '../../core/errors.js';
-import { decodeChunk, encodeChunk, hashChunk, isZero } from '../../store/chunk.js';
+import { decodeChunk, encodeChunk, hashChunk, isZero, maxStoredSize } from '../../store/chunk.js';
+import { FileStore } from '../../store/file-store.js';
 import { assertKey, chunkKey, parseChunkKey } from '../../store/keys.js';
 import {
   FORMAT,
@@ -13,6 +15,8 @@ import {
   serializeManifest,
   type Manifest,
 } from '../../store/manifest.js';
+import { readChunk } from '../../store/reader.js';
+import { tempDir } from '../helpers/images.js';
 
 function manifest(over: Partial<Manifest> = {}): Manifest {
   const n = 4;
@@ -189,5 +193,44 @@ describe('chunks and keys', () => {
     expect(parseChunkKey(`chunks/zz/${h}`)).toBeUndefined();
     expect(() => chunkKey('ABC', 'none')).toThrow(/64-digit lowercase hex/);
     expect(() => assertKey('a/../b')).toThrow();
+  });
+});
+
+describe('reading chunks from a store (store/reader.ts)', () => {
+  it('asks the store for at most what a chunk can be stored as, so a longer object is refused unread', async () => {
+    const tmp = tempDir('lazysnap-reader-');
+    try {
+      const store = new FileStore(tmp.dir);
+      const bytes = [randomBytes(65536), randomBytes(65536)];
+      const hashes = Buffer.concat(bytes.map((b) => Buffer.from(hashChunk(b), 'hex')));
+      const ix = parseManifest(
+        serializeManifest(
+          manifest({
+            totalSize: 2 * 65536,
+            regions: [{ offset: 0, size: 2 * 65536 }],
+            chunks: encodeChunks(hashes, new Uint8Array([1, 2]), ['zstd', 'none']),
+          }),
+        ),
+      );
+      const keys = [chunkKey(hashChunk(bytes[0]!), 'zstd'), chunkKey(hashChunk(bytes[1]!), 'none')];
+      await store.put(keys[0]!, encodeChunk('zstd', bytes[0]!));
+      await store.put(keys[1]!, bytes[1]!);
+      const asked: (number | undefined)[] = [];
+      const get = store.get.bind(store);
+      store.get = (key, options) => (asked.push(options?.maxBytes), get(key, options));
+      expect((await readChunk(store, ix, 0)).equals(bytes[0]!)).toBe(true);
+      expect((await readChunk(store, ix, 1)).equals(bytes[1]!)).toBe(true);
+      expect(asked).toEqual([maxStoredSize('zstd', 65536, false), 65536]);
+
+      // One byte too many: the store's refusal, not the decoder's, so the object was never buffered.
+      await store.put(keys[1]!, Buffer.concat([bytes[1]!, Buffer.from([0])]));
+      await expect(readChunk(store, ix, 1)).rejects.toMatchObject({
+        code: 'LAZYSNAP_INTEGRITY',
+        reason: 'object is longer than maxBytes',
+        expected: 'at most 65536 bytes',
+      });
+    } finally {
+      tmp.cleanup();
+    }
   });
 });

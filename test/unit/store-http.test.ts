@@ -6,7 +6,13 @@ import path from 'node:path';
 import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { InvalidArgumentError, InvalidUrlError, NotFoundError, StoreError } from '../../core/errors.js';
+import {
+  IntegrityError,
+  InvalidArgumentError,
+  InvalidUrlError,
+  NotFoundError,
+  StoreError,
+} from '../../core/errors.js';
 import { FileStore } from '../../store/file-store.js';
 import { HttpStore, type HttpStoreOptions } from '../../store/http-store.js';
 import { tempDir } from '../helpers/images.js';
@@ -75,30 +81,20 @@ async function logLines(sub: string, count: number): Promise<string[][]> {
 describe.skipIf(!!nginxSkipReason)(
   `http store against nginx${nginxSkipReason ? ` [SKIPPED: ${nginxSkipReason}]` : ''}`,
   () => {
-    it('reads a byte range as 206 Partial Content, exactly those bytes; clips at the end, refuses past it', async () => {
+    it('reads an object of maxBytes whole with one plain GET (200, no Range), refuses one byte less', async () => {
       const a = area();
       const store = new HttpStore(`${nginx!.url}/${a.sub}`);
       try {
         const body = randomBytes(300_000);
         await a.files.put('chunks/ab/obj', body);
-        const got = await store.get('chunks/ab/obj', { range: { start: 1000, end: 5096 } });
-        expect(got.equals(body.subarray(1000, 5096))).toBe(true);
+        const got = await store.get('chunks/ab/obj', { maxBytes: 300_000 });
+        expect(got.equals(body)).toBe(true);
         const [line] = await logLines(a.sub, 1);
-        expect(line?.slice(2, 7)).toEqual([
-          '206',
-          'GET',
-          `/${a.sub}/chunks/ab/obj`,
-          '"bytes=1000-5095"',
-          '4096',
-        ]);
+        expect(line?.slice(2, 7)).toEqual(['200', 'GET', `/${a.sub}/chunks/ab/obj`, '"-"', '300000']);
 
-        const tail = await store.get('chunks/ab/obj', { range: { start: 299_990, end: 300_100 } });
-        expect(tail.equals(body.subarray(299_990))).toBe(true);
-        const past = await store
-          .get('chunks/ab/obj', { range: { start: 300_000, end: 300_010 } })
-          .catch((e: unknown) => e);
-        expect(past).toBeInstanceOf(StoreError);
-        expect(past).toMatchObject({ status: 416, retryable: false });
+        const e = await store.get('chunks/ab/obj', { maxBytes: 299_999 }).catch((x: unknown) => x);
+        expect(e).toBeInstanceOf(IntegrityError);
+        expect(e).toMatchObject({ code: 'LAZYSNAP_INTEGRITY', actual: '300000 bytes' });
       } finally {
         await store.close();
         a.cleanup();
@@ -128,14 +124,12 @@ describe.skipIf(!!nginxSkipReason)(
       const a = area();
       const store = new HttpStore(`${nginx!.url}/${a.sub}`, { connections: 4 });
       try {
-        const body = randomBytes(64 * 1024);
-        await a.files.put('chunks/cd/obj', body);
+        const bodies = Array.from({ length: 8 }, () => randomBytes(4096));
+        for (const [i, b] of bodies.entries()) await a.files.put(`chunks/cd/obj${i}`, b);
         const read = async (i: number) =>
-          expect(
-            (await store.get('chunks/cd/obj', { range: { start: i, end: i + 4096 } })).equals(
-              body.subarray(i, i + 4096),
-            ),
-          ).toBe(true);
+          expect((await store.get(`chunks/cd/obj${i % 8}`, { maxBytes: 4096 })).equals(bodies[i % 8]!)).toBe(
+            true,
+          );
         const n = 40;
         for (let i = 0; i < n; i++) await read(i);
         const sequential = await logLines(a.sub, n);
@@ -152,6 +146,36 @@ describe.skipIf(!!nginxSkipReason)(
         a.cleanup();
       }
     });
+
+    const BIG = 32 * 1024 * 1024;
+    it('a refused small body is drained (the connection is kept), a refused big one is destroyed unread', async () => {
+      const a = area();
+      const store = new HttpStore(`${nginx!.url}/${a.sub}`, { connections: 4 });
+      try {
+        await a.files.put('chunks/ef/small', randomBytes(4096));
+        await a.files.put('chunks/ef/big', Buffer.alloc(BIG, 1));
+        const refuse = async (key: string, count: number) => {
+          for (let i = 0; i < count; i++)
+            await expect(store.get(key, { maxBytes: 4095 })).rejects.toBeInstanceOf(IntegrityError);
+        };
+        const n = 5;
+        await refuse('chunks/ef/small', n);
+        const small = await logLines(a.sub, n);
+        // The drain runs in the background, so a request may find its socket still busy, but
+        // connections stay within the pool: far from one per refusal.
+        expect(new Set(small.map((f) => f[0])).size).toBeLessThanOrEqual(4);
+
+        await refuse('chunks/ef/big', n);
+        const big = (await logLines(a.sub, 2 * n)).slice(n);
+        // Reading 32 MiB to its end would keep the socket; dropping it costs a new connection each.
+        expect(new Set(big.map((f) => f[0])).size).toBe(n);
+        // nginx got rid of what the socket buffers took (a few MiB on loopback), never the whole object.
+        for (const f of big) expect(Number(f[6])).toBeLessThan(BIG / 2);
+      } finally {
+        await store.close();
+        a.cleanup();
+      }
+    });
   },
 );
 
@@ -162,6 +186,8 @@ interface FakeOrigin {
   url: string;
   /** Request headers seen, in order. */
   seen: http.IncomingHttpHeaders[];
+  /** Request paths seen, in order. */
+  urls: string[];
   close(): Promise<void>;
 }
 
@@ -169,8 +195,10 @@ async function fakeOrigin(
   handler: (req: http.IncomingMessage, res: http.ServerResponse) => void,
 ): Promise<FakeOrigin> {
   const seen: http.IncomingHttpHeaders[] = [];
+  const urls: string[] = [];
   const server = http.createServer((req, res) => {
     seen.push(req.headers);
+    urls.push(req.url ?? '');
     handler(req, res);
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -178,6 +206,7 @@ async function fakeOrigin(
   return {
     url: `http://127.0.0.1:${port}`,
     seen,
+    urls,
     close: () => {
       server.closeAllConnections();
       return new Promise((r) => server.close(() => r()));
@@ -205,6 +234,32 @@ async function withOrigin(
 const status = (code: number) => (_req: http.IncomingMessage, res: http.ServerResponse) =>
   res.writeHead(code, { 'content-type': 'text/plain' }).end(`status ${code}`);
 const silent = () => {};
+const GiB = 1024 * 1024 * 1024;
+
+/**
+ * Writes `total` bytes in 64 KiB pieces as fast as the client takes them (honouring backpressure)
+ * until done or the connection goes; resolves with the bytes the socket accepted by then.
+ */
+function stream(res: http.ServerResponse, total: number): Promise<number> {
+  const piece = Buffer.alloc(64 * 1024, 0x5a);
+  let offered = 0;
+  let accepted = 0;
+  return new Promise((resolve) => {
+    res.on('close', () => resolve(accepted));
+    const pump = (): void => {
+      while (offered < total && !res.destroyed) {
+        const n = Math.min(piece.length, total - offered);
+        offered += n;
+        const more = res.write(piece.subarray(0, n), (err) => {
+          if (!err) accepted += n;
+        });
+        if (!more) return void res.once('drain', pump);
+      }
+      if (offered >= total) res.end();
+    };
+    pump();
+  });
+}
 
 describe('http store faults (fake origin)', () => {
   it.each([
@@ -253,17 +308,14 @@ describe('http store faults (fake origin)', () => {
     }
   });
 
-  it('requests <base path>/<key> with Range and identity encoding', async () => {
+  it('requests <base path>/<key> with identity encoding and no Range', async () => {
     await withOrigin(
-      (req, res) =>
-        res
-          .writeHead(206, { 'content-range': 'bytes 10-19/100', 'content-length': 10 })
-          .end(Buffer.alloc(10, 7)),
+      (_req, res) => res.writeHead(200, { 'content-length': 10 }).end(Buffer.alloc(10, 7)),
       async (store, origin) => {
-        expect(await store.get('chunks/ab/x', { range: { start: 10, end: 20 } })).toEqual(
-          Buffer.alloc(10, 7),
-        );
-        expect(origin.seen[0]).toMatchObject({ range: 'bytes=10-19', 'accept-encoding': 'identity' });
+        expect(await store.get('chunks/ab/x')).toEqual(Buffer.alloc(10, 7));
+        expect(origin.seen[0]).toMatchObject({ 'accept-encoding': 'identity' });
+        expect(origin.seen[0]).not.toHaveProperty('range');
+        expect(origin.urls).toEqual(['/a/b/chunks/ab/x']);
       },
       { path: '/a/b/' },
     );
@@ -283,40 +335,87 @@ describe('http store faults (fake origin)', () => {
     );
   });
 
-  it('a 206 whose Content-Range is not what was asked → StoreError', async () => {
-    for (const cr of ['bytes 0-9/100', 'bytes 10-14/100', 'bytes */100', undefined]) {
-      await withOrigin(
-        (_req, res) =>
-          res
-            .writeHead(206, { 'content-length': 10, ...(cr ? { 'content-range': cr } : {}) })
-            .end(Buffer.alloc(10)),
-        async (store) => {
-          const e = await store
-            .get('chunks/ab/x', { range: { start: 10, end: 20 } })
-            .catch((x: unknown) => x);
-          expect(e).toBeInstanceOf(StoreError);
-          expect(e).toMatchObject({ status: 206, retryable: false });
-        },
-      );
-    }
+  it('a 206 (never asked for: no Range is sent) → StoreError, not retryable', async () => {
+    await withOrigin(
+      (_req, res) =>
+        res.writeHead(206, { 'content-range': 'bytes 0-9/100', 'content-length': 10 }).end(Buffer.alloc(10)),
+      async (store) => {
+        const e = await store.get('chunks/ab/x').catch((x: unknown) => x);
+        expect(e).toBeInstanceOf(StoreError);
+        expect(e).toMatchObject({ status: 206, retryable: false });
+        expect((e as Error).message).toMatch(/206 Partial Content to a request without Range/);
+      },
+    );
   });
 
-  it('an origin that ignores Range (200) still yields exactly the range', async () => {
-    const small = randomBytes(1000);
-    const big = randomBytes(1024 * 1024); // past the drain limit: the store stops reading early
-    for (const body of [small, big]) {
-      await withOrigin(
-        (_req, res) => res.writeHead(200, { 'content-length': body.length }).end(body),
-        async (store) => {
-          expect(
-            (await store.get('chunks/ab/x', { range: { start: 100, end: 900 } })).equals(
-              body.subarray(100, 900),
-            ),
-          ).toBe(true);
-          expect((await store.get('chunks/ab/x')).equals(body)).toBe(true);
-        },
-      );
-    }
+  it('a Content-Length beyond maxBytes is refused before the body is read: 1 GiB is destroyed, not drained', async () => {
+    let sent: Promise<number> | undefined;
+    await withOrigin(
+      (_req, res) => {
+        res.writeHead(200, { 'content-length': GiB });
+        sent = stream(res, GiB);
+      },
+      async (store) => {
+        const t0 = Date.now();
+        const e = await store.get('chunks/ab/x', { maxBytes: 4096 }).catch((x: unknown) => x);
+        expect(e).toBeInstanceOf(IntegrityError);
+        expect(e).not.toBeInstanceOf(StoreError); // nothing to retry: the origin lies
+        expect(e).toMatchObject({
+          code: 'LAZYSNAP_INTEGRITY',
+          key: 'chunks/ab/x',
+          expected: 'at most 4096 bytes',
+          actual: `${GiB} bytes`,
+        });
+        // The origin notices the connection go at once, with most of its GiB unsent.
+        expect(await sent).toBeLessThan(64 * 1024 * 1024);
+        expect(Date.now() - t0).toBeLessThan(5000);
+      },
+    );
+  });
+
+  it('a chunked body (no Content-Length) is cut off once more than maxBytes arrived; the rest is never read', async () => {
+    let sent: Promise<number> | undefined;
+    await withOrigin(
+      (_req, res) => {
+        res.writeHead(200); // no Content-Length: Node sends the body chunked
+        sent = stream(res, GiB);
+      },
+      async (store) => {
+        const maxBytes = 100_000;
+        const t0 = Date.now();
+        const e = await store.get('chunks/ab/x', { maxBytes }).catch((x: unknown) => x);
+        expect(e).toBeInstanceOf(IntegrityError);
+        expect(e).not.toBeInstanceOf(StoreError);
+        expect(e).toMatchObject({ code: 'LAZYSNAP_INTEGRITY', expected: `at most ${maxBytes} bytes` });
+        // Stopped at the first network read past the cap, not at the end of the body.
+        const got = Number(/^(\d+) bytes or more$/.exec((e as IntegrityError).actual ?? '')?.[1]);
+        expect(got).toBeGreaterThan(maxBytes);
+        expect(got).toBeLessThanOrEqual(maxBytes + 1024 * 1024);
+        // What the origin got rid of is bounded by socket buffers, far from the GiB it meant to send.
+        expect(await sent).toBeLessThan(64 * 1024 * 1024);
+        expect(Date.now() - t0).toBeLessThan(5000);
+      },
+    );
+  });
+
+  it('a chunked body of exactly maxBytes reads whole; one byte more fails', async () => {
+    const body = randomBytes(100_000);
+    await withOrigin(
+      (_req, res) => {
+        res.writeHead(200);
+        // Several chunks, so the count crosses the cap mid-stream rather than at a single write.
+        for (let i = 0; i < body.length; i += 30_000) res.write(body.subarray(i, i + 30_000));
+        res.end();
+      },
+      async (store) => {
+        expect((await store.get('chunks/ab/x', { maxBytes: 100_000 })).equals(body)).toBe(true);
+        expect((await store.get('chunks/ab/x')).equals(body)).toBe(true);
+        await expect(store.get('chunks/ab/x', { maxBytes: 99_999 })).rejects.toMatchObject({
+          code: 'LAZYSNAP_INTEGRITY',
+          actual: '100000 bytes or more',
+        });
+      },
+    );
   });
 
   it('an origin that never answers → retryable StoreError after headersTimeoutMs', async () => {
@@ -389,7 +488,7 @@ describe('http store faults (fake origin)', () => {
           await store.get('chunks/ab/x').catch((x: unknown) => x),
           await store.get('chunks/ab/x').catch((x: unknown) => x),
           await store.get('chunks/ab/x').catch((x: unknown) => x),
-          await store.get('chunks/ab/x', { range: { start: 5, end: 9 } }).catch((x: unknown) => x),
+          await store.get('chunks/ab/x').catch((x: unknown) => x),
           await store.get('chunks/ab/x').catch((x: unknown) => x),
         ];
         expect(origin.seen.map((h) => h.authorization)).toEqual(Array(5).fill(`Bearer ${SECRET}`));

@@ -14,7 +14,13 @@ vi.hoisted(() => {
 
 import { S3Client } from '@aws-sdk/client-s3';
 
-import { InvalidArgumentError, InvalidUrlError, NotFoundError, StoreError } from '../../core/errors.js';
+import {
+  IntegrityError,
+  InvalidArgumentError,
+  InvalidUrlError,
+  NotFoundError,
+  StoreError,
+} from '../../core/errors.js';
 import { S3Store, type S3StoreOptions } from '../../store/s3-store.js';
 import { S3RVER_CREDENTIALS, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
 import { storeContract } from '../helpers/store-contract.js';
@@ -73,6 +79,12 @@ afterEach(async () => {
   }
 });
 
+/** Waits (up to 5 s) until `done()` holds. */
+async function until(done: () => boolean): Promise<void> {
+  for (let i = 0; !done() && i < 500; i++) await new Promise((r) => setTimeout(r, 10));
+  expect(done()).toBe(true);
+}
+
 const s3ErrorXml = (code: string): string =>
   `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>${code} here</Message></Error>`;
 
@@ -82,28 +94,83 @@ storeContract('s3 (s3rver)', async () => {
 });
 
 describe('s3 store specifics', () => {
-  it('puts once per object and reads a byte range with one ranged GET', async () => {
+  it('puts once per object and reads it whole with one plain GET (no Range)', async () => {
     const store = s3Store();
     const body = randomBytes(10_000);
     s3.reset();
     await store.put('chunks/ab/obj', body);
     expect(s3.requests.map((r) => r.method)).toEqual(['PUT']);
     s3.reset();
-    const part = await store.get('chunks/ab/obj', { range: { start: 100, end: 228 } });
-    expect(part.equals(body.subarray(100, 228))).toBe(true);
+    expect((await store.get('chunks/ab/obj', { maxBytes: 10_000 })).equals(body)).toBe(true);
     expect(s3.requests).toHaveLength(1);
     expect(s3.requests[0]).toMatchObject({
       method: 'GET',
       path: `/${s3.bucket}/${store.prefix}/chunks/ab/obj?x-id=GetObject`,
     });
-    expect(s3.requests[0]!.headers.range).toBe('bytes=100-227');
-    // A range running past the end reads short and one starting past it reads empty, as a file's would.
-    expect(
-      (await store.get('chunks/ab/obj', { range: { start: 9_990, end: 20_000 } })).equals(
-        body.subarray(9_990),
-      ),
-    ).toBe(true);
-    expect((await store.get('chunks/ab/obj', { range: { start: 20_000, end: 20_001 } })).length).toBe(0);
+    expect(s3.requests[0]!.headers).not.toHaveProperty('range');
+  });
+
+  it('refuses an object longer than maxBytes on its ContentLength, before the body is read, and does not retry', async () => {
+    const store = s3Store();
+    const size = 32 * 1024 * 1024;
+    await store.put('chunks/ab/big', Buffer.alloc(size, 1));
+    s3.reset();
+    const e = await store.get('chunks/ab/big', { maxBytes: 1024 * 1024 }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(IntegrityError);
+    expect(e).toMatchObject({
+      code: 'LAZYSNAP_INTEGRITY',
+      key: 'chunks/ab/big',
+      expected: `at most ${1024 * 1024} bytes`,
+      actual: `${size} bytes`,
+    });
+    // One GET: an IntegrityError is not retried (the SDK never sees it, the store does not retry).
+    expect(s3.requests.map((r) => r.method)).toEqual(['GET']);
+    const [get] = s3.requests;
+    await until(() => get!.closed);
+    // The stream was destroyed on the header: the proxy handed over what socket buffers took
+    // (a few MiB on loopback), not the object.
+    expect(get!.bytesOut).toBeLessThan(size / 2);
+  });
+
+  it('without a ContentLength (chunked), stops reading once more than maxBytes arrived', async () => {
+    const GiB = 1024 * 1024 * 1024;
+    const exact = randomBytes(100_000);
+    let sent = 0;
+    let gone = false;
+    const endpoint = await fakeServer((req, res) => {
+      res.writeHead(200, { 'last-modified': new Date().toUTCString() }); // no Content-Length
+      res.on('close', () => (gone = true));
+      if (req.url?.includes('exact')) {
+        for (let i = 0; i < exact.length; i += 30_000) res.write(exact.subarray(i, i + 30_000));
+        return void res.end();
+      }
+      // Up to 1 GiB, as fast as the client takes it.
+      const piece = Buffer.alloc(64 * 1024, 0x5a);
+      const pump = (): void => {
+        while (sent < GiB && !res.destroyed) {
+          sent += piece.length;
+          if (!res.write(piece)) return void res.once('drain', pump);
+        }
+        if (sent >= GiB) res.end();
+      };
+      pump();
+    });
+    const store = s3Store({ endpoint, maxAttempts: 1 });
+    expect((await store.get('chunks/ab/exact', { maxBytes: 100_000 })).equals(exact)).toBe(true);
+    await expect(store.get('chunks/ab/exact', { maxBytes: 99_999 })).rejects.toMatchObject({
+      code: 'LAZYSNAP_INTEGRITY',
+      actual: '100000 bytes or more',
+    });
+
+    const t0 = performance.now();
+    const e = await store.get('chunks/ab/flood', { maxBytes: 100_000 }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(IntegrityError);
+    const got = Number(/^(\d+) bytes or more$/.exec((e as IntegrityError).actual ?? '')?.[1]);
+    expect(got).toBeGreaterThan(100_000);
+    expect(got).toBeLessThanOrEqual(100_000 + 1024 * 1024);
+    await until(() => gone);
+    expect(sent).toBeLessThan(64 * 1024 * 1024);
+    expect(performance.now() - t0).toBeLessThan(5_000);
   });
 
   it('stores keys under the prefix, without double slashes, and lists only its own prefix', async () => {
