@@ -48,10 +48,10 @@ assert.ok(
   Number.isInteger(fetchConcurrency) && fetchConcurrency >= 1,
   '--fetch-concurrency: an integer >= 1',
 );
-const imageBytes = parseSize('--image-size', values['image-size']);
-const chunkSize = parseSize('--chunk-size', values['chunk-size']);
-const memoryBudget = parseSize('--memory-budget', values['memory-budget']);
-const cacheBudget = parseSize('--cache-budget', values['cache-budget']);
+const imageBytes = parseSize(values['image-size'], '--image-size');
+const chunkSize = parseSize(values['chunk-size'], '--chunk-size');
+const memoryBudget = parseSize(values['memory-budget'], '--memory-budget');
+const cacheBudget = parseSize(values['cache-budget'], '--cache-budget');
 assert.ok(['nginx', 'dir'].includes(values.origin), '--origin: nginx or dir');
 const useNginx = values.origin === 'nginx' && !nginxSkipReason;
 if (values.origin === 'nginx' && nginxSkipReason)

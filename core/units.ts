@@ -13,13 +13,21 @@ const UNITS: Record<string, number> = {
   tib: 1024 ** 4,
 };
 
-/** Parses "512KiB", "1G", "4096" into bytes (binary units; K = KiB). */
-export function parseSize(name: string, text: string): number {
+/**
+ * Parses "512KiB", "1G", "4096" into bytes (binary units; K = KiB). `name` is what the user typed
+ * (the flag), for the error. Zero is refused unless `allowZero` (a budget of nothing is a choice, a
+ * chunk of nothing is a mistake).
+ */
+export function parseSize(text: string, name: string, options: { allowZero?: boolean } = {}): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(text);
   const unit = m ? UNITS[m[2]!.toLowerCase()] : undefined;
   const n = m && unit !== undefined ? Number(m[1]) * unit : NaN;
-  if (!Number.isSafeInteger(n) || n <= 0)
-    throw new InvalidArgumentError(name, 'a size such as 4096, 512KiB or 1GiB', text);
+  if (!Number.isSafeInteger(n) || n < 0 || (n === 0 && !options.allowZero))
+    throw new InvalidArgumentError(
+      name,
+      options.allowZero ? 'a size such as 0, 4096, 512KiB or 1GiB' : 'a size such as 4096, 512KiB or 1GiB',
+      text,
+    );
   return n;
 }
 
@@ -31,7 +39,7 @@ export function formatBytes(n: number): string {
   return `${i === 0 ? v : v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
 }
 
-/** Parses "500ms", "30s", "10m", "1h", "2d" into milliseconds. */
+/** Parses "500ms", "30s", "10m", "1h", "2d" into milliseconds. `name` is the flag, for the error. */
 export function parseDuration(text: string, name: string): number {
   const m = /^(\d+)(ms|s|m|h|d)$/.exec(text);
   if (!m) throw new InvalidArgumentError(name, 'a duration such as 500ms, 30s, 10m, 1h or 2d', text);

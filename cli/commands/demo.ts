@@ -105,8 +105,8 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
     strict: true,
   });
   const opts: DemoOptions = {
-    size: parseSize('--size', values.size),
-    chunkSize: parseSize('--chunk-size', values['chunk-size']),
+    size: parseSize(values.size, '--size'),
+    chunkSize: parseSize(values['chunk-size'], '--chunk-size'),
     workingSet: Number(values['working-set']),
     store: values.store,
     id: values.id ?? `demo-${new Date().toISOString().replace(/[:.]/g, '-')}`,

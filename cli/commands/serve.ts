@@ -107,10 +107,10 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       ...(values['s3-endpoint'] ? { s3Endpoint: values['s3-endpoint'] } : {}),
       ...(values['cache-dir'] ? { cacheDir: values['cache-dir'] } : {}),
       ...(values['cache-budget']
-        ? { cacheBudgetBytes: parseSize('--cache-budget', values['cache-budget']) }
+        ? { cacheBudgetBytes: parseSize(values['cache-budget'], '--cache-budget', { allowZero: true }) }
         : {}),
       ...(values['memory-budget']
-        ? { memoryBudgetBytes: parseSize('--memory-budget', values['memory-budget']) }
+        ? { memoryBudgetBytes: parseSize(values['memory-budget'], '--memory-budget', { allowZero: true }) }
         : {}),
       failClosed: values['fail-closed'] as 'auto',
       prefetch: values.prefetch as 'auto',

@@ -84,16 +84,16 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
     throw new UsageError('give exactly one source: --mem-file FILE or --pid PID');
   const codec = values.compress;
   assertCodec(codec, '--compress');
-  const pageSize = parseSize('--page-size', values['page-size']);
+  const pageSize = parseSize(values['page-size'], '--page-size');
   if (pageSize !== 4096 && pageSize !== 2097152)
     throw new InvalidArgumentError('--page-size', '4KiB or 2MiB', values['page-size']);
-  const chunkSize = parseSize('--chunk-size', values['chunk-size']);
+  const chunkSize = parseSize(values['chunk-size'], '--chunk-size');
   const level = intOption('level', values.level, 1, 19);
   const concurrency = intOption('concurrency', values.concurrency, 1, 256);
   const mode = values.progress as ProgressMode;
   if (!['auto', 'tty', 'json', 'quiet'].includes(mode))
     throw new InvalidArgumentError('--progress', 'auto, tty, json or quiet', mode);
-  const regions = values.regions?.split(',').map((r) => parseSize('--regions', r));
+  const regions = values.regions?.split(',').map((r) => parseSize(r, '--regions'));
   if (values.maps !== undefined && values.pid === undefined)
     throw new UsageError('--maps selects mappings of a process: it needs --pid');
   const pid = values.pid !== undefined ? intOption('pid', values.pid, 1, 2 ** 22)! : undefined;

@@ -33,6 +33,8 @@ export interface ServeProcess {
   fdCount(): number;
   /** Resident set size in bytes (/proc/<pid>/status VmRSS). */
   rssBytes(): number;
+  /** The peak resident set size so far (/proc/<pid>/status VmHWM): catches a spike between samples. */
+  peakRssBytes(): number;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** Sends `signal` (default SIGTERM) and waits for the exit. */
   stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
@@ -126,6 +128,8 @@ export async function startServe(
     fdCount: () => readdirSync(`/proc/${pid}/fd`).length,
     rssBytes: () =>
       Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) * 1024,
+    peakRssBytes: () =>
+      Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) * 1024,
     exited,
     async stop(signal = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
