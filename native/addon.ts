@@ -102,6 +102,8 @@ export interface Addon {
     residentBytes: number;
     residentChunks: number;
     zeroChunks: number;
+    arenaAddress: bigint;
+    arenaBytes: number;
   };
 
   sessionCreate(

@@ -268,6 +268,9 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   set_named(env, o, "residentBytes", make_u64(env, rb));
   set_named(env, o, "residentChunks", make_u64(env, rc));
   set_named(env, o, "zeroChunks", make_u64(env, zc));
+  /* Where the arena is, to find it in /proc/self/smaps (its huge-page advice, its resident size). */
+  set_named(env, o, "arenaAddress", make_bigint(env, (uint64_t)(uintptr_t)t->arena));
+  set_named(env, o, "arenaBytes", make_u64(env, t->arena_len));
   return o;
 }
 
