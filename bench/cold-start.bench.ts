@@ -32,6 +32,7 @@ import {
   type FdWatch,
 } from '../native/index.js';
 import { ChunkFetcher, type FetchEvent } from '../runtime/fetcher.js';
+import { ChunkLoader } from '../runtime/chunk-loader.js';
 import { parseHandshake } from '../runtime/handshake.js';
 import { parseProfile } from '../runtime/profile.js';
 import { HttpStore } from '../store/http-store.js';
@@ -180,7 +181,7 @@ function serveResident(
 
 /**
  * Downloads `chunks` through the proxy with C connections and C fetches in flight (verified and
- * decoded, as the runtime does). eager: into a table, then each workload runs from it in a session
+ * decoded into a table by the loader threads, as the runtime does). eager: into a table, then each workload runs from it in a session
  * of its own. floor: the download alone, what the origin emulation needs to deliver the chunks.
  */
 async function downloadRound(
@@ -196,20 +197,23 @@ async function downloadRound(
     fetches++;
     storedBytes += e.bytes;
   };
-  const fetcher = new ChunkFetcher({ origins: [store], concurrency: C, onFetch });
-  const table = mode === 'eager' ? new ChunkTable(ix.manifest.totalSize, CS) : undefined;
-  table?.markZero(Uint8Array.from(ix.flags, (f) => (f === 0 ? 1 : 0)));
+  // Always into a table (a fetch ends resident); the floor then simply drops it.
+  const table = new ChunkTable(ix.manifest.totalSize, CS);
+  table.markZero(Uint8Array.from(ix.flags, (f) => (f === 0 ? 1 : 0)));
+  const loader = await ChunkLoader.start({ table });
+  const fetcher = new ChunkFetcher({ origins: [store], table, loader, concurrency: C, onFetch });
   try {
     const t0 = performance.now();
     const all = chunks.map((i) =>
-      fetcher
-        .fetch({ hash: chunkHash(ix, i)!, codec: chunkCodec(ix, i)!, length: chunkLength(ix, i) }, 'demand')
-        .then(({ bytes }) => table?.put(i, bytes)),
+      fetcher.fetch(
+        { chunk: i, hash: chunkHash(ix, i)!, codec: chunkCodec(ix, i)!, length: chunkLength(ix, i) },
+        'demand',
+      ),
     );
     await timeout(Promise.all(all), STEP_MS, `${mode} download`);
     const downloadMs = performance.now() - t0;
     assert.equal(fetches, chunks.length, `${mode}: origin fetches ≠ the chunks it needs`);
-    if (!table) return { ms: downloadMs, fetches, storedBytes };
+    if (mode === 'floor') return { ms: downloadMs, fetches, storedBytes };
     const r: Record<string, number> = { downloadMs, fetches, storedBytes };
     for (const w of WORKLOADS) {
       const sock = path.join(tmp.dir, `eager-${w}.sock`);
@@ -225,7 +229,9 @@ async function downloadRound(
     }
     return r;
   } finally {
-    if (table) for (let i = 0; i < ix.count; i++) table.evict(i); // give the 0.5 GB back now, not at some GC
+    for (let i = 0; i < ix.count; i++) table.evict(i); // give the 0.5 GB back now, not at some GC
+    await loader.close();
+    table.unshare();
     await store.close();
   }
 }

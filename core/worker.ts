@@ -8,9 +8,11 @@ import { Worker, type WorkerOptions } from 'node:worker_threads';
 /** `moduleUrl`: the module's URL as compiled, e.g. `new URL('./worker.js', import.meta.url)`. */
 export function startModuleWorker(moduleUrl: URL, options: Omit<WorkerOptions, 'eval'> = {}): Worker {
   const caller = new URL(moduleUrl);
-  // Our sources import each other as .js; a source run has only the .ts beside it.
-  const isSource = import.meta.url.endsWith('.ts');
+  // Our sources import each other as .js; a source run has only the .ts beside it. Compare paths, not
+  // URLs: a module tsx loaded inside a worker carries a query (?tsx-namespace=...) in its URL.
+  const isSource = new URL(import.meta.url).pathname.endsWith('.ts');
   if (!isSource) return new Worker(caller, options);
+  caller.search = '';
   const file = caller.href.replace(/\.js$/, '.ts');
   const api = import.meta.resolve('tsx/esm/api');
   const boot = `import(${JSON.stringify(api)}).then((m) => m.tsImport(${JSON.stringify(file)}, ${JSON.stringify(file)}))`;
@@ -19,7 +21,7 @@ export function startModuleWorker(moduleUrl: URL, options: Omit<WorkerOptions, '
 
 /** The node command line that runs one of our modules as a child process (tsx for source runs). */
 export function moduleCommand(moduleUrl: URL): { command: string; args: string[] } {
-  const isSource = import.meta.url.endsWith('.ts');
+  const isSource = new URL(import.meta.url).pathname.endsWith('.ts');
   const file = new URL(moduleUrl).pathname;
   if (!isSource) return { command: process.execPath, args: [file] };
   return {

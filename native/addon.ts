@@ -94,6 +94,14 @@ export interface Addon {
   tableSetZero(t: Handle<'table'>, chunk: number): void;
   tableMarkZero(t: Handle<'table'>, flags: Uint8Array): void;
   tableEvict(t: Handle<'table'>, chunk: number): number;
+  tableShare(t: Handle<'table'>): number;
+  tableUnshare(t: Handle<'table'>): void;
+  tableOpen(id: number): Handle<'table'>;
+  tableArena(t: Handle<'table'>): ArrayBuffer;
+  tableReserve(t: Handle<'table'>, chunk: number): boolean;
+  tableCommit(t: Handle<'table'>, chunk: number, ok: boolean): void;
+  tablePin(t: Handle<'table'>, chunk: number): boolean;
+  tableUnpin(t: Handle<'table'>, chunk: number): void;
   tableState(t: Handle<'table'>, chunk: number): number;
   tableStats(t: Handle<'table'>): {
     chunks: number;

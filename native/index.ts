@@ -149,17 +149,43 @@ export class ChunkTable {
   readonly totalSize: number;
   readonly chunkSize: number;
   readonly chunks: number;
+  #arena: ArrayBuffer | undefined;
 
-  constructor(totalSize: number, chunkSize: number) {
+  constructor(totalSize: number, chunkSize: number, handle?: Handle<'table'>) {
     checkInt('totalSize', totalSize, 1);
     checkInt('chunkSize', chunkSize, PAGE_4K);
     if ((chunkSize & (chunkSize - 1)) !== 0)
       throw new InvalidArgumentError('chunkSize', 'a power of two', chunkSize);
-    this.handle = addon().tableCreate(totalSize, chunkSize);
+    this.handle = handle ?? addon().tableCreate(totalSize, chunkSize);
     this.totalSize = totalSize;
     this.chunkSize = chunkSize;
     this.chunks = Math.ceil(totalSize / chunkSize);
   }
+
+  /**
+   * Opens, on this thread (a worker), a table another thread of the process shared with share(). The
+   * geometry must be the shared table's (it is checked against its stats).
+   */
+  static open(id: number, totalSize: number, chunkSize: number): ChunkTable {
+    const t = new ChunkTable(totalSize, chunkSize, addon().tableOpen(id));
+    const st = t.stats();
+    if (st.totalSize !== totalSize || st.chunkSize !== chunkSize)
+      throw new InvalidArgumentError(
+        'table geometry',
+        `${st.totalSize}/${st.chunkSize}`,
+        `${totalSize}/${chunkSize}`,
+      );
+    return t;
+  }
+
+  /** Lets other threads of this process open this table (ChunkTable.open(id)) until unshare(). */
+  share(): number {
+    return addon().tableShare(this.handle);
+  }
+  unshare(): void {
+    addon().tableUnshare(this.handle);
+  }
+
   /** Byte length of chunk i (the last one may be short). */
   chunkLength(i: number): number {
     return Math.min(this.chunkSize, this.totalSize - i * this.chunkSize);
@@ -167,6 +193,34 @@ export class ChunkTable {
   put(i: number, bytes: ArrayBufferView): void {
     addon().tablePut(this.handle, i, bytes);
   }
+
+  /**
+   * Claims absent chunk i for filling in place: true when this caller must now write its bytes into
+   * slot(i) and commit(i, ok); false when it is zero, resident, or being filled by someone else.
+   */
+  reserve(i: number): boolean {
+    return addon().tableReserve(this.handle, i);
+  }
+  /** Ends a reserve(): the slot holds chunk i's verified bytes (ok), or not (absent again). */
+  commit(i: number, ok: boolean): void {
+    addon().tableCommit(this.handle, i, ok);
+  }
+  /**
+   * Chunk i's bytes in the arena. Write them only between reserve() and commit(); read them only while
+   * pinned (pin()/unpin()), or the memory may be given back under you (you would read zeros).
+   */
+  slot(i: number): Uint8Array {
+    this.#arena ??= addon().tableArena(this.handle);
+    return new Uint8Array(this.#arena, i * this.chunkSize, this.chunkLength(i));
+  }
+  /** Keeps resident chunk i's bytes in place until unpin(i); false when it is not resident. */
+  pin(i: number): boolean {
+    return addon().tablePin(this.handle, i);
+  }
+  unpin(i: number): void {
+    addon().tableUnpin(this.handle, i);
+  }
+
   setZero(i: number): void {
     addon().tableSetZero(this.handle, i);
   }

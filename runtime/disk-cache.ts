@@ -3,36 +3,41 @@
  * uncompressed chunk bytes at <dir>/<2 hex>/<hash>, shared by every restore session of a `serve`
  * process and by every `serve` process on the host.
  *
+ * Reads and writes run on the chunk loader threads (runtime/chunk-loader.ts) straight between the file
+ * and the chunk's slot in the native table: a hit is one open and one read into the slot, checked there
+ * (length, BLAKE3 or an encrypted snapshot's keyed id), with no copy and no work on the event loop.
+ * Writes are background jobs of the loaders, taken only when a loader is idle and dropped when the
+ * backlog is full or the chunk left memory first: filling the cache never delays an install.
+ *
  * The filesystem is the source of truth, so processes share the directory without a lock. Writes
  * are temp file + rename, so readers see a whole entry or none, and two writers of one hash rename
  * identical bytes (content addressing makes last-writer-wins harmless). No fsync: a torn entry
- * left by a crash fails verification on its first read, which checks length and BLAKE3, and is
- * deleted: corrupt bytes cost one origin fetch, never reach guest memory. Recency is the mtime,
- * touched on each hit, so the LRU order open() rebuilds reflects every process's reads.
+ * left by a crash fails verification on its first read and is deleted: corrupt bytes cost one origin
+ * fetch, never reach guest memory. Recency is the mtime, recorded for hits in batches (every
+ * touchIntervalMs and at close), so the LRU order open() rebuilds reflects every process's reads.
  *
  * Caveat (budget): each process evicts only from its own index (what it wrote, read, or found at
  * open), so `budgetBytes` bounds one process's view, not the directory. Processes serving the same
- * snapshots count mostly the same files and overshoot until their next put evicts; N processes
+ * snapshots count mostly the same files and overshoot until their next write evicts; N processes
  * with disjoint working sets can hold up to N × budget until a restart's open() rescans. Sizes are
  * file sizes, not allocated blocks.
  *
  * A cache is an optimization: write failures (ENOSPC, EACCES, EROFS, ...) are counted, kept in
  * `lastWriteError` and told to `onProblem` for the runtime to log, never thrown; a failed read is
  * a miss (one that fails verification is told too: a failing disk or a foreign write). Only caller bugs
- * throw: a bad hash or length (InvalidArgumentError), and put bytes that are not chunk `hash`
- * (IntegrityError, checked on every put so a caller bug shows whatever the cache holds).
+ * throw: a bad hash or length (InvalidArgumentError).
  * Entries are guest memory (keys, tokens): the directory is created 0700, entries are 0600.
  * Entries of encrypted snapshots are plaintext too (the host that restores holds the key anyway),
- * named by the snapshot's keyed chunk id and verified with it (`chunkId`).
+ * named by the snapshot's keyed chunk id and verified with it.
  */
 import assert from 'node:assert';
 import { randomBytes } from 'node:crypto';
-import type { Stats } from 'node:fs';
-import { mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, readdir, stat, unlink, utimes } from 'node:fs/promises';
 import path from 'node:path';
 
-import { IntegrityError, InvalidArgumentError } from '../core/errors.js';
+import { InvalidArgumentError } from '../core/errors.js';
 import { assertHash } from '../store/keys.js';
+import { LoadError, type ChunkLoader } from './chunk-loader.js';
 import {
   resolveDiskCacheOptions,
   type DiskCacheOptions,
@@ -50,12 +55,16 @@ export interface DiskCacheStats {
   /** Entries and bytes in this process's index (see the budget caveat above). */
   entries: number;
   bytes: number;
-  /** misses: every get that returned undefined; corrupt: those that failed verification (deleted). */
+  /** misses: every read that found nothing usable; corrupt: those that failed verification (deleted). */
   hits: number;
   misses: number;
   corrupt: number;
   evictions: number;
   writeErrors: number;
+  /** Entries this process wrote. */
+  writes: number;
+  /** Writes not done because the loaders were busy (backlog full) or the chunk left memory first. */
+  writesDropped: number;
 }
 
 /** The same mark FileStore uses: `<hash>.tmp-<pid>-<random>`. */
@@ -68,23 +77,28 @@ export const STALE_TEMP_MS = 60_000;
 export class DiskCache {
   /** hash → file size, least recently used first: a Map keeps insertion order, a hit re-inserts. */
   readonly #index = new Map<string, number>();
-  /** In-flight writes by hash, so concurrent puts of one chunk write it once. */
+  /** In-flight writes by hash, so concurrent writes of one chunk write it once. */
   readonly #writes = new Map<string, Promise<void>>();
+  /** Hits whose mtime is still to be recorded. */
+  readonly #touched = new Set<string>();
+  #touchTimer: NodeJS.Timeout | undefined;
   #bytes = 0;
-  readonly #n = { hits: 0, misses: 0, corrupt: 0, evictions: 0, writeErrors: 0 };
+  readonly #n = { hits: 0, misses: 0, corrupt: 0, evictions: 0, writeErrors: 0, writes: 0, writesDropped: 0 };
   #lastWriteError: unknown;
   #closed = false;
   readonly #onProblem: ((p: DiskCacheProblem) => void) | undefined;
-
-  readonly #chunkId: (bytes: Uint8Array) => string;
+  readonly #loader: ChunkLoader;
+  readonly #touchMs: number;
 
   private constructor(
     readonly dir: string,
     readonly budgetBytes: number,
-    chunkId: (bytes: Uint8Array) => string,
+    loader: ChunkLoader,
+    touchMs: number,
     onProblem?: (p: DiskCacheProblem) => void,
   ) {
-    this.#chunkId = chunkId;
+    this.#loader = loader;
+    this.#touchMs = touchMs;
     this.#onProblem = onProblem;
   }
 
@@ -96,8 +110,8 @@ export class DiskCache {
    */
   static async open(options: DiskCacheOptions, signal?: AbortSignal): Promise<DiskCache> {
     signal?.throwIfAborted();
-    const { dir, budgetBytes, chunkId, onProblem } = resolveDiskCacheOptions(options);
-    const cache = new DiskCache(dir, budgetBytes, chunkId, onProblem);
+    const { dir, budgetBytes, loader, touchIntervalMs, onProblem } = resolveDiskCacheOptions(options);
+    const cache = new DiskCache(dir, budgetBytes, loader, touchIntervalMs, onProblem);
     await mkdir(cache.dir, { recursive: true, mode: 0o700 });
     await cache.#scan(signal);
     await cache.#evict();
@@ -105,76 +119,65 @@ export class DiskCache {
   }
 
   /**
-   * The verified bytes of chunk `hash`, or undefined. `length` is the chunk's size from the
-   * manifest: a file of another size is corrupt, caught before it is read or hashed.
+   * Reads chunk `hash` (`length` bytes, from the manifest) from its entry straight into slot `chunk` of
+   * the loaders' table, verified there. True when the chunk is now resident from the cache; false on a
+   * miss (no entry, an unreadable one, or one that failed verification, which is deleted and reported).
    */
-  async get(hash: string, length: number, signal?: AbortSignal): Promise<Buffer | undefined> {
-    signal?.throwIfAborted();
+  async read(
+    chunk: number,
+    hash: string,
+    length: number,
+    priority: 'demand' | 'prefetch' = 'demand',
+  ): Promise<boolean> {
     assertHash(hash);
     if (!Number.isSafeInteger(length) || length < 0)
       throw new InvalidArgumentError('length', 'a non-negative integer', length);
     assert(!this.#closed, 'DiskCache used after close()');
     const file = this.#path(hash);
-    let fh: FileHandle;
+    let size: number;
     try {
-      fh = await open(file, 'r');
-    } catch {
-      return this.#miss(hash); // ENOENT (never cached, or evicted by any process) or unreadable
-    }
-    let st: Stats;
-    let bytes: Buffer | undefined;
-    try {
-      st = await fh.stat();
-      if (st.size === length) {
-        const buf = Buffer.allocUnsafe(length);
-        // A short read: the file shrank since fstat, rewritten in place by something foreign.
-        if ((await fh.read(buf, 0, length, 0)).bytesRead === length && this.#chunkId(buf) === hash)
-          bytes = buf;
+      size = await this.#loader.load({
+        chunk,
+        key: `${hash.slice(0, 2)}/${hash}`,
+        hash,
+        codec: 'none',
+        length,
+        from: 'raw',
+        path: file,
+        maxBytes: length,
+        priority,
+      });
+    } catch (e) {
+      if (e instanceof LoadError && e.failure === 'integrity') {
+        this.#n.corrupt++;
+        this.#onProblem?.({ kind: 'corrupt', hash, path: file });
+        await unlink(file).catch(() => {}); // ENOENT: another process was first; EROFS: it stays a miss
       }
-      // Best effort (EROFS, EPERM): other processes' LRU and the next open() see this read.
-      if (bytes) await fh.utimes(new Date(), new Date()).catch(() => {});
-    } catch {
-      return this.#miss(hash); // EIO and the like: not proof of corruption, so the file stays
-    } finally {
-      await fh.close().catch(() => {});
-    }
-    if (!bytes) {
-      this.#n.corrupt++;
-      this.#onProblem?.({ kind: 'corrupt', hash, path: file });
-      await unlink(file).catch(() => {}); // ENOENT: another process was first; EROFS: it stays a miss
+      // not-found (never cached, or evicted by any process), io (EIO: not proof of corruption, so the
+      // file stays), busy: a miss.
       return this.#miss(hash);
     }
     this.#n.hits++;
-    // nlink 0: evicted (here or elsewhere) while we read. The bytes are good; the entry is gone.
-    if (st.nlink > 0) {
-      const adopted = !this.#index.has(hash);
-      this.#record(hash, st.size);
-      if (adopted) await this.#evict(); // another process wrote it: now it counts against our budget
-    }
-    return bytes;
+    const adopted = !this.#index.has(hash);
+    this.#record(hash, size);
+    this.#touchLater(hash);
+    if (adopted) await this.#evict(); // another process wrote it: now it counts against our budget
+    return true;
   }
 
   /**
-   * Caches the chunk `hash` if it is not on disk already. Resolves once written, skipped or failed;
-   * it throws only for an invalid hash or bytes that are not chunk `hash`. The signal is checked on
-   * entry only: the write is short and shared by coalesced callers, so it is not cut off midway.
+   * Caches resident chunk `chunk` (`hash`, `length` bytes) if it is not on disk already, from its slot,
+   * when a loader is idle. Resolves once written, skipped, dropped or failed; it throws only for an
+   * invalid hash.
    */
-  async put(hash: string, bytes: Buffer, signal?: AbortSignal): Promise<void> {
-    signal?.throwIfAborted();
+  async write(chunk: number, hash: string, length: number): Promise<void> {
     assertHash(hash);
-    if (!(bytes instanceof Uint8Array)) throw new InvalidArgumentError('bytes', 'a Buffer', bytes);
-    const actual = this.#chunkId(bytes);
-    if (actual !== hash)
-      throw new IntegrityError(`${hash.slice(0, 2)}/${hash}`, 'content hash mismatch', {
-        expected: hash,
-        actual,
-      });
-    assert(!this.#closed, 'DiskCache used after close()');
+    if (this.#closed) return;
     // Larger than the whole budget: it would evict everything, then itself.
-    if (bytes.length > this.budgetBytes) return;
+    if (length > this.budgetBytes || this.#index.has(hash)) return;
     let pending = this.#writes.get(hash);
     if (!pending) {
-      pending = this.#write(hash, bytes).finally(() => this.#writes.delete(hash));
+      pending = this.#write(chunk, hash, length).finally(() => this.#writes.delete(hash));
       this.#writes.set(hash, pending);
     }
     return pending;
@@ -189,20 +192,38 @@ export class DiskCache {
     return this.#lastWriteError;
   }
 
-  /** Waits for in-flight writes. Entries stay on disk for the next process. */
+  /** Waits for in-flight writes and records pending mtimes. Entries stay on disk for the next process. */
   async close(): Promise<void> {
     this.#closed = true;
+    clearTimeout(this.#touchTimer);
     await Promise.allSettled([...this.#writes.values()]);
+    await this.#flushTouches();
+  }
+
+  #touchLater(hash: string): void {
+    this.#touched.add(hash);
+    this.#touchTimer ??= setTimeout(() => {
+      this.#touchTimer = undefined;
+      void this.#flushTouches();
+    }, this.#touchMs).unref();
+  }
+
+  /** Best effort (EROFS, EPERM): other processes' LRU and the next open() see these reads. */
+  async #flushTouches(): Promise<void> {
+    const now = new Date();
+    const batch = [...this.#touched];
+    this.#touched.clear();
+    await Promise.all(batch.map((h) => utimes(this.#path(h), now, now).catch(() => {})));
   }
 
   #path(hash: string): string {
     return path.join(this.dir, hash.slice(0, 2), hash);
   }
 
-  #miss(hash: string): undefined {
+  #miss(hash: string): false {
     this.#forget(hash);
     this.#n.misses++;
-    return undefined;
+    return false;
   }
 
   #forget(hash: string): void {
@@ -219,21 +240,20 @@ export class DiskCache {
     this.#bytes += size;
   }
 
-  async #write(hash: string, bytes: Uint8Array): Promise<void> {
+  async #write(chunk: number, hash: string, length: number): Promise<void> {
     const dest = this.#path(hash);
     // Already there (ours, or another process's): nothing to write. A file of the wrong size is
-    // corrupt and is replaced; a right-sized corrupt one is caught by the next get.
+    // corrupt and is replaced; a right-sized corrupt one is caught by the next read.
     const existing = await stat(dest).catch(() => undefined);
-    if (existing?.isFile() && existing.size === bytes.length) {
+    if (existing?.isFile() && existing.size === length) {
       if (!this.#index.has(hash)) this.#record(hash, existing.size);
       return this.#evict();
     }
     const tmp = `${dest}${TEMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`;
+    let written: boolean;
     try {
       await mkdirFanout(path.dirname(dest));
-      const fh = await open(tmp, 'wx', 0o600);
-      await fh.writeFile(bytes).finally(() => fh.close());
-      await rename(tmp, dest);
+      written = await this.#loader.write(chunk, tmp, dest);
     } catch (e) {
       this.#n.writeErrors++;
       this.#lastWriteError = e;
@@ -241,7 +261,12 @@ export class DiskCache {
       await unlink(tmp).catch(() => {});
       return;
     }
-    this.#record(hash, bytes.length);
+    if (!written) {
+      this.#n.writesDropped++;
+      return;
+    }
+    this.#n.writes++;
+    this.#record(hash, length);
     await this.#evict();
   }
 

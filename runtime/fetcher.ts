@@ -1,6 +1,9 @@
 /**
  * Chunk fetching for restores: host disk cache, then each origin in the order given, first verified
- * answer wins. Every attempt has a timeout; retryable errors (5xx, timeouts, resets) are retried with
+ * answer wins. A fetch ends with the chunk resident in the snapshot's native table: the chunk loader
+ * threads (runtime/chunk-loader.ts) read a local store's file or an origin's body, decode it straight
+ * into the chunk's slot and verify it there, so no chunk's bytes are decoded, hashed or copied on the
+ * thread that runs this scheduling. Every attempt has a timeout; retryable errors (5xx, timeouts, resets) are retried with
  * jittered exponential backoff on the same origin; a missing object, a non-retryable error or bytes
  * whose hash is wrong (an origin that lies) fall through to the next origin at once. Bytes are
  * verified (BLAKE3 of the decoded chunk) before anyone sees them, and bounded: an origin body longer
@@ -25,25 +28,29 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import PQueue from 'p-queue';
 
 import { FetchError, IntegrityError, NotFoundError, StoreError } from '../core/errors.js';
+import type { ChunkTable } from '../native/index.js';
 import type { StoreBackend } from '../store/backend.js';
-import { decodeChunk, maxStoredSize, type Codec } from '../store/chunk.js';
-import type { ChunkCrypto } from '../store/chunk-crypto.js';
+import { maxStoredSize, type Codec } from '../store/chunk.js';
 import { chunkKey } from '../store/keys.js';
+import { LoadError, type ChunkLoader } from './chunk-loader.js';
 
-/** The host disk tier (runtime/disk-cache.ts): verified, uncompressed bytes by hash. */
+/** The host disk tier (runtime/disk-cache.ts), reading into and writing from the table's slots. */
 export interface ChunkCache {
-  get(hash: string, length: number, signal?: AbortSignal): Promise<Buffer | undefined>;
-  put(hash: string, bytes: Buffer, signal?: AbortSignal): Promise<void>;
+  read(chunk: number, hash: string, length: number, priority?: Priority): Promise<boolean>;
+  write(chunk: number, hash: string, length: number): Promise<void>;
 }
 
 export interface ChunkRef {
+  /** The chunk's index: its slot in the table. */
+  chunk: number;
   hash: string;
   codec: Codec;
   length: number;
 }
 
 export type Priority = 'demand' | 'prefetch';
-export type Tier = 'disk' | `origin${number}`;
+/** Where a fetch found the chunk: the host cache, an origin, or already resident (another fetch). */
+export type Tier = 'memory' | 'disk' | `origin${number}`;
 
 export interface FetchEvent {
   hash: string;
@@ -64,9 +71,13 @@ export interface FetchEvent {
 export interface FetcherOptions {
   /** Origins in order: the first that delivers verified bytes wins. */
   origins: readonly StoreBackend[];
+  /** The snapshot's table: a fetch ends with the chunk resident in it. */
+  table: ChunkTable;
+  /** The threads that read, decode and verify into the table (they hold the snapshot's cipher, if any). */
+  loader: ChunkLoader;
   cache?: ChunkCache;
-  /** The snapshot's cipher when it is encrypted: objects are authenticated and decrypted, ids are keyed. */
-  crypto?: ChunkCrypto;
+  /** Whether the snapshot is encrypted (its objects are sealed: a little longer). @default false */
+  encrypted?: boolean;
   /** Per attempt. @default 5000 */
   attemptTimeoutMs?: number;
   /** Retries of a retryable error on the same origin. @default 2 */
@@ -99,7 +110,8 @@ export interface FetchOptions {
   patienceMs?: number;
 }
 
-type Result = { bytes: Buffer; tier: Tier };
+/** The chunk is resident in the table; `stored` is the size of the object it came from (0: memory). */
+type Result = { tier: Tier; stored: number };
 
 /** One fetch of one chunk, shared by every caller that wants it. */
 class InFlight {
@@ -109,13 +121,18 @@ class InFlight {
   startedAt: number | undefined;
   /** Transient failures are retried until this performance.now() (0: one pass). */
   retryUntil = 0;
+  /** Other slots with the same content (one object, copied into each once it is in). */
+  readonly extra = new Set<number>();
   /** Callers' patience, applied when the fetch starts. */
   readonly #pending: { patienceMs: number; arm: () => void }[] = [];
   #resolve!: (r: Result) => void;
   #reject!: (e: unknown) => void;
 
-  constructor(priority: Priority) {
+  readonly chunk: number;
+
+  constructor(priority: Priority, chunk: number) {
     this.priority = priority;
+    this.chunk = chunk;
     this.promise = new Promise<Result>((res, rej) => ((this.#resolve = res), (this.#reject = rej)));
     this.promise.catch(() => {}); // callers get their own view; an unobserved failure is not a crash
   }
@@ -146,8 +163,8 @@ class InFlight {
 }
 
 export class ChunkFetcher {
-  readonly #o: Required<Omit<FetcherOptions, 'cache' | 'crypto' | 'onFetch'>> &
-    Pick<FetcherOptions, 'cache' | 'crypto' | 'onFetch'>;
+  readonly #o: Required<Omit<FetcherOptions, 'cache' | 'onFetch'>> &
+    Pick<FetcherOptions, 'cache' | 'onFetch'>;
   readonly #demand: PQueue;
   readonly #prefetch: PQueue;
   readonly #inflight = new Map<string, InFlight>();
@@ -159,6 +176,7 @@ export class ChunkFetcher {
       backoffMs: 50,
       concurrency: 16,
       prefetchConcurrency: 16,
+      encrypted: false,
       ...options,
     };
     this.#demand = new PQueue({ concurrency: this.#o.concurrency });
@@ -183,8 +201,9 @@ export class ChunkFetcher {
     const { signal, patienceMs } = options;
     signal?.throwIfAborted();
     let entry = this.#inflight.get(ref.hash);
+    if (entry && entry.chunk !== ref.chunk) entry.extra.add(ref.chunk);
     if (!entry) {
-      const e = new InFlight(priority);
+      const e = new InFlight(priority, ref.chunk);
       entry = e;
       this.#inflight.set(ref.hash, e);
       void e.promise.then(
@@ -223,7 +242,9 @@ export class ChunkFetcher {
     void queue.add(async () => {
       if (!entry.start()) return; // the other task got there first
       try {
-        entry.settle(await this.#fetchOnce(ref, entry));
+        const r = await this.#fetchOnce(ref, entry);
+        for (const c of entry.extra) this.#copySlot(ref.chunk, c);
+        entry.settle(r);
       } catch (e) {
         entry.settle(undefined, e);
       }
@@ -244,17 +265,17 @@ export class ChunkFetcher {
         errors: trimmed(errors),
         misses: counts.misses,
       });
-    const cached = await this.#o.cache?.get(ref.hash, ref.length).catch(() => undefined);
-    if (cached) {
-      done('disk', cached.length);
-      return { bytes: cached, tier: 'disk' };
+    if (this.#o.table.state(ref.chunk) === 'resident') return { tier: 'memory', stored: 0 };
+    if (await this.#o.cache?.read(ref.chunk, ref.hash, ref.length, entry.priority).catch(() => false)) {
+      done('disk', ref.length);
+      return { tier: 'disk', stored: ref.length };
     }
     const key = chunkKey(ref.hash, ref.codec);
     for (let pass = 0; ; pass++) {
-      const r = await this.#pass(key, ref, errors, counts, entry.retryUntil || Infinity);
+      const r = await this.#pass(key, ref, entry.priority, errors, counts, entry.retryUntil || Infinity);
       if (typeof r !== 'boolean') {
         done(r.tier, r.stored);
-        return { bytes: r.bytes, tier: r.tier };
+        return r;
       }
       const wait = Math.min(PASS_BACKOFF_CAP_MS, PASS_BACKOFF_MS * 2 ** pass);
       if (!r || performance.now() + wait >= entry.retryUntil) break;
@@ -265,18 +286,77 @@ export class ChunkFetcher {
   }
 
   /**
+   * Loads one object into the chunk's slot through the loader threads: a local store's file is read
+   * there, another origin's body is fetched here and handed over. Loader failures become the store
+   * errors the passes classify (absent, lying, or an I/O error).
+   */
+  async #load(
+    ref: ChunkRef,
+    key: string,
+    priority: Priority,
+    maxBytes: number,
+    localPath: string | undefined,
+    body: () => Promise<Buffer>,
+  ): Promise<number> {
+    const job = {
+      chunk: ref.chunk,
+      key,
+      hash: ref.hash,
+      codec: ref.codec,
+      length: ref.length,
+      maxBytes,
+      priority,
+    };
+    for (let busy = 0; ; busy++) {
+      try {
+        return localPath
+          ? await this.#o.loader.load({ ...job, from: 'file', path: localPath })
+          : await this.#o.loader.load({ ...job, from: 'bytes', bytes: await body() });
+      } catch (e) {
+        if (!(e instanceof LoadError)) throw e;
+        if (e.failure === 'not-found') throw new NotFoundError(localPath ?? key, key, e);
+        if (e.failure === 'integrity') throw new IntegrityError(key, e.message, { cause: e });
+        if (e.failure === 'busy') {
+          // Someone else made it resident, or a cache write still holds its evicted slot: wait a little.
+          if (this.#o.table.state(ref.chunk) === 'resident') return 0;
+          if (busy < 100) {
+            await sleep(1);
+            continue;
+          }
+        }
+        throw new StoreError(localPath ?? key, key, e.message, { cause: e, retryable: e.failure === 'io' });
+      }
+    }
+  }
+
+  /** Another slot with the same content: copied from the one just filled (pinned while copied). */
+  #copySlot(from: number, to: number): void {
+    const t = this.#o.table;
+    if (!t.pin(from)) return;
+    try {
+      if (t.reserve(to)) {
+        t.slot(to).set(t.slot(from));
+        t.commit(to, true);
+      }
+    } finally {
+      t.unpin(from);
+    }
+  }
+
+  /**
    * One pass over the origins: the verified chunk, or whether some origin failed transiently (so a
    * later pass may succeed) rather than lacking the chunk or lying about it.
    */
   async #pass(
     key: string,
     ref: ChunkRef,
+    priority: Priority,
     errors: string[],
     counts: { misses: number },
     deadline: number,
-  ): Promise<{ bytes: Buffer; tier: Tier; stored: number } | boolean> {
+  ): Promise<Result | boolean> {
     let transient = false;
-    const maxBytes = maxStoredSize(ref.codec, ref.length, this.#o.crypto !== undefined);
+    const maxBytes = maxStoredSize(ref.codec, ref.length, this.#o.encrypted);
     for (const [n, origin] of this.#o.origins.entries()) {
       for (let attempt = 0; ; attempt++) {
         // A waiter's deadline also bounds each attempt, so the fetch ends with its own account of
@@ -285,10 +365,12 @@ export class ChunkFetcher {
         if (left <= 0) return true;
         const timeoutMs = Math.max(1, Math.min(this.#o.attemptTimeoutMs, Math.floor(left)));
         try {
-          const stored = await origin.get(key, { signal: AbortSignal.timeout(timeoutMs), maxBytes });
-          const bytes = decodeChunk(key, ref.codec, stored, ref.hash, ref.length, this.#o.crypto);
-          void this.#o.cache?.put(ref.hash, bytes).catch(() => {});
-          return { bytes, tier: `origin${n}`, stored: stored.length };
+          const local = origin.localPath?.(key);
+          const stored = await this.#load(ref, key, priority, maxBytes, local, () =>
+            origin.get(key, { signal: AbortSignal.timeout(timeoutMs), maxBytes }),
+          );
+          void this.#o.cache?.write(ref.chunk, ref.hash, ref.length).catch(() => {});
+          return { tier: `origin${n}`, stored };
         } catch (e) {
           const timedOut = (e as Error).name === 'TimeoutError';
           const msg = timedOut ? `no answer within ${timeoutMs} ms` : (e as Error).message;

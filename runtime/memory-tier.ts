@@ -1,6 +1,6 @@
 /**
- * The in-memory tier: the native ChunkTable's resident chunks, kept under a byte budget by evicting
- * the least recently admitted or used chunk. Resident chunks are what the fault thread serves without
+ * The in-memory tier: the native ChunkTable's resident chunks (fetches make them resident in place,
+ * runtime/fetcher.ts), kept under a byte budget by evicting the least recently admitted or used chunk. Resident chunks are what the fault thread serves without
  * JS, so a chunk one session fetched is installed by every other session of the snapshot for free.
  *
  * A chunk with an install queued is pinned until the fault thread has copied it: evicting it first
@@ -30,10 +30,12 @@ export class MemoryTier {
     return this.#bytes;
   }
 
-  /** Puts verified bytes for chunk i, then evicts down to the budget (never a pinned chunk, never i). */
-  admit(i: number, bytes: Buffer): void {
-    this.#table.put(i, bytes);
-    this.touch(i, bytes.length);
+  /**
+   * Chunk i was made resident in the table (by a fetch, verified): it counts against the budget from
+   * now on, and the least recently used chunks are evicted down to it (never a pinned chunk, never i).
+   */
+  admitted(i: number): void {
+    this.touch(i, this.#table.chunkLength(i));
     this.#evict(i);
   }
 

@@ -15,6 +15,7 @@ import { readVmstate as readVmstateFrom } from '../store/reader.js';
 import { keyFingerprint } from '../store/signing.js';
 import type { DiskCache } from './disk-cache.js';
 import { cacheProblemLogger, logRecoveredFetch } from './fault-log.js';
+import { ChunkLoader } from './chunk-loader.js';
 import { ChunkFetcher } from './fetcher.js';
 import { MemoryTier } from './memory-tier.js';
 import { RuntimeMetrics } from './metrics.js';
@@ -60,8 +61,12 @@ export async function openServeContext(
     ),
   );
   let cache: DiskCache | undefined;
+  let loader: ChunkLoader | undefined;
+  let table: ChunkTable | undefined;
   const close = async () => {
     await cache?.close();
+    await loader?.close();
+    table?.unshare();
     await Promise.all(stores.map((s) => s.close()));
   };
   try {
@@ -71,26 +76,25 @@ export async function openServeContext(
     });
     const crypto = index.crypto;
     const m = index.manifest;
-    const table = new ChunkTable(m.totalSize, m.chunkSize);
+    table = new ChunkTable(m.totalSize, m.chunkSize);
     table.markZero(Uint8Array.from(index.flags, (f) => (f === 0 ? 1 : 0)));
+    // Started now, not at the first fault: the first page served must not wait for threads to boot.
+    loader = await ChunkLoader.start({ table, ...(crypto ? { crypto } : {}), workers: o.loaderThreads });
     cache = o.cacheDir
       ? await (
           await import('./disk-cache.js')
         ).DiskCache.open(
-          {
-            dir: o.cacheDir,
-            budgetBytes: o.cacheBudgetBytes,
-            onProblem: cacheProblemLogger(log),
-            ...(crypto ? { chunkId: (b) => crypto.id(b) } : {}),
-          },
+          { dir: o.cacheDir, budgetBytes: o.cacheBudgetBytes, loader, onProblem: cacheProblemLogger(log) },
           signal,
         )
       : undefined;
     const metrics = new RuntimeMetrics();
     const fetcher = new ChunkFetcher({
       origins: stores,
+      table,
+      loader,
       ...(cache ? { cache } : {}),
-      ...(crypto ? { crypto } : {}),
+      encrypted: crypto !== undefined,
       attemptTimeoutMs: o.attemptTimeoutMs,
       retries: o.retries,
       concurrency: o.fetchConcurrency,

@@ -2,6 +2,7 @@
  * Options of `serve`, validated once at the boundary (STYLE.md: ServeOptions → ResolvedServeOptions).
  */
 import type { KeyObject } from 'node:crypto';
+import { availableParallelism } from 'node:os';
 
 import { InvalidArgumentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
@@ -58,8 +59,13 @@ export interface ServeOptions {
   attemptTimeoutMs?: number;
   /** Retries of a retryable origin error, per pass over the origins (a fault keeps making passes until failTimeoutMs while some origin fails transiently). @default 2 */
   retries?: number;
-  /** Chunk fetches in flight. @default 16 */
+  /** Demand chunk fetches in flight (prefetches have slots of their own). @default 16 */
   fetchConcurrency?: number;
+  /**
+   * Threads that read, decode and verify chunks into memory (off the event loop that schedules every
+   * session). @default min(4, available parallelism)
+   */
+  loaderThreads?: number;
   /**
    * Connections to each HTTP(S) origin. Requests beyond it queue in the client, so with fewer
    * connections than fetchConcurrency the extra fetches only wait. @default fetchConcurrency
@@ -152,6 +158,7 @@ export function resolveServeOptions(o: ServeOptions): ResolvedServeOptions {
     attemptTimeoutMs: int('attemptTimeoutMs', o.attemptTimeoutMs, 5000, 1, MAX_TIMER_MS),
     retries: int('retries', o.retries, 2, 0, 10),
     fetchConcurrency: int('fetchConcurrency', o.fetchConcurrency, 16, 1, 1024),
+    loaderThreads: int('loaderThreads', o.loaderThreads, Math.min(4, availableParallelism()), 1, 64),
     originConnections: int('originConnections', o.originConnections, o.fetchConcurrency ?? 16, 1, 1024),
     handshakeTimeoutMs: int('handshakeTimeoutMs', o.handshakeTimeoutMs, 5000, 1, MAX_TIMER_MS),
     shutdownGraceMs: int('shutdownGraceMs', o.shutdownGraceMs, 30_000, 0, MAX_TIMER_MS),

@@ -84,13 +84,13 @@ export class ChunkDelivery {
     }
     this.#waiting.add(c);
     fetcher
-      .fetch({ hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'demand', {
+      .fetch({ chunk: c, hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'demand', {
         patienceMs: this.#ctx.failTimeoutMs,
       })
       .then(
-        ({ bytes, tier }) => {
+        ({ tier, stored }) => {
           this.#waiting.delete(c);
-          this.#admit(c, bytes, tier);
+          this.#admit(c, tier, stored);
         },
         (err: unknown) => {
           this.#waiting.delete(c);
@@ -111,12 +111,17 @@ export class ChunkDelivery {
       this.#install(c);
       return Promise.resolve();
     }
-    const ref = { hash: chunkHash(index, c)!, codec: chunkCodec(index, c)!, length: chunkLength(index, c) };
+    const ref = {
+      chunk: c,
+      hash: chunkHash(index, c)!,
+      codec: chunkCodec(index, c)!,
+      length: chunkLength(index, c),
+    };
     return fetcher.fetch(ref, 'prefetch', mustArrive ? { patienceMs: this.#ctx.failTimeoutMs } : {}).then(
-      ({ bytes, tier }) => {
+      ({ tier, stored }) => {
         // A demand fault joined this fetch (or got the chunk first): its own callback installs it.
         if (this.#installed.has(c) || this.#needAt.has(c)) return;
-        this.#admit(c, bytes, tier);
+        this.#admit(c, tier, stored);
       },
       (err: unknown) => {
         if (mustArrive && !this.#ended) this.#fail.chunk(c, err);
@@ -157,16 +162,17 @@ export class ChunkDelivery {
     this.#installs.clear();
   }
 
-  #admit(c: number, bytes: Buffer, tier: Tier): void {
+  /** Chunk c is resident (the fetch made it so): count it, account it in the memory tier, install it. */
+  #admit(c: number, tier: Tier, stored: number): void {
     // Counted once per chunk: a chunk fetched again after `missing` is not another fetch for this session.
-    if (!this.#counted.has(c)) {
+    if (!this.#counted.has(c) && tier !== 'memory') {
       this.#counted.add(c);
       this.hits[tier] = (this.hits[tier] ?? 0) + 1;
-      if (tier !== 'disk') this.bytesFetched += bytes.length;
+      if (tier !== 'disk') this.bytesFetched += stored;
       this.fetched++;
     }
+    this.#ctx.memory.admitted(c);
     if (this.#ended) return;
-    this.#ctx.memory.admit(c, bytes);
     this.#install(c);
   }
 

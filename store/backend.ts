@@ -37,6 +37,12 @@ export interface StoreBackend {
   readonly url: string;
   readonly writable: boolean;
   get(key: string, options?: ReadOptions): Promise<Buffer>;
+  /**
+   * Where the object lives on this host's filesystem, for a store that is a local directory: the
+   * restore runtime's loader threads then read it themselves (one open and one read, off the event
+   * loop). Absent for remote stores.
+   */
+  localPath?(key: string): string;
   /** Stores the object atomically: readers see the whole old object or the whole new one. */
   put(key: string, body: Buffer, options?: WriteOptions): Promise<void>;
   has(key: string, options?: { signal?: AbortSignal }): Promise<boolean>;

@@ -101,6 +101,13 @@ export function validateEncryptionInfo(e: unknown): asserts e is EncryptionInfo 
   }
 }
 
+/** A ChunkCrypto's derived keys as posted to a worker thread (toTransfer / fromTransfer). */
+export interface ChunkCryptoTransfer {
+  info: EncryptionInfo;
+  idKey: Uint8Array;
+  encKey: Uint8Array;
+}
+
 /**
  * One snapshot's chunk cipher. Holds derived keys only, in #private fields (never serialized,
  * never logged); the key K itself is not kept.
@@ -111,13 +118,34 @@ export class ChunkCrypto {
   readonly #encKey: Buffer;
   readonly #convergent: boolean;
 
-  private constructor(key: Uint8Array, info: EncryptionInfo) {
+  private constructor(info: EncryptionInfo, idKey: Buffer, encKey: Buffer) {
+    this.info = Object.freeze({ ...info });
+    this.#idKey = idKey;
+    this.#encKey = encKey;
+    this.#convergent = info.mode === 'convergent';
+  }
+
+  static #derive(key: Uint8Array, info: EncryptionInfo): ChunkCrypto {
     if (key.length !== KEY_BYTES) throw new RangeError(`a chunk key is ${KEY_BYTES} bytes`);
     const salt = info.salt ? Buffer.from(info.salt, 'hex') : EMPTY;
-    this.info = Object.freeze({ ...info });
-    this.#idKey = hkdf(key, salt, 'lazysnap/1 chunk id', 32);
-    this.#encKey = hkdf(key, salt, 'lazysnap/1 chunk encryption', 32);
-    this.#convergent = info.mode === 'convergent';
+    return new ChunkCrypto(
+      info,
+      hkdf(key, salt, 'lazysnap/1 chunk id', 32),
+      hkdf(key, salt, 'lazysnap/1 chunk encryption', 32),
+    );
+  }
+
+  /**
+   * The derived keys, for a thread of this process that decodes chunks (runtime/chunk-loader.ts): posted
+   * to a worker, never written anywhere. The key K itself is not among them.
+   */
+  toTransfer(): ChunkCryptoTransfer {
+    return { info: this.info, idKey: Buffer.from(this.#idKey), encKey: Buffer.from(this.#encKey) };
+  }
+
+  static fromTransfer(t: ChunkCryptoTransfer): ChunkCrypto {
+    validateEncryptionInfo(t.info);
+    return new ChunkCrypto(t.info, Buffer.from(t.idKey), Buffer.from(t.encKey));
   }
 
   /** For a new snapshot: random mode draws its salt here. */
@@ -125,7 +153,7 @@ export class ChunkCrypto {
     const info: EncryptionInfo = { alg: ENCRYPTION_ALG, mode, keyId, keyCheck: keyCheckOf(key) };
     if (mode === 'random') info.salt = randomBytes(16).toString('hex');
     validateEncryptionInfo(info);
-    return new ChunkCrypto(key, info);
+    return ChunkCrypto.#derive(key, info);
   }
 
   /** For an existing snapshot; `what` names it in the WrongKeyError a mismatched key gets. */
@@ -136,7 +164,7 @@ export class ChunkCrypto {
     ) {
       throw new WrongKeyError(info.keyId, what);
     }
-    return new ChunkCrypto(key, info);
+    return ChunkCrypto.#derive(key, info);
   }
 
   /** The chunk's id (64 hex): BLAKE3 keyed with idKey. Replaces hashChunk for encrypted snapshots. */

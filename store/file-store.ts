@@ -16,6 +16,7 @@ import { pathToFileURL } from 'node:url';
 import { IntegrityError, NotFoundError, StoreError } from '../core/errors.js';
 import type { ObjectInfo, ReadOptions, WriteOptions } from './backend.js';
 import { StoreBase, tooLong } from './store-base.js';
+import { assertKey } from './keys.js';
 
 const TEMP_MARK = '.tmp-';
 
@@ -34,6 +35,11 @@ export class FileStore extends StoreBase {
 
   #path(key: string): string {
     return path.join(this.root, ...key.split('/'));
+  }
+
+  localPath(key: string): string {
+    assertKey(key);
+    return this.#path(key);
   }
 
   #wrap(key: string, e: unknown): never {

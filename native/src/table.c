@@ -90,6 +90,8 @@ static bool arg_chunk(napi_env env, table_t *t, napi_value v, uint32_t *i) {
   return true;
 }
 
+static napi_value wrap(napi_env env, table_t *t);
+
 /* tableCreate(totalSize, chunkSize) */
 static napi_value js_create(napi_env env, napi_callback_info info) {
   napi_value argv[2];
@@ -141,9 +143,18 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   t->nchunks = (uint32_t)n;
   t->chunk_size = cs;
   t->total_size = total;
+  return wrap(env, t);
+}
+
+/* A JS handle on t, owning one reference (dropped by its finalizer). */
+static napi_value wrap(napi_env env, table_t *t) {
   napi_value ext;
-  NAPI_OK(env, napi_create_external(env, t, table_finalize, NULL, &ext));
-  NAPI_OK(env, napi_type_tag_object(env, ext, &TABLE_TAG));
+  if (napi_create_external(env, t, table_finalize, NULL, &ext) != napi_ok ||
+      napi_type_tag_object(env, ext, &TABLE_TAG) != napi_ok) {
+    table_unref(t);
+    napi_throw_error(env, "LAZYSNAP_NATIVE", "napi_create_external failed");
+    return NULL;
+  }
   return ext;
 }
 
@@ -274,12 +285,185 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   return o;
 }
 
+/* ---- sharing with worker threads ------------------------------------------------------------------
+ * A napi handle belongs to the thread that made it, but the table itself is process memory: a worker
+ * thread that decodes chunks opens the same table by id (tableOpen) and writes a chunk's bytes straight
+ * into its slot of the arena. The registry holds one reference per shared table until tableUnshare. */
+
+#define REG_MAX 256
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static table_t *reg[REG_MAX];
+static uint64_t reg_next = 1;
+
+/* tableShare(table) → id (a number): other threads of this process may now open it. */
+static napi_value js_share(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv, NULL)) return NULL;
+  table_t *t = table_from_js(env, argv[0]);
+  if (!t) return NULL;
+  pthread_mutex_lock(&reg_mu);
+  if (!t->shared_id) {
+    int slot = -1;
+    for (int i = 0; i < REG_MAX && slot < 0; i++)
+      if (!reg[i]) slot = i;
+    if (slot < 0) {
+      pthread_mutex_unlock(&reg_mu);
+      throw_errno(env, ENFILE, "tableShare (too many shared tables)");
+      return NULL;
+    }
+    table_ref(t);
+    reg[slot] = t;
+    t->shared_id = reg_next++;
+  }
+  uint64_t id = t->shared_id;
+  pthread_mutex_unlock(&reg_mu);
+  return make_u64(env, id);
+}
+
+/* tableUnshare(table): no new thread may open it (those that did keep their handles). */
+static napi_value js_unshare(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv, NULL)) return NULL;
+  table_t *t = table_from_js(env, argv[0]);
+  if (!t) return NULL;
+  table_t *drop = NULL;
+  pthread_mutex_lock(&reg_mu);
+  for (int i = 0; i < REG_MAX; i++)
+    if (reg[i] == t) reg[i] = NULL, drop = t;
+  t->shared_id = 0;
+  pthread_mutex_unlock(&reg_mu);
+  if (drop) table_unref(drop);
+  return make_undefined(env);
+}
+
+/* tableOpen(id) → a handle of this thread on a shared table. */
+static napi_value js_open(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  uint64_t id;
+  if (!get_args(env, info, 1, argv, NULL) || !arg_u64(env, argv[0], "id", &id)) return NULL;
+  table_t *t = NULL;
+  pthread_mutex_lock(&reg_mu);
+  for (int i = 0; i < REG_MAX && !t; i++)
+    if (reg[i] && reg[i]->shared_id == id) t = reg[i];
+  if (t) table_ref(t);
+  pthread_mutex_unlock(&reg_mu);
+  if (!t) {
+    throw_arg(env, "no shared table has id %llu", (unsigned long long)id);
+    return NULL;
+  }
+  return wrap(env, t);
+}
+
+static void arena_finalize(napi_env env, void *data, void *hint) {
+  table_unref(hint);
+}
+
+/* tableArena(table) → an ArrayBuffer over the whole arena (chunk i at i * chunkSize). Writing to a
+ * chunk's bytes is allowed only between tableReserve and tableCommit; reading only while resident and
+ * pinned. The mapping lives as long as the buffer (it holds a table reference): misuse can read zeros
+ * or stale bytes, never memory that is not the arena. */
+static napi_value js_arena(napi_env env, napi_callback_info info) {
+  napi_value argv[1], ab;
+  if (!get_args(env, info, 1, argv, NULL)) return NULL;
+  table_t *t = table_from_js(env, argv[0]);
+  if (!t) return NULL;
+  table_ref(t);
+  if (napi_create_external_arraybuffer(env, t->arena, t->arena_len, arena_finalize, t, &ab) != napi_ok) {
+    table_unref(t);
+    throw_errno(env, ENOMEM, "napi_create_external_arraybuffer");
+    return NULL;
+  }
+  return ab;
+}
+
+/* tableReserve(table, i) → true when chunk i was absent and is now being filled by the caller (no one
+ * else fills it, no fault thread reads it); false when it is zero, resident or already being filled. */
+static napi_value js_reserve(napi_env env, napi_callback_info info) {
+  napi_value argv[2], r;
+  uint32_t i;
+  if (!get_args(env, info, 2, argv, NULL)) return NULL;
+  table_t *t = table_from_js(env, argv[0]);
+  if (!t || !arg_chunk(env, t, argv[1], &i)) return NULL;
+  pthread_mutex_lock(&t->mu);
+  bool ok = t->state[i] == CHUNK_ABSENT && !t->readers[i];
+  if (ok) {
+    t->state[i] = CHUNK_FILLING;
+    t->discard[i] = 0;
+  }
+  pthread_mutex_unlock(&t->mu);
+  napi_get_boolean(env, ok, &r);
+  return r;
+}
+
+/* tableCommit(table, i, ok): a reserved chunk's bytes are complete and verified (resident from now on),
+ * or they are not (absent again; the memory goes back). */
+static napi_value js_commit(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  uint32_t i;
+  bool ok;
+  if (!get_args(env, info, 3, argv, NULL)) return NULL;
+  table_t *t = table_from_js(env, argv[0]);
+  if (!t || !arg_chunk(env, t, argv[1], &i) || !arg_bool(env, argv[2], "ok", &ok)) return NULL;
+  pthread_mutex_lock(&t->mu);
+  if (t->state[i] != CHUNK_FILLING) {
+    pthread_mutex_unlock(&t->mu);
+    throw_arg(env, "chunk %u was not reserved", i);
+    return NULL;
+  }
+  if (ok) {
+    t->state[i] = CHUNK_RESIDENT;
+    t->resident_bytes += table_chunk_len(t, i);
+    t->resident_chunks++;
+  } else {
+    t->state[i] = CHUNK_ABSENT;
+    discard_locked(t, i);
+  }
+  pthread_mutex_unlock(&t->mu);
+  return make_undefined(env);
+}
+
+/* tablePin(table, i) → true when chunk i is resident: its bytes stay in the arena until tableUnpin,
+ * whatever evicts it meanwhile (the memory goes back at the unpin). */
+static napi_value js_pin(napi_env env, napi_callback_info info) {
+  napi_value argv[2], r;
+  uint32_t i;
+  if (!get_args(env, info, 2, argv, NULL)) return NULL;
+  table_t *t = table_from_js(env, argv[0]);
+  if (!t || !arg_chunk(env, t, argv[1], &i)) return NULL;
+  const uint8_t *data = NULL;
+  bool ok = table_acquire(t, i, &data) == CHUNK_RESIDENT;
+  napi_get_boolean(env, ok, &r);
+  return r;
+}
+
+static napi_value js_unpin(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  uint32_t i;
+  if (!get_args(env, info, 2, argv, NULL)) return NULL;
+  table_t *t = table_from_js(env, argv[0]);
+  if (!t || !arg_chunk(env, t, argv[1], &i)) return NULL;
+  pthread_mutex_lock(&t->mu);
+  bool held = t->readers[i] > 0;
+  pthread_mutex_unlock(&t->mu);
+  if (!held) {
+    throw_arg(env, "chunk %u is not pinned", i);
+    return NULL;
+  }
+  table_release(t, i);
+  return make_undefined(env);
+}
+
 napi_value table_init(napi_env env, napi_value exports) {
   if (!export_fn(env, exports, "tableCreate", js_create) || !export_fn(env, exports, "tablePut", js_put) ||
       !export_fn(env, exports, "tableSetZero", js_set_zero) ||
       !export_fn(env, exports, "tableMarkZero", js_mark_zero) ||
       !export_fn(env, exports, "tableEvict", js_evict) || !export_fn(env, exports, "tableState", js_state) ||
-      !export_fn(env, exports, "tableStats", js_stats))
+      !export_fn(env, exports, "tableStats", js_stats) || !export_fn(env, exports, "tableShare", js_share) ||
+      !export_fn(env, exports, "tableUnshare", js_unshare) ||
+      !export_fn(env, exports, "tableOpen", js_open) || !export_fn(env, exports, "tableArena", js_arena) ||
+      !export_fn(env, exports, "tableReserve", js_reserve) ||
+      !export_fn(env, exports, "tableCommit", js_commit) || !export_fn(env, exports, "tablePin", js_pin) ||
+      !export_fn(env, exports, "tableUnpin", js_unpin))
     return NULL;
   return exports;
 }

@@ -34,6 +34,7 @@ typedef struct table {
   uint64_t resident_bytes; /* guarded by mu */
   uint32_t resident_chunks;
   uint32_t zero_chunks;
+  uint64_t shared_id; /* registry id while shared with other threads (tableShare), 0 otherwise */
 } table_t;
 
 void table_ref(table_t *t);

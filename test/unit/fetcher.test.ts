@@ -6,7 +6,9 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { FetchError } from '../../core/errors.js';
-import { ChunkFetcher, type FetchEvent } from '../../runtime/fetcher.js';
+import { ChunkTable } from '../../native/index.js';
+import { ChunkLoader } from '../../runtime/chunk-loader.js';
+import { ChunkFetcher, type FetcherOptions, type FetchEvent } from '../../runtime/fetcher.js';
 import { encodeChunk, hashChunk } from '../../store/chunk.js';
 import { FileStore } from '../../store/file-store.js';
 import { HttpStore } from '../../store/http-store.js';
@@ -17,8 +19,9 @@ import { tempDir } from '../helpers/images.js';
 describe('chunk fetcher', () => {
   let tmp: ReturnType<typeof tempDir>;
   let root: string;
-  const bytes = Buffer.alloc(64 * 1024, 0x5a);
-  const ref = { hash: hashChunk(bytes), codec: 'zstd' as const, length: bytes.length };
+  const CS = 64 * 1024;
+  const bytes = Buffer.alloc(CS, 0x5a);
+  const ref = { chunk: 0, hash: hashChunk(bytes), codec: 'zstd' as const, length: bytes.length };
   const closers: (() => Promise<void>)[] = [];
   beforeEach(async () => {
     tmp = tempDir();
@@ -29,6 +32,15 @@ describe('chunk fetcher', () => {
     for (const c of closers.splice(0)) await c();
     tmp.cleanup();
   });
+  /** A fetcher over a table of 64 chunks of 64 KiB, with two loader threads: a fetch fills a slot. */
+  const fetcher = async (o: Omit<FetcherOptions, 'table' | 'loader'>) => {
+    const table = new ChunkTable(64 * CS, CS);
+    const loader = await ChunkLoader.start({ table, workers: 2 });
+    closers.push(() => loader.close());
+    return Object.assign(new ChunkFetcher({ ...o, table, loader }), {
+      bytesOf: (c: number) => Buffer.from(table.slot(c)),
+    });
+  };
   const http = async (plan: (n: number, url: string) => Fault) => {
     const o = await fakeOrigin(root, plan);
     const store = new HttpStore(o.url, { headersTimeoutMs: 5000 });
@@ -39,14 +51,14 @@ describe('chunk fetcher', () => {
   it('retries a 503 on the same origin with backoff, then serves verified bytes', async () => {
     const { o, store } = await http((n) => (n <= 2 ? '503' : 'ok'));
     const events: FetchEvent[] = [];
-    const f = new ChunkFetcher({
+    const f = await fetcher({
       origins: [store],
       retries: 2,
       backoffMs: 5,
       onFetch: (e) => events.push(e),
     });
     const got = await f.fetch(ref, 'demand');
-    expect(got.bytes.equals(bytes)).toBe(true);
+    expect(f.bytesOf(0).equals(bytes)).toBe(true);
     expect(got.tier).toBe('origin0');
     expect(o.requests).toHaveLength(3);
     expect(events).toMatchObject([{ tier: 'origin0', priority: 'demand', misses: 0 }]);
@@ -58,7 +70,7 @@ describe('chunk fetcher', () => {
     // Eight 503s: a single pass (3 attempts) cannot get past them; passes until the deadline do.
     const { o, store } = await http((n) => (n <= 8 ? '503' : 'ok'));
     const events: FetchEvent[] = [];
-    const f = new ChunkFetcher({
+    const f = await fetcher({
       origins: [store],
       retries: 2,
       backoffMs: 5,
@@ -67,7 +79,7 @@ describe('chunk fetcher', () => {
     await expect(f.fetch(ref, 'demand')).rejects.toThrow(FetchError); // one pass: 3 attempts, gives up
     expect(o.requests).toHaveLength(3);
     const got = await f.fetch(ref, 'demand', { patienceMs: 5000 });
-    expect(got.bytes.equals(bytes)).toBe(true);
+    expect(f.bytesOf(0).equals(bytes)).toBe(true);
     expect(o.requests).toHaveLength(9);
     // One event for the recovered fetch, naming every failed attempt of every pass.
     expect(events[1]).toMatchObject({
@@ -78,13 +90,13 @@ describe('chunk fetcher', () => {
     // An origin that does not have the chunk is not asked again, however long the caller could wait.
     const dir = new FileStore(path.join(tmp.dir, 'empty'));
     let gets = 0;
+    // A directory store is read by the loader threads: count the lookups of the object's path.
     const empty = Object.assign(Object.create(dir) as FileStore, {
-      get: (k: string, o?: object) => (gets++, dir.get(k, o)),
+      localPath: (k: string) => (gets++, dir.localPath(k)),
     });
+    const f2 = await fetcher({ origins: [empty] });
     await expect(
-      new ChunkFetcher({ origins: [empty] }).fetch({ ...ref, hash: 'f'.repeat(64) }, 'demand', {
-        patienceMs: 10_000,
-      }),
+      f2.fetch({ ...ref, hash: 'f'.repeat(64) }, 'demand', { patienceMs: 10_000 }),
     ).rejects.toThrow(/not found/);
     expect(gets).toBe(1);
   });
@@ -93,7 +105,7 @@ describe('chunk fetcher', () => {
     const stall = await http(() => 'stall');
     const liar = await http(() => 'lie');
     const good = await http(() => 'ok');
-    const f = new ChunkFetcher({
+    const f = await fetcher({
       origins: [stall.store, liar.store, good.store],
       attemptTimeoutMs: 200,
       retries: 3,
@@ -102,14 +114,14 @@ describe('chunk fetcher', () => {
     const t0 = Date.now();
     const got = await f.fetch(ref, 'demand');
     expect(got.tier).toBe('origin2');
-    expect(got.bytes.equals(bytes)).toBe(true);
+    expect(f.bytesOf(0).equals(bytes)).toBe(true);
     expect(liar.o.requests).toHaveLength(1); // a hash mismatch is not retried on the same origin
     expect(Date.now() - t0).toBeLessThan(4 * 200 + 1000);
   });
 
   it('gives one FetchError naming every failed attempt when nothing delivers', async () => {
     const a = await http(() => '503');
-    const f = new ChunkFetcher({
+    const f = await fetcher({
       origins: [a.store, new FileStore(path.join(tmp.dir, 'empty'))],
       retries: 1,
       backoffMs: 1,
@@ -123,11 +135,12 @@ describe('chunk fetcher', () => {
 
   it('fetches a chunk once however many ask at once', async () => {
     const { o, store } = await http(() => 'ok');
-    const f = new ChunkFetcher({ origins: [store] });
+    const f = await fetcher({ origins: [store] });
     const all = await Promise.all(
       Array.from({ length: 20 }, (_, i) => f.fetch(ref, i % 2 ? 'demand' : 'prefetch')),
     );
-    expect(all.every((r) => r.bytes.equals(bytes))).toBe(true);
+    expect(all.every((r) => r.tier === 'origin0' || r.tier === 'memory')).toBe(true);
+    expect(f.bytesOf(0).equals(bytes)).toBe(true);
     expect(o.requests).toHaveLength(1);
   });
 
@@ -136,8 +149,8 @@ describe('chunk fetcher', () => {
     const root2 = path.join(tmp.dir, 'many');
     const refs = await Promise.all(
       Array.from({ length: 40 }, async (_, i) => {
-        const b = Buffer.alloc(4096, i);
-        const r = { hash: hashChunk(b), codec: 'none' as const, length: 4096 };
+        const b = Buffer.alloc(CS, i);
+        const r = { chunk: i, hash: hashChunk(b), codec: 'none' as const, length: CS };
         await new FileStore(root2).put(chunkKey(r.hash, 'none'), b);
         return r;
       }),
@@ -145,7 +158,7 @@ describe('chunk fetcher', () => {
     const o = await fakeOrigin(root2, (_n, url) => (order.push(url), 'ok'));
     const store = new HttpStore(o.url);
     closers.push(async () => (await store.close(), await o.close()));
-    const f = new ChunkFetcher({ origins: [store], concurrency: 1, prefetchConcurrency: 1 });
+    const f = await fetcher({ origins: [store], concurrency: 1, prefetchConcurrency: 1 });
     const jobs = refs.slice(0, 30).map((r) => f.fetch(r, 'prefetch'));
     expect(f.pending().prefetch).toBe(29);
     const demand = f.fetch(refs[35]!, 'demand');
@@ -163,8 +176,8 @@ describe('chunk fetcher', () => {
     const root2 = path.join(tmp.dir, 'slots');
     const refs = await Promise.all(
       Array.from({ length: 9 }, async (_, i) => {
-        const b = Buffer.alloc(4096, i + 1);
-        const r = { hash: hashChunk(b), codec: 'none' as const, length: 4096 };
+        const b = Buffer.alloc(CS, i + 1);
+        const r = { chunk: i, hash: hashChunk(b), codec: 'none' as const, length: CS };
         await new FileStore(root2).put(chunkKey(r.hash, 'none'), b);
         return r;
       }),
@@ -174,7 +187,7 @@ describe('chunk fetcher', () => {
     const o = await fakeOrigin(root2, (_n, url) => (url.includes(wanted.hash) ? 'ok' : { delayMs: 1500 }));
     const store = new HttpStore(o.url, { connections: 16 });
     closers.push(async () => (await store.close(), await o.close()));
-    const f = new ChunkFetcher({
+    const f = await fetcher({
       origins: [store],
       concurrency: 4,
       prefetchConcurrency: 4,
@@ -184,7 +197,7 @@ describe('chunk fetcher', () => {
     await expect.poll(() => f.running().prefetch).toBe(4);
     expect(f.pending().prefetch).toBe(4);
     const got = await f.fetch(wanted, 'demand');
-    expect(got.bytes.readUInt8(0)).toBe(9);
+    expect(f.bytesOf(wanted.chunk).readUInt8(0)).toBe(9);
     expect(f.running().prefetch).toBe(4); // still held: the demand did not wait for any of them
     await Promise.all(slow);
   });
@@ -193,19 +206,21 @@ describe('chunk fetcher', () => {
     // One demand slot, held by a fetch that takes 600 ms; the next demand (patience 400 ms) waits in
     // the queue longer than its patience but is served, because its clock starts when its fetch does.
     const root2 = path.join(tmp.dir, 'patience');
-    const a = Buffer.alloc(4096, 1);
-    const b = Buffer.alloc(4096, 2);
-    const ra = { hash: hashChunk(a), codec: 'none' as const, length: 4096 };
-    const rb = { hash: hashChunk(b), codec: 'none' as const, length: 4096 };
+    const a = Buffer.alloc(CS, 1);
+    const b = Buffer.alloc(CS, 2);
+    const ra = { chunk: 1, hash: hashChunk(a), codec: 'none' as const, length: CS };
+    const rb = { chunk: 2, hash: hashChunk(b), codec: 'none' as const, length: CS };
     await new FileStore(root2).put(chunkKey(ra.hash, 'none'), a);
     await new FileStore(root2).put(chunkKey(rb.hash, 'none'), b);
     const o = await fakeOrigin(root2, (_n, url) => (url.includes(ra.hash) ? { delayMs: 600 } : 'ok'));
     const store = new HttpStore(o.url);
     closers.push(async () => (await store.close(), await o.close()));
-    const f = new ChunkFetcher({ origins: [store], concurrency: 1 });
+    const f = await fetcher({ origins: [store], concurrency: 1 });
     const first = f.fetch(ra, 'demand', { patienceMs: 5000 });
     const second = f.fetch(rb, 'demand', { patienceMs: 400 });
-    expect((await second).bytes.equals(b)).toBe(true);
-    expect((await first).bytes.equals(a)).toBe(true);
+    expect((await second).tier).toBe('origin0');
+    expect(f.bytesOf(2).equals(b)).toBe(true);
+    expect((await first).tier).toBe('origin0');
+    expect(f.bytesOf(1).equals(a)).toBe(true);
   });
 });

@@ -1,0 +1,180 @@
+/**
+ * A chunk loader thread (runtime/chunk-loader.ts): the per-chunk work that used to hold the event loop
+ * that schedules every session's fetches. It reads a stored object (from a local store's file, a host
+ * cache file, or bytes an origin sent), decodes it straight into the chunk's slot of the shared native
+ * table, verifies its hash there, and commits it; the main thread only decides what to load and installs
+ * what is committed. Nothing is copied between the read and the arena but the decoded bytes themselves.
+ *
+ * It also writes host cache files from resident slots (pinned while written), at low priority.
+ *
+ * Messages in: LoadJob | WriteJob; out: LoadReply. Errors cross as plain objects (kind, message) that
+ * the main thread turns back into typed errors.
+ */
+import { closeSync, fstatSync, openSync, readSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { parentPort, workerData } from 'node:worker_threads';
+
+import { IntegrityError } from '../core/errors.js';
+import { ChunkTable } from '../native/index.js';
+import { decodeChunk, hashChunk, type Codec } from '../store/chunk.js';
+import { ChunkCrypto, type ChunkCryptoTransfer } from '../store/chunk-crypto.js';
+
+export interface LoaderWorkerData {
+  tableId: number;
+  totalSize: number;
+  chunkSize: number;
+  crypto?: ChunkCryptoTransfer;
+}
+
+/** Load chunk `chunk` from a file of a local store ('file'), from bytes an origin sent ('bytes'), or from
+ * a host cache file holding the plain chunk ('raw'). */
+export interface LoadJob {
+  op: 'load';
+  id: number;
+  chunk: number;
+  key: string;
+  hash: string;
+  codec: Codec;
+  length: number;
+  from: 'file' | 'bytes' | 'raw';
+  path?: string;
+  bytes?: Uint8Array;
+  maxBytes: number;
+}
+
+/** Write resident chunk `chunk` to `path` (a temp name, then renamed to `dest`). */
+export interface WriteJob {
+  op: 'write';
+  id: number;
+  chunk: number;
+  path: string;
+  dest: string;
+}
+
+export type LoadFailure =
+  /** The object is not there (a store without it, a cache miss). */
+  | 'not-found'
+  /** It is there but is not the chunk (wrong length, hash, undecodable, too long, unauthentic). */
+  | 'integrity'
+  /** Reading it failed (EIO, EACCES, ...): not proof of anything. */
+  | 'io'
+  /** The slot was taken: another load is filling it, or it is resident already. */
+  | 'busy';
+
+export type LoadReply =
+  | { id: number; ok: true; stored: number }
+  | { id: number; ok: false; failure: LoadFailure; message: string; code?: string };
+
+const data = workerData as LoaderWorkerData;
+const table = ChunkTable.open(data.tableId, data.totalSize, data.chunkSize);
+const crypto = data.crypto ? ChunkCrypto.fromTransfer(data.crypto) : undefined;
+/** One read buffer, grown to the largest object seen (at most one chunk's largest stored size). */
+let scratch = Buffer.allocUnsafe(0);
+
+function readObject(path: string, maxBytes: number, key: string): Buffer {
+  const fd = openSync(path, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    if (size > maxBytes)
+      throw new IntegrityError(key, 'stored object longer than any chunk can be', {
+        expected: `at most ${maxBytes}`,
+        actual: size,
+      });
+    if (scratch.length < size) scratch = Buffer.allocUnsafe(Math.max(size, scratch.length * 2));
+    let n = 0;
+    while (n < size) {
+      const r = readSync(fd, scratch, n, size - n, n);
+      if (r === 0) break; // the file shrank since fstat: what was read is checked like any object
+      n += r;
+    }
+    return scratch.subarray(0, n);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** A plain chunk from the host cache, read straight into its slot and checked there. */
+function loadRaw(job: LoadJob, slot: Uint8Array): number {
+  const fd = openSync(job.path!, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    if (size !== job.length)
+      throw new IntegrityError(job.key, 'cache file has the wrong length', {
+        expected: job.length,
+        actual: size,
+      });
+    let n = 0;
+    while (n < size) {
+      const r = readSync(fd, slot, n, size - n, n);
+      if (r === 0) throw new IntegrityError(job.key, 'cache file shrank while read');
+      n += r;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  const actual = crypto ? crypto.id(slot) : hashChunk(slot);
+  if (actual !== job.hash)
+    throw new IntegrityError(job.key, 'content hash mismatch', { expected: job.hash, actual });
+  return job.length;
+}
+
+function load(job: LoadJob): LoadReply {
+  if (!table.reserve(job.chunk))
+    return { id: job.id, ok: false, failure: 'busy', message: `chunk ${job.chunk} is not absent` };
+  const slot = table.slot(job.chunk);
+  let committed = false;
+  try {
+    if (slot.length !== job.length)
+      throw new IntegrityError(job.key, "the chunk's length is not its slot's", {
+        expected: slot.length,
+        actual: job.length,
+      });
+    let stored: number;
+    if (job.from === 'raw') stored = loadRaw(job, slot);
+    else {
+      const bytes = job.from === 'file' ? readObject(job.path!, job.maxBytes, job.key) : job.bytes!;
+      decodeChunk(job.key, job.codec, bytes, job.hash, job.length, crypto, slot);
+      stored = bytes.length;
+    }
+    table.commit(job.chunk, true);
+    committed = true;
+    return { id: job.id, ok: true, stored };
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const failure: LoadFailure =
+      e instanceof IntegrityError ? 'integrity' : code === 'ENOENT' ? 'not-found' : 'io';
+    return { id: job.id, ok: false, failure, message: (e as Error).message, ...(code ? { code } : {}) };
+  } finally {
+    if (!committed) table.commit(job.chunk, false);
+  }
+}
+
+/** Writes a resident chunk to a temp file and renames it into place; false when it is not resident. */
+function write(job: WriteJob): LoadReply {
+  if (!table.pin(job.chunk))
+    return { id: job.id, ok: false, failure: 'busy', message: `chunk ${job.chunk} is no longer resident` };
+  try {
+    const slot = table.slot(job.chunk);
+    const fd = openSync(job.path, 'wx', 0o600);
+    try {
+      let n = 0;
+      while (n < slot.length) n += writeSync(fd, slot, n, slot.length - n);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(job.path, job.dest);
+    return { id: job.id, ok: true, stored: slot.length };
+  } catch (e) {
+    try {
+      unlinkSync(job.path);
+    } catch {}
+    const code = (e as NodeJS.ErrnoException).code;
+    return { id: job.id, ok: false, failure: 'io', message: (e as Error).message, ...(code ? { code } : {}) };
+  } finally {
+    table.unpin(job.chunk);
+  }
+}
+
+parentPort!.on('message', (job: LoadJob | WriteJob) => {
+  parentPort!.postMessage(job.op === 'load' ? load(job) : write(job));
+});
+parentPort!.postMessage({ ready: true });

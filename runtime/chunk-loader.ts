@@ -1,0 +1,201 @@
+/**
+ * The chunk loaders: worker threads that read, decode and verify chunks straight into the shared native
+ * table (runtime/chunk-loader-worker.ts), so the main thread, which schedules every session's faults
+ * and fetches, never spends a chunk's worth of CPU on one of them.
+ *
+ * Scheduling: demand loads before prefetch loads, cache writes only on a worker with nothing else to do.
+ * Each worker holds at most two jobs (the running one and the next), so it never waits for the main
+ * thread between jobs while the order of everything else stays the main thread's to decide.
+ *
+ * Cache writes are a bounded backlog: past `maxPendingWrites` a write is dropped (the chunk is simply
+ * not cached), so a busy host never delays an install to fill its cache.
+ */
+import { availableParallelism } from 'node:os';
+import type { Worker } from 'node:worker_threads';
+
+import { startModuleWorker } from '../core/worker.js';
+import type { ChunkTable } from '../native/index.js';
+import type { ChunkCrypto } from '../store/chunk-crypto.js';
+import type { LoadFailure, LoadJob, LoadReply, LoaderWorkerData, WriteJob } from './chunk-loader-worker.js';
+
+export type { LoadFailure };
+
+/** A load that did not produce the chunk. `failure` says why (see LoadFailure). */
+export class LoadError extends Error {
+  readonly failure: LoadFailure;
+  readonly code: string | undefined;
+  constructor(failure: LoadFailure, message: string, code?: string) {
+    super(message);
+    this.name = 'LoadError';
+    this.failure = failure;
+    this.code = code;
+  }
+}
+
+export type LoadRequest = Omit<LoadJob, 'op' | 'id'> & { priority: 'demand' | 'prefetch' };
+
+export interface ChunkLoaderOptions {
+  table: ChunkTable;
+  crypto?: ChunkCrypto;
+  /** Loader threads. @default min(4, available parallelism) */
+  workers?: number;
+  /** Cache writes waiting for an idle loader before new ones are dropped. @default 256 */
+  maxPendingWrites?: number;
+}
+
+interface Pending {
+  job: LoadJob | WriteJob;
+  resolve: (stored: number) => void;
+  reject: (e: LoadError) => void;
+}
+
+interface Loader {
+  worker: Worker;
+  jobs: Map<number, Pending>;
+}
+
+/** How many jobs a loader holds: the one it runs and the next one. */
+const DEPTH = 2;
+
+export class ChunkLoader {
+  readonly #loaders: Loader[] = [];
+  readonly #demand: Pending[] = [];
+  readonly #prefetch: Pending[] = [];
+  readonly #writes: Pending[] = [];
+  readonly #maxWrites: number;
+  readonly #data: LoaderWorkerData;
+  #nextId = 1;
+  #closed = false;
+  droppedWrites = 0;
+
+  private constructor(data: LoaderWorkerData, maxWrites: number) {
+    this.#data = data;
+    this.#maxWrites = maxWrites;
+  }
+
+  /** Starts the loaders (shares the table with them) and resolves once every one is ready. */
+  static async start(options: ChunkLoaderOptions): Promise<ChunkLoader> {
+    const n = options.workers ?? Math.min(4, availableParallelism());
+    const data: LoaderWorkerData = {
+      tableId: options.table.share(),
+      totalSize: options.table.totalSize,
+      chunkSize: options.table.chunkSize,
+      ...(options.crypto ? { crypto: options.crypto.toTransfer() } : {}),
+    };
+    const l = new ChunkLoader(data, options.maxPendingWrites ?? 256);
+    try {
+      await Promise.all(Array.from({ length: Math.max(1, n) }, () => l.#spawn()));
+    } catch (e) {
+      await l.close();
+      throw e;
+    }
+    return l;
+  }
+
+  get workers(): number {
+    return this.#loaders.length;
+  }
+
+  /** Loads a chunk into its slot; resolves with the stored object's size once it is resident. */
+  load(req: LoadRequest): Promise<number> {
+    const { priority, ...rest } = req;
+    return new Promise<number>((resolve, reject) => {
+      const p: Pending = { job: { op: 'load', id: this.#nextId++, ...rest }, resolve, reject };
+      (priority === 'demand' ? this.#demand : this.#prefetch).push(p);
+      this.#pump();
+    });
+  }
+
+  /**
+   * Writes resident chunk `chunk` to `tmp`, then renames it to `dest`, when a loader is idle. Resolves
+   * true once written, false when dropped (backlog full, or the chunk was evicted before its turn).
+   */
+  write(chunk: number, tmp: string, dest: string): Promise<boolean> {
+    if (this.#writes.length >= this.#maxWrites || this.#closed) {
+      this.droppedWrites++;
+      return Promise.resolve(false);
+    }
+    return new Promise<boolean>((resolve, reject) => {
+      this.#writes.push({
+        job: { op: 'write', id: this.#nextId++, chunk, path: tmp, dest },
+        resolve: () => resolve(true),
+        reject: (e) => (e.failure === 'busy' ? (this.droppedWrites++, resolve(false)) : reject(e)),
+      });
+      this.#pump();
+    });
+  }
+
+  /** Loads and writes queued, not yet handed to a loader. */
+  queued(): { demand: number; prefetch: number; writes: number } {
+    return { demand: this.#demand.length, prefetch: this.#prefetch.length, writes: this.#writes.length };
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const gone = new LoadError('io', 'the chunk loaders are closed');
+    for (const q of [this.#demand, this.#prefetch, this.#writes]) for (const p of q.splice(0)) p.reject(gone);
+    await Promise.all(this.#loaders.splice(0).map((l) => l.worker.terminate()));
+  }
+
+  async #spawn(): Promise<void> {
+    const worker = startModuleWorker(new URL('./chunk-loader-worker.js', import.meta.url), {
+      workerData: this.#data,
+    });
+    const loader: Loader = { worker, jobs: new Map() };
+    await new Promise<void>((resolve, reject) => {
+      const onExit = (code: number) => fail(new Error(`a chunk loader exited during start (code ${code})`));
+      const fail = (e: unknown) => (worker.off('message', ready), worker.off('exit', onExit), reject(e));
+      const ready = () => (worker.off('error', fail), worker.off('exit', onExit), resolve());
+      worker.once('message', ready);
+      worker.once('error', fail);
+      worker.once('exit', onExit);
+    });
+    worker.on('message', (r: LoadReply) => this.#reply(loader, r));
+    // A loader that dies (an exception in it, a terminate from outside) fails what it held; another
+    // takes its place so that loads go on.
+    worker.on('error', () => {});
+    worker.once('exit', () => {
+      const i = this.#loaders.indexOf(loader);
+      if (i >= 0) this.#loaders.splice(i, 1);
+      for (const p of loader.jobs.values()) p.reject(new LoadError('io', 'the chunk loader thread stopped'));
+      loader.jobs.clear();
+      if (!this.#closed)
+        void this.#spawn().then(
+          () => this.#pump(),
+          () => {},
+        );
+    });
+    this.#loaders.push(loader);
+    this.#pump();
+  }
+
+  #reply(loader: Loader, r: LoadReply): void {
+    const p = loader.jobs.get(r.id);
+    if (!p) return;
+    loader.jobs.delete(r.id);
+    if (r.ok) p.resolve(r.stored);
+    else p.reject(new LoadError(r.failure, r.message, r.code));
+    this.#pump();
+  }
+
+  #pump(): void {
+    for (const l of this.#loaders) {
+      while (l.jobs.size < DEPTH) {
+        const p =
+          this.#demand.shift() ??
+          this.#prefetch.shift() ??
+          (l.jobs.size === 0 ? this.#writes.shift() : undefined);
+        if (!p) break;
+        l.jobs.set(p.job.id, p);
+        const bytes = p.job.op === 'load' ? p.job.bytes : undefined;
+        // An origin's body is handed over, not copied, when it owns its whole buffer (never a pooled slab).
+        const transfer =
+          bytes && bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength
+            ? [bytes.buffer as ArrayBuffer]
+            : [];
+        l.worker.postMessage(p.job, transfer);
+      }
+    }
+  }
+}
