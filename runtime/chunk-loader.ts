@@ -180,22 +180,24 @@ export class ChunkLoader {
   }
 
   #pump(): void {
-    for (const l of this.#loaders) {
-      while (l.jobs.size < DEPTH) {
-        const p =
-          this.#demand.shift() ??
-          this.#prefetch.shift() ??
-          (l.jobs.size === 0 ? this.#writes.shift() : undefined);
-        if (!p) break;
-        l.jobs.set(p.job.id, p);
-        const bytes = p.job.op === 'load' ? p.job.bytes : undefined;
-        // An origin's body is handed over, not copied, when it owns its whole buffer (never a pooled slab).
-        const transfer =
-          bytes && bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength
-            ? [bytes.buffer as ArrayBuffer]
-            : [];
-        l.worker.postMessage(p.job, transfer);
-      }
+    // One job at a time to the least loaded loader: two faults at once go to two threads, not one.
+    for (;;) {
+      let l: Loader | undefined;
+      for (const x of this.#loaders) if (x.jobs.size < DEPTH && (!l || x.jobs.size < l.jobs.size)) l = x;
+      if (!l) return;
+      const p =
+        this.#demand.shift() ??
+        this.#prefetch.shift() ??
+        (l.jobs.size === 0 ? this.#writes.shift() : undefined);
+      if (!p) return;
+      l.jobs.set(p.job.id, p);
+      const bytes = p.job.op === 'load' ? p.job.bytes : undefined;
+      // An origin's body is handed over, not copied, when it owns its whole buffer (never a pooled slab).
+      const transfer =
+        bytes && bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength
+          ? [bytes.buffer as ArrayBuffer]
+          : [];
+      l.worker.postMessage(p.job, transfer);
     }
   }
 }

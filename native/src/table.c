@@ -10,6 +10,9 @@
 static const napi_type_tag TABLE_TAG = {0x6c617a79736e6170ULL, 0x7461626c65000001ULL};
 
 #define HUGE_2M (2ull << 20)
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
 
 void table_ref(table_t *t) {
   atomic_fetch_add(&t->ref, 1);
@@ -391,6 +394,12 @@ static napi_value js_reserve(napi_env env, napi_callback_info info) {
     t->discard[i] = 0;
   }
   pthread_mutex_unlock(&t->mu);
+  /* Fault the slot's pages in with one call (MADV_POPULATE_WRITE, Linux 5.14): the filler would
+   * otherwise take one page fault per 4 KiB, each a costly exit in a VM (measured here: 0.68 → 0.48 ms
+   * per 512 KiB load). EINVAL on older kernels: the filler's own faults then do it. */
+  if (ok)
+    madvise(t->arena + (uint64_t)i * t->chunk_size, (table_chunk_len(t, i) + 4095) & ~4095ull,
+            MADV_POPULATE_WRITE);
   napi_get_boolean(env, ok, &r);
   return r;
 }
