@@ -18,6 +18,7 @@ import {
   SCENARIOS,
   SCENARIO_NOTES,
   SLACK_BYTES,
+  ACTIVE_SESSION_BYTES,
   nonTcp,
   runChaos,
   type Scenario,
@@ -111,6 +112,10 @@ const chunkSize = opt(() => parseSize(values['chunk-size'], '--chunk-size'));
 if (chunkSize % 4096 !== 0) usage('--chunk-size: a multiple of 4 KiB');
 if (imageBytes % chunkSize !== 0 || imageBytes / chunkSize < 64)
   usage('--image-size: a whole number of at least 64 chunks');
+if (failTimeoutMs < 2 * attemptTimeoutMs + 500)
+  usage(
+    '--fail-timeout: at least twice --attempt-timeout plus 500 ms (a slow answer and a retry must fit in it)',
+  );
 const cgroupLimitBytes = opt(() => parseSize(values['cgroup-limit'], '--cgroup-limit'));
 const scenarios = (values.scenarios?.split(',') ?? [...SCENARIOS]).map((s) => s.trim()) as Scenario[];
 for (const s of scenarios)
@@ -185,7 +190,7 @@ faults injected         ${JSON.stringify(r.injected)}; armed, never fetched ${r.
 skipped                 ${JSON.stringify(r.skipped)}
 serve log               ${r.serve.sessionsStarted} sessions, ${r.serve.summaries} summaries, ${r.serve.warnLines} warn, ${r.serve.errorLines} error lines (${r.serve.unexplainedErrors.length} unexplained)
 serve RSS               baseline ${mib(r.rss.baselineBytes)}, peak sampled ${mib(r.rss.peakSampledBytes)}, VmHWM ${mib(r.rss.hwmBytes)}, end ${mib(r.rss.finalBytes)}
-                        bound (baseline + budget ${mib(memoryBudget)} + fetch buffers + ${mib(SLACK_BYTES)} slack) ${mib(r.rss.boundBytes)}
+                        bound (baseline + budget ${mib(memoryBudget)} + fetch buffers ${mib(2 * fetchConcurrency * chunkSize)} + ${clients} x ${mib(ACTIVE_SESSION_BYTES)} per session + ${mib(SLACK_BYTES)} slack) ${mib(r.rss.boundBytes)}
 serve fds               before ${JSON.stringify(r.fds.before)}, after ${JSON.stringify(r.fds.after)} (settled ${r.fds.settledMs} ms after the last peer)
 serve exit              ${JSON.stringify(r.serve.exit)}`);
 
@@ -246,7 +251,7 @@ const file = writeResult({
       unlogged === 0,
     ),
     row(
-      'serve VmHWM vs bound (baseline + memory budget + fetch buffers + slack)',
+      'serve VmHWM vs bound (baseline + memory budget + fetch buffers + per-session + slack)',
       'MiB',
       r.rss.hwmBytes / MiB,
       r.rss.boundBytes / MiB,
