@@ -34,7 +34,11 @@ function rank(s: string): number {
   return i < 0 ? ORDER.length : i;
 }
 
+/** Units that count things: shown without decimals when whole. */
+const COUNTS = new Set(['restores', 'peers', 'pages', 'fds']);
+
 function num(v: number, unit: string): string {
+  if (COUNTS.has(unit) && Number.isInteger(v)) return String(v);
   // Sub-millisecond figures (P6's reference) would all read 0.x with one decimal.
   return v.toFixed(unit === 'GB/s' || (unit === 'ms' && Math.abs(v) < 1) ? 2 : 1);
 }
