@@ -445,8 +445,11 @@ function planRestore(scenario: Scenario, L: Layout, r: Rng, o: Resolved): Plan {
       break;
     case 'peer-killed':
       goodRuns(3);
-      if (r.next() < 0.5) failChunk('stall', false);
-      killAfterMs = Math.round(r.next() * o.failTimeoutMs * 1.2);
+      // Killed while its faults are served (a few hundred ms), or while one waits on a stalled chunk.
+      if (r.next() < 0.5) {
+        failChunk('stall', false);
+        killAfterMs = Math.round(r.next() * o.failTimeoutMs * 1.2);
+      } else killAfterMs = Math.round(r.next() * 300);
       break;
     case 'memory-pressure': {
       // Three times the cgroup's limit, in runs: what is installed is charged to the group.
@@ -775,7 +778,7 @@ function reasonOf(l: LogLine): string {
     .replace(/\d+ ms/g, 'N ms')
     .replace(/got \d+/g, 'got N')
     .replace(/chunks\/\S+/g, 'KEY')
-    .slice(0, 90);
+    .slice(0, 120);
   return `${l.msg.replace(/^chunk \d+/, 'chunk N')}: ${why}`;
 }
 
