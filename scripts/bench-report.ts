@@ -19,6 +19,7 @@ const ORDER = [
   'manifest-parse',
   'crypto',
   'soak',
+  'chaos',
 ];
 const out = path.join(repoRoot, 'bench', 'README.md');
 const analysisFile = path.join(repoRoot, 'bench', 'ANALYSIS.md');
@@ -33,7 +34,11 @@ function rank(s: string): number {
   return i < 0 ? ORDER.length : i;
 }
 
+/** Units that count things: shown without decimals when whole. */
+const COUNTS = new Set(['restores', 'peers', 'pages', 'fds']);
+
 function num(v: number, unit: string): string {
+  if (COUNTS.has(unit) && Number.isInteger(v)) return String(v);
   // Sub-millisecond figures (P6's reference) would all read 0.x with one decimal.
   return v.toFixed(unit === 'GB/s' || (unit === 'ms' && Math.abs(v) < 1) ? 2 : 1);
 }
@@ -85,7 +90,41 @@ function scenario(r: ScenarioResult): string[] {
         `| ${ratio(row)} | ${row.target ?? '—'} | ${met(row.met)} |`,
     );
   }
+  if (r.scenario === 'chaos') lines.push(...chaosTables(r));
   lines.push('', `**How measured.** ${r.howMeasured}`, '');
+  return lines;
+}
+
+/** The chaos soak's restores by outcome per scenario, and the reasons serve logged when failing closed. */
+function chaosTables(r: ScenarioResult): string[] {
+  const outcomes = ['ok', 'failed closed', 'killed by test', 'oom-killed', 'hung', 'unexpected'];
+  const lines = [
+    '',
+    'Restores by outcome, per scenario (`hung` and `unexpected` must be 0; so must wrong pages):',
+    '',
+    `| scenario | injected, and what it must come to | ${outcomes.join(' | ')} | wrong pages |`,
+    `|---|---|${outcomes.map(() => '---|').join('')}---|`,
+  ];
+  for (const row of r.rounds)
+    lines.push(
+      `| ${String(row.scenario)} | ${String(row.note)} | ${outcomes.map((o) => String(row[o] ?? 0)).join(' | ')} | ${String(row.wrongPages ?? 0)} |`,
+    );
+  const skipped = Object.entries((r.config.skipped ?? {}) as Record<string, string>);
+  for (const [s, why] of skipped) lines.push('', `${s} was not run: ${why}.`);
+  const reasons = Object.entries((r.extra?.failedClosedReasons ?? {}) as Record<string, number>).sort(
+    (a, b) => b[1] - a[1],
+  );
+  if (reasons.length > 0) {
+    lines.push('', 'Failed closed: the line serve logged for the chunk (numbers and keys elided):', '');
+    lines.push('| restores | serve’s error line: message and first failed attempt |', '|---|---|');
+    for (const [why, n] of reasons) lines.push(`| ${n} | \`${why.replace(/\|/g, '\\|')}\` |`);
+  }
+  const injected = Object.entries((r.extra?.injected ?? {}) as Record<string, number>);
+  if (injected.length > 0)
+    lines.push(
+      '',
+      `Faults the origins served, by kind: ${injected.map(([k, v]) => `${k} ${v}`).join(', ')}.`,
+    );
   return lines;
 }
 
@@ -106,6 +145,7 @@ const doc = [
   '- **P5** ([concurrent.bench.ts](concurrent.bench.ts)): 16 restores of one snapshot at once on one serve fetch every chunk from the origin once (fetch amplification 1.00).',
   "- **Manifest** ([manifest-parse.bench.ts](manifest-parse.bench.ts)): a 64 GiB snapshot's manifest parses in ≤ 50 ms.",
   '- **Soak** ([soak.ts](soak.ts), `npm run soak`): 32 concurrent restores through one serve for 60 s: zero mismatched pages, RSS that plateaus, no fd leak (issue 8; run on its own, not by `npm run bench`).',
+  '- **Chaos** ([chaos.ts](chaos.ts), `npm run chaos`): 32 concurrent restores through one serve, a failure injected into each (VMA splits, mlock, balloon, origin 5xx / lies / stalls / zstd bombs / endless bodies, peers SIGKILLed, memory cgroups): zero hung peers, zero wrong bytes, every failed-closed restore with its reason logged, RSS within its bound, no fd leak (issue 11; run on its own, not by `npm run bench`).',
   '- **Crypto** ([crypto.bench.ts](crypto.bench.ts)): what client-side chunk encryption (AES-256-GCM) costs, as throughput against plain zstd encode/decode of the same chunks (no target: informational).',
   '',
   'P1 and P2 compare against a pure-C reference handler ([ref/ref-handler.c](ref/ref-handler.c)). Both drive the Firecracker-exact client (test/fixtures/fc-client.c) against each handler in turn, alternating',

@@ -45,6 +45,8 @@ export interface ScenarioResult {
   /** Raw per-round numbers, in the order they were run. */
   rounds: Record<string, unknown>[];
   medians: Record<string, number>;
+  /** Scenario-specific details that fit none of the above (the chaos soak's fail-closed reasons). */
+  extra?: Record<string, unknown>;
 }
 
 function sh(cmd: string, args: string[]): string | null {

@@ -18,6 +18,11 @@ export interface MemoryCgroup {
    * ENOMEM) instead of killing a member. False where that cannot be done (v2 has no such switch).
    */
   disableOomKiller(): boolean;
+  /**
+   * How many members the kernel's OOM killer has killed in this group (v1 memory.oom_control,
+   * v2 memory.events `oom_kill`): tells a kernel kill from any other SIGKILL. NaN where not reported.
+   */
+  oomKills(): number;
   remove(): void;
 }
 
@@ -69,6 +74,14 @@ export function memoryCgroup(name: string, limitBytes: number): MemoryCgroup | {
         return true;
       } catch {
         return false;
+      }
+    },
+    oomKills: () => {
+      try {
+        const text = readFileSync(path.join(dir, v2 ? 'memory.events' : 'memory.oom_control'), 'utf8');
+        return Number(/^oom_kill (\d+)$/m.exec(text)?.[1] ?? NaN);
+      } catch {
+        return NaN;
       }
     },
     usage: () =>
