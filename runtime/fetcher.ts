@@ -20,7 +20,7 @@
  * connections) are retried over the origins again with backoff until that much time has passed, so an
  * origin restart shorter than the fail timeout costs latency, not the VM. Absence and lying bytes
  * everywhere fail at once. A little after the patience runs out the caller is answered with a
- * TimeoutError whatever the fetch is doing.
+ * FetchError (every attempt that failed so far, then the timeout) whatever the fetch is doing.
  *
  * One fetch per chunk however many faults or sessions want it (in-flight dedup by hash).
  */
@@ -90,12 +90,17 @@ export interface FetcherOptions {
   prefetchConcurrency?: number;
   /** Called once per fetch that completes or fails (metrics, logs). */
   onFetch?: (e: FetchEvent) => void;
+  /**
+   * Called for every chunk a fetch made resident, whether or not anyone still waits for it (a waiter
+   * may have given up meanwhile): the memory tier accounts it here, or it would stay resident unbudgeted.
+   */
+  onResident?: (chunk: number) => void;
 }
 
 /** Between passes over the origins: the first wait, doubled per pass up to the cap. */
 const PASS_BACKOFF_MS = 100;
 const PASS_BACKOFF_CAP_MS = 1000;
-/** How long after its patience a caller is answered (TimeoutError) if the fetch has not settled. */
+/** How long after its patience a caller is answered (a FetchError) if the fetch has not settled. */
 export const FETCH_BACKSTOP_MS = 500;
 /** Attempt lines kept for a fetch (logs and errors): the first and the last ones, and a count between. */
 const MAX_ERROR_LINES = 12;
@@ -105,7 +110,7 @@ export interface FetchOptions {
   signal?: AbortSignal;
   /**
    * How long this caller can wait once the fetch has started: transient failures are retried in further
-   * passes until then, and the caller is answered (TimeoutError) shortly after. @default one pass
+   * passes until then, and the caller is answered (FetchError) shortly after. @default one pass
    */
   patienceMs?: number;
 }
@@ -121,6 +126,9 @@ class InFlight {
   startedAt: number | undefined;
   /** Transient failures are retried until this performance.now() (0: one pass). */
   retryUntil = 0;
+  /** Every failed attempt so far (shared with the fetch), for callers who stop waiting before it ends. */
+  readonly errors: string[] = [];
+  key = '';
   /** Other slots with the same content (one object, copied into each once it is in). */
   readonly extra = new Set<number>();
   /** Callers' patience, applied when the fetch starts. */
@@ -163,8 +171,8 @@ class InFlight {
 }
 
 export class ChunkFetcher {
-  readonly #o: Required<Omit<FetcherOptions, 'cache' | 'onFetch'>> &
-    Pick<FetcherOptions, 'cache' | 'onFetch'>;
+  readonly #o: Required<Omit<FetcherOptions, 'cache' | 'onFetch' | 'onResident'>> &
+    Pick<FetcherOptions, 'cache' | 'onFetch' | 'onResident'>;
   readonly #demand: PQueue;
   readonly #prefetch: PQueue;
   readonly #inflight = new Map<string, InFlight>();
@@ -224,8 +232,15 @@ export class ChunkFetcher {
       signal?.addEventListener('abort', onAbort, { once: true });
       if (patienceMs !== undefined) {
         shared.wait(patienceMs, () => {
+          // The fetch goes on for others; this caller gets its account of what failed so far.
           timer = setTimeout(
-            () => reject(new DOMException(`no verified chunk within ${patienceMs} ms`, 'TimeoutError')),
+            () =>
+              reject(
+                new FetchError(shared.key, [
+                  ...trimmed(shared.errors),
+                  `no verified chunk within ${patienceMs} ms`,
+                ]),
+              ),
             patienceMs + FETCH_BACKSTOP_MS,
           );
         });
@@ -238,12 +253,14 @@ export class ChunkFetcher {
   }
 
   #enqueue(entry: InFlight, ref: ChunkRef, priority: Priority): void {
+    entry.key = chunkKey(ref.hash, ref.codec);
     const queue = priority === 'demand' ? this.#demand : this.#prefetch;
     void queue.add(async () => {
       if (!entry.start()) return; // the other task got there first
       try {
         const r = await this.#fetchOnce(ref, entry);
-        for (const c of entry.extra) this.#copySlot(ref.chunk, c);
+        this.#o.onResident?.(ref.chunk);
+        for (const c of entry.extra) if (this.#copySlot(ref.chunk, c)) this.#o.onResident?.(c);
         entry.settle(r);
       } catch (e) {
         entry.settle(undefined, e);
@@ -253,7 +270,7 @@ export class ChunkFetcher {
 
   async #fetchOnce(ref: ChunkRef, entry: InFlight): Promise<Result> {
     const t0 = performance.now();
-    const errors: string[] = [];
+    const errors = entry.errors;
     const counts = { misses: 0 };
     const done = (tier: FetchEvent['tier'], bytes: number) =>
       this.#o.onFetch?.({
@@ -330,14 +347,14 @@ export class ChunkFetcher {
   }
 
   /** Another slot with the same content: copied from the one just filled (pinned while copied). */
-  #copySlot(from: number, to: number): void {
+  #copySlot(from: number, to: number): boolean {
     const t = this.#o.table;
-    if (!t.pin(from)) return;
+    if (!t.pin(from)) return false;
     try {
-      if (t.reserve(to)) {
-        t.slot(to).set(t.slot(from));
-        t.commit(to, true);
-      }
+      if (!t.reserve(to)) return false;
+      t.slot(to).set(t.slot(from));
+      t.commit(to, true);
+      return true;
     } finally {
       t.unpin(from);
     }
@@ -378,7 +395,10 @@ export class ChunkFetcher {
           if (e instanceof NotFoundError) counts.misses++;
           const retryable = timedOut || (e instanceof StoreError && e.retryable);
           if (!retryable || e instanceof NotFoundError || e instanceof IntegrityError) break;
-          if (attempt >= this.#o.retries) {
+          // An origin that did not answer in a whole attempt timeout is asked again in the next pass,
+          // after the others: retrying it at once would spend the fault's patience on one silent origin
+          // while a healthy one behind it was never asked.
+          if (timedOut || attempt >= this.#o.retries) {
             transient = true;
             break;
           }

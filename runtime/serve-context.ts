@@ -89,6 +89,7 @@ export async function openServeContext(
         )
       : undefined;
     const metrics = new RuntimeMetrics();
+    const memory = new MemoryTier(table, o.memoryBudgetBytes);
     const fetcher = new ChunkFetcher({
       origins: stores,
       table,
@@ -99,6 +100,7 @@ export async function openServeContext(
       retries: o.retries,
       concurrency: o.fetchConcurrency,
       onFetch: (e) => (metrics.onFetch(e), logRecoveredFetch(log, e)),
+      onResident: (c) => memory.admitted(c),
     });
     const shape: ProfileShape = {
       id: o.id,
@@ -117,7 +119,7 @@ export async function openServeContext(
     const ctx: SessionContext = {
       index,
       table,
-      memory: new MemoryTier(table, o.memoryBudgetBytes),
+      memory,
       fetcher,
       metrics,
       log,

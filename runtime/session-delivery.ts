@@ -162,7 +162,7 @@ export class ChunkDelivery {
     this.#installs.clear();
   }
 
-  /** Chunk c is resident (the fetch made it so): count it, account it in the memory tier, install it. */
+  /** Chunk c is resident (the fetch made it so, and told the memory tier): count it, install it. */
   #admit(c: number, tier: Tier, stored: number): void {
     // Counted once per chunk: a chunk fetched again after `missing` is not another fetch for this session.
     if (!this.#counted.has(c) && tier !== 'memory') {
@@ -171,7 +171,6 @@ export class ChunkDelivery {
       if (tier !== 'disk') this.bytesFetched += stored;
       this.fetched++;
     }
-    this.#ctx.memory.admitted(c);
     if (this.#ended) return;
     this.#install(c);
   }

@@ -27,6 +27,7 @@
  * is a hung peer: its threads' wait channels are recorded, then it is killed.
  */
 import { readdirSync, readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import path from 'node:path';
 
 import { chunkKey } from '../../store/keys.js';
@@ -207,11 +208,16 @@ export interface ChaosResult {
 /**
  * serve's memory bound as the soak measured it (docs/RELIABILITY.md, "Memory vs the budget"):
  * baseline + memory budget + 2 x fetch concurrency x chunk size (compressed and decoded buffers)
- * + about 0.6 MiB per active session + about 60 MiB of V8 heap growth and allocator slack under churn.
+ * + about 0.6 MiB per active session + about 60 MiB of V8 heap growth and allocator slack under churn
+ * + 32 MiB per chunk loader thread (runtime/chunk-loader.ts: a V8 isolate of its own, whose heap grows
+ * under churn like the main one's, and its read buffer).
  * A 1.5 GiB bomb or an endless body that was buffered would blow far past it.
  */
 export const SLACK_BYTES = 64 * MiB;
 export const ACTIVE_SESSION_BYTES = 0.6 * MiB;
+export const LOADER_THREAD_BYTES = 32 * MiB;
+/** serve's default loader threads (runtime/serve-options.ts). */
+export const LOADER_THREADS = Math.min(4, availableParallelism());
 
 export const nonTcp = (k: ReturnType<typeof fdKinds>) => k.uffd + k.pidfd + k.unix + k.file + k.other;
 
@@ -736,6 +742,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
           o.memoryBudget +
           2 * o.fetchConcurrency * cs +
           o.clients * ACTIVE_SESSION_BYTES +
+          LOADER_THREADS * LOADER_THREAD_BYTES +
           SLACK_BYTES,
       },
       fds: { before, after, settledMs: settled ? Math.round(performance.now() - tSettle) : null },

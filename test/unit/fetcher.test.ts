@@ -223,4 +223,32 @@ describe('chunk fetcher', () => {
     expect((await first).tier).toBe('origin0');
     expect(f.bytesOf(1).equals(a)).toBe(true);
   });
+
+  it('asks the next origin when the first does not answer, instead of spending the patience retrying it', async () => {
+    // Found by the chaos soak: a silent first origin was retried (3 attempts x the attempt timeout)
+    // past the fault's patience while a healthy second origin was never asked.
+    const silent = await http(() => 'stall');
+    const good = await http(() => 'ok');
+    const f = await fetcher({ origins: [silent.store, good.store], attemptTimeoutMs: 300, retries: 2 });
+    const t0 = performance.now();
+    const got = await f.fetch(ref, 'demand', { patienceMs: 1000 });
+    expect(got.tier).toBe('origin1');
+    expect(performance.now() - t0).toBeLessThan(900);
+    expect(silent.o.requests).toHaveLength(1);
+  });
+
+  it('tells a caller whose patience ran out what failed so far, while the fetch goes on for a later one', async () => {
+    // The chaos soak's case: a session joins a fetch another started, with more patience; the first
+    // one's fail-closed line must still say what the origins did, not only that time ran out.
+    const a = await http(() => 'stall');
+    const f = await fetcher({ origins: [a.store], attemptTimeoutMs: 200 });
+    const first = f.fetch(ref, 'demand', { patienceMs: 300 }).catch((x: unknown) => x);
+    await new Promise((r) => setTimeout(r, 100));
+    const second = f.fetch(ref, 'demand', { patienceMs: 3000 }).catch((x: unknown) => x);
+    const e = await first;
+    expect(e).toBeInstanceOf(FetchError);
+    expect((e as FetchError).errors.at(-1)).toBe('no verified chunk within 300 ms');
+    expect((e as FetchError).errors.some((l) => /no answer within \d+ ms/.test(l))).toBe(true);
+    expect(await second).toBeInstanceOf(FetchError); // the origin never answers: it fails in its own time
+  });
 });
