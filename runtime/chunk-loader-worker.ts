@@ -15,7 +15,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 
 import { IntegrityError } from '../core/errors.js';
 import { ChunkTable } from '../native/index.js';
-import { decodeChunk, hashChunk, type Codec } from '../store/chunk.js';
+import { decodeChunk, encodeChunk, hashChunk, type Codec } from '../store/chunk.js';
 import { ChunkCrypto, type ChunkCryptoTransfer } from '../store/chunk-crypto.js';
 
 export interface LoaderWorkerData {
@@ -177,4 +177,21 @@ function write(job: WriteJob): LoadReply {
 parentPort!.on('message', (job: LoadJob | WriteJob) => {
   parentPort!.postMessage(job.op === 'load' ? load(job) : write(job));
 });
+/**
+ * Runs the decode path once before reporting ready: the first call into zstd (a context to allocate),
+ * BLAKE3 and this module's functions costs milliseconds, and it must not be the first page a VM waits
+ * for (docs/DESIGN.md, "P6").
+ */
+function warmUp(): void {
+  const page = Buffer.alloc(4096);
+  const frame = encodeChunk('zstd', page);
+  decodeChunk('warm-up', 'zstd', frame, hashChunk(page), page.length, undefined, Buffer.alloc(page.length));
+  crypto?.id(page);
+  readObject('/proc/self/stat', 1 << 20, 'warm-up');
+  // The arena view: V8 counts it as external memory (the snapshot's size) and collects garbage when it
+  // appears, about 10 ms measured here. Now, not in the first load.
+  table.slot(0);
+}
+warmUp();
+
 parentPort!.postMessage({ ready: true });

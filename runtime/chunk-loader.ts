@@ -3,12 +3,15 @@
  * table (runtime/chunk-loader-worker.ts), so the main thread, which schedules every session's faults
  * and fetches, never spends a chunk's worth of CPU on one of them.
  *
- * Scheduling: demand loads before prefetch loads, cache writes only on a worker with nothing else to do.
- * Each worker holds at most two jobs (the running one and the next), so it never waits for the main
- * thread between jobs while the order of everything else stays the main thread's to decide.
+ * Scheduling: demand loads before prefetch loads. Each worker holds at most two jobs (the running one
+ * and the next), so it never waits for the main thread between jobs while the order of everything else
+ * stays the main thread's to decide.
  *
- * Cache writes are a bounded backlog: past `maxPendingWrites` a write is dropped (the chunk is simply
- * not cached), so a busy host never delays an install to fill its cache.
+ * Cache writes wait until no load has been queued or running for `writeIdleMs`: during a restore the
+ * CPUs belong to the restore (on a small host a write would slow the next decode), and the chunks stay
+ * resident meanwhile, so they are written once it is over. The backlog is bounded (`maxPendingWrites`
+ * chunk numbers); past it, or for a chunk evicted before its turn, the write is dropped: the chunk is
+ * simply not cached.
  */
 import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
@@ -39,8 +42,10 @@ export interface ChunkLoaderOptions {
   crypto?: ChunkCrypto;
   /** Loader threads. @default min(4, available parallelism) */
   workers?: number;
-  /** Cache writes waiting for an idle loader before new ones are dropped. @default 256 */
+  /** Cache writes waiting for idle loaders before new ones are dropped. @default 4096 */
   maxPendingWrites?: number;
+  /** How long loads must have been idle before cache writes run. @default 25 */
+  writeIdleMs?: number;
 }
 
 interface Pending {
@@ -63,14 +68,19 @@ export class ChunkLoader {
   readonly #prefetch: Pending[] = [];
   readonly #writes: Pending[] = [];
   readonly #maxWrites: number;
+  readonly #writeIdleMs: number;
+  /** performance.now() of the last load queued or finished. */
+  #lastLoad = 0;
+  #idleTimer: NodeJS.Timeout | undefined;
   readonly #data: LoaderWorkerData;
   #nextId = 1;
   #closed = false;
   droppedWrites = 0;
 
-  private constructor(data: LoaderWorkerData, maxWrites: number) {
+  private constructor(data: LoaderWorkerData, maxWrites: number, writeIdleMs: number) {
     this.#data = data;
     this.#maxWrites = maxWrites;
+    this.#writeIdleMs = writeIdleMs;
   }
 
   /** Starts the loaders (shares the table with them) and resolves once every one is ready. */
@@ -82,7 +92,7 @@ export class ChunkLoader {
       chunkSize: options.table.chunkSize,
       ...(options.crypto ? { crypto: options.crypto.toTransfer() } : {}),
     };
-    const l = new ChunkLoader(data, options.maxPendingWrites ?? 256);
+    const l = new ChunkLoader(data, options.maxPendingWrites ?? 4096, options.writeIdleMs ?? 25);
     try {
       await Promise.all(Array.from({ length: Math.max(1, n) }, () => l.#spawn()));
     } catch (e) {
@@ -102,6 +112,7 @@ export class ChunkLoader {
     return new Promise<number>((resolve, reject) => {
       const p: Pending = { job: { op: 'load', id: this.#nextId++, ...rest }, resolve, reject };
       (priority === 'demand' ? this.#demand : this.#prefetch).push(p);
+      this.#lastLoad = performance.now();
       this.#pump();
     });
   }
@@ -133,6 +144,7 @@ export class ChunkLoader {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearTimeout(this.#idleTimer);
     const gone = new LoadError('io', 'the chunk loaders are closed');
     for (const q of [this.#demand, this.#prefetch, this.#writes]) for (const p of q.splice(0)) p.reject(gone);
     await Promise.all(this.#loaders.splice(0).map((l) => l.worker.terminate()));
@@ -174,6 +186,7 @@ export class ChunkLoader {
     const p = loader.jobs.get(r.id);
     if (!p) return;
     loader.jobs.delete(r.id);
+    if (p.job.op === 'load') this.#lastLoad = performance.now();
     if (r.ok) p.resolve(r.stored);
     else p.reject(new LoadError(r.failure, r.message, r.code));
     this.#pump();
@@ -185,10 +198,7 @@ export class ChunkLoader {
       let l: Loader | undefined;
       for (const x of this.#loaders) if (x.jobs.size < DEPTH && (!l || x.jobs.size < l.jobs.size)) l = x;
       if (!l) return;
-      const p =
-        this.#demand.shift() ??
-        this.#prefetch.shift() ??
-        (l.jobs.size === 0 ? this.#writes.shift() : undefined);
+      const p = this.#demand.shift() ?? this.#prefetch.shift() ?? this.#idleWrite(l);
       if (!p) return;
       l.jobs.set(p.job.id, p);
       const bytes = p.job.op === 'load' ? p.job.bytes : undefined;
@@ -199,5 +209,21 @@ export class ChunkLoader {
           : [];
       l.worker.postMessage(p.job, transfer);
     }
+  }
+
+  /** The next cache write, if loads have been idle long enough; else a wake-up for when they will be. */
+  #idleWrite(l: Loader): Pending | undefined {
+    if (this.#writes.length === 0 || l.jobs.size > 0) return undefined;
+    const loading = this.#loaders.some((x) => [...x.jobs.values()].some((p) => p.job.op === 'load'));
+    const wait = this.#lastLoad + this.#writeIdleMs - performance.now();
+    if (!loading && wait <= 0) return this.#writes.shift();
+    this.#idleTimer ??= setTimeout(
+      () => {
+        this.#idleTimer = undefined;
+        this.#pump();
+      },
+      Math.max(1, wait),
+    ).unref();
+    return undefined;
   }
 }

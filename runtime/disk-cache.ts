@@ -32,6 +32,7 @@
  */
 import assert from 'node:assert';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdir, readdir, stat, unlink, utimes } from 'node:fs/promises';
 import path from 'node:path';
 
@@ -134,6 +135,9 @@ export class DiskCache {
       throw new InvalidArgumentError('length', 'a non-negative integer', length);
     assert(!this.#closed, 'DiskCache used after close()');
     const file = this.#path(hash);
+    // A miss costs one stat here, not a trip through a loader thread and back (a cold restore with a
+    // cache misses on every chunk). Entries other processes wrote since open() are found all the same.
+    if (!this.#index.has(hash) && !existsSync(file)) return this.#miss(hash);
     let size: number;
     try {
       size = await this.#loader.load({

@@ -41,6 +41,7 @@ import {
 import { openServeContext, securityFields, type ServeContext } from './serve-context.js';
 import { resolveServeOptions, type ResolvedServeOptions, type ServeOptions } from './serve-options.js';
 import { listenSocket } from './serve-socket.js';
+import { warmUpFaultPath } from './warm-up.js';
 
 export type { LiveSessionStats, ServeOptions, SessionSummary };
 
@@ -132,6 +133,8 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
       const { ctx, stores } = parts;
       // Metrics before the socket: an abandoned server would keep it (a bad --metrics-host did).
       if (o.metricsPort !== undefined) metricsServer = await ctx.metrics.listen(o.metricsPort, o.metricsHost);
+      // Before the socket exists: the first peer's first fault must not pay for cold code.
+      const warmUpMs = await warmUpFaultPath(ctx, log);
       const server = new RestoreServer(o, parts, log);
       server.#metricsServer = metricsServer;
       server.metricsPort = metricsServer?.port;
@@ -144,6 +147,7 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
           totalSize: m.totalSize,
           canPoison: ctx.canPoison,
           metricsPort: server.metricsPort,
+          warmUpMs: warmUpMs === undefined ? null : Math.round(warmUpMs * 10) / 10,
           ...securityFields(o, m),
         },
         'serving',

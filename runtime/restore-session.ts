@@ -13,6 +13,7 @@ import type { Handshake } from './handshake.js';
 import { decideFailure } from './native-failure.js';
 import { Prefetcher } from './prefetch.js';
 import { Recorder } from './profile.js';
+import { Readahead } from './readahead.js';
 import { ChunkDelivery } from './session-delivery.js';
 import { FailClosed } from './session-fail-closed.js';
 import type { LiveSessionStats, SessionContext, SessionSummary } from './session-types.js';
@@ -45,6 +46,7 @@ export class RestoreSession {
   readonly #recorder: Recorder | undefined;
   readonly #onEnd: (s: RestoreSession, summary: SessionSummary) => void;
   readonly #prefetcher: Prefetcher | undefined;
+  readonly #readahead: Readahead | undefined;
   /** populate() calls, re-checked on every install, failure and end. */
   readonly #waiters = new Set<() => void>();
 
@@ -64,7 +66,9 @@ export class RestoreSession {
         table: ctx.table,
         pageSize: handshake.pageSize,
         regions: handshake.regions,
-        reportTouches: pf.mode === 'record' || pf.fill,
+        // First touches served from memory are reported when something uses them: the recording, the
+        // fill's cursor, and read-ahead, which follows the reader through the chunks it made resident.
+        reportTouches: pf.mode === 'record' || pf.fill || pf.readaheadChunks > 0,
       },
       (e) => this.#onEvent(e),
     );
@@ -89,6 +93,8 @@ export class RestoreSession {
       },
       'restore session started',
     );
+    if (pf.readaheadChunks > 0)
+      this.#readahead = new Readahead({ chunks: ctx.index.count, max: pf.readaheadChunks });
     const replay = pf.mode === 'replay' && pf.profile ? pf.profile.chunks.map((e) => e.chunk) : [];
     if (replay.length > 0 || pf.fill) {
       this.#prefetcher = this.#prefetchDriver(
@@ -180,11 +186,15 @@ export class RestoreSession {
   }
 
   #onEvent(e: SessionEvent): void {
-    for (const c of e.touched) this.#recorder?.touch(c);
+    for (const c of e.touched) {
+      this.#recorder?.touch(c);
+      this.#readAhead(c);
+    }
     for (const c of e.need) {
       this.#recorder?.touch(c);
       this.#prefetcher?.demand(c);
       this.#delivery.demand(c);
+      this.#readAhead(c);
     }
     for (const c of e.missing) this.#delivery.missing(c);
     for (const c of e.installed) {
@@ -207,6 +217,10 @@ export class RestoreSession {
     if (e.exited) this.end('ended');
     if (this.#waiters.size > 0 && (e.installed.length > 0 || e.poisoned.length > 0 || e.failures.length > 0))
       for (const w of [...this.#waiters]) w();
+  }
+
+  #readAhead(c: number): void {
+    if (this.#readahead) for (const next of this.#readahead.touch(c)) this.#delivery.readAhead(next);
   }
 
   /** Server stopping, grace over: once the uffd closes nobody answers the peer's next fault on a missing page, so fail closed. */

@@ -130,6 +130,7 @@ export async function openServeContext(
         fill: o.fill,
         window: o.prefetchWindow,
         recordIdleMs: o.recordIdleMs,
+        readaheadChunks: Math.floor(o.readaheadBytes / m.chunkSize),
         profile,
         saveRecording: saver.save,
       },

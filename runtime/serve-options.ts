@@ -53,6 +53,12 @@ export interface ServeOptions {
   fill?: boolean;
   /** Prefetch fetches in flight per session; keep it below fetchConcurrency so demand faults find room. @default 8 */
   prefetchWindow?: number;
+  /**
+   * Sequential read-ahead: while a peer's first touches move forward through its memory, the chunks
+   * just ahead are fetched into memory (not installed), in a window that doubles up to this many bytes;
+   * a random reader gets none. 0 turns it off. @default 16 MiB
+   */
+  readaheadBytes?: number;
   /** A recording is saved when no new chunk was touched for this long, or when its session ends. @default 2000 */
   recordIdleMs?: number;
   /** Per origin request. @default 5000 */
@@ -168,6 +174,7 @@ export function resolveServeOptions(o: ServeOptions): ResolvedServeOptions {
     fill: o.fill ?? false,
     prefetchWindow: int('prefetchWindow', o.prefetchWindow, 8, 1, 1024),
     recordIdleMs: int('recordIdleMs', o.recordIdleMs, 2000, 1, MAX_TIMER_MS),
+    readaheadBytes: int('readaheadBytes', o.readaheadBytes, 16 * 2 ** 20, 0),
     ...(o.metricsPort !== undefined ? { metricsPort: int('metricsPort', o.metricsPort, 0, 0, 65535) } : {}),
   };
 }

@@ -134,6 +134,23 @@ export class ChunkDelivery {
     );
   }
 
+  /**
+   * Read-ahead (runtime/readahead.ts): makes chunk c resident without installing it, so the reader's
+   * first touch is served by the fault thread alone. Nothing to do for a zero, resident or installed
+   * chunk; a failure is dropped (a fault would fetch it again).
+   */
+  readAhead(c: number): void {
+    const { index, memory, fetcher } = this.#ctx;
+    const hash = chunkHash(index, c);
+    if (this.#ended || hash === null || this.#installed.has(c) || memory.has(c)) return;
+    fetcher
+      .fetch({ chunk: c, hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'prefetch')
+      .then(
+        ({ tier, stored }) => this.#count(c, tier, stored),
+        () => {},
+      );
+  }
+
   /** The fault thread copied chunk c (or found it present). Returns how long a fault waited, if one did. */
   installed(c: number): number | undefined {
     this.#unpin(c);
@@ -164,15 +181,18 @@ export class ChunkDelivery {
 
   /** Chunk c is resident (the fetch made it so, and told the memory tier): count it, install it. */
   #admit(c: number, tier: Tier, stored: number): void {
-    // Counted once per chunk: a chunk fetched again after `missing` is not another fetch for this session.
-    if (!this.#counted.has(c) && tier !== 'memory') {
-      this.#counted.add(c);
-      this.hits[tier] = (this.hits[tier] ?? 0) + 1;
-      if (tier !== 'disk') this.bytesFetched += stored;
-      this.fetched++;
-    }
+    this.#count(c, tier, stored);
     if (this.#ended) return;
     this.#install(c);
+  }
+
+  /** Counted once per chunk: a chunk fetched again after `missing` is not another fetch for this session. */
+  #count(c: number, tier: Tier, stored: number): void {
+    if (this.#counted.has(c) || tier === 'memory') return;
+    this.#counted.add(c);
+    this.hits[tier] = (this.hits[tier] ?? 0) + 1;
+    if (tier !== 'disk') this.bytesFetched += stored;
+    this.fetched++;
   }
 
   #install(c: number): void {

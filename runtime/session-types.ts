@@ -19,6 +19,8 @@ export interface PrefetchContext {
   window: number;
   /** A recording is saved once: when no new chunk was touched for this long, or at session end. */
   recordIdleMs: number;
+  /** Largest sequential read-ahead window, in chunks (0: none). */
+  readaheadChunks: number;
   profile: Profile | undefined;
   saveRecording: (first: Map<number, number>) => void;
 }

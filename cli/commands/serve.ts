@@ -34,6 +34,9 @@ options:
                          replay: fetch the profile's chunks ahead of the faults; off; auto: replay
                          whenever a profile exists (default auto)
   --fill                 after replay, fetch every other missing chunk in the background
+  --readahead SIZE       while a peer reads forward, fetch up to this much ahead of it into memory,
+                         in a window that doubles with each one it gets through; 0 turns it off
+                         (default 16MiB)
   --prefetch-window N    prefetch fetches in flight per session (default 8)
   --fetch-concurrency N  chunk fetches in flight for the whole server, and connections to each
                          HTTP origin (default 16)
@@ -85,6 +88,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       's3-endpoint': { type: 'string' },
       prefetch: { type: 'string', default: 'auto' },
       fill: { type: 'boolean', default: false },
+      readahead: { type: 'string' },
       'prefetch-window': { type: 'string' },
       'fetch-concurrency': { type: 'string' },
     },
@@ -111,6 +115,9 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
         : {}),
       ...(values['memory-budget']
         ? { memoryBudgetBytes: parseSize(values['memory-budget'], '--memory-budget', { allowZero: true }) }
+        : {}),
+      ...(values.readahead !== undefined
+        ? { readaheadBytes: parseSize(values.readahead, '--readahead', { allowZero: true }) }
         : {}),
       failClosed: values['fail-closed'] as 'auto',
       prefetch: values.prefetch as 'auto',

@@ -78,6 +78,11 @@ export async function expectOneProblem(
     20_000,
     `${sessions} session summaries`,
   );
+  // Some problems surface after the sessions (cache writes run once loads are idle): wait for the
+  // expected line, then there must be exactly that one.
+  await serve
+    .waitForLog((l) => l.level >= 40 && match.test(JSON.stringify(l)), 10_000, `a line matching ${match}`)
+    .catch(() => {});
   const problems = serve.problems();
   // Whole lines in the comparison, so a failure shows what was logged.
   expect(problems.map((l) => JSON.stringify(l))).toEqual([expect.stringMatching(match)]);
