@@ -60,6 +60,11 @@ export async function openServeContext(
       }),
     ),
   );
+  const profileStore = o.profileStore
+    ? await openStore(o.profileStore, { ...(o.s3Endpoint ? { s3Endpoint: o.s3Endpoint } : {}) })
+    : undefined;
+  // Profiles: the profile store first (read and written), then the stores in order.
+  const profileStores = profileStore ? [profileStore, ...stores] : stores;
   let cache: DiskCache | undefined;
   let loader: ChunkLoader | undefined;
   let table: ChunkTable | undefined;
@@ -68,6 +73,7 @@ export async function openServeContext(
     await loader?.close();
     table?.unshare();
     await Promise.all(stores.map((s) => s.close()));
+    await profileStore?.close();
   };
   try {
     const index = await loadFirst(stores, o.id, signal, {
@@ -110,12 +116,12 @@ export async function openServeContext(
     };
     const wantsProfile = o.prefetch === 'auto' || o.prefetch === 'replay';
     const profile = wantsProfile
-      ? await loadProfile(stores, shape, (msg) => log.warn(msg), signal)
+      ? await loadProfile(profileStores, shape, (msg) => log.warn(msg), signal)
       : undefined;
     const mode = o.prefetch === 'auto' ? (profile ? 'replay' : 'off') : o.prefetch;
     if (mode === 'replay' && !profile)
       log.warn(`no profile for ${o.id}: replay has nothing to prefetch (record one with --prefetch record)`);
-    const saver = profileSaver(stores, shape, log);
+    const saver = profileSaver(profileStores, shape, log);
     const ctx: SessionContext = {
       index,
       table,

@@ -49,6 +49,13 @@ export interface ServeOptions {
    * a profile exists. @default 'auto'
    */
   prefetch?: 'auto' | 'off' | 'record' | 'replay';
+  /**
+   * Where working-set profiles are read from first and saved to (profiles/<id>): a store URL that can
+   * be written (a directory or s3://). Without it, profiles are read from the stores in order and saved
+   * to the first writable one; `prefetch: 'record'` with only read-only HTTP origins is refused at start.
+   * @default the first writable store
+   */
+  profileStore?: string;
   /** After replay, fetch every other missing chunk in the background (QEMU-postcopy style). @default false */
   fill?: boolean;
   /** Prefetch fetches in flight per session; keep it below fetchConcurrency so demand faults find room. @default 8 */
@@ -101,7 +108,15 @@ export interface ServeOptions {
   logger?: Logger;
 }
 
-type Optional = 's3Endpoint' | 'cacheDir' | 'metricsPort' | 'allowUids' | 'socketGroup' | 'keys' | 'logger';
+type Optional =
+  | 's3Endpoint'
+  | 'cacheDir'
+  | 'metricsPort'
+  | 'allowUids'
+  | 'socketGroup'
+  | 'keys'
+  | 'logger'
+  | 'profileStore';
 export type ResolvedServeOptions = Required<Omit<ServeOptions, Optional | 'verifyKey'>> &
   Pick<ServeOptions, Optional> & { verifyKey?: KeyObject };
 
@@ -122,6 +137,10 @@ function int(
   return v;
 }
 
+function isHttpUrl(u: string): boolean {
+  return /^https?:\/\//i.test(u);
+}
+
 export function resolveServeOptions(o: ServeOptions): ResolvedServeOptions {
   if (!Array.isArray(o.stores) || o.stores.length === 0)
     throw new InvalidArgumentError('stores', 'at least one store URL', o.stores);
@@ -131,6 +150,21 @@ export function resolveServeOptions(o: ServeOptions): ResolvedServeOptions {
     throw new InvalidArgumentError('socketPath', 'at most 107 bytes (the sun_path limit)', o.socketPath);
   if (o.prefetch !== undefined && !['auto', 'off', 'record', 'replay'].includes(o.prefetch))
     throw new InvalidArgumentError('prefetch', "'auto', 'off', 'record' or 'replay'", o.prefetch);
+  if (o.profileStore !== undefined && (typeof o.profileStore !== 'string' || o.profileStore === ''))
+    throw new InvalidArgumentError('profileStore', 'a store URL', o.profileStore);
+  if (o.profileStore !== undefined && isHttpUrl(o.profileStore))
+    throw new InvalidArgumentError(
+      'profileStore',
+      'a writable store (a directory or s3://bucket/prefix)',
+      o.profileStore,
+    );
+  // A recording with nowhere to go would be noticed only when the session ends: refuse it now.
+  if (o.prefetch === 'record' && o.profileStore === undefined && o.stores.every(isHttpUrl))
+    throw new InvalidArgumentError(
+      'profileStore',
+      "a writable store for prefetch 'record' to save profiles to (the stores are all read-only HTTP origins)",
+      undefined,
+    );
   if (o.failClosed !== undefined && !['auto', 'poison', 'kill'].includes(o.failClosed))
     throw new InvalidArgumentError('failClosed', "'auto', 'poison' or 'kill'", o.failClosed);
   // An empty list would refuse everyone: surely a mistake, so it is rejected rather than obeyed.

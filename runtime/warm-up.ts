@@ -6,7 +6,7 @@
  * maps one chunk of anonymous memory, registers it with a userfaultfd of its own and has a FaultSession
  * install the snapshot's first data chunk into it, fetched and verified like any other. No thread ever
  * faults on that memory (installing needs no waiter), so the event loop cannot deadlock on it. The chunk
- * stays resident for the first peer that needs it.
+ * is evicted afterwards: the warm-up leaves no trace a peer's figures would show.
  *
  * Best effort: without the right to create a userfaultfd (a serve that only receives them) or when the
  * fetch fails, the warm-up stops quietly; the first peer then pays the cold path.
@@ -72,6 +72,7 @@ export async function warmUpFaultPath(ctx: SessionContext, log: Logger): Promise
     if (log.isLevelEnabled('debug')) log.debug({ err: (e as Error).message }, 'fault path warm-up skipped');
     return undefined;
   } finally {
+    ctx.memory.drop(c);
     session?.close();
     if (uffd >= 0) closeFd(uffd);
     if (base !== undefined) munmap(base, size);

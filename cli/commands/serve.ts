@@ -33,6 +33,9 @@ options:
   --prefetch MODE        record: save each session's first-touch order to profiles/ID (merged);
                          replay: fetch the profile's chunks ahead of the faults; off; auto: replay
                          whenever a profile exists (default auto)
+  --profile-store URL    where profiles are read first and saved (a directory or s3://). Default: read
+                         from the stores in order, saved to the first writable one; with only HTTP
+                         origins (read-only), record needs this flag
   --fill                 after replay, fetch every other missing chunk in the background
   --readahead SIZE       while a peer reads forward, fetch up to this much ahead of it into memory,
                          in a window that doubles with each one it gets through; 0 turns it off
@@ -89,6 +92,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       prefetch: { type: 'string', default: 'auto' },
       fill: { type: 'boolean', default: false },
       readahead: { type: 'string' },
+      'profile-store': { type: 'string' },
       'prefetch-window': { type: 'string' },
       'fetch-concurrency': { type: 'string' },
     },
@@ -98,6 +102,15 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
     throw new UsageError('--store is required (repeat it for an ordered fallback list)');
   if (!['auto', 'off', 'record', 'replay'].includes(values.prefetch))
     throw new InvalidArgumentError('--prefetch', 'auto, off, record or replay', values.prefetch);
+  if (
+    values.prefetch === 'record' &&
+    !values['profile-store'] &&
+    values.store.every((u) => /^https?:\/\//i.test(u))
+  )
+    throw new UsageError(
+      '--prefetch record: every --store is a read-only HTTP origin, so the profile would have nowhere to go; ' +
+        'add --profile-store DIR (or s3://bucket/prefix), or a writable --store',
+    );
   const prefetchWindow = intOption('prefetch-window', values['prefetch-window'], 1, 1024);
   const fetchConcurrency = intOption('fetch-concurrency', values['fetch-concurrency'], 1, 1024);
   const retries = intOption('retries', values.retries, 0, 10);
@@ -119,6 +132,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       ...(values.readahead !== undefined
         ? { readaheadBytes: parseSize(values.readahead, '--readahead', { allowZero: true }) }
         : {}),
+      ...(values['profile-store'] !== undefined ? { profileStore: values['profile-store'] } : {}),
       failClosed: values['fail-closed'] as 'auto',
       prefetch: values.prefetch as 'auto',
       fill: values.fill,

@@ -186,4 +186,45 @@ describe.skipIf(!hasUffd)(uffdSuite('working-set prefetch'), () => {
       await slow.close();
     }
   });
+
+  it('with only an HTTP origin, records to --profile-store and replays from it; without one, record is refused at start', async () => {
+    const o = await fakeOrigin(store, () => 'ok');
+    try {
+      await expect(serve(tmp.dir, { stores: [o.url], id: 'vm', prefetch: 'record' })).rejects.toMatchObject({
+        code: 'LAZYSNAP_INVALID_ARGUMENT',
+        argument: 'profileStore',
+      });
+      const profiles = path.join(tmp.dir, 'profiles');
+      server = await serve(tmp.dir, {
+        stores: [o.url],
+        id: 'vm',
+        prefetch: 'record',
+        profileStore: profiles,
+        recordIdleMs: 60_000,
+      });
+      await runClient(['--socket', server.socketPath, '--image', img.path, ...workload]);
+      await summaries(server, 1);
+      await server.close(0);
+      server = undefined;
+      const saved = parseProfile(await new FileStore(profiles).get('profiles/vm'), {
+        id: 'vm',
+        chunkSize: CS,
+        totalSize: 16 * MiB,
+        chunks: 64,
+      });
+      expect(saved.chunks.map((e) => e.chunk).sort((a, b) => a - b)).toEqual(nonZero);
+      // Replay through the HTTP origin with the same profile store: the workload's chunks arrive first.
+      server = await serve(tmp.dir, { stores: [o.url], id: 'vm', profileStore: profiles });
+      const c = startClient(['--socket', server.socketPath, '--image', img.path, ...workload, '--wait']);
+      await c.ready;
+      await until(() => [...server!.sessions][0]?.stats().installs === nonZero.length);
+      c.go();
+      c.release();
+      expect((await c.result).report).toMatchObject({ ok: true, mismatches: 0 });
+      const [sum] = await summaries(server, 1);
+      expect(sum!.prefetchedChunks).toBe(nonZero.length);
+    } finally {
+      await o.close();
+    }
+  });
 });
