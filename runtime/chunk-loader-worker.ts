@@ -30,6 +30,11 @@ export interface LoaderWorkerData {
 export interface LoadJob {
   op: 'load';
   id: number;
+  /**
+   * The shared table (tableShare id) the chunk goes into: always named, never defaulted, so that a job
+   * meant for another table (the start-up warm-up's private one) cannot land in the snapshot's.
+   */
+  table: number;
   chunk: number;
   key: string;
   hash: string;
@@ -45,6 +50,7 @@ export interface LoadJob {
 export interface WriteJob {
   op: 'write';
   id: number;
+  table: number;
   chunk: number;
   path: string;
   dest: string;
@@ -66,6 +72,14 @@ export type LoadReply =
 
 const data = workerData as LoaderWorkerData;
 const table = ChunkTable.open(data.tableId, data.totalSize, data.chunkSize);
+/** Other shared tables jobs name, opened on first use (the warm-up's, one chunk of the same size). */
+const others = new Map<number, ChunkTable>();
+function tableOf(job: LoadJob | WriteJob): ChunkTable {
+  if (job.table === data.tableId) return table;
+  let t = others.get(job.table);
+  if (!t) others.set(job.table, (t = ChunkTable.open(job.table, data.chunkSize, data.chunkSize)));
+  return t;
+}
 const crypto = data.crypto ? ChunkCrypto.fromTransfer(data.crypto) : undefined;
 /** One read buffer, grown to the largest object seen (at most one chunk's largest stored size). */
 let scratch = Buffer.allocUnsafe(0);
@@ -118,6 +132,7 @@ function loadRaw(job: LoadJob, slot: Uint8Array): number {
 }
 
 function load(job: LoadJob): LoadReply {
+  const table = tableOf(job);
   if (!table.reserve(job.chunk))
     return { id: job.id, ok: false, failure: 'busy', message: `chunk ${job.chunk} is not absent` };
   const slot = table.slot(job.chunk);
@@ -150,6 +165,7 @@ function load(job: LoadJob): LoadReply {
 
 /** Writes a resident chunk to a temp file and renames it into place; false when it is not resident. */
 function write(job: WriteJob): LoadReply {
+  const table = tableOf(job);
   if (!table.pin(job.chunk))
     return { id: job.id, ok: false, failure: 'busy', message: `chunk ${job.chunk} is no longer resident` };
   try {

@@ -106,6 +106,11 @@ export class ChunkLoader {
     return this.#loaders.length;
   }
 
+  /** The id of the table the loaders were started with (ChunkTable.share()). */
+  get tableId(): number {
+    return this.#data.tableId;
+  }
+
   /** Loads a chunk into its slot; resolves with the stored object's size once it is resident. */
   load(req: LoadRequest): Promise<number> {
     const { priority, ...rest } = req;
@@ -118,7 +123,7 @@ export class ChunkLoader {
   }
 
   /**
-   * Writes resident chunk `chunk` to `tmp`, then renames it to `dest`, when a loader is idle. Resolves
+   * Writes resident chunk `chunk` of the loaders' table to `tmp`, then renames it to `dest`, when a loader is idle. Resolves
    * true once written, false when dropped (backlog full, or the chunk was evicted before its turn).
    */
   write(chunk: number, tmp: string, dest: string): Promise<boolean> {
@@ -128,7 +133,7 @@ export class ChunkLoader {
     }
     return new Promise<boolean>((resolve, reject) => {
       this.#writes.push({
-        job: { op: 'write', id: this.#nextId++, chunk, path: tmp, dest },
+        job: { op: 'write', id: this.#nextId++, table: this.#data.tableId, chunk, path: tmp, dest },
         resolve: () => resolve(true),
         reject: (e) => (e.failure === 'busy' ? (this.droppedWrites++, resolve(false)) : reject(e)),
       });

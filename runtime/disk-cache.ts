@@ -141,6 +141,7 @@ export class DiskCache {
     let size: number;
     try {
       size = await this.#loader.load({
+        table: this.#loader.tableId,
         chunk,
         key: `${hash.slice(0, 2)}/${hash}`,
         hash,

@@ -86,7 +86,11 @@ export interface FetcherOptions {
   backoffMs?: number;
   /** Demand fetches in flight at once (origin requests and cache reads). @default 16 */
   concurrency?: number;
-  /** Prefetch fetches in flight at once, in slots of their own. @default 16 */
+  /**
+   * The most prefetch fetches in flight at once, in slots of their own. How many actually run adapts to
+   * the origin (PrefetchSizing): enough to keep about twice its measured bandwidth × latency in flight.
+   * @default 128
+   */
   prefetchConcurrency?: number;
   /** Called once per fetch that completes or fails (metrics, logs). */
   onFetch?: (e: FetchEvent) => void;
@@ -175,6 +179,9 @@ export class ChunkFetcher {
     Pick<FetcherOptions, 'cache' | 'onFetch' | 'onResident'>;
   readonly #demand: PQueue;
   readonly #prefetch: PQueue;
+  readonly #sizing: PrefetchSizing;
+  /** The table's id for the loader threads (runtime/chunk-loader.ts). */
+  readonly #tableId: number;
   readonly #inflight = new Map<string, InFlight>();
 
   constructor(options: FetcherOptions) {
@@ -183,12 +190,19 @@ export class ChunkFetcher {
       retries: 2,
       backoffMs: 50,
       concurrency: 16,
-      prefetchConcurrency: 16,
+      prefetchConcurrency: 128,
       encrypted: false,
       ...options,
     };
     this.#demand = new PQueue({ concurrency: this.#o.concurrency });
-    this.#prefetch = new PQueue({ concurrency: this.#o.prefetchConcurrency });
+    this.#sizing = new PrefetchSizing(this.#o.prefetchConcurrency, this.#o.table.chunkSize);
+    this.#tableId = this.#o.table.share();
+    this.#prefetch = new PQueue({ concurrency: this.#sizing.concurrency });
+  }
+
+  /** Prefetch fetches allowed in flight now (adapts to the origin; see PrefetchSizing). */
+  get prefetchConcurrency(): number {
+    return this.#prefetch.concurrency;
   }
 
   /** Queued fetches not yet started, by priority (for tests and metrics). */
@@ -292,6 +306,8 @@ export class ChunkFetcher {
       const r = await this.#pass(key, ref, entry.priority, errors, counts, entry.retryUntil || Infinity);
       if (typeof r !== 'boolean') {
         done(r.tier, r.stored);
+        this.#sizing.observe(performance.now() - t0, r.stored);
+        this.#prefetch.concurrency = this.#sizing.concurrency;
         return r;
       }
       const wait = Math.min(PASS_BACKOFF_CAP_MS, PASS_BACKOFF_MS * 2 ** pass);
@@ -316,6 +332,7 @@ export class ChunkFetcher {
     body: () => Promise<Buffer>,
   ): Promise<number> {
     const job = {
+      table: this.#tableId,
       chunk: ref.chunk,
       key,
       hash: ref.hash,
@@ -421,4 +438,44 @@ function trimmed(errors: string[]): string[] {
   const head = errors.slice(0, MAX_ERROR_LINES / 2);
   const tail = errors.slice(-MAX_ERROR_LINES / 2 + 1);
   return [...head, `... ${errors.length - head.length - tail.length} more failed attempts ...`, ...tail];
+}
+
+/**
+ * How many prefetches to keep in flight: the bytes an origin can deliver while a request is on its way
+ * (bandwidth × latency, both measured on the fetches so far), twice over so the pipe never drains,
+ * between 16 MiB and 256 MiB, divided by the average object size, at most `max` requests. An origin
+ * whose throughput grows with connections (S3, an HTTP tier) drives it up to `max`; a saturated one
+ * keeps it where more requests would only queue. Before any measurement: what fits the low end of the
+ * budget at the chunk size (objects are at most that), up to `max`.
+ */
+export class PrefetchSizing {
+  static readonly MIN_BYTES = 16 * 2 ** 20;
+  static readonly MAX_BYTES = 256 * 2 ** 20;
+  readonly #max: number;
+  #latencyMs = 0;
+  #objectBytes = 0;
+  /** Completed fetches in the last second: when, and how many stored bytes. */
+  readonly #recent: { at: number; bytes: number }[] = [];
+  concurrency: number;
+
+  constructor(max: number, chunkSize: number) {
+    this.#max = Math.max(1, max);
+    this.concurrency = Math.max(1, Math.min(this.#max, Math.ceil(PrefetchSizing.MIN_BYTES / chunkSize)));
+  }
+
+  observe(ms: number, storedBytes: number): void {
+    const now = performance.now();
+    // Exponentially weighted: recent fetches count most, one outlier does not swing it.
+    this.#latencyMs = this.#latencyMs === 0 ? ms : 0.8 * this.#latencyMs + 0.2 * ms;
+    this.#objectBytes = this.#objectBytes === 0 ? storedBytes : 0.8 * this.#objectBytes + 0.2 * storedBytes;
+    this.#recent.push({ at: now, bytes: storedBytes });
+    while (this.#recent.length > 0 && now - this.#recent[0]!.at > 1000) this.#recent.shift();
+    const span = Math.max(this.#latencyMs, now - this.#recent[0]!.at);
+    const bandwidth = this.#recent.reduce((n, r) => n + r.bytes, 0) / Math.max(1, span); // bytes per ms
+    const budget = Math.min(
+      PrefetchSizing.MAX_BYTES,
+      Math.max(PrefetchSizing.MIN_BYTES, 2 * bandwidth * this.#latencyMs),
+    );
+    this.concurrency = Math.max(1, Math.min(this.#max, Math.ceil(budget / Math.max(1, this.#objectBytes))));
+  }
 }

@@ -46,15 +46,6 @@ export class MemoryTier {
     this.#lru.set(i, length);
   }
 
-  /** Evicts chunk i now (unless pinned): what a warm-up fetched must not be counted as a peer's hit. */
-  drop(i: number): void {
-    const len = this.#lru.get(i);
-    if (len === undefined || this.#pins.has(i)) return;
-    this.#table.evict(i);
-    this.#lru.delete(i);
-    this.#bytes -= len;
-  }
-
   has(i: number): boolean {
     return this.#lru.has(i) && this.#table.state(i) === 'resident';
   }

@@ -72,6 +72,8 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
   /** The most recent ended sessions' summaries, oldest first (at most 1024; listen to 'sessionEnd' for all). */
   readonly summaries: SessionSummary[] = [];
   metricsPort: number | undefined;
+  /** How long the start-up warm-up of the fault path took (runtime/warm-up.ts); undefined when it could not run. */
+  warmUpMs: number | undefined;
   /** The served snapshot's geometry, from its manifest. */
   readonly snapshot: {
     id: string;
@@ -134,9 +136,20 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
       // Metrics before the socket: an abandoned server would keep it (a bad --metrics-host did).
       if (o.metricsPort !== undefined) metricsServer = await ctx.metrics.listen(o.metricsPort, o.metricsHost);
       // Before the socket exists: the first peer's first fault must not pay for cold code.
-      const warmUpMs = await warmUpFaultPath(ctx, log);
+      const m0 = ctx.index.manifest;
+      const warmUpMs = await warmUpFaultPath(
+        {
+          loader: parts.loader,
+          crypto: ctx.index.crypto,
+          chunkSize: m0.chunkSize,
+          pageSize: m0.pageSize,
+          totalSize: m0.totalSize,
+        },
+        log,
+      );
       const server = new RestoreServer(o, parts, log);
       server.#metricsServer = metricsServer;
+      server.warmUpMs = warmUpMs;
       server.metricsPort = metricsServer?.port;
       const m = ctx.index.manifest;
       log.info(

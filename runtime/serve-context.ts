@@ -29,6 +29,8 @@ export interface ServeContext {
   stores: StoreBackend[];
   ctx: SessionContext;
   cache: DiskCache | undefined;
+  /** The loader threads (runtime/chunk-loader.ts). */
+  loader: ChunkLoader;
   /** Recordings being written to the stores (awaited at shutdown). */
   profileSaves: { idle(): Promise<void> };
   /** The vmstate, verified (and decrypted), from the first store that delivers it. */
@@ -55,7 +57,7 @@ export async function openServeContext(
   const stores = await Promise.all(
     o.stores.map((u) =>
       openStore(u, {
-        httpConnections: o.originConnections,
+        connections: o.originConnections,
         ...(o.s3Endpoint ? { s3Endpoint: o.s3Endpoint } : {}),
       }),
     ),
@@ -105,6 +107,7 @@ export async function openServeContext(
       attemptTimeoutMs: o.attemptTimeoutMs,
       retries: o.retries,
       concurrency: o.fetchConcurrency,
+      prefetchConcurrency: o.prefetchConcurrency,
       onFetch: (e) => (metrics.onFetch(e), logRecoveredFetch(log, e)),
       onResident: (c) => memory.admitted(c),
     });
@@ -153,7 +156,7 @@ export async function openServeContext(
       }
       throw new FetchError(`vmstate of ${o.id}`, errors);
     };
-    return { stores, ctx, cache, profileSaves: saver, readVmstate, close };
+    return { stores, ctx, cache, loader, profileSaves: saver, readVmstate, close };
   } catch (e) {
     await close();
     throw e;

@@ -58,8 +58,18 @@ export interface ServeOptions {
   profileStore?: string;
   /** After replay, fetch every other missing chunk in the background (QEMU-postcopy style). @default false */
   fill?: boolean;
-  /** Prefetch fetches in flight per session; keep it below fetchConcurrency so demand faults find room. @default 8 */
+  /**
+   * Prefetches a session queues ahead (replay, fill): the whole working set of a typical profile. How
+   * many of all sessions' prefetches run at once is the fetcher's to size (prefetchConcurrency).
+   * @default 256
+   */
   prefetchWindow?: number;
+  /**
+   * The most prefetch fetches in flight for the whole server, in slots of their own (demand faults never
+   * wait for them). How many run adapts to the origin: about twice its measured bandwidth × latency of
+   * bytes (runtime/fetcher.ts, PrefetchSizing). @default 128
+   */
+  prefetchConcurrency?: number;
   /**
    * Sequential read-ahead: while a peer's first touches move forward through its memory, the chunks
    * just ahead are fetched into memory (not installed), in a window that doubles up to this many bytes;
@@ -80,8 +90,9 @@ export interface ServeOptions {
    */
   loaderThreads?: number;
   /**
-   * Connections to each HTTP(S) origin. Requests beyond it queue in the client, so with fewer
-   * connections than fetchConcurrency the extra fetches only wait. @default fetchConcurrency
+   * Connections to each HTTP(S) origin and to S3, opened as needed. Requests beyond it queue in the
+   * client behind the others, where a demand fault could wait for prefetches: so it covers every fetch
+   * slot by default. @default fetchConcurrency + prefetchConcurrency
    */
   originConnections?: number;
   /** A connection that sends no handshake in this time is closed. @default 5000 */
@@ -199,14 +210,21 @@ export function resolveServeOptions(o: ServeOptions): ResolvedServeOptions {
     retries: int('retries', o.retries, 2, 0, 10),
     fetchConcurrency: int('fetchConcurrency', o.fetchConcurrency, 16, 1, 1024),
     loaderThreads: int('loaderThreads', o.loaderThreads, Math.min(4, availableParallelism()), 1, 64),
-    originConnections: int('originConnections', o.originConnections, o.fetchConcurrency ?? 16, 1, 1024),
+    prefetchConcurrency: int('prefetchConcurrency', o.prefetchConcurrency, 128, 1, 1024),
+    originConnections: int(
+      'originConnections',
+      o.originConnections,
+      (o.fetchConcurrency ?? 16) + (o.prefetchConcurrency ?? 128),
+      1,
+      2048,
+    ),
     handshakeTimeoutMs: int('handshakeTimeoutMs', o.handshakeTimeoutMs, 5000, 1, MAX_TIMER_MS),
     shutdownGraceMs: int('shutdownGraceMs', o.shutdownGraceMs, 30_000, 0, MAX_TIMER_MS),
     metricsHost: o.metricsHost ?? '127.0.0.1',
     failClosed: o.failClosed ?? 'auto',
     prefetch: o.prefetch ?? 'auto',
     fill: o.fill ?? false,
-    prefetchWindow: int('prefetchWindow', o.prefetchWindow, 8, 1, 1024),
+    prefetchWindow: int('prefetchWindow', o.prefetchWindow, 256, 1, 65536),
     recordIdleMs: int('recordIdleMs', o.recordIdleMs, 2000, 1, MAX_TIMER_MS),
     readaheadBytes: int('readaheadBytes', o.readaheadBytes, 16 * 2 ** 20, 0),
     ...(o.metricsPort !== undefined ? { metricsPort: int('metricsPort', o.metricsPort, 0, 0, 65535) } : {}),

@@ -13,8 +13,8 @@ import { FileStore } from './file-store.js';
 export interface OpenStoreOptions {
   /** Endpoint of an S3-compatible server (path-style addressing). @default env AWS_ENDPOINT_URL_S3 */
   s3Endpoint?: string;
-  /** Keep-alive connections to an HTTP(S) origin: the most requests in flight to it. @default 16 */
-  httpConnections?: number;
+  /** Keep-alive connections to an HTTP(S) origin or S3: the most requests in flight to it. @default the backend's */
+  connections?: number;
 }
 
 export async function openStore(url: string, options: OpenStoreOptions = {}): Promise<StoreBackend> {
@@ -33,12 +33,15 @@ export async function openStore(url: string, options: OpenStoreOptions = {}): Pr
   }
   if (scheme === 's3') {
     const { S3Store } = await import('./s3-store.js');
-    return S3Store.fromUrl(url, { ...(options.s3Endpoint ? { endpoint: options.s3Endpoint } : {}) });
+    return S3Store.fromUrl(url, {
+      ...(options.s3Endpoint ? { endpoint: options.s3Endpoint } : {}),
+      ...(options.connections ? { connections: options.connections } : {}),
+    });
   }
   if (scheme === 'http' || scheme === 'https') {
     const { HttpStore } = await import('./http-store.js');
     return new HttpStore(url, {
-      ...(options.httpConnections ? { connections: options.httpConnections } : {}),
+      ...(options.connections ? { connections: options.connections } : {}),
     });
   }
   throw new InvalidUrlError(

@@ -9,6 +9,9 @@
  * to the SDK, which also watches it while sleeping between retries; whatever the SDK then throws
  * (its own AbortError), the caller gets `signal.reason`.
  */
+import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+
 import {
   DeleteObjectCommand,
   GetObjectCommand,
@@ -47,11 +50,24 @@ export interface S3StoreOptions {
   credentials?: S3ClientConfig['credentials'];
   /** Attempts per request, the first included; the SDK backs off between them. @default 3 (the SDK's) */
   maxAttempts?: number;
+  /**
+   * Keep-alive connections to S3: the most requests in flight. Requests beyond it wait in the SDK's agent,
+   * behind the others, so it should cover every fetch slot (the restore runtime sizes it so).
+   * @default 50 (the SDK's)
+   */
+  connections?: number;
   /** A client to use instead of creating one; it then carries endpoint, region and credentials, and close() leaves it open. */
   client?: S3Client;
 }
 
-const CLIENT_OPTIONS = ['endpoint', 'region', 'forcePathStyle', 'credentials', 'maxAttempts'] as const;
+const CLIENT_OPTIONS = [
+  'endpoint',
+  'region',
+  'forcePathStyle',
+  'credentials',
+  'maxAttempts',
+  'connections',
+] as const;
 
 export class S3Store extends StoreBase {
   readonly url: string;
@@ -287,6 +303,9 @@ function createClient(o: S3StoreOptions): S3Client {
   if (o.maxAttempts !== undefined && !(Number.isSafeInteger(o.maxAttempts) && o.maxAttempts >= 1)) {
     throw new InvalidArgumentError('maxAttempts', 'an integer >= 1', o.maxAttempts);
   }
+  if (o.connections !== undefined && !(Number.isSafeInteger(o.connections) && o.connections >= 1)) {
+    throw new InvalidArgumentError('connections', 'an integer >= 1', o.connections);
+  }
   return new S3Client({
     endpoint,
     forcePathStyle: o.forcePathStyle ?? endpoint !== undefined,
@@ -296,6 +315,14 @@ function createClient(o: S3StoreOptions): S3Client {
     // With the default region a bucket elsewhere answers 301; follow it instead of failing.
     followRegionRedirects: endpoint === undefined,
     customUserAgent: 'lazysnap',
+    ...(o.connections !== undefined
+      ? {
+          requestHandler: {
+            httpAgent: new HttpAgent({ keepAlive: true, maxSockets: o.connections }),
+            httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: o.connections }),
+          },
+        }
+      : {}),
   });
 }
 

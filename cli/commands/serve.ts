@@ -40,9 +40,11 @@ options:
   --readahead SIZE       while a peer reads forward, fetch up to this much ahead of it into memory,
                          in a window that doubles with each one it gets through; 0 turns it off
                          (default 16MiB)
-  --prefetch-window N    prefetch fetches in flight per session (default 8)
-  --fetch-concurrency N  chunk fetches in flight for the whole server, and connections to each
-                         HTTP origin (default 16)
+  --prefetch-window N    prefetches a session queues ahead (default 256)
+  --fetch-concurrency N  demand fetches in flight for the whole server (default 16)
+  --prefetch-concurrency N  the most prefetches in flight for the whole server, in slots of their own;
+                         how many run adapts to the origin's bandwidth x latency (default 128).
+                         Connections to each origin cover both (default: their sum)
   --metrics-port N       serve Prometheus metrics on this port (default: off)
   --metrics-host HOST    address for metrics (default 127.0.0.1)
   --s3-endpoint URL      S3-compatible endpoint (also AWS_ENDPOINT_URL_S3)
@@ -95,6 +97,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       'profile-store': { type: 'string' },
       'prefetch-window': { type: 'string' },
       'fetch-concurrency': { type: 'string' },
+      'prefetch-concurrency': { type: 'string' },
     },
     strict: true,
   });
@@ -113,6 +116,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
     );
   const prefetchWindow = intOption('prefetch-window', values['prefetch-window'], 1, 1024);
   const fetchConcurrency = intOption('fetch-concurrency', values['fetch-concurrency'], 1, 1024);
+  const prefetchConcurrency = intOption('prefetch-concurrency', values['prefetch-concurrency'], 1, 1024);
   const retries = intOption('retries', values.retries, 0, 10);
   const metricsPort = intOption('metrics-port', values['metrics-port'], 0, 65535);
   const socketGroup = intOption('socket-group', values['socket-group'], 0, 2 ** 32 - 2);
@@ -138,6 +142,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       fill: values.fill,
       ...(prefetchWindow !== undefined ? { prefetchWindow } : {}),
       ...(fetchConcurrency !== undefined ? { fetchConcurrency } : {}),
+      ...(prefetchConcurrency !== undefined ? { prefetchConcurrency } : {}),
       failTimeoutMs: parseDuration(values['fail-timeout'], '--fail-timeout'),
       attemptTimeoutMs: parseDuration(values['attempt-timeout'], '--attempt-timeout'),
       handshakeTimeoutMs: parseDuration(values['handshake-timeout'], '--handshake-timeout'),

@@ -174,7 +174,7 @@ describe.skipIf(!hasUffd)(uffdSuite('working-set prefetch'), () => {
         '--threads',
         '1',
       ]);
-      expect(r.report).toMatchObject({ ok: true });
+      expect(r.report, JSON.stringify(r) + r.stderr).toMatchObject({ ok: true });
       // The client is done (its session ended with it) while the replay had fetched only a small
       // part of its 2048 chunks: the demand fault did not wait behind the queued prefetches.
       const [s] = await summaries(server, 1);
