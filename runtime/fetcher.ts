@@ -33,6 +33,7 @@ import type { StoreBackend } from '../store/backend.js';
 import { maxStoredSize, type Codec } from '../store/chunk.js';
 import { chunkKey } from '../store/keys.js';
 import { LoadError, type ChunkLoader } from './chunk-loader.js';
+import { LatencyWindow, hedged } from './hedge.js';
 
 /** The host disk tier (runtime/disk-cache.ts), reading into and writing from the table's slots. */
 export interface ChunkCache {
@@ -94,6 +95,13 @@ export interface FetcherOptions {
   prefetchConcurrency?: number;
   /** Called once per fetch that completes or fails (metrics, logs). */
   onFetch?: (e: FetchEvent) => void;
+  /**
+   * Hedge slow demand requests to remote origins (runtime/hedge.ts): past the origin's recent p95, a
+   * second request; the first body wins. @default true
+   */
+  hedge?: boolean;
+  /** Called for each hedged request: whether the hedge answered first ('won') or the original ('lost'). */
+  onHedge?: (outcome: 'won' | 'lost') => void;
   /**
    * Called for every chunk a fetch made resident, whether or not anyone still waits for it (a waiter
    * may have given up meanwhile): the memory tier accounts it here, or it would stay resident unbudgeted.
@@ -175,11 +183,13 @@ class InFlight {
 }
 
 export class ChunkFetcher {
-  readonly #o: Required<Omit<FetcherOptions, 'cache' | 'onFetch' | 'onResident'>> &
-    Pick<FetcherOptions, 'cache' | 'onFetch' | 'onResident'>;
+  readonly #o: Required<Omit<FetcherOptions, 'cache' | 'onFetch' | 'onResident' | 'onHedge'>> &
+    Pick<FetcherOptions, 'cache' | 'onFetch' | 'onResident' | 'onHedge'>;
   readonly #demand: PQueue;
   readonly #prefetch: PQueue;
   readonly #sizing: PrefetchSizing;
+  /** Recent request times per origin, for hedging. */
+  readonly #latency: LatencyWindow[];
   /** The table's id for the loader threads (runtime/chunk-loader.ts). */
   readonly #tableId: number;
   readonly #inflight = new Map<string, InFlight>();
@@ -192,11 +202,13 @@ export class ChunkFetcher {
       concurrency: 16,
       prefetchConcurrency: 128,
       encrypted: false,
+      hedge: true,
       ...options,
     };
     this.#demand = new PQueue({ concurrency: this.#o.concurrency });
     this.#sizing = new PrefetchSizing(this.#o.prefetchConcurrency, this.#o.table.chunkSize);
     this.#tableId = this.#o.table.share();
+    this.#latency = this.#o.origins.map(() => new LatencyWindow());
     this.#prefetch = new PQueue({ concurrency: this.#sizing.concurrency });
   }
 
@@ -378,6 +390,37 @@ export class ChunkFetcher {
   }
 
   /**
+   * An object from remote origin n, hedged for a demand (runtime/hedge.ts): past origin n's recent p95 a
+   * second request goes to the next remote origin (or n again); the first body wins, the other is
+   * aborted. Which origin answered comes back with the body (the tier the fetch reports).
+   */
+  async #get(
+    n: number,
+    key: string,
+    timeoutMs: number,
+    maxBytes: number,
+    demand: boolean,
+  ): Promise<{ body: Buffer; origin: number }> {
+    const origins = this.#o.origins;
+    let alt = n + 1;
+    while (alt < origins.length && origins[alt]!.localPath) alt++;
+    const target = alt < origins.length ? alt : n;
+    const after = demand && this.#o.hedge ? this.#latency[n]!.quantile(0.95) : undefined;
+    const { value, hedge } = await hedged(async (signal, i) => {
+      const o = i === 0 ? n : target;
+      const t0 = performance.now();
+      const body = await origins[o]!.get(key, {
+        signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
+        maxBytes,
+      });
+      this.#latency[o]!.record(performance.now() - t0);
+      return { body, origin: o };
+    }, after);
+    if (hedge !== 'none') this.#o.onHedge?.(hedge);
+    return value;
+  }
+
+  /**
    * One pass over the origins: the verified chunk, or whether some origin failed transiently (so a
    * later pass may succeed) rather than lacking the chunk or lying about it.
    */
@@ -400,11 +443,14 @@ export class ChunkFetcher {
         const timeoutMs = Math.max(1, Math.min(this.#o.attemptTimeoutMs, Math.floor(left)));
         try {
           const local = origin.localPath?.(key);
-          const stored = await this.#load(ref, key, priority, maxBytes, local, () =>
-            origin.get(key, { signal: AbortSignal.timeout(timeoutMs), maxBytes }),
-          );
+          let answered = n;
+          const stored = await this.#load(ref, key, priority, maxBytes, local, async () => {
+            const r = await this.#get(n, key, timeoutMs, maxBytes, priority === 'demand');
+            answered = r.origin;
+            return r.body;
+          });
           void this.#o.cache?.write(ref.chunk, ref.hash, ref.length).catch(() => {});
-          return { tier: `origin${n}`, stored };
+          return { tier: `origin${answered}`, stored };
         } catch (e) {
           const timedOut = (e as Error).name === 'TimeoutError';
           const msg = timedOut ? `no answer within ${timeoutMs} ms` : (e as Error).message;

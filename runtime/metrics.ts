@@ -72,6 +72,12 @@ export class RuntimeMetrics {
     labelNames: ['kind', 'code', 'action'],
     registers: [this.registry],
   });
+  readonly hedges = new Counter({
+    name: 'lazysnap_hedged_requests_total',
+    help: "Demand requests hedged past the origin's p95, by which answered first (won: the hedge)",
+    labelNames: ['outcome'],
+    registers: [this.registry],
+  });
   readonly handshakeErrors = new Counter({
     name: 'lazysnap_handshake_errors_total',
     help: 'Connections closed for a malformed handshake',

@@ -110,6 +110,8 @@ export async function openServeContext(
       prefetchConcurrency: o.prefetchConcurrency,
       onFetch: (e) => (metrics.onFetch(e), logRecoveredFetch(log, e)),
       onResident: (c) => memory.admitted(c),
+      hedge: o.hedge,
+      onHedge: (outcome) => metrics.hedges.inc({ outcome }),
     });
     const shape: ProfileShape = {
       id: o.id,

@@ -45,6 +45,8 @@ options:
   --prefetch-concurrency N  the most prefetches in flight for the whole server, in slots of their own;
                          how many run adapts to the origin's bandwidth x latency (default 128).
                          Connections to each origin cover both (default: their sum)
+  --no-hedge             do not hedge slow demand requests (by default a request to a remote origin not
+                         answered by its recent p95 gets a second one; the first body wins)
   --metrics-port N       serve Prometheus metrics on this port (default: off)
   --metrics-host HOST    address for metrics (default 127.0.0.1)
   --s3-endpoint URL      S3-compatible endpoint (also AWS_ENDPOINT_URL_S3)
@@ -98,6 +100,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       'prefetch-window': { type: 'string' },
       'fetch-concurrency': { type: 'string' },
       'prefetch-concurrency': { type: 'string' },
+      'no-hedge': { type: 'boolean', default: false },
     },
     strict: true,
   });
@@ -140,6 +143,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       failClosed: values['fail-closed'] as 'auto',
       prefetch: values.prefetch as 'auto',
       fill: values.fill,
+      hedge: !values['no-hedge'],
       ...(prefetchWindow !== undefined ? { prefetchWindow } : {}),
       ...(fetchConcurrency !== undefined ? { fetchConcurrency } : {}),
       ...(prefetchConcurrency !== undefined ? { prefetchConcurrency } : {}),

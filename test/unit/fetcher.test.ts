@@ -251,4 +251,39 @@ describe('chunk fetcher', () => {
     expect((e as FetchError).errors.some((l) => /no answer within \d+ ms/.test(l))).toBe(true);
     expect(await second).toBeInstanceOf(FetchError); // the origin never answers: it fails in its own time
   });
+
+  it("hedges a demand request that outlasts the origin's p95: a second request answers, the slow one is aborted", async () => {
+    const root2 = path.join(tmp.dir, 'hedge');
+    const refs = await Promise.all(
+      Array.from({ length: 24 }, async (_, i) => {
+        const b = Buffer.alloc(CS, i + 1);
+        const r = { chunk: i, hash: hashChunk(b), codec: 'none' as const, length: CS };
+        await new FileStore(root2).put(chunkKey(r.hash, 'none'), b);
+        return r;
+      }),
+    );
+    const slow = refs[23]!;
+    const run = async (hedge: boolean) => {
+      let seen = 0;
+      // The first request for `slow` takes 2 s; every other answer comes at once.
+      const o = await fakeOrigin(root2, (_n, url) =>
+        url.includes(slow.hash) && seen++ === 0 ? { delayMs: 2000 } : 'ok',
+      );
+      const store = new HttpStore(o.url);
+      closers.push(async () => (await store.close(), await o.close()));
+      const hedges: string[] = [];
+      const f = await fetcher({ origins: [store], hedge, onHedge: (h) => hedges.push(h) });
+      for (const r of refs.slice(0, 23)) await f.fetch(r, 'demand'); // the origin's p95, learned
+      hedges.length = 0; // a priming request past the p95 may have been hedged too: only `slow` counts
+      await f.fetch(slow, 'demand');
+      expect(f.bytesOf(slow.chunk).readUInt8(0)).toBe(24);
+      return { hedges, requests: o.requests.filter((u) => u.includes(slow.hash)).length };
+    };
+    const on = await run(true);
+    expect(on.hedges).toEqual(['won']);
+    expect(on.requests).toBe(2); // the hedge answered while the first was still held back: it won
+    const off = await run(false);
+    expect(off.hedges).toEqual([]);
+    expect(off.requests).toBe(1); // without hedging the fetch waited the whole 2 s for its only request
+  });
 });
