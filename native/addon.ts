@@ -126,6 +126,25 @@ export interface Addon {
     onEvent: (e: RawSessionEvent) => void,
   ): Handle<'session'>;
   sessionWake(s: Handle<'session'>, chunks: number | Uint32Array): void;
+
+  socketPair(): [number, number];
+  memfdCreate(name: string): number;
+  mapShared(fd: number, length: number): ArrayBuffer;
+  setNoNewPrivs(): void;
+  dupFd(fd: number): number;
+  datagramSend(path: string, data: ArrayBufferView, fds: number[]): void;
+  stateLayout(fd: number): {
+    version: number;
+    metaOffset: number;
+    metaMax: number;
+    installedOffset: number;
+    installedLength: number;
+    chunks: number;
+    adoptions: number;
+  };
+  /** Test builds only (lazysnap_test.node): dies with SIGSEGV, as a decoder bug would. */
+  testCrash?(): void;
+  readonly STATE_VERSION: number;
   sessionStateFd(s: Handle<'session'>): number;
   /** Test builds only (lazysnap_test.node). */
   sessionInject?(s: Handle<'session'>, kind: number, after: number): void;

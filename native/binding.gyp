@@ -14,7 +14,8 @@
       "src/sock.c",
       "src/mem.c",
       "src/file.c",
-      "src/watch.c"
+      "src/watch.c",
+      "src/proc.c"
     ],
     "lazysnap_cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden", "-pthread"]
   },

@@ -72,6 +72,16 @@ export class RuntimeMetrics {
     labelNames: ['kind', 'code', 'action'],
     registers: [this.registry],
   });
+  readonly sessionsAdopted = new Counter({
+    name: 'lazysnap_sessions_adopted_total',
+    help: 'Sessions taken over from a crashed worker or a previous serve (crash recovery, upgrade)',
+    registers: [this.registry],
+  });
+  readonly adoptionsRefused = new Counter({
+    name: 'lazysnap_adoptions_refused_total',
+    help: 'Sessions whose recorded state could not be read (another version): their peers were killed',
+    registers: [this.registry],
+  });
   readonly hedges = new Counter({
     name: 'lazysnap_hedged_requests_total',
     help: "Demand requests hedged past the origin's p95, by which answered first (won: the hedge)",

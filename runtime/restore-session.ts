@@ -14,6 +14,7 @@ import { decideFailure } from './native-failure.js';
 import { Prefetcher } from './prefetch.js';
 import { Recorder } from './profile.js';
 import { Readahead } from './readahead.js';
+import { metaOf, writeSessionMeta } from './session-state.js';
 import { ChunkDelivery } from './session-delivery.js';
 import { FailClosed } from './session-fail-closed.js';
 import type { LiveSessionStats, SessionContext, SessionSummary } from './session-types.js';
@@ -27,6 +28,12 @@ export interface RestoreSessionOptions {
   pidfd: number;
   pid: number;
   restoreId: string;
+  /**
+   * The session's state memfd (runtime/session-state.ts) when someone else holds it too (a supervisor):
+   * empty for a new session (its metadata is recorded there), or a predecessor's to adopt, with the
+   * chunks it had installed. Not given: the native side makes a private one.
+   */
+  state?: { fd: number; adopted?: { installed: Uint8Array } };
   onEnd: (s: RestoreSession, summary: SessionSummary) => void;
 }
 
@@ -43,6 +50,8 @@ export class RestoreSession {
   /** Chunks a page of which the kernel refused (native-failure.ts retries a chunk once). */
   readonly #refused = new Set<number>();
   #ended: SessionSummary | undefined;
+  /** Handed to a successor (release()): not served here any more, not ended for the peer. */
+  #released = false;
   readonly #recorder: Recorder | undefined;
   readonly #onEnd: (s: RestoreSession, summary: SessionSummary) => void;
   readonly #prefetcher: Prefetcher | undefined;
@@ -69,6 +78,7 @@ export class RestoreSession {
         // First touches served from memory are reported when something uses them: the recording, the
         // fill's cursor, and read-ahead, which follows the reader through the chunks it made resident.
         reportTouches: pf.mode === 'record' || pf.fill || pf.readaheadChunks > 0,
+        ...(opts.state ? { stateFd: opts.state.fd } : {}),
       },
       (e) => this.#onEvent(e),
     );
@@ -82,6 +92,9 @@ export class RestoreSession {
       hashOf: (c) => chunkHash(ctx.index, c),
     });
     this.#delivery = new ChunkDelivery(ctx, this.#fault, this.#fail, this.#log);
+    if (opts.state?.adopted) this.#delivery.adoptInstalled(opts.state.adopted.installed);
+    else if (opts.state)
+      writeSessionMeta(opts.state.fd, metaOf(ctx.index.manifest.id, opts.restoreId, opts.pid, handshake));
     ctx.metrics.sessions.inc();
     this.#log.info(
       {
@@ -90,8 +103,9 @@ export class RestoreSession {
         pageSize: handshake.pageSize,
         prefetch: pf.mode,
         fill: pf.fill,
+        adopted: opts.state?.adopted !== undefined,
       },
-      'restore session started',
+      opts.state?.adopted ? 'restore session adopted' : 'restore session started',
     );
     if (pf.readaheadChunks > 0)
       this.#readahead = new Readahead({ chunks: ctx.index.count, max: pf.readaheadChunks });
@@ -107,7 +121,7 @@ export class RestoreSession {
 
   /** A Prefetcher over this session's chunks, stopping when the session ends or `stop()` says so. */
   #prefetchDriver(prefetch: (c: number) => Promise<void>, stop: () => boolean): Prefetcher {
-    const ended = () => this.#ended !== undefined || stop();
+    const ended = () => this.#stopped || stop();
     return new Prefetcher(
       {
         skip: (c) => this.#delivery.skipPrefetch(c),
@@ -138,7 +152,11 @@ export class RestoreSession {
   }
 
   get ended(): boolean {
-    return this.#ended !== undefined;
+    return this.#stopped;
+  }
+
+  get #stopped(): boolean {
+    return this.#ended !== undefined || this.#released;
   }
 
   /** Chunks installed ahead of any fault so far (replay, fill and populate). */
@@ -164,7 +182,7 @@ export class RestoreSession {
         const failed = this.#fail.failed;
         if (failed.length > 0)
           return done(new FetchError(`chunk ${failed[0]}`, ['failed closed while populating']));
-        if (this.#ended) return done(new SessionClosedError());
+        if (this.#stopped) return done(new SessionClosedError());
         if (signal?.aborted) return done(signal.reason as Error);
       };
       const done = (err?: Error): void => {
@@ -210,9 +228,9 @@ export class RestoreSession {
         { failure: { kind: f.kind, code: f.code, chunk: f.chunk, length: f.length }, action: d.action },
         d.reason,
       );
-      if (!this.#ended) this.#fail.apply(d);
+      if (!this.#stopped) this.#fail.apply(d);
     }
-    if (e.stopped && !this.#ended)
+    if (e.stopped && !this.#stopped)
       this.#fail.kill('the fault thread stopped: nothing can serve the peer any more');
     if (e.exited) this.end('ended');
     if (this.#waiters.size > 0 && (e.installed.length > 0 || e.poisoned.length > 0 || e.failures.length > 0))
@@ -221,6 +239,21 @@ export class RestoreSession {
 
   #readAhead(c: number): void {
     if (this.#readahead) for (const next of this.#readahead.touch(c)) this.#delivery.readAhead(next);
+  }
+
+  /**
+   * Stops serving without ending anything for the peer (a handover or a worker's orderly exit): the fault
+   * thread stops and this process's copies of the uffd, state memfd and pidfd close; nobody is killed and
+   * no summary is logged. Whoever holds the other copies adopts the session and serves on.
+   */
+  release(): void {
+    if (this.#stopped) return;
+    this.#released = true;
+    this.#fault.close();
+    this.#delivery.end();
+    closeFd(this.#pidfd);
+    this.#ctx.metrics.sessions.dec();
+    this.#log.info('restore session released for a successor');
   }
 
   /** Server stopping, grace over: once the uffd closes nobody answers the peer's next fault on a missing page, so fail closed. */
@@ -236,6 +269,7 @@ export class RestoreSession {
    */
   end(outcome: SessionSummary['outcome']): SessionSummary {
     if (this.#ended) return this.#ended;
+    if (this.#released) throw new SessionClosedError();
     this.#recorder?.finish();
     const st = this.#fault.stats();
     this.#fault.close();

@@ -14,6 +14,7 @@ import { chunkCodec, chunkHash } from '../store/manifest.js';
 import { chunkLength } from '../store/reader.js';
 import type { Tier } from './fetcher.js';
 import type { FailClosed } from './session-fail-closed.js';
+import { bit } from './session-state.js';
 import type { SessionContext } from './session-types.js';
 
 export class ChunkDelivery {
@@ -54,6 +55,11 @@ export class ChunkDelivery {
   /** Demanded chunks still being fetched. */
   get waiting(): number[] {
     return [...this.#waiting];
+  }
+
+  /** Adopting a session: the chunks the predecessor installed (a bitmap) are in the peer already. */
+  adoptInstalled(bits: Uint8Array): void {
+    for (let c = 0; c < this.#ctx.index.count; c++) if (bit(bits, c)) this.#installed.add(c);
   }
 
   isInstalled(c: number): boolean {

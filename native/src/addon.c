@@ -11,11 +11,12 @@ napi_value mem_init(napi_env env, napi_value exports);
 napi_value watch_init(napi_env env, napi_value exports);
 napi_value file_init(napi_env env, napi_value exports);
 napi_value uffd_napi_init(napi_env env, napi_value exports);
+napi_value proc_init(napi_env env, napi_value exports);
 
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   if (!uffd_napi_init(env, exports) || !table_init(env, exports) || !session_init(env, exports) ||
       !sock_init(env, exports) || !mem_init(env, exports) || !watch_init(env, exports) ||
-      !file_init(env, exports))
+      !file_init(env, exports) || !proc_init(env, exports))
     return NULL;
   return exports;
 }

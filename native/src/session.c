@@ -219,7 +219,7 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
                                                  : "create session state (memfd)");
     goto fail;
   }
-  if (state_fd >= 0) {
+  if (s->state.adopted) {
     /* Chunks the predecessor installed whole are still there (a removed page among them reads zero
      * through the removed bitmap): no fetch, no copy again. */
     s->adopted = true;

@@ -15,6 +15,8 @@
 #define MADV_POPULATE_WRITE 23
 #endif
 
+_Static_assert(sizeof(state_header_t) <= STATE_META_OFF, "the header must end before the metadata");
+
 static uint64_t round_up(uint64_t v, uint64_t a) {
   return (v + a - 1) / a * a;
 }
@@ -25,7 +27,9 @@ static void layout(state_header_t *h, uint64_t page_size, uint64_t chunk_size, u
   h->total_size = total_size;
   h->nchunks = (uint32_t)(total_size / chunk_size + (total_size % chunk_size != 0));
   h->header_size = sizeof *h;
-  h->removed_off = round_up(sizeof *h, 64);
+  h->meta_off = STATE_META_OFF;
+  h->meta_len = STATE_META_MAX;
+  h->removed_off = STATE_META_OFF + STATE_META_MAX;
   h->removed_len = round_up((total_size / page_size + 7) / 8, 64);
   h->installed_off = h->removed_off + h->removed_len;
   h->installed_len = round_up(((uint64_t)h->nchunks + 7) / 8, 64);
@@ -37,9 +41,9 @@ int state_open(session_state_t *st, int fd, uint64_t page_size, uint64_t chunk_s
   state_header_t want = {0};
   layout(&want, page_size, chunk_size, total_size);
   uint64_t len = round_up(want.installed_off + want.installed_len, 4096);
-  bool adopt = fd >= 0;
+  bool adopt = false;
   int mfd;
-  if (adopt) {
+  if (fd >= 0) {
     mfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
     if (mfd < 0) return -errno;
     struct stat sb;
@@ -48,11 +52,17 @@ int state_open(session_state_t *st, int fd, uint64_t page_size, uint64_t chunk_s
       close(mfd);
       return -e;
     }
-    if ((uint64_t)sb.st_size < sizeof(state_header_t)) {
+    adopt = sb.st_size != 0;
+    if (!adopt && ftruncate(mfd, (off_t)len) != 0) {
+      int e = errno;
+      close(mfd);
+      return -e;
+    }
+    if (adopt && (uint64_t)sb.st_size < sizeof(state_header_t)) {
       close(mfd);
       return -EPROTO;
     }
-    if ((uint64_t)sb.st_size != len) {
+    if (adopt && (uint64_t)sb.st_size != len) {
       close(mfd);
       return -EINVAL;
     }
@@ -102,6 +112,7 @@ int state_open(session_state_t *st, int fd, uint64_t page_size, uint64_t chunk_s
     h->magic = STATE_MAGIC;
     h->version = STATE_VERSION;
   }
+  st->adopted = adopt;
   st->fd = mfd;
   st->base = p;
   st->len = len;

@@ -15,14 +15,19 @@
 #include <stdint.h>
 
 #define STATE_MAGIC   0x317370616e737a6cULL /* "lzsnaps1" little-endian */
-#define STATE_VERSION 1u
+#define STATE_VERSION 2u
 #define STATE_EVBUF   64 /* uffd_msg per read() */
+/* The session's description for whoever adopts it (regions, peer, restore id: JSON written by the
+ * runtime, a 4-byte little-endian length first), so that the descriptors alone are enough to adopt. */
+#define STATE_META_OFF 4096u
+#define STATE_META_MAX 65536u
 
 typedef struct {
   uint64_t magic;
   uint32_t version, header_size;
   uint64_t page_size, chunk_size, total_size;
   uint32_t nchunks, pad;
+  uint64_t meta_off, meta_len;           /* STATE_META_OFF, STATE_META_MAX */
   uint64_t removed_off, removed_len;     /* one bit per snapshot page */
   uint64_t installed_off, installed_len; /* one bit per chunk */
   uint64_t adoptions;                    /* how many servers took this session over */
@@ -32,7 +37,8 @@ typedef struct {
 } state_header_t;
 
 typedef struct {
-  int fd; /* the memfd, -1 when none */
+  int fd;       /* the memfd, -1 when none */
+  bool adopted; /* the state was there already (a predecessor's) */
   uint8_t *base;
   uint64_t len;
   state_header_t *hdr;
@@ -40,9 +46,10 @@ typedef struct {
   uint8_t *installed;
 } session_state_t;
 
-/* Creates (fd < 0) or adopts (fd >= 0, duplicated; the caller keeps its own) the state of a session
- * with this geometry. Returns 0 or -errno; -EPROTO when an adopted state is not this layout or
- * version, -EINVAL when its geometry differs. */
+/* Creates the state of a session with this geometry: in a new memfd (fd < 0), or in an empty one the
+ * caller made (fd >= 0 of size 0: a supervisor that must hold it from the start); or adopts an existing
+ * one (fd >= 0, not empty). The fd is duplicated; the caller keeps its own. Returns 0 or -errno; -EPROTO
+ * when an adopted state is not this layout or version, -EINVAL when its geometry differs. */
 int state_open(session_state_t *st, int fd, uint64_t page_size, uint64_t chunk_size, uint64_t total_size);
 void state_close(session_state_t *st);
 
