@@ -8,4 +8,7 @@ export const TARGETS = {
   /** P3 (cold-start.bench.ts): replay of a different run's profile is ≥ lazy× faster than fault-only on
    * the clustered workload, ≥ eager× faster than eager download, ≤ floor× the emulation's floor. */
   'cold-start': { lazy: 5, eager: 10, floor: 1.5 },
+  /** Tail (tail.bench.ts): with hedging, p99 fault wait ≤ overMedian× the median fetch and
+   * ≤ overUnhedged× the p99 with --no-hedge. */
+  tail: { overMedian: 2, overUnhedged: 0.5 },
 } as const;
