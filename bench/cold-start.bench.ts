@@ -46,6 +46,7 @@ import { environment, median, range, roundCount, writeResult, type ResultRow } f
 import { ensureDist, sessionSummary, startServeCli, stopServe, type SummaryLine } from './lib/serve-cli.js';
 import { startSlowOrigin, type SlowOrigin } from './lib/slow-origin.js';
 import { timeout } from './lib/procs.js';
+import { TARGETS } from './lib/targets.js';
 import { writeZeroRichImage } from './lib/image.js';
 
 const MiB = 1024 * 1024;
@@ -58,7 +59,7 @@ const BPS = 90e6;
 const C = 128;
 const ROUNDS = roundCount(5);
 const STEP_MS = 120_000;
-const TARGET = { lazy: 5, eager: 10, floor: 1.5 };
+const TARGET = TARGETS['cold-start'];
 const ID = 'p3-cold';
 const CLUSTER = { fraction: 0.09, seed: 5, drift: 0.1 };
 const SEED = { replayed: 42, recorded: 7 };

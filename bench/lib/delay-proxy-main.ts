@@ -4,6 +4,7 @@
  *
  *   node --import tsx bench/lib/delay-proxy-main.ts --target-port N [--target-host H]
  *        [--first-byte-ms MS] [--bytes-per-second B]
+ *        [--tail-fraction F --tail-factor X --tail-seed S]
  *
  * stdout: one JSON line `{"url":…,"port":…}` once listening; then, for every `stats` line read on
  * stdin, one JSON line of DelayProxyStats. When stdin ends (the driver closed it, or died), the
@@ -20,13 +21,18 @@ const { values } = parseArgs({
     'target-port': { type: 'string' },
     'first-byte-ms': { type: 'string', default: '30' },
     'bytes-per-second': { type: 'string', default: '90e6' },
+    // Absent: no tail, as before the option existed (delay-proxy.ts picks the defaults).
+    'tail-fraction': { type: 'string' },
+    'tail-factor': { type: 'string' },
+    'tail-seed': { type: 'string' },
   },
   strict: true,
 });
 const port = Number(values['target-port']);
 if (!Number.isInteger(port)) {
   console.error(
-    'usage: delay-proxy-main --target-port N [--target-host H] [--first-byte-ms MS] [--bytes-per-second B]',
+    'usage: delay-proxy-main --target-port N [--target-host H] [--first-byte-ms MS] [--bytes-per-second B] ' +
+      '[--tail-fraction F] [--tail-factor X] [--tail-seed S]',
   );
   process.exit(2);
 }
@@ -35,6 +41,9 @@ const proxy = await startDelayProxy({
   target: { host: values['target-host'], port },
   firstByteMs: Number(values['first-byte-ms']),
   bytesPerSecond: Number(values['bytes-per-second']),
+  ...(values['tail-fraction'] !== undefined ? { tailFraction: Number(values['tail-fraction']) } : {}),
+  ...(values['tail-factor'] !== undefined ? { tailFactor: Number(values['tail-factor']) } : {}),
+  ...(values['tail-seed'] !== undefined ? { tailSeed: Number(values['tail-seed']) } : {}),
 });
 console.log(JSON.stringify({ url: proxy.url, port: proxy.port }));
 

@@ -10,6 +10,14 @@
  * uploads are instant, which matches how S3's latency figure (mostly request processing) behaves.
  * Caveat: a client that sends again while a response is still arriving (pipelining, or an upload
  * during a download) makes the rest of that response pay the first-byte delay again.
+ *
+ * Tail (tailFraction > 0): object stores answer a few requests far later than the rest (a slow disk, a
+ * cold partition), which is what hedged requests are for. A seeded fraction of responses waits
+ * tailFactor × firstByteMs for its first byte instead. The draw is per response, not per object: a
+ * second request for the same key is as likely to be fast as any other, as with S3, so a hedge to the
+ * same origin can win. The draws come from one generator per proxy in the order responses begin, so
+ * the seed fixes the sequence of slow and fast answers, not which request gets which when several
+ * connections race.
  */
 import net from 'node:net';
 
@@ -23,6 +31,13 @@ export interface DelayProxyOptions {
   firstByteMs?: number;
   /** Per-connection cap on upstream→client bytes per second. @default 90e6 */
   bytesPerSecond?: number;
+  /** Fraction of responses (0..1, drawn per response) whose first byte waits tailFactor × firstByteMs.
+   * @default 0 (no tail) */
+  tailFraction?: number;
+  /** How many times firstByteMs a tail response waits (≥ 1). @default 20 */
+  tailFactor?: number;
+  /** Seed of the tail draws (an integer 0..2^32-1). @default 1 */
+  tailSeed?: number;
   /** Listen address. @default 127.0.0.1, port 0 */
   host?: string;
   port?: number;
@@ -34,6 +49,8 @@ export interface DelayProxyStats {
   requests: number;
   bytesDown: number;
   bytesUp: number;
+  /** Responses held back as the tail (always 0 without tailFraction). */
+  tailResponses: number;
 }
 
 export interface DelayProxy {
@@ -55,7 +72,16 @@ const MIN_SEND = 16 * 1024;
 
 function resolveDelayProxyOptions(o: DelayProxyOptions): ResolvedDelayProxyOptions {
   if (typeof o !== 'object' || o === null) throw new InvalidArgumentError('options', 'an object', o);
-  const { target, firstByteMs = 30, bytesPerSecond = 90e6, host = '127.0.0.1', port = 0 } = o;
+  const {
+    target,
+    firstByteMs = 30,
+    bytesPerSecond = 90e6,
+    tailFraction = 0,
+    tailFactor = 20,
+    tailSeed = 1,
+    host = '127.0.0.1',
+    port = 0,
+  } = o;
   if (
     typeof target?.host !== 'string' ||
     !Number.isInteger(target.port) ||
@@ -68,15 +94,57 @@ function resolveDelayProxyOptions(o: DelayProxyOptions): ResolvedDelayProxyOptio
     throw new InvalidArgumentError('firstByteMs', 'a finite number ≥ 0', firstByteMs);
   if (!Number.isFinite(bytesPerSecond) || bytesPerSecond <= 0)
     throw new InvalidArgumentError('bytesPerSecond', 'a finite number > 0', bytesPerSecond);
+  if (typeof tailFraction !== 'number' || !(tailFraction >= 0 && tailFraction <= 1))
+    throw new InvalidArgumentError('tailFraction', 'a number 0-1', tailFraction);
+  if (!Number.isFinite(tailFactor) || tailFactor < 1)
+    throw new InvalidArgumentError('tailFactor', 'a finite number ≥ 1', tailFactor);
+  if (!Number.isInteger(tailSeed) || tailSeed < 0 || tailSeed > 0xffffffff)
+    throw new InvalidArgumentError('tailSeed', 'an integer 0-4294967295', tailSeed);
   if (typeof host !== 'string') throw new InvalidArgumentError('host', 'a string', host);
   if (!Number.isInteger(port) || port < 0 || port > 65535)
     throw new InvalidArgumentError('port', 'an integer 0-65535', port);
-  return { target: { host: target.host, port: target.port }, firstByteMs, bytesPerSecond, host, port };
+  return {
+    target: { host: target.host, port: target.port },
+    firstByteMs,
+    bytesPerSecond,
+    tailFraction,
+    tailFactor,
+    tailSeed,
+    host,
+    port,
+  };
+}
+
+/** mulberry32: a small seeded generator of floats in [0, 1), enough for picking slow responses. */
+function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }
 
 export async function startDelayProxy(options: DelayProxyOptions): Promise<DelayProxy> {
   const o = resolveDelayProxyOptions(options);
-  const counters: DelayProxyStats = { connections: 0, requests: 0, bytesDown: 0, bytesUp: 0 };
+  const counters: DelayProxyStats = {
+    connections: 0,
+    requests: 0,
+    bytesDown: 0,
+    bytesUp: 0,
+    tailResponses: 0,
+  };
+  // Shared by every connection: one sequence of draws per proxy, so the seed fixes the tail's share.
+  const random = seededRandom(o.tailSeed);
+  /** The first-byte delay of the response beginning now. */
+  const firstByteMs = (): number => {
+    // No draw without a tail: the proxy behaves exactly as it did before the option existed.
+    if (o.tailFraction === 0 || random() >= o.tailFraction) return o.firstByteMs;
+    counters.tailResponses++;
+    return o.firstByteMs * o.tailFactor;
+  };
   // Both ends of every pair, so close() can destroy them and wait for their handles to go.
   const live = new Set<net.Socket>();
   const track = (s: net.Socket): void => {
@@ -87,7 +155,7 @@ export async function startDelayProxy(options: DelayProxyOptions): Promise<Delay
   const server = net.createServer({ allowHalfOpen: true }, (client) => {
     counters.connections++;
     track(client);
-    track(relay(client, o, counters));
+    track(relay(client, o, counters, firstByteMs));
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -118,7 +186,12 @@ interface Pending {
 }
 
 /** Wires one client to a fresh upstream connection; returns the upstream socket. */
-function relay(client: net.Socket, o: ResolvedDelayProxyOptions, counters: DelayProxyStats): net.Socket {
+function relay(
+  client: net.Socket,
+  o: ResolvedDelayProxyOptions,
+  counters: DelayProxyStats,
+  firstByteMs: () => number,
+): net.Socket {
   const upstream = net.connect({ host: o.target.host, port: o.target.port, allowHalfOpen: true });
   client.setNoDelay(true).on('end', () => upstream.end());
   upstream.setNoDelay(true).on('drain', () => client.resume());
@@ -198,7 +271,7 @@ function relay(client: net.Socket, o: ResolvedDelayProxyOptions, counters: Delay
 
   upstream.on('data', (buf: Buffer) => {
     refill(performance.now()); // before queuing, so time spent idle is clamped to one burst
-    queue.push({ buf, notBefore: awaitingResponse ? requestAt + o.firstByteMs : 0 });
+    queue.push({ buf, notBefore: awaitingResponse ? requestAt + firstByteMs() : 0 });
     awaitingResponse = false;
     queued += buf.length;
     if (queued >= HIGH_WATER) upstream.pause();

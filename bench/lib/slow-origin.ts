@@ -31,10 +31,14 @@ process.once('exit', () => {
 // Interrupted: exit through 'exit', so these handlers (and nginx's, fc-client's, the drivers') run.
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
 
-export async function startSlowOrigin(
-  root: string,
-  o: { firstByteMs: number; bytesPerSecond: number },
-): Promise<SlowOrigin> {
+export interface SlowOriginOptions {
+  firstByteMs: number;
+  bytesPerSecond: number;
+  /** A slow tail of responses (delay-proxy.ts): `fraction` of them wait `factor` × firstByteMs. */
+  tail?: { fraction: number; factor: number; seed?: number };
+}
+
+export async function startSlowOrigin(root: string, o: SlowOriginOptions): Promise<SlowOrigin> {
   const nginx = await startStaticNginx(root);
   // nginx.ts kills nginx on exit but removes its temp prefix only in stop(): do that on exit too.
   const prefix = path.dirname(nginx.accessLog);
@@ -52,6 +56,8 @@ export async function startSlowOrigin(
     String(o.firstByteMs),
     '--bytes-per-second',
     String(o.bytesPerSecond),
+    ...(o.tail ? ['--tail-fraction', String(o.tail.fraction), '--tail-factor', String(o.tail.factor)] : []),
+    ...(o.tail?.seed !== undefined ? ['--tail-seed', String(o.tail.seed)] : []),
   ];
   const child = spawn(process.execPath, args, { cwd: repoRoot, stdio: ['pipe', 'pipe', 'inherit'] });
   live.add(child);

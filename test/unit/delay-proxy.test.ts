@@ -132,6 +132,41 @@ describe('startDelayProxy', () => {
     expect(p.stats()).toMatchObject({ connections: 2, requests: 2 });
   });
 
+  // Retried: a fast answer stalled 90 ms by a busy machine would read as a slow one.
+  it('holds a seeded fraction of responses tailFactor times longer', { retry: 2 }, async () => {
+    // Fast bodies, so that only the first-byte delay shows; one keep-alive connection, so the
+    // responses begin in request order and the seed fixes which of them are slow.
+    const TAIL = { firstByteMs: 10, tailFactor: 10, bytesPerSecond: 10e9 };
+    const pattern = async (tailSeed: number): Promise<boolean[]> => {
+      const p = await proxy({ ...TAIL, tailFraction: 0.3, tailSeed });
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      try {
+        const slow: boolean[] = [];
+        for (let i = 0; i < 24; i++) {
+          const r = await get(`${p.url}/`, agent);
+          expect(r.body.equals(BODY)).toBe(true);
+          expect(r.ttfb).toBeGreaterThanOrEqual(TAIL.firstByteMs);
+          // The two delays are 10 and 100 ms: anything past 100 ms had the tail's (a lower bound).
+          slow.push(r.ttfb >= TAIL.firstByteMs * TAIL.tailFactor);
+        }
+        expect(p.stats().tailResponses).toBe(slow.filter(Boolean).length);
+        return slow;
+      } finally {
+        agent.destroy();
+      }
+    };
+    const a = await pattern(7);
+    expect(a.filter(Boolean).length).toBeGreaterThan(0);
+    expect(a.filter(Boolean).length).toBeLessThan(a.length);
+    expect(await pattern(7)).toEqual(a);
+  });
+
+  it('has no tail unless asked for one', async () => {
+    const p = await proxy({ firstByteMs: 1, bytesPerSecond: 10e9 });
+    for (let i = 0; i < 5; i++) await get(`${p.url}/`);
+    expect(p.stats()).toMatchObject({ requests: 5, tailResponses: 0 });
+  });
+
   it('stops reading upstream while the client does not read', async () => {
     const p = await proxy({ firstByteMs: 0, bytesPerSecond: 10e9 });
     const client = net.connect(p.port, p.host);
@@ -180,6 +215,11 @@ describe('startDelayProxy', () => {
       { target, bytesPerSecond: 0 },
       { target, bytesPerSecond: Number.POSITIVE_INFINITY },
       { target, port: 70000 },
+      { target, tailFraction: 1.5 },
+      { target, tailFraction: Number.NaN },
+      { target, tailFactor: 0.5 },
+      { target, tailSeed: -1 },
+      { target, tailSeed: 1.5 },
     ];
     for (const o of bad) {
       await expect(startDelayProxy(o as DelayProxyOptions)).rejects.toMatchObject({
@@ -199,6 +239,7 @@ describe('startDelayProxy', () => {
       requests: number;
       bytesDown: number;
       bytesUp: number;
+      tailResponses: number;
     }>();
   });
 });
