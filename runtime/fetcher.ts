@@ -405,7 +405,7 @@ export class ChunkFetcher {
     let alt = n + 1;
     while (alt < origins.length && origins[alt]!.localPath) alt++;
     const target = alt < origins.length ? alt : n;
-    const after = demand && this.#o.hedge ? this.#latency[n]!.quantile(0.95) : undefined;
+    const after = demand && this.#o.hedge ? this.#latency[n]!.hedgeAfterMs() : undefined;
     const { value, hedge } = await hedged(async (signal, i) => {
       const o = i === 0 ? n : target;
       const t0 = performance.now();
