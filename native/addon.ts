@@ -154,9 +154,9 @@ export interface Addon {
   sessionStats(s: Handle<'session'>): Record<string, number>;
   sessionClose(s: Handle<'session'>): void;
 
-  sockListen(path: string, backlog: number): number;
+  sockListen(path: string, backlog: number, seqpacket?: boolean): number;
   sockAccept(fd: number): number;
-  sockConnect(path: string): number;
+  sockConnect(path: string, seqpacket?: boolean): number;
   sockRecv(fd: number, maxBytes: number, maxFds: number): RecvResult | null;
   sockSend(fd: number, data: ArrayBufferView, fds: number[]): number;
   sockPeerCred(fd: number): { pid: number; uid: number; gid: number };

@@ -299,6 +299,11 @@ export interface SessionStats {
   wakeAlls: number;
   /** REMOVE events a predecessor read and this session applied again on adoption. */
   adoptedRemoves: number;
+  /**
+   * Faults that waited across a handover (a worker restart, an upgrade): those pending when the session
+   * was adopted, and those its wake of every region sent back (faults the predecessor read, never served).
+   */
+  adoptedFaults: number;
 }
 
 /**

@@ -7,16 +7,19 @@ import { constants as osConstants } from 'node:os';
 import { InvalidArgumentError, type SystemError } from '../core/errors.js';
 import { addon, type RecvResult } from './addon.js';
 
-/** Listens on a Unix stream socket created mode 0600 (non-blocking, close-on-exec). */
-export function listenUnix(path: string, backlog = 128): number {
-  return addon().sockListen(path, backlog);
+/**
+ * Listens on a Unix socket created mode 0600 (non-blocking, close-on-exec): a stream socket, or with
+ * `seqpacket` one that keeps message boundaries (the supervisor's control socket).
+ */
+export function listenUnix(path: string, backlog = 128, seqpacket = false): number {
+  return addon().sockListen(path, backlog, seqpacket);
 }
 /** Accepts one pending connection; -1 when none is pending. */
 export function acceptUnix(fd: number): number {
   return addon().sockAccept(fd);
 }
-export function connectUnix(path: string): number {
-  return addon().sockConnect(path);
+export function connectUnix(path: string, seqpacket = false): number {
+  return addon().sockConnect(path, seqpacket);
 }
 /** One recvmsg: data plus every SCM_RIGHTS fd that came with it; null when nothing is pending. */
 export function recvWithFds(fd: number, maxBytes: number, maxFds: number): RecvResult | null {

@@ -63,7 +63,7 @@ typedef struct {
   X(faults) X(zeroFaults) X(residentFaults) X(removedFaults) X(forwardedFaults) X(staleFaults) \
   X(removes) X(unknownEvents) X(installs) X(poisons) X(missing) X(bytesCopied) X(bytesZeroed) \
   X(bytesPoisoned) X(pagesPresent) X(partialCopies) X(mmapChangingRetries) X(notifications) \
-  X(firstServedNs) X(narrowedFills) X(failedPages) X(wakeAlls) X(adoptedRemoves)
+  X(firstServedNs) X(narrowedFills) X(failedPages) X(wakeAlls) X(adoptedRemoves) X(adoptedFaults)
 // clang-format on
 enum {
 #define X(n) ST_##n,
@@ -87,6 +87,9 @@ typedef struct session {
    * outlive this process (session_state.h). */
   session_state_t state;
   bool adopted; /* the state came from an earlier server: re-apply its events, wake every region */
+  /* Counting faults that waited across a handover: 1 until the adoption's wake of every region, 2 for
+   * the read right after it (the threads the wake sent back), then 0. Fault thread only. */
+  uint8_t adopt_phase;
 
   /* Owned by the fault thread. */
   uint8_t *cstate;  /* CS_* per chunk */

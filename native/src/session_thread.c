@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -31,8 +32,19 @@ static bool injected(session_t *s, int kind) {
   atomic_store(&s->inject_kind, 0);
   return true;
 }
+/* Test builds only: with LAZYSNAP_TEST_DIE_ON_REMOVE set, the process dies (SIGKILL) right after the
+ * kernel handed it a REMOVE and before applying it: the window a supervised restart must cover from the
+ * event buffer in the state memfd alone (test/unit/supervisor.test.ts). */
+static void die_on_remove(const struct uffd_msg *msgs, size_t cnt) {
+  static int armed = -1;
+  if (armed < 0) armed = getenv("LAZYSNAP_TEST_DIE_ON_REMOVE") != NULL;
+  if (!armed) return;
+  for (size_t i = 0; i < cnt; i++)
+    if (msgs[i].event == UFFD_EVENT_REMOVE) raise(SIGKILL);
+}
 #else
-#define injected(s, kind) false
+#define injected(s, kind)        false
+#define die_on_remove(msgs, cnt) ((void)0)
 #endif
 
 void out_chunk(session_t *s, u32vec *v, uint32_t chunk) {
@@ -184,6 +196,7 @@ static void apply_event(session_t *s, const struct uffd_msg *m) {
   switch (m->event) {
     case UFFD_EVENT_PAGEFAULT:
       STAT_ADD(s, faults, 1);
+      if (s->adopt_phase) STAT_ADD(s, adoptedFaults, 1);
       if (s->nfaults < FAULTQ_CAP)
         s->faults[s->nfaults++] = m->arg.pagefault.address;
       else
@@ -216,6 +229,7 @@ static int drain_events(session_t *s) {
       return errno == EAGAIN ? 0 : -errno;
     }
     size_t cnt = (size_t)n / sizeof msgs[0];
+    die_on_remove(msgs, cnt);
     for (size_t i = 0; i < cnt; i++) apply_event(s, &msgs[i]);
     memset(msgs, 0, cnt * sizeof msgs[0]);
     if (cnt < STATE_EVBUF) return 0;
@@ -262,6 +276,7 @@ static int process(session_t *s) {
   if (rc == 0 && s->nfaults == 0 && s->wake_all && !s->exited) {
     s->wake_all = false;
     settle(s, wake_regions(s));
+    if (s->adopt_phase == 1) s->adopt_phase = 2;
   }
   return rc;
 }
@@ -286,6 +301,7 @@ void *session_thread_main(void *arg) {
   if (s->adopted) {
     apply_adopted_events(s);
     s->wake_all = true;
+    s->adopt_phase = 1;
     again = true; /* the first poll must not block: the wake is due whether or not events are pending */
   }
   while (!atomic_load(&s->stop)) {
@@ -307,6 +323,7 @@ void *session_thread_main(void *arg) {
       break;
     }
     int rc = drain_events(s);
+    if (s->adopt_phase == 2) s->adopt_phase = 0; /* the faults the wake sent back are counted */
     if (rc < 0) {
       stop_with(s, FAIL_EVENT_READ, -rc, "read(uffd)");
       break;

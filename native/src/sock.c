@@ -22,16 +22,23 @@ static bool unix_addr(napi_env env, napi_value v, struct sockaddr_un *a) {
   return arg_string(env, v, "path", a->sun_path, sizeof a->sun_path);
 }
 
-/* sockListen(path, backlog) → fd. Non-blocking, close-on-exec, the socket file chmod 0600 right after
- * bind: the caller puts it in a 0700 directory so nobody can connect in between. */
+/* A socket type argument: true for SOCK_SEQPACKET (message boundaries: the supervisor's control
+ * socket), anything else SOCK_STREAM (what Firecracker connects to). */
+static int sock_type(napi_env env, napi_value v) {
+  bool b = false;
+  return napi_get_value_bool(env, v, &b) == napi_ok && b ? SOCK_SEQPACKET : SOCK_STREAM;
+}
+
+/* sockListen(path, backlog, seqpacket?) → fd. Non-blocking, close-on-exec, the socket file chmod 0600
+ * right after bind: the caller puts it in a 0700 directory so nobody can connect in between. */
 static napi_value js_listen(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
+  napi_value argv[3];
   struct sockaddr_un a;
   int32_t backlog;
-  if (!get_args(env, info, 2, argv, NULL) || !unix_addr(env, argv[0], &a) ||
+  if (!get_args(env, info, 3, argv, NULL) || !unix_addr(env, argv[0], &a) ||
       !arg_i32(env, argv[1], "backlog", &backlog))
     return NULL;
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int fd = socket(AF_UNIX, sock_type(env, argv[2]) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, errno, "socket"), NULL;
   if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0) {
     int e = errno;
@@ -62,12 +69,12 @@ static napi_value js_accept(napi_env env, napi_callback_info info) {
   }
 }
 
-/* sockConnect(path) → fd (blocking connect; the fd is close-on-exec). */
+/* sockConnect(path, seqpacket?) → fd (blocking connect; the fd is close-on-exec). */
 static napi_value js_connect(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
+  napi_value argv[2];
   struct sockaddr_un a;
-  if (!get_args(env, info, 1, argv, NULL) || !unix_addr(env, argv[0], &a)) return NULL;
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (!get_args(env, info, 2, argv, NULL) || !unix_addr(env, argv[0], &a)) return NULL;
+  int fd = socket(AF_UNIX, sock_type(env, argv[1]) | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, errno, "socket"), NULL;
   if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
     int e = errno;
