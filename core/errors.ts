@@ -175,6 +175,29 @@ export class HandshakeError extends LazysnapError {
   }
 }
 
+/**
+ * A handover between two serves of the same socket did not happen: nothing is serving there to take
+ * over from, or one side cannot read what the other would hand over (another version). The serve that
+ * was running keeps serving.
+ */
+export class HandoverRefusedError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_HANDOVER_REFUSED';
+  constructor(reason: string, cause?: unknown) {
+    super('LAZYSNAP_HANDOVER_REFUSED', `handover refused: ${reason}`, { cause });
+  }
+}
+
+/**
+ * A supervised serve has no worker that can serve: workers died before becoming ready too many times
+ * in a row (the message says how the last one ended). Live sessions were failed closed.
+ */
+export class WorkerFailedError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_WORKER_FAILED';
+  constructor(message: string) {
+    super('LAZYSNAP_WORKER_FAILED', message);
+  }
+}
+
 /** No origin delivered a verified chunk. `errors` has one line per attempt, in order. */
 export class FetchError extends LazysnapError {
   declare readonly code: 'LAZYSNAP_FETCH_FAILED';

@@ -23,7 +23,9 @@ export type ErrorCode =
   | 'LAZYSNAP_BAD_SIGNATURE'
   | 'LAZYSNAP_KEY_UNAVAILABLE'
   | 'LAZYSNAP_WRONG_KEY'
-  | 'LAZYSNAP_INSECURE_PATH';
+  | 'LAZYSNAP_INSECURE_PATH'
+  | 'LAZYSNAP_HANDOVER_REFUSED'
+  | 'LAZYSNAP_WORKER_FAILED';
 
 export class LazysnapError extends Error {
   readonly code: ErrorCode;

@@ -14,6 +14,7 @@ import { closeSync, fstatSync, openSync, readSync, renameSync, unlinkSync, write
 import { parentPort, workerData } from 'node:worker_threads';
 
 import { IntegrityError } from '../core/errors.js';
+import { addon } from '../native/addon.js';
 import { ChunkTable } from '../native/index.js';
 import { decodeChunk, encodeChunk, hashChunk, type Codec } from '../store/chunk.js';
 import { ChunkCrypto, type ChunkCryptoTransfer } from '../store/chunk-crypto.js';
@@ -23,6 +24,9 @@ export interface LoaderWorkerData {
   totalSize: number;
   chunkSize: number;
   crypto?: ChunkCryptoTransfer;
+  /** A supervised worker's activity page (ChunkLoaderOptions.activity) and this thread's slot in it. */
+  activityFd?: number;
+  activitySlot?: number;
 }
 
 /** Load chunk `chunk` from a file of a local store ('file'), from bytes an origin sent ('bytes'), or from
@@ -81,6 +85,20 @@ function tableOf(job: LoadJob | WriteJob): ChunkTable {
   return t;
 }
 const crypto = data.crypto ? ChunkCrypto.fromTransfer(data.crypto) : undefined;
+/**
+ * Where this thread says which chunk it is decoding, for the supervisor to read if the process dies
+ * (threads share the descriptor table, so the memfd is mapped again here; the page outlives us).
+ */
+const activity =
+  data.activityFd !== undefined && data.activitySlot !== undefined
+    ? new Int32Array(addon().mapShared(data.activityFd, (data.activitySlot + 1) * 4))
+    : undefined;
+/**
+ * Test builds only (lazysnap_test.node): an object whose bytes start with this marker crashes the
+ * process as a decoder bug would, for the supervisor's crash-recovery tests. Absent in release builds.
+ */
+const testCrash = addon().testCrash;
+const CRASH_MARKER = Buffer.from('LAZYSNAP-TEST-CRASH');
 /** One read buffer, grown to the largest object seen (at most one chunk's largest stored size). */
 let scratch = Buffer.allocUnsafe(0);
 
@@ -137,6 +155,8 @@ function load(job: LoadJob): LoadReply {
     return { id: job.id, ok: false, failure: 'busy', message: `chunk ${job.chunk} is not absent` };
   const slot = table.slot(job.chunk);
   let committed = false;
+  // Only the snapshot's chunks: a job for another table (the warm-up's) names no object a session needs.
+  const record = activity !== undefined && job.table === data.tableId;
   try {
     if (slot.length !== job.length)
       throw new IntegrityError(job.key, "the chunk's length is not its slot's", {
@@ -144,9 +164,11 @@ function load(job: LoadJob): LoadReply {
         actual: job.length,
       });
     let stored: number;
+    if (record) Atomics.store(activity, data.activitySlot!, job.chunk + 1);
     if (job.from === 'raw') stored = loadRaw(job, slot);
     else {
       const bytes = job.from === 'file' ? readObject(job.path!, job.maxBytes, job.key) : job.bytes!;
+      if (testCrash && CRASH_MARKER.equals(bytes.subarray(0, CRASH_MARKER.length))) testCrash();
       decodeChunk(job.key, job.codec, bytes, job.hash, job.length, crypto, slot);
       stored = bytes.length;
     }
@@ -159,6 +181,7 @@ function load(job: LoadJob): LoadReply {
       e instanceof IntegrityError ? 'integrity' : code === 'ENOENT' ? 'not-found' : 'io';
     return { id: job.id, ok: false, failure, message: (e as Error).message, ...(code ? { code } : {}) };
   } finally {
+    if (record) Atomics.store(activity, data.activitySlot!, 0);
     if (!committed) table.commit(job.chunk, false);
   }
 }

@@ -35,7 +35,15 @@ export class LoadError extends Error {
   }
 }
 
-export type LoadRequest = Omit<LoadJob, 'op' | 'id'> & { priority: 'demand' | 'prefetch' };
+export type LoadRequest = Omit<LoadJob, 'op' | 'id'> & {
+  priority: 'demand' | 'prefetch';
+  /**
+   * Run this load alone: no other load or write in flight on any loader while it runs. For a chunk that
+   * was being decoded when a worker process died (runtime/supervisor/): if it crashes this one too, it
+   * is the only suspect, and if it does not, the others in flight at that death were.
+   */
+  exclusive?: boolean;
+};
 
 export interface ChunkLoaderOptions {
   table: ChunkTable;
@@ -46,10 +54,17 @@ export interface ChunkLoaderOptions {
   maxPendingWrites?: number;
   /** How long loads must have been idle before cache writes run. @default 25 */
   writeIdleMs?: number;
+  /**
+   * A supervised worker's activity page (runtime/supervisor/): a memfd of `slots` Int32s where each
+   * loader thread writes the chunk it is decoding (index + 1; 0 when idle), read by the supervisor when
+   * this process dies, so that a chunk that crashes the decoder can be named and failed closed.
+   */
+  activity?: { fd: number; slots: number };
 }
 
 interface Pending {
   job: LoadJob | WriteJob;
+  exclusive?: boolean;
   resolve: (stored: number) => void;
   reject: (e: LoadError) => void;
 }
@@ -57,6 +72,8 @@ interface Pending {
 interface Loader {
   worker: Worker;
   jobs: Map<number, Pending>;
+  /** Its slot in the activity page, if there is one. */
+  slot: number | undefined;
 }
 
 /** How many jobs a loader holds: the one it runs and the next one. */
@@ -73,14 +90,20 @@ export class ChunkLoader {
   #lastLoad = 0;
   #idleTimer: NodeJS.Timeout | undefined;
   readonly #data: LoaderWorkerData;
+  readonly #activitySlots: number;
+  readonly #freeSlots: number[];
   #nextId = 1;
   #closed = false;
+  /** An exclusive load is in flight: nothing else is dispatched until it answers. */
+  #exclusive = false;
   droppedWrites = 0;
 
-  private constructor(data: LoaderWorkerData, maxWrites: number, writeIdleMs: number) {
+  private constructor(data: LoaderWorkerData, maxWrites: number, writeIdleMs: number, activitySlots: number) {
     this.#data = data;
     this.#maxWrites = maxWrites;
     this.#writeIdleMs = writeIdleMs;
+    this.#activitySlots = activitySlots;
+    this.#freeSlots = Array.from({ length: activitySlots }, (_, i) => i);
   }
 
   /** Starts the loaders (shares the table with them) and resolves once every one is ready. */
@@ -91,8 +114,14 @@ export class ChunkLoader {
       totalSize: options.table.totalSize,
       chunkSize: options.table.chunkSize,
       ...(options.crypto ? { crypto: options.crypto.toTransfer() } : {}),
+      ...(options.activity ? { activityFd: options.activity.fd } : {}),
     };
-    const l = new ChunkLoader(data, options.maxPendingWrites ?? 4096, options.writeIdleMs ?? 25);
+    const l = new ChunkLoader(
+      data,
+      options.maxPendingWrites ?? 4096,
+      options.writeIdleMs ?? 25,
+      options.activity?.slots ?? 0,
+    );
     try {
       await Promise.all(Array.from({ length: Math.max(1, n) }, () => l.#spawn()));
     } catch (e) {
@@ -113,9 +142,14 @@ export class ChunkLoader {
 
   /** Loads a chunk into its slot; resolves with the stored object's size once it is resident. */
   load(req: LoadRequest): Promise<number> {
-    const { priority, ...rest } = req;
+    const { priority, exclusive, ...rest } = req;
     return new Promise<number>((resolve, reject) => {
-      const p: Pending = { job: { op: 'load', id: this.#nextId++, ...rest }, resolve, reject };
+      const p: Pending = {
+        job: { op: 'load', id: this.#nextId++, ...rest },
+        resolve,
+        reject,
+        ...(exclusive ? { exclusive } : {}),
+      };
       (priority === 'demand' ? this.#demand : this.#prefetch).push(p);
       this.#lastLoad = performance.now();
       this.#pump();
@@ -156,10 +190,15 @@ export class ChunkLoader {
   }
 
   async #spawn(): Promise<void> {
+    // A thread without a slot (more threads than slots) decodes unrecorded: attribution is best effort.
+    const slot = this.#activitySlots > 0 ? this.#freeSlots.shift() : undefined;
     const worker = startModuleWorker(new URL('./chunk-loader-worker.js', import.meta.url), {
-      workerData: this.#data,
+      workerData: { ...this.#data, ...(slot !== undefined ? { activitySlot: slot } : {}) },
     });
-    const loader: Loader = { worker, jobs: new Map() };
+    const loader: Loader = { worker, jobs: new Map(), slot };
+    worker.once('exit', () => {
+      if (slot !== undefined) this.#freeSlots.push(slot);
+    });
     await new Promise<void>((resolve, reject) => {
       const onExit = (code: number) => fail(new Error(`a chunk loader exited during start (code ${code})`));
       const fail = (e: unknown) => (worker.off('message', ready), worker.off('exit', onExit), reject(e));
@@ -175,7 +214,10 @@ export class ChunkLoader {
     worker.once('exit', () => {
       const i = this.#loaders.indexOf(loader);
       if (i >= 0) this.#loaders.splice(i, 1);
-      for (const p of loader.jobs.values()) p.reject(new LoadError('io', 'the chunk loader thread stopped'));
+      for (const p of loader.jobs.values()) {
+        if (p.exclusive) this.#exclusive = false;
+        p.reject(new LoadError('io', 'the chunk loader thread stopped'));
+      }
       loader.jobs.clear();
       if (!this.#closed)
         void this.#spawn().then(
@@ -191,6 +233,7 @@ export class ChunkLoader {
     const p = loader.jobs.get(r.id);
     if (!p) return;
     loader.jobs.delete(r.id);
+    if (p.exclusive) this.#exclusive = false;
     if (p.job.op === 'load') this.#lastLoad = performance.now();
     if (r.ok) p.resolve(r.stored);
     else p.reject(new LoadError(r.failure, r.message, r.code));
@@ -200,9 +243,16 @@ export class ChunkLoader {
   #pump(): void {
     // One job at a time to the least loaded loader: two faults at once go to two threads, not one.
     for (;;) {
+      if (this.#exclusive) return;
       let l: Loader | undefined;
       for (const x of this.#loaders) if (x.jobs.size < DEPTH && (!l || x.jobs.size < l.jobs.size)) l = x;
       if (!l) return;
+      const head = this.#demand[0] ?? this.#prefetch[0];
+      if (head?.exclusive) {
+        // Alone: it waits for every loader to be idle, and holds the others back while it runs.
+        if (this.#loaders.some((x) => x.jobs.size > 0)) return;
+        this.#exclusive = true;
+      }
       const p = this.#demand.shift() ?? this.#prefetch.shift() ?? this.#idleWrite(l);
       if (!p) return;
       l.jobs.set(p.job.id, p);

@@ -107,6 +107,19 @@ export interface FetcherOptions {
    * may have given up meanwhile): the memory tier accounts it here, or it would stay resident unbudgeted.
    */
   onResident?: (chunk: number) => void;
+  /** A supervised worker's crash attribution (runtime/supervisor/): chunks not to load again. */
+  suspects?: CrashSuspects;
+}
+
+/**
+ * Chunks that were being decoded when earlier worker processes died, with how many times. One at
+ * `limit` is failed closed without being loaded (the loader would crash this worker too); one that
+ * loads fine is cleared (`onCleared`), since it was only in flight by chance.
+ */
+export interface CrashSuspects {
+  crashes: Map<number, number>;
+  limit: number;
+  onCleared: (chunk: number) => void;
 }
 
 /** Between passes over the origins: the first wait, doubled per pass up to the cap. */
@@ -183,8 +196,8 @@ class InFlight {
 }
 
 export class ChunkFetcher {
-  readonly #o: Required<Omit<FetcherOptions, 'cache' | 'onFetch' | 'onResident' | 'onHedge'>> &
-    Pick<FetcherOptions, 'cache' | 'onFetch' | 'onResident' | 'onHedge'>;
+  readonly #o: Required<Omit<FetcherOptions, 'cache' | 'onFetch' | 'onResident' | 'onHedge' | 'suspects'>> &
+    Pick<FetcherOptions, 'cache' | 'onFetch' | 'onResident' | 'onHedge' | 'suspects'>;
   readonly #demand: PQueue;
   readonly #prefetch: PQueue;
   readonly #sizing: PrefetchSizing;
@@ -286,6 +299,8 @@ export class ChunkFetcher {
       try {
         const r = await this.#fetchOnce(ref, entry);
         this.#o.onResident?.(ref.chunk);
+        const sus = this.#o.suspects;
+        if (sus?.crashes.delete(ref.chunk)) sus.onCleared(ref.chunk);
         for (const c of entry.extra) if (this.#copySlot(ref.chunk, c)) this.#o.onResident?.(c);
         entry.settle(r);
       } catch (e) {
@@ -309,6 +324,15 @@ export class ChunkFetcher {
         misses: counts.misses,
       });
     if (this.#o.table.state(ref.chunk) === 'resident') return { tier: 'memory', stored: 0 };
+    const sus = this.#o.suspects;
+    const crashes = sus?.crashes.get(ref.chunk) ?? 0;
+    if (sus && crashes >= sus.limit) {
+      errors.push(
+        `chunk ${ref.chunk} was being decoded each of the ${crashes} times a worker process died: not loaded again`,
+      );
+      done('failed', 0);
+      throw new FetchError(chunkKey(ref.hash, ref.codec), trimmed(errors));
+    }
     if (await this.#o.cache?.read(ref.chunk, ref.hash, ref.length, entry.priority).catch(() => false)) {
       done('disk', ref.length);
       return { tier: 'disk', stored: ref.length };
@@ -352,6 +376,8 @@ export class ChunkFetcher {
       length: ref.length,
       maxBytes,
       priority,
+      // A chunk in flight when a worker died is decoded alone, so that another death names it alone.
+      ...(this.#o.suspects?.crashes.has(ref.chunk) ? { exclusive: true } : {}),
     };
     for (let busy = 0; ; busy++) {
       try {

@@ -82,6 +82,21 @@ export class RuntimeMetrics {
     help: 'Sessions whose recorded state could not be read (another version): their peers were killed',
     registers: [this.registry],
   });
+  readonly faultsAcrossRestart = new Counter({
+    name: 'lazysnap_faults_across_restart_total',
+    help: 'Faults that waited while no one served their session (pending at adoption, or sent back by its wake), counted when the session ends',
+    registers: [this.registry],
+  });
+  readonly workerRestarts = new Counter({
+    name: 'lazysnap_worker_restarts_total',
+    help: "Times the supervisor replaced a worker process that died (the worker's counters restart from zero; this one is carried over)",
+    registers: [this.registry],
+  });
+  readonly unservedSeconds = new Counter({
+    name: 'lazysnap_unserved_seconds_total',
+    help: 'Time with live sessions and no worker serving them: from a worker death (or a handover start) to adoption',
+    registers: [this.registry],
+  });
   readonly hedges = new Counter({
     name: 'lazysnap_hedged_requests_total',
     help: "Demand requests hedged past the origin's p95, by which answered first (won: the hedge)",

@@ -282,6 +282,7 @@ export class RestoreSession {
     m.faults.inc(st.faults);
     m.zeroFaults.inc(st.zeroFaults);
     m.jsFaults.inc(st.forwardedFaults);
+    m.faultsAcrossRestart.inc(st.adoptedFaults);
     const d = this.#delivery;
     const summary: SessionSummary = {
       restoreId: this.restoreId,

@@ -16,7 +16,7 @@ import { keyFingerprint } from '../store/signing.js';
 import type { DiskCache } from './disk-cache.js';
 import { cacheProblemLogger, logRecoveredFetch } from './fault-log.js';
 import { ChunkLoader } from './chunk-loader.js';
-import { ChunkFetcher } from './fetcher.js';
+import { ChunkFetcher, type CrashSuspects } from './fetcher.js';
 import { MemoryTier } from './memory-tier.js';
 import { RuntimeMetrics } from './metrics.js';
 import { loadProfile, profileSaver } from './profile-store.js';
@@ -24,6 +24,15 @@ import type { ProfileShape } from './profile.js';
 import type { SessionContext } from './restore-session.js';
 import type { ResolvedServeOptions } from './serve-options.js';
 import { kernelCanPoison, loadFirst } from './startup.js';
+
+/**
+ * What a supervised worker shares with its supervisor about crashes (runtime/supervisor/): a page where
+ * the loader threads write the chunk each decodes, and the chunks being decoded when earlier workers died.
+ */
+export interface CrashAttribution {
+  activity: { fd: number; slots: number };
+  suspects: CrashSuspects;
+}
 
 export interface ServeContext {
   stores: StoreBackend[];
@@ -53,6 +62,7 @@ export async function openServeContext(
   o: ResolvedServeOptions,
   log: Logger,
   signal?: AbortSignal,
+  crash?: CrashAttribution,
 ): Promise<ServeContext> {
   const stores = await Promise.all(
     o.stores.map((u) =>
@@ -87,7 +97,12 @@ export async function openServeContext(
     table = new ChunkTable(m.totalSize, m.chunkSize);
     table.markZero(Uint8Array.from(index.flags, (f) => (f === 0 ? 1 : 0)));
     // Started now, not at the first fault: the first page served must not wait for threads to boot.
-    loader = await ChunkLoader.start({ table, ...(crypto ? { crypto } : {}), workers: o.loaderThreads });
+    loader = await ChunkLoader.start({
+      table,
+      ...(crypto ? { crypto } : {}),
+      workers: o.loaderThreads,
+      ...(crash ? { activity: crash.activity } : {}),
+    });
     cache = o.cacheDir
       ? await (
           await import('./disk-cache.js')
@@ -111,6 +126,7 @@ export async function openServeContext(
       onFetch: (e) => (metrics.onFetch(e), logRecoveredFetch(log, e)),
       onResident: (c) => memory.admitted(c),
       hedge: o.hedge,
+      ...(crash ? { suspects: crash.suspects } : {}),
       onHedge: (outcome) => metrics.hedges.inc({ outcome }),
     });
     const shape: ProfileShape = {

@@ -5,7 +5,12 @@
  */
 import { InsecurePathError, KeyUnavailableError, SignatureError, WrongKeyError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
-import { openServeContext, securityFields, type ServeContext } from './serve-context.js';
+import {
+  openServeContext,
+  securityFields,
+  type CrashAttribution,
+  type ServeContext,
+} from './serve-context.js';
 import type { ResolvedServeOptions } from './serve-options.js';
 import { SessionHost } from './session-host.js';
 import { warmUpFaultPath } from './warm-up.js';
@@ -15,21 +20,24 @@ export interface Started {
   parts: ServeContext;
   metricsServer: { port: number; close: () => Promise<void> } | undefined;
   warmUpMs: number | undefined;
+  /** What the `serving` line says about the snapshot (logged by whoever creates the socket). */
+  fields: () => Record<string, unknown>;
 }
 
 /**
- * Opens everything a server of `o` needs, short of its socket. `serving` is logged with `extra` fields
- * once the caller's socket exists (it calls `announce`). On failure what was opened is closed again.
+ * Opens everything a server of `o` needs, short of its socket. `fields()` are what the `serving` line
+ * says, logged by whoever creates the socket, once it exists. On failure what was opened is closed again.
  */
 export async function startServing(
   o: ResolvedServeOptions,
   log: Logger,
   signal?: AbortSignal,
-): Promise<Started & { announce: (extra: Record<string, unknown>) => void }> {
+  crash?: CrashAttribution,
+): Promise<Started> {
   let parts: ServeContext | undefined;
   let metricsServer: { port: number; close: () => Promise<void> } | undefined;
   try {
-    parts = await openServeContext(o, log, signal);
+    parts = await openServeContext(o, log, signal, crash);
     const { ctx, stores } = parts;
     // Metrics before the socket: an abandoned server would keep it (a bad --metrics-host did).
     if (o.metricsPort !== undefined) metricsServer = await ctx.metrics.listen(o.metricsPort, o.metricsHost);
@@ -47,21 +55,16 @@ export async function startServing(
     );
     const host = new SessionHost(parts, o.id, log);
     const p = parts;
-    const announce = (extra: Record<string, unknown>) =>
-      log.info(
-        {
-          ...extra,
-          stores: stores.map((s) => s.url),
-          chunks: ctx.index.count,
-          totalSize: m.totalSize,
-          canPoison: ctx.canPoison,
-          metricsPort: metricsServer?.port,
-          warmUpMs: warmUpMs === undefined ? null : Math.round(warmUpMs * 10) / 10,
-          ...securityFields(o, m),
-        },
-        'serving',
-      );
-    return { host, parts: p, metricsServer, warmUpMs, announce };
+    const fields = () => ({
+      stores: stores.map((s) => s.url),
+      chunks: ctx.index.count,
+      totalSize: m.totalSize,
+      canPoison: ctx.canPoison,
+      metricsPort: metricsServer?.port,
+      warmUpMs: warmUpMs === undefined ? null : Math.round(warmUpMs * 10) / 10,
+      ...securityFields(o, m),
+    });
+    return { host, parts: p, metricsServer, warmUpMs, fields };
   } catch (e) {
     logRefusal(e, log);
     await metricsServer?.close();
