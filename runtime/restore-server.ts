@@ -14,16 +14,16 @@ import { EventEmitter } from 'node:events';
 import { unlinkSync } from 'node:fs';
 
 import { componentLogger, type Logger } from '../core/logger.js';
-import { acceptUnix, closeFd, recvWithFds, watchFd, type FdWatch } from '../native/index.js';
+import { closeFd } from '../native/index.js';
 import type { Manifest } from '../store/manifest.js';
 import { assertSnapshotId } from '../store/keys.js';
-import { identifyPeer } from './peer.js';
+import { Acceptor } from './acceptor.js';
 import type { RuntimeMetrics } from './metrics.js';
 import type { LiveSessionStats, RestoreSession, SessionSummary } from './restore-session.js';
 import { resolveServeOptions, type ResolvedServeOptions, type ServeOptions } from './serve-options.js';
 import { listenSocket } from './serve-socket.js';
 import { logRefusal, startServing } from './serve-start.js';
-import type { Peer, SessionHost } from './session-host.js';
+import type { SessionHost } from './session-host.js';
 
 export type { LiveSessionStats, ServeOptions, SessionSummary };
 
@@ -35,13 +35,6 @@ export interface RestoreServerEvents {
   sessionEnd: [summary: SessionSummary];
   /** A connection was closed before a session began (bad handshake, uid not allowed, timeout). */
   rejected: [info: { pid: number; reason: string }];
-}
-
-/** A connection waiting for its handshake message. */
-interface Pending {
-  peer: Peer;
-  watch: FdWatch;
-  timer: NodeJS.Timeout | undefined;
 }
 
 export class RestoreServer extends EventEmitter<RestoreServerEvents> {
@@ -66,9 +59,7 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
   readonly #o: ResolvedServeOptions;
   readonly #log: Logger;
   readonly #host: SessionHost;
-  readonly #lfd: number;
-  readonly #watch: FdWatch;
-  readonly #pending = new Set<Pending>();
+  readonly #acceptor: Acceptor;
   #metricsServer: { close: () => Promise<void> } | undefined;
   #closing: Promise<void> | undefined;
 
@@ -99,8 +90,15 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
         { socket: o.socketPath },
         'replaced a stale socket: the previous server did not shut down cleanly (peers it served, if still running, wait on faults no one answers)',
       );
-    this.#lfd = listenSocket(o.socketPath, o.socketGroup, onStale);
-    this.#watch = watchFd(this.#lfd, { readable: true }, () => this.#acceptAll());
+    this.#acceptor = new Acceptor(listenSocket(o.socketPath, o.socketGroup, onStale), {
+      allowUids: o.allowUids,
+      handshakeTimeoutMs: o.handshakeTimeoutMs,
+      log,
+      metrics: this.metrics,
+      onMessage: (peer, msg) => host.open(peer, msg),
+      onRefused: (peer, reason) => host.reject(peer, reason),
+      onPeerRefused: (pid, reason) => this.emit('rejected', { pid, reason }),
+    });
   }
 
   /** Loads the snapshot's manifest (first store that has it) and starts listening. */
@@ -121,7 +119,7 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     server.#metricsServer = started.metricsServer;
     server.metricsPort = started.metricsServer?.port;
     server.warmUpMs = started.warmUpMs;
-    started.announce({ socket: o.socketPath });
+    log.info({ socket: o.socketPath, ...started.fields() }, 'serving');
     return server;
   }
 
@@ -143,7 +141,7 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     const { ctx } = this.#host.parts;
     return {
       sessions: this.sessions.size,
-      pendingHandshakes: this.#pending.size,
+      pendingHandshakes: this.#acceptor.pending,
       residentBytes: ctx.table.stats().residentBytes,
       memoryEvictions: ctx.memory.evictions,
     };
@@ -159,48 +157,6 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     return this.#host.sessionOf(pid);
   }
 
-  #acceptAll(): void {
-    for (let conn = acceptUnix(this.#lfd); conn >= 0; conn = acceptUnix(this.#lfd)) {
-      const peer = identifyPeer(conn, this.#o.allowUids, this.metrics, this.#log, (pid, reason) =>
-        this.emit('rejected', { pid, reason }),
-      );
-      if (!peer) continue;
-      const p: Pending = { peer, timer: undefined, watch: { stop() {} } };
-      p.watch = watchFd(conn, { readable: true, disconnect: true }, () => this.#handshake(p));
-      p.timer = setTimeout(
-        () => this.#reject(p, `no handshake within ${this.#o.handshakeTimeoutMs} ms`),
-        this.#o.handshakeTimeoutMs,
-      );
-      this.#pending.add(p);
-    }
-  }
-
-  #reject(p: Pending, reason: string): void {
-    this.#settle(p);
-    this.#host.reject(p.peer, reason);
-  }
-
-  #settle(p: Pending): void {
-    p.watch.stop();
-    clearTimeout(p.timer);
-    this.#pending.delete(p);
-  }
-
-  #handshake(p: Pending): void {
-    let msg;
-    try {
-      // Firecracker sends the whole payload in one sendmsg, and a stream socket returns it whole to
-      // one recvmsg of this size; the fd arrives with its first byte.
-      msg = recvWithFds(p.peer.fd, 64 * 1024, 4);
-    } catch (e) {
-      this.#reject(p, (e as Error).message);
-      return;
-    }
-    if (msg === null) return;
-    this.#settle(p);
-    this.#host.open(p.peer, msg);
-  }
-
   /**
    * Stops accepting: the path goes first, then the backlog is accepted, because a peer that got in
    * has sent its uffd and would hang if dropped unread. Lets sessions (and handshakes) run until
@@ -209,25 +165,25 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
    */
   close(graceMs = this.#o.shutdownGraceMs): Promise<void> {
     this.#closing ??= (async () => {
-      this.#watch.stop();
+      const acceptor = this.#acceptor;
+      acceptor.stop();
       try {
         unlinkSync(this.socketPath);
       } catch {}
-      this.#acceptAll();
-      closeFd(this.#lfd);
+      acceptor.acceptAll();
+      closeFd(acceptor.listenFd);
       const host = this.#host;
-      if (host.sessions.size > 0 || this.#pending.size > 0) {
+      if (host.sessions.size > 0 || acceptor.pending > 0) {
         this.#log.info(
-          { sessions: host.sessions.size, handshakes: this.#pending.size, graceMs },
+          { sessions: host.sessions.size, handshakes: acceptor.pending, graceMs },
           'draining sessions',
         );
         // Handshakes that arrive during the grace period become sessions like any other.
         const end = performance.now() + graceMs;
-        while ((host.sessions.size > 0 || this.#pending.size > 0) && performance.now() < end)
+        while ((host.sessions.size > 0 || acceptor.pending > 0) && performance.now() < end)
           await new Promise((r) => setTimeout(r, 10));
       }
-      for (const p of [...this.#pending]) this.#handshake(p); // a handshake that arrived at the last moment
-      for (const p of [...this.#pending]) this.#reject(p, 'server shutting down');
+      acceptor.flush('server shutting down');
       host.abandon(graceMs);
       await host.parts.profileSaves.idle();
       await this.#metricsServer?.close();

@@ -2,7 +2,8 @@ import { parseArgs } from 'node:util';
 
 import { InvalidArgumentError } from '../../core/errors.js';
 import { parseDuration, parseSize } from '../../core/units.js';
-import { RestoreServer } from '../../runtime/restore-server.js';
+import type { ServeOptions } from '../../runtime/serve-options.js';
+import { Supervisor } from '../../runtime/supervisor/supervisor.js';
 import { verifyKey } from '../../store/signing.js';
 import { intOption, readKeyFile, required, UsageError, type Io } from '../common.js';
 
@@ -12,6 +13,11 @@ Serves a snapshot's memory over the Firecracker UFFD handshake: point Firecracke
 PUT /snapshot/load at it with {"mem_backend": {"backend_type": "Uffd", "backend_path": PATH}}.
 Pages are faulted in on demand from the stores (the first that delivers verified bytes wins); zero
 chunks are mapped without a fetch. Runs until SIGTERM or SIGINT, then drains live sessions.
+
+Runs as a supervisor and a worker process: the worker (handshakes, origins, decoding, fault threads)
+can crash or be killed without losing a VM: the supervisor holds every session's descriptors and
+hands them to a new worker, which serves on. An upgrade hands everything to a new serve (--take-over)
+or, under systemd, through its descriptor store (--fd-store): see docs/RELIABILITY.md.
 
 options:
   --store URL            a store (repeat for an ordered fallback list: directory, file://, s3://, http(s)://)
@@ -47,6 +53,20 @@ options:
                          Connections to each origin cover both (default: their sum)
   --no-hedge             do not hedge slow demand requests (by default a request to a remote origin not
                          answered by its recent p95 gets a second one; the first body wins)
+  --take-over            take every session over from the serve running on --socket (an upgrade in
+                         place: start the new version with this flag; the old one exits once the
+                         new one serves). Refused, with the old one serving on, when either cannot
+                         read the other's session state (LAZYSNAP_HANDOVER_REFUSED)
+  --fd-store             keep what a successor needs in systemd's file descriptor store (the unit's
+                         FileDescriptorStoreMax=), adopt what it hands back at start; on SIGTERM while
+                         systemd restarts the unit, hand sessions over instead of draining them
+  --restart-burst N      worker restarts within a minute made at once; beyond them the delay doubles
+                         from 100ms to 5s (default 10)
+  --standby              keep a second worker ready (snapshot open, warmed up): a crash is then answered
+                         in milliseconds instead of a process start (about half a second), for about
+                         95 MiB more resident memory
+  --no-supervisor        run the worker in this process (no crash isolation: a crash of serve
+                         hangs every VM it serves at its next missing page)
   --metrics-port N       serve Prometheus metrics on this port (default: off)
   --metrics-host HOST    address for metrics (default 127.0.0.1)
   --s3-endpoint URL      S3-compatible endpoint (also AWS_ENDPOINT_URL_S3)
@@ -101,6 +121,11 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       'fetch-concurrency': { type: 'string' },
       'prefetch-concurrency': { type: 'string' },
       'no-hedge': { type: 'boolean', default: false },
+      'take-over': { type: 'boolean', default: false },
+      'fd-store': { type: 'boolean', default: false },
+      'restart-burst': { type: 'string' },
+      standby: { type: 'boolean', default: false },
+      'no-supervisor': { type: 'boolean', default: false },
     },
     strict: true,
   });
@@ -123,55 +148,84 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
   const retries = intOption('retries', values.retries, 0, 10);
   const metricsPort = intOption('metrics-port', values['metrics-port'], 0, 65535);
   const socketGroup = intOption('socket-group', values['socket-group'], 0, 2 ** 32 - 2);
-  const server = await RestoreServer.start(
-    {
-      stores: values.store,
-      id: required(values, 'id'),
-      socketPath: required(values, 'socket'),
-      ...(values['s3-endpoint'] ? { s3Endpoint: values['s3-endpoint'] } : {}),
-      ...(values['cache-dir'] ? { cacheDir: values['cache-dir'] } : {}),
-      ...(values['cache-budget']
-        ? { cacheBudgetBytes: parseSize(values['cache-budget'], '--cache-budget', { allowZero: true }) }
-        : {}),
-      ...(values['memory-budget']
-        ? { memoryBudgetBytes: parseSize(values['memory-budget'], '--memory-budget', { allowZero: true }) }
-        : {}),
-      ...(values.readahead !== undefined
-        ? { readaheadBytes: parseSize(values.readahead, '--readahead', { allowZero: true }) }
-        : {}),
-      ...(values['profile-store'] !== undefined ? { profileStore: values['profile-store'] } : {}),
-      failClosed: values['fail-closed'] as 'auto',
-      prefetch: values.prefetch as 'auto',
-      fill: values.fill,
-      hedge: !values['no-hedge'],
-      ...(prefetchWindow !== undefined ? { prefetchWindow } : {}),
-      ...(fetchConcurrency !== undefined ? { fetchConcurrency } : {}),
-      ...(prefetchConcurrency !== undefined ? { prefetchConcurrency } : {}),
-      failTimeoutMs: parseDuration(values['fail-timeout'], '--fail-timeout'),
-      attemptTimeoutMs: parseDuration(values['attempt-timeout'], '--attempt-timeout'),
-      handshakeTimeoutMs: parseDuration(values['handshake-timeout'], '--handshake-timeout'),
-      shutdownGraceMs: parseDuration(values['shutdown-grace'], '--shutdown-grace'),
-      ...(retries !== undefined ? { retries } : {}),
-      ...(metricsPort !== undefined ? { metricsPort } : {}),
-      ...(values['metrics-host'] ? { metricsHost: values['metrics-host'] } : {}),
-      ...(values['allow-uid']
-        ? { allowUids: values['allow-uid'].map((u) => intOption('allow-uid', u, 0, 2 ** 32 - 2)!) }
-        : {}),
-      ...(socketGroup !== undefined ? { socketGroup } : {}),
-      ...(values['verify-key']
-        ? { verifyKey: verifyKey(readKeyFile('verify-key', values['verify-key']), '--verify-key') }
-        : {}),
-    },
-    signal,
-  );
-  io.err(
-    `lazysnap: serving ${values.id} on ${server.socketPath}${server.metricsPort !== undefined ? `, metrics on :${server.metricsPort}` : ''}\n`,
-  );
-  await new Promise<void>((resolve) => {
+  const restartBurst = intOption('restart-burst', values['restart-burst'], 0, 1000);
+  if (
+    values['no-supervisor'] &&
+    (values['take-over'] || values['fd-store'] || values.standby || restartBurst !== undefined)
+  )
+    throw new UsageError(
+      '--take-over, --fd-store, --standby and --restart-burst need the supervisor: drop --no-supervisor',
+    );
+  const options: ServeOptions = {
+    stores: values.store,
+    id: required(values, 'id'),
+    socketPath: required(values, 'socket'),
+    ...(values['s3-endpoint'] ? { s3Endpoint: values['s3-endpoint'] } : {}),
+    ...(values['cache-dir'] ? { cacheDir: values['cache-dir'] } : {}),
+    ...(values['cache-budget']
+      ? { cacheBudgetBytes: parseSize(values['cache-budget'], '--cache-budget', { allowZero: true }) }
+      : {}),
+    ...(values['memory-budget']
+      ? { memoryBudgetBytes: parseSize(values['memory-budget'], '--memory-budget', { allowZero: true }) }
+      : {}),
+    ...(values.readahead !== undefined
+      ? { readaheadBytes: parseSize(values.readahead, '--readahead', { allowZero: true }) }
+      : {}),
+    ...(values['profile-store'] !== undefined ? { profileStore: values['profile-store'] } : {}),
+    failClosed: values['fail-closed'] as 'auto',
+    prefetch: values.prefetch as 'auto',
+    fill: values.fill,
+    hedge: !values['no-hedge'],
+    ...(prefetchWindow !== undefined ? { prefetchWindow } : {}),
+    ...(fetchConcurrency !== undefined ? { fetchConcurrency } : {}),
+    ...(prefetchConcurrency !== undefined ? { prefetchConcurrency } : {}),
+    failTimeoutMs: parseDuration(values['fail-timeout'], '--fail-timeout'),
+    attemptTimeoutMs: parseDuration(values['attempt-timeout'], '--attempt-timeout'),
+    handshakeTimeoutMs: parseDuration(values['handshake-timeout'], '--handshake-timeout'),
+    shutdownGraceMs: parseDuration(values['shutdown-grace'], '--shutdown-grace'),
+    ...(retries !== undefined ? { retries } : {}),
+    ...(metricsPort !== undefined ? { metricsPort } : {}),
+    ...(values['metrics-host'] ? { metricsHost: values['metrics-host'] } : {}),
+    ...(values['allow-uid']
+      ? { allowUids: values['allow-uid'].map((u) => intOption('allow-uid', u, 0, 2 ** 32 - 2)!) }
+      : {}),
+    ...(socketGroup !== undefined ? { socketGroup } : {}),
+    ...(values['verify-key']
+      ? { verifyKey: verifyKey(readKeyFile('verify-key', values['verify-key']), '--verify-key') }
+      : {}),
+  };
+  const stopped = new Promise<void>((resolve) => {
     if (!signal) return;
     if (signal.aborted) resolve();
     signal.addEventListener('abort', () => resolve(), { once: true });
   });
-  await server.close();
+  if (values['no-supervisor']) {
+    // Imported here: the supervisor process never loads the stores, the fetcher or the decoders.
+    const { RestoreServer } = await import('../../runtime/restore-server.js');
+    const server = await RestoreServer.start(options, signal);
+    io.err(`lazysnap: serving ${values.id} on ${server.socketPath}${metricsNote(server.metricsPort)}\n`);
+    await stopped;
+    await server.close();
+    return 0;
+  }
+  const sup = await Supervisor.start(
+    {
+      ...options,
+      takeOver: values['take-over'],
+      fdStore: values['fd-store'],
+      standby: values.standby,
+      ...(restartBurst !== undefined ? { restartBurst } : {}),
+    },
+    signal,
+  );
+  io.err(`lazysnap: serving ${values.id} on ${sup.socketPath}${metricsNote(sup.metricsPort)}\n`);
+  // Ends on a signal (drain, or a handover to systemd's next instance), on a handover to a successor
+  // (--take-over), or when no worker can serve (done rejects: exit 1 with its error).
+  await Promise.race([stopped.then(() => sup.stop()), sup.done]);
+  await sup.done;
   return 0;
+}
+
+function metricsNote(port: number | undefined): string {
+  return port !== undefined ? `, metrics on :${port}` : '';
 }

@@ -38,7 +38,7 @@ import { writeZeroRichImage } from '../../bench/lib/image.js';
 import { memoryCgroup, type MemoryCgroup } from './cgroup.js';
 import { fakeOrigin, zstdBomb, type Fault } from './fault-origin.js';
 import { snapshotTo } from './serve.js';
-import { fdKinds, startServe, until, type LogLine, type ServeProcess } from './serve-process.js';
+import { startServe, until, type FdKinds, type LogLine, type ServeProcess } from './serve-process.js';
 import { startPeer, type Peer, type PeerResult, type ReadReport } from './uffd-peer.js';
 
 const PAGE = 4096;
@@ -200,7 +200,7 @@ export interface ChaosResult {
     /** baseline + memory budget + fetch buffers + clients x ACTIVE_SESSION_BYTES + SLACK_BYTES. */
     boundBytes: number;
   };
-  fds: { before: ReturnType<typeof fdKinds>; after: ReturnType<typeof fdKinds>; settledMs: number | null };
+  fds: { before: FdKinds; after: FdKinds; settledMs: number | null };
   elapsedMs: number;
   config: Required<Omit<ChaosOptions, 'dir' | 'onSample' | 'scenarios'>> & { scenarios: Scenario[] };
 }
@@ -219,7 +219,7 @@ export const LOADER_THREAD_BYTES = 32 * MiB;
 /** serve's default loader threads (runtime/serve-options.ts). */
 export const LOADER_THREADS = Math.min(4, availableParallelism());
 
-export const nonTcp = (k: ReturnType<typeof fdKinds>) => k.uffd + k.pidfd + k.unix + k.file + k.other;
+export const nonTcp = (k: FdKinds) => k.uffd + k.pidfd + k.memfd + k.unix + k.file + k.other;
 
 /** A small seeded PRNG (mulberry32): the driver's choices replay from --seed. */
 function rng(seed: number) {
@@ -604,7 +604,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
     const sp = serve;
     await new Promise((res) => setTimeout(res, 500)); // startup garbage settles before the baseline
     const baseline = sp.rssBytes();
-    const before = fdKinds(sp.pid);
+    const before = sp.fdKinds();
 
     const finished: Finished[] = [];
     const samples: ChaosSample[] = [];
@@ -692,12 +692,12 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
 
     // Sessions end when serve reads each peer's EOF; their fds close then, asynchronously.
     const tSettle = performance.now();
-    const settled = await until(() => nonTcp(fdKinds(sp.pid)) === nonTcp(before), 15_000, 50);
+    const settled = await until(() => nonTcp(sp.fdKinds()) === nonTcp(before), 15_000, 50);
     const started = () => sp.logs.filter((l) => l.msg === 'restore session started').length;
     const summaries = () => sp.logs.filter((l) => l.msg === 'restore session summary').length;
     await until(() => summaries() >= started(), 10_000, 50);
     clearInterval(sampler);
-    const after = fdKinds(sp.pid);
+    const after = sp.fdKinds();
     const finalBytes = sp.rssBytes();
     const hwmBytes = sp.peakRssBytes();
     peak = Math.max(peak, finalBytes);

@@ -3,6 +3,10 @@
  * pino JSON log parsed line by line, so fault suites can signal it, restart it, count its open fds
  * and RSS from /proc, and assert on exactly the log lines a fault produced. Every process still
  * running when the test process exits is SIGKILLed, so a failed test leaves no serve behind.
+ *
+ * serve is a supervisor and its worker process(es) (runtime/supervisor/): `pid` is the supervisor's,
+ * `workerPid()` the serving worker's, and the fd and memory figures cover all of them (what the
+ * operator's serve costs), unless a pid is named.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -29,11 +33,20 @@ export interface ServeProcess {
   problems(): LogLine[];
   /** Resolves with the first line (already seen or to come) that matches. */
   waitForLog(match: (l: LogLine) => boolean, timeoutMs?: number, what?: string): Promise<LogLine>;
-  /** Open fds of the serve process (/proc/<pid>/fd). */
+  /** The supervisor and its live worker processes. */
+  pids(): number[];
+  /** The worker serving now, from the supervisor's log (undefined with --no-supervisor). */
+  workerPid(): number | undefined;
+  /** Open fds of the serve processes (/proc/<pid>/fd). */
   fdCount(): number;
-  /** Resident set size in bytes (/proc/<pid>/status VmRSS). */
+  /** Open fds by kind, over the serve processes. */
+  fdKinds(): FdKinds;
+  /** Resident set size in bytes, over the serve processes (/proc/<pid>/status VmRSS). */
   rssBytes(): number;
-  /** The peak resident set size so far (/proc/<pid>/status VmHWM): catches a spike between samples. */
+  /**
+   * The peak resident set size so far, over the live serve processes (VmHWM of each): catches a spike
+   * between samples.
+   */
   peakRssBytes(): number;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** Sends `signal` (default SIGTERM) and waits for the exit. */
@@ -125,11 +138,18 @@ export async function startServe(
     text: () => text,
     problems: () => logs.filter((l) => l.level >= WARN),
     waitForLog,
-    fdCount: () => readdirSync(`/proc/${pid}/fd`).length,
-    rssBytes: () =>
-      Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) * 1024,
-    peakRssBytes: () =>
-      Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) * 1024,
+    pids: () => [pid, ...childPids(pid)],
+    workerPid: () => {
+      for (let i = logs.length - 1; i >= 0; i--) {
+        const l = logs[i]!;
+        if (l.component === 'runtime.supervisor' && WORKER_LINES.has(l.msg)) return l.worker as number;
+      }
+      return undefined;
+    },
+    fdCount: () => proc.pids().reduce((n, p) => n + countFds(p), 0),
+    fdKinds: () => sumKinds(proc.pids().map((p) => fdKinds(p))),
+    rssBytes: () => proc.pids().reduce((n, p) => n + statusKb(p, 'VmRSS') * 1024, 0),
+    peakRssBytes: () => proc.pids().reduce((n, p) => n + statusKb(p, 'VmHWM') * 1024, 0),
     exited,
     async stop(signal = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
@@ -148,6 +168,52 @@ export async function startServe(
     throw e;
   });
   return proc;
+}
+
+/** The supervisor's lines that name the worker serving from then on. */
+const WORKER_LINES = new Set([
+  'serving',
+  'worker restarted',
+  'standby promoted',
+  'took over',
+  'serving again after a failed handover',
+]);
+
+/** A process's children (/proc/<pid>/task/<pid>/children); none once it is gone. */
+export function childPids(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number);
+  } catch {
+    return [];
+  }
+}
+
+function countFds(pid: number): number {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).length;
+  } catch {
+    return 0; // exited while we looked
+  }
+}
+
+function statusKb(pid: number, field: string): number {
+  try {
+    return Number(
+      new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0,
+    );
+  } catch {
+    return 0;
+  }
+}
+
+function sumKinds(all: FdKinds[]): FdKinds {
+  const n: FdKinds = { uffd: 0, pidfd: 0, memfd: 0, unix: 0, tcp: 0, file: 0, other: 0 };
+  for (const k of all) for (const key of Object.keys(n) as (keyof FdKinds)[]) n[key] += k[key];
+  return n;
 }
 
 /** Polls `f` until it returns true or `timeoutMs` passes (counters and fds settle asynchronously). */
@@ -169,11 +235,21 @@ export function bounded<T>(p: Promise<T>, ms: number, what: string): Promise<T> 
   return Promise.race([p, expiry]).finally(() => clearTimeout(t));
 }
 
+export type FdKinds = Record<'uffd' | 'pidfd' | 'memfd' | 'unix' | 'tcp' | 'file' | 'other', number>;
+
 /**
- * The fds a process holds, by kind: userfaultfds and pidfds (one each per live session), Unix
- * sockets (the listener and one per connection), TCP sockets (origin connections), files, other.
+ * The fds a process holds, by kind: userfaultfds and pidfds (one each per live session), memfds (a
+ * session's state, a worker's activity page), Unix sockets (the listener, one per connection, a
+ * supervisor's links), TCP sockets (origin connections), files, other. All zero once it is gone.
  */
-export function fdKinds(pid: number): Record<'uffd' | 'pidfd' | 'unix' | 'tcp' | 'file' | 'other', number> {
+export function fdKinds(pid: number): FdKinds {
+  const n: FdKinds = { uffd: 0, pidfd: 0, memfd: 0, unix: 0, tcp: 0, file: 0, other: 0 };
+  let fds: string[];
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return n;
+  }
   const unix = new Set(
     readFileSync(`/proc/${pid}/net/unix`, 'utf8')
       .split('\n')
@@ -181,8 +257,7 @@ export function fdKinds(pid: number): Record<'uffd' | 'pidfd' | 'unix' | 'tcp' |
       .map((l) => l.trim().split(/\s+/)[6])
       .filter(Boolean),
   );
-  const n = { uffd: 0, pidfd: 0, unix: 0, tcp: 0, file: 0, other: 0 };
-  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+  for (const fd of fds) {
     let target: string;
     try {
       target = readlinkSync(`/proc/${pid}/fd/${fd}`);
@@ -192,6 +267,7 @@ export function fdKinds(pid: number): Record<'uffd' | 'pidfd' | 'unix' | 'tcp' |
     const sock = /^socket:\[(\d+)\]$/.exec(target);
     if (target === 'anon_inode:[userfaultfd]') n.uffd++;
     else if (target === 'anon_inode:[pidfd]') n.pidfd++;
+    else if (target.startsWith('/memfd:')) n.memfd++;
     else if (sock) n[unix.has(sock[1]!) ? 'unix' : 'tcp']++;
     else if (target.startsWith('/')) n.file++;
     else n.other++;

@@ -16,7 +16,15 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 import { startClient, type ClientResult, type RunningClient } from './fc-client.js';
 import { snapshotTo } from './serve.js';
-import { bounded, fdKinds, startServe, until, type LogLine, type ServeProcess } from './serve-process.js';
+import {
+  bounded,
+  fdKinds,
+  startServe,
+  until,
+  type FdKinds,
+  type LogLine,
+  type ServeProcess,
+} from './serve-process.js';
 
 export interface SoakOptions {
   /** A private directory for the store, sockets and cache. */
@@ -68,7 +76,7 @@ export interface SoakResult {
   };
   /** serve's V8 heap (committed and used), idle before the load and right after it: part of what RSS holds beyond the budget. */
   jsHeap: { baseline: HeapFigures | null; end: HeapFigures | null };
-  fds: { before: ReturnType<typeof fdKinds>; after: ReturnType<typeof fdKinds>; settledMs: number | null };
+  fds: { before: FdKinds; after: FdKinds; settledMs: number | null };
   serveExit: { code: number | null; signal: NodeJS.Signals | null };
   samples: SoakSample[];
   elapsedMs: number;
@@ -87,7 +95,8 @@ const rssNow = (s: ServeProcess) => s.rssBytes();
  */
 async function heapOf(serve: ServeProcess, dir: string): Promise<HeapFigures | null> {
   for (const f of readdirSync(dir)) rmSync(path.join(dir, f));
-  serve.child.kill('SIGUSR2');
+  // The worker holds the sessions and their heap (the supervisor has neither).
+  process.kill(serve.workerPid() ?? serve.pid, 'SIGUSR2');
   // The report is written in pieces: poll until the file parses whole.
   let r: { javascriptHeap: { totalMemory: number; usedMemory: number } } | undefined;
   const parsed = () => {
@@ -102,7 +111,7 @@ async function heapOf(serve: ServeProcess, dir: string): Promise<HeapFigures | n
   if (!(await until(parsed, 5000))) return null;
   return { totalBytes: r!.javascriptHeap.totalMemory, usedBytes: r!.javascriptHeap.usedMemory };
 }
-const nonTcp = (k: ReturnType<typeof fdKinds>) => k.uffd + k.pidfd + k.unix + k.file + k.other;
+const nonTcp = (k: FdKinds) => k.uffd + k.pidfd + k.memfd + k.unix + k.file + k.other;
 
 export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   const storeDir = path.join(o.dir, 'store');
@@ -140,7 +149,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   try {
     await sleep(500); // let startup garbage settle before the baseline
     const baseline = rssNow(serve);
-    const before = fdKinds(serve.pid);
+    const before = serve.fdKinds();
     const base = ['--socket', serve.socket, '--image', o.image, '--threads', '1', '--order', 'random'];
 
     // Per-session overhead: N clients connected (handshake done), nothing faulted yet.
@@ -150,7 +159,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
     for (const c of idle) clients.add(c);
     await bounded(Promise.all(idle.map((c) => c.ready)), 60_000, 'idle handshakes');
     // A session exists once serve has read the handshake: its uffd is then open there.
-    await until(() => fdKinds(serve.pid).uffd === o.concurrency, 10_000);
+    await until(() => fdKinds(serve.workerPid() ?? serve.pid).uffd === o.concurrency, 10_000);
     await sleep(300);
     const idleSessions = rssNow(serve);
     const perSession = Math.max(0, (idleSessions - baseline) / o.concurrency);
@@ -200,11 +209,11 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
     const elapsedMs = performance.now() - t0;
     // Sessions end when serve reads each client's EOF; their fds close then (asynchronously).
     const tSettle = performance.now();
-    const settled = await until(() => nonTcp(fdKinds(serve.pid)) === nonTcp(before), 15_000, 50);
+    const settled = await until(() => nonTcp(serve.fdKinds()) === nonTcp(before), 15_000, 50);
     const summaries = () => serve.logs.filter((l) => l.msg === 'restore session summary').length;
     await until(() => summaries() >= results.length, 10_000, 50);
     clearInterval(sampler);
-    const after = fdKinds(serve.pid);
+    const after = serve.fdKinds();
     const finalBytes = rssNow(serve);
     peak = Math.max(peak, finalBytes);
     const heapEnd = await heapOf(serve, reports);

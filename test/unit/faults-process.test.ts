@@ -22,7 +22,7 @@ import {
 } from '../helpers/fault-case.js';
 import { repoRoot } from '../helpers/fixtures.js';
 import { tempDir } from '../helpers/images.js';
-import { bounded, fdKinds, startServe, until, type ServeProcess } from '../helpers/serve-process.js';
+import { bounded, startServe, until, type ServeProcess } from '../helpers/serve-process.js';
 import { hasUffd, uffdSuite } from '../helpers/skip.js';
 
 /** What each thread of a process is blocked in (/proc/<pid>/task/<tid>/wchan). */
@@ -66,7 +66,7 @@ describe.skipIf(!hasUffd)(uffdSuite('faults: processes'), () => {
     );
     cleanup.push(o.close);
     const s = (serve = await startServe(socket(), ['--store', o.url, '--id', snap.id]));
-    const before = fdKinds(s.pid);
+    const before = s.fdKinds();
     const c = client([]);
     c.release();
     expect(await until(() => chunkRequests === 1)).toBe(true); // its first fault now waits on the slow fetch
@@ -76,7 +76,7 @@ describe.skipIf(!hasUffd)(uffdSuite('faults: processes'), () => {
     expect(line.waiting).toEqual([expect.any(Number)]);
     // uffd, pidfd and the connection are closed as the session ends (asynchronously: poll).
     const settled = () => {
-      const now = fdKinds(s.pid);
+      const now = s.fdKinds();
       return now.uffd === 0 && now.pidfd === 0 && now.unix === before.unix;
     };
     expect(await until(settled)).toBe(true);
@@ -181,8 +181,11 @@ describe.skipIf(!hasUffd)(uffdSuite('faults: processes'), () => {
       ok: true,
       mismatches: 0,
     });
+    // SIGKILL of serve is of its supervisor: the worker it started sees the link close and exits.
+    const procs = first.pids();
     first.child.kill('SIGKILL');
     await first.exited;
+    expect(await until(() => procs.every((p) => !existsSync(`/proc/${p}`)), 5000)).toBe(true);
     midway.go();
     // Every toucher thread of the client blocks in the kernel's userfaultfd handler: its uffd is
     // alive (the client keeps its copy, as Firecracker does) but nobody reads it any more.

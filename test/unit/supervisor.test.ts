@@ -1,0 +1,260 @@
+/**
+ * Issue 13: a crash of the worker that serves restores loses no VM (runtime/supervisor/). Real
+ * processes throughout: `lazysnap serve` through the CLI (supervisor and worker), Firecracker-exact
+ * clients (test/fixtures/fc-client.c), s3rver behind a delay proxy as the S3-like origin, and SIGKILL
+ * for the crashes. The decoder crash and the kill between a REMOVE and its application are test-build
+ * triggers (LAZYSNAP_NATIVE_BUILD=test): a crash cannot be caused on demand otherwise.
+ */
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+
+import { startDelayProxy, type DelayProxy } from '../../bench/lib/delay-proxy.js';
+import { createSnapshot } from '../../snapshotter/snapshot.js';
+import { openMemoryFile } from '../../snapshotter/source.js';
+import { chunkCodec, chunkHash, parseManifest } from '../../store/manifest.js';
+import { chunkKey } from '../../store/keys.js';
+import { S3Store } from '../../store/s3-store.js';
+import { startClient, type ClientResult, type RunningClient } from '../helpers/fc-client.js';
+import { makeImage, tempDir, type TestImage } from '../helpers/images.js';
+import { S3RVER_CREDENTIALS, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
+import {
+  bounded,
+  fdKinds,
+  startServe,
+  until,
+  type FdKinds,
+  type ServeProcess,
+} from '../helpers/serve-process.js';
+import { snapshotTo } from '../helpers/serve.js';
+import { hasUffd, uffdSuite } from '../helpers/skip.js';
+
+const MiB = 1024 * 1024;
+const CS = 512 * 1024;
+const PAGE = 4096;
+const CLIENT_BOUND_MS = 180_000;
+
+/** What a leak would show: every descriptor kind but origin connections (TCP), which come and go. */
+const held = (k: FdKinds) => ({ uffd: k.uffd, pidfd: k.pidfd, memfd: k.memfd, unix: k.unix, file: k.file });
+
+function expectAllVerified(r: ClientResult, image: TestImage): void {
+  expect(r.stderr).toBe('');
+  expect(r.code).toBe(0);
+  expect(r.report).toMatchObject({ ok: true, mismatches: 0, pagesVerified: image.bytes.length / PAGE });
+}
+
+describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM'), () => {
+  let tmp: ReturnType<typeof tempDir>;
+  const cleanup: (() => Promise<unknown> | void)[] = [];
+  beforeAll(() => {
+    tmp = tempDir('lazysnap-supervisor-');
+  });
+  afterEach(async () => {
+    for (const c of cleanup.splice(0).reverse()) await c();
+  });
+  afterAll(() => tmp.cleanup());
+
+  const clientsOf = (sock: string, image: TestImage, n: number, extra: (i: number) => string[]) =>
+    Array.from({ length: n }, (_, i) => {
+      const c = startClient([
+        '--socket',
+        sock,
+        '--image',
+        image.path,
+        '--threads',
+        '2',
+        '--order',
+        'random',
+        '--seed',
+        String(i + 1),
+        ...extra(i),
+      ]);
+      cleanup.push(() => void c.child.kill('SIGKILL'));
+      c.release();
+      return c;
+    });
+
+  describe('from an S3-like origin', () => {
+    let s3: S3rverHandle;
+    let proxy: DelayProxy;
+    let image: TestImage;
+    const envKeys = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_REGION'] as const;
+    const saved: Record<string, string | undefined> = {};
+    beforeAll(async () => {
+      image = makeImage(tmp.dir, 96 * MiB, CS, { zeroEvery: 7, name: 's3.bin' });
+      s3 = await startS3rver('snaps');
+      for (const k of envKeys) saved[k] = process.env[k];
+      Object.assign(process.env, {
+        AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
+        AWS_REGION: 'us-east-1',
+      });
+      const src = await openMemoryFile(image.path);
+      await createSnapshot({
+        source: src,
+        store: new S3Store({ bucket: 'snaps', prefix: 'prod', endpoint: s3.endpoint }),
+        id: 'vm',
+        chunkSize: CS,
+      });
+      await src.close();
+      // S3 seen from a VM host: every answer's first byte late, every connection paced.
+      const u = new URL(s3.endpoint);
+      proxy = await startDelayProxy({
+        target: { host: u.hostname, port: Number(u.port) },
+        firstByteMs: 20,
+        bytesPerSecond: 1.5e6,
+      });
+    }, 120_000);
+    afterAll(async () => {
+      await proxy?.close();
+      await s3?.stop();
+      for (const k of envKeys) saved[k] === undefined ? delete process.env[k] : (process.env[k] = saved[k]);
+    });
+
+    it('8 clients mid-restore, the worker SIGKILLed 20 times at random moments: every page verified, ballooned pages zero, no fd left behind', async () => {
+      const sock = path.join(tmp.dir, 'run-kills', 'fc.sock');
+      const sp = await startServe(sock, [
+        '--store',
+        's3://snaps/prod',
+        '--s3-endpoint',
+        proxy.url,
+        '--id',
+        'vm',
+        '--prefetch',
+        'off',
+        // 20 deaths in well under a minute: answered at once, which is the point of the test.
+        '--restart-burst',
+        '30',
+      ]);
+      cleanup.push(() => sp.stop());
+      const baseline = held(fdKinds(sp.pid));
+      // Two clients balloon a range after their restore, so REMOVEs race some of the kills too.
+      const clients = clientsOf(sock, image, 8, (i) =>
+        i % 4 === 0 ? ['--balloon', `${8 * MiB}:${2 * MiB}`] : [],
+      );
+      let running = clients.length;
+      for (const c of clients) void c.result.then(() => running--);
+
+      let kills = 0;
+      let lastWorker: number | undefined;
+      const rng = mulberry32(13);
+      while (kills < 20 && running > 0) {
+        // The next worker must be serving (a line naming it) before it is killed in turn.
+        const ok = await until(() => {
+          const w = sp.workerPid();
+          return w !== undefined && w !== lastWorker;
+        }, 30_000);
+        expect(ok, 'a worker serving again after a kill').toBe(true);
+        await sleep(50 + rng() * 400);
+        if (running === 0) break;
+        lastWorker = sp.workerPid()!;
+        process.kill(lastWorker, 'SIGKILL');
+        kills++;
+      }
+      expect(kills, 'the clients were still restoring at the 20th kill').toBe(20);
+
+      const results = await bounded(Promise.all(clients.map((c) => c.result)), CLIENT_BOUND_MS, 'clients');
+      for (const [i, r] of results.entries()) {
+        expectAllVerified(r, image);
+        if (i % 4 === 0)
+          expect(r.report!.balloon).toEqual({ zeroPages: 512, nonZeroPages: 0, outsideOk: true });
+      }
+      const deaths = sp.logs.filter((l) => l.msg.startsWith('the worker died'));
+      expect(deaths).toHaveLength(20);
+      expect(deaths.every((l) => l.signal === 'SIGKILL')).toBe(true);
+      expect(sp.logs.filter((l) => l.msg === 'restore session adopted').length).toBeGreaterThan(0);
+
+      // Every session ended (clients exited): the supervisor holds what it held before them.
+      const settled = await until(
+        () => JSON.stringify(held(fdKinds(sp.pid))) === JSON.stringify(baseline),
+        10_000,
+      );
+      expect(held(fdKinds(sp.pid))).toEqual(baseline);
+      expect(settled).toBe(true);
+      // And the worker serving now holds no session's descriptors.
+      expect(fdKinds(sp.workerPid()!)).toMatchObject({ uffd: 0, pidfd: 0 });
+      expect(await sp.stop()).toEqual({ code: 0, signal: null });
+    }, 300_000);
+  });
+
+  describe('test-build triggers', () => {
+    let image: TestImage;
+    let store: string;
+    beforeAll(async () => {
+      image = makeImage(tmp.dir, 24 * MiB, CS, { zeroEvery: 5, name: 'local.bin' });
+      store = path.join(tmp.dir, 'store');
+      await snapshotTo(store, image.path, 'vm', CS);
+    });
+    const TEST_BUILD = { LAZYSNAP_NATIVE_BUILD: 'test' };
+
+    it('a balloon REMOVE the worker read, then died before applying: the next worker applies it, the pages read zero', async () => {
+      const sock = path.join(tmp.dir, 'run-balloon', 'fc.sock');
+      const sp = await startServe(sock, ['--store', store, '--id', 'vm'], {
+        env: { ...TEST_BUILD, LAZYSNAP_TEST_DIE_ON_REMOVE: '1' },
+      });
+      cleanup.push(() => sp.stop());
+      const [c] = clientsOf(sock, image, 1, () => ['--balloon', `${4 * MiB}:${3 * MiB}`]);
+      const r = await bounded(c!.result, CLIENT_BOUND_MS, 'client');
+      expectAllVerified(r, image);
+      expect(r.report!.balloon).toEqual({ zeroPages: (3 * MiB) / PAGE, nonZeroPages: 0, outsideOk: true });
+      // The trigger fired: the worker died on the REMOVE, and the session was adopted with it.
+      const death = sp.logs.find((l) => l.msg.startsWith('the worker died'));
+      expect(death).toMatchObject({ signal: 'SIGKILL', sessions: 1 });
+      expect(sp.logs.some((l) => l.msg === 'restore session adopted')).toBe(true);
+    });
+
+    it('a chunk that crashes the decoder every time: its session fails closed after a bounded number of restarts, the others finish', async () => {
+      // Chunk 9 (not a zero chunk) is replaced by an object that crashes the test build's loader.
+      const bad = 9;
+      const ix = parseManifest(readFileSync(path.join(store, 'manifests', 'vm.json')));
+      const file = path.join(store, chunkKey(chunkHash(ix, bad)!, chunkCodec(ix, bad)!));
+      expect(existsSync(file)).toBe(true);
+      const original = readFileSync(file);
+      writeFileSync(file, Buffer.concat([Buffer.from('LAZYSNAP-TEST-CRASH'), original.subarray(19)]));
+      cleanup.push(() => writeFileSync(file, original));
+
+      const sock = path.join(tmp.dir, 'run-crash', 'fc.sock');
+      const sp = await startServe(sock, ['--store', store, '--id', 'vm', '--fail-closed', 'kill'], {
+        env: TEST_BUILD,
+      });
+      cleanup.push(() => sp.stop());
+      const avoid = `${bad * CS}:${CS}`;
+      const others = clientsOf(sock, image, 3, () => ['--avoid', avoid, '--threads', '1']);
+      const victim: RunningClient = clientsOf(sock, image, 1, () => [])[0]!;
+      const v = await bounded(victim.result, CLIENT_BOUND_MS, 'the client that needs the bad chunk');
+      expect(v.signal).toBe('SIGKILL'); // failed closed, never left hung
+      for (const o of others) {
+        const r = await bounded(o.result, CLIENT_BOUND_MS, 'client');
+        expect(r.stderr).toBe('');
+        expect(r.report).toMatchObject({ ok: true, mismatches: 0 });
+        expect(r.report!.pagesVerified).toBe(image.bytes.length / PAGE - CS / PAGE);
+      }
+      const deaths = sp.logs.filter((l) => l.msg.startsWith('the worker died'));
+      // Bounded: as many deaths as it takes to name the chunk (3), not a crash loop.
+      expect(deaths.length).toBe(3);
+      expect(deaths.every((l) => l.signal === 'SIGSEGV')).toBe(true);
+      expect(deaths.at(-1)!.inFlight).toEqual([bad]);
+      expect(
+        sp.logs.some((l) => JSON.stringify(l).includes(`chunk ${bad} was being decoded each of the 3 times`)),
+      ).toBe(true);
+      // serve goes on: a new client that avoids the chunk restores.
+      const [late] = clientsOf(sock, image, 1, () => ['--avoid', avoid]);
+      expect((await bounded(late!.result, CLIENT_BOUND_MS, 'late client')).report).toMatchObject({
+        ok: true,
+      });
+    });
+  });
+});
+
+/** A small seeded generator: the kill moments are random but the same in every run. */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
