@@ -89,9 +89,17 @@ export class Acceptor {
     return out;
   }
 
+  /**
+   * Receives every handshake that has already arrived, now rather than on the next turn of the
+   * event loop: a drain that starts must count the connections the kernel completed before it.
+   */
+  receiveArrived(): void {
+    for (const p of [...this.#pending]) this.#receive(p);
+  }
+
   /** Receives what has arrived, then refuses every connection still waiting (a shutdown). */
   flush(reason: string): void {
-    for (const p of [...this.#pending]) this.#receive(p);
+    this.receiveArrived();
     for (const p of [...this.#pending]) this.#refuse(p, reason);
   }
 

@@ -185,10 +185,15 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     const log = (o.logger ?? componentLogger('runtime.supervisor')).child({ snapshotId: o.id });
     const s = new Supervisor(o, options, log);
     try {
-      const w = await s.#startWorker(false, signal);
-      s.#served(w, undefined);
-      if (options.takeOver) await s.#takeOver();
-      else {
+      // A successor's worker starts as a standby: the metrics port is its predecessor's until the
+      // handover, and it is promoted (and binds it) once it has every session.
+      const w = await s.#startWorker(options.takeOver === true, signal);
+      if (options.takeOver) {
+        s.#spare = undefined;
+        s.#worker = s.#serving = w;
+        await s.#takeOver();
+      } else {
+        s.#served(w, undefined);
         const stored = options.fdStore ? takeListenFds() : new Map<string, number[]>();
         s.#listen(stored.get('listen')?.[0]);
         stored.delete('listen');
@@ -639,6 +644,8 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     acceptor?.stop();
     this.#unlinkPaths();
     acceptor?.acceptAll();
+    // Handshakes already queued are handed to the worker before the drain message, so it counts them.
+    acceptor?.receiveArrived();
     this.#log.info({ sessions: this.#conns.size, graceMs }, 'draining sessions');
     const w = this.#worker;
     if (w && w.readyAt !== undefined) {
@@ -670,8 +677,13 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     clearTimeout(bound);
   }
 
+  /** Removes the paths this serve listens on (never another serve's: a refused successor owns none). */
   #unlinkPaths(): void {
-    for (const p of [this.#o.socketPath, controlPath(this.#o.socketPath)]) {
+    const mine = [
+      ...(this.#acceptor ? [this.#o.socketPath] : []),
+      ...(this.#ctlFd !== undefined ? [controlPath(this.#o.socketPath)] : []),
+    ];
+    for (const p of mine) {
       try {
         if (lstatSync(p).isSocket()) unlinkSync(p);
       } catch {}
@@ -685,9 +697,9 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     this.#spare?.kill();
     this.#acceptor?.stop();
     this.#ctlWatch?.stop();
+    if (!opts.keepSocket) this.#unlinkPaths();
     if (this.#ctlFd !== undefined) closeFd(this.#ctlFd);
     this.#ctlFd = undefined;
-    if (!opts.keepSocket) this.#unlinkPaths();
     if (this.#acceptor) {
       for (const p of this.#acceptor.takePending()) (closeFd(p.fd), closeFd(p.pidfd));
       closeFd(this.#acceptor.listenFd);

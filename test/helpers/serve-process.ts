@@ -10,7 +10,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 
 import { repoRoot } from './fixtures.js';
 
@@ -48,6 +48,11 @@ export interface ServeProcess {
    * between samples.
    */
   peakRssBytes(): number;
+  /**
+   * Resets every serve process's VmHWM to its current RSS (/proc/<pid>/clear_refs, 5): a peak read
+   * later then covers only what ran since, not start-up (each process's own module-loading peak).
+   */
+  resetPeakRss(): void;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** Sends `signal` (default SIGTERM) and waits for the exit. */
   stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
@@ -150,6 +155,13 @@ export async function startServe(
     fdKinds: () => sumKinds(proc.pids().map((p) => fdKinds(p))),
     rssBytes: () => proc.pids().reduce((n, p) => n + statusKb(p, 'VmRSS') * 1024, 0),
     peakRssBytes: () => proc.pids().reduce((n, p) => n + statusKb(p, 'VmHWM') * 1024, 0),
+    resetPeakRss: () => {
+      for (const p of proc.pids()) {
+        try {
+          writeFileSync(`/proc/${p}/clear_refs`, '5');
+        } catch {} // gone since listed, or not ours to reset: the peak then includes start-up
+      }
+    },
     exited,
     async stop(signal = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);

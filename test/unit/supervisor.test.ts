@@ -14,6 +14,15 @@ import { startDelayProxy, type DelayProxy } from '../../bench/lib/delay-proxy.js
 import { createSnapshot } from '../../snapshotter/snapshot.js';
 import { openMemoryFile } from '../../snapshotter/source.js';
 import { chunkCodec, chunkHash, parseManifest } from '../../store/manifest.js';
+import { closeFd, connectUnix } from '../../native/index.js';
+import {
+  HANDOVER_VERSION,
+  ownVersions,
+  type ToNew,
+  type ToOld,
+  type Versions,
+} from '../../runtime/supervisor/handover.js';
+import { Link } from '../../runtime/supervisor/link.js';
 import { chunkKey } from '../../store/keys.js';
 import { S3Store } from '../../store/s3-store.js';
 import { startClient, type ClientResult, type RunningClient } from '../helpers/fc-client.js';
@@ -27,6 +36,7 @@ import {
   type FdKinds,
   type ServeProcess,
 } from '../helpers/serve-process.js';
+import { startFdStore } from '../helpers/fd-store.js';
 import { snapshotTo } from '../helpers/serve.js';
 import { hasUffd, uffdSuite } from '../helpers/skip.js';
 
@@ -91,12 +101,14 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
         AWS_REGION: 'us-east-1',
       });
       const src = await openMemoryFile(image.path);
-      await createSnapshot({
-        source: src,
-        store: new S3Store({ bucket: 'snaps', prefix: 'prod', endpoint: s3.endpoint }),
-        id: 'vm',
-        chunkSize: CS,
-      });
+      // "other" (the same memory under another id) is what a serve that cannot adopt "vm" serves.
+      for (const id of ['vm', 'other'])
+        await createSnapshot({
+          source: src,
+          store: new S3Store({ bucket: 'snaps', prefix: 'prod', endpoint: s3.endpoint }),
+          id,
+          chunkSize: CS,
+        });
       await src.close();
       // S3 seen from a VM host: every answer's first byte late, every connection paced.
       const u = new URL(s3.endpoint);
@@ -176,6 +188,180 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
       expect(fdKinds(sp.workerPid()!)).toMatchObject({ uffd: 0, pidfd: 0 });
       expect(await sp.stop()).toEqual({ code: 0, signal: null });
     }, 300_000);
+    it('an upgrade during 8 restores: a new serve (--take-over) takes every session, the old one exits 0, all finish verified', async () => {
+      const sock = path.join(tmp.dir, 'run-upgrade', 'fc.sock');
+      const args = [
+        '--store',
+        's3://snaps/prod',
+        '--s3-endpoint',
+        proxy.url,
+        '--id',
+        'vm',
+        '--prefetch',
+        'off',
+      ];
+      const old = await startServe(sock, args);
+      cleanup.push(() => old.stop());
+      const clients = clientsOf(sock, image, 8, () => []);
+      let finished = 0;
+      for (const c of clients) void c.result.then(() => finished++);
+      await old.waitForLog(
+        () => old.logs.filter((l) => l.msg === 'restore session started').length === 8,
+        30_000,
+        '8 sessions',
+      );
+      await sleep(300); // mid-restore: faults are waiting on the origin
+      expect(finished, 'no client had finished before the upgrade').toBe(0);
+      const neu = await startServe(sock, [...args, '--take-over']);
+      cleanup.push(() => neu.stop());
+      expect(await bounded(old.exited, 20_000, 'the old serve')).toEqual({ code: 0, signal: null });
+      const results = await bounded(Promise.all(clients.map((c) => c.result)), CLIENT_BOUND_MS, 'clients');
+      for (const r of results) expectAllVerified(r, image);
+      expect(old.logs.some((l) => l.msg === 'handed over: exiting')).toBe(true);
+      expect(neu.logs.find((l) => l.msg === 'took over')).toMatchObject({ sessions: 8 });
+      expect(neu.logs.find((l) => l.msg === 'handover complete')).toMatchObject({ sessions: 8 });
+      expect(neu.logs.filter((l) => l.msg === 'restore session adopted')).toHaveLength(8);
+      expect([...old.problems(), ...neu.problems()]).toEqual([]);
+      // The socket is the new serve's now: a restore after the old one left is served.
+      const [late] = clientsOf(sock, image, 1, () => []);
+      expectAllVerified(await bounded(late!.result, CLIENT_BOUND_MS, 'a client after the upgrade'), image);
+    }, 180_000);
+
+    it('the control socket: versions it cannot read are refused; a successor that dies mid-handover leaves the old serve serving', async () => {
+      const sock = path.join(tmp.dir, 'run-ctl', 'fc.sock');
+      const sp = await startServe(sock, [
+        '--store',
+        's3://snaps/prod',
+        '--s3-endpoint',
+        proxy.url,
+        '--id',
+        'vm',
+        '--prefetch',
+        'off',
+      ]);
+      cleanup.push(() => sp.stop());
+      const clients = clientsOf(sock, image, 2, () => []);
+      await sp.waitForLog(
+        () => sp.logs.filter((l) => l.msg === 'restore session started').length === 2,
+        30_000,
+        '2 sessions',
+      );
+      const talk = (hello: Versions, take: boolean) =>
+        new Promise<{ got: ToNew[]; fds: number }>((resolve) => {
+          const got: ToNew[] = [];
+          let fds = 0;
+          const link: Link<ToNew, ToOld> = new Link<ToNew, ToOld>(
+            connectUnix(`${sock}.ctl`, true),
+            (msg, f) => {
+              got.push(msg);
+              fds += f.length;
+              for (const fd of f) closeFd(fd);
+              if (msg.t === 'offer' && take) link.send({ t: 'take' });
+              // Everything received, then gone without an 'ok': a successor that died.
+              if (msg.t === 'refuse' || msg.t === 'done') (link.close(), resolve({ got, fds }));
+            },
+            () => resolve({ got, fds }),
+            HANDOVER_VERSION,
+          );
+          link.send({ t: 'hello', versions: hello, pid: process.pid });
+        });
+      const mine = ownVersions('vm', 'test');
+      const refused = await talk({ ...mine, state: mine.state + 1 }, true);
+      expect(refused.got).toEqual([
+        { t: 'refuse', reason: expect.stringMatching(/session state layout/), v: HANDOVER_VERSION },
+      ]);
+      const dropped = await talk(mine, true);
+      expect(dropped.got.map((m) => m.t)).toEqual(['offer', 'listen', 'session', 'session', 'done']);
+      expect(dropped.fds).toBe(1 + 2 * 4);
+      // The old serve takes its sessions back into a new worker, and they finish.
+      await sp.waitForLog(
+        (l) => l.msg === 'serving again after a failed handover',
+        30_000,
+        'a resumed serve',
+      );
+      for (const r of await bounded(Promise.all(clients.map((c) => c.result)), CLIENT_BOUND_MS, 'clients'))
+        expectAllVerified(r, image);
+      expect(sp.child.exitCode).toBe(null);
+    }, 180_000);
+
+    it('under a service manager with the fd store (Restart= after a crash of serve itself): the next instance adopts every session from LISTEN_FDS', async () => {
+      const sock = path.join(tmp.dir, 'run-fdstore', 'fc.sock');
+      const notifyPath = path.join(tmp.dir, 'notify.sock');
+      const args = [
+        '--store',
+        's3://snaps/prod',
+        '--s3-endpoint',
+        proxy.url,
+        '--id',
+        'vm',
+        '--prefetch',
+        'off',
+        '--fd-store',
+      ];
+      const store = startFdStore(notifyPath);
+      cleanup.push(() => store.close());
+      await store.ready;
+      const first = await startServe(sock, args, { env: { NOTIFY_SOCKET: notifyPath } });
+      cleanup.push(() => first.stop());
+      const clients = clientsOf(sock, image, 3, () => []);
+      // Every session's four descriptors are in the store once the worker has them.
+      expect(
+        await until(() => store.notices.filter((n) => /FDNAME=s\d+\.uffd/.test(n)).length === 3, 30_000),
+      ).toBe(true);
+      expect(store.notices.some((n) => n.startsWith('READY=1'))).toBe(true);
+      expect(store.notices.some((n) => n === 'FDSTORE=1|FDNAME=listen')).toBe(true);
+      // serve itself (the supervisor) dies: its worker follows, nobody serves; the store keeps it all.
+      const procs = first.pids();
+      first.child.kill('SIGKILL');
+      await first.exited;
+      expect(await until(() => procs.every((p) => !existsSync(`/proc/${p}`)), 5000)).toBe(true);
+      const next = await store.start([
+        process.execPath,
+        '--import',
+        'tsx',
+        'cli/bin.ts',
+        'serve',
+        '--socket',
+        sock,
+        ...args,
+      ]);
+      cleanup.push(() => void process.kill(next, 'SIGKILL'));
+      const serving = await store.waitForLog((l) => l.msg === 'serving', 30_000);
+      expect(serving).toMatchObject({ sessions: 3 });
+      for (const r of await bounded(Promise.all(clients.map((c) => c.result)), CLIENT_BOUND_MS, 'clients'))
+        expectAllVerified(r, image);
+      expect(store.logs.filter((l) => l.msg === 'restore session adopted')).toHaveLength(3);
+      // Ended sessions leave the store (FDSTOREREMOVE): what is left is the listening socket.
+      expect(await until(() => store.list().length === 1, 10_000)).toBe(true);
+      expect(store.list()).toEqual(['listen']);
+      process.kill(next, 'SIGTERM'); // no systemd job here: a drain, and exit
+      expect(
+        await until(
+          () => !existsSync(`/proc/${next}`) || readFileSync(`/proc/${next}/stat`, 'utf8').includes(') Z'),
+          20_000,
+        ),
+      ).toBe(true);
+    }, 180_000);
+
+    it('a successor that cannot adopt is refused, and the running serve keeps serving', async () => {
+      const sock = path.join(tmp.dir, 'run-refuse', 'fc.sock');
+      const args = ['--store', 's3://snaps/prod', '--s3-endpoint', s3.endpoint, '--prefetch', 'off'];
+      const old = await startServe(sock, [...args, '--id', 'vm']);
+      cleanup.push(() => old.stop());
+      const [before] = clientsOf(sock, image, 1, () => []);
+      // A serve of another snapshot on this socket cannot adopt sessions restoring "vm".
+      const refused = await startServe(sock, [...args, '--id', 'other', '--take-over']).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(refused?.message).toMatch(/handover refused: .*serves snapshot/);
+      expect(old.logs.some((l) => l.msg === 'handover refused; still serving')).toBe(true);
+      // Still serving: the session that was live finishes, and a new one restores.
+      expectAllVerified(await bounded(before!.result, CLIENT_BOUND_MS, 'client'), image);
+      const [after] = clientsOf(sock, image, 1, () => []);
+      expectAllVerified(await bounded(after!.result, CLIENT_BOUND_MS, 'client'), image);
+      expect(old.child.exitCode).toBe(null);
+    }, 120_000);
   });
 
   describe('test-build triggers', () => {
