@@ -13,6 +13,7 @@
  * milliseconds rather than a process start.
  */
 import { createPublicKey } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 
 import { componentLogger } from '../../core/logger.js';
 import { addon } from '../../native/addon.js';
@@ -42,6 +43,22 @@ const link: Link<ToWorker, FromWorker> = new Link(
     process.exit(1);
   },
 );
+
+/**
+ * Under memory pressure the kernel should pick this process before the supervisor: losing a worker
+ * costs a restart (the supervisor hands every session to the next), losing the supervisor costs every
+ * session's service until a service manager restarts it. Raising one's own oom_score_adj needs no
+ * privilege; the step keeps it below ordinary processes when the supervisor's is (systemd's -900).
+ */
+const OOM_SCORE_STEP = 500;
+function yieldToOomKiller(): void {
+  try {
+    const own = Number(readFileSync('/proc/self/oom_score_adj', 'utf8'));
+    writeFileSync('/proc/self/oom_score_adj', String(Math.min(1000, own + OOM_SCORE_STEP)));
+  } catch (e) {
+    log.warn({ err: (e as Error).message }, 'could not raise the worker oom_score_adj');
+  }
+}
 
 function fields(): Record<string, unknown> {
   return { ...started!.fields(), metricsPort: metricsServer?.port };
@@ -97,6 +114,7 @@ async function handle(msg: ToWorker, fds: number[]): Promise<void> {
       });
       // From here on this process only serves: it never needs to gain privileges again.
       addon().setNoNewPrivs();
+      yieldToOomKiller();
       link.send({ t: 'ready', fields: fields() });
       return;
     }

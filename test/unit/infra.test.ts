@@ -621,7 +621,7 @@ describe(skipName('rendered by terraform', terraformSkipReason), () => {
       for (const a of argv.filter((x) => x.startsWith('--')))
         expect(flags.has(a), `serve has no ${a}`).toBe(true);
       expect(argv.join(' ')).toContain(
-        '--socket /run/lazysnap/fn-1/uffd.sock --cache-dir /var/cache/lazysnap --metrics-host 0.0.0.0 --metrics-port 9464 --cache-budget 128GiB --memory-budget 1GiB --prefetch replay',
+        '--socket /run/lazysnap/fn-1/uffd.sock --cache-dir /var/cache/lazysnap --metrics-host 0.0.0.0 --metrics-port 9464 --fd-store --cache-budget 128GiB --memory-budget 1GiB --prefetch replay',
       );
       const cw = JSON.parse(heredoc(script, '/opt/aws/amazon-cloudwatch-agent/etc/lazysnap.json')) as Hcl;
       expect(cw.logs.logs_collected.files.collect_list[0]).toMatchObject({
@@ -723,6 +723,13 @@ describe('the systemd units', () => {
     expect(one('ExecStart')).toContain('--socket %t/lazysnap/%i/uffd.sock');
     // The stop timeout leaves serve's default 30 s shutdown grace to drain sessions.
     expect(Number(one('TimeoutStopSec')!.replace(/s$/, ''))).toBeGreaterThan(30);
+    // Sessions outlive serve itself (issue 13): it notifies, and keeps their descriptors in the unit's
+    // store (4 a session), from which the instance Restart= starts adopts them.
+    expect(one('Type')).toBe('notify');
+    expect(one('ExecStart')).toMatch(/ --fd-store( |$)/);
+    expect(Number(one('FileDescriptorStoreMax'))).toBeGreaterThanOrEqual(4 * 1000 + 1);
+    expect(one('Restart')).toBe('on-failure');
+    expect(one('KillMode')).toBe('mixed');
   });
 
   it.skipIf(!!systemdSkip)(

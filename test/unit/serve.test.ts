@@ -276,10 +276,11 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve'), () => {
   });
 
   it("populate() gives each fetch a fault's patience from when it starts: a long populate from a slow origin does not fail closed", async () => {
-    // 48 data chunks, 150 ms each, fail timeout 400 ms: all of them would not fit in one fault's
-    // patience (48 / 16 connections x 150 ms = 450 ms even if all were sent at once), each fits in its own.
-    const o = await fakeOrigin(store, () => ({ delayMs: 150 }));
-    server = await serve(tmp.dir, { stores: [o.url], id: 'vm', prefetch: 'off', failTimeoutMs: 400 });
+    // 48 data chunks, 400 ms each, fail timeout 1 s: all of them would not fit in one fault's
+    // patience (48 / 16 connections x 400 ms = 1.2 s even if all were sent at once), each fits in its
+    // own with 600 ms to spare (a loaded machine must not turn the margin into a failure).
+    const o = await fakeOrigin(store, () => ({ delayMs: 400 }));
+    server = await serve(tmp.dir, { stores: [o.url], id: 'vm', prefetch: 'off', failTimeoutMs: 1000 });
     try {
       const c = startClient(['--socket', server.socketPath, '--image', img.path, '--wait', '--linger']);
       const pid = await c.ready;
