@@ -474,14 +474,17 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   /** Starts a standby worker unless there is one (or standby is off). Failures are logged, not fatal. */
   #spareUp(): void {
     if (!this.#so.standby || this.#spare || this.#phase !== 'serving') return;
-    this.#startWorker(true).catch((e: unknown) => {
-      this.#log.warn({ err: (e as Error).message }, 'the standby worker did not start');
-      const failed = (e as { worker?: WorkerProcess }).worker;
-      if (failed === this.#spare) this.#spare = undefined;
-      if (this.#phase !== 'serving') return;
-      const delay = this.#policy.next(performance.now(), false);
-      setTimeout(() => this.#spareUp(), delay).unref();
-    });
+    this.#startWorker(true).then(
+      (w) => this.#log.info({ standby: w.pid }, 'standby ready'),
+      (e: unknown) => {
+        this.#log.warn({ err: (e as Error).message }, 'the standby worker did not start');
+        const failed = (e as { worker?: WorkerProcess }).worker;
+        if (failed === this.#spare) this.#spare = undefined;
+        if (this.#phase !== 'serving') return;
+        const delay = this.#policy.next(performance.now(), false);
+        setTimeout(() => this.#spareUp(), delay).unref();
+      },
+    );
   }
 
   /** No worker can serve: every session is failed closed (its peer killed), then this serve ends. */
