@@ -22,7 +22,7 @@ export interface OptionSpec {
   readonly shown?: string;
   /** The accepted values: anything else is a usage error naming the flag. */
   readonly choices?: readonly string[];
-  /** What it does, for `--help` and the README (markdown: backticks are dropped in `--help`). */
+  /** What it does, for `--help` and the README (markdown: `--help` drops backticks and keeps a link's text). */
   readonly meaning: string;
   /** A heading in `--help` ("sources (one)", "security"); options without one come first. */
   readonly group?: string;
@@ -89,7 +89,8 @@ export function asFlagError(spec: CommandSpec, e: unknown): unknown {
 const orList = (xs: readonly string[]) =>
   xs.length > 1 ? `${xs.slice(0, -1).join(', ')} or ${xs[xs.length - 1]}` : (xs[0] ?? '');
 
-const plain = (md: string) => md.replace(/`/g, '');
+/** Markdown as terminal text: no backticks, a link becomes its text. */
+const plain = (md: string) => md.replace(/`/g, '').replace(/\[([^\]]+)\]\([^)]+\)/g, '$1');
 
 const WIDTH = 104;
 const LABEL = 25;
@@ -138,9 +139,9 @@ export function formatHelp(spec: CommandSpec): string {
 
 /** The README's table of a command's options (markdown). */
 export function formatOptionTable(spec: CommandSpec): string {
-  const rows = Object.entries(spec.options).map(
-    ([name, o]) =>
-      `| \`${flagLabel(name, o)}\` | ${documentedDefault(o)} | ${o.meaning.replace(/\|/g, '\\|')} |`,
-  );
+  const rows = Object.entries(spec.options).map(([name, o]) => {
+    const d = documentedDefault(o);
+    return `| \`${flagLabel(name, o)}\` |${d ? ` ${d} ` : ' '}| ${o.meaning.replace(/\|/g, '\\|')} |`;
+  });
   return ['| option | default | meaning |', '|---|---|---|', ...rows].join('\n');
 }

@@ -124,7 +124,7 @@ store already holds are not uploaded again, and the manifest is written last.`,
       shown: 'unsigned',
       group: 'security',
       meaning:
-        "Ed25519 private key (PEM; `openssl genpkey -algorithm ed25519`): writes `manifests/ID.json.sig`, a detached signature of the manifest's exact bytes, just before the manifest (docs/FORMAT.md, signed manifests). `serve --verify-key` then refuses anything else",
+        "Ed25519 private key (PEM; `openssl genpkey -algorithm ed25519`): writes `manifests/ID.json.sig`, a detached signature of the manifest's exact bytes, just before the manifest ([docs/FORMAT.md](docs/FORMAT.md#signed-manifests)). `serve --verify-key` then refuses anything else",
     },
     encrypt: {
       type: 'string',
@@ -133,7 +133,7 @@ store already holds are not uploaded again, and the manifest is written last.`,
       choices: ['convergent', 'random'],
       group: 'security',
       meaning:
-        'encrypt chunks and the vmstate before upload (AES-256-GCM) with the key in `LAZYSNAP_CHUNK_KEY` (64 hex digits or base64 of 32 bytes; `openssl rand -hex 32`) or in the file named by `LAZYSNAP_CHUNK_KEY_FILE`. `convergent`: equal chunks give equal objects, so dedup across snapshots under one key still works; `random`: a per-snapshot salt, snapshots share nothing. Object names are keyed hashes. A diff must be encrypted like its parent (docs/FORMAT.md, encrypted chunks)',
+        'encrypt chunks and the vmstate before upload (AES-256-GCM) with the key in `LAZYSNAP_CHUNK_KEY` (64 hex digits or base64 of 32 bytes; `openssl rand -hex 32`) or in the file named by `LAZYSNAP_CHUNK_KEY_FILE`. `convergent`: equal chunks give equal objects, so dedup across snapshots under one key still works; `random`: a per-snapshot salt, snapshots share nothing. Object names are keyed hashes. A diff must be encrypted like its parent ([docs/FORMAT.md](docs/FORMAT.md#encrypted-chunks))',
     },
     'key-id': {
       type: 'string',
