@@ -67,7 +67,7 @@ export function parseOptions<const O extends OptionSpecs>(spec: CommandSpec<O>, 
   for (const [name, o] of Object.entries(spec.options)) {
     const v = (values as Record<string, unknown>)[name];
     if (o.choices && typeof v === 'string' && !o.choices.includes(v))
-      throw new InvalidArgumentError(`--${name}`, orList(o.choices), v);
+      throw new InvalidArgumentError(`--${name}`, `one of ${o.choices.join(', ')}`, v);
   }
   return values;
 }
@@ -85,9 +85,6 @@ export function asFlagError(spec: CommandSpec, e: unknown): unknown {
     cause: e,
   });
 }
-
-const orList = (xs: readonly string[]) =>
-  xs.length > 1 ? `${xs.slice(0, -1).join(', ')} or ${xs[xs.length - 1]}` : (xs[0] ?? '');
 
 /** Markdown as terminal text: no backticks, a link becomes its text. */
 const plain = (md: string) => md.replace(/`/g, '').replace(/\[([^\]]+)\]\([^)]+\)/g, '$1');

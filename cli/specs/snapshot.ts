@@ -67,7 +67,7 @@ store already holds are not uploaded again, and the manifest is written last.`,
       type: 'string',
       value: 'CODEC',
       default: 'zstd',
-      choices: ['zstd', 'none'],
+      choices: ['none', 'zstd'],
       meaning: '`zstd` or `none`',
     },
     level: {
