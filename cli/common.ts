@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 
 import { InvalidArgumentError } from '../core/errors.js';
+import { parseDuration } from '../core/units.js';
 import type { StoreBackend } from '../store/backend.js';
 import { openStore } from '../store/open.js';
 
@@ -32,6 +33,21 @@ export function intOption(
   if (!Number.isSafeInteger(n) || n < min || n > max)
     throw new InvalidArgumentError(`--${name}`, `an integer from ${min} to ${max}`, text);
   return n;
+}
+
+/** Node's timers fire after 1 ms when asked for more than this: a longer timeout is refused. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** A duration that becomes a timer (`--fail-timeout 30d` would otherwise be reported in ms). */
+export function timeoutOption(name: string, text: string, minMs = 1): number {
+  const ms = parseDuration(text, `--${name}`);
+  if (ms < minMs || ms > MAX_TIMER_MS)
+    throw new InvalidArgumentError(
+      `--${name}`,
+      `a duration from ${minMs}ms to 2147483647ms (about 24.8 days)`,
+      text,
+    );
+  return ms;
 }
 
 export async function storeFrom(values: {

@@ -1,6 +1,7 @@
 /**
  * The `lazysnap` command. Exit codes: 0 ok, 1 runtime failure, 2 usage error; errors are one clear
- * line on stderr. Each command lives in cli/commands/ and exports `usage` and `run`.
+ * line on stderr. Each command's options are defined once in cli/specs/ (parser, --help, README
+ * tables); its code lives in cli/commands/ and exports that `spec` and `run`.
  */
 import { readFileSync } from 'node:fs';
 
@@ -12,37 +13,29 @@ import {
   StoreReadOnlyError,
 } from '../core/errors.js';
 import { UsageError, type Io } from './common.js';
+import { asFlagError, formatHelp, type CommandSpec } from './option-spec.js';
+import { COMMAND_SPECS } from './specs/index.js';
 
 export type { Io };
 
 interface Command {
-  usage: string;
+  spec: CommandSpec;
   run(argv: string[], io: Io, signal?: AbortSignal): Promise<number>;
 }
 
-const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
-  snapshot: {
-    summary: 'chunk VM or process memory into a store',
-    load: () => import('./commands/snapshot.js'),
-  },
-  inspect: { summary: "show a snapshot's manifest", load: () => import('./commands/inspect.js') },
-  serve: {
-    summary: 'serve a snapshot to Firecracker (UFFD backend) or processes, faulting pages in on demand',
-    load: () => import('./commands/serve.js'),
-  },
-  gc: { summary: 'delete chunks no manifest references', load: () => import('./commands/gc.js') },
-  demo: {
-    summary: "restore a process's memory lazily, in-process, on the embedded default",
-    load: () => import('./commands/demo.js'),
-  },
+/** Loaded on use: `lazysnap gc` never loads the runtime. */
+const LOADERS: Record<string, () => Promise<Command>> = {
+  snapshot: () => import('./commands/snapshot.js'),
+  inspect: () => import('./commands/inspect.js'),
+  serve: () => import('./commands/serve.js'),
+  gc: () => import('./commands/gc.js'),
+  demo: () => import('./commands/demo.js'),
 };
 
 const USAGE = `usage: lazysnap <command> [options]
 
 commands:
-${Object.entries(COMMANDS)
-  .map(([n, c]) => `  ${n.padEnd(10)} ${c.summary}`)
-  .join('\n')}
+${COMMAND_SPECS.map((c) => `  ${c.name.padEnd(10)} ${c.summary}`).join('\n')}
 
 options:
   -h, --help     show help (also: lazysnap <command> --help)
@@ -58,7 +51,9 @@ function version(): string {
         version?: string;
       };
       if (pkg.name === 'lazysnap' && pkg.version) return pkg.version;
-    } catch {}
+    } catch {
+      // Not this layout (source or dist): try the other.
+    }
   }
   return 'unknown';
 }
@@ -77,17 +72,21 @@ function isUsage(e: unknown): boolean {
 
 export async function main(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
   const [name, ...rest] = argv;
+  let spec: CommandSpec | undefined;
   try {
     if (name === undefined || name === '-h' || name === '--help' || name === 'help')
       return (io.out(USAGE), name === undefined ? 2 : 0);
     if (name === '-v' || name === '--version') return (io.out(`${version()}\n`), 0);
     // Own keys only: `lazysnap toString` must not find Object.prototype.toString.
-    const entry = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
-    if (!entry) throw new UsageError(`unknown command ${JSON.stringify(name)} (run lazysnap --help)`);
-    const cmd = await entry.load();
-    if (rest.includes('-h') || rest.includes('--help')) return (io.out(cmd.usage), 0);
+    const load = Object.hasOwn(LOADERS, name) ? LOADERS[name] : undefined;
+    if (!load) throw new UsageError(`unknown command ${JSON.stringify(name)} (run lazysnap --help)`);
+    const cmd = await load();
+    spec = cmd.spec;
+    if (rest.includes('-h') || rest.includes('--help')) return (io.out(formatHelp(cmd.spec)), 0);
     return await cmd.run(rest, io, signal);
-  } catch (e) {
+  } catch (thrown) {
+    // An API's complaint about an option is reported as the flag the user typed.
+    const e = spec ? asFlagError(spec, thrown) : thrown;
     const msg = e instanceof LazysnapError || e instanceof Error ? e.message : String(e);
     io.err(`lazysnap: ${msg.split('\n')[0]}\n`);
     return isUsage(e) ? 2 : 1;

@@ -66,7 +66,9 @@ export class RestoreSession {
     this.pid = opts.pid;
     this.restoreId = opts.restoreId;
     this.#onEnd = opts.onEnd;
-    this.#log = ctx.log.child({ restoreId: opts.restoreId, pid: opts.pid });
+    // `pid` is the root logger's (this serve process): the peer's is bound as peerPid, so that no line
+    // of the session carries two `pid` keys (JSON readers keep only the last).
+    this.#log = ctx.log.child({ restoreId: opts.restoreId, peerPid: opts.pid });
     const pf = ctx.prefetch;
     if (pf.mode === 'record') this.#recorder = new Recorder(this.#t0, pf.recordIdleMs, pf.saveRecording);
     this.#fault = new FaultSession(
@@ -308,7 +310,7 @@ export class RestoreSession {
         `the peer went away with faults on ${waiting.length} chunk(s) still waiting for a fetch; session ended`,
       );
     for (const w of [...this.#waiters]) w();
-    // restoreId and pid are the logger's bindings already: the summary line does not repeat them.
+    // restoreId and the peer's pid (peerPid) are the logger's bindings already: the line does not repeat them.
     const { restoreId: _id, pid: _pid, ...line } = summary;
     this.#log.info(line, 'restore session summary');
     this.#onEnd(this, summary);

@@ -1,33 +1,16 @@
 import { totalmem } from 'node:os';
-import { parseArgs } from 'node:util';
 
 import { InvalidArgumentError } from '../../core/errors.js';
 import { formatBytes, parseSize } from '../../core/units.js';
 import type { Io } from '../common.js';
 import { runDemo, type DemoOptions, type DemoReport } from '../demo/run.js';
 import type { RestoreOutcome } from '../demo/restore-proc.js';
+import { parseOptions } from '../option-spec.js';
+import { demoSpec } from '../specs/demo.js';
 
 const MAX_CHUNKS = 1 << 22;
 
-export const usage = `usage: lazysnap demo [options]
-
-The whole job on the embedded default (a local directory store, no services): a child process
-builds a data set in memory; lazysnap snapshots the live process into the store; a fresh process
-restores the memory lazily (pages fault in from the store as the workload reads them, zero chunks
-are mapped without a fetch) and verifies every chunk against the source. No root needed where the
-kernel allows unprivileged userfaultfd in user mode (Linux 5.11+).
-
-options:
-  --size SIZE          memory the source process fills (default 256MiB; a multiple of 64KiB)
-  --chunk-size SIZE    chunk size, a power of two >= 4KiB (default 512KiB)
-  --working-set F      fraction of chunks the workload reads, 0 < F <= 1 (default 0.1)
-  --store DIR          the local store (default .lazysnap in the current directory; kept, so
-                       \`lazysnap inspect --store DIR --id ID\` can look at it afterwards)
-  --id ID              snapshot id, which must be new (default demo-<UTC time>); a second run
-                       uploads no chunks: they are all in the store already (dedup)
-  --compare            also restore eagerly (every chunk fetched before the workload), side by side
-  --json               print the report as JSON
-`;
+export const spec = demoSpec;
 
 /** Milliseconds as text (cli/common.ts's `ms` takes nanoseconds). */
 const millis = (v: number) => `${v.toFixed(v < 10 ? 1 : 0)} ms`;
@@ -91,19 +74,7 @@ function describe(report: DemoReport): string {
 }
 
 export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      size: { type: 'string', default: '256MiB' },
-      'chunk-size': { type: 'string', default: '512KiB' },
-      'working-set': { type: 'string', default: '0.1' },
-      store: { type: 'string', default: '.lazysnap' },
-      id: { type: 'string' },
-      compare: { type: 'boolean', default: false },
-      json: { type: 'boolean', default: false },
-    },
-    strict: true,
-  });
+  const values = parseOptions(demoSpec, argv);
   const opts: DemoOptions = {
     size: parseSize(values.size, '--size'),
     chunkSize: parseSize(values['chunk-size'], '--chunk-size'),

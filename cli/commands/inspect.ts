@@ -1,5 +1,3 @@
-import { parseArgs } from 'node:util';
-
 import { WrongKeyError } from '../../core/errors.js';
 import { formatBytes } from '../../core/units.js';
 import { openChunkCrypto } from '../../store/chunk-crypto.js';
@@ -9,33 +7,13 @@ import { chunkCodec, chunkHash } from '../../store/manifest.js';
 import { loadIndex } from '../../store/reader.js';
 import { keyFingerprint, verifyKey } from '../../store/signing.js';
 import { readKeyFile, required, storeFrom, type Io } from '../common.js';
+import { parseOptions } from '../option-spec.js';
+import { inspectSpec } from '../specs/inspect.js';
 
-export const usage = `usage: lazysnap inspect --store URL --id ID [--verify-key FILE] [--json] [--s3-endpoint URL]
-
-Shows a snapshot's manifest: sizes, regions, chunk counts (zero, unique, by codec), parent, vmstate,
-whether it is signed and how its chunks are encrypted.
-
-  --verify-key FILE    Ed25519 public key (PEM): check the manifest's detached signature first; an
-                       unsigned or wrongly signed manifest is refused (exit 1, LAZYSNAP_BAD_SIGNATURE)
-                       and not shown
-
-With LAZYSNAP_CHUNK_KEY (or LAZYSNAP_CHUNK_KEY_FILE) set, an encrypted snapshot's key check is
-compared with that key ("key: matches", "key: does not match", or "key: unusable (why)" for a
-key that cannot be read or is for another key id). No chunk is read.
-`;
+export const spec = inspectSpec;
 
 export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      store: { type: 'string' },
-      id: { type: 'string' },
-      json: { type: 'boolean', default: false },
-      's3-endpoint': { type: 'string' },
-      'verify-key': { type: 'string' },
-    },
-    strict: true,
-  });
+  const values = parseOptions(inspectSpec, argv);
   const id = required(values, 'id');
   assertSnapshotId(id, '--id');
   const vk =

@@ -802,7 +802,7 @@ function judgeAll(
   logs: LogLine[],
   o: Resolved,
 ): { records: RestoreRecord[]; unexplainedErrors: LogLine[] } {
-  // A session's lines carry its restoreId and the peer's pid; the first session of a pid after its spawn is its own.
+  // A session's lines carry its restoreId and the peer's pid (peerPid); the first session of a pid after its spawn is its own.
   const sessionOf = new Map<number, { at: number; restoreId: string }[]>();
   const linesOf = new Map<string, LogLine[]>();
   logs.forEach((l, i) => {
@@ -812,7 +812,7 @@ function judgeAll(
     if (mine.length === 0) linesOf.set(id, mine);
     mine.push(l);
     if (l.msg !== 'restore session started') return;
-    const pid = Number(l.pid);
+    const pid = Number(l.peerPid);
     const of = sessionOf.get(pid) ?? [];
     if (of.length === 0) sessionOf.set(pid, of);
     of.push({ at: i, restoreId: id });

@@ -1,5 +1,5 @@
-import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { execFile, spawnSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -69,6 +69,88 @@ describe('lazysnap CLI', () => {
       expect(r.err).toMatch(msg);
       expect(r.err.trim().split('\n')).toHaveLength(1);
     }
+  });
+});
+
+/** The real command line, as a user runs it: exit code and stderr. */
+function spawnCli(argv: string[]): Promise<{ code: number | null; err: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      ['--import', 'tsx', 'cli/bin.ts', ...argv],
+      { cwd: repoRoot, timeout: 30_000 },
+      (e, _out, err) => resolve({ code: e ? (typeof e.code === 'number' ? e.code : null) : 0, err }),
+    );
+  });
+}
+
+describe('lazysnap CLI errors name the flag the user typed', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  beforeEach(() => void (tmp = tempDir()));
+  afterEach(() => tmp.cleanup());
+
+  it('for values the API validates (serve --fail-closed, --socket, --profile-store, --fail-timeout; snapshot --chunk-size, --parent)', async () => {
+    const serve = ['serve', '--store', tmp.dir, '--id', 'vm'];
+    const sock = path.join(tmp.dir, 's.sock');
+    const mem = path.join(tmp.dir, 'mem.bin');
+    writeFileSync(mem, Buffer.alloc(65536));
+    const snap = ['snapshot', '--mem-file', mem, '--store', path.join(tmp.dir, 'store'), '--id', 'x'];
+    for (const [argv, msg, apiName] of [
+      [
+        [...serve, '--socket', sock, '--fail-closed', 'bogus'],
+        /^lazysnap: --fail-closed must be one of auto, poison, kill, received "bogus"$/,
+        'failClosed',
+      ],
+      [
+        [...serve, '--socket', path.join(tmp.dir, 'x'.repeat(120))],
+        /^lazysnap: --socket must be at most 107 bytes/,
+        'socketPath',
+      ],
+      [
+        [...serve, '--socket', sock, '--profile-store', 'http://127.0.0.1:9/p'],
+        /^lazysnap: --profile-store must be a writable store/,
+        'profileStore',
+      ],
+      [
+        [...serve, '--socket', sock, '--fail-timeout', '30d'],
+        /^lazysnap: --fail-timeout must be a duration from 1ms to 2147483647ms \(about 24.8 days\), received "30d"$/,
+        'failTimeoutMs',
+      ],
+      [
+        [...serve, '--socket', sock, '--prefetch', 'always'],
+        /^lazysnap: --prefetch must be one of auto, off, record, replay, received "always"$/,
+        'prefetch',
+      ],
+      [[...snap, '--chunk-size', '3000'], /^lazysnap: --chunk-size must be a power of two/, 'chunkSize'],
+      [[...snap, '--parent', '../p'], /^lazysnap: --parent must be a snapshot id/, 'parent'],
+      [
+        [...snap, '--progress', 'bar'],
+        /^lazysnap: --progress must be one of auto, tty, json, quiet, received "bar"$/,
+        'progress',
+      ],
+    ] as const) {
+      const r = await spawnCli([...argv]);
+      expect(r.code, argv.join(' ')).toBe(2);
+      expect(r.err.trimEnd()).toMatch(msg);
+      // Never the API's name for it ("lazysnap: failClosed must be ...").
+      expect(r.err).not.toContain(`: ${apiName} `);
+      expect(r.err.trim().split('\n')).toHaveLength(1);
+    }
+  });
+
+  it('snapshot --pid refuses --regions and --page-size, naming both, instead of ignoring them', async () => {
+    const base = ['snapshot', '--pid', '1', '--store', path.join(tmp.dir, 'store'), '--id', 'x'];
+    const both = await spawnCli([...base, '--regions', '1MiB,1MiB', '--page-size', '2MiB']);
+    expect(both.code).toBe(2);
+    expect(both.err).toMatch(
+      /^lazysnap: --regions and --page-size describe a memory file, not a process: drop them with --pid/,
+    );
+    expect(both.err.trim().split('\n')).toHaveLength(1);
+    const one = await spawnCli([...base, '--page-size', '4KiB']);
+    expect(one.code).toBe(2);
+    expect(one.err).toMatch(
+      /^lazysnap: --page-size describes a memory file, not a process: drop it with --pid/,
+    );
   });
 });
 

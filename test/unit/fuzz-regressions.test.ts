@@ -113,7 +113,7 @@ describe('serve durations past the timer limit', () => {
     expect({ code, err }).toEqual({
       code: 2,
       err: expect.stringMatching(
-        /^lazysnap: failTimeoutMs must be an integer from 1 to 2147483647, received 2160000000\n$/,
+        /^lazysnap: --fail-timeout must be a duration from 1ms to 2147483647ms \(about 24\.8 days\), received "25d"\n$/,
       ),
     });
   });

@@ -305,7 +305,7 @@ describe('snapshotter with the directory store', () => {
       ],
       [
         ['snapshot', '--mem-file', img.path, '--store', storeDir, '--id', 'x', '--chunk-size', '3000'],
-        /chunkSize must be a power of two/,
+        /--chunk-size must be a power of two/,
       ],
       [
         ['snapshot', '--mem-file', img.path, '--store', storeDir, '--id', 'x', '--compress', 'lz4'],
