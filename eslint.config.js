@@ -20,6 +20,19 @@ export default tseslint.config(
     },
   },
   {
+    rules: {
+      // Ambient only: the WebAssembly globals can only be declared as a namespace (core/webassembly.ts).
+      '@typescript-eslint/no-namespace': ['error', { allowDeclarations: true }],
+      // `async` is how an implementation of a Promise-returning interface turns its throws into rejections.
+      '@typescript-eslint/require-await': 'off',
+      // A leading underscore marks a deliberately unused parameter; rest siblings omit fields from a copy.
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        { argsIgnorePattern: '^_', varsIgnorePattern: '^_', ignoreRestSiblings: true },
+      ],
+    },
+  },
+  {
     files: ['test/**/*.ts'],
     rules: {
       // vitest's asymmetric matchers (expect.any, expect.stringMatching, ...) are typed `any` by vitest.

@@ -299,7 +299,10 @@ export function showUntrusted(v: unknown): string {
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
-    if (u.username || u.password) ((u.username = 'redacted'), (u.password = ''));
+    if (u.username || u.password) {
+      u.username = 'redacted';
+      u.password = '';
+    }
     if (u.search) u.search = '?redacted';
     return u.toString();
   } catch {
