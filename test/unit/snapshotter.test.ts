@@ -134,7 +134,7 @@ describe('snapshotter with the directory store', () => {
     const bin = buildC('test/fixtures/pattern-proc.c');
     const child = spawn(bin, [String(4 * MiB)], { stdio: ['pipe', 'pipe', 'inherit'] });
     try {
-      const [line] = (await once(child.stdout!, 'data')) as [Buffer];
+      const [line] = (await once(child.stdout, 'data')) as [Buffer];
       const [, addrHex, size] = line.toString().trim().split(' ');
       const store = new FileStore(storeDir);
       const src = await openProcess(child.pid!);
@@ -153,7 +153,7 @@ describe('snapshotter with the directory store', () => {
       }
       expect(ix.manifest.source.kind).toBe('process');
     } finally {
-      child.stdin!.end();
+      child.stdin.end();
       await once(child, 'exit');
     }
   });
@@ -162,7 +162,7 @@ describe('snapshotter with the directory store', () => {
     const bin = buildC('test/fixtures/pattern-proc.c');
     const child = spawn(bin, [String(4 * MiB)], { stdio: ['pipe', 'pipe', 'inherit'] });
     try {
-      const [line] = (await once(child.stdout!, 'data')) as [Buffer];
+      const [line] = (await once(child.stdout, 'data')) as [Buffer];
       const base = BigInt(`0x${line.toString().trim().split(' ')[1]}`);
       // One MiB from the middle of the 4 MiB mapping.
       const lo = base + BigInt(MiB);
@@ -211,7 +211,7 @@ describe('snapshotter with the directory store', () => {
         err: expect.stringMatching(/maps must be address ranges 0xSTART-0xEND, page-aligned/),
       });
     } finally {
-      child.stdin!.end();
+      child.stdin.end();
       await once(child, 'exit');
     }
   });
