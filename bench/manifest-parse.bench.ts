@@ -49,7 +49,10 @@ for (let r = -3; r < ROUNDS; r++) {
   const ix = parseManifest(text, 'vm-64g');
   const b = performance.now() - t;
   if (ix.count !== N) throw new Error('parse returned the wrong chunk count');
-  if (r >= 0) (ref.push(a), ours.push(b));
+  if (r >= 0) {
+    ref.push(a);
+    ours.push(b);
+  }
 }
 const m = median(ours);
 writeResult({

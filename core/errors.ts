@@ -9,7 +9,7 @@ import { STATUS_CODES } from 'node:http';
 
 import { LazysnapError } from './lazysnap-error.js';
 
-export { LazysnapError, type ErrorCode } from './lazysnap-error.js';
+export { ERROR_CODES, LazysnapError, isErrorCode, type ErrorCode } from './lazysnap-error.js';
 
 /** A value outside what an option or argument accepts. `expected` and `received` say both sides. */
 export class InvalidArgumentError extends LazysnapError {
@@ -46,6 +46,14 @@ export class SessionClosedError extends LazysnapError {
   declare readonly code: 'LAZYSNAP_SESSION_CLOSED';
   constructor() {
     super('LAZYSNAP_SESSION_CLOSED', 'the fault session is closed');
+  }
+}
+
+/** A RestoreHost used after close(): it starts no server and restores nothing. */
+export class HostClosedError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_HOST_CLOSED';
+  constructor() {
+    super('LAZYSNAP_HOST_CLOSED', 'the restore host is closed');
   }
 }
 
@@ -299,7 +307,10 @@ export function showUntrusted(v: unknown): string {
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
-    if (u.username || u.password) ((u.username = 'redacted'), (u.password = ''));
+    if (u.username || u.password) {
+      u.username = 'redacted';
+      u.password = '';
+    }
     if (u.search) u.search = '?redacted';
     return u.toString();
   } catch {

@@ -35,7 +35,7 @@ export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let i = 0;
   let v = n;
-  while (v >= 1024 && i < units.length - 1) ((v /= 1024), i++);
+  for (; v >= 1024 && i < units.length - 1; i++) v /= 1024;
   return `${i === 0 ? v : v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
 }
 

@@ -143,7 +143,7 @@ export interface Addon {
     adoptions: number;
   };
   /** Test builds only (lazysnap_test.node): dies with SIGSEGV, as a decoder bug would. */
-  testCrash?(): void;
+  testCrash?: () => void;
   readonly STATE_VERSION: number;
   sessionStateFd(s: Handle<'session'>): number;
   /** Test builds only (lazysnap_test.node). */

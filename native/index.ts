@@ -24,7 +24,7 @@ export { addon, type FailureKind, type FillResult, type NativeFailure, type Recv
 export type SessionEvent = RawSessionEvent;
 
 export const PAGE_4K = 4096;
-export const PAGE_2M = 2 * 1024 * 1024;
+export const PAGE_2M = 0x200000; // 2 MiB, written as a literal so that PageSize is a union of two values
 export type PageSize = typeof PAGE_4K | typeof PAGE_2M;
 
 /** Kernel constants, resolved from the headers the addon was built with (and newer ones it defines). */
@@ -52,6 +52,11 @@ function checkInt(name: string, v: unknown, min: number, max = Number.MAX_SAFE_I
 
 function checkPageSize(v: unknown): asserts v is PageSize {
   if (v !== PAGE_4K && v !== PAGE_2M) throw new InvalidArgumentError('pageSize', '4096 or 2097152', v);
+}
+
+/** A boolean, not a type guard: Array.isArray would narrow a readonly array to any[]. */
+function isNonEmptyArray(v: readonly unknown[]): boolean {
+  return Array.isArray(v) && v.length > 0;
 }
 
 // ---- userfaultfd ---------------------------------------------------------------------------------
@@ -323,7 +328,7 @@ export class FaultSession {
     checkPageSize(options.pageSize);
     if (!(options.table instanceof ChunkTable))
       throw new InvalidArgumentError('table', 'a ChunkTable', options.table);
-    if (!Array.isArray(options.regions) || options.regions.length === 0) {
+    if (!isNonEmptyArray(options.regions)) {
       throw new InvalidArgumentError('regions', 'a non-empty array of {base, size, offset}', options.regions);
     }
     this.#chunks = options.table.chunks;
@@ -373,10 +378,10 @@ export class FaultSession {
    * more opportunities: 'event-read' (read(uffd) returns EIO) or 'out-of-memory' (an output is lost).
    */
   inject(kind: 'event-read' | 'out-of-memory', after = 1): void {
-    const fn = addon().sessionInject;
-    if (!fn)
+    const a = addon();
+    if (!a.sessionInject)
       throw new Error('fault injection needs the test build of the addon (LAZYSNAP_NATIVE_BUILD=test)');
-    fn(this.#handle, kind === 'event-read' ? 5 : 7, after);
+    a.sessionInject(this.#handle, kind === 'event-read' ? 5 : 7, after);
   }
 
   /** Counters so far; a fault is counted just after the ioctl that wakes it. Final after close(). */

@@ -205,7 +205,9 @@ function write(job: WriteJob): LoadReply {
   } catch (e) {
     try {
       unlinkSync(job.path);
-    } catch {}
+    } catch {
+      // Never created, or already gone: the write's own error is the one to report.
+    }
     const code = (e as NodeJS.ErrnoException).code;
     return { id: job.id, ok: false, failure: 'io', message: (e as Error).message, ...(code ? { code } : {}) };
   } finally {

@@ -201,7 +201,7 @@ export class ChunkLoader {
     });
     await new Promise<void>((resolve, reject) => {
       const onExit = (code: number) => fail(new Error(`a chunk loader exited during start (code ${code})`));
-      const fail = (e: unknown) => (worker.off('message', ready), worker.off('exit', onExit), reject(e));
+      const fail = (e: Error) => (worker.off('message', ready), worker.off('exit', onExit), reject(e));
       const ready = () => (worker.off('error', fail), worker.off('exit', onExit), resolve());
       worker.once('message', ready);
       worker.once('error', fail);

@@ -267,7 +267,7 @@ export class ChunkFetcher {
     if (!signal && patienceMs === undefined) return shared.promise;
     return new Promise<Result>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
-      const onAbort = () => reject(signal!.reason);
+      const onAbort = () => reject(signal!.reason as Error);
       signal?.addEventListener('abort', onAbort, { once: true });
       if (patienceMs !== undefined) {
         shared.wait(patienceMs, () => {

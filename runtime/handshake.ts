@@ -93,7 +93,7 @@ export function parseHandshake(data: Buffer, fdCount: number, snapshot: Snapshot
   };
   overlap((r) => [r.base, r.base + BigInt(r.size)], 'host address space');
   overlap((r) => [BigInt(r.offset), BigInt(r.offset + r.size)], 'snapshot offsets');
-  return { regions, pageSize: pageSize as PageSize, shape: shape! };
+  return { regions, pageSize, shape: shape! };
 }
 
 /** fs/userfaultfd.c: set in ctx->features once UFFDIO_API has been done (shown in fdinfo). */

@@ -36,7 +36,7 @@ export function profileSaver(stores: StoreBackend[], shape: ProfileShape, log: L
   const target = stores.find((s) => s.writable);
   let chain = Promise.resolve();
   return {
-    save(first: Map<number, number>): void {
+    save: (first: Map<number, number>): void => {
       if (!target) {
         log.warn('no writable store to save the working-set profile to (HTTP origins are read-only)');
         return;

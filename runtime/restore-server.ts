@@ -169,7 +169,9 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
       acceptor.stop();
       try {
         unlinkSync(this.socketPath);
-      } catch {}
+      } catch {
+        // Already gone: nothing to remove.
+      }
       acceptor.acceptAll();
       closeFd(acceptor.listenFd);
       const host = this.#host;

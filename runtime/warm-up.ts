@@ -39,7 +39,7 @@ export interface WarmUpContext {
   loader: ChunkLoader;
   crypto: ChunkCrypto | undefined;
   chunkSize: number;
-  pageSize: number;
+  pageSize: PageSize;
   totalSize: number;
 }
 
@@ -93,7 +93,7 @@ export async function warmUpFaultPath(w: WarmUpContext, log: Logger): Promise<nu
     const events = new EventTarget();
     session = new FaultSession(
       uffd,
-      { table, pageSize: w.pageSize as PageSize, regions: [{ base, size: length, offset: 0 }] },
+      { table, pageSize: w.pageSize, regions: [{ base, size: length, offset: 0 }] },
       (e: SessionEvent) => events.dispatchEvent(new CustomEvent('e', { detail: e })),
     );
     uffd = -1; // the session owns it now

@@ -130,7 +130,7 @@ function chaosTables(r: ScenarioResult): string[] {
   ];
   for (const row of r.rounds)
     lines.push(
-      `| ${String(row.scenario)} | ${String(row.note)} | ${outcomes.map((o) => String(row[o] ?? 0)).join(' | ')} | ${String(row.wrongPages ?? 0)} |`,
+      `| ${String(row.scenario)} | ${String(row.note)} | ${outcomes.map((o) => String(Number(row[o] ?? 0))).join(' | ')} | ${String(Number(row.wrongPages ?? 0))} |`,
     );
   const skipped = Object.entries((r.config.skipped ?? {}) as Record<string, string>);
   for (const [s, why] of skipped) lines.push('', `${s} was not run: ${why}.`);

@@ -6,7 +6,7 @@
  */
 import type { Worker } from 'node:worker_threads';
 
-import { LazysnapError } from '../core/errors.js';
+import { isErrorCode, LazysnapError } from '../core/errors.js';
 import type { AttachMessage, AttachRequest } from './attach-worker.js';
 
 export class WorkerLink {
@@ -23,8 +23,7 @@ export class WorkerLink {
       if (m.type === 'reply') {
         const p = this.#pending.get(m.seq);
         this.#pending.delete(m.seq);
-        if (m.error)
-          p?.reject(new LazysnapError((m.error.code ?? 'LAZYSNAP_SESSION_CLOSED') as never, m.error.message));
+        if (m.error) p?.reject(fromWorker(m.error));
         else p?.resolve(m.value);
       }
       for (const l of this.#listeners) l(m);
@@ -75,7 +74,7 @@ export class WorkerLink {
       const l = (m: AttachMessage) => {
         if (m.type === 'failed') {
           done();
-          reject(new LazysnapError((m.error.code ?? 'LAZYSNAP_SESSION_CLOSED') as never, m.error.message));
+          reject(fromWorker(m.error));
         } else if ((types as string[]).includes(m.type)) {
           done();
           resolve(m as Extract<AttachMessage, { type: K }>);
@@ -92,4 +91,15 @@ export class WorkerLink {
     this.onGone = () => {};
     await this.#worker.terminate();
   }
+}
+
+/**
+ * An error the worker reported, rebuilt on this thread: one of lazysnap's codes is a LazysnapError
+ * again; any other code (a kernel error's 'EFAULT') stays a Node-style `code` on a plain Error; an
+ * error that had no code reads as the session having closed under the caller.
+ */
+function fromWorker(e: { message: string; code?: string }): Error {
+  if (e.code === undefined) return new LazysnapError('LAZYSNAP_SESSION_CLOSED', e.message);
+  if (isErrorCode(e.code)) return new LazysnapError(e.code, e.message);
+  return Object.assign(new Error(e.message), { code: e.code });
 }

@@ -273,7 +273,7 @@ export class FirecrackerClient {
     const o = options === undefined ? {} : record('options', options, ['signal', 'timeoutMs']);
     if (o.signal !== undefined && !(o.signal instanceof AbortSignal))
       throw new InvalidArgumentError('options.signal', 'an AbortSignal', o.signal);
-    const signal = o.signal as AbortSignal | undefined;
+    const signal = o.signal;
     const timeoutMs =
       o.timeoutMs === undefined ? this.#timeoutMs : integer('options.timeoutMs', o.timeoutMs, 1);
     signal?.throwIfAborted();

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { rename, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
-import { InvalidArgumentError, LazysnapError, NotFoundError } from '../core/errors.js';
+import { HostClosedError, InvalidArgumentError, NotFoundError } from '../core/errors.js';
 import { RestoreServer, type ServeOptions } from '../runtime/restore-server.js';
 import { prepareSocketDir } from '../runtime/serve-socket.js';
 import { assertSnapshotId } from '../store/keys.js';
@@ -90,7 +90,7 @@ export class RestoreHost {
   }
 
   #entry(ref: SnapshotRef): { entry: Entry; created: boolean } {
-    if (this.#closed) throw new LazysnapError('LAZYSNAP_SESSION_CLOSED', 'the restore host is closed');
+    if (this.#closed) throw new HostClosedError();
     const key = this.#key(ref);
     let e = this.#entries.get(key);
     const created = e === undefined;

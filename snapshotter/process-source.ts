@@ -112,7 +112,9 @@ export async function openProcess(pid: number, options: ProcessSourceOptions = {
   const resume = () => {
     try {
       kill(pid, 'SIGCONT');
-    } catch {}
+    } catch {
+      // It exited meanwhile: nothing to resume.
+    }
   };
   try {
     await waitStopped(pid, options.signal);

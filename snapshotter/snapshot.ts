@@ -238,7 +238,8 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
   };
 
   const queue = new PQueue({ concurrency });
-  let failure: unknown;
+  // Boxed: the first failure is kept whatever was thrown.
+  let failure: { error: unknown } | undefined;
   for (let i = 0; i < n && failure === undefined; i++) {
     const lo = i * chunkSize;
     const hi = Math.min(source.totalSize, lo + chunkSize);
@@ -267,12 +268,12 @@ export async function createSnapshot(options: SnapshotOptions): Promise<Snapshot
     queue
       .add(() => processChunk(i, lo, hi, overlaps))
       .catch((e: unknown) => {
-        failure ??= e;
+        failure ??= { error: e };
         queue.clear();
       });
   }
   await queue.onIdle();
-  if (failure !== undefined) throw failure;
+  if (failure !== undefined) throw failure.error;
   signal?.throwIfAborted();
 
   let vmstate: Manifest['vmstate'] = null;

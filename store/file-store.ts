@@ -1,7 +1,7 @@
 /**
  * A store in a local directory. Writes go to a temp file in the target directory and are renamed
  * into place, so readers never see a partial object and an interrupted snapshot leaves only temp
- * files (which list() ignores and gc removes). Manifests are also fsynced, file and directory,
+ * files (which list() ignores, and gc removes once they are older than its grace period). Manifests are also fsynced, file and directory,
  * because a manifest is the commit point of a snapshot: it must not survive a crash that its
  * chunks do not. Chunks are not fsynced one by one (that would cost more than the snapshot);
  * the manifest's fsync follows theirs being written, and the kernel orders neither, so a crash
@@ -13,7 +13,7 @@ import { mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-import { IntegrityError, NotFoundError, StoreError } from '../core/errors.js';
+import { IntegrityError, InvalidArgumentError, NotFoundError, StoreError } from '../core/errors.js';
 import type { ObjectInfo, ReadOptions, WriteOptions } from './backend.js';
 import { StoreBase, tooLong } from './store-base.js';
 import { assertKey } from './keys.js';
@@ -126,7 +126,29 @@ export class FileStore extends StoreBase {
     }
   }
 
-  protected async *doList(prefix: string, signal?: AbortSignal): AsyncIterable<ObjectInfo> {
+  protected doList(prefix: string, signal?: AbortSignal): AsyncIterable<ObjectInfo> {
+    return this.#walk(prefix, false, signal);
+  }
+
+  /**
+   * The temp files writes left behind, keys and all, for gc: a writer that crashed or was killed
+   * leaves one. A write in progress has one too, younger than any grace period gc gives.
+   */
+  listTemp(signal?: AbortSignal): AsyncIterable<ObjectInfo> {
+    signal?.throwIfAborted();
+    return this.#walk('', true, signal);
+  }
+
+  /** Removes a temp file that listTemp() found; one already gone is not an error. */
+  async deleteTemp(key: string): Promise<void> {
+    assertKey(key);
+    if (!FileStore.isTemp(key.slice(key.lastIndexOf('/') + 1)))
+      throw new InvalidArgumentError('key', 'the key of a temp file (from listTemp)', key);
+    await this.doDelete(key);
+  }
+
+  /** The objects (or, with `temp`, the temp files) whose keys start with prefix. */
+  async *#walk(prefix: string, temp: boolean, signal?: AbortSignal): AsyncIterable<ObjectInfo> {
     // Walk from the deepest directory the prefix names, then filter by the full prefix.
     const dirPart = prefix.includes('/') ? prefix.slice(0, prefix.lastIndexOf('/')) : '';
     const stack = [dirPart];
@@ -146,7 +168,7 @@ export class FileStore extends StoreBase {
         const key = rel ? `${rel}/${ent.name}` : ent.name;
         if (ent.isDirectory()) {
           if (key.startsWith(prefix) || prefix.startsWith(`${key}/`)) stack.push(key);
-        } else if (ent.isFile() && key.startsWith(prefix) && !ent.name.includes(TEMP_MARK)) {
+        } else if (ent.isFile() && key.startsWith(prefix) && FileStore.isTemp(ent.name) === temp) {
           const st = await stat(path.join(this.root, ...key.split('/')));
           yield { key, size: st.size, mtimeMs: st.mtimeMs };
         }
@@ -154,7 +176,7 @@ export class FileStore extends StoreBase {
     }
   }
 
-  /** Temp files left by interrupted writes (for gc). */
+  /** Whether a file name is a write's temp file rather than an object. */
   static isTemp(name: string): boolean {
     return name.includes(TEMP_MARK);
   }

@@ -234,6 +234,8 @@ export class HttpStore extends StoreBase {
     assert.fail('unreachable: StoreBase refuses writes to read-only stores');
   }
 
+  // A generator that yields nothing, so the failure comes on iteration as every backend's does.
+  // eslint-disable-next-line require-yield
   protected async *doList(prefix: string): AsyncIterable<ObjectInfo> {
     throw new StoreError(
       this.url,
@@ -338,7 +340,8 @@ export class HttpStore extends StoreBase {
     // IntegrityError included: wrapped, it would read as a retryable network error, and a lying
     // origin would be asked again instead of passed over.
     if (e instanceof StoreError || e instanceof NotFoundError || e instanceof IntegrityError) return e;
-    const code = String((e as { code?: unknown }).code ?? '');
+    const raw = (e as { code?: unknown }).code;
+    const code = typeof raw === 'string' || typeof raw === 'number' ? String(raw) : '';
     if (this.#closed && (code === 'UND_ERR_CLOSED' || code === 'UND_ERR_DESTROYED')) {
       return new StoreError(this.url, key, 'the store is closed', { retryable: false, cause: e });
     }

@@ -30,7 +30,6 @@ import {
   StoreError,
 } from '../core/errors.js';
 import type { ObjectInfo, ReadOptions, WriteOptions } from './backend.js';
-import { assertKey } from './keys.js';
 import { describeError, isRetryable, nameOf, statusOf } from './s3-errors.js';
 import { bucketProblem, isKey, parseS3Url, prefixProblem } from './s3-url.js';
 import { StoreBase, tooLong } from './store-base.js';
@@ -91,7 +90,7 @@ export class S3Store extends StoreBase {
     if (prefixIssue)
       throw new InvalidArgumentError('prefix', `a key prefix (${prefixIssue})`, options.prefix);
     this.bucket = options.bucket;
-    this.prefix = prefix as string;
+    this.prefix = prefix;
     this.#base = this.prefix ? `${this.prefix}/` : '';
     this.url = `s3://${this.bucket}${this.prefix ? `/${this.prefix}` : ''}`;
     if (options.client !== undefined) {
@@ -257,7 +256,7 @@ async function readBody(
   signal?: AbortSignal,
 ): Promise<Buffer> {
   if (!body) return Buffer.alloc(0);
-  const onAbort = (): void => body.destroy?.(signal?.reason);
+  const onAbort = (): void => body.destroy?.(signal?.reason as Error | undefined);
   signal?.addEventListener('abort', onAbort, { once: true });
   try {
     if (length === undefined) {

@@ -184,7 +184,9 @@ function serve(conn: number): void {
 
 try {
   unlinkSync(socketPath);
-} catch {}
+} catch {
+  // No socket left from an earlier run: nothing to remove.
+}
 const lfd = listenUnix(socketPath);
 const lw = watchFd(lfd, { readable: true }, () => {
   const conn = acceptUnix(lfd);

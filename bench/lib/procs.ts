@@ -85,9 +85,9 @@ export function startHandler(argv: string[], cpus?: string): Handler {
   const waiters: { re: RegExp; res: (l: string) => void }[] = [];
   let buf = '';
   let stderr = '';
-  child.stdout!.setEncoding('utf8');
-  child.stderr!.setEncoding('utf8');
-  child.stdout!.on('data', (d: string) => {
+  child.stdout.setEncoding('utf8');
+  child.stderr.setEncoding('utf8');
+  child.stdout.on('data', (d: string) => {
     buf += d;
     for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
       const l = buf.slice(0, i);
@@ -96,7 +96,7 @@ export function startHandler(argv: string[], cpus?: string): Handler {
       for (const w of waiters.filter((x) => x.re.test(l))) w.res(l);
     }
   });
-  child.stderr!.on('data', (d: string) => (stderr += d));
+  child.stderr.on('data', (d: string) => (stderr += d));
   const exit = once(child, 'exit').then(([code]) => {
     live.delete(child);
     return { code: code as number | null, stderr, lines };

@@ -64,12 +64,12 @@ export async function startSlowOrigin(root: string, o: SlowOriginOptions): Promi
   const exited = once(child, 'exit').then(() => live.delete(child));
   const lines: string[] = [];
   const waiters: ((l: string) => void)[] = [];
-  createInterface({ input: child.stdout! }).on('line', (l) => {
+  createInterface({ input: child.stdout }).on('line', (l) => {
     const w = waiters.shift();
     if (w) w(l);
     else lines.push(l);
   });
-  child.stdin!.on('error', () => {});
+  child.stdin.on('error', () => {});
   const nextLine = (ms: number, what: string): Promise<string> => {
     const queued = lines.shift();
     if (queued !== undefined) return Promise.resolve(queued);
@@ -81,7 +81,7 @@ export async function startSlowOrigin(root: string, o: SlowOriginOptions): Promi
     });
   };
   const stop = async (): Promise<void> => {
-    child.stdin!.end(); // the proxy closes and exits on EOF
+    child.stdin.end(); // the proxy closes and exits on EOF
     const t = setTimeout(() => child.kill('SIGKILL'), 5000);
     if (child.exitCode === null && child.signalCode === null) await exited;
     clearTimeout(t);
@@ -93,7 +93,7 @@ export async function startSlowOrigin(root: string, o: SlowOriginOptions): Promi
     return {
       url,
       async stats() {
-        child.stdin!.write('stats\n');
+        child.stdin.write('stats\n');
         return JSON.parse(await nextLine(5000, 'stats line')) as DelayProxyStats;
       },
       stop,

@@ -346,7 +346,7 @@ export const cliArgs: FuzzTarget = {
       try {
         code = await clock.timeAsync(() => main(argv, io, signal));
       } catch (e) {
-        throw new Error(`main() rejected: ${(e as Error)?.stack ?? String(e)}`);
+        throw new Error(`main() rejected: ${(e as Error)?.stack ?? String(e)}`, { cause: e });
       }
       await new Promise((r) => setImmediate(r));
       // Every file, socket and store a command opened is closed by the time main() returns.

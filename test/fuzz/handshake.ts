@@ -64,7 +64,7 @@ export const handshakeParse: FuzzTarget = {
           expectTyped(e, ['LAZYSNAP_BAD_HANDSHAKE'], 'parseHandshake');
           tally.add(`${p.kind} rejected`);
           if (p.valid && fds === 1)
-            throw new Error(`a valid ${p.kind} payload was rejected: ${(e as Error).message}`);
+            throw new Error(`a valid ${p.kind} payload was rejected: ${(e as Error).message}`, { cause: e });
           return;
         }
         tally.add(`${p.kind} accepted`);
@@ -79,7 +79,7 @@ export const handshakeParse: FuzzTarget = {
         }
       },
     );
-    return { ...outcome(this.name, await fc.check(prop, params(o)), clock), notes: String(tally) };
+    return { ...outcome(this.name, fc.check(prop, params(o)), clock), notes: String(tally) };
   },
 };
 

@@ -153,7 +153,7 @@ export const manifestRoundTrip: FuzzTarget = {
       const bad = checkIndex(ix);
       if (bad) throw new Error(bad);
     });
-    return outcome(this.name, await fc.check(prop, params(o)), clock);
+    return outcome(this.name, fc.check(prop, params(o)), clock);
   },
 };
 
@@ -193,7 +193,7 @@ export const manifestParse: FuzzTarget = {
       const bad = checkIndex(ix);
       if (bad) throw new Error(bad);
     });
-    return { ...outcome(this.name, await fc.check(prop, params(o)), clock), notes: String(tally) };
+    return { ...outcome(this.name, fc.check(prop, params(o)), clock), notes: String(tally) };
   },
 };
 

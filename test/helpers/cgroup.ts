@@ -31,7 +31,9 @@ function v2Base(): string | undefined {
     try {
       if (readFileSync(path.join(root, 'cgroup.controllers'), 'utf8').split(/\s+/).includes('memory'))
         return root;
-    } catch {}
+    } catch {
+      // No cgroup v2 hierarchy at this root: try the next.
+    }
   }
   return undefined;
 }
@@ -60,7 +62,9 @@ export function memoryCgroup(name: string, limitBytes: number): MemoryCgroup | {
   } catch (e) {
     try {
       rmdirSync(dir);
-    } catch {}
+    } catch {
+      // Never created: the error below is the one that matters.
+    }
     return { reason: `cannot create a memory cgroup under ${base}: ${(e as Error).message}` };
   }
   return {
@@ -89,7 +93,9 @@ export function memoryCgroup(name: string, limitBytes: number): MemoryCgroup | {
     remove: () => {
       try {
         rmdirSync(dir);
-      } catch {}
+      } catch {
+        // Already removed, or still busy: a test cgroup left behind is harmless.
+      }
     },
   };
 }

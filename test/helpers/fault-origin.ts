@@ -65,7 +65,7 @@ export async function fakeOrigin(root: string, plan: (n: number, url: string) =>
         },
         () => res.writeHead(404).end(),
       );
-    if (typeof f === 'object') setTimeout(answer, f.delayMs);
+    if (typeof f === 'object') setTimeout(() => void answer(), f.delayMs);
     else void answer();
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));

@@ -97,17 +97,17 @@ export function startClient(args: string[], opts: ClientOptions = {}): RunningCl
   const ready = new Promise<number>((res) => (readyResolve = res));
   let reportResolve: (r: ClientReport) => void = () => {};
   const reported = new Promise<ClientReport>((res) => (reportResolve = res));
-  child.stdout!.setEncoding('utf8');
-  child.stderr!.setEncoding('utf8');
-  child.stdout!.on('data', (d: string) => {
+  child.stdout.setEncoding('utf8');
+  child.stderr.setEncoding('utf8');
+  child.stdout.on('data', (d: string) => {
     out += d;
     const m = /^ready (\d+)$/m.exec(out);
     if (m) readyResolve(Number(m[1]));
     const r = /^\{.*\}$/m.exec(out);
     if (r) reportResolve(JSON.parse(r[0]) as ClientReport);
   });
-  child.stderr!.on('data', (d: string) => (err += d));
-  child.stdin!.on('error', () => {}); // the client may exit (SIGBUS) before reading stdin
+  child.stderr.on('data', (d: string) => (err += d));
+  child.stdin.on('error', () => {}); // the client may exit (SIGBUS) before reading stdin
   const result = (async () => {
     // 'close', not 'exit': exit can fire before stdout has been read to its end.
     const [code, signal] = (await once(child, 'close')) as [number | null, NodeJS.Signals | null];
@@ -117,8 +117,8 @@ export function startClient(args: string[], opts: ClientOptions = {}): RunningCl
   return {
     child,
     ready,
-    go: () => child.stdin!.write('go\n'),
-    release: () => child.stdin!.end(),
+    go: () => child.stdin.write('go\n'),
+    release: () => child.stdin.end(),
     reported,
     result,
   };

@@ -41,7 +41,10 @@ export function startFdStore(socketPath: string): FdStore {
     else if (line.startsWith('notify ')) notices.push(line.split(' ').slice(3).join(' '));
     else if (line.startsWith('started ')) onStarted?.(Number(line.slice(8)));
     else if (line.startsWith('stored ')) (listing ??= []).push(line.slice(7));
-    else if (line === 'end') ((stored = listing ?? []), (listing = undefined));
+    else if (line === 'end') {
+      stored = listing ?? [];
+      listing = undefined;
+    }
   });
   createInterface({ input: child.stderr }).on('line', (line) => {
     if (!line.startsWith('{')) return;

@@ -89,7 +89,7 @@ export async function startServe(
   let text = '';
   let buf = '';
   const waiters = new Set<{ match: (l: LogLine) => boolean; resolve: (l: LogLine) => void }>();
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
     buf += d;
     for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
       const line = buf.slice(0, i);
@@ -107,7 +107,11 @@ export async function startServe(
         continue;
       }
       logs.push(parsed);
-      for (const w of waiters) if (w.match(parsed)) (waiters.delete(w), w.resolve(parsed));
+      for (const w of waiters) {
+        if (!w.match(parsed)) continue;
+        waiters.delete(w);
+        w.resolve(parsed);
+      }
     }
   });
   const exited = once(child, 'exit').then(([code, signal]) => {
@@ -159,7 +163,9 @@ export async function startServe(
       for (const p of proc.pids()) {
         try {
           writeFileSync(`/proc/${p}/clear_refs`, '5');
-        } catch {} // gone since listed, or not ours to reset: the peak then includes start-up
+        } catch {
+          // gone since listed, or not ours to reset: the peak then includes start-up
+        }
       }
     },
     exited,
@@ -280,7 +286,7 @@ export function fdKinds(pid: number): FdKinds {
     if (target === 'anon_inode:[userfaultfd]') n.uffd++;
     else if (target === 'anon_inode:[pidfd]') n.pidfd++;
     else if (target.startsWith('/memfd:')) n.memfd++;
-    else if (sock) n[unix.has(sock[1]!) ? 'unix' : 'tcp']++;
+    else if (sock) n[unix.has(sock[1]) ? 'unix' : 'tcp']++;
     else if (target.startsWith('/')) n.file++;
     else n.other++;
   }

@@ -16,7 +16,7 @@ import { findExecutable } from './system.js';
 // browser globals (and their own WebAssembly declarations) into the whole project's type check.
 const HCL2JSON = '@cdktf/hcl2json';
 const { parse } = (await import(HCL2JSON)) as {
-  parse(filename: string, contents: string): Promise<Record<string, unknown>>;
+  parse: (filename: string, contents: string) => Promise<Record<string, unknown>>;
 };
 
 export const terraformPath = findExecutable('terraform', ['/usr/local/bin', '/usr/bin']);

@@ -61,7 +61,9 @@ export class Harness {
     this.socketPath = path.join(opts.dir, 'uffd.sock');
     try {
       unlinkSync(this.socketPath);
-    } catch {}
+    } catch {
+      // No socket left from an earlier run: nothing to remove.
+    }
     this.table = new ChunkTable(opts.image.length, opts.chunkSize);
     for (const z of opts.zeroChunks ?? []) this.table.setZero(z);
     const resident =
@@ -152,7 +154,9 @@ export class Harness {
     }
     try {
       unlinkSync(this.socketPath);
-    } catch {}
+    } catch {
+      // Never bound, or already removed: nothing to clean up.
+    }
   }
 }
 

@@ -60,12 +60,12 @@ export function startPeer(
   );
   live.add(child);
   let stderr = '';
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const reads: ReadReport[] = [];
   let done = false;
   let onHandshake!: (pid: number) => void;
   const handshake = new Promise<number>((res) => (onHandshake = res));
-  createInterface({ input: child.stdout! }).on('line', (line) => {
+  createInterface({ input: child.stdout }).on('line', (line) => {
     const o = JSON.parse(line) as { handshake?: string; pid?: number; read?: ReadReport; done?: boolean };
     if (o.handshake) onHandshake(o.pid!);
     if (o.read) reads.push(o.read);
@@ -77,5 +77,5 @@ export function startPeer(
       resolve({ code, signal, reads, done, stderr });
     }),
   );
-  return { child, handshake, reads, go: () => child.stdin!.write('\n'), result };
+  return { child, handshake, reads, go: () => child.stdin.write('\n'), result };
 }

@@ -1,6 +1,8 @@
 import { describe, expect, expectTypeOf, it } from 'vitest';
 
 import {
+  ERROR_CODES,
+  HostClosedError,
   InsecurePathError,
   InvalidArgumentError,
   KeyUnavailableError,
@@ -10,6 +12,7 @@ import {
   SignatureError,
   UffdUnavailableError,
   WrongKeyError,
+  isErrorCode,
   isSystemError,
   type ErrorCode,
 } from '../../core/errors.js';
@@ -46,6 +49,14 @@ describe('typed errors', () => {
     expect(isSystemError(e)).toBe(false);
     expect(new NativeUnavailableError('x', cause).cause).toBe(cause);
     expect(new SessionClosedError().code).toBe('LAZYSNAP_SESSION_CLOSED');
+    expect(new HostClosedError().code).toBe('LAZYSNAP_HOST_CLOSED');
+  });
+
+  it('know their own codes at run time (errors that crossed a thread keep their class only by code)', () => {
+    expect(new Set(ERROR_CODES).size).toBe(ERROR_CODES.length);
+    expect(isErrorCode('LAZYSNAP_HOST_CLOSED')).toBe(true);
+    expect(isErrorCode('EFAULT')).toBe(false);
+    expectTypeOf<(typeof ERROR_CODES)[number]>().toEqualTypeOf<ErrorCode>();
   });
 
   it('security refusals carry their codes and context, never key material', () => {

@@ -217,7 +217,7 @@ describe.skipIf(!hasUffd)(uffdSuite('faults: processes'), () => {
     });
     cleanup.push(() => void child.kill('SIGKILL'));
     let out = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     const [code] = (await bounded(once(child, 'exit'), 20_000, 'uffd-release fixture')) as [number];
     expect(code).toBe(0);
     expect(JSON.parse(out)).toEqual({ bytesRead: 4 * 4096, allZero: true });

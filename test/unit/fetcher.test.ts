@@ -78,7 +78,7 @@ describe('chunk fetcher', () => {
     });
     await expect(f.fetch(ref, 'demand')).rejects.toThrow(FetchError); // one pass: 3 attempts, gives up
     expect(o.requests).toHaveLength(3);
-    const got = await f.fetch(ref, 'demand', { patienceMs: 5000 });
+    await f.fetch(ref, 'demand', { patienceMs: 5000 });
     expect(f.bytesOf(0).equals(bytes)).toBe(true);
     expect(o.requests).toHaveLength(9);
     // One event for the recovered fetch, naming every failed attempt of every pass.
@@ -196,7 +196,7 @@ describe('chunk fetcher', () => {
     const slow = refs.slice(0, 8).map((r) => f.fetch(r, 'prefetch'));
     await expect.poll(() => f.running().prefetch).toBe(4);
     expect(f.pending().prefetch).toBe(4);
-    const got = await f.fetch(wanted, 'demand');
+    await f.fetch(wanted, 'demand');
     expect(f.bytesOf(wanted.chunk).readUInt8(0)).toBe(9);
     expect(f.running().prefetch).toBe(4); // still held: the demand did not wait for any of them
     await Promise.all(slow);

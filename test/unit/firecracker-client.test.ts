@@ -90,7 +90,7 @@ describe('the fake Firecracker catches spec violations', () => {
   ])('rejects %s with 400 and a fault_message', async (_name, body, problem) => {
     const res = await load(body);
     expect(res.status).toBe(400);
-    expect(JSON.parse(res.body).fault_message).toMatch(problem);
+    expect((JSON.parse(res.body) as { fault_message: string }).fault_message).toMatch(problem);
     expect(fc.violations).toEqual(
       expect.arrayContaining([expect.stringMatching(new RegExp(`^PUT /snapshot/load: .*${problem.source}`))]),
     );
@@ -422,7 +422,7 @@ describe('FirecrackerClient against the spec', () => {
 
   it('types the wire-facing unions', () => {
     expectTypeOf<LoadSnapshotParams['memBackend']['backendType']>().toEqualTypeOf<'Uffd' | 'File'>();
-    expectTypeOf(client.describeInstance)
+    expectTypeOf(() => client.describeInstance())
       .returns.resolves.toHaveProperty('state')
       .toEqualTypeOf<'Not started' | 'Running' | 'Paused'>();
     expectTypeOf<CallOptions>().toEqualTypeOf<{ signal?: AbortSignal; timeoutMs?: number }>();

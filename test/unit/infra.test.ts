@@ -81,8 +81,10 @@ function pathsCalled(expr: string, fn: 'templatefile' | 'file', dir: string): st
 function placeholders(template: string): Set<string> {
   const names = new Set<string>();
   const loopVars = new Set<string>();
-  for (const m of template.matchAll(/%\{\s*for\s+(\w+)\s+in\s+([A-Za-z_]\w*)/g))
-    (loopVars.add(m[1]!), names.add(m[2]!));
+  for (const m of template.matchAll(/%\{\s*for\s+(\w+)\s+in\s+([A-Za-z_]\w*)/g)) {
+    loopVars.add(m[1]!);
+    names.add(m[2]!);
+  }
   for (const m of template.matchAll(/(?<!\$)\$\{\s*([A-Za-z_]\w*)/g))
     if (!loopVars.has(m[1]!)) names.add(m[1]!);
   return names;
@@ -940,7 +942,10 @@ describe.skipIf(!!nginxSkipReason)(
       });
     });
     afterAll(async () => {
-      for (const k of envKeys) saved[k] === undefined ? delete process.env[k] : (process.env[k] = saved[k]);
+      for (const k of envKeys) {
+        if (saved[k] === undefined) delete process.env[k];
+        else process.env[k] = saved[k];
+      }
       await tier?.stop();
       await origin?.stop();
       await s3?.stop();
@@ -1052,7 +1057,7 @@ describe.skipIf(!!nginxSkipReason)(
         });
         const exited = once(child, 'exit');
         let err = '';
-        child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+        child.stderr.on('data', (d: Buffer) => (err += d.toString()));
         try {
           const sock = path.join(tmp.dir, 'run', 'lazysnap', 'fn-1', 'uffd.sock');
           for (let i = 0; i < 500 && !err.includes('serving fn-1 on') && child.exitCode === null; i++)

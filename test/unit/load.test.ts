@@ -6,7 +6,6 @@
  * warn/error line, and serve's fds back to their baseline. Memory and timing are the soak's to
  * report, never asserted here.
  */
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { makeImage, tempDir } from '../helpers/images.js';

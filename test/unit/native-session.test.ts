@@ -327,7 +327,10 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
     const exited = await new Promise<SessionEvent>((res) => {
       const poll = setInterval(() => {
         const e = a.events.find((x) => x.exited);
-        if (e) (res(e), clearInterval(poll));
+        if (e) {
+          res(e);
+          clearInterval(poll);
+        }
       }, 5);
     });
     expect(exited.exited).toBe(true);

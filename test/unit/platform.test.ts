@@ -21,6 +21,26 @@ import { hasUffd, uffdSuite } from '../helpers/skip.js';
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const CS = 256 * KiB;
+
+describe('RestoreHost after close()', () => {
+  it("refuses with its own code, not a fault session's", async () => {
+    const tmp = tempDir();
+    try {
+      const host = new RestoreHost({ runtimeDir: path.join(tmp.dir, 'run') });
+      await host.close();
+      const snapshot = { id: 'vm', stores: [`file://${tmp.dir}/store`] };
+      expect(() => host.server(snapshot)).toThrow(
+        expect.objectContaining({ code: 'LAZYSNAP_HOST_CLOSED', name: 'HostClosedError' }),
+      );
+      await expect(host.restore({ snapshot, firecracker: '/nonexistent.sock' })).rejects.toMatchObject({
+        code: 'LAZYSNAP_HOST_CLOSED',
+      });
+    } finally {
+      tmp.cleanup();
+    }
+  });
+});
+
 describe.skipIf(!hasUffd)(uffdSuite('RestoreHost: one-call lazy Firecracker restore'), () => {
   let tmp: ReturnType<typeof tempDir>;
   let store: string;

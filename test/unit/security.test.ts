@@ -740,8 +740,8 @@ describe.skipIf(!hasUffd)(uffdSuite('keys never logged'), () => {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
-    child.stdout!.on('data', (d: Buffer) => (out += d.toString('latin1')));
-    child.stderr!.on('data', (d: Buffer) => (out += d.toString('latin1')));
+    child.stdout.on('data', (d: Buffer) => (out += d.toString('latin1')));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString('latin1')));
     return { child, output: () => out };
   }
 

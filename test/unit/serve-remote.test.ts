@@ -56,7 +56,10 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve with remote origins'), () =>
   });
   afterAll(async () => {
     await s3.stop();
-    for (const k of envKeys) saved[k] === undefined ? delete process.env[k] : (process.env[k] = saved[k]);
+    for (const k of envKeys) {
+      if (saved[k] === undefined) delete process.env[k];
+      else process.env[k] = saved[k];
+    }
     tmp.cleanup();
   });
 
@@ -189,7 +192,7 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve with remote origins'), () =>
       },
     );
     let err = '';
-    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     for (let i = 0; i < 300 && !err.includes('serving vm on'); i++)
       await new Promise((r) => setTimeout(r, 20));
     expect(err).toContain(`serving vm on ${sock}`);

@@ -94,8 +94,10 @@ describe('snapshots in S3 (s3rver)', () => {
       expect((await reassemble(store, 'c1')).equals(img.bytes)).toBe(true);
       await store.close();
     } finally {
-      for (const [k, v] of Object.entries(saved))
-        v === undefined ? delete process.env[k] : (process.env[k] = v);
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
     }
   });
 });

@@ -134,7 +134,7 @@ describe('snapshotter with the directory store', () => {
     const bin = buildC('test/fixtures/pattern-proc.c');
     const child = spawn(bin, [String(4 * MiB)], { stdio: ['pipe', 'pipe', 'inherit'] });
     try {
-      const [line] = (await once(child.stdout!, 'data')) as [Buffer];
+      const [line] = (await once(child.stdout, 'data')) as [Buffer];
       const [, addrHex, size] = line.toString().trim().split(' ');
       const store = new FileStore(storeDir);
       const src = await openProcess(child.pid!);
@@ -153,7 +153,7 @@ describe('snapshotter with the directory store', () => {
       }
       expect(ix.manifest.source.kind).toBe('process');
     } finally {
-      child.stdin!.end();
+      child.stdin.end();
       await once(child, 'exit');
     }
   });
@@ -162,7 +162,7 @@ describe('snapshotter with the directory store', () => {
     const bin = buildC('test/fixtures/pattern-proc.c');
     const child = spawn(bin, [String(4 * MiB)], { stdio: ['pipe', 'pipe', 'inherit'] });
     try {
-      const [line] = (await once(child.stdout!, 'data')) as [Buffer];
+      const [line] = (await once(child.stdout, 'data')) as [Buffer];
       const base = BigInt(`0x${line.toString().trim().split(' ')[1]}`);
       // One MiB from the middle of the 4 MiB mapping.
       const lo = base + BigInt(MiB);
@@ -211,7 +211,7 @@ describe('snapshotter with the directory store', () => {
         err: expect.stringMatching(/maps must be address ranges 0xSTART-0xEND, page-aligned/),
       });
     } finally {
-      child.stdin!.end();
+      child.stdin.end();
       await once(child, 'exit');
     }
   });
@@ -279,6 +279,36 @@ describe('snapshotter with the directory store', () => {
     expect(r).toMatchObject({ manifests: 1, referencedChunks: 8, deleted: [onlyB] });
     expect(existsSync(path.join(storeDir, ...onlyB.split('/')))).toBe(false);
     expect((await reassemble(store, 'a')).equals(a.bytes)).toBe(true);
+  });
+
+  it('gc removes temp files of interrupted writes past the grace period, and only those', async () => {
+    const img = makeImage(tmp.dir, 1 * MiB, CS);
+    const store = new FileStore(storeDir);
+    const src = await openMemoryFile(img.path);
+    await createSnapshot({ source: src, store, id: 'a', chunkSize: CS });
+    await src.close();
+    const chunk = files(storeDir).find((f) => f.startsWith('chunks/'))!;
+    // What a snapshotter killed mid-write leaves (FileStore's own temp naming), one old, one recent.
+    const stale = `${chunk}.tmp-4242-00c0ffee`;
+    const manifestTmp = 'manifests/b.json.tmp-4242-0badf00d';
+    const recent = `${chunk}.tmp-4343-deadbeef`;
+    for (const k of [stale, manifestTmp, recent])
+      writeFileSync(path.join(storeDir, ...k.split('/')), 'partial');
+    const old = Date.now() / 1000 - 7200;
+    for (const k of [stale, manifestTmp]) utimesSync(path.join(storeDir, ...k.split('/')), old, old);
+    const before = files(storeDir).length;
+
+    const dry = await collectGarbage({ store, dryRun: true });
+    expect(dry.deletedTemp).toEqual([manifestTmp, stale].sort());
+    expect(files(storeDir)).toHaveLength(before);
+    const r = await collectGarbage({ store });
+    expect(r).toMatchObject({ manifests: 1, deleted: [], deletedTemp: [manifestTmp, stale].sort() });
+    expect(existsSync(path.join(storeDir, ...stale.split('/')))).toBe(false);
+    expect(existsSync(path.join(storeDir, ...manifestTmp.split('/')))).toBe(false);
+    expect(existsSync(path.join(storeDir, ...recent.split('/')))).toBe(true);
+    expect(files(storeDir)).toHaveLength(before - 2);
+    expect((await reassemble(store, 'a')).equals(img.bytes)).toBe(true);
+    await expect(store.deleteTemp(chunk)).rejects.toMatchObject({ code: 'LAZYSNAP_INVALID_ARGUMENT' });
   });
 
   it('rejects bad input with one clear line, exit 2, and writes nothing', async () => {

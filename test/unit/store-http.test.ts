@@ -475,10 +475,11 @@ describe('http store faults (fake origin)', () => {
       const m = mode++;
       if (m === 0) res.writeHead(500).end(`echo: Bearer ${SECRET}`);
       else if (m === 1) res.writeHead(403).end(`echo: Bearer ${SECRET}`);
-      else if (m === 2)
-        (res.writeHead(200, { 'content-length': 100 }),
-          res.write(Buffer.alloc(5), () => res.socket?.destroy()));
-      else if (m === 3) res.writeHead(206, { 'content-range': 'bytes 0-0/1', 'content-length': 1 }).end('x');
+      else if (m === 2) {
+        res.writeHead(200, { 'content-length': 100 });
+        res.write(Buffer.alloc(5), () => res.socket?.destroy());
+      } else if (m === 3)
+        res.writeHead(206, { 'content-range': 'bytes 0-0/1', 'content-length': 1 }).end('x');
       // m >= 4: never answer (timeout)
     };
     await withOrigin(

@@ -28,14 +28,7 @@ import { S3Store } from '../../store/s3-store.js';
 import { startClient, type ClientResult, type RunningClient } from '../helpers/fc-client.js';
 import { makeImage, tempDir, type TestImage } from '../helpers/images.js';
 import { S3RVER_CREDENTIALS, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
-import {
-  bounded,
-  fdKinds,
-  startServe,
-  until,
-  type FdKinds,
-  type ServeProcess,
-} from '../helpers/serve-process.js';
+import { bounded, fdKinds, startServe, until, type FdKinds } from '../helpers/serve-process.js';
 import { startFdStore } from '../helpers/fd-store.js';
 import { snapshotTo } from '../helpers/serve.js';
 import { hasUffd, uffdSuite } from '../helpers/skip.js';
@@ -121,7 +114,10 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
     afterAll(async () => {
       await proxy?.close();
       await s3?.stop();
-      for (const k of envKeys) saved[k] === undefined ? delete process.env[k] : (process.env[k] = saved[k]);
+      for (const k of envKeys) {
+        if (saved[k] === undefined) delete process.env[k];
+        else process.env[k] = saved[k];
+      }
     });
 
     it('8 clients mid-restore, the worker SIGKILLed 20 times at random moments: every page verified, ballooned pages zero, no fd left behind', async () => {
@@ -258,7 +254,10 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
               for (const fd of f) closeFd(fd);
               if (msg.t === 'offer' && take) link.send({ t: 'take' });
               // Everything received, then gone without an 'ok': a successor that died.
-              if (msg.t === 'refuse' || msg.t === 'done') (link.close(), resolve({ got, fds }));
+              if (msg.t === 'refuse' || msg.t === 'done') {
+                link.close();
+                resolve({ got, fds });
+              }
             },
             () => resolve({ got, fds }),
             HANDOVER_VERSION,
