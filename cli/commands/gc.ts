@@ -22,9 +22,10 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
       const verb = values['dry-run'] ? 'would delete' : 'deleted';
       io.out(
         `gc ${store.url}: ${r.manifests} manifests reference ${r.referencedChunks} chunks; ${verb} ${r.deleted.length} chunks (${formatBytes(r.deletedBytes)})` +
-          `${r.keptYoung ? `, kept ${r.keptYoung} younger than ${values.grace}` : ''}\n`,
+          `${r.keptYoung ? `, kept ${r.keptYoung} younger than ${values.grace}` : ''}` +
+          `${r.deletedTemp.length ? `; ${verb} ${r.deletedTemp.length} temp files of interrupted writes` : ''}\n`,
       );
-      if (values['dry-run']) for (const k of r.deleted) io.out(`  ${k}\n`);
+      if (values['dry-run']) for (const k of [...r.deleted, ...r.deletedTemp]) io.out(`  ${k}\n`);
     }
     return 0;
   } finally {

@@ -50,7 +50,7 @@ import {
   type ToOld,
   type Versions,
 } from './handover.js';
-import { ACTIVITY_SLOTS, Link, type FromWorker, type WorkerOptions } from './link.js';
+import { Link, type FromWorker, type WorkerOptions } from './link.js';
 import { RestartPolicy } from './restart-policy.js';
 import { notify, ownUnit, removeFds, restartPending, storeFds, takeListenFds } from './systemd.js';
 import { WorkerProcess } from './worker-process.js';
@@ -591,13 +591,17 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
           const cred = peerCredentials(conn);
           this.#adopt({ fd: conn, pidfd, pid: cred.pid, uid: cred.uid }, uffd, state);
           continue;
-        } catch {}
+        } catch {
+          // the peer hung up while nobody served it: handled as half a session below
+        }
       }
       // Half a session cannot be served: its peer is killed rather than left waiting on faults.
       if (pidfd === undefined && conn !== undefined) {
         try {
           pidfd = pidfdOpen(peerCredentials(conn).pid);
-        } catch {}
+        } catch {
+          // the peer is gone already: nobody to kill
+        }
       }
       if (pidfd !== undefined) killQuietly(pidfd);
       this.#log.error(
@@ -689,7 +693,9 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     for (const p of mine) {
       try {
         if (lstatSync(p).isSocket()) unlinkSync(p);
-      } catch {}
+      } catch {
+        // not there any more: nothing to remove
+      }
     }
   }
 
@@ -704,7 +710,10 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     if (this.#ctlFd !== undefined) closeFd(this.#ctlFd);
     this.#ctlFd = undefined;
     if (this.#acceptor) {
-      for (const p of this.#acceptor.takePending()) (closeFd(p.fd), closeFd(p.pidfd));
+      for (const p of this.#acceptor.takePending()) {
+        closeFd(p.fd);
+        closeFd(p.pidfd);
+      }
       closeFd(this.#acceptor.listenFd);
     }
     this.#acceptor = undefined;
@@ -719,7 +728,9 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     const path = controlPath(this.#o.socketPath);
     try {
       if (lstatSync(path).isSocket()) unlinkSync(path); // a predecessor's, or a stale one
-    } catch {}
+    } catch {
+      // no such path: nothing to replace
+    }
     const fd = listenUnix(path, 4, true);
     this.#ctlFd = fd;
     this.#ctlWatch = watchFd(fd, { readable: true }, () => {
@@ -901,7 +912,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
           } catch (e) {
             for (const f of fds) closeFd(f);
             link.close();
-            reject(e);
+            reject(e instanceof Error ? e : new Error(String(e)));
           }
         },
         (reason) => {
