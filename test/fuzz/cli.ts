@@ -16,6 +16,7 @@ import path from 'node:path';
 import fc from 'fast-check';
 
 import { main } from '../../cli/main.js';
+import { COMMAND_SPECS } from '../../cli/specs/index.js';
 import { createRootLogger } from '../../core/logger.js';
 import { tempDir } from '../helpers/images.js';
 import { snapshotTo } from '../helpers/serve.js';
@@ -29,8 +30,7 @@ import {
   type RunOptions,
 } from './target.js';
 
-const COMMANDS = ['snapshot', 'inspect', 'serve', 'gc', 'demo'];
-const BOOL_OPTS = ['json', 'dry-run', 'fill', 'compare'];
+const COMMANDS = COMMAND_SPECS.map((c) => c.name);
 /** Messages that mean an internal error escaped as the user-facing line. */
 const INTERNAL =
   /Cannot read propert|Cannot convert|is not a function|is not defined|is not iterable|Maximum call stack|Invalid array length|Invalid string length|out of memory|\[object Object\]/;
@@ -167,51 +167,24 @@ function pools(sb: string): Pools {
   };
 }
 
-/** Each command's own options (booleans in BOOL_OPTS), so most cases get past parseArgs. */
-const OPTIONS: Record<string, string[]> = {
-  snapshot: [
-    'mem-file',
-    'pid',
-    'store',
-    'id',
-    'vmstate',
-    'parent',
-    'chunk-size',
-    'compress',
-    'level',
-    'regions',
-    'page-size',
-    'concurrency',
-    'progress',
-    's3-endpoint',
-    'json',
-  ],
-  inspect: ['store', 'id', 'json', 's3-endpoint'],
-  serve: [
-    'store',
-    'id',
-    'socket',
-    'cache-dir',
-    'cache-budget',
-    'memory-budget',
-    'fail-timeout',
-    'fail-closed',
-    'attempt-timeout',
-    'retries',
-    'handshake-timeout',
-    'shutdown-grace',
-    'metrics-port',
-    'metrics-host',
-    'allow-uid',
-    's3-endpoint',
-    'prefetch',
-    'fill',
-    'prefetch-window',
-    'fetch-concurrency',
-  ],
-  gc: ['store', 'dry-run', 'grace', 'json', 's3-endpoint'],
-  demo: ['size', 'chunk-size', 'working-set', 'latency-ms', 'compare', 'json'],
-};
+/**
+ * Each command's own options, from their one definition (cli/specs/), so most cases get past
+ * parseArgs and a flag added to a command is fuzzed without editing this file.
+ */
+const OPTIONS: Record<string, string[]> = Object.fromEntries(
+  COMMAND_SPECS.map((c) => [c.name, Object.keys(c.options)]),
+);
+const BOOL_OPTS = [
+  ...new Set(
+    COMMAND_SPECS.flatMap((c) =>
+      Object.entries(c.options)
+        .filter(([, o]) => o.type === 'boolean')
+        .map(([n]) => n),
+    ),
+  ),
+];
+/** A string option with no pool of its own above gets these (the first is the one most likely valid). */
+const GENERIC = ['1', 'x', '', '-1', 'a'.repeat(200)];
 
 /** The options without which each command stops at once; snapshot's source is one of two. */
 const CORE: Record<string, string[]> = {
@@ -222,7 +195,9 @@ const CORE: Record<string, string[]> = {
   demo: ['size'],
 };
 
-function argvArb(p: Pools): fc.Arbitrary<string[]> {
+function argvArb(pools: Pools): fc.Arbitrary<string[]> {
+  const p: Pools = { ...pools };
+  for (const n of Object.values(OPTIONS).flat()) if (!BOOL_OPTS.includes(n)) p[n] ??= GENERIC;
   const names = Object.keys(p);
   /** One option with a value from its pool (sometimes a random token, as `--o=v`, or missing). */
   const opt = (n: string): fc.Arbitrary<string[]> => {
