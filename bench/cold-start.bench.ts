@@ -304,14 +304,21 @@ async function runMode(mode: Mode, ix: SnapshotIndex): Promise<Record<string, nu
   const ws = workingSet[w];
   if (kind === 'lazy') {
     assert.equal(summary.prefetchedChunks, 0, 'fault-only: nothing may be prefetched');
-    assert.equal(summary.fetchedChunks, ws.length, 'fault-only: the working set, each chunk once');
+    // The working set, each chunk once, plus what serve's sequential read-ahead (runtime/readahead.ts,
+    // on by default) took when two touches landed next to each other: a few chunks, never a replay.
+    assert.ok(
+      summary.fetchedChunks >= ws.length && summary.fetchedChunks <= ws.length + Math.ceil(ws.length / 4),
+      `fault-only: ${summary.fetchedChunks} chunks fetched for a working set of ${ws.length}`,
+    );
   } else {
     assert.ok(summary.prefetchedChunks > 0, `${mode}: the profile was not replayed`);
-    // At least the working set; at most its union with the profile (a different run's extra chunks).
+    // At least the working set; at most its union with the profile (a different run's extra chunks)
+    // and what read-ahead took, as in fault-only.
     const union = new Set([...ws, ...recorded]).size;
+    const most = union + Math.ceil(ws.length / 4);
     assert.ok(
-      summary.fetchedChunks >= ws.length && summary.fetchedChunks <= union,
-      `${mode}: ${summary.fetchedChunks} chunks fetched, expected ${ws.length} to ${union}`,
+      summary.fetchedChunks >= ws.length && summary.fetchedChunks <= most,
+      `${mode}: ${summary.fetchedChunks} chunks fetched, expected ${ws.length} to ${most}`,
     );
   }
   const shared = recorded.filter((c) => ws.includes(c)).length;
@@ -495,8 +502,8 @@ const file = writeResult({
     `elapsedNs. Floor: the working set's non-zero chunks alone downloaded the eager way (${C} connections, all in flight, verified, ` +
     `nothing restored): what this machine's origin emulation (nginx + the JS proxy, on the same 2 vCPUs) needs to deliver them. ` +
     `Time of the serve modes = the client's elapsedNs. Each round checks every page the client touched, that the session ended ` +
-    `cleanly, and the fetches: fault-only exactly the working set and no prefetch; replay at least the working set and at most its ` +
-    `union with the profile. ${ROUNDS} rounds after a warm-up round, the order of the modes rotated by one each round so that no mode ` +
+    `cleanly, and the fetches: fault-only the working set plus at most a quarter more by sequential read-ahead (on by default), and no prefetch; replay at least the working set and at most its ` +
+    `union with the profile plus the same read-ahead allowance. ${ROUNDS} rounds after a warm-up round, the order of the modes rotated by one each round so that no mode ` +
     `ever runs twice in a row; medians (min–max beneath). Ratios: speed-ups are baseline / replay, the floor rows replay / floor.`,
   env: environment(),
   config: {

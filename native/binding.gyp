@@ -17,7 +17,7 @@
       "src/watch.c",
       "src/proc.c"
     ],
-    "lazysnap_cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden", "-pthread"]
+    "lazysnap_cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-fvisibility=hidden", "-pthread"]
   },
   "targets": [
     {

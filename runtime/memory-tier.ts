@@ -46,6 +46,16 @@ export class MemoryTier {
     this.#lru.set(i, length);
   }
 
+  /** Up to `max` resident chunks, the most recently used first (what a successor should warm first). */
+  resident(max: number): number[] {
+    const out: number[] = [];
+    for (const i of [...this.#lru.keys()].reverse()) {
+      if (out.length >= max) break;
+      if (this.#table.state(i) === 'resident') out.push(i);
+    }
+    return out;
+  }
+
   has(i: number): boolean {
     return this.#lru.has(i) && this.#table.state(i) === 'resident';
   }

@@ -67,7 +67,7 @@ export interface ServeOptions {
   /**
    * The most prefetch fetches in flight for the whole server, in slots of their own (demand faults never
    * wait for them). How many run adapts to the origin: about twice its measured bandwidth × latency of
-   * bytes (runtime/fetcher.ts, PrefetchSizing). @default 128
+   * bytes (runtime/prefetch-sizing.ts). @default 128
    */
   prefetchConcurrency?: number;
   /**

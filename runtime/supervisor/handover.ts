@@ -60,7 +60,8 @@ export type ToOld =
 
 /** The running serve to its successor. */
 export type ToNew =
-  | { t: 'offer'; versions: Versions; sessions: number }
+  /** resident: the chunks the running worker holds (link.ts encodeChunkList), for the successor to warm. */
+  | { t: 'offer'; versions: Versions; sessions: number; resident?: string }
   | { t: 'refuse'; reason: string }
   /** fds: [listening socket] */
   | { t: 'listen' }

@@ -49,6 +49,13 @@ export type ToWorker =
    * not, take the current suspects, and add what happened since its start to the carried counters.
    */
   | { t: 'promote'; restarts: number; unservedMs: number; suspects: Record<string, number> }
+  /** Which chunks are resident (a successor warms its table with them before it takes over). */
+  | { t: 'resident' }
+  /**
+   * Fetch these chunks into the table before sessions arrive (`chunks`: encodeChunkList), giving up
+   * after timeoutMs: an upgrade's successor, so that its first faults find what its predecessor had.
+   */
+  | { t: 'warm'; chunks: string; timeoutMs: number }
   /** Stop serving every session without ending it (a handover), then exit. */
   | { t: 'release' }
   /** Drain (graceMs), fail the rest closed, then exit: a shutdown with no successor. */
@@ -66,8 +73,31 @@ export type FromWorker =
   | { t: 'ended'; id: number; outcome: string }
   /** A suspect chunk loaded fine: it was only in flight by chance. */
   | { t: 'cleared'; chunk: number }
+  | { t: 'resident'; chunks: string }
+  | { t: 'warmed'; asked: number; fetched: number; ms: number }
   | { t: 'released' }
   | { t: 'drained' };
+
+/**
+ * At most this many chunk numbers cross a link in one message: 4 bytes each, base64, within
+ * LINK_MAX_BYTES with room for the envelope (6 GiB of 512 KiB chunks, more than any memory budget).
+ */
+export const MAX_CHUNK_LIST = 12_288;
+
+/** Chunk numbers as base64 of little-endian uint32s (JSON arrays of numbers would not fit as many). */
+export function encodeChunkList(chunks: readonly number[]): string {
+  const a = Uint32Array.from(chunks.slice(0, MAX_CHUNK_LIST));
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64');
+}
+
+/** The inverse of encodeChunkList; anything malformed is an empty list (warming is best effort). */
+export function decodeChunkList(text: string): number[] {
+  const b = Buffer.from(text, 'base64');
+  if (b.length % 4 !== 0 || b.length / 4 > MAX_CHUNK_LIST) return [];
+  const out: number[] = [];
+  for (let o = 0; o < b.length; o += 4) out.push(b.readUInt32LE(o));
+  return out;
+}
 
 type Envelope<T> = T & { v: number };
 

@@ -50,7 +50,7 @@ import {
   type ToOld,
   type Versions,
 } from './handover.js';
-import { Link, type FromWorker, type WorkerOptions } from './link.js';
+import { Link, type FromWorker, type ToWorker, type WorkerOptions } from './link.js';
 import { RestartPolicy } from './restart-policy.js';
 import { notify, ownUnit, removeFds, restartPending, storeFds, takeListenFds } from './systemd.js';
 import { WorkerProcess } from './worker-process.js';
@@ -109,6 +109,14 @@ export interface SupervisorEvents {
   /** A worker is ready and serving every session there was (`unservedMs`: how long none was). */
   workerReady: [info: { pid: number | undefined; adopted: number; unservedMs: number }];
 }
+
+/** How long a worker may take to answer a question that is optional (its resident chunks). */
+const ASK_TIMEOUT_MS = 1000;
+/**
+ * How long a successor warms its chunk table before it takes over (the old serve serves meanwhile):
+ * a memory budget's worth of chunks from an S3-like origin takes about a second.
+ */
+const WARM_TIMEOUT_MS = 10_000;
 
 const PACKAGE_RELEASE = (() => {
   try {
@@ -766,7 +774,15 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
             link.send({ t: 'refuse', reason: why });
             return;
           }
-          link.send({ t: 'offer', versions: this.#versions, sessions: this.#conns.size });
+          // With the chunks this worker holds, for the successor to warm its table from (warm-table.ts).
+          void this.#ask(this.#serving, { t: 'resident' }, 'resident', ASK_TIMEOUT_MS).then((r) =>
+            link.send({
+              t: 'offer',
+              versions: this.#versions,
+              sessions: this.#conns.size,
+              ...(r ? { resident: r.chunks } : {}),
+            }),
+          );
         } else if (msg.t === 'take' && this.#phase === 'serving') {
           void this.#handOver(link);
         } else if (msg.t === 'ok' && this.#phase === 'handing-over') {
@@ -837,6 +853,56 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     }
   }
 
+  /**
+   * Sends `msg` to worker `w` and resolves with its reply of type `reply`; undefined when there is no
+   * worker, it exits, or it does not answer within timeoutMs (what is asked for is always optional).
+   */
+  #ask<K extends FromWorker['t']>(
+    w: WorkerProcess | undefined,
+    msg: ToWorker,
+    reply: K,
+    timeoutMs: number,
+  ): Promise<Extract<FromWorker, { t: K }> | undefined> {
+    if (!w || w.exited) return Promise.resolve(undefined);
+    return new Promise((resolve) => {
+      const done = (v: Extract<FromWorker, { t: K }> | undefined) => {
+        clearTimeout(timer);
+        w.off('message', onMsg);
+        w.off('exit', onExit);
+        resolve(v);
+      };
+      const onMsg = (m: FromWorker) => {
+        if (m.t === reply) done(m as Extract<FromWorker, { t: K }>);
+      };
+      const onExit = () => done(undefined);
+      const timer = setTimeout(() => done(undefined), timeoutMs);
+      w.on('message', onMsg);
+      w.once('exit', onExit);
+      w.send(msg);
+    });
+  }
+
+  /**
+   * The successor's side of an offer: warm this worker's chunk table with what the running serve holds
+   * (it keeps serving meanwhile), then ask for everything.
+   */
+  async #warmThenTake(link: Link<ToNew, ToOld>, resident: string | undefined): Promise<void> {
+    if (resident) {
+      const w = await this.#ask(
+        this.#worker,
+        { t: 'warm', chunks: resident, timeoutMs: WARM_TIMEOUT_MS },
+        'warmed',
+        WARM_TIMEOUT_MS + ASK_TIMEOUT_MS,
+      );
+      if (w)
+        this.#log.info(
+          { chunks: w.asked, fetched: w.fetched, ms: Math.round(w.ms) },
+          "warmed the chunk table with the running serve's resident chunks",
+        );
+    }
+    link.send({ t: 'take' });
+  }
+
   /** Connects to the serve running on this socket and takes every session over. */
   async #takeOver(): Promise<void> {
     const path = controlPath(this.#o.socketPath);
@@ -869,7 +935,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
                   );
                 }
                 this.#log.info({ from: msg.versions.release, sessions: msg.sessions }, 'taking over');
-                link.send({ t: 'take' });
+                void this.#warmThenTake(link, msg.resident);
                 return;
               }
               case 'listen':

@@ -20,7 +20,16 @@ import { addon } from '../../native/addon.js';
 import type { RestoreSession } from '../restore-session.js';
 import { resolveServeOptions, type ResolvedServeOptions } from '../serve-options.js';
 import { startServing, type Started } from '../serve-start.js';
-import { ACTIVITY_SLOTS, Link, type FromWorker, type ToWorker } from './link.js';
+import {
+  ACTIVITY_SLOTS,
+  Link,
+  MAX_CHUNK_LIST,
+  decodeChunkList,
+  encodeChunkList,
+  type FromWorker,
+  type ToWorker,
+} from './link.js';
+import { warmTable } from './warm-table.js';
 
 const LINK_FD = 3;
 const ACTIVITY_FD = 4;
@@ -158,6 +167,18 @@ async function handle(msg: ToWorker, fds: number[]): Promise<void> {
     case 'count':
       started?.host.metrics[msg.what].inc();
       return;
+    case 'resident': {
+      const chunks = started ? started.parts.ctx.memory.resident(MAX_CHUNK_LIST) : [];
+      link.send({ t: 'resident', chunks: encodeChunkList(chunks) });
+      return;
+    }
+    case 'warm': {
+      const w = started
+        ? await warmTable(started.parts.ctx, decodeChunkList(msg.chunks), msg.timeoutMs)
+        : { asked: 0, fetched: 0, ms: 0 };
+      link.send({ t: 'warmed', ...w });
+      return;
+    }
     case 'release': {
       started?.host.release();
       link.send({ t: 'released' });

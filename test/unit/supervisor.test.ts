@@ -216,6 +216,10 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
       expect(old.logs.some((l) => l.msg === 'handed over: exiting')).toBe(true);
       expect(neu.logs.find((l) => l.msg === 'took over')).toMatchObject({ sessions: 8 });
       expect(neu.logs.find((l) => l.msg === 'handover complete')).toMatchObject({ sessions: 8 });
+      // The successor fetched what the old worker held before it took over (runtime/supervisor/warm-table.ts).
+      const warmed = neu.logs.find((l) => l.msg.startsWith('warmed the chunk table'));
+      expect(warmed?.chunks).toBeGreaterThan(0);
+      expect(warmed?.fetched).toBeGreaterThan(0);
       expect(neu.logs.filter((l) => l.msg === 'restore session adopted')).toHaveLength(8);
       expect([...old.problems(), ...neu.problems()]).toEqual([]);
       // The socket is the new serve's now: a restore after the old one left is served.
