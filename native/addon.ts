@@ -131,6 +131,8 @@ export interface Addon {
   memfdCreate(name: string): number;
   mapShared(fd: number, length: number): ArrayBuffer;
   setNoNewPrivs(): void;
+  /** Denies these system calls (this architecture's numbers) with `errno` in every thread, for good. */
+  seccompDeny(numbers: number[], errno: number): void;
   dupFd(fd: number): number;
   datagramSend(path: string, data: ArrayBufferView, fds: number[]): void;
   stateLayout(fd: number): {

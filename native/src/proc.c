@@ -7,7 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -76,6 +81,56 @@ static napi_value js_no_new_privs(napi_env env, napi_callback_info info) {
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
     return throw_errno(env, errno, "prctl(PR_SET_NO_NEW_PRIVS)"), NULL;
   return make_undefined(env);
+}
+
+#if defined(__x86_64__)
+#define NATIVE_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define NATIVE_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+/* seccompDeny(numbers, errno): from now on the system calls `numbers` (this architecture's) fail with
+ * `errno` in every thread of the process (TSYNC), and so does any call through another ABI (x32, i386 on
+ * x86_64), whose numbers differ. Which calls is the caller's decision; needs NO_NEW_PRIVS first. */
+static napi_value js_seccomp_deny(napi_env env, napi_callback_info info) {
+#ifndef NATIVE_AUDIT_ARCH
+  return throw_errno(env, ENOSYS, "seccomp (no architecture constant for this build)"), NULL;
+#else
+  napi_value argv[2];
+  uint32_t n = 0, err;
+  bool is;
+  if (!get_args(env, info, 2, argv, NULL)) return NULL;
+  if (napi_is_array(env, argv[0], &is) != napi_ok || !is ||
+      napi_get_array_length(env, argv[0], &n) != napi_ok || n == 0 || n > 200)
+    return throw_arg(env, "numbers must be an array of 1 to 200 system call numbers"), NULL;
+  if (!arg_u32(env, argv[1], "errno", &err)) return NULL;
+  if (err == 0 || err > 4095) return throw_arg(env, "errno must be 1 to 4095"), NULL;
+  struct sock_filter prog[200 + 8];
+  size_t k = 0;
+  prog[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+  prog[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_AUDIT_ARCH, 1, 0);
+  prog[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | err);
+  prog[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+#if defined(__x86_64__)
+  /* x32 calls carry this bit and number the calls differently. */
+  prog[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u, 0, 1);
+  prog[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | err);
+#endif
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value e;
+    uint32_t nr;
+    if (napi_get_element(env, argv[0], i, &e) != napi_ok || !arg_u32(env, e, "numbers[]", &nr)) return NULL;
+    prog[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1);
+    prog[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | err);
+  }
+  prog[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+  struct sock_fprog fprog = {.len = (unsigned short)k, .filter = prog};
+  /* With TSYNC, a positive result is a thread that could not be synchronized: nothing was installed. */
+  long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &fprog);
+  if (r != 0)
+    return throw_errno(env, r < 0 ? errno : EAGAIN, "seccomp(SECCOMP_SET_MODE_FILTER, TSYNC)"), NULL;
+  return make_undefined(env);
+#endif
 }
 
 /* dupFd(fd) → a new descriptor of the same open file (close-on-exec). */
@@ -175,7 +230,8 @@ napi_value proc_init(napi_env env, napi_value exports) {
       !export_fn(env, exports, "memfdCreate", js_memfd) ||
       !export_fn(env, exports, "mapShared", js_map_shared) ||
       !export_fn(env, exports, "setNoNewPrivs", js_no_new_privs) ||
-      !export_fn(env, exports, "dupFd", js_dup) || !export_fn(env, exports, "datagramSend", js_dgram_send) ||
+      !export_fn(env, exports, "seccompDeny", js_seccomp_deny) || !export_fn(env, exports, "dupFd", js_dup) ||
+      !export_fn(env, exports, "datagramSend", js_dgram_send) ||
       !export_fn(env, exports, "stateLayout", js_state_layout) ||
 #ifdef LAZYSNAP_FAULT_INJECTION
       !export_fn(env, exports, "testCrash", js_test_crash) ||

@@ -29,6 +29,7 @@ import {
   type FromWorker,
   type ToWorker,
 } from './link.js';
+import { confineWorker } from './sandbox.js';
 import { warmTable } from './warm-table.js';
 
 const LINK_FD = 3;
@@ -123,6 +124,9 @@ async function handle(msg: ToWorker, fds: number[]): Promise<void> {
       });
       // From here on this process only serves: it never needs to gain privileges again.
       addon().setNoNewPrivs();
+      const confined = confineWorker();
+      if ('skipped' in confined)
+        log.warn({ reason: confined.skipped }, 'the worker runs without its seccomp filter');
       yieldToOomKiller();
       link.send({ t: 'ready', fields: fields() });
       return;

@@ -5,6 +5,7 @@
  * for the crashes. The decoder crash and the kill between a REMOVE and its application are test-build
  * triggers (LAZYSNAP_NATIVE_BUILD=test): a crash cannot be caused on demand otherwise.
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -23,6 +24,8 @@ import {
   type Versions,
 } from '../../runtime/supervisor/handover.js';
 import { Link } from '../../runtime/supervisor/link.js';
+import { deniedSyscalls } from '../../runtime/supervisor/sandbox.js';
+import { moduleCommand } from '../../core/worker.js';
 import { chunkKey } from '../../store/keys.js';
 import { S3Store } from '../../store/s3-store.js';
 import { startClient, type ClientResult, type RunningClient } from '../helpers/fc-client.js';
@@ -367,6 +370,24 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
     }, 120_000);
   });
 
+  it('the worker sandbox: execve is refused with EPERM in every thread, serving calls still work', () => {
+    const { command, args } = moduleCommand(new URL('../fixtures/seccomp-probe.js', import.meta.url));
+    const r = spawnSync(command, args, { encoding: 'utf8', timeout: 30_000 });
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as Record<string, unknown>;
+    if (process.arch !== 'x64') {
+      expect(out.confined).toMatchObject({ skipped: expect.stringMatching(/no system call list/) as string });
+      return;
+    }
+    expect(out).toEqual({
+      confined: { denied: deniedSyscalls().length },
+      seccomp: '2',
+      exec: 'EPERM',
+      execInThread: 'EPERM',
+      memfd: true,
+    });
+  });
+
   describe('test-build triggers', () => {
     let image: TestImage;
     let store: string;
@@ -386,6 +407,11 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
       // Under memory pressure the kernel takes the worker (a restart) before the supervisor (an outage).
       const adj = (pid: number) => Number(readFileSync(`/proc/${pid}/oom_score_adj`, 'utf8'));
       expect(adj(sp.workerPid()!)).toBe(Math.min(1000, adj(sp.pid) + 500));
+      // The worker gave up what it does not need (sandbox.ts): no new privileges, a seccomp filter; the
+      // supervisor, which parses nothing from the network, keeps neither.
+      const status = (pid: number) => readFileSync(`/proc/${pid}/status`, 'utf8');
+      expect(status(sp.workerPid()!)).toMatch(/NoNewPrivs:\s+1[\s\S]*Seccomp:\s+2/);
+      expect(status(sp.pid)).toMatch(/Seccomp:\s+0/);
       const [c] = clientsOf(sock, image, 1, () => ['--balloon', `${4 * MiB}:${3 * MiB}`]);
       const r = await bounded(c!.result, CLIENT_BOUND_MS, 'client');
       expectAllVerified(r, image);
