@@ -179,7 +179,7 @@ function load(job: LoadJob): LoadReply {
     const code = (e as NodeJS.ErrnoException).code;
     const failure: LoadFailure =
       e instanceof IntegrityError ? 'integrity' : code === 'ENOENT' ? 'not-found' : 'io';
-    return { id: job.id, ok: false, failure, message: (e as Error).message, ...(code ? { code } : {}) };
+    return { id: job.id, ok: false, failure, message: withoutKey(e), ...(code ? { code } : {}) };
   } finally {
     if (record) Atomics.store(activity, data.activitySlot!, 0);
     if (!committed) table.commit(job.chunk, false);
@@ -236,3 +236,12 @@ function warmUp(): void {
 warmUp();
 
 parentPort!.postMessage({ ready: true });
+
+/**
+ * An error's message for the main thread, which names the key itself when it rebuilds the error
+ * (runtime/fetcher.ts): an IntegrityError's own `key: ` prefix would otherwise appear twice.
+ */
+function withoutKey(e: unknown): string {
+  const m = (e as Error).message;
+  return e instanceof IntegrityError && m.startsWith(`${e.key}: `) ? m.slice(e.key.length + 2) : m;
+}

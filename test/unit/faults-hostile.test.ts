@@ -128,6 +128,10 @@ describe.skipIf(!hasUffd || !kernelHasPoison())(uffdSuite('faults: hostile objec
     closers.push(o.close);
     const failed = await hostileCase('bomb', [o.url], bad);
     expect(String(failed[0]!.errors)).toMatch(/undecodable|zstd frame/);
+    // The object's key once per attempt line, not once from the loader thread and again from the fetcher.
+    const line = String((failed[0]!.errors as string[])[0]);
+    const key = keyOf(Number(failed[0]!.chunk));
+    expect(line.split(key).length - 1, line).toBe(1);
   });
 
   it('an endless HTTP body: the read stops at the largest legal object, the peer fails closed', async () => {
