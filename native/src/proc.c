@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "napi_util.h"
+#include "sock.h"
 #include "session_state.h"
 
 #ifndef MFD_CLOEXEC
@@ -151,19 +152,10 @@ static napi_value js_dgram_send(napi_env env, napi_callback_info info) {
   uint8_t *data;
   size_t len;
   uint32_t nf = 0;
+  int fdv[MAX_PASSED_FDS];
   if (!get_args(env, info, 3, argv, NULL) || !arg_string(env, argv[0], "path", path, sizeof path) ||
-      !arg_bytes(env, argv[1], "data", &data, &len))
+      !arg_bytes(env, argv[1], "data", &data, &len) || !arg_fd_array(env, argv[2], fdv, &nf))
     return NULL;
-  bool is;
-  if (napi_is_array(env, argv[2], &is) != napi_ok || !is ||
-      napi_get_array_length(env, argv[2], &nf) != napi_ok || nf > 253)
-    return throw_arg(env, "fds must be an array of at most 253 file descriptors"), NULL;
-  int fdv[253];
-  for (uint32_t i = 0; i < nf; i++) {
-    napi_value e;
-    napi_get_element(env, argv[2], i, &e);
-    if (!arg_fd(env, e, "fds[]", &fdv[i])) return NULL;
-  }
   struct sockaddr_un a = {.sun_family = AF_UNIX};
   size_t plen = strlen(path);
   if (plen == 0 || plen >= sizeof a.sun_path) return throw_arg(env, "path must be 1..107 bytes"), NULL;
@@ -172,22 +164,7 @@ static napi_value js_dgram_send(napi_env env, napi_callback_info info) {
   socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen);
   int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s < 0) return throw_errno(env, errno, "socket"), NULL;
-  char cbuf[CMSG_SPACE(sizeof fdv)];
-  memset(cbuf, 0, sizeof cbuf);
-  struct iovec iov = {.iov_base = data, .iov_len = len};
-  struct msghdr m = {.msg_name = &a, .msg_namelen = alen, .msg_iov = &iov, .msg_iovlen = 1};
-  if (nf) {
-    m.msg_control = cbuf;
-    m.msg_controllen = CMSG_SPACE(sizeof(int) * nf);
-    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * nf);
-    memcpy(CMSG_DATA(c), fdv, sizeof(int) * nf);
-  }
-  ssize_t n;
-  do n = sendmsg(s, &m, MSG_NOSIGNAL);
-  while (n < 0 && errno == EINTR);
+  ssize_t n = send_with_fds(s, &a, alen, data, len, fdv, nf);
   int e = errno;
   close(s);
   if (n < 0) return throw_errno(env, e, "sendmsg(datagram)"), NULL;

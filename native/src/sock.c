@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "napi_util.h"
+#include "sock.h"
 
 #ifndef SO_PEERPIDFD /* Linux 6.5 */
 #define SO_PEERPIDFD 77
@@ -154,32 +155,27 @@ static napi_value js_recv(napi_env env, napi_callback_info info) {
   return o;
 }
 
-/* sockSend(fd, data, fds: number[]) → bytes sent, in ONE sendmsg (the handshake is one message). */
-static napi_value js_send(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
-  int fd;
-  uint8_t *data;
-  size_t len;
-  uint32_t nf = 0;
-  if (!get_args(env, info, 3, argv, NULL) || !arg_fd(env, argv[0], "fd", &fd) ||
-      !arg_bytes(env, argv[1], "data", &data, &len))
-    return NULL;
+bool arg_fd_array(napi_env env, napi_value v, int *fdv, uint32_t *nf) {
   bool is;
-  if (napi_is_array(env, argv[2], &is) != napi_ok || !is ||
-      napi_get_array_length(env, argv[2], &nf) != napi_ok || nf > 253) {
+  if (napi_is_array(env, v, &is) != napi_ok || !is || napi_get_array_length(env, v, nf) != napi_ok ||
+      *nf > MAX_PASSED_FDS) {
     throw_arg(env, "fds must be an array of at most 253 file descriptors");
-    return NULL;
+    return false;
   }
-  int fdv[253];
-  for (uint32_t i = 0; i < nf; i++) {
+  for (uint32_t i = 0; i < *nf; i++) {
     napi_value e;
-    napi_get_element(env, argv[2], i, &e);
-    if (!arg_fd(env, e, "fds[]", &fdv[i])) return NULL;
+    napi_get_element(env, v, i, &e);
+    if (!arg_fd(env, e, "fds[]", &fdv[i])) return false;
   }
-  char cbuf[CMSG_SPACE(sizeof fdv)];
+  return true;
+}
+
+ssize_t send_with_fds(int s, const struct sockaddr_un *to, socklen_t tolen, const void *data, size_t len,
+                      const int *fdv, uint32_t nf) {
+  char cbuf[CMSG_SPACE(sizeof(int) * MAX_PASSED_FDS)];
   memset(cbuf, 0, sizeof cbuf);
-  struct iovec iov = {.iov_base = data, .iov_len = len};
-  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+  struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+  struct msghdr m = {.msg_name = (void *)to, .msg_namelen = to ? tolen : 0, .msg_iov = &iov, .msg_iovlen = 1};
   if (nf) {
     m.msg_control = cbuf;
     m.msg_controllen = CMSG_SPACE(sizeof(int) * nf);
@@ -190,8 +186,23 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
     memcpy(CMSG_DATA(c), fdv, sizeof(int) * nf);
   }
   ssize_t n;
-  do n = sendmsg(fd, &m, MSG_NOSIGNAL);
+  do n = sendmsg(s, &m, MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
+  return n;
+}
+
+/* sockSend(fd, data, fds: number[]) → bytes sent, in ONE sendmsg (the handshake is one message). */
+static napi_value js_send(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int fd;
+  uint8_t *data;
+  size_t len;
+  uint32_t nf = 0;
+  int fdv[MAX_PASSED_FDS];
+  if (!get_args(env, info, 3, argv, NULL) || !arg_fd(env, argv[0], "fd", &fd) ||
+      !arg_bytes(env, argv[1], "data", &data, &len) || !arg_fd_array(env, argv[2], fdv, &nf))
+    return NULL;
+  ssize_t n = send_with_fds(fd, NULL, 0, data, len, fdv, nf);
   if (n < 0) return throw_errno(env, errno, "sendmsg"), NULL;
   return make_u64(env, (uint64_t)n);
 }
