@@ -116,21 +116,9 @@ describe('startDelayProxy', () => {
     }
   });
 
-  // The one upper bound that carries meaning: two connections sharing 20 MB/s would need at least
-  // FIRST_BYTE_MS + 2 × PACED_MS; each with its own budget they finish in about one. Retried because
-  // a busy machine could stall the event loop for the ~200 ms of headroom.
-  it('gives each connection its own bandwidth', { retry: 2 }, async () => {
-    const p = await proxy();
-    const t0 = performance.now();
-    const rs = await Promise.all([get(`${p.url}/`), get(`${p.url}/`)]);
-    const total = performance.now() - t0;
-    for (const r of rs) {
-      expect(r.body.equals(BODY)).toBe(true);
-      expect(r.total).toBeGreaterThanOrEqual(FIRST_BYTE_MS + PACED_MS);
-    }
-    expect(total).toBeLessThan(FIRST_BYTE_MS + 2 * PACED_MS);
-    expect(p.stats()).toMatchObject({ connections: 2, requests: 2 });
-  });
+  // That each connection has its own bandwidth is an upper bound on time, so it is checked where time is
+  // measured: bench/cold-start.bench.ts asserts that its floor download (one connection per chunk)
+  // moves more than one connection's budget could.
 
   // Retried: a fast answer stalled 90 ms by a busy machine would read as a slow one.
   it('holds a seeded fraction of responses tailFactor times longer', { retry: 2 }, async () => {

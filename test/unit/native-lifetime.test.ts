@@ -36,6 +36,7 @@ describe.skipIf(!hasUffd)(uffdSuite('native: session lifetime when a worker is t
       const r = spawnSync('valgrind', ['--error-exitcode=9', '-q', process.execPath, script, addon, '4'], {
         encoding: 'utf8',
         timeout: 240_000,
+        killSignal: 'SIGKILL', // a stuck valgrind does not act on SIGTERM: fail, never hang the suite
       });
       const errors = r.stderr
         .split('\n')
@@ -54,6 +55,7 @@ describe.skipIf(!hasUffd)(uffdSuite('native: session lifetime when a worker is t
       const r = spawnSync(process.execPath, [script, built, '30'], {
         encoding: 'utf8',
         timeout: 120_000,
+        killSignal: 'SIGKILL',
         env: {
           ...process.env,
           LD_PRELOAD: asan,
