@@ -86,7 +86,7 @@ export async function main(argv: string[], io: Io, signal?: AbortSignal): Promis
     return await cmd.run(rest, io, signal);
   } catch (thrown) {
     // An API's complaint about an option is reported as the flag the user typed.
-    const e = spec ? asFlagError(spec, thrown) : thrown;
+    const e = spec ? asFlagError(spec, thrown, rest) : thrown;
     const msg = e instanceof LazysnapError || e instanceof Error ? e.message : String(e);
     io.err(`lazysnap: ${msg.split('\n')[0]}\n`);
     return isUsage(e) ? 2 : 1;

@@ -5,7 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 
-import { InvalidArgumentError } from '../core/errors.js';
+import { InvalidArgumentError, InvalidUrlError, redactUrl } from '../core/errors.js';
 
 export interface OptionSpec {
   readonly type: 'string' | 'boolean';
@@ -76,7 +76,13 @@ export function parseOptions<const O extends OptionSpecs>(spec: CommandSpec<O>, 
  * An API's InvalidArgumentError about an option a flag fills, reported as that flag: the user typed
  * `--fail-closed`, not `failClosed`. Any other error is returned unchanged.
  */
-export function asFlagError(spec: CommandSpec, e: unknown): unknown {
+export function asFlagError(spec: CommandSpec, e: unknown, argv: readonly string[] = []): unknown {
+  if (e instanceof InvalidUrlError) {
+    // A URL the user typed: name the flag it came with (--store, --profile-store, --s3-endpoint).
+    const flag = flagWithValue(spec, argv, (v) => redactUrl(v) === e.url);
+    if (flag !== undefined && !e.message.startsWith('--')) e.message = `--${flag}: ${e.message}`;
+    return e;
+  }
   if (!(e instanceof InvalidArgumentError)) return e;
   const flag = Object.entries(spec.options).find(([, o]) => o.api === e.argument)?.[0];
   if (flag === undefined || !e.message.startsWith(`${e.argument} `)) return e;
@@ -84,6 +90,21 @@ export function asFlagError(spec: CommandSpec, e: unknown): unknown {
     message: `--${flag}${e.message.slice(e.argument.length)}`,
     cause: e,
   });
+}
+
+/** The string option of `spec` given in `argv` (`--x v` or `--x=v`) with a value that `matches`. */
+function flagWithValue(
+  spec: CommandSpec,
+  argv: readonly string[],
+  matches: (value: string) => boolean,
+): string | undefined {
+  for (let i = 0; i < argv.length; i++) {
+    const m = /^--([^=]+)(?:=(.*))?$/s.exec(argv[i]!);
+    if (!m || spec.options[m[1]!]?.type !== 'string') continue;
+    const value = m[2] ?? argv[i + 1];
+    if (value !== undefined && matches(value)) return m[1];
+  }
+  return undefined;
 }
 
 /** Markdown as terminal text: no backticks, a link becomes its text. */

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 
-import { LazysnapError, SourceError } from '../../core/errors.js';
+import { LazysnapError, SourceError, isErrorCode } from '../../core/errors.js';
 import { moduleCommand } from '../../core/worker.js';
 import { snapshot, type SnapshotProgress, type SnapshotSummary } from '../../sdk/snapshot.js';
 import type { RestoreFailure, RestoreJob, RestoreOutcome } from './restore-proc.js';
@@ -114,7 +114,12 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
       );
       await once(child, 'exit');
       children.delete(child);
-      if ('error' in out) throw new LazysnapError(out.error.code as never, out.error.message);
+      if ('error' in out) {
+        const { code, message } = out.error;
+        throw isErrorCode(code)
+          ? new LazysnapError(code, message)
+          : Object.assign(new Error(message), { code });
+      }
       runs.push(out);
     }
     return {

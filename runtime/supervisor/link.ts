@@ -67,7 +67,7 @@ export type FromWorker =
   /** Promoted: `fields` now say where its metrics are. */
   | { t: 'promoted'; fields: Record<string, unknown> }
   /** The worker could not start (no manifest, a bad signature, a wrong key): `code` is the error's. */
-  | { t: 'failed'; message: string; code?: string }
+  | { t: 'failed'; message: string; code?: string; url?: string }
   | { t: 'session'; id: number; restoreId: string }
   | { t: 'rejected'; id: number; reason: string }
   | { t: 'ended'; id: number; outcome: string }

@@ -22,7 +22,13 @@
 import { EventEmitter } from 'node:events';
 import { lstatSync, readFileSync, unlinkSync } from 'node:fs';
 
-import { HandoverRefusedError, LazysnapError, WorkerFailedError, type ErrorCode } from '../../core/errors.js';
+import {
+  HandoverRefusedError,
+  InvalidUrlError,
+  LazysnapError,
+  WorkerFailedError,
+  isErrorCode,
+} from '../../core/errors.js';
 import { componentLogger, type Logger } from '../../core/logger.js';
 import { addon } from '../../native/addon.js';
 import {
@@ -305,8 +311,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
           this.#workerFields = { ...this.#workerFields, ...msg.fields };
           off();
           resolve();
-        } else if (msg.t === 'failed')
-          failure = new LazysnapError((msg.code ?? 'LAZYSNAP_WORKER_FAILED') as ErrorCode, msg.message);
+        } else if (msg.t === 'failed') failure = workerFailure(msg);
       };
       const onExit = (how: { code: number | null; signal: string | null }) => {
         off();
@@ -995,6 +1000,21 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       'handover complete',
     );
   }
+}
+
+/**
+ * The error a worker could not start with, rebuilt on this side of the process boundary: a store URL
+ * the user typed stays an InvalidUrlError (the CLI reports it as a usage error naming the flag); any
+ * other keeps its code and message.
+ */
+function workerFailure(msg: Extract<FromWorker, { t: 'failed' }>): Error {
+  if (msg.code === 'LAZYSNAP_INVALID_URL' && msg.url !== undefined) {
+    const e = new InvalidUrlError(msg.url, '');
+    e.message = msg.message;
+    return e;
+  }
+  if (msg.code !== undefined && isErrorCode(msg.code)) return new LazysnapError(msg.code, msg.message);
+  return new WorkerFailedError(msg.message);
 }
 
 function closeConn(c: Conn): void {

@@ -108,7 +108,13 @@ async function handle(msg: ToWorker, fds: number[]): Promise<void> {
           },
         );
       } catch (e) {
-        link.send({ t: 'failed', message: (e as Error).message, code: (e as { code?: string }).code });
+        const { code, url } = e as { code?: string; url?: unknown };
+        link.send({
+          t: 'failed',
+          message: (e as Error).message,
+          ...(code !== undefined ? { code } : {}),
+          ...(typeof url === 'string' ? { url } : {}),
+        });
         process.exit(1);
       }
       if (!msg.standby) metricsServer = started.metricsServer;

@@ -138,6 +138,32 @@ describe('lazysnap CLI errors name the flag the user typed', () => {
     }
   });
 
+  it('names the flag a bad store URL came with (--store, --profile-store), in every command that takes one', async () => {
+    for (const [argv, flag] of [
+      [['inspect', '--store', 'ftp://host/x', '--id', 'vm'], 'store'],
+      [['gc', '--store=ftp://host/x'], 'store'],
+      [
+        [
+          'serve',
+          '--store',
+          tmp.dir,
+          '--id',
+          'vm',
+          '--socket',
+          path.join(tmp.dir, 's.sock'),
+          '--profile-store',
+          'ftp://h/p',
+        ],
+        'profile-store',
+      ],
+    ] as const) {
+      const r = await spawnCli([...argv]);
+      expect(r.code, argv.join(' ')).toBe(2);
+      expect(r.err.trimEnd()).toMatch(new RegExp(`^lazysnap: --${flag}: invalid store URL "ftp://`));
+      expect(r.err.trim().split('\n')).toHaveLength(1);
+    }
+  });
+
   it('snapshot --pid refuses --regions and --page-size, naming both, instead of ignoring them', async () => {
     const base = ['snapshot', '--pid', '1', '--store', path.join(tmp.dir, 'store'), '--id', 'x'];
     const both = await spawnCli([...base, '--regions', '1MiB,1MiB', '--page-size', '2MiB']);
