@@ -13,7 +13,7 @@
 import { addon } from '../../native/addon.js';
 
 /** x86_64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl). */
-const X86_64_DENIED: Record<string, number> = {
+export const X86_64_DENIED: Readonly<Record<string, number>> = {
   execve: 59,
   execveat: 322,
   ptrace: 101,
