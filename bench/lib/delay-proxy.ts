@@ -22,6 +22,7 @@
 import net from 'node:net';
 
 import { InvalidArgumentError } from '../../core/errors.js';
+import { seededRandom } from '../../test/helpers/seeded-random.js';
 
 export interface DelayProxyOptions {
   /** Upstream to forward to. */
@@ -112,18 +113,6 @@ function resolveDelayProxyOptions(o: DelayProxyOptions): ResolvedDelayProxyOptio
     tailSeed,
     host,
     port,
-  };
-}
-
-/** mulberry32: a small seeded generator of floats in [0, 1), enough for picking slow responses. */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
 

@@ -37,6 +37,7 @@ import { FileStore } from '../../store/file-store.js';
 import { writeZeroRichImage } from '../../bench/lib/image.js';
 import { memoryCgroup, type MemoryCgroup } from './cgroup.js';
 import { fakeOrigin, zstdBomb, type Fault } from './fault-origin.js';
+import { seededRandom } from './seeded-random.js';
 import { snapshotTo } from './serve.js';
 import { startServe, until, type FdKinds, type LogLine, type ServeProcess } from './serve-process.js';
 import { startPeer, type Peer, type PeerResult, type ReadReport } from './uffd-peer.js';
@@ -226,16 +227,9 @@ export const LOADER_THREADS = Math.min(4, availableParallelism());
 
 export const nonTcp = (k: FdKinds) => k.uffd + k.pidfd + k.memfd + k.unix + k.file + k.other;
 
-/** A small seeded PRNG (mulberry32): the driver's choices replay from --seed. */
+/** The driver's random choices, replayed from --seed. */
 function rng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = seededRandom(seed);
   const int = (n: number) => Math.floor(next() * n);
   return {
     next,

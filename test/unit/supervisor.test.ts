@@ -33,6 +33,7 @@ import { makeImage, tempDir, type TestImage } from '../helpers/images.js';
 import { S3RVER_CREDENTIALS, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
 import { bounded, fdKinds, startServe, until, type FdKinds } from '../helpers/serve-process.js';
 import { startFdStore } from '../helpers/fd-store.js';
+import { seededRandom } from '../helpers/seeded-random.js';
 import { snapshotTo } from '../helpers/serve.js';
 import { hasUffd, uffdSuite } from '../helpers/skip.js';
 
@@ -149,7 +150,7 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
 
       let kills = 0;
       let lastWorker: number | undefined;
-      const rng = mulberry32(13);
+      const rng = seededRandom(13); // the kill moments are random but the same in every run
       while (kills < 20 && running > 0) {
         // The next worker must be serving (a line naming it) before it is killed in turn.
         const ok = await until(() => {
@@ -464,15 +465,3 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
     });
   });
 });
-
-/** A small seeded generator: the kill moments are random but the same in every run. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}

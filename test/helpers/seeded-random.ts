@@ -1,0 +1,14 @@
+/**
+ * mulberry32: a small seeded generator of floats in [0, 1). Tests and benchmarks draw their random
+ * choices (kill moments, slow responses, chaos scenarios) from it, so a seed replays a run exactly.
+ */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
