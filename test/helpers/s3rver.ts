@@ -21,6 +21,28 @@ type S3rverCtor = new (options: Record<string, unknown>) => S3rverInstance;
 
 export const S3RVER_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } as const;
 
+/** What the AWS SDK's default chain reads to reach s3rver (for a child process's environment). */
+export const S3RVER_ENV = {
+  AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
+  AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
+  AWS_REGION: 'us-east-1',
+} as const;
+
+/**
+ * Puts S3RVER_ENV in this process's environment (for code under test that uses the SDK's default
+ * chain); returns what puts the previous values back.
+ */
+export function useS3rverEnv(): () => void {
+  const saved = Object.fromEntries(Object.keys(S3RVER_ENV).map((k) => [k, process.env[k]]));
+  Object.assign(process.env, S3RVER_ENV);
+  return () => {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  };
+}
+
 export interface S3rverHandle {
   /** The proxy's URL: point clients here. */
   endpoint: string;

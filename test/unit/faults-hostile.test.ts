@@ -21,7 +21,7 @@ import { FileStore } from '../../store/file-store.js';
 import { S3Store } from '../../store/s3-store.js';
 import { fakeOrigin, type Fault } from '../helpers/fault-origin.js';
 import { makeImage, tempDir, type TestImage } from '../helpers/images.js';
-import { S3RVER_CREDENTIALS, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
+import { S3RVER_ENV, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
 import { serve, snapshotTo, summaries } from '../helpers/serve.js';
 import { bounded, startServe, type ServeProcess } from '../helpers/serve-process.js';
 import { hasUffd, kernelHasPoison, uffdSuite } from '../helpers/skip.js';
@@ -146,11 +146,7 @@ describe.skipIf(!hasUffd || !kernelHasPoison())(uffdSuite('faults: hostile objec
 
   describe('from s3rver', () => {
     let s3: S3rverHandle;
-    const env = {
-      AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
-      AWS_REGION: 'us-east-1',
-    };
+    const env = S3RVER_ENV;
     beforeAll(async () => {
       s3 = await startS3rver('hostile');
       Object.assign(process.env, env);

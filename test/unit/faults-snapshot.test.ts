@@ -17,7 +17,7 @@ import { S3Store } from '../../store/s3-store.js';
 import { repoRoot } from '../helpers/fixtures.js';
 import { makeImage, tempDir } from '../helpers/images.js';
 import { reassemble } from '../helpers/reassemble.js';
-import { S3RVER_CREDENTIALS, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
+import { S3RVER_CREDENTIALS, S3RVER_ENV, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
 import { bounded, until } from '../helpers/serve-process.js';
 
 const MiB = 1024 * 1024;
@@ -25,11 +25,7 @@ const CS = 256 * 1024;
 /** 64 MiB of random bytes: 256 distinct chunks, none zero, so the upload lasts long enough to interrupt. */
 const SIZE = 64 * MiB;
 const CHUNKS = SIZE / CS;
-const ENV = {
-  AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
-  AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
-  AWS_REGION: 'us-east-1',
-};
+const ENV = S3RVER_ENV;
 
 /** `lazysnap snapshot` as a child process; `extra` may override the defaults (the last of a repeated option wins). */
 function snapshotCli(

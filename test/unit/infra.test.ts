@@ -33,7 +33,7 @@ import {
   type NginxServer,
 } from '../helpers/nginx.js';
 import { freePort } from '../helpers/system.js';
-import { S3RVER_CREDENTIALS, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
+import { S3RVER_CREDENTIALS, startS3rver, useS3rverEnv, type S3rverHandle } from '../helpers/s3rver.js';
 import { hasUffd, uffdSkipReason } from '../helpers/skip.js';
 import {
   evalModuleLocal,
@@ -926,26 +926,17 @@ describe.skipIf(!!nginxSkipReason)(
     let origin: S3Origin;
     let tier: Awaited<ReturnType<typeof startCacheTier>>;
     let tmp: ReturnType<typeof tempDir>;
-    const envKeys = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_REGION'] as const;
-    const saved: Record<string, string | undefined> = {};
+    let restoreEnv = () => {};
     beforeAll(async () => {
       tmp = tempDir('lazysnap-tier-s3-');
       s3 = await startS3rver('snaps');
       origin = await startS3Origin(s3);
       tier = await startCacheTier(`127.0.0.1:${origin.port}`);
       // For the s3:// store serve falls back to (the SDK's chain reads the environment).
-      for (const k of envKeys) saved[k] = process.env[k];
-      Object.assign(process.env, {
-        AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
-        AWS_REGION: 'us-east-1',
-      });
+      restoreEnv = useS3rverEnv();
     });
     afterAll(async () => {
-      for (const k of envKeys) {
-        if (saved[k] === undefined) delete process.env[k];
-        else process.env[k] = saved[k];
-      }
+      restoreEnv();
       await tier?.stop();
       await origin?.stop();
       await s3?.stop();

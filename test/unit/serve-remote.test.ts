@@ -15,7 +15,7 @@ import { repoRoot } from '../helpers/fixtures.js';
 import { runClient } from '../helpers/fc-client.js';
 import { makeImage, tempDir } from '../helpers/images.js';
 import { nginxSkipReason, startNginx } from '../helpers/nginx.js';
-import { S3RVER_CREDENTIALS, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
+import { startS3rver, useS3rverEnv, type S3rverHandle } from '../helpers/s3rver.js';
 import { serve, snapshotTo, summaries } from '../helpers/serve.js';
 import { hasUffd, hugepageSkipReason, uffdSuite } from '../helpers/skip.js';
 
@@ -32,19 +32,13 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve with remote origins'), () =>
   let tmp: ReturnType<typeof tempDir>;
   let img: ReturnType<typeof makeImage>;
   let s3: S3rverHandle;
-  const envKeys = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_REGION'] as const;
-  const saved: Record<string, string | undefined> = {};
+  let restoreEnv = () => {};
   beforeAll(async () => {
     tmp = tempDir();
     img = makeImage(tmp.dir, 16 * MiB, CS, { zeroEvery: 3 });
     await snapshotTo(path.join(tmp.dir, 'store'), img.path, 'vm', CS);
     s3 = await startS3rver('snaps');
-    for (const k of envKeys) saved[k] = process.env[k];
-    Object.assign(process.env, {
-      AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
-      AWS_REGION: 'us-east-1',
-    });
+    restoreEnv = useS3rverEnv();
     const src = await openMemoryFile(img.path);
     await createSnapshot({
       source: src,
@@ -56,10 +50,7 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve with remote origins'), () =>
   });
   afterAll(async () => {
     await s3.stop();
-    for (const k of envKeys) {
-      if (saved[k] === undefined) delete process.env[k];
-      else process.env[k] = saved[k];
-    }
+    restoreEnv();
     tmp.cleanup();
   });
 

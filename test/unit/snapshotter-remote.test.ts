@@ -13,7 +13,7 @@ import { S3Store } from '../../store/s3-store.js';
 import { makeImage, tempDir } from '../helpers/images.js';
 import { nginxSkipReason, startNginx, type NginxServer } from '../helpers/nginx.js';
 import { reassemble } from '../helpers/reassemble.js';
-import { S3RVER_CREDENTIALS, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
+import { S3RVER_CREDENTIALS, startS3rver, useS3rverEnv, type S3rverHandle } from '../helpers/s3rver.js';
 import { cli } from '../helpers/cli.js';
 
 const CS = 256 * 1024;
@@ -63,13 +63,7 @@ describe('snapshots in S3 (s3rver)', () => {
 
   it('works from the CLI with an s3:// URL, --s3-endpoint and credentials from the environment', async () => {
     const img = makeImage(tmp.dir, 1024 * 1024, CS, { name: 'cli.img' });
-    const env = {
-      AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
-      AWS_REGION: 'us-east-1',
-    };
-    const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
-    Object.assign(process.env, env);
+    const restoreEnv = useS3rverEnv();
     try {
       const url = `s3://${s3.bucket}/cli/prefix`;
       const r = await cli([
@@ -94,10 +88,7 @@ describe('snapshots in S3 (s3rver)', () => {
       expect((await reassemble(store, 'c1')).equals(img.bytes)).toBe(true);
       await store.close();
     } finally {
-      for (const [k, v] of Object.entries(saved)) {
-        if (v === undefined) delete process.env[k];
-        else process.env[k] = v;
-      }
+      restoreEnv();
     }
   });
 });

@@ -30,7 +30,7 @@ import { chunkKey } from '../../store/keys.js';
 import { S3Store } from '../../store/s3-store.js';
 import { startClient, type ClientResult, type RunningClient } from '../helpers/fc-client.js';
 import { makeImage, tempDir, type TestImage } from '../helpers/images.js';
-import { S3RVER_CREDENTIALS, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
+import { startS3rver, useS3rverEnv, type S3rverHandle } from '../helpers/s3rver.js';
 import { bounded, fdKinds, startServe, until, type FdKinds } from '../helpers/serve-process.js';
 import { startFdStore } from '../helpers/fd-store.js';
 import { seededRandom } from '../helpers/seeded-random.js';
@@ -62,7 +62,14 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
   });
   afterAll(() => tmp.cleanup());
 
-  const clientsOf = (sock: string, image: TestImage, n: number, extra: (i: number) => string[]) =>
+  /** n clients restoring `image`; with `hold`, each stays connected after its report until released. */
+  const clientsOf = (
+    sock: string,
+    image: TestImage,
+    n: number,
+    extra: (i: number) => string[],
+    hold = false,
+  ) =>
     Array.from({ length: n }, (_, i) => {
       const c = startClient([
         '--socket',
@@ -76,27 +83,27 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
         '--seed',
         String(i + 1),
         ...extra(i),
+        ...(hold ? ['--linger'] : []),
       ]);
       cleanup.push(() => void c.child.kill('SIGKILL'));
-      c.release();
+      if (!hold) c.release();
       return c;
     });
 
   describe('from an S3-like origin', () => {
     let s3: S3rverHandle;
     let proxy: DelayProxy;
+    /** serve of snapshot "vm" from s3rver behind the delay proxy, prefetch off: every page a fault. */
+    const viaProxy = () => [
+      ...['--store', 's3://snaps/prod', '--s3-endpoint', proxy.url],
+      ...['--id', 'vm', '--prefetch', 'off'],
+    ];
     let image: TestImage;
-    const envKeys = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_REGION'] as const;
-    const saved: Record<string, string | undefined> = {};
+    let restoreEnv = () => {};
     beforeAll(async () => {
       image = makeImage(tmp.dir, 96 * MiB, CS, { zeroEvery: 7, name: 's3.bin' });
       s3 = await startS3rver('snaps');
-      for (const k of envKeys) saved[k] = process.env[k];
-      Object.assign(process.env, {
-        AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
-        AWS_REGION: 'us-east-1',
-      });
+      restoreEnv = useS3rverEnv();
       const src = await openMemoryFile(image.path);
       // "other" (the same memory under another id) is what a serve that cannot adopt "vm" serves.
       for (const id of ['vm', 'other'])
@@ -118,27 +125,13 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
     afterAll(async () => {
       await proxy?.close();
       await s3?.stop();
-      for (const k of envKeys) {
-        if (saved[k] === undefined) delete process.env[k];
-        else process.env[k] = saved[k];
-      }
+      restoreEnv();
     });
 
     it('8 clients mid-restore, the worker SIGKILLed 20 times at random moments: every page verified, ballooned pages zero, no fd left behind', async () => {
       const sock = path.join(tmp.dir, 'run-kills', 'fc.sock');
-      const sp = await startServe(sock, [
-        '--store',
-        's3://snaps/prod',
-        '--s3-endpoint',
-        proxy.url,
-        '--id',
-        'vm',
-        '--prefetch',
-        'off',
-        // 20 deaths in well under a minute: answered at once, which is the point of the test.
-        '--restart-burst',
-        '30',
-      ]);
+      // 20 deaths in well under a minute: answered at once, which is the point of the test.
+      const sp = await startServe(sock, [...viaProxy(), '--restart-burst', '30']);
       cleanup.push(() => sp.stop());
       const baseline = held(fdKinds(sp.pid));
       // Two clients balloon a range after their restore, so REMOVEs race some of the kills too.
@@ -190,21 +183,15 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
     }, 300_000);
     it('an upgrade during 8 restores: a new serve (--take-over) takes every session, the old one exits 0, all finish verified', async () => {
       const sock = path.join(tmp.dir, 'run-upgrade', 'fc.sock');
-      const args = [
-        '--store',
-        's3://snaps/prod',
-        '--s3-endpoint',
-        proxy.url,
-        '--id',
-        'vm',
-        '--prefetch',
-        'off',
-      ];
+      const args = viaProxy();
       const old = await startServe(sock, args);
       cleanup.push(() => old.stop());
-      const clients = clientsOf(sock, image, 8, () => []);
+      // Held after their reports, so that all 8 sessions are still open when the successor takes over
+      // however long its start and warming take on a loaded machine (a client that finished first and
+      // hung up would leave 7 to hand over).
+      const clients = clientsOf(sock, image, 8, () => [], true);
       let finished = 0;
-      for (const c of clients) void c.result.then(() => finished++);
+      for (const c of clients) void c.reported.then(() => finished++);
       await old.waitForLog(
         () => old.logs.filter((l) => l.msg === 'restore session started').length === 8,
         30_000,
@@ -215,6 +202,7 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
       const neu = await startServe(sock, [...args, '--take-over']);
       cleanup.push(() => neu.stop());
       expect(await bounded(old.exited, 20_000, 'the old serve')).toEqual({ code: 0, signal: null });
+      for (const c of clients) c.release();
       const results = await bounded(Promise.all(clients.map((c) => c.result)), CLIENT_BOUND_MS, 'clients');
       for (const r of results) expectAllVerified(r, image);
       expect(old.logs.some((l) => l.msg === 'handed over: exiting')).toBe(true);
@@ -233,16 +221,7 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
 
     it('the control socket: versions it cannot read are refused; a successor that dies mid-handover leaves the old serve serving', async () => {
       const sock = path.join(tmp.dir, 'run-ctl', 'fc.sock');
-      const sp = await startServe(sock, [
-        '--store',
-        's3://snaps/prod',
-        '--s3-endpoint',
-        proxy.url,
-        '--id',
-        'vm',
-        '--prefetch',
-        'off',
-      ]);
+      const sp = await startServe(sock, viaProxy());
       cleanup.push(() => sp.stop());
       const clients = clientsOf(sock, image, 2, () => []);
       await sp.waitForLog(
@@ -294,17 +273,7 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
     it('under a service manager with the fd store (Restart= after a crash of serve itself): the next instance adopts every session from LISTEN_FDS', async () => {
       const sock = path.join(tmp.dir, 'run-fdstore', 'fc.sock');
       const notifyPath = path.join(tmp.dir, 'notify.sock');
-      const args = [
-        '--store',
-        's3://snaps/prod',
-        '--s3-endpoint',
-        proxy.url,
-        '--id',
-        'vm',
-        '--prefetch',
-        'off',
-        '--fd-store',
-      ];
+      const args = [...viaProxy(), '--fd-store'];
       const store = startFdStore(notifyPath);
       cleanup.push(() => store.close());
       await store.ready;
