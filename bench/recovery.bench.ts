@@ -31,7 +31,7 @@ import { snapshotTo } from '../test/helpers/serve.js';
 import type { ServeProcess } from '../test/helpers/serve-process.js';
 import { writeRandomImage } from './lib/image.js';
 import { timeout } from './lib/procs.js';
-import { environment, median, range, roundCount, writeResult, type ResultRow } from './lib/results.js';
+import { environment, median, modeTable, roundCount, writeResult, type ResultRow } from './lib/results.js';
 import { ensureDist, startServeCli } from './lib/serve-cli.js';
 import { startSlowOrigin, type SlowOrigin } from './lib/slow-origin.js';
 
@@ -183,29 +183,7 @@ try {
   tmp.cleanup();
 }
 
-const xs = (mode: Mode, k: string) =>
-  rounds.filter((r) => r.mode === mode && !r.warmup).map((r) => r[k] as number);
-const med = (mode: Mode, k: string) => median(xs(mode, k));
-const row = (
-  label: string,
-  unit: string,
-  ref: [Mode, string],
-  lazy: [Mode, string],
-  target: number | null,
-): ResultRow => {
-  const [r, l] = [med(...ref), med(...lazy)];
-  return {
-    case: label,
-    unit,
-    reference: r,
-    lazysnap: l,
-    referenceRange: range(xs(...ref)),
-    lazysnapRange: range(xs(...lazy)),
-    ratio: l / r,
-    target: target === null ? null : `≤ ${target}×`,
-    met: target === null ? null : l / r <= target,
-  };
-};
+const { xs, med, row } = modeTable<Mode>(rounds);
 
 /** One origin round trip for one chunk through the emulation: first byte, then the chunk's bytes. */
 const ORIGIN_RTT_MS = FIRST_BYTE_MS + (CS / BPS) * 1000;

@@ -26,7 +26,7 @@ import { loadIndex } from '../store/reader.js';
 import { startClient, type ClientReport } from '../test/helpers/fc-client.js';
 import { tempDir } from '../test/helpers/images.js';
 import { snapshotTo } from '../test/helpers/serve.js';
-import { environment, median, range, roundCount, writeResult, type ResultRow } from './lib/results.js';
+import { environment, modeTable, roundCount, writeResult, type ResultRow } from './lib/results.js';
 import { ensureDist, sessionSummary, startServeCli, stopServe } from './lib/serve-cli.js';
 import { startSlowOrigin, type SlowOrigin } from './lib/slow-origin.js';
 import { timeout } from './lib/procs.js';
@@ -232,46 +232,21 @@ try {
   tmp.cleanup();
 }
 
-const xs = (mode: Mode, k: string) =>
-  rounds.filter((r) => r.mode === mode && !r.warmup).map((r) => r[k] as number);
-const med = (mode: Mode, k: string) => median(xs(mode, k));
-/** One row: the reference column and lazysnap's, each a [mode, key] median over rounds. */
-const row = (
-  label: string,
-  unit: string,
-  ref: [Mode, string],
-  lazy: [Mode, string],
-  target: { op: '≤'; x: number } | null,
-  ratio: 'over' | null = 'over',
-): ResultRow => {
-  const [r, l] = [med(...ref), med(...lazy)];
-  const q = ratio === null ? null : l / r;
-  return {
-    case: label,
-    unit,
-    reference: r,
-    lazysnap: l,
-    referenceRange: range(xs(...ref)),
-    lazysnapRange: range(xs(...lazy)),
-    ratio: q,
-    target: target && `${target.op} ${target.x}×`,
-    met: target && q !== null && q <= target.x,
-  };
-};
+const { med, row } = modeTable<Mode>(rounds);
 const rows: ResultRow[] = [
   row(
     'hedging: p99 of a demand fault’s wait vs the median fetch (reference = the p50 of the same faults; ratio = p99 / p50)',
     'ms',
     ['hedge', 'p50Ms'],
     ['hedge', 'p99Ms'],
-    { op: '≤', x: TARGET.overMedian },
+    TARGET.overMedian,
   ),
   row(
     'p99 of a demand fault’s wait, --no-hedge vs hedging (ratio = hedging / --no-hedge)',
     'ms',
     ['no-hedge', 'p99Ms'],
     ['hedge', 'p99Ms'],
-    { op: '≤', x: TARGET.overUnhedged },
+    TARGET.overUnhedged,
   ),
   row(
     'p50 of a demand fault’s wait, --no-hedge vs hedging (extra row)',
@@ -328,7 +303,7 @@ const rows: ResultRow[] = [
     ['no-hedge', 'proxyTailResponses'],
     ['hedge', 'proxyTailResponses'],
     null,
-    null,
+    false,
   ),
 ];
 

@@ -106,3 +106,37 @@ export function roundCount(dflt: number): number {
   const env = Number(process.env.LAZYSNAP_BENCH_ROUNDS);
   return Number.isInteger(env) && env >= 1 ? env : dflt;
 }
+
+/**
+ * Rows from rounds tagged with a `mode` (and `warmup` for the round left out): each cell is the median
+ * of one [mode, key] over the other rounds, with its range. `row` gives lazysnap / reference as the
+ * ratio (none when `withRatio` is false) and, with `atMost`, the target "≤ atMost×".
+ */
+export function modeTable<Mode extends string>(rounds: readonly Record<string, unknown>[]) {
+  const xs = (mode: Mode, k: string) =>
+    rounds.filter((r) => r.mode === mode && !r.warmup).map((r) => r[k] as number);
+  const med = (mode: Mode, k: string) => median(xs(mode, k));
+  const row = (
+    label: string,
+    unit: string,
+    ref: [Mode, string],
+    lazy: [Mode, string],
+    atMost: number | null,
+    withRatio = true,
+  ): ResultRow => {
+    const [r, l] = [med(...ref), med(...lazy)];
+    const q = withRatio ? l / r : null;
+    return {
+      case: label,
+      unit,
+      reference: r,
+      lazysnap: l,
+      referenceRange: range(xs(...ref)),
+      lazysnapRange: range(xs(...lazy)),
+      ratio: q,
+      target: atMost === null ? null : `≤ ${atMost}×`,
+      met: atMost === null ? null : q !== null && q <= atMost,
+    };
+  };
+  return { xs, med, row };
+}
