@@ -45,7 +45,7 @@ import { snapshotTo } from '../test/helpers/serve.js';
 import { environment, median, range, roundCount, writeResult, type ResultRow } from './lib/results.js';
 import { ensureDist, sessionSummary, startServeCli, stopServe, type SummaryLine } from './lib/serve-cli.js';
 import { startSlowOrigin, type SlowOrigin } from './lib/slow-origin.js';
-import { timeout } from './lib/procs.js';
+import { clientReport, timeout } from './lib/procs.js';
 import { TARGETS } from './lib/targets.js';
 import { writeZeroRichImage } from './lib/image.js';
 
@@ -123,18 +123,10 @@ async function runWorkload(
 ): Promise<ClientReport> {
   const c = startClient(['--socket', sock, '--image', image, ...workloadArgs(w, run)]);
   c.release();
-  try {
-    const r = await timeout(c.result, STEP_MS, 'fc-client');
-    assert.ok(
-      r.report?.ok && r.code === 0,
-      `fc-client failed (code ${r.code}, signal ${r.signal}): ${r.stderr}`,
-    );
-    const pages = w === 'sparse' ? UNITS : r.report.cluster!.chunks * (CS / 4096);
-    assert.equal(r.report.pagesVerified, pages, `${w}: the client must verify every page it touched`);
-    return r.report;
-  } finally {
-    c.child.kill('SIGKILL'); // a no-op once it has exited
-  }
+  const report = await clientReport(c, STEP_MS);
+  const pages = w === 'sparse' ? UNITS : report.cluster!.chunks * (CS / 4096);
+  assert.equal(report.pagesVerified, pages, `${w}: the client must verify every page it touched`);
+  return report;
 }
 
 /** Serves one client from a fully resident table (the eager mode's "run from memory"). */

@@ -30,7 +30,7 @@ import { buildC } from '../test/helpers/fixtures.js';
 import { tempDir } from '../test/helpers/images.js';
 import { snapshotTo } from '../test/helpers/serve.js';
 import { writeMixedZeroRichImage } from './lib/image.js';
-import { startHandler, timeout } from './lib/procs.js';
+import { clientReport, startHandler, timeout } from './lib/procs.js';
 import { environment, median, range, roundCount, writeResult, type ResultRow } from './lib/results.js';
 import { ensureDist, sessionSummary, startServeCli, stopServe, type SummaryLine } from './lib/serve-cli.js';
 
@@ -108,17 +108,9 @@ function countFiles(dir: string): number {
 async function runClient(workload: Workload): Promise<ClientReport> {
   const c = startClient(['--socket', socket, '--image', image, ...WORKLOADS[workload]]);
   c.release();
-  try {
-    const r = await timeout(c.result, STEP_MS, 'fc-client');
-    assert.ok(
-      r.report?.ok && r.code === 0,
-      `fc-client failed (code ${r.code}, signal ${r.signal}): ${r.stderr}`,
-    );
-    assert.equal(r.report.pagesVerified, PAGES, 'the client must verify every page');
-    return r.report;
-  } finally {
-    c.child.kill('SIGKILL'); // a no-op once it has exited
-  }
+  const report = await clientReport(c, STEP_MS);
+  assert.equal(report.pagesVerified, PAGES, 'the client must verify every page');
+  return report;
 }
 
 async function referenceRound(c: Case): Promise<Record<string, unknown>> {

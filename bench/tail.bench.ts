@@ -29,7 +29,7 @@ import { snapshotTo } from '../test/helpers/serve.js';
 import { environment, modeTable, roundCount, writeResult, type ResultRow } from './lib/results.js';
 import { ensureDist, sessionSummary, startServeCli, stopServe } from './lib/serve-cli.js';
 import { startSlowOrigin, type SlowOrigin } from './lib/slow-origin.js';
-import { timeout } from './lib/procs.js';
+import { clientReport, timeout } from './lib/procs.js';
 import { TARGETS } from './lib/targets.js';
 import { writeRandomImage } from './lib/image.js';
 
@@ -141,16 +141,7 @@ async function runMode(mode: Mode, origin: SlowOrigin): Promise<Record<string, n
     assert.ok(typeof port === 'number' && port > 0, "serve's 'serving' line names no metrics port");
     const c = startClient(['--socket', socket, '--image', image, ...CLIENT_ARGS]);
     c.release();
-    try {
-      const r = await timeout(c.result, STEP_MS, 'fc-client');
-      assert.ok(
-        r.report?.ok && r.code === 0,
-        `fc-client failed (code ${r.code}, signal ${r.signal}): ${r.stderr}`,
-      );
-      report = r.report;
-    } finally {
-      c.child.kill('SIGKILL'); // a no-op once it has exited
-    }
+    report = await clientReport(c, STEP_MS);
     assert.equal(report.pagesVerified, CHUNKS, 'the client must verify the page it touched in every chunk');
     assert.equal(report.faultNs?.count, CHUNKS, 'one timed fault per chunk');
     const summary = await sessionSummary(serve, STEP_MS);

@@ -4,11 +4,12 @@
  * happens, both processes are SIGKILLed before the round's promise settles, and every child still
  * alive when the driver exits is killed too, so no handler is ever left behind holding a uffd.
  */
+import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import path from 'node:path';
 
-import { startClient, type ClientReport } from '../../test/helpers/fc-client.js';
+import { startClient, type ClientReport, type RunningClient } from '../../test/helpers/fc-client.js';
 import { buildC, repoRoot } from '../../test/helpers/fixtures.js';
 
 const live = new Set<ChildProcess>();
@@ -63,6 +64,23 @@ export function timeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> 
     t = setTimeout(() => rej(new Error(`${what}: timed out after ${ms} ms`)), ms);
   });
   return Promise.race([p, expiry]).finally(() => clearTimeout(t));
+}
+
+/**
+ * The report of a started client that must finish cleanly (exit 0, report ok) within ms; the client is
+ * SIGKILLed on the way out whatever happened (a no-op once it has exited).
+ */
+export async function clientReport(c: RunningClient, ms: number): Promise<ClientReport> {
+  try {
+    const r = await timeout(c.result, ms, 'fc-client');
+    assert.ok(
+      r.report?.ok && r.code === 0,
+      `fc-client failed (code ${r.code}, signal ${r.signal}): ${r.stderr}`,
+    );
+    return r.report;
+  } finally {
+    c.child.kill('SIGKILL');
+  }
 }
 
 export interface Handler {
