@@ -72,7 +72,15 @@ export type LoadFailure =
 
 export type LoadReply =
   | { id: number; ok: true; stored: number }
-  | { id: number; ok: false; failure: LoadFailure; message: string; code?: string };
+  | {
+      id: number;
+      ok: false;
+      failure: LoadFailure;
+      message: string;
+      code?: string;
+      /** An integrity failure's own fields, for the main thread to rebuild it (it names the key itself). */
+      integrity?: { reason: string; expected?: string; actual?: string };
+    };
 
 const data = workerData as LoaderWorkerData;
 const table = ChunkTable.open(data.tableId, data.totalSize, data.chunkSize);
@@ -179,7 +187,22 @@ function load(job: LoadJob): LoadReply {
     const code = (e as NodeJS.ErrnoException).code;
     const failure: LoadFailure =
       e instanceof IntegrityError ? 'integrity' : code === 'ENOENT' ? 'not-found' : 'io';
-    return { id: job.id, ok: false, failure, message: withoutKey(e), ...(code ? { code } : {}) };
+    const integrity =
+      e instanceof IntegrityError
+        ? {
+            reason: e.reason,
+            ...(e.expected !== undefined ? { expected: e.expected } : {}),
+            ...(e.actual !== undefined ? { actual: e.actual } : {}),
+          }
+        : undefined;
+    return {
+      id: job.id,
+      ok: false,
+      failure,
+      message: (e as Error).message,
+      ...(code ? { code } : {}),
+      ...(integrity ? { integrity } : {}),
+    };
   } finally {
     if (record) Atomics.store(activity, data.activitySlot!, 0);
     if (!committed) table.commit(job.chunk, false);
@@ -236,12 +259,3 @@ function warmUp(): void {
 warmUp();
 
 parentPort!.postMessage({ ready: true });
-
-/**
- * An error's message for the main thread, which names the key itself when it rebuilds the error
- * (runtime/fetcher.ts): an IntegrityError's own `key: ` prefix would otherwise appear twice.
- */
-function withoutKey(e: unknown): string {
-  const m = (e as Error).message;
-  return e instanceof IntegrityError && m.startsWith(`${e.key}: `) ? m.slice(e.key.length + 2) : m;
-}

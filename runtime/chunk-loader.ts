@@ -27,11 +27,19 @@ export type { LoadFailure };
 export class LoadError extends Error {
   readonly failure: LoadFailure;
   readonly code: string | undefined;
-  constructor(failure: LoadFailure, message: string, code?: string) {
+  /** For an integrity failure: its reason and the values compared, as the loader thread had them. */
+  readonly integrity: { reason: string; expected?: string; actual?: string } | undefined;
+  constructor(
+    failure: LoadFailure,
+    message: string,
+    code?: string,
+    integrity?: { reason: string; expected?: string; actual?: string },
+  ) {
     super(message);
     this.name = 'LoadError';
     this.failure = failure;
     this.code = code;
+    this.integrity = integrity;
   }
 }
 
@@ -236,7 +244,7 @@ export class ChunkLoader {
     if (p.exclusive) this.#exclusive = false;
     if (p.job.op === 'load') this.#lastLoad = performance.now();
     if (r.ok) p.resolve(r.stored);
-    else p.reject(new LoadError(r.failure, r.message, r.code));
+    else p.reject(new LoadError(r.failure, r.message, r.code, r.integrity));
     this.#pump();
   }
 

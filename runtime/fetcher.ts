@@ -388,7 +388,10 @@ export class ChunkFetcher {
       } catch (e) {
         if (!(e instanceof LoadError)) throw e;
         if (e.failure === 'not-found') throw new NotFoundError(localPath ?? key, key, e);
-        if (e.failure === 'integrity') throw new IntegrityError(key, e.message, { cause: e });
+        if (e.failure === 'integrity') {
+          const { reason = e.message, expected, actual } = e.integrity ?? {};
+          throw new IntegrityError(key, reason, { expected, actual, cause: e });
+        }
         if (e.failure === 'busy') {
           // Someone else made it resident, or a cache write still holds its evicted slot: wait a little.
           if (this.#o.table.state(ref.chunk) === 'resident') return 0;

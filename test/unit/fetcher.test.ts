@@ -2,6 +2,7 @@
  * The fetch pipeline against origins that fail in ways nginx or s3rver cannot be made to: a small
  * node:http origin in front of a directory store injects 503s, stalls and wrong bytes on request.
  */
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
@@ -117,6 +118,20 @@ describe('chunk fetcher', () => {
     expect(f.bytesOf(0).equals(bytes)).toBe(true);
     expect(liar.o.requests).toHaveLength(1); // a hash mismatch is not retried on the same origin
     expect(Date.now() - t0).toBeLessThan(4 * 200 + 1000);
+  });
+
+  it('says what a lying store holds: the hash expected and the one it got, the key once', async () => {
+    // A well-formed object of the right length under the chunk's key, holding other bytes.
+    const dir = path.join(tmp.dir, 'liar');
+    const file = path.join(dir, ...chunkKey(ref.hash, 'zstd').split('/'));
+    mkdirSync(path.dirname(file), { recursive: true });
+    writeFileSync(file, encodeChunk('zstd', Buffer.alloc(bytes.length, 0x17)));
+    const f = await fetcher({ origins: [new FileStore(dir)] });
+    const e = (await f.fetch(ref, 'demand').catch((x: unknown) => x)) as { errors: string[] };
+    const line = e.errors.find((l) => l.includes('content hash mismatch'));
+    // Built in a loader thread, rebuilt here with its fields: not "key: key: ..." and not without them.
+    expect(line).toMatch(new RegExp(`content hash mismatch \\(expected ${ref.hash}, got [0-9a-f]{64}\\)`));
+    expect(line!.split(chunkKey(ref.hash, 'zstd')).length - 1).toBe(1);
   });
 
   it('gives one FetchError naming every failed attempt when nothing delivers', async () => {
