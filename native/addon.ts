@@ -49,7 +49,11 @@ export interface NativeFailure {
 
 export interface RawSessionEvent {
   need: Uint32Array;
+  /** When the fault thread read each `need`'s fault: CLOCK_MONOTONIC ms, the clock of process.hrtime(). */
+  needAt: Float64Array;
   installed: Uint32Array;
+  /** When each `installed` chunk's copy woke the peer (same clock). */
+  installedAt: Float64Array;
   poisoned: Uint32Array;
   missing: Uint32Array;
   /** With reportTouches: chunks whose first fault was served from the resident table. */

@@ -70,11 +70,15 @@ export type LoadFailure =
   /** The slot was taken: another load is filling it, or it is resident already. */
   | 'busy';
 
+/** A load's read, decode and verify times in this thread (ms), for stall accounting. */
+type Phases = [read: number, decode: number, verify: number];
+
 export type LoadReply =
-  | { id: number; ok: true; stored: number }
+  | { id: number; ok: true; stored: number; phases?: Phases }
   | {
       id: number;
       ok: false;
+      phases?: Phases;
       failure: LoadFailure;
       message: string;
       code?: string;
@@ -133,7 +137,8 @@ function readObject(path: string, maxBytes: number, key: string): Buffer {
 }
 
 /** A plain chunk from the host cache, read straight into its slot and checked there. */
-function loadRaw(job: LoadJob, slot: Uint8Array): number {
+function loadRaw(job: LoadJob, slot: Uint8Array, phases: Phases): number {
+  const t0 = performance.now();
   const fd = openSync(job.path!, 'r');
   try {
     const size = fstatSync(fd).size;
@@ -151,7 +156,10 @@ function loadRaw(job: LoadJob, slot: Uint8Array): number {
   } finally {
     closeSync(fd);
   }
+  const t1 = performance.now();
+  phases[0] = t1 - t0;
   const actual = crypto ? crypto.id(slot) : hashChunk(slot);
+  phases[2] = performance.now() - t1;
   if (actual !== job.hash)
     throw new IntegrityError(job.key, 'content hash mismatch', { expected: job.hash, actual });
   return job.length;
@@ -163,6 +171,7 @@ function load(job: LoadJob): LoadReply {
     return { id: job.id, ok: false, failure: 'busy', message: `chunk ${job.chunk} is not absent` };
   const slot = table.slot(job.chunk);
   let committed = false;
+  const phases: Phases = [0, 0, 0];
   // Only the snapshot's chunks: a job for another table (the warm-up's) names no object a session needs.
   const record = activity !== undefined && job.table === data.tableId;
   try {
@@ -173,16 +182,21 @@ function load(job: LoadJob): LoadReply {
       });
     let stored: number;
     if (record) Atomics.store(activity, data.activitySlot!, job.chunk + 1);
-    if (job.from === 'raw') stored = loadRaw(job, slot);
+    if (job.from === 'raw') stored = loadRaw(job, slot, phases);
     else {
+      const t0 = performance.now();
       const bytes = job.from === 'file' ? readObject(job.path!, job.maxBytes, job.key) : job.bytes!;
+      phases[0] = performance.now() - t0;
       if (testCrash && CRASH_MARKER.equals(bytes.subarray(0, CRASH_MARKER.length))) testCrash();
-      decodeChunk(job.key, job.codec, bytes, job.hash, job.length, crypto, slot);
+      const split = { decodeMs: 0, verifyMs: 0 };
+      decodeChunk(job.key, job.codec, bytes, job.hash, job.length, crypto, slot, split);
+      phases[1] = split.decodeMs;
+      phases[2] = split.verifyMs;
       stored = bytes.length;
     }
     table.commit(job.chunk, true);
     committed = true;
-    return { id: job.id, ok: true, stored };
+    return { id: job.id, ok: true, stored, phases };
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     const failure: LoadFailure =
@@ -198,6 +212,7 @@ function load(job: LoadJob): LoadReply {
     return {
       id: job.id,
       ok: false,
+      phases,
       failure,
       message: (e as Error).message,
       ...(code ? { code } : {}),

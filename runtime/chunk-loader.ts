@@ -43,8 +43,25 @@ export class LoadError extends Error {
   }
 }
 
+/**
+ * Where a load's time went, added to by every load given the same sink (a fetch that tried several
+ * objects): milliseconds waiting for a loader thread, reading a file, decoding, verifying.
+ */
+export interface LoadTiming {
+  waitMs: number;
+  readMs: number;
+  decodeMs: number;
+  verifyMs: number;
+}
+
+export function newLoadTiming(): LoadTiming {
+  return { waitMs: 0, readMs: 0, decodeMs: 0, verifyMs: 0 };
+}
+
 export type LoadRequest = Omit<LoadJob, 'op' | 'id'> & {
   priority: 'demand' | 'prefetch';
+  /** Stall accounting (runtime/stall.ts): the phases of this load are added here. */
+  timing?: LoadTiming;
   /**
    * Run this load alone: no other load or write in flight on any loader while it runs. For a chunk that
    * was being decoded when a worker process died (runtime/supervisor/): if it crashes this one too, it
@@ -73,6 +90,9 @@ export interface ChunkLoaderOptions {
 interface Pending {
   job: LoadJob | WriteJob;
   exclusive?: boolean;
+  timing?: LoadTiming;
+  /** performance.now() when queued, for the timing's wait. */
+  at?: number;
   resolve: (stored: number) => void;
   reject: (e: LoadError) => void;
 }
@@ -150,13 +170,14 @@ export class ChunkLoader {
 
   /** Loads a chunk into its slot; resolves with the stored object's size once it is resident. */
   load(req: LoadRequest): Promise<number> {
-    const { priority, exclusive, ...rest } = req;
+    const { priority, exclusive, timing, ...rest } = req;
     return new Promise<number>((resolve, reject) => {
       const p: Pending = {
         job: { op: 'load', id: this.#nextId++, ...rest },
         resolve,
         reject,
         ...(exclusive ? { exclusive } : {}),
+        ...(timing ? { timing, at: performance.now() } : {}),
       };
       (priority === 'demand' ? this.#demand : this.#prefetch).push(p);
       this.#lastLoad = performance.now();
@@ -243,6 +264,15 @@ export class ChunkLoader {
     loader.jobs.delete(r.id);
     if (p.exclusive) this.#exclusive = false;
     if (p.job.op === 'load') this.#lastLoad = performance.now();
+    if (p.timing && r.phases) {
+      // What the thread did not spend working is the wait: in the queues here and there, and the hops.
+      const t = p.timing;
+      const [read, decode, verify] = r.phases;
+      t.readMs += read;
+      t.decodeMs += decode;
+      t.verifyMs += verify;
+      t.waitMs += Math.max(0, this.#lastLoad - p.at! - read - decode - verify);
+    }
     if (r.ok) p.resolve(r.stored);
     else p.reject(new LoadError(r.failure, r.message, r.code, r.integrity));
     this.#pump();

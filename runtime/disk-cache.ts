@@ -38,7 +38,7 @@ import path from 'node:path';
 
 import { InvalidArgumentError } from '../core/errors.js';
 import { assertHash } from '../store/keys.js';
-import { LoadError, type ChunkLoader } from './chunk-loader.js';
+import { LoadError, type ChunkLoader, type LoadTiming } from './chunk-loader.js';
 import {
   resolveDiskCacheOptions,
   type DiskCacheOptions,
@@ -129,6 +129,7 @@ export class DiskCache {
     hash: string,
     length: number,
     priority: 'demand' | 'prefetch' = 'demand',
+    timing?: LoadTiming,
   ): Promise<boolean> {
     assertHash(hash);
     if (!Number.isSafeInteger(length) || length < 0)
@@ -151,6 +152,7 @@ export class DiskCache {
         path: file,
         maxBytes: length,
         priority,
+        ...(timing ? { timing } : {}),
       });
     } catch (e) {
       if (e instanceof LoadError && e.failure === 'integrity') {

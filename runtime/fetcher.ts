@@ -32,13 +32,19 @@ import type { ChunkTable } from '../native/index.js';
 import type { StoreBackend } from '../store/backend.js';
 import { maxStoredSize, type Codec } from '../store/chunk.js';
 import { chunkKey } from '../store/keys.js';
-import { LoadError, type ChunkLoader } from './chunk-loader.js';
+import { LoadError, newLoadTiming, type ChunkLoader, type LoadTiming } from './chunk-loader.js';
 import { LatencyWindow, hedged } from './hedge.js';
 import { PrefetchSizing } from './prefetch-sizing.js';
 
 /** The host disk tier (runtime/disk-cache.ts), reading into and writing from the table's slots. */
 export interface ChunkCache {
-  read(chunk: number, hash: string, length: number, priority?: Priority): Promise<boolean>;
+  read(
+    chunk: number,
+    hash: string,
+    length: number,
+    priority?: Priority,
+    timing?: LoadTiming,
+  ): Promise<boolean>;
   write(chunk: number, hash: string, length: number): Promise<void>;
 }
 
@@ -54,8 +60,25 @@ export type Priority = 'demand' | 'prefetch';
 /** Where a fetch found the chunk: the host cache, an origin, or already resident (another fetch). */
 export type Tier = 'memory' | 'disk' | `origin${number}`;
 
+/**
+ * Where one fetch's time went (performance.now() times and durations in ms), for stall accounting
+ * (runtime/stall.ts) and traces: queued, started (took a slot), ended (resident, or failed), and of the
+ * time between start and end, what the loader threads spent (runtime/chunk-loader.ts); the rest is the
+ * transfer (requests, bodies, backoff between retries).
+ */
+export interface FetchTiming {
+  queuedAt: number;
+  startedAt: number;
+  endedAt: number;
+  /** Requests made (origin objects and host cache files read; a hedge is one more). */
+  attempts: number;
+  hedge: 'none' | 'won' | 'lost';
+  loader: LoadTiming;
+}
+
 export interface FetchEvent {
   hash: string;
+  chunk: number;
   tier: Tier | 'failed';
   bytes: number;
   ms: number;
@@ -68,6 +91,7 @@ export interface FetchEvent {
   errors: readonly string[];
   /** How many of `errors` were a plain "not found" (an origin without the chunk: falling through is normal). */
   misses: number;
+  timing: FetchTiming;
 }
 
 export interface FetcherOptions {
@@ -141,8 +165,12 @@ export interface FetchOptions {
   patienceMs?: number;
 }
 
-/** The chunk is resident in the table; `stored` is the size of the object it came from (0: memory). */
-type Result = { tier: Tier; stored: number };
+/**
+ * The chunk is resident in the table; `stored` is the size of the object it came from (0: memory), and
+ * `timing` how the fetch went (absent when the chunk was resident already).
+ */
+export type FetchResult = { tier: Tier; stored: number; timing?: FetchTiming };
+type Result = FetchResult;
 
 /** One fetch of one chunk, shared by every caller that wants it. */
 class InFlight {
@@ -150,6 +178,7 @@ class InFlight {
   priority: Priority;
   /** performance.now() when the fetch started, undefined while queued. */
   startedAt: number | undefined;
+  readonly queuedAt = performance.now();
   /** Transient failures are retried until this performance.now() (0: one pass). */
   retryUntil = 0;
   /** Every failed attempt so far (shared with the fetch), for callers who stop waiting before it ends. */
@@ -314,16 +343,28 @@ export class ChunkFetcher {
     const t0 = performance.now();
     const errors = entry.errors;
     const counts = { misses: 0 };
-    const done = (tier: FetchEvent['tier'], bytes: number) =>
+    const timing: FetchTiming = {
+      queuedAt: entry.queuedAt,
+      startedAt: t0,
+      endedAt: t0,
+      attempts: 0,
+      hedge: 'none',
+      loader: newLoadTiming(),
+    };
+    const done = (tier: FetchEvent['tier'], bytes: number) => {
+      timing.endedAt = performance.now();
       this.#o.onFetch?.({
         hash: ref.hash,
+        chunk: ref.chunk,
         tier,
         bytes,
-        ms: performance.now() - t0,
+        ms: timing.endedAt - t0,
         priority: entry.priority,
         errors: trimmed(errors),
         misses: counts.misses,
+        timing,
       });
+    };
     if (this.#o.table.state(ref.chunk) === 'resident') return { tier: 'memory', stored: 0 };
     const sus = this.#o.suspects;
     const crashes = sus?.crashes.get(ref.chunk) ?? 0;
@@ -334,14 +375,28 @@ export class ChunkFetcher {
       done('failed', 0);
       throw new FetchError(chunkKey(ref.hash, ref.codec), trimmed(errors));
     }
-    if (await this.#o.cache?.read(ref.chunk, ref.hash, ref.length, entry.priority).catch(() => false)) {
+    if (this.#o.cache) timing.attempts++;
+    if (
+      await this.#o.cache
+        ?.read(ref.chunk, ref.hash, ref.length, entry.priority, timing.loader)
+        .catch(() => false)
+    ) {
       done('disk', ref.length);
-      return { tier: 'disk', stored: ref.length };
+      return { tier: 'disk', stored: ref.length, timing };
     }
     const key = chunkKey(ref.hash, ref.codec);
     for (let pass = 0; ; pass++) {
-      const r = await this.#pass(key, ref, entry.priority, errors, counts, entry.retryUntil || Infinity);
+      const r = await this.#pass(
+        key,
+        ref,
+        entry.priority,
+        errors,
+        counts,
+        entry.retryUntil || Infinity,
+        timing,
+      );
       if (typeof r !== 'boolean') {
+        r.timing = timing;
         done(r.tier, r.stored);
         this.#sizing.observe(performance.now() - t0, r.stored);
         this.#prefetch.concurrency = this.#sizing.concurrency;
@@ -367,6 +422,7 @@ export class ChunkFetcher {
     maxBytes: number,
     localPath: string | undefined,
     body: () => Promise<Buffer>,
+    timing: LoadTiming,
   ): Promise<number> {
     const job = {
       table: this.#tableId,
@@ -377,6 +433,7 @@ export class ChunkFetcher {
       length: ref.length,
       maxBytes,
       priority,
+      timing,
       // A chunk in flight when a worker died is decoded alone, so that another death names it alone.
       ...(this.#o.suspects?.crashes.has(ref.chunk) ? { exclusive: true } : {}),
     };
@@ -430,6 +487,7 @@ export class ChunkFetcher {
     timeoutMs: number,
     maxBytes: number,
     demand: boolean,
+    timing: FetchTiming,
   ): Promise<{ body: Buffer; origin: number }> {
     const origins = this.#o.origins;
     let alt = n + 1;
@@ -446,7 +504,11 @@ export class ChunkFetcher {
       this.#latency[o]!.record(performance.now() - t0);
       return { body, origin: o };
     }, after);
-    if (hedge !== 'none') this.#o.onHedge?.(hedge);
+    if (hedge !== 'none') {
+      this.#o.onHedge?.(hedge);
+      timing.hedge = hedge;
+      timing.attempts++;
+    }
     return value;
   }
 
@@ -461,6 +523,7 @@ export class ChunkFetcher {
     errors: string[],
     counts: { misses: number },
     deadline: number,
+    timing: FetchTiming,
   ): Promise<Result | boolean> {
     let transient = false;
     const maxBytes = maxStoredSize(ref.codec, ref.length, this.#o.encrypted);
@@ -474,11 +537,20 @@ export class ChunkFetcher {
         try {
           const local = origin.localPath?.(key);
           let answered = n;
-          const stored = await this.#load(ref, key, priority, maxBytes, local, async () => {
-            const r = await this.#get(n, key, timeoutMs, maxBytes, priority === 'demand');
-            answered = r.origin;
-            return r.body;
-          });
+          timing.attempts++;
+          const stored = await this.#load(
+            ref,
+            key,
+            priority,
+            maxBytes,
+            local,
+            async () => {
+              const r = await this.#get(n, key, timeoutMs, maxBytes, priority === 'demand', timing);
+              answered = r.origin;
+              return r.body;
+            },
+            timing.loader,
+          );
           void this.#o.cache?.write(ref.chunk, ref.hash, ref.length).catch(() => {});
           return { tier: `origin${answered}`, stored };
         } catch (e) {

@@ -49,6 +49,31 @@ export class RuntimeMetrics {
     buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
     registers: [this.registry],
   });
+  readonly stallSeconds = new Histogram({
+    name: 'lazysnap_fault_stall_seconds',
+    help: 'How long each fault that crossed into JS kept its thread waiting: from the fault thread reading it to the install waking the peer (fault thread time stamps)',
+    buckets: [
+      0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+    ],
+    registers: [this.registry],
+  });
+  readonly stallPhaseSeconds = new Counter({
+    name: 'lazysnap_fault_stall_phase_seconds_total',
+    help: 'Where fault stall time went (runtime/stall.ts): phase queue, fetch (with the tier that answered), decode, verify or install',
+    labelNames: ['phase', 'tier'],
+    registers: [this.registry],
+  });
+  readonly prefetchChunks = new Counter({
+    name: 'lazysnap_prefetch_chunks_total',
+    help: 'Prefetched chunks (profile replay, fill) by outcome: ahead (installed before any fault asked), late (a fault asked first and waited), failed (dropped; a fault fetches it again)',
+    labelNames: ['outcome'],
+    registers: [this.registry],
+  });
+  readonly prefetchMisses = new Counter({
+    name: 'lazysnap_prefetch_misses_total',
+    help: 'Demand faults on chunks the replayed profile lacked',
+    registers: [this.registry],
+  });
   readonly sessions = new Gauge({
     name: 'lazysnap_sessions_active',
     help: 'Restore sessions being served',

@@ -35,8 +35,11 @@ export class Prefetcher {
     this.#scanned = 0;
   }
 
-  /** Replays `order`, then fills the rest when asked. Resolves when done or the session ended. */
-  async run(order: readonly number[], fill: boolean): Promise<void> {
+  /**
+   * Replays `order`, then fills the rest when asked. Resolves when done or the session ended;
+   * `onOrderDone` runs once every chunk of `order` has settled (before the fill).
+   */
+  async run(order: readonly number[], fill: boolean, onOrderDone?: () => void): Promise<void> {
     let i = 0;
     await this.#drive(() => {
       while (i < order.length) {
@@ -45,6 +48,7 @@ export class Prefetcher {
       }
       return undefined;
     });
+    onOrderDone?.();
     if (fill) await this.#drive(() => this.#nextMissing());
   }
 

@@ -17,6 +17,9 @@ import { Readahead } from './readahead.js';
 import { metaOf, writeSessionMeta } from './session-state.js';
 import { ChunkDelivery } from './session-delivery.js';
 import { FailClosed } from './session-fail-closed.js';
+import { SessionTrace } from './session-trace.js';
+import { fromMonotonic } from './stall.js';
+import { EVENT } from './tracing.js';
 import type { LiveSessionStats, SessionContext, SessionSummary } from './session-types.js';
 
 export type { LiveSessionStats, PrefetchContext, SessionContext, SessionSummary } from './session-types.js';
@@ -58,6 +61,9 @@ export class RestoreSession {
   readonly #readahead: Readahead | undefined;
   /** populate() calls, re-checked on every install, failure and end. */
   readonly #waiters = new Set<() => void>();
+  readonly #trace: SessionTrace;
+  /** First touches the fault thread served from memory (kept only for a detailed trace's chunk map). */
+  readonly #touched: Set<number> | undefined;
 
   constructor(opts: RestoreSessionOptions) {
     const { ctx, handshake } = opts;
@@ -71,6 +77,18 @@ export class RestoreSession {
     this.#log = ctx.log.child({ restoreId: opts.restoreId, peerPid: opts.pid });
     const pf = ctx.prefetch;
     if (pf.mode === 'record') this.#recorder = new Recorder(this.#t0, pf.recordIdleMs, pf.saveRecording);
+    this.#trace = new SessionTrace({
+      trace: ctx.trace,
+      restoreId: opts.restoreId,
+      peerPid: opts.pid,
+      handshake,
+      chunkSize: ctx.index.manifest.chunkSize,
+      chunkCount: ctx.index.count,
+      metrics: ctx.metrics,
+      log: this.#log,
+      t0: this.#t0,
+    });
+    if (this.#trace.detailed) this.#touched = new Set();
     this.#fault = new FaultSession(
       opts.uffd,
       {
@@ -79,7 +97,8 @@ export class RestoreSession {
         regions: handshake.regions,
         // First touches served from memory are reported when something uses them: the recording, the
         // fill's cursor, and read-ahead, which follows the reader through the chunks it made resident.
-        reportTouches: pf.mode === 'record' || pf.fill || pf.readaheadChunks > 0,
+        // The trace's chunk map also wants them (which chunks were served from memory).
+        reportTouches: pf.mode === 'record' || pf.fill || pf.readaheadChunks > 0 || this.#trace.detailed,
         ...(opts.state ? { stateFd: opts.state.fd } : {}),
       },
       (e) => this.#onEvent(e),
@@ -93,7 +112,15 @@ export class RestoreSession {
       metrics: ctx.metrics,
       hashOf: (c) => chunkHash(ctx.index, c),
     });
-    this.#delivery = new ChunkDelivery(ctx, this.#fault, this.#fail, this.#log);
+    const replay = pf.mode === 'replay' && pf.profile ? pf.profile.chunks.map((e) => e.chunk) : [];
+    this.#delivery = new ChunkDelivery(
+      ctx,
+      this.#fault,
+      this.#fail,
+      this.#log,
+      this.#trace,
+      replay.length > 0 ? replay : undefined,
+    );
     if (opts.state?.adopted) this.#delivery.adoptInstalled(opts.state.adopted.installed);
     else if (opts.state)
       writeSessionMeta(opts.state.fd, metaOf(ctx.index.manifest.id, opts.restoreId, opts.pid, handshake));
@@ -111,13 +138,18 @@ export class RestoreSession {
     );
     if (pf.readaheadChunks > 0)
       this.#readahead = new Readahead({ chunks: ctx.index.count, max: pf.readaheadChunks });
-    const replay = pf.mode === 'replay' && pf.profile ? pf.profile.chunks.map((e) => e.chunk) : [];
     if (replay.length > 0 || pf.fill) {
       this.#prefetcher = this.#prefetchDriver(
         (c) => this.#delivery.prefetch(c),
         () => false,
       );
-      void this.#prefetcher.run(replay, pf.fill);
+      const start = performance.now();
+      const before = this.#delivery.prefetched;
+      void this.#prefetcher.run(replay, pf.fill, () => {
+        if (replay.length === 0 || this.#stopped) return;
+        this.#trace.milestone(EVENT.profileInstalled);
+        this.#trace.prefetchBatch('replay', replay.length, this.#delivery.prefetched - before, start);
+      });
     }
   }
 
@@ -207,18 +239,20 @@ export class RestoreSession {
 
   #onEvent(e: SessionEvent): void {
     for (const c of e.touched) {
+      this.#touched?.add(c);
       this.#recorder?.touch(c);
       this.#readAhead(c);
     }
-    for (const c of e.need) {
+    for (let i = 0; i < e.need.length; i++) {
+      const c = e.need[i]!;
       this.#recorder?.touch(c);
       this.#prefetcher?.demand(c);
-      this.#delivery.demand(c);
+      this.#delivery.demand(c, fromMonotonic(e.needAt[i]!));
       this.#readAhead(c);
     }
     for (const c of e.missing) this.#delivery.missing(c);
-    for (const c of e.installed) {
-      const waited = this.#delivery.installed(c);
+    for (let i = 0; i < e.installed.length; i++) {
+      const waited = this.#delivery.installed(e.installed[i]!, fromMonotonic(e.installedAt[i]!));
       if (waited !== undefined) this.#ctx.metrics.faultSeconds.observe(waited / 1000);
     }
     for (const c of e.poisoned) this.#delivery.poisoned(c);
@@ -234,7 +268,10 @@ export class RestoreSession {
     }
     if (e.stopped && !this.#stopped)
       this.#fail.kill('the fault thread stopped: nothing can serve the peer any more');
-    if (e.exited) this.end('ended');
+    if (e.exited) {
+      if (!this.#stopped) this.#trace.milestone(EVENT.peerExited);
+      this.end('ended');
+    }
     if (this.#waiters.size > 0 && (e.installed.length > 0 || e.poisoned.length > 0 || e.failures.length > 0))
       for (const w of [...this.#waiters]) w();
   }
@@ -299,8 +336,24 @@ export class RestoreSession {
       failedChunks: this.#fail.failed,
       prefetchedChunks: d.prefetched,
       recordedChunks: this.#recorder?.size ?? 0,
+      stall: this.#trace.summary(),
       outcome: killed ? 'killed' : outcome,
     };
+    if (st.firstServedNs) this.#trace.milestone(EVENT.firstFaultServed, this.#t0 + st.firstServedNs / 1e6);
+    this.#trace.end({
+      durationMs: summary.durationMs,
+      outcome: summary.outcome,
+      chunks: d.chunkMap(this.#touched ?? new Set()),
+      totals: {
+        faults: st.faults,
+        zeroFaults: st.zeroFaults,
+        fetchedChunks: d.fetched,
+        bytesFetched: d.bytesFetched,
+        prefetchedChunks: d.prefetched,
+        failedChunks: summary.failedChunks.length,
+        hitsByTier: summary.hitsByTier,
+      },
+    });
     this.#ended = summary;
     // The peer hung up mid-restore (crashed, killed): its fetches finish for the cache, nothing is installed any more.
     const waiting = d.waiting;

@@ -4,7 +4,12 @@
  * chunks marked, the host disk cache, the fetcher, the metrics and the working-set profile. On a
  * failure part way, what was opened is closed again before the error goes on.
  */
-import { FetchError } from '../core/errors.js';
+import { constants } from 'node:fs';
+import { access, mkdir } from 'node:fs/promises';
+
+import { context as otelContext, trace, type Span } from '@opentelemetry/api';
+
+import { FetchError, InvalidArgumentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { ChunkTable } from '../native/index.js';
 import type { StoreBackend } from '../store/backend.js';
@@ -24,6 +29,34 @@ import type { ProfileShape } from './profile.js';
 import type { SessionContext } from './restore-session.js';
 import type { ResolvedServeOptions } from './serve-options.js';
 import { kernelCanPoison, loadFirst } from './startup.js';
+import { SPAN, TRACER_NAME } from './tracing.js';
+
+/** The trace directory, created 0700 when missing; refused at start when it cannot be written. */
+async function prepareTraceDir(dir: string): Promise<void> {
+  try {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await access(dir, constants.W_OK);
+  } catch (e) {
+    throw new InvalidArgumentError(
+      'traceDir',
+      'a directory this user can write',
+      `${dir} (${(e as Error).message})`,
+    );
+  }
+}
+
+/** `fn` inside a child span of `parent` named `name` (a no-op span when no tracer provider records). */
+async function traced<T>(parent: Span, name: string, fn: () => Promise<T>): Promise<T> {
+  const span = trace.getTracer(TRACER_NAME).startSpan(name, {}, trace.setSpan(otelContext.active(), parent));
+  try {
+    return await fn();
+  } catch (e) {
+    span.setStatus({ code: 2, message: (e as Error).message });
+    throw e;
+  } finally {
+    span.end();
+  }
+}
 
 /**
  * What a supervised worker shares with its supervisor about crashes (runtime/supervisor/): a page where
@@ -77,6 +110,7 @@ export async function openServeContext(
     : undefined;
   // Profiles: the profile store first (read and written), then the stores in order.
   const profileStores = profileStore ? [profileStore, ...stores] : stores;
+  if (o.traceDir !== undefined) await prepareTraceDir(o.traceDir);
   let cache: DiskCache | undefined;
   let loader: ChunkLoader | undefined;
   let table: ChunkTable | undefined;
@@ -87,11 +121,17 @@ export async function openServeContext(
     await Promise.all(stores.map((s) => s.close()));
     await profileStore?.close();
   };
+  // Before any VM connects: the manifest and the profile (docs/DESIGN.md, P6).
+  const openSpan = trace
+    .getTracer(TRACER_NAME)
+    .startSpan(SPAN.open, { attributes: { 'lazysnap.snapshot.id': o.id } });
   try {
-    const index = await loadFirst(stores, o.id, signal, {
-      ...(o.verifyKey ? { verifyKey: o.verifyKey } : {}),
-      keys: o.keys ?? envKeyProvider(),
-    });
+    const index = await traced(openSpan, SPAN.manifest, () =>
+      loadFirst(stores, o.id, signal, {
+        ...(o.verifyKey ? { verifyKey: o.verifyKey } : {}),
+        keys: o.keys ?? envKeyProvider(),
+      }),
+    );
     const crypto = index.crypto;
     const m = index.manifest;
     table = new ChunkTable(m.totalSize, m.chunkSize);
@@ -137,7 +177,9 @@ export async function openServeContext(
     };
     const wantsProfile = o.prefetch === 'auto' || o.prefetch === 'replay';
     const profile = wantsProfile
-      ? await loadProfile(profileStores, shape, (msg) => log.warn(msg), signal)
+      ? await traced(openSpan, SPAN.profile, () =>
+          loadProfile(profileStores, shape, (msg) => log.warn(msg), signal),
+        )
       : undefined;
     const mode = o.prefetch === 'auto' ? (profile ? 'replay' : 'off') : o.prefetch;
     if (mode === 'replay' && !profile)
@@ -161,6 +203,11 @@ export async function openServeContext(
         profile,
         saveRecording: saver.save,
       },
+      trace: {
+        snapshotId: o.id,
+        origins: Object.fromEntries(stores.map((st, i) => [`origin${i}`, st.url])),
+        ...(o.traceDir !== undefined ? { traceDir: o.traceDir } : {}),
+      },
     };
     const readVmstate = async (sig?: AbortSignal) => {
       const errors: string[] = [];
@@ -174,8 +221,11 @@ export async function openServeContext(
       }
       throw new FetchError(`vmstate of ${o.id}`, errors);
     };
+    openSpan.end();
     return { stores, ctx, cache, loader, profileSaves: saver, readVmstate, close };
   } catch (e) {
+    openSpan.setStatus({ code: 2, message: (e as Error).message });
+    openSpan.end();
     await close();
     throw e;
   }

@@ -105,6 +105,11 @@ export interface ServeOptions {
   handshakeTimeoutMs?: number;
   /** On close(), how long live sessions may run before they are ended. @default 30000 */
   shutdownGraceMs?: number;
+  /**
+   * Write each session's trace (runtime/trace-format.ts; `lazysnap trace` draws it) to
+   * `<traceDir>/<restoreId>.trace.json`, files 0600. Created 0700 if missing. @default off
+   */
+  traceDir?: string;
   /** Serve Prometheus metrics at http://metricsHost:metricsPort/metrics. @default off */
   metricsPort?: number;
   /** @default '127.0.0.1' (use '0.0.0.0' to be scraped from other hosts) */
@@ -128,6 +133,7 @@ export interface ServeOptions {
 type Optional =
   | 's3Endpoint'
   | 'cacheDir'
+  | 'traceDir'
   | 'metricsPort'
   | 'allowUids'
   | 'socketGroup'
@@ -203,6 +209,8 @@ export function resolveServeOptions(o: ServeOptions): ResolvedServeOptions {
   ) {
     throw new InvalidArgumentError('socketGroup', 'a gid (an integer from 0 to 4294967294)', o.socketGroup);
   }
+  if (o.traceDir !== undefined && (typeof o.traceDir !== 'string' || o.traceDir === ''))
+    throw new InvalidArgumentError('traceDir', 'a directory path', o.traceDir);
   if (o.keys !== undefined && typeof (o.keys as Partial<KeyProvider> | null)?.getKey !== 'function')
     throw new InvalidArgumentError('keys', 'a KeyProvider ({ getKey(keyId) })', o.keys);
   const { verifyKey: vk, ...rest } = o;

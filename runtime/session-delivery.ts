@@ -12,8 +12,9 @@ import type { FaultSession } from '../native/index.js';
 import type { Logger } from '../core/logger.js';
 import { chunkCodec, chunkHash } from '../store/manifest.js';
 import { chunkLength } from '../store/reader.js';
-import type { Tier } from './fetcher.js';
+import type { FetchResult, Tier } from './fetcher.js';
 import type { FailClosed } from './session-fail-closed.js';
+import type { SessionTrace } from './session-trace.js';
 import { bit } from './session-state.js';
 import type { SessionContext } from './session-types.js';
 
@@ -22,8 +23,15 @@ export class ChunkDelivery {
   readonly #fault: FaultSession;
   readonly #fail: FailClosed;
   readonly #log: Logger;
-  /** Chunks a fault waits for, since when (performance.now()): until installed. */
+  readonly #trace: SessionTrace;
+  /** Whether the profile being replayed holds each chunk (demand faults outside it are prefetch misses). */
+  readonly #inProfile: Set<number> | undefined;
+  /** Chunks a fault waits for, since when (the fault thread read it, on the performance.now() clock): until installed. */
   readonly #needAt = new Map<number, number>();
+  /** Chunks a fault crossed into JS for (the trace's chunk map). */
+  readonly #demanded = new Set<number>();
+  /** The fetch that made each chunk resident for this session, for the stall split of the fault waiting on it. */
+  readonly #fetchOf = new Map<number, FetchResult>();
   /** Demanded chunks whose fetch has not settled: a peer can only exit with some if it died midway. */
   readonly #waiting = new Set<number>();
   readonly #installed = new Set<number>();
@@ -40,11 +48,43 @@ export class ChunkDelivery {
   fetched = 0;
   #ended = false;
 
-  constructor(ctx: SessionContext, fault: FaultSession, fail: FailClosed, log: Logger) {
+  constructor(
+    ctx: SessionContext,
+    fault: FaultSession,
+    fail: FailClosed,
+    log: Logger,
+    trace: SessionTrace,
+    profile?: readonly number[],
+  ) {
     this.#ctx = ctx;
     this.#fault = fault;
     this.#fail = fail;
     this.#log = log;
+    this.#trace = trace;
+    if (profile) this.#inProfile = new Set(profile);
+  }
+
+  /**
+   * One character per chunk for the trace (runtime/trace-format.ts): failed, demanded, prefetched,
+   * served from memory (`touched`: the fault thread's own first touches), zero, untouched.
+   */
+  chunkMap(touched: ReadonlySet<number>): string {
+    const { index } = this.#ctx;
+    const failed = new Set(this.#fail.failed);
+    let out = '';
+    for (let c = 0; c < index.count; c++)
+      out += failed.has(c)
+        ? 'x'
+        : this.#demanded.has(c)
+          ? 'd'
+          : this.#ahead.has(c)
+            ? 'p'
+            : touched.has(c)
+              ? 'm'
+              : chunkHash(index, c) === null
+                ? 'z'
+                : '.';
+    return out;
   }
 
   /** Chunks installed ahead of any fault (replay, fill, populate). */
@@ -71,10 +111,18 @@ export class ChunkDelivery {
     return this.#installed.has(c) || this.#tried.has(c) || chunkHash(this.#ctx.index, c) === null;
   }
 
-  /** A fault waits for chunk c (it crossed into JS as `need`). */
-  demand(c: number): void {
+  /** A fault waits for chunk c (it crossed into JS as `need`), since `at` (performance.now() clock). */
+  demand(c: number, at = performance.now()): void {
     if (this.#ended) return;
-    if (!this.#needAt.has(c)) this.#needAt.set(c, performance.now());
+    if (!this.#needAt.has(c)) {
+      this.#needAt.set(c, at);
+      if (!this.#demanded.has(c)) {
+        this.#demanded.add(c);
+        const m = this.#ctx.metrics;
+        if (this.#inProfile && !this.#inProfile.has(c)) m.prefetchMisses.inc();
+        else if (this.#tried.has(c)) m.prefetchChunks.inc({ outcome: 'late' });
+      }
+    }
     const { index, memory, fetcher } = this.#ctx;
     if (memory.has(c)) {
       memory.touch(c);
@@ -89,17 +137,21 @@ export class ChunkDelivery {
       return;
     }
     this.#waiting.add(c);
+    const asked = performance.now();
     fetcher
       .fetch({ chunk: c, hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'demand', {
         patienceMs: this.#ctx.failTimeoutMs,
       })
       .then(
-        ({ tier, stored }) => {
+        (r) => {
           this.#waiting.delete(c);
-          this.#admit(c, tier, stored);
+          this.#fetchOf.set(c, r);
+          this.#trace.fetched(c, 'demand', r, asked);
+          this.#admit(c, r.tier, r.stored);
         },
         (err: unknown) => {
           this.#waiting.delete(c);
+          this.#trace.fetched(c, 'demand', undefined, asked);
           if (!this.#ended) this.#fail.chunk(c, err);
         },
       );
@@ -123,13 +175,17 @@ export class ChunkDelivery {
       codec: chunkCodec(index, c)!,
       length: chunkLength(index, c),
     };
+    const asked = performance.now();
     return fetcher.fetch(ref, 'prefetch', mustArrive ? { patienceMs: this.#ctx.failTimeoutMs } : {}).then(
-      ({ tier, stored }) => {
+      (r) => {
+        this.#trace.fetched(c, 'prefetch', r, asked);
         // A demand fault joined this fetch (or got the chunk first): its own callback installs it.
         if (this.#installed.has(c) || this.#needAt.has(c)) return;
-        this.#admit(c, tier, stored);
+        this.#admit(c, r.tier, r.stored);
       },
       (err: unknown) => {
+        this.#trace.fetched(c, 'prefetch', undefined, asked);
+        this.#ctx.metrics.prefetchChunks.inc({ outcome: 'failed' });
         if (mustArrive && !this.#ended) this.#fail.chunk(c, err);
         else if (this.#log.isLevelEnabled('debug'))
           this.#log.debug(
@@ -149,22 +205,42 @@ export class ChunkDelivery {
     const { index, memory, fetcher } = this.#ctx;
     const hash = chunkHash(index, c);
     if (this.#ended || hash === null || this.#installed.has(c) || memory.has(c)) return;
+    const asked = performance.now();
     fetcher
       .fetch({ chunk: c, hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'prefetch')
       .then(
-        ({ tier, stored }) => this.#count(c, tier, stored),
-        () => {},
+        (r) => {
+          this.#trace.fetched(c, 'prefetch', r, asked);
+          this.#count(c, r.tier, r.stored);
+        },
+        () => this.#trace.fetched(c, 'prefetch', undefined, asked),
       );
   }
 
-  /** The fault thread copied chunk c (or found it present). Returns how long a fault waited, if one did. */
-  installed(c: number): number | undefined {
+  /**
+   * The fault thread copied chunk c (or found it present) at `at` (performance.now() clock). Returns how
+   * long JS saw a fault wait for it, if one did; the fault's whole stall goes to the trace.
+   */
+  installed(c: number, at = performance.now()): number | undefined {
     this.#unpin(c);
     const t = this.#needAt.get(c);
     this.#needAt.delete(c);
-    if (t === undefined && !this.#installed.has(c)) this.#ahead.add(c);
+    if (t === undefined && !this.#installed.has(c)) {
+      this.#ahead.add(c);
+      if (this.#tried.has(c)) this.#ctx.metrics.prefetchChunks.inc({ outcome: 'ahead' });
+    }
     this.#installed.add(c);
-    return t === undefined ? undefined : performance.now() - t;
+    if (t === undefined) return undefined;
+    const fetch = this.#fetchOf.get(c);
+    this.#fetchOf.delete(c);
+    this.#trace.faultDone({
+      chunk: c,
+      needAt: t,
+      doneAt: at,
+      tier: fetch?.tier ?? 'memory',
+      ...(fetch ? { fetch } : {}),
+    });
+    return performance.now() - t;
   }
 
   /** An install found no bytes (evicted before the copy): fetched again only if a fault waits. */
@@ -175,7 +251,10 @@ export class ChunkDelivery {
 
   /** Chunk c was poisoned (failed closed): no fault waits for it any more. */
   poisoned(c: number): void {
+    const t = this.#needAt.get(c);
     this.#needAt.delete(c);
+    if (t !== undefined)
+      this.#trace.faultDone({ chunk: c, needAt: t, doneAt: performance.now(), tier: 'failed' });
   }
 
   /** The session ended: nothing more is installed, pins are released. */

@@ -9,6 +9,8 @@ import type { ChunkFetcher } from './fetcher.js';
 import type { MemoryTier } from './memory-tier.js';
 import type { RuntimeMetrics } from './metrics.js';
 import type { Profile } from './profile.js';
+import type { TraceContext } from './session-trace.js';
+import type { StallSplit } from './trace-format.js';
 
 export interface PrefetchContext {
   /** record: collect this session's first touches; replay: prefetch the profile's chunks. */
@@ -36,6 +38,8 @@ export interface SessionContext {
   /** Whether UFFDIO_POISON works on this kernel; otherwise failing closed means SIGKILL. */
   canPoison: boolean;
   prefetch: PrefetchContext;
+  /** Tracing: the snapshot's names for spans and trace files, and where files go (runtime/session-trace.ts). */
+  trace: TraceContext;
 }
 
 export interface SessionSummary {
@@ -53,6 +57,8 @@ export interface SessionSummary {
   prefetchedChunks: number;
   /** Chunks in this session's recording (record mode). */
   recordedChunks: number;
+  /** How long faults that crossed into JS waited in all, and where that went (runtime/stall.ts), in ms. */
+  stall: StallSplit & { faults: number; totalMs: number };
   outcome: 'ended' | 'killed' | 'shutdown';
 }
 

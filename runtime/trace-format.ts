@@ -122,15 +122,16 @@ export function parseTraceFile(v: unknown, what = 'trace'): TraceFile {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) bad('', 'a JSON object', v);
   const o = v as Record<string, unknown>;
   if (o.format !== TRACE_FORMAT) bad('format', `"${TRACE_FORMAT}"`, o.format);
-  if (o.version !== TRACE_VERSION) bad('version', `${TRACE_VERSION} (this lazysnap's trace version)`, o.version);
+  if (o.version !== TRACE_VERSION)
+    bad('version', `${TRACE_VERSION} (this lazysnap's trace version)`, o.version);
   for (const k of ['snapshotId', 'restoreId', 'shape', 'startedAt', 'outcome', 'chunks'])
     if (typeof o[k] !== 'string') bad(k, 'a string', o[k]);
   for (const k of ['peerPid', 'regions', 'pageSize', 'chunkSize', 'chunkCount', 'durationMs'])
     if (typeof o[k] !== 'number' || !Number.isFinite(o[k])) bad(k, 'a number', o[k]);
-  if ((o.chunks as string).length !== o.chunkCount) bad('chunks', `${String(o.chunkCount)} characters`, o.chunks);
+  if ((o.chunks as string).length !== o.chunkCount)
+    bad('chunks', `${String(o.chunkCount)} characters`, o.chunks);
   if (!/^[zpdmx.]*$/.test(o.chunks as string)) bad('chunks', 'only the characters z p d m x .', o.chunks);
-  for (const k of ['milestones', 'faults', 'fetches'])
-    if (!Array.isArray(o[k])) bad(k, 'an array', o[k]);
+  for (const k of ['milestones', 'faults', 'fetches']) if (!Array.isArray(o[k])) bad(k, 'an array', o[k]);
   const num = (x: Record<string, unknown>, at: string, keys: string[]) => {
     for (const k of keys)
       if (typeof x[k] !== 'number' || !Number.isFinite(x[k])) bad(`${at}.${k}`, 'a number', x[k]);
@@ -144,11 +145,21 @@ export function parseTraceFile(v: unknown, what = 'trace'): TraceFile {
     const x = f as Record<string, unknown>;
     num(x, `faults[${i}]`, ['chunk', 'atMs', 'waitMs', 'queueMs', 'decodeMs', 'verifyMs', 'installMs']);
     if (typeof x.tier !== 'string') bad(`faults[${i}].tier`, 'a string', x.tier);
-    if (typeof x.fetchMs !== 'object' || x.fetchMs === null) bad(`faults[${i}].fetchMs`, 'an object', x.fetchMs);
+    if (typeof x.fetchMs !== 'object' || x.fetchMs === null)
+      bad(`faults[${i}].fetchMs`, 'an object', x.fetchMs);
   });
   (o.fetches as unknown[]).forEach((f, i) => {
     const x = f as Record<string, unknown>;
-    num(x, `fetches[${i}]`, ['chunk', 'queuedMs', 'startMs', 'endMs', 'bytes', 'attempts', 'decodeMs', 'verifyMs']);
+    num(x, `fetches[${i}]`, [
+      'chunk',
+      'queuedMs',
+      'startMs',
+      'endMs',
+      'bytes',
+      'attempts',
+      'decodeMs',
+      'verifyMs',
+    ]);
     if (x.priority !== 'demand' && x.priority !== 'prefetch')
       bad(`fetches[${i}].priority`, '"demand" or "prefetch"', x.priority);
     if (typeof x.tier !== 'string') bad(`fetches[${i}].tier`, 'a string', x.tier);

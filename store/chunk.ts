@@ -76,7 +76,10 @@ export function decodeChunk(
   length: number,
   crypto?: ChunkCrypto,
   into?: Uint8Array,
+  /** Filled with the time spent decoding (opening included) and verifying, in ms. */
+  timing?: { decodeMs: number; verifyMs: number },
 ): Buffer {
+  const t0 = timing ? performance.now() : 0;
   const encoded = crypto ? crypto.open(key, hash, stored) : stored;
   const out = into
     ? Buffer.from(into.buffer, into.byteOffset, into.length)
@@ -114,7 +117,12 @@ export function decodeChunk(
       throw new IntegrityError(key, 'decoded length differs', { expected: length, actual: n });
     bytes = out!;
   }
+  const t1 = timing ? performance.now() : 0;
   const actual = crypto ? crypto.id(bytes) : hashChunk(bytes);
+  if (timing) {
+    timing.decodeMs = t1 - t0;
+    timing.verifyMs = performance.now() - t1;
+  }
   if (actual !== hash) throw new IntegrityError(key, 'content hash mismatch', { expected: hash, actual });
   return bytes;
 }

@@ -42,6 +42,7 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
     socketPath: required(values, 'socket'),
     ...(values['s3-endpoint'] ? { s3Endpoint: values['s3-endpoint'] } : {}),
     ...(values['cache-dir'] ? { cacheDir: values['cache-dir'] } : {}),
+    ...(values['trace-dir'] ? { traceDir: values['trace-dir'] } : {}),
     ...(values['cache-budget']
       ? { cacheBudgetBytes: parseSize(values['cache-budget'], '--cache-budget', { allowZero: true }) }
       : {}),

@@ -44,6 +44,14 @@ or, under systemd, through its descriptor store (--fd-store): see docs/RELIABILI
       meaning:
         'host disk cache of verified, uncompressed chunks, shared by the serve processes of the host (files 0600)',
     },
+    'trace-dir': {
+      type: 'string',
+      value: 'DIR',
+      shown: 'none',
+      api: 'traceDir',
+      meaning:
+        "write each session's trace to `DIR/<restoreId>.trace.json` (0600; DIR created 0700): every fault that waited, where its time went, every fetch. `lazysnap trace FILE` draws it",
+    },
     'cache-budget': {
       type: 'string',
       value: 'SIZE',

@@ -36,6 +36,7 @@ static const napi_type_tag SESSION_TAG = {0x6c617a79736e6170ULL, 0x73657373696f6
 static void session_unref(session_t *s) {
   if (atomic_fetch_sub(&s->ref, 1) != 1) return;
   free(s->need.v), free(s->installed.v), free(s->poisoned.v), free(s->missing.v), free(s->touched.v);
+  free(s->need.t), free(s->installed.t);
   free(s->q), free(s->regions), free(s->zero_page);
   pthread_mutex_destroy(&s->qmu);
   pthread_mutex_destroy(&s->omu);
@@ -207,6 +208,9 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
     vecs[i]->cap = vecs[i]->v ? room : 0;
     outs = outs && vecs[i]->v;
   }
+  s->need.t = malloc(room * sizeof(uint64_t));
+  s->installed.t = malloc(room * sizeof(uint64_t));
+  outs = outs && s->need.t && s->installed.t;
   if (!s->cstate || !s->faults || !outs || (ps != 4096 && !s->zero_page)) {
     throw_errno(env, ENOMEM, "calloc");
     goto fail;
@@ -284,6 +288,7 @@ fail:
   state_close(&s->state);
   free(s->cstate), free(s->faults), free(s->zero_page), free(s->regions);
   free(s->need.v), free(s->installed.v), free(s->poisoned.v), free(s->missing.v), free(s->touched.v);
+  free(s->need.t), free(s->installed.t);
   pthread_mutex_destroy(&s->qmu), pthread_mutex_destroy(&s->omu);
   free(s);
   return NULL;

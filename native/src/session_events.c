@@ -22,6 +22,17 @@ static const char *const KIND_NAMES[] = {
     [FAIL_INJECTED] = "injected",
 };
 
+/* The time stamps of a timed output (need, installed), in CLOCK_MONOTONIC milliseconds: the clock of
+ * process.hrtime() in JS. Read before u32_array() empties the vector. */
+static napi_value time_array(napi_env env, const u32vec *a) {
+  napi_value ab, arr;
+  double *p;
+  napi_create_arraybuffer(env, a->n * sizeof(double), (void **)&p, &ab);
+  for (size_t i = 0; i < a->n; i++) p[i] = (double)a->t[i] / 1e6;
+  napi_create_typedarray(env, napi_float64_array, a->n, ab, 0, &arr);
+  return arr;
+}
+
 static napi_value u32_array(napi_env env, u32vec *a) {
   napi_value ab, arr;
   void *p;
@@ -59,7 +70,9 @@ void session_call_js(napi_env env, napi_value cb, void *context, void *data) {
   napi_create_array(env, &fails);
   uint32_t nf = 0;
   pthread_mutex_lock(&s->omu);
+  set_named(env, o, "needAt", time_array(env, &s->need));
   set_named(env, o, "need", u32_array(env, &s->need));
+  set_named(env, o, "installedAt", time_array(env, &s->installed));
   set_named(env, o, "installed", u32_array(env, &s->installed));
   set_named(env, o, "poisoned", u32_array(env, &s->poisoned));
   set_named(env, o, "missing", u32_array(env, &s->missing));

@@ -50,6 +50,9 @@ typedef struct {
 } failure_t;
 typedef struct {
   uint32_t *v;
+  /* need and installed only: CLOCK_MONOTONIC ns of each entry (when the fault was read, when the
+   * install woke the peer), for JS's stall accounting. NULL for the others. */
+  uint64_t *t;
   size_t n, cap;
 } u32vec;
 

@@ -47,12 +47,30 @@ static void die_on_remove(const struct uffd_msg *msgs, size_t cnt) {
 #define die_on_remove(msgs, cnt) ((void)0)
 #endif
 
+/* Room for one more entry in v (and its time stamp): both arrays grow together. */
+static bool grow_timed(u32vec *v) {
+  if (v->n < v->cap) return true;
+  size_t cap = v->cap;
+  if (!grow((void **)&v->v, v->n, &cap, sizeof *v->v)) return false;
+  if (v->t) {
+    uint64_t *t = realloc(v->t, cap * sizeof *t);
+    if (!t) return false; /* v->v grew; cap stays, so the next try grows t again */
+    v->t = t;
+  }
+  v->cap = cap;
+  return true;
+}
+
 void out_chunk(session_t *s, u32vec *v, uint32_t chunk) {
+  /* Only need and installed are stamped (a vDSO clock read), before the lock is taken. */
+  uint64_t now = v->t ? monotonic_ns() : 0;
   pthread_mutex_lock(&s->omu);
-  if (!injected(s, FAIL_OUT_OF_MEMORY) && grow((void **)&v->v, v->n, &v->cap, sizeof *v->v))
+  if (!injected(s, FAIL_OUT_OF_MEMORY) && grow_timed(v)) {
+    if (v->t) v->t[v->n] = now;
     v->v[v->n++] = chunk;
-  else
+  } else {
     s->fails_lost = true;
+  }
   pthread_mutex_unlock(&s->omu);
 }
 

@@ -23,12 +23,21 @@ function capture(): { log: pino.Logger; lines: Record<string, unknown>[] } {
 const flush = () => new Promise((r) => setImmediate(r));
 const event = (e: Partial<FetchEvent>): FetchEvent => ({
   hash: 'ab'.repeat(32),
+  chunk: 0,
   tier: 'origin0',
   bytes: 1,
   ms: 1,
   priority: 'demand',
   errors: [],
   misses: 0,
+  timing: {
+    queuedAt: 0,
+    startedAt: 0,
+    endedAt: 1,
+    attempts: 1,
+    hedge: 'none',
+    loader: { waitMs: 0, readMs: 0, decodeMs: 0, verifyMs: 0 },
+  },
   ...e,
 });
 
