@@ -13,6 +13,8 @@
 import { EventEmitter } from 'node:events';
 import { unlinkSync } from 'node:fs';
 
+import type { Context } from '@opentelemetry/api';
+
 import { componentLogger, type Logger } from '../core/logger.js';
 import { closeFd } from '../native/index.js';
 import type { Manifest } from '../store/manifest.js';
@@ -62,6 +64,8 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
   readonly #acceptor: Acceptor;
   #metricsServer: { close: () => Promise<void> } | undefined;
   #closing: Promise<void> | undefined;
+  /** Trace parents for sessions about to arrive (expectSession), oldest first. */
+  readonly #parents: { ctx: Context; pid: number | undefined }[] = [];
 
   private constructor(o: ResolvedServeOptions, host: SessionHost, log: Logger) {
     super();
@@ -82,6 +86,7 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
       chunks: ctx.index.count,
       vmstate: m.vmstate,
     };
+    ctx.trace.parentFor = (pid) => this.#parentFor(pid);
     host.on('session', ({ restoreId, pid }) => this.emit('session', { restoreId, pid }));
     host.on('sessionEnd', (s) => this.emit('sessionEnd', s));
     host.on('rejected', (r) => this.emit('rejected', r));
@@ -121,6 +126,28 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     server.warmUpMs = started.warmUpMs;
     log.info({ socket: o.socketPath, ...started.fields() }, 'serving');
     return server;
+  }
+
+  /**
+   * Makes the span of a session about to arrive (its peer is being told to connect) a child of `parent`,
+   * so that the restore shows up inside the platform's own trace: the session whose peer is `pid`, or
+   * without a pid, the next session to start that no other expectation names. Returns a function that withdraws it
+   * (call it once the peer has connected or given up: an expectation nobody takes would parent a later,
+   * unrelated session).
+   */
+  expectSession(parent: Context, pid?: number): () => void {
+    const e = { ctx: parent, pid };
+    this.#parents.push(e);
+    return () => {
+      const i = this.#parents.indexOf(e);
+      if (i >= 0) this.#parents.splice(i, 1);
+    };
+  }
+
+  #parentFor(pid: number): Context | undefined {
+    let i = this.#parents.findIndex((e) => e.pid === pid);
+    if (i < 0) i = this.#parents.findIndex((e) => e.pid === undefined);
+    return i < 0 ? undefined : this.#parents.splice(i, 1)[0]!.ctx;
   }
 
   /** The stores' URLs, in order, without credentials. */

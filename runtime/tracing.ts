@@ -14,6 +14,8 @@
  *   that waited, an event `fault` at the time the fault thread read it, `lazysnap.fault.wait_ms` and that
  *   wait's split (the `lazysnap.stall.*` keys, as on the session span).
  * - `lazysnap.prefetch`: a child per prefetch batch (a profile replay, a fill), with its chunk counts.
+ * - `lazysnap.host.restore`: the SDK's RestoreHost.restore() (under the platform's context when it
+ *   passes one); the session's `lazysnap.restore` span is its child.
  * - `lazysnap.snapshot.open`: at serve start, with children `lazysnap.manifest.load` and
  *   `lazysnap.profile.load` (loaded before any VM connects).
  */
@@ -26,6 +28,8 @@ export const SPAN = {
   open: 'lazysnap.snapshot.open',
   manifest: 'lazysnap.manifest.load',
   profile: 'lazysnap.profile.load',
+  /** The SDK's RestoreHost.restore(): server, vmstate and Firecracker's load call; the session's parent. */
+  hostRestore: 'lazysnap.host.restore',
 } as const;
 
 export const EVENT = {

@@ -8,9 +8,12 @@ import { createHash } from 'node:crypto';
 import { rename, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
+import { context, trace, type Context } from '@opentelemetry/api';
+
 import { HostClosedError, InvalidArgumentError, NotFoundError } from '../core/errors.js';
 import { RestoreServer, type ServeOptions } from '../runtime/restore-server.js';
 import { prepareSocketDir } from '../runtime/serve-socket.js';
+import { SPAN, TRACER_NAME } from '../runtime/tracing.js';
 import { assertSnapshotId } from '../store/keys.js';
 import { FirecrackerClient, type LoadSnapshotParams } from './firecracker-client.js';
 
@@ -39,6 +42,18 @@ export interface LazyRestoreOptions {
   /** Further snapshot-load fields (network and vsock overrides, dirty page tracking, kvmclock). */
   load?: Omit<LoadSnapshotParams, 'snapshotPath' | 'memBackend' | 'resumeVm'>;
   signal?: AbortSignal;
+  /**
+   * The platform's trace context (an OpenTelemetry Context, e.g. `context.active()` inside its request
+   * span): the restore's spans (`lazysnap.host.restore`, and the session's `lazysnap.restore` with its
+   * fetches) become its children. Needs a tracer provider registered in this process (core/otel.ts
+   * startTracing, or the platform's own). @default the active context
+   */
+  traceContext?: Context;
+  /**
+   * The Firecracker process's pid, if the platform knows it (it spawned it): the session whose peer is
+   * that pid gets the trace parent. Without it, the next session of this snapshot to start does.
+   */
+  firecrackerPid?: number;
 }
 
 export interface LazyRestoreResult {
@@ -50,6 +65,9 @@ export interface LazyRestoreResult {
   /** Milliseconds spent: starting (or finding) the server, the vmstate, Firecracker's load call. */
   timings: { serverMs: number; vmstateMs: number; loadMs: number };
 }
+
+/** How long after Firecracker's load call a restore's trace context waits for its session. */
+const SESSION_PARENT_GRACE_MS = 5000;
 
 interface Entry {
   server: Promise<RestoreServer>;
@@ -136,8 +154,34 @@ export class RestoreHost {
    * fault message.
    */
   async restore(options: LazyRestoreOptions): Promise<LazyRestoreResult> {
+    options.signal?.throwIfAborted();
+    const parent = options.traceContext ?? context.active();
+    const span = trace
+      .getTracer(TRACER_NAME)
+      .startSpan(
+        SPAN.hostRestore,
+        { attributes: { 'lazysnap.snapshot.id': String(options.snapshot?.id) } },
+        parent,
+      );
+    try {
+      const r = await this.#restore(options, trace.setSpan(parent, span));
+      span.setAttributes({
+        'lazysnap.host.reused_server': r.reusedServer,
+        'lazysnap.host.server_ms': r.timings.serverMs,
+        'lazysnap.host.vmstate_ms': r.timings.vmstateMs,
+        'lazysnap.host.load_ms': r.timings.loadMs,
+      });
+      return r;
+    } catch (e) {
+      span.setStatus({ code: 2, message: (e as Error).message });
+      throw e;
+    } finally {
+      span.end();
+    }
+  }
+
+  async #restore(options: LazyRestoreOptions, traceCtx: Context): Promise<LazyRestoreResult> {
     const { signal } = options;
-    signal?.throwIfAborted();
     const t0 = performance.now();
     const { entry, created } = this.#entry(options.snapshot);
     const reusedServer = !created;
@@ -147,6 +191,10 @@ export class RestoreHost {
     entry.vmstate.catch(() => (entry.vmstate = undefined)); // retried by the next restore
     const vmstatePath = await detachable(entry.vmstate, signal);
     const t2 = performance.now();
+    // The session Firecracker opens during the load is this restore's: its span goes under ours. Kept a
+    // little past the load (the handshake is read asynchronously), withdrawn if nobody connected.
+    const withdraw = server.expectSession(traceCtx, options.firecrackerPid);
+    let loaded = false;
     const fc =
       typeof options.firecracker === 'string'
         ? new FirecrackerClient({ socketPath: options.firecracker })
@@ -161,7 +209,10 @@ export class RestoreHost {
         },
         signal ? { signal } : {},
       );
+      loaded = true;
     } finally {
+      if (loaded) setTimeout(withdraw, SESSION_PARENT_GRACE_MS).unref();
+      else withdraw();
       if (typeof options.firecracker === 'string') await fc.close();
     }
     const t3 = performance.now();

@@ -7,8 +7,15 @@
  */
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { ROOT_CONTEXT, context, trace } from '@opentelemetry/api';
+import {
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+} from '@opentelemetry/sdk-trace-base';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
+import { ATTR, SPAN } from '../../runtime/tracing.js';
 import { RestoreHost } from '../../sdk/platform.js';
 import { snapshot } from '../../sdk/snapshot.js';
 import { FileStore } from '../../store/file-store.js';
@@ -192,6 +199,37 @@ describe.skipIf(!hasUffd)(uffdSuite('RestoreHost: one-call lazy Firecracker rest
     ac.abort(new Error('caller gone'));
     await expect(a).rejects.toThrow('caller gone');
     expect((await b).snapshot).toMatchObject({ id: 'fn', chunks: 32 });
+  });
+
+  it("puts the restore inside the platform's trace: its request span, then the host's restore, then the session", async () => {
+    const exporter = new InMemorySpanExporter();
+    const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+    trace.setGlobalTracerProvider(provider);
+    try {
+      const request = provider.getTracer('platform').startSpan('invoke function');
+      const r = await host!.restore({
+        snapshot: { id: 'fn', stores: [store] },
+        firecracker: fc!.socketPath,
+        traceContext: trace.setSpan(ROOT_CONTEXT, request),
+      });
+      clients[0]!.go();
+      expect((await clients[0]!.result).report).toMatchObject({ ok: true, mismatches: 0 });
+      for (let i = 0; i < 200 && r.server.summaries.length < 1; i++)
+        await new Promise((res) => setTimeout(res, 10));
+      request.end();
+      const spans = exporter.getFinishedSpans();
+      const hostSpan = spans.find((s) => s.name === SPAN.hostRestore)!;
+      const session = spans.find((s) => s.name === SPAN.restore)!;
+      expect(hostSpan.parentSpanContext?.spanId).toBe(request.spanContext().spanId);
+      expect(session.parentSpanContext?.spanId).toBe(hostSpan.spanContext().spanId);
+      expect(session.spanContext().traceId).toBe(request.spanContext().traceId);
+      expect(session.attributes[ATTR.restoreId]).toBe(r.server.summaries[0]!.restoreId);
+      expect(session.attributes[ATTR.peerPid]).toBe(clients[0]!.child.pid);
+      expect(spans.filter((s) => s.name === SPAN.restore)).toHaveLength(1);
+    } finally {
+      trace.disable();
+      context.disable();
+    }
   });
 
   it('refuses a runtime directory others can write', () => {
