@@ -55,11 +55,19 @@ export interface ServeRun {
   startMs: number;
 }
 
-/** Starts `lazysnap serve --socket socket ...args` from dist/ and waits until it serves. */
-export async function startServeCli(socket: string, args: string[], stepMs: number): Promise<ServeRun> {
+/**
+ * Starts `lazysnap serve --socket socket ...args` from dist/ and waits until it serves. `opts.root`: another
+ * built checkout to run it from (a baseline); `opts.env`: extra environment.
+ */
+export async function startServeCli(
+  socket: string,
+  args: string[],
+  stepMs: number,
+  opts: { root?: string; env?: Record<string, string> } = {},
+): Promise<ServeRun> {
   const t0 = performance.now();
   const serve = await timeout(
-    startServe(socket, args, { dist: true, startTimeoutMs: stepMs }),
+    startServe(socket, args, { dist: true, startTimeoutMs: stepMs, ...opts }),
     stepMs,
     'serve start',
   );

@@ -76,11 +76,17 @@ const STOP_BOUND_MS = 20_000;
 export async function startServe(
   socket: string,
   args: string[],
-  opts: { env?: Record<string, string>; startTimeoutMs?: number; dist?: boolean } = {},
+  opts: {
+    env?: Record<string, string>;
+    startTimeoutMs?: number;
+    dist?: boolean;
+    /** Another checkout to run serve from (a benchmark's baseline build). @default this one */
+    root?: string;
+  } = {},
 ): Promise<ServeProcess> {
   const entry = opts.dist ? ['dist/cli/bin.js'] : ['--import', 'tsx', 'cli/bin.ts'];
   const child = spawn(process.execPath, [...entry, 'serve', '--socket', socket, ...args], {
-    cwd: repoRoot,
+    cwd: opts.root ?? repoRoot,
     env: { ...process.env, LAZYSNAP_LOG_LEVEL: 'info', ...opts.env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
