@@ -206,6 +206,21 @@ export class WorkerFailedError extends LazysnapError {
   }
 }
 
+/**
+ * An OpenTelemetry environment variable (`OTEL_*`) lazysnap cannot act on: a value outside what it
+ * accepts, or a choice it does not support (an OTLP protocol other than http/protobuf). `variable`
+ * names it. The message says what is accepted and never holds the value of a variable that may carry
+ * credentials (endpoints are shown without userinfo and query; header values never).
+ */
+export class OtelConfigError extends LazysnapError {
+  declare readonly code: 'LAZYSNAP_BAD_OTEL_CONFIG';
+  readonly variable: string;
+  constructor(variable: string, reason: string) {
+    super('LAZYSNAP_BAD_OTEL_CONFIG', `${variable}: ${reason}`);
+    this.variable = variable;
+  }
+}
+
 /** No origin delivered a verified chunk. `errors` has one line per attempt, in order. */
 export class FetchError extends LazysnapError {
   declare readonly code: 'LAZYSNAP_FETCH_FAILED';

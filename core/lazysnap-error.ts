@@ -27,6 +27,7 @@ export const ERROR_CODES = [
   'LAZYSNAP_INSECURE_PATH',
   'LAZYSNAP_HANDOVER_REFUSED',
   'LAZYSNAP_WORKER_FAILED',
+  'LAZYSNAP_BAD_OTEL_CONFIG',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];

@@ -8,6 +8,7 @@ import {
   KeyUnavailableError,
   LazysnapError,
   NativeUnavailableError,
+  OtelConfigError,
   SessionClosedError,
   SignatureError,
   UffdUnavailableError,
@@ -57,6 +58,18 @@ describe('typed errors', () => {
     expect(isErrorCode('LAZYSNAP_HOST_CLOSED')).toBe(true);
     expect(isErrorCode('EFAULT')).toBe(false);
     expectTypeOf<(typeof ERROR_CODES)[number]>().toEqualTypeOf<ErrorCode>();
+  });
+
+  it('a refused OpenTelemetry setting names its variable', () => {
+    const e = new OtelConfigError('OTEL_EXPORTER_OTLP_PROTOCOL', '"grpc" is not supported');
+    expect(e).toMatchObject({
+      code: 'LAZYSNAP_BAD_OTEL_CONFIG',
+      name: 'OtelConfigError',
+      variable: 'OTEL_EXPORTER_OTLP_PROTOCOL',
+      message: 'OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" is not supported',
+    });
+    expect(isErrorCode(e.code)).toBe(true);
+    expectTypeOf(e.code).toEqualTypeOf<'LAZYSNAP_BAD_OTEL_CONFIG'>();
   });
 
   it('security refusals carry their codes and context, never key material', () => {
