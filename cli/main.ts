@@ -9,6 +9,7 @@ import {
   InvalidArgumentError,
   InvalidUrlError,
   LazysnapError,
+  OtelConfigError,
   SourceError,
   StoreReadOnlyError,
 } from '../core/errors.js';
@@ -64,6 +65,7 @@ function isUsage(e: unknown): boolean {
     e instanceof UsageError ||
     e instanceof InvalidArgumentError ||
     e instanceof InvalidUrlError ||
+    e instanceof OtelConfigError ||
     e instanceof StoreReadOnlyError ||
     (e instanceof SourceError && e.input) ||
     (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'))

@@ -1,3 +1,4 @@
+import { resolveTracingConfig } from '../../core/otel-config.js';
 import { parseSize } from '../../core/units.js';
 import type { ServeOptions } from '../../runtime/serve-options.js';
 import { Supervisor } from '../../runtime/supervisor/supervisor.js';
@@ -11,6 +12,9 @@ export const usage = formatHelp(serveSpec);
 
 export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise<number> {
   const values = parseOptions(serveSpec, argv);
+  // A bad OTEL_* setting is refused here, before anything starts (the SDK itself starts in the process
+  // that serves sessions: the worker, or this one with --no-supervisor).
+  resolveTracingConfig(process.env);
   if (!values.store?.length)
     throw new UsageError('--store is required (repeat it for an ordered fallback list)');
   if (
@@ -84,10 +88,16 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
   if (values['no-supervisor']) {
     // Imported here: the supervisor process never loads the stores, the fetcher or the decoders.
     const { RestoreServer } = await import('../../runtime/restore-server.js');
-    const server = await RestoreServer.start(options, signal);
-    io.err(`lazysnap: serving ${values.id} on ${server.socketPath}${metricsNote(server.metricsPort)}\n`);
-    await stopped;
-    await server.close();
+    const { startTracing } = await import('../../core/otel.js');
+    const tracing = await startTracing(process.env, { serviceName: 'lazysnap' });
+    try {
+      const server = await RestoreServer.start(options, signal);
+      io.err(`lazysnap: serving ${values.id} on ${server.socketPath}${metricsNote(server.metricsPort)}\n`);
+      await stopped;
+      await server.close();
+    } finally {
+      await tracing?.shutdown();
+    }
     return 0;
   }
   const sup = await Supervisor.start(

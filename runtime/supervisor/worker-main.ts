@@ -16,6 +16,7 @@ import { createPublicKey } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 
 import { componentLogger } from '../../core/logger.js';
+import { startTracing, type Tracing } from '../../core/otel.js';
 import { addon } from '../../native/addon.js';
 import type { RestoreSession } from '../restore-session.js';
 import { resolveServeOptions, type ResolvedServeOptions } from '../serve-options.js';
@@ -39,6 +40,8 @@ const log = componentLogger('runtime.worker');
 let started: Started | undefined;
 let options: ResolvedServeOptions | undefined;
 let metricsServer: { port: number; close: () => Promise<void> } | undefined;
+/** OpenTelemetry, when the environment asks for it (the supervisor checked the settings already). */
+let tracing: Tracing | undefined;
 const crashes = new Map<number, number>();
 const ids = new Map<RestoreSession, number>();
 let lastReject = '';
@@ -93,6 +96,7 @@ async function handle(msg: ToWorker, fds: number[]): Promise<void> {
         logger: log,
       });
       try {
+        tracing = await startTracing(process.env, { serviceName: 'lazysnap', log });
         started = await startServing(
           // A standby binds the metrics port only when promoted (the active worker holds it).
           msg.standby ? options : { ...options, ...(metricsPort !== undefined ? { metricsPort } : {}) },
@@ -191,6 +195,8 @@ async function handle(msg: ToWorker, fds: number[]): Promise<void> {
     }
     case 'release': {
       started?.host.release();
+      // Spans of the sessions this worker ended go out; the handed-over ones are the successor's now.
+      await tracing?.forceFlush();
       link.send({ t: 'released' });
       process.exit(0); // at once: the successor is waiting, and the stores need no goodbye
       return;
@@ -203,6 +209,7 @@ async function handle(msg: ToWorker, fds: number[]): Promise<void> {
         await metricsServer?.close();
         await started.parts.close();
       }
+      await tracing?.shutdown();
       link.send({ t: 'drained' });
       process.exit(0);
     }
