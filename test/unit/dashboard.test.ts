@@ -1,7 +1,7 @@
 /**
- * The Grafana dashboard (infra/grafana/lazysnap-dashboard.json) held to what RuntimeMetrics really
- * serves at /metrics: a metric renamed in runtime/metrics.ts, a panel querying a name nobody exposes,
- * a family that no panel shows, each fails here.
+ * The Grafana dashboard (infra/grafana/lazysnap-dashboard.json) and docs/METRICS.md held to what
+ * RuntimeMetrics really serves at /metrics: a metric renamed in runtime/metrics.ts, a panel querying a
+ * name nobody exposes, a family that no panel shows or no document describes, each fails here.
  *
  * Deliberate simplification: PromQL is not parsed but scanned (metricNames): strings, label matchers,
  * range selectors and grouping label lists are blanked out, and every identifier left that is neither
@@ -19,6 +19,7 @@ import { RuntimeMetrics } from '../../runtime/metrics.js';
 import { repoRoot } from '../helpers/fixtures.js';
 
 const DASHBOARD = path.join(repoRoot, 'infra', 'grafana', 'lazysnap-dashboard.json');
+const METRICS_DOC = path.join(repoRoot, 'docs', 'METRICS.md');
 const METRICS_SOURCE = path.join(repoRoot, 'runtime', 'metrics.ts');
 
 /**
@@ -313,6 +314,16 @@ describe('the Grafana dashboard against what /metrics serves', () => {
     expect(missing).toEqual([]);
     for (const f of NOT_ON_DASHBOARD.keys())
       expect(fresh.families.has(f), `${f} is excluded but not defined`).toBe(true);
+  });
+
+  it('docs/METRICS.md describes every metric /metrics exposes, and no other', () => {
+    const doc = readFileSync(METRICS_DOC, 'utf8');
+    for (const f of touched.families.keys())
+      expect(doc, `docs/METRICS.md does not mention ${f}`).toContain(`\`${f}`);
+    const stale = [...doc.matchAll(/\blazysnap_\w+/g)]
+      .map((m) => m[0])
+      .filter((n) => familyOf(n, touched.families) === undefined);
+    expect(stale).toEqual([]);
   });
 
   const promtool = spawnSync('promtool', ['--version']).status === 0;
