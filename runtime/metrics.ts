@@ -45,7 +45,7 @@ export class RuntimeMetrics {
   });
   readonly faultSeconds = new Histogram({
     name: 'lazysnap_fault_service_seconds',
-    help: 'From a fault on a non-resident chunk reaching JS to its chunk being installed',
+    help: 'From the fault thread reading a fault on a non-resident chunk to JS seeing its install reported (the stall plus the report back to JS)',
     buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
     registers: [this.registry],
   });

@@ -5,8 +5,9 @@
  * queued, started and ended, and what its loader threads spent reading, decoding and verifying
  * (runtime/fetcher.ts FetchTiming). Laid end to end those are the chunk's history; the fault's wait is the
  * part of it after the fault was read, so each phase counts only from then. Whatever no phase covers (the
- * hop from the fault thread to JS before the fetch was queued) is queueing. The parts add up to the wait
- * exactly.
+ * hop from the fault thread to JS before the fetch was queued) is queueing. A fault whose chunk failed
+ * closed waited for fetches that never delivered: all of it is fetch time of the tier `failed`. The parts
+ * add up to the wait exactly.
  */
 import type { StallSplit } from './trace-format.js';
 import type { FetchTiming } from './fetcher.js';
@@ -69,12 +70,11 @@ export function splitWait(needAt: number, doneAt: number, tier: string, timing?:
       doneAt,
       track((ms) => (s.installMs += ms)),
     );
+  } else if (tier === 'failed') {
+    // Failed closed: the whole wait was for fetches that never delivered (up to the fail timeout).
+    add(needAt, doneAt, track(fetch));
   } else {
-    add(
-      needAt,
-      doneAt,
-      track((ms) => (s.installMs += ms)),
-    );
+    add(needAt, doneAt, track((ms) => (s.installMs += ms)));
   }
   // Before the fetch was queued (the fault's way to JS), or gaps the clocks leave: waiting all the same.
   const rest = doneAt - needAt - covered;
