@@ -20,6 +20,8 @@ import type { SessionSummary } from '../../runtime/session-types.js';
 import { parseTraceFile, splitTotal } from '../../runtime/trace-format.js';
 import { ATTR, EVENT, SPAN } from '../../runtime/tracing.js';
 import { runClient } from '../helpers/fc-client.js';
+import { startOtlpReceiver } from '../helpers/otlp-receiver.js';
+import { startServe } from '../helpers/serve-process.js';
 import { makeImage, tempDir } from '../helpers/images.js';
 import { nginxSkipReason, startStaticNginx, type NginxInstance } from '../helpers/nginx.js';
 import { serve, snapshotTo, summaries } from '../helpers/serve.js';
@@ -174,5 +176,59 @@ describe.skipIf(skip)(name, () => {
         .map((s) => s.name)
         .sort(),
     ).toEqual([SPAN.manifest, SPAN.profile]);
+  });
+
+  it('exports the same spans over OTLP from `lazysnap serve` (its worker process), to a receiver speaking the protocol', async () => {
+    const receiver = await startOtlpReceiver();
+    const socket = path.join(tmp.dir, 'otlp', 'uffd.sock');
+    const sp = await startServe(
+      socket,
+      ['--store', proxy.url, '--profile-store', path.join(tmp.dir, 'store'), '--id', 'vm'],
+      { env: { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_SERVICE_NAME: 'restore-host-7' } },
+    );
+    try {
+      const r = await runClient([
+        '--socket',
+        socket,
+        '--image',
+        img.path,
+        '--touch',
+        'chunk',
+        '--chunk-size',
+        String(CS),
+      ]);
+      expect(r.report).toMatchObject({ ok: true, mismatches: 0 });
+      const summary = await sp.waitForLog((l) => l.msg === 'restore session summary', 20_000, 'summary');
+      // SIGTERM drains: the worker shuts its tracer down, which exports what is left.
+      expect(await sp.stop('SIGTERM')).toMatchObject({ code: 0 });
+      const spans = await receiver.waitFor((s) => s.some((x) => x.name === SPAN.restore), 10_000);
+      expect(receiver.rejected()).toEqual([]);
+      const root = spans.find((s) => s.name === SPAN.restore)!;
+      expect(root.resource['service.name']).toBe('restore-host-7');
+      expect(root.scope).toBe('lazysnap');
+      expect(root.attributes).toMatchObject({
+        [ATTR.snapshotId]: 'vm',
+        [ATTR.restoreId]: summary.restoreId,
+        [ATTR.peerPid]: r.report!.pid,
+        [ATTR.outcome]: 'ended',
+        [ATTR.fetchedChunks]: summary.fetchedChunks,
+      });
+      const stall = summary.stall as { totalMs: number; faults: number };
+      expect(root.attributes[ATTR.stallTotal]).toBeCloseTo(stall.totalMs, 1);
+      expect(root.events.map((e) => e.name)).toEqual(expect.arrayContaining([EVENT.firstFaultServed]));
+      const fetches = spans.filter((s) => s.name === SPAN.fetch && s.parentSpanId === root.spanId);
+      expect(fetches).toHaveLength(stall.faults);
+      for (const f of fetches) {
+        expect(f.traceId).toBe(root.traceId);
+        expect(['origin0', 'memory']).toContain(f.attributes[ATTR.tier]);
+        expect(f.endNs).toBeGreaterThan(f.startNs);
+      }
+      expect(spans.map((s) => s.name)).toEqual(
+        expect.arrayContaining([SPAN.open, SPAN.manifest, SPAN.profile]),
+      );
+    } finally {
+      await sp.stop('SIGKILL').catch(() => {});
+      await receiver.close();
+    }
   });
 });
