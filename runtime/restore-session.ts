@@ -340,20 +340,22 @@ export class RestoreSession {
       outcome: killed ? 'killed' : outcome,
     };
     if (st.firstServedNs) this.#trace.milestone(EVENT.firstFaultServed, this.#t0 + st.firstServedNs / 1e6);
-    this.#trace.end({
-      durationMs: summary.durationMs,
-      outcome: summary.outcome,
-      chunks: d.chunkMap(this.#touched ?? new Set()),
-      totals: {
-        faults: st.faults,
-        zeroFaults: st.zeroFaults,
-        fetchedChunks: d.fetched,
-        bytesFetched: d.bytesFetched,
-        prefetchedChunks: d.prefetched,
-        failedChunks: summary.failedChunks.length,
-        hitsByTier: summary.hitsByTier,
+    this.#trace.end(
+      {
+        durationMs: summary.durationMs,
+        outcome: summary.outcome,
+        totals: {
+          faults: st.faults,
+          zeroFaults: st.zeroFaults,
+          fetchedChunks: d.fetched,
+          bytesFetched: d.bytesFetched,
+          prefetchedChunks: d.prefetched,
+          failedChunks: summary.failedChunks.length,
+          hitsByTier: summary.hitsByTier,
+        },
       },
-    });
+      () => d.chunkMap(this.#touched ?? new Set()),
+    );
     this.#ended = summary;
     // The peer hung up mid-restore (crashed, killed): its fetches finish for the cache, nothing is installed any more.
     const waiting = d.waiting;

@@ -250,9 +250,14 @@ export class SessionTrace {
       | 'pageSize'
       | 'chunkSize'
       | 'chunkCount'
+      | 'chunks'
     >,
+    /** The chunk map: built only if a span or a file takes it (one character per chunk). */
+    chunkMap: () => string,
   ): void {
+    if (!this.detailed) return;
     const stall = this.summary();
+    const chunks = chunkMap();
     if (this.#span) {
       const s = this.#span;
       s.setAttributes({
@@ -263,7 +268,7 @@ export class SessionTrace {
         [ATTR.bytesFetched]: file.totals.bytesFetched,
         [ATTR.prefetchedChunks]: file.totals.prefetchedChunks,
         [ATTR.failedChunks]: file.totals.failedChunks,
-        [ATTR.chunkMap]: file.chunks,
+        [ATTR.chunkMap]: chunks,
         [ATTR.stallFaults]: stall.faults,
         [ATTR.stallTotal]: stall.totalMs,
         ...splitAttributes(stall),
@@ -291,6 +296,7 @@ export class SessionTrace {
       faults: this.#faults ?? [],
       fetches: this.#fetches ?? [],
       stall: { ...roundSplit(this.stall), totalMs: stall.totalMs, faults: stall.faults },
+      chunks,
       ...file,
     };
     const dest = path.join(dir, `${o.restoreId}.trace.json`);
