@@ -11,6 +11,11 @@ export interface OptionSpec {
   readonly type: 'string' | 'boolean';
   /** Repeatable: the values are collected in an array. */
   readonly multiple?: boolean;
+  /**
+   * A one-letter alias (`-o`), for the flags typed most. The long form stays the documented one (tables,
+   * `--help` labels); the meaning mentions the alias.
+   */
+  readonly short?: string;
   /** The value's name in `--help` and the docs (URL, SIZE, DUR); none for a boolean. */
   readonly value?: string;
   /** Applied by the parser when the flag is absent, and documented as the default. */
@@ -64,12 +69,34 @@ export type Values<O extends OptionSpecs> = ReturnType<
  */
 export function parseOptions<const O extends OptionSpecs>(spec: CommandSpec<O>, argv: string[]): Values<O> {
   const { values } = parseArgs({ args: argv, options: spec.options, strict: true, allowPositionals: false });
+  checkChoices(spec, values);
+  return values;
+}
+
+function checkChoices(spec: CommandSpec, values: object): void {
   for (const [name, o] of Object.entries(spec.options)) {
     const v = (values as Record<string, unknown>)[name];
     if (o.choices && typeof v === 'string' && !o.choices.includes(v))
       throw new InvalidArgumentError(`--${name}`, `one of ${o.choices.join(', ')}`, v);
   }
-  return values;
+}
+
+/**
+ * parseOptions for a command that also takes operands (`lazysnap trace FILE`): the options, checked the
+ * same way, and the operands in order. How many it needs is the command's to check.
+ */
+export function parseCommandLine<const O extends OptionSpecs>(
+  spec: CommandSpec<O>,
+  argv: string[],
+): { values: Values<O>; operands: string[] } {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: spec.options,
+    strict: true,
+    allowPositionals: true,
+  });
+  checkChoices(spec, values);
+  return { values, operands: positionals };
 }
 
 /**
