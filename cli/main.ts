@@ -30,6 +30,7 @@ const LOADERS: Record<string, () => Promise<Command>> = {
   inspect: () => import('./commands/inspect.js'),
   serve: () => import('./commands/serve.js'),
   gc: () => import('./commands/gc.js'),
+  trace: () => import('./commands/trace.js'),
   demo: () => import('./commands/demo.js'),
 };
 

@@ -8,7 +8,15 @@ import { gcSpec } from './gc.js';
 import { inspectSpec } from './inspect.js';
 import { serveSpec } from './serve.js';
 import { snapshotSpec } from './snapshot.js';
+import { traceSpec } from './trace.js';
 
-export { demoSpec, gcSpec, inspectSpec, serveSpec, snapshotSpec };
+export { demoSpec, gcSpec, inspectSpec, serveSpec, snapshotSpec, traceSpec };
 
-export const COMMAND_SPECS: readonly CommandSpec[] = [snapshotSpec, inspectSpec, serveSpec, gcSpec, demoSpec];
+export const COMMAND_SPECS: readonly CommandSpec[] = [
+  snapshotSpec,
+  inspectSpec,
+  serveSpec,
+  gcSpec,
+  traceSpec,
+  demoSpec,
+];
