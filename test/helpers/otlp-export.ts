@@ -1,0 +1,149 @@
+/**
+ * A restore session exported the way OpenTelemetry exports it: real spans made through the OpenTelemetry
+ * SDK with the names of runtime/tracing.ts (a `lazysnap.restore` span per session, a `lazysnap.fetch`
+ * child per demand fetch with its `fault` event, a `lazysnap.prefetch` batch), serialized by the OTLP
+ * JSON serializer the OTLP/HTTP exporter uses. What `lazysnap trace` reads back from it is then compared
+ * with the trace it was made from.
+ */
+import { context, trace as otelTrace, type HrTime } from '@opentelemetry/api';
+import { JsonTraceSerializer } from '@opentelemetry/otlp-transformer';
+import {
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+} from '@opentelemetry/sdk-trace-base';
+
+import type { StallSplit, TraceFile } from '../../runtime/trace-format.js';
+import { ATTR, EVENT, SPAN, TRACER_NAME } from '../../runtime/tracing.js';
+
+/** 2025-06-01T12:00:00Z, in seconds: t = 0 of the first session. */
+const EPOCH_S = 1_748_779_200n;
+
+/** An hrtime `ms` after t0 (ns since the epoch), exact to the nanosecond. */
+function at(t0: bigint, ms: number): HrTime {
+  const ns = t0 + BigInt(Math.round(ms * 1e6));
+  return [Number(ns / 1_000_000_000n), Number(ns % 1_000_000_000n)];
+}
+
+/** A stall split as the `lazysnap.stall.*` attributes, the fetch part per tier. */
+function stallAttrs(s: StallSplit) {
+  return {
+    [ATTR.stallQueue]: s.queueMs,
+    ...Object.fromEntries(Object.entries(s.fetchMs).map(([tier, v]) => [`${ATTR.stallFetch}.${tier}`, v])),
+    [ATTR.stallDecode]: s.decodeMs,
+    [ATTR.stallVerify]: s.verifyMs,
+    [ATTR.stallInstall]: s.installMs,
+  };
+}
+
+/**
+ * The OTLP JSON document of `traces`, each session starting `gapMs` after the previous one. Fault waits
+ * and their splits go on the fetch span (`onEvent`: on the `fault` event instead), the two places
+ * tracing.ts allows.
+ */
+export function otlpExport(traces: TraceFile[], opts: { gapMs?: number; onEvent?: boolean } = {}): string {
+  const exporter = new InMemorySpanExporter();
+  const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+  const tracer = provider.getTracer(TRACER_NAME);
+  let t0 = EPOCH_S * 1_000_000_000n;
+  for (const t of traces) {
+    const session = tracer.startSpan(SPAN.restore, {
+      startTime: at(t0, 0),
+      attributes: {
+        [ATTR.snapshotId]: t.snapshotId,
+        [ATTR.restoreId]: t.restoreId,
+        [ATTR.peerPid]: t.peerPid,
+        [ATTR.shape]: t.shape,
+        [ATTR.regions]: t.regions,
+        [ATTR.pageSize]: t.pageSize,
+        [ATTR.chunkSize]: t.chunkSize,
+        [ATTR.chunkCount]: t.chunkCount,
+      },
+    });
+    const parent = otelTrace.setSpan(context.active(), session);
+    for (const m of t.milestones) session.addEvent(m.name, at(t0, m.atMs));
+    for (const f of t.fetches.filter((x) => x.priority === 'demand')) {
+      const fault = t.faults.find((x) => x.chunk === f.chunk && x.tier === f.tier);
+      const installMs = fault?.installMs ?? 0;
+      const span = tracer.startSpan(
+        SPAN.fetch,
+        {
+          startTime: at(t0, f.queuedMs),
+          attributes: {
+            [ATTR.chunk]: f.chunk,
+            [ATTR.tier]: f.tier,
+            [ATTR.priority]: f.priority,
+            [ATTR.bytes]: f.bytes,
+            [ATTR.attempts]: f.attempts,
+            [ATTR.retries]: f.attempts - 1,
+            [ATTR.hedge]: f.hedge,
+            [ATTR.queueMs]: f.startMs - f.queuedMs,
+            [ATTR.decodeMs]: f.decodeMs,
+            [ATTR.verifyMs]: f.verifyMs,
+            [ATTR.installMs]: installMs,
+          },
+        },
+        parent,
+      );
+      if (fault) {
+        const waited = { [ATTR.faultWaitMs]: fault.waitMs, ...stallAttrs(fault) };
+        span.addEvent(EVENT.fault, opts.onEvent ? waited : {}, at(t0, fault.atMs));
+        if (!opts.onEvent) span.setAttributes(waited);
+      }
+      span.end(at(t0, f.endMs + installMs));
+    }
+    const prefetches = t.fetches.filter((x) => x.priority === 'prefetch');
+    if (prefetches.length > 0)
+      tracer
+        .startSpan(
+          SPAN.prefetch,
+          {
+            startTime: at(t0, Math.min(...prefetches.map((x) => x.queuedMs))),
+            attributes: {
+              [ATTR.batchKind]: 'replay',
+              [ATTR.batchChunks]: prefetches.length,
+              [ATTR.batchInstalled]: prefetches.length,
+            },
+          },
+          parent,
+        )
+        .end(at(t0, Math.max(...prefetches.map((x) => x.endMs))));
+    session.setAttributes({
+      [ATTR.outcome]: t.outcome,
+      [ATTR.faults]: t.totals.faults,
+      [ATTR.zeroFaults]: t.totals.zeroFaults,
+      [ATTR.fetchedChunks]: t.totals.fetchedChunks,
+      [ATTR.bytesFetched]: t.totals.bytesFetched,
+      [ATTR.prefetchedChunks]: t.totals.prefetchedChunks,
+      [ATTR.failedChunks]: t.totals.failedChunks,
+      [ATTR.chunkMap]: t.chunks,
+      [ATTR.stallFaults]: t.stall.faults,
+      [ATTR.stallTotal]: t.stall.totalMs,
+      ...stallAttrs(t.stall),
+    });
+    session.end(at(t0, t.durationMs));
+    t0 += BigInt(Math.round(((opts.gapMs ?? 5000) + t.durationMs) * 1e6));
+  }
+  return new TextDecoder().decode(JsonTraceSerializer.serializeRequest(exporter.getFinishedSpans()));
+}
+
+/**
+ * The same spans as the OpenTelemetry Collector's file exporter writes them: one document per line (here
+ * one per span, so that a session's children and its own span sit on different lines), with 64-bit
+ * integers as decimal strings, as Go's protojson encodes them.
+ */
+export function collectorLines(otlpJson: string): string {
+  const doc = JSON.parse(otlpJson, (key, v: unknown) =>
+    key === 'intValue' && typeof v === 'number' ? String(v) : v,
+  ) as { resourceSpans: { resource: unknown; scopeSpans: { scope: unknown; spans: unknown[] }[] }[] };
+  const lines: string[] = [];
+  for (const rs of doc.resourceSpans)
+    for (const ss of rs.scopeSpans)
+      for (const span of ss.spans)
+        lines.push(
+          JSON.stringify({
+            resourceSpans: [{ resource: rs.resource, scopeSpans: [{ scope: ss.scope, spans: [span] }] }],
+          }),
+        );
+  return `${lines.join('\n')}\n`;
+}
