@@ -19,7 +19,9 @@ import { main } from '../../cli/main.js';
 import { COMMAND_SPECS } from '../../cli/specs/index.js';
 import { createRootLogger } from '../../core/logger.js';
 import { tempDir } from '../helpers/images.js';
+import { otlpExport } from '../helpers/otlp-export.js';
 import { snapshotTo } from '../helpers/serve.js';
+import { syntheticTrace } from '../helpers/synthetic-trace.js';
 import {
   CaseClock,
   Tally,
@@ -154,6 +156,8 @@ function pools(sb: string): Pools {
     regions: ['64KiB', '32KiB,32KiB', '1MiB', '0', 'x,y', '', ','],
     'working-set': ['0.1', '1', '0', '2', '-1', 'NaN', 'x'],
     'latency-ms': ['0', '2', '-1', 'NaN', '1e9'],
+    output: [path.join(sb, 'out', 'page.html'), '-', '', sb, path.join(sb, 'r-1.trace.json'), 'rel.html'],
+    restore: ['r-a', 'r-b', 'r-1', 'nope', ''],
     ...Object.fromEntries(['chunk-size', 'size', 'cache-budget', 'memory-budget'].map((o) => [o, sizes])),
     ...Object.fromEntries(
       ['fail-timeout', 'attempt-timeout', 'handshake-timeout', 'shutdown-grace', 'grace'].map((o) => [
@@ -192,10 +196,27 @@ const CORE: Record<string, string[]> = {
   inspect: ['store', 'id'],
   serve: ['store', 'id', 'socket'],
   gc: ['store'],
+  trace: [],
   demo: ['size'],
 };
 
-function argvArb(pools: Pools): fc.Arbitrary<string[]> {
+/** The operands a command takes (`lazysnap trace FILE`), from a pool each; there 7 times in 8. */
+function operands(sb: string): Record<string, string[]> {
+  return {
+    trace: [
+      path.join(sb, 'r-1.trace.json'),
+      path.join(sb, 'otlp.json'),
+      path.join(sb, 'image.bin'),
+      path.join(sb, 'empty.bin'),
+      path.join(sb, 'nope.json'),
+      sb,
+      '',
+      '-',
+    ],
+  };
+}
+
+function argvArb(pools: Pools, operandPools: Record<string, string[]>): fc.Arbitrary<string[]> {
   const p: Pools = { ...pools };
   for (const n of Object.values(OPTIONS).flat()) if (!BOOL_OPTS.includes(n)) p[n] ??= GENERIC;
   const names = Object.keys(p);
@@ -241,10 +262,19 @@ function argvArb(pools: Pools): fc.Arbitrary<string[]> {
           { weight: 3, arbitrary: fc.constant([] as string[][]) },
           { weight: 1, arbitrary: fc.array(noise, { minLength: 1, maxLength: 2 }) },
         ),
+        operandPools[c]
+          ? fc
+              .nat(7)
+              .chain((k) =>
+                k > 0
+                  ? fc.constantFrom(...operandPools[c]!).map((v) => [[v]])
+                  : fc.constant([] as string[][]),
+              )
+          : fc.constant([] as string[][]),
         fc.nat(),
       )
-      .map(([own, extra, rot]) => {
-        const items = [...own, ...extra];
+      .map(([own, extra, operand, rot]) => {
+        const items = [...own, ...extra, ...operand];
         const r = items.length ? rot % items.length : 0;
         return [c, ...[...items.slice(r), ...items.slice(0, r)].flat()];
       }),
@@ -257,7 +287,7 @@ function argvArb(pools: Pools): fc.Arbitrary<string[]> {
 
 export const cliArgs: FuzzTarget = {
   name: 'cli.argv',
-  surface: 'CLI arguments (snapshot, inspect, serve, gc, demo; in-process main())',
+  surface: 'CLI arguments (snapshot, inspect, serve, gc, trace, demo; in-process main())',
   weight: 10,
   quickRuns: 150,
   async run(o: RunOptions): Promise<Outcome> {
@@ -271,6 +301,19 @@ export const cliArgs: FuzzTarget = {
     writeFileSync(path.join(sb, 'image.bin'), Buffer.alloc(64 * 1024, 7));
     writeFileSync(path.join(sb, 'empty.bin'), Buffer.alloc(0));
     await snapshotTo(path.join(sb, 'tiny'), path.join(sb, 'image.bin'), 'vm', 16 * 1024);
+    mkdirSync(path.join(sb, 'out'));
+    const small = { chunkCount: 64, threads: 2, faultsPerThread: 5 };
+    writeFileSync(
+      path.join(sb, 'r-1.trace.json'),
+      JSON.stringify(syntheticTrace({ ...small, restoreId: 'r-1' })),
+    );
+    writeFileSync(
+      path.join(sb, 'otlp.json'),
+      otlpExport([
+        syntheticTrace({ ...small, restoreId: 'r-a' }),
+        syntheticTrace({ ...small, restoreId: 'r-b' }),
+      ]),
+    );
     const saved = { cwd: process.cwd(), env: { ...process.env } };
     // No AWS credential lookup may leave the machine (instance metadata), no log noise.
     Object.assign(process.env, {
@@ -306,11 +349,12 @@ export const cliArgs: FuzzTarget = {
         '--metrics-port',
         '0',
       ],
+      ['trace', path.join(sb, 'r-1.trace.json'), '-o', '-'],
       ['demo'],
     ]) {
       await main(argv, quiet, argv[0] === 'demo' ? AbortSignal.abort() : AbortSignal.timeout(300));
     }
-    const prop = fc.asyncProperty(argvArb(pools(sb)), async (argv) => {
+    const prop = fc.asyncProperty(argvArb(pools(sb), operands(sb)), async (argv) => {
       let out = '';
       let err = '';
       const io = { out: (s: string) => (out += s), err: (s: string) => (err += s) };
