@@ -79,15 +79,17 @@ export function pickTrace(
   if (restoreId === undefined) {
     if (traces.length === 1) return traces[0]!;
     throw new UsageError(
-      `${file} holds ${traces.length} restore sessions: pick one with --restore ID (${traces.map((t) => t.restoreId).join(', ')})`,
+      `${file} holds ${traces.length} restore sessions: pick one with --restore ID (${idList(traces)})`,
     );
   }
   const t = traces.find((x) => x.restoreId === restoreId);
   if (!t)
-    throw new InvalidArgumentError(
-      '--restore',
-      `a restore id in ${file} (${traces.map((x) => x.restoreId).join(', ')})`,
-      restoreId,
-    );
+    throw new InvalidArgumentError('--restore', `a restore id in ${file} (${idList(traces)})`, restoreId);
   return t;
+}
+
+/** The sessions' ids, in their order; an export of a busy host may hold thousands, so the line is capped. */
+function idList(traces: readonly TraceFile[], max = 20): string {
+  const ids = traces.slice(0, max).map((t) => t.restoreId);
+  return traces.length > max ? `${ids.join(', ')}, and ${traces.length - max} more` : ids.join(', ');
 }

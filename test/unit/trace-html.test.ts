@@ -119,6 +119,11 @@ describe('reading traces', () => {
     expect(() => pickTrace([t], 'other', 'x.trace.json')).toThrow(
       /--restore must be a restore id in x\.trace\.json \(r-7f3a91c2\), received "other"/,
     );
+    // A busy host's export: the ids listed in the error are capped, the line stays one line.
+    const many = Array.from({ length: 25 }, (_, i) => ({ ...t, restoreId: `r-${i}` }));
+    expect(() => pickTrace(many, undefined, 'otel.json')).toThrow(
+      /otel\.json holds 25 restore sessions: pick one with --restore ID \(r-0, r-1, .*, r-19, and 5 more\)$/,
+    );
   });
 
   it('turns an OTLP JSON export made by the OpenTelemetry SDK back into the session', () => {
