@@ -311,6 +311,7 @@ describe('lazysnap trace', () => {
       expect(r).toMatchObject({ code: 0, err: '' });
       expect(r.out).toMatch(/^wrote .*r-7f3a91c2\.trace\.html \([\d.]+ KiB\): restore r-7f3a91c2 of fn-42/);
       expect(readFileSync(path.join(dir, `${t.restoreId}.trace.html`), 'utf8')).toBe(renderTraceHtml(t));
+      expect(renderTraceHtml(t)).not.toMatch(/NaN|Infinity|undefined/);
       const out = await cli(['trace', file, '--output', '-']);
       expect(out.out).toBe(renderTraceHtml(t));
     } finally {
@@ -330,6 +331,31 @@ describe('lazysnap trace', () => {
     expect(html).not.toMatch(/\b(src|href)=["']?(https?:)?\/\//);
     expect(html).not.toMatch(/@import|url\(/);
     expect(html).toContain(`default-src 'none'`);
+  });
+
+  it('draws a session that did nothing: no chunks, faults, fetches or milestones, 0 ms', () => {
+    const t = syntheticTrace({ chunkCount: 8 });
+    const none: TraceFile = {
+      ...t,
+      chunkCount: 0,
+      chunks: '',
+      durationMs: 0,
+      milestones: [],
+      faults: [],
+      fetches: [],
+      stall: { totalMs: 0, faults: 0, queueMs: 0, fetchMs: {}, decodeMs: 0, verifyMs: 0, installMs: 0 },
+      totals: {
+        ...t.totals,
+        faults: 0,
+        fetchedChunks: 0,
+        bytesFetched: 0,
+        prefetchedChunks: 0,
+        hitsByTier: {},
+      },
+    };
+    const html = renderTraceHtml(readTraces(JSON.stringify(none), 'none.json')[0]!);
+    expect(html).toContain('data-thread-lanes="0" data-connection-lanes="0"');
+    expect(html).not.toMatch(/NaN|Infinity|undefined/);
   });
 
   it('stays small for a large session: 16384 chunks, about 5000 fetches', () => {
