@@ -8,7 +8,8 @@
  * so every document is read before any span is grouped.
  *
  * What OTLP does not carry comes out empty: `origins` (not exported), and the prefetches one by one (a
- * `lazysnap.prefetch` span is a batch with counts); `hitsByTier` is then counted from the fetch spans.
+ * `lazysnap.prefetch` span is a batch with counts); `hitsByTier` is then counted from the fetch spans,
+ * and when a demand fetch's transfer began is estimated (fetchOf).
  */
 import { InvalidArgumentError } from '../../core/errors.js';
 import {
@@ -22,7 +23,7 @@ import {
   type TraceMilestone,
 } from '../../runtime/trace-format.js';
 import { ATTR, EVENT, SPAN } from '../../runtime/tracing.js';
-import { attributeReader, readOtlpSpans, type Span } from './otlp-spans.js';
+import { attributeReader, readOtlpSpans, type AttributeReader, type Span } from './otlp-spans.js';
 
 /**
  * One trace file per `lazysnap.restore` span in `docs` (the parsed lines of an export), in the order of
@@ -62,13 +63,22 @@ const ms = (t0: bigint, t: bigint) => Number(t - t0) / 1e6;
 
 function sessionTrace(r: Span, below: Span[]): TraceFile {
   const a = attributeReader(r.attrs, r.where);
-  const t0 = r.start;
+  // t = 0 is the session's start, which the recorder marks with the `handshake` event (the span itself
+  // starts a little later, when the session object exists): the same origin as the trace file's.
+  const t0 = r.events.find((e) => e.name === EVENT.handshake)?.time ?? r.start;
   const fetches: TraceFetch[] = [];
   const faults: TraceFault[] = [];
+  let memoryHits = 0;
   for (const s of below.filter((x) => x.name === SPAN.fetch).sort((x, y) => Number(x.start - y.start))) {
-    const f = fetchOf(s, t0);
-    fetches.push(f);
-    const fault = faultOf(s, f, t0);
+    // The fault's wait and split may be on the span or on its `fault` event (tracing.ts allows both).
+    const ev = s.events.find((e) => e.name === EVENT.fault);
+    const attrs = attributeReader(ev ? new Map([...s.attrs, ...ev.attrs]) : s.attrs, s.where);
+    const f = fetchOf(s, attrs, t0);
+    // The recorder makes a span for every fault that crossed into JS; one served from memory (another
+    // fetch had made the chunk resident) fetched nothing itself, so it is a fault and no fetch.
+    if (f.tier === 'memory') memoryHits++;
+    else fetches.push(f);
+    const fault = ev ? faultOf(s, ev.time, attrs, f, t0) : undefined;
     if (fault) faults.push(fault);
   }
   faults.sort((x, y) => x.atMs - y.atMs);
@@ -85,6 +95,7 @@ function sessionTrace(r: Span, below: Span[]): TraceFile {
   const delivered = fetches.filter((f) => f.tier !== 'failed');
   const hitsByTier: Record<string, number> = {};
   for (const f of delivered) hitsByTier[f.tier] = (hitsByTier[f.tier] ?? 0) + 1;
+  if (memoryHits > 0) hitsByTier.memory = memoryHits;
 
   return {
     format: TRACE_FORMAT,
@@ -98,7 +109,7 @@ function sessionTrace(r: Span, below: Span[]): TraceFile {
     chunkSize: a.num(ATTR.chunkSize, 0),
     chunkCount,
     startedAt: new Date(Number(t0 / 1_000_000n)).toISOString(),
-    durationMs: ms(t0, r.end),
+    durationMs: sessionDuration(r, milestones, faults, fetches),
     outcome: a.oneOf(ATTR.outcome, ['ended', 'killed', 'shutdown'] as const, 'ended'),
     origins: {},
     milestones,
@@ -125,31 +136,41 @@ function sessionTrace(r: Span, below: Span[]): TraceFile {
 }
 
 /**
- * A fetch span runs from queued to installed; `lazysnap.queue_ms` is its wait for a slot and
- * `lazysnap.install_ms` the install after the chunk was resident, so the transfer and the resident
- * moment are found inside it.
+ * A fetch span runs from queued (or the fault, if later) to installed; `lazysnap.install_ms` is the part
+ * after the chunk was resident, so the resident moment is found inside it. When the transfer began is
+ * `lazysnap.queue_ms` after the start where the span has it; the recorder's spans do not, so it is put
+ * where the fault's fetch time (`lazysnap.stall.fetch_ms`), then the decode and verify, end at the chunk
+ * being resident, never before the span's start. That is an estimate: earlier than the truth by any wait
+ * for a loader thread between the body and its decoding (the split counts it as queue), later when the
+ * fault came after the transfer began (the split only counts from the fault).
  */
-function fetchOf(s: Span, t0: bigint): TraceFetch {
-  const a = attributeReader(s.attrs, s.where);
+function fetchOf(s: Span, a: AttributeReader, t0: bigint): TraceFetch {
   const queuedMs = ms(t0, s.start);
-  const endSpan = ms(t0, s.end);
-  const startMs = Math.min(endSpan, queuedMs + a.num(ATTR.queueMs, 0));
+  const endMs = Math.max(queuedMs, ms(t0, s.end) - a.num(ATTR.installMs, 0));
+  const decodeMs = a.num(ATTR.decodeMs, 0);
+  const verifyMs = a.num(ATTR.verifyMs, 0);
+  const queueMs = a.num(ATTR.queueMs, undefined);
+  const transferMs = Object.values(a.byTier(ATTR.stallFetch)).reduce((n, v) => n + v, 0);
+  const startMs =
+    queueMs !== undefined
+      ? Math.min(endMs, queuedMs + queueMs)
+      : Math.max(queuedMs, endMs - decodeMs - verifyMs - transferMs);
   return {
     chunk: chunkAttr(a, s.where),
     priority: a.oneOf(ATTR.priority, ['demand', 'prefetch'] as const, 'demand'),
     tier: a.str(ATTR.tier, 'unknown'),
     queuedMs,
     startMs,
-    endMs: Math.max(startMs, endSpan - a.num(ATTR.installMs, 0)),
+    endMs,
     bytes: a.num(ATTR.bytes, 0),
     attempts: a.num(ATTR.attempts, 1),
     hedge: a.oneOf(ATTR.hedge, ['none', 'won', 'lost'] as const, 'none'),
-    decodeMs: a.num(ATTR.decodeMs, 0),
-    verifyMs: a.num(ATTR.verifyMs, 0),
+    decodeMs,
+    verifyMs,
   };
 }
 
-function chunkAttr(a: ReturnType<typeof attributeReader>, where: string): number {
+function chunkAttr(a: AttributeReader, where: string): number {
   const c = a.num(ATTR.chunk, undefined);
   if (c === undefined || !Number.isSafeInteger(c) || c < 0)
     throw new InvalidArgumentError(`${where} attribute ${ATTR.chunk}`, 'a chunk index (an integer ≥ 0)', c);
@@ -157,18 +178,15 @@ function chunkAttr(a: ReturnType<typeof attributeReader>, where: string): number
 }
 
 /**
- * The fault that waited for a demand fetch: its `fault` event, with the wait and its split as the
- * event's attributes or, failing that, the span's (tracing.ts puts them on the fetch span).
+ * The fault a fetch span was made for: read at its `fault` event (`at`), its wait and split from `a`
+ * (the span's attributes with the event's over them).
  */
-function faultOf(s: Span, f: TraceFetch, t0: bigint): TraceFault | undefined {
-  const ev = s.events.find((e) => e.name === EVENT.fault);
-  if (!ev) return undefined;
-  const merged = new Map([...s.attrs, ...ev.attrs]);
-  const a = attributeReader(merged, s.where);
-  const atMs = ms(t0, ev.time);
+function faultOf(s: Span, at: bigint, a: AttributeReader, f: TraceFetch, t0: bigint): TraceFault {
+  const atMs = ms(t0, at);
   const fetchMs = a.byTier(ATTR.stallFetch);
   const allTiers = a.num(ATTR.stallFetch, undefined);
-  if (Object.keys(fetchMs).length === 0 && allTiers !== undefined) fetchMs[f.tier] = allTiers;
+  // Only the all-tier figure (the recorder sets it beside the per-tier keys, 0 when nothing was fetched).
+  if (Object.keys(fetchMs).length === 0 && allTiers) fetchMs[f.tier] = allTiers;
   return {
     chunk: f.chunk,
     atMs,
@@ -182,15 +200,30 @@ function faultOf(s: Span, f: TraceFetch, t0: bigint): TraceFault | undefined {
   };
 }
 
+/**
+ * How long the session lasted. Not `end - handshake`: the recorder gives its events and fetch spans
+ * explicit times (performance.timeOrigin + performance.now()), while the SDK stamps the session span's
+ * own start and end from Date.now() (anchored at the span's start), and the two clocks differ by however
+ * far the system clock has moved since the process started. The span's own duration is one clock; it
+ * starts a moment after the handshake, so anything recorded later than it lasts extends it.
+ */
+function sessionDuration(r: Span, ms: TraceMilestone[], faults: TraceFault[], fetches: TraceFetch[]): number {
+  let d = Number(r.end - r.start) / 1e6;
+  for (const m of ms) d = Math.max(d, m.atMs);
+  for (const f of faults) d = Math.max(d, f.atMs + f.waitMs);
+  for (const f of fetches) d = Math.max(d, f.endMs);
+  return d;
+}
+
 /** The session span's stall split when it has one (set at the session's end), else the faults' sums. */
-function sessionStall(a: ReturnType<typeof attributeReader>, faults: TraceFault[]): TraceFile['stall'] {
+function sessionStall(a: AttributeReader, faults: TraceFault[]): TraceFile['stall'] {
   const sum = (pick: (f: TraceFault) => number) => faults.reduce((n, f) => n + pick(f), 0);
   const fetchMs: StallSplit['fetchMs'] = {};
   for (const f of faults) for (const [t, v] of Object.entries(f.fetchMs)) fetchMs[t] = (fetchMs[t] ?? 0) + v;
   const recorded = a.byTier(ATTR.stallFetch);
   const allTiers = a.num(ATTR.stallFetch, undefined);
   // A session span with only the all-tier figure: keep it as one part rather than lose it.
-  if (Object.keys(recorded).length === 0 && Object.keys(fetchMs).length === 0 && allTiers !== undefined)
+  if (Object.keys(recorded).length === 0 && Object.keys(fetchMs).length === 0 && allTiers)
     recorded['all tiers'] = allTiers;
   return {
     totalMs: a.num(

@@ -142,6 +142,8 @@ function readSpan(v: unknown, at: string): Span {
 }
 
 /** Attribute getters for one span (or event) that name it in their errors. */
+export type AttributeReader = ReturnType<typeof attributeReader>;
+
 export function attributeReader(attrs: Map<string, AttrValue>, where: string) {
   const get = <T>(key: string, type: 'string' | 'number', dflt: T): string | number | T => {
     const v = attrs.get(key);
