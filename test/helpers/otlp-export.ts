@@ -1,9 +1,10 @@
 /**
  * A restore session exported the way OpenTelemetry exports it: real spans made through the OpenTelemetry
  * SDK with the names of runtime/tracing.ts (a `lazysnap.restore` span per session, a `lazysnap.fetch`
- * child per demand fetch with its `fault` event, a `lazysnap.prefetch` batch), serialized by the OTLP
- * JSON serializer the OTLP/HTTP exporter uses. What `lazysnap trace` reads back from it is then compared
- * with the trace it was made from.
+ * child per fault that waited with its `fault` event, a `lazysnap.prefetch` batch), serialized by the
+ * OTLP JSON serializer the OTLP/HTTP exporter uses. What `lazysnap trace` reads back from it is then
+ * compared with the trace it was made from. (test/unit/trace-html.test.ts also reads back what the
+ * recorder itself exports, where userfaultfd is available.)
  */
 import { context, trace as otelTrace, type HrTime } from '@opentelemetry/api';
 import { JsonTraceSerializer } from '@opentelemetry/otlp-transformer';
@@ -37,18 +38,25 @@ function stallAttrs(s: StallSplit) {
 }
 
 /**
- * The OTLP JSON document of `traces`, each session starting `gapMs` after the previous one. Fault waits
- * and their splits go on the fetch span (`onEvent`: on the `fault` event instead), the two places
- * tracing.ts allows.
+ * The OTLP JSON document of `traces`, each session starting `gapMs` after the previous one, shaped as
+ * runtime/session-trace.ts records them: the session span starts a little after its `handshake` event
+ * (t = 0); a fetch span per fault that crossed into JS, from the fault or its fetch being queued
+ * (whichever was first) to the install, with the wait and its split as attributes, an empty `fault`
+ * event, and no `lazysnap.queue_ms` (when the transfer began is not exported). `onEvent` puts the wait
+ * and split on the event instead and `queueMs` adds `lazysnap.queue_ms`: the other places tracing.ts
+ * allows for them, so the reader is held to both.
  */
-export function otlpExport(traces: TraceFile[], opts: { gapMs?: number; onEvent?: boolean } = {}): string {
+export function otlpExport(
+  traces: TraceFile[],
+  opts: { gapMs?: number; onEvent?: boolean; queueMs?: boolean } = {},
+): string {
   const exporter = new InMemorySpanExporter();
   const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
   const tracer = provider.getTracer(TRACER_NAME);
   let t0 = EPOCH_S * 1_000_000_000n;
   for (const t of traces) {
     const session = tracer.startSpan(SPAN.restore, {
-      startTime: at(t0, 0),
+      startTime: at(t0, 0.25),
       attributes: {
         [ATTR.snapshotId]: t.snapshotId,
         [ATTR.restoreId]: t.restoreId,
@@ -62,35 +70,39 @@ export function otlpExport(traces: TraceFile[], opts: { gapMs?: number; onEvent?
     });
     const parent = otelTrace.setSpan(context.active(), session);
     for (const m of t.milestones) session.addEvent(m.name, at(t0, m.atMs));
-    for (const f of t.fetches.filter((x) => x.priority === 'demand')) {
-      const fault = t.faults.find((x) => x.chunk === f.chunk && x.tier === f.tier);
-      const installMs = fault?.installMs ?? 0;
+    for (const fault of t.faults) {
+      const f =
+        fault.tier === 'memory'
+          ? undefined
+          : t.fetches.find((x) => x.chunk === fault.chunk && x.priority === 'demand');
+      const waited = {
+        [ATTR.faultWaitMs]: fault.waitMs,
+        ...stallAttrs(fault),
+        [ATTR.stallFetch]: Object.values(fault.fetchMs).reduce((n, v) => n + v, 0),
+      };
       const span = tracer.startSpan(
         SPAN.fetch,
         {
-          startTime: at(t0, f.queuedMs),
+          startTime: at(t0, Math.min(fault.atMs, f?.queuedMs ?? fault.atMs)),
           attributes: {
-            [ATTR.chunk]: f.chunk,
-            [ATTR.tier]: f.tier,
-            [ATTR.priority]: f.priority,
-            [ATTR.bytes]: f.bytes,
-            [ATTR.attempts]: f.attempts,
-            [ATTR.retries]: f.attempts - 1,
-            [ATTR.hedge]: f.hedge,
-            [ATTR.queueMs]: f.startMs - f.queuedMs,
-            [ATTR.decodeMs]: f.decodeMs,
-            [ATTR.verifyMs]: f.verifyMs,
-            [ATTR.installMs]: installMs,
+            [ATTR.chunk]: fault.chunk,
+            [ATTR.tier]: fault.tier,
+            [ATTR.priority]: 'demand',
+            [ATTR.bytes]: f?.bytes ?? 0,
+            [ATTR.attempts]: f?.attempts ?? 0,
+            [ATTR.retries]: Math.max(0, (f?.attempts ?? 1) - 1),
+            [ATTR.hedge]: f?.hedge ?? 'none',
+            [ATTR.decodeMs]: f?.decodeMs ?? 0,
+            [ATTR.verifyMs]: f?.verifyMs ?? 0,
+            [ATTR.installMs]: fault.installMs,
+            ...(opts.queueMs && f ? { [ATTR.queueMs]: f.startMs - Math.min(fault.atMs, f.queuedMs) } : {}),
+            ...(opts.onEvent ? {} : waited),
           },
         },
         parent,
       );
-      if (fault) {
-        const waited = { [ATTR.faultWaitMs]: fault.waitMs, ...stallAttrs(fault) };
-        span.addEvent(EVENT.fault, opts.onEvent ? waited : {}, at(t0, fault.atMs));
-        if (!opts.onEvent) span.setAttributes(waited);
-      }
-      span.end(at(t0, f.endMs + installMs));
+      span.addEvent(EVENT.fault, opts.onEvent ? waited : {}, at(t0, fault.atMs));
+      span.end(at(t0, fault.atMs + fault.waitMs));
     }
     const prefetches = t.fetches.filter((x) => x.priority === 'prefetch');
     if (prefetches.length > 0)
@@ -121,7 +133,8 @@ export function otlpExport(traces: TraceFile[], opts: { gapMs?: number; onEvent?
       [ATTR.stallTotal]: t.stall.totalMs,
       ...stallAttrs(t.stall),
     });
-    session.end(at(t0, t.durationMs));
+    // The span starts a moment after the handshake and lasts the session (runtime/session-trace.ts).
+    session.end(at(t0, t.durationMs + 0.25));
     t0 += BigInt(Math.round(((opts.gapMs ?? 5000) + t.durationMs) * 1e6));
   }
   return new TextDecoder().decode(JsonTraceSerializer.serializeRequest(exporter.getFinishedSpans()));

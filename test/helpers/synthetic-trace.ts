@@ -218,7 +218,8 @@ export function syntheticTrace(o: SyntheticOptions = {}): TraceFile {
     outcome: o.failures ? 'killed' : 'ended',
     origins: { origin0: 'http://cache.internal/snaps', origin1: 's3://snaps/prod' },
     milestones: [
-      { name: 'handshake', atMs: 0.4 },
+      // t = 0 is the handshake, as the recorder marks it.
+      { name: 'handshake', atMs: 0 },
       { name: 'first-fault-served', atMs: r3(first.atMs + first.waitMs) },
       { name: 'profile-installed', atMs: r3(profileDone) },
       { name: 'peer-exited', atMs: r3(durationMs - between(1, 5)) },
