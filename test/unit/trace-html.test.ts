@@ -399,9 +399,11 @@ describe.skipIf(!hasUffd)(uffdSuite('what the recorder exports'), () => {
     expect(lanes(b)).toBe(lanes(file));
     const otlpFile = path.join(tmp.dir, 'export.json');
     writeFileSync(otlpFile, otlp);
-    const page = await cli(['trace', otlpFile, '-o', '-']);
-    expect(page.code).toBe(0);
-    expect(page.out).toContain(`data-thread-lanes="${lanes(file)}"`);
+    for (const input of [otlpFile, path.join(traceDir, `${restoreId}.trace.json`)]) {
+      const page = await cli(['trace', input, '-o', '-']);
+      expect(page.code, input).toBe(0);
+      expect(page.out).toContain(`data-thread-lanes="${lanes(file)}"`);
+    }
   });
 });
 
