@@ -86,6 +86,9 @@ export class SessionTrace {
     const span = tracer.startSpan(
       SPAN.restore,
       {
+        // Every time on the spans of a session is on one clock (performance.timeOrigin + now), so that
+        // its events and children line up with it (the SDK's default start is Date.now()).
+        startTime: performance.timeOrigin + o.t0,
         attributes: {
           [ATTR.snapshotId]: o.trace.snapshotId,
           [ATTR.restoreId]: o.restoreId,
@@ -169,7 +172,9 @@ export class SessionTrace {
             [ATTR.hedge]: timing?.hedge ?? 'none',
             [ATTR.decodeMs]: round(timing?.loader.decodeMs ?? 0),
             [ATTR.verifyMs]: round(timing?.loader.verifyMs ?? 0),
-            [ATTR.installMs]: fault.installMs,
+            // The fetch's own times: slot taken after queued, and resident → installed.
+            [ATTR.queueMs]: timing ? round(Math.max(0, timing.startedAt - start)) : 0,
+            [ATTR.installMs]: timing ? round(Math.max(0, r.doneAt - timing.endedAt)) : fault.installMs,
             [ATTR.faultWaitMs]: fault.waitMs,
             ...splitAttributes(fault),
           },
@@ -274,7 +279,7 @@ export class SessionTrace {
         ...splitAttributes(stall),
       });
       if (file.outcome === 'killed') s.setStatus({ code: 2, message: 'the peer was killed (failed closed)' });
-      s.end();
+      s.end(this.#wallOf(performance.now()));
     }
     const dir = this.#o.trace.traceDir;
     if (dir === undefined) return;

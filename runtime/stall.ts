@@ -74,7 +74,11 @@ export function splitWait(needAt: number, doneAt: number, tier: string, timing?:
     // Failed closed: the whole wait was for fetches that never delivered (up to the fail timeout).
     add(needAt, doneAt, track(fetch));
   } else {
-    add(needAt, doneAt, track((ms) => (s.installMs += ms)));
+    add(
+      needAt,
+      doneAt,
+      track((ms) => (s.installMs += ms)),
+    );
   }
   // Before the fetch was queued (the fault's way to JS), or gaps the clocks leave: waiting all the same.
   const rest = doneAt - needAt - covered;

@@ -138,7 +138,7 @@ function sessionTrace(r: Span, below: Span[]): TraceFile {
 /**
  * A fetch span runs from queued (or the fault, if later) to installed; `lazysnap.install_ms` is the part
  * after the chunk was resident, so the resident moment is found inside it. When the transfer began is
- * `lazysnap.queue_ms` after the start where the span has it; the recorder's spans do not, so it is put
+ * `lazysnap.queue_ms` after the start where the span has it (the recorder sets it); without it, it is put
  * where the fault's fetch time (`lazysnap.stall.fetch_ms`), then the decode and verify, end at the chunk
  * being resident, never before the span's start. That is an estimate: earlier than the truth by any wait
  * for a loader thread between the body and its decoding (the split counts it as queue), later when the
