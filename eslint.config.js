@@ -11,7 +11,17 @@ const nodeGlobals = Object.fromEntries(
 );
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'native/build/', 'test/fixtures/bin/', 'bench/bin/', '.lazysnap/', '.scratch/'] },
+  {
+    ignores: [
+      'dist/',
+      'node_modules/',
+      'native/build/',
+      'test/fixtures/bin/',
+      'bench/bin/',
+      '.lazysnap/',
+      '.scratch/',
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {

@@ -26,7 +26,10 @@ const dir = mkdtempSync(path.join(tmpdir(), 'lazysnap-trace-shot-'));
 try {
   const page = path.join(dir, 'r-7f3a91c2.trace.html');
   const file = process.argv[2];
-  writeFileSync(page, renderTraceHtml(file ? readTraces(readFileSync(file, 'utf8'), file)[0]! : syntheticTrace({ seed: 42 })));
+  writeFileSync(
+    page,
+    renderTraceHtml(file ? readTraces(readFileSync(file, 'utf8'), file)[0]! : syntheticTrace({ seed: 42 })),
+  );
   const r = await headless(pathToFileURL(page).href, [`--screenshot=${out}`, '--window-size=1400,1760']);
   if (r.console.length > 0) throw new Error(`the page logged:\n${r.console.join('\n')}`);
   process.stdout.write(
