@@ -138,14 +138,7 @@ export class SessionTrace {
     const waitMs = Math.max(0, r.doneAt - r.needAt);
     addSplit(this.stall, split);
     this.stallFaults++;
-    const m = this.#o.metrics;
-    m.stallSeconds.observe(waitMs / 1000);
-    if (split.queueMs) m.stallPhaseSeconds.inc({ phase: 'queue', tier: '' }, split.queueMs / 1000);
-    for (const [tier, ms] of Object.entries(split.fetchMs))
-      if (ms) m.stallPhaseSeconds.inc({ phase: 'fetch', tier }, ms / 1000);
-    if (split.decodeMs) m.stallPhaseSeconds.inc({ phase: 'decode', tier: '' }, split.decodeMs / 1000);
-    if (split.verifyMs) m.stallPhaseSeconds.inc({ phase: 'verify', tier: '' }, split.verifyMs / 1000);
-    if (split.installMs) m.stallPhaseSeconds.inc({ phase: 'install', tier: '' }, split.installMs / 1000);
+    this.#o.metrics.addStall(waitMs, split);
     if (!this.#faults) return;
     const fault: TraceFault = {
       chunk: r.chunk,

@@ -32,58 +32,35 @@ export function emptySplit(): StallSplit {
 export function splitWait(needAt: number, doneAt: number, tier: string, timing?: FetchTiming): StallSplit {
   const s = emptySplit();
   if (doneAt <= needAt) return s;
-  const add = (from: number, to: number, into: (ms: number) => void) => {
-    const ms = Math.min(to, doneAt) - Math.max(from, needAt);
-    if (ms > 0) into(ms);
-  };
-  const fetch = (ms: number) => (s.fetchMs[tier] = (s.fetchMs[tier] ?? 0) + ms);
-  let covered = 0;
-  const track = (into: (ms: number) => void) => (ms: number) => ((covered += ms), into(ms));
+  let fetch = 0;
   if (timing) {
     const { waitMs, readMs, decodeMs, verifyMs } = timing.loader;
-    add(
-      timing.queuedAt,
-      timing.startedAt,
-      track((ms) => (s.queueMs += ms)),
-    );
     // The loader's share comes last in the fetch (the transfer, then the thread that loads it).
     let t = Math.max(timing.startedAt, timing.endedAt - waitMs - readMs - decodeMs - verifyMs);
-    add(timing.startedAt, t, track(fetch));
-    add(
-      t,
-      (t += waitMs),
-      track((ms) => (s.queueMs += ms)),
-    );
-    add(t, (t += readMs), track(fetch));
-    add(
-      t,
-      (t += decodeMs),
-      track((ms) => (s.decodeMs += ms)),
-    );
-    add(
-      t,
-      (t += verifyMs),
-      track((ms) => (s.verifyMs += ms)),
-    );
-    add(
-      Math.max(t, timing.endedAt),
-      doneAt,
-      track((ms) => (s.installMs += ms)),
-    );
+    s.queueMs = clip(timing.queuedAt, timing.startedAt, needAt, doneAt);
+    fetch = clip(timing.startedAt, t, needAt, doneAt);
+    s.queueMs += clip(t, (t += waitMs), needAt, doneAt);
+    fetch += clip(t, (t += readMs), needAt, doneAt);
+    s.decodeMs = clip(t, (t += decodeMs), needAt, doneAt);
+    s.verifyMs = clip(t, (t += verifyMs), needAt, doneAt);
+    s.installMs = clip(Math.max(t, timing.endedAt), doneAt, needAt, doneAt);
   } else if (tier === 'failed') {
     // Failed closed: the whole wait was for fetches that never delivered (up to the fail timeout).
-    add(needAt, doneAt, track(fetch));
+    fetch = doneAt - needAt;
   } else {
-    add(
-      needAt,
-      doneAt,
-      track((ms) => (s.installMs += ms)),
-    );
+    s.installMs = doneAt - needAt;
   }
+  if (fetch > 0) s.fetchMs[tier] = fetch;
   // Before the fetch was queued (the fault's way to JS), or gaps the clocks leave: waiting all the same.
-  const rest = doneAt - needAt - covered;
+  const rest = doneAt - needAt - (s.queueMs + fetch + s.decodeMs + s.verifyMs + s.installMs);
   if (rest > 0) s.queueMs += rest;
   return s;
+}
+
+/** How much of [from, to] lies inside [lo, hi]. */
+function clip(from: number, to: number, lo: number, hi: number): number {
+  const ms = Math.min(to, hi) - Math.max(from, lo);
+  return ms > 0 ? ms : 0;
 }
 
 /** Adds `b` into `a`. */
@@ -92,5 +69,5 @@ export function addSplit(a: StallSplit, b: StallSplit): void {
   a.decodeMs += b.decodeMs;
   a.verifyMs += b.verifyMs;
   a.installMs += b.installMs;
-  for (const [k, v] of Object.entries(b.fetchMs)) a.fetchMs[k] = (a.fetchMs[k] ?? 0) + v;
+  for (const k in b.fetchMs) a.fetchMs[k] = (a.fetchMs[k] ?? 0) + b.fetchMs[k]!;
 }

@@ -24,21 +24,27 @@ static const char *const KIND_NAMES[] = {
 
 /* The time stamps of a timed output (need, installed), in CLOCK_MONOTONIC milliseconds: the clock of
  * process.hrtime() in JS. Read before u32_array() empties the vector. */
-static napi_value time_array(napi_env env, const u32vec *a) {
+static napi_value time_array(napi_env env, const u32vec *a, napi_value *empty) {
+  if (a->n == 0 && *empty) return *empty;
   napi_value ab, arr;
   double *p;
   napi_create_arraybuffer(env, a->n * sizeof(double), (void **)&p, &ab);
   for (size_t i = 0; i < a->n; i++) p[i] = (double)a->t[i] / 1e6;
   napi_create_typedarray(env, napi_float64_array, a->n, ab, 0, &arr);
+  if (a->n == 0) *empty = arr;
   return arr;
 }
 
-static napi_value u32_array(napi_env env, u32vec *a) {
+/* Most outputs of a batch are empty: they share one empty array (JS only reads them), so that a batch
+ * costs an allocation per output that has something in it, not per output. */
+static napi_value u32_array(napi_env env, u32vec *a, napi_value *empty) {
+  if (a->n == 0 && *empty) return *empty;
   napi_value ab, arr;
   void *p;
   napi_create_arraybuffer(env, a->n * 4, &p, &ab);
   if (a->n) memcpy(p, a->v, a->n * 4);
   napi_create_typedarray(env, napi_uint32_array, a->n, ab, 0, &arr);
+  if (a->n == 0) *empty = arr;
   a->n = 0;
   return arr;
 }
@@ -70,13 +76,14 @@ void session_call_js(napi_env env, napi_value cb, void *context, void *data) {
   napi_create_array(env, &fails);
   uint32_t nf = 0;
   pthread_mutex_lock(&s->omu);
-  set_named(env, o, "needAt", time_array(env, &s->need));
-  set_named(env, o, "need", u32_array(env, &s->need));
-  set_named(env, o, "installedAt", time_array(env, &s->installed));
-  set_named(env, o, "installed", u32_array(env, &s->installed));
-  set_named(env, o, "poisoned", u32_array(env, &s->poisoned));
-  set_named(env, o, "missing", u32_array(env, &s->missing));
-  set_named(env, o, "touched", u32_array(env, &s->touched));
+  napi_value no_u32 = NULL, no_f64 = NULL;
+  set_named(env, o, "needAt", time_array(env, &s->need, &no_f64));
+  set_named(env, o, "need", u32_array(env, &s->need, &no_u32));
+  set_named(env, o, "installedAt", time_array(env, &s->installed, &no_f64));
+  set_named(env, o, "installed", u32_array(env, &s->installed, &no_u32));
+  set_named(env, o, "poisoned", u32_array(env, &s->poisoned, &no_u32));
+  set_named(env, o, "missing", u32_array(env, &s->missing, &no_u32));
+  set_named(env, o, "touched", u32_array(env, &s->touched, &no_u32));
   for (size_t i = 0; i < s->nfails; i++)
     napi_set_element(env, fails, nf++, failure_object(env, &s->fails[i]));
   s->nfails = 0;
