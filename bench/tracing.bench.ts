@@ -27,7 +27,7 @@ import { tempDir } from '../test/helpers/images.js';
 import { snapshotTo } from '../test/helpers/serve.js';
 import { writeRandomImage } from './lib/image.js';
 import { clientReport, timeout } from './lib/procs.js';
-import { environment, modeTable, roundCount, writeResult, type ResultRow } from './lib/results.js';
+import { environment, median, modeTable, roundCount, writeResult, type ResultRow } from './lib/results.js';
 import { ensureDist, startServeCli, sessionSummary, stopServe } from './lib/serve-cli.js';
 
 /** The last commit before the fault thread's time stamps, stall accounting and tracing. */
@@ -153,6 +153,18 @@ try {
 }
 
 const { med, row } = modeTable<Mode>(rounds);
+
+/** The off / baseline ratio within each round: its median and range, as text. */
+function pairedText(): string {
+  const by = new Map<unknown, Partial<Record<Mode, number>>>();
+  for (const r of rounds.filter((x) => !x.warmup)) {
+    const m = by.get(r.round) ?? {};
+    m[r.mode as Mode] = r.workloadS as number;
+    by.set(r.round, m);
+  }
+  const q = [...by.values()].map((m) => m.off! / m.baseline!).sort((a, b) => a - b);
+  return `${median(q).toFixed(3)} (${q[0]!.toFixed(3)}–${q.at(-1)!.toFixed(3)})`;
+}
 const rows: ResultRow[] = [
   row(
     `fault path, tracing off (the default) vs the build before tracing (${BASELINE}): workload time, every page of 1 GiB in random order on 2 threads, local store`,
@@ -186,7 +198,8 @@ const file = writeResult({
     `detached worktree (its own dist/ and native addon). Both: \`lazysnap serve --store DIR --id ID --socket PATH\` from ` +
     `dist/, default options, a fresh process per run, a ${IMAGE_BYTES / MiB} MiB random image of ${CS / 1024} KiB chunks ` +
     `in a local directory store. Workload: fc-client \`${WORKLOAD.join(' ')}\`, every page verified; the client's elapsed ` +
-    `time and median fault. Extra rows: --trace-dir (a trace file per session), and OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ` +
+    `time. Round to round the machine is noisy: the ratio tracing off / baseline taken within each round has a median of ` +
+    `${pairedText()}. Extra rows: --trace-dir (a trace file per session), and OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ` +
     `pointing at a sink in the benchmark process that answers 200 to every export (each OTLP run checked to have ` +
     `exported). ${ROUNDS} rounds after a warm-up round, the modes rotating so that none always runs first; medians ` +
     `(min–max beneath).`,
