@@ -114,7 +114,10 @@ export async function openServeContext(
   let cache: DiskCache | undefined;
   let loader: ChunkLoader | undefined;
   let table: ChunkTable | undefined;
+  const traceWrites = new Set<Promise<void>>();
   const close = async () => {
+    // The last sessions' trace files are written before serve exits (they never reject).
+    await Promise.all([...traceWrites]);
     await cache?.close();
     await loader?.close();
     table?.unshare();
@@ -206,6 +209,7 @@ export async function openServeContext(
       trace: {
         snapshotId: o.id,
         origins: Object.fromEntries(stores.map((st, i) => [`origin${i}`, st.url])),
+        writes: traceWrites,
         ...(o.traceDir !== undefined ? { traceDir: o.traceDir } : {}),
       },
     };

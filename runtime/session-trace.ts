@@ -37,6 +37,8 @@ export interface TraceContext {
   traceDir?: string;
   /** The parent of a session's span, if the platform passed one for this peer (RestoreHost.restore()). */
   parentFor?: (peerPid: number) => Context | undefined;
+  /** Trace files being written: closing the snapshot's context waits for them. */
+  writes?: Set<Promise<void>>;
 }
 
 export interface SessionTraceOptions {
@@ -299,12 +301,17 @@ export class SessionTrace {
     };
     const dest = path.join(dir, `${o.restoreId}.trace.json`);
     const tmp = `${dest}.${process.pid}.tmp`;
-    writeFile(tmp, JSON.stringify(out), { mode: 0o600 })
+    const w = writeFile(tmp, JSON.stringify(out), { mode: 0o600 })
       .then(() => rename(tmp, dest))
       .then(
         () => o.log.debug({ trace: dest }, 'trace written'),
         (e: unknown) => o.log.warn({ err: (e as Error).message, dir }, 'could not write the trace file'),
       );
+    const writes = o.trace.writes;
+    if (writes) {
+      writes.add(w);
+      void w.finally(() => writes.delete(w));
+    }
   }
 }
 
