@@ -36,6 +36,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, stat, unlink, utimes } from 'node:fs/promises';
 import path from 'node:path';
 
+import { makeDirs } from '../core/make-dirs.js';
 import { InvalidArgumentError } from '../core/errors.js';
 import { assertHash } from '../store/keys.js';
 import { LoadError, type ChunkLoader, type LoadTiming } from './chunk-loader.js';
@@ -113,7 +114,7 @@ export class DiskCache {
     signal?.throwIfAborted();
     const { dir, budgetBytes, loader, touchIntervalMs, onProblem } = resolveDiskCacheOptions(options);
     const cache = new DiskCache(dir, budgetBytes, loader, touchIntervalMs, onProblem);
-    await mkdir(cache.dir, { recursive: true, mode: 0o700 });
+    await makeDirs(cache.dir, 0o700);
     await cache.#scan(signal);
     await cache.#evict();
     return cache;
@@ -327,7 +328,7 @@ export class DiskCache {
 async function mkdirFanout(sub: string): Promise<void> {
   await mkdir(sub, { mode: 0o700 }).catch(async (e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT')
-      await mkdir(sub, { recursive: true, mode: 0o700 }); // the cache dir is gone
+      await makeDirs(sub, 0o700); // the cache dir is gone
     else if (e.code !== 'EEXIST') throw e; // EEXIST as a file: open() then fails with ENOTDIR
   });
 }

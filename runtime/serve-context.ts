@@ -4,12 +4,9 @@
  * chunks marked, the host disk cache, the fetcher, the metrics and the working-set profile. On a
  * failure part way, what was opened is closed again before the error goes on.
  */
-import { constants } from 'node:fs';
-import { access, mkdir } from 'node:fs/promises';
-
 import { context as otelContext, trace, type Span } from '@opentelemetry/api';
 
-import { FetchError, InvalidArgumentError } from '../core/errors.js';
+import { FetchError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { ChunkTable } from '../native/index.js';
 import type { StoreBackend } from '../store/backend.js';
@@ -30,20 +27,7 @@ import type { SessionContext } from './restore-session.js';
 import type { ResolvedServeOptions } from './serve-options.js';
 import { kernelCanPoison, loadFirst } from './startup.js';
 import { SPAN, TRACER_NAME } from './tracing.js';
-
-/** The trace directory, created 0700 when missing; refused at start when it cannot be written. */
-async function prepareTraceDir(dir: string): Promise<void> {
-  try {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    await access(dir, constants.W_OK);
-  } catch (e) {
-    throw new InvalidArgumentError(
-      'traceDir',
-      'a directory this user can write',
-      `${dir} (${(e as Error).message})`,
-    );
-  }
-}
+import { prepareTraceDir } from './trace-dir.js';
 
 /** `fn` inside a child span of `parent` named `name` (a no-op span when no tracer provider records). */
 async function traced<T>(parent: Span, name: string, fn: () => Promise<T>): Promise<T> {

@@ -14,9 +14,10 @@
  *   listable). A directory that already exists keeps its owner and mode: giving the group access
  *   to it is the operator's decision. Pair it with an allowlist of peer uids (SO_PEERCRED).
  */
-import { chmodSync, chownSync, lstatSync, mkdirSync, realpathSync, statSync, unlinkSync } from 'node:fs';
+import { chmodSync, chownSync, lstatSync, realpathSync, statSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 
+import { makeDirsSync } from '../core/make-dirs.js';
 import { InsecurePathError, InvalidArgumentError } from '../core/errors.js';
 import { closeFd, listenUnix } from '../native/index.js';
 
@@ -58,7 +59,7 @@ export function listenSocket(
 /** Creates the socket's directory if missing and checks it and every directory above it. */
 export function prepareSocketDir(socketPath: string, group?: number): string {
   const dir = path.dirname(path.resolve(socketPath));
-  const first = mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const first = makeDirsSync(dir, 0o700);
   if (first !== undefined && group !== undefined) {
     // Every directory this call created, from the first down to the socket's own.
     for (let d = dir; ; d = path.dirname(d)) {

@@ -9,10 +9,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
+import { makeDirs } from '../core/make-dirs.js';
 import { IntegrityError, InvalidArgumentError, NotFoundError, StoreError } from '../core/errors.js';
 import type { ObjectInfo, ReadOptions, WriteOptions } from './backend.js';
 import { StoreBase, tooLong } from './store-base.js';
@@ -84,7 +85,7 @@ export class FileStore extends StoreBase {
     try {
       const dir = path.dirname(dest);
       if (!this.#dirs.has(dir)) {
-        await mkdir(dir, { recursive: true });
+        await makeDirs(dir);
         this.#dirs.add(dir);
       }
       const fh = await open(tmp, 'w', 0o644);

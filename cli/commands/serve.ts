@@ -1,4 +1,5 @@
 import { resolveTracingConfig } from '../../core/otel-config.js';
+import { prepareTraceDir } from '../../runtime/trace-dir.js';
 import { parseSize } from '../../core/units.js';
 import type { ServeOptions } from '../../runtime/serve-options.js';
 import { Supervisor } from '../../runtime/supervisor/supervisor.js';
@@ -15,6 +16,8 @@ export async function run(argv: string[], io: Io, signal?: AbortSignal): Promise
   // A bad OTEL_* setting is refused here, before anything starts (the SDK itself starts in the process
   // that serves sessions: the worker, or this one with --no-supervisor).
   resolveTracingConfig(process.env);
+  // Likewise a trace directory that cannot be written (a usage error naming --trace-dir).
+  if (values['trace-dir']) await prepareTraceDir(values['trace-dir']);
   if (!values.store?.length)
     throw new UsageError('--store is required (repeat it for an ordered fallback list)');
   if (

@@ -73,12 +73,15 @@ describe('lazysnap CLI', () => {
 });
 
 /** The real command line, as a user runs it: exit code and stderr. */
-function spawnCli(argv: string[]): Promise<{ code: number | null; err: string }> {
+function spawnCli(
+  argv: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number | null; err: string }> {
   return new Promise((resolve) => {
     execFile(
       process.execPath,
       ['--import', 'tsx', 'cli/bin.ts', ...argv],
-      { cwd: repoRoot, timeout: 30_000 },
+      { cwd: repoRoot, timeout: 30_000, env: { ...process.env, ...env } },
       (e, _out, err) => resolve({ code: e ? (typeof e.code === 'number' ? e.code : null) : 0, err }),
     );
   });
@@ -136,6 +139,22 @@ describe('lazysnap CLI errors name the flag the user typed', () => {
       expect(r.err).not.toContain(`: ${apiName} `);
       expect(r.err.trim().split('\n')).toHaveLength(1);
     }
+  });
+
+  it('serve refuses, at start and naming what is wrong, a --trace-dir it cannot write (even under /proc, where mkdir -p spins) and OTEL_* settings it cannot act on', async () => {
+    const serve = ['serve', '--store', tmp.dir, '--id', 'vm', '--socket', path.join(tmp.dir, 's.sock')];
+    const dir = await spawnCli([...serve, '--trace-dir', '/proc/lazysnap-no-such/traces']);
+    expect(dir.code).toBe(2);
+    expect(dir.err.trimEnd()).toMatch(
+      /^lazysnap: --trace-dir must be a directory this user can write, received ".*ENOENT/,
+    );
+    const grpc = await spawnCli(serve, {
+      OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4317',
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc',
+    });
+    expect(grpc.code).toBe(2);
+    expect(grpc.err).toMatch(/OTEL_EXPORTER_OTLP_PROTOCOL/);
+    expect(grpc.err.trim().split('\n')).toHaveLength(1);
   });
 
   it('names the flag a bad store URL came with (--store, --profile-store), in every command that takes one', async () => {
