@@ -54,6 +54,9 @@ export interface SessionTraceOptions {
   t0: number;
 }
 
+/** What the session says of itself when it ends; the rest of its trace file the recorder knows. */
+export type SessionEnd = Pick<TraceFile, 'durationMs' | 'outcome' | 'totals'>;
+
 /** A fault's wait, as ChunkDelivery measured it (performance.now() times). */
 export interface StallRecord {
   chunk: number;
@@ -171,7 +174,7 @@ export class SessionTrace {
             [ATTR.queueMs]: timing ? round(Math.max(0, timing.startedAt - start)) : 0,
             [ATTR.installMs]: timing ? round(Math.max(0, r.doneAt - timing.endedAt)) : fault.installMs,
             [ATTR.faultWaitMs]: fault.waitMs,
-            ...splitAttributes(fault),
+            ...stallAttributes(fault),
           },
         },
         this.#ctx,
@@ -232,26 +235,7 @@ export class SessionTrace {
    * affected).
    */
   end(
-    file: Omit<
-      TraceFile,
-      | 'format'
-      | 'version'
-      | 'milestones'
-      | 'faults'
-      | 'fetches'
-      | 'stall'
-      | 'startedAt'
-      | 'origins'
-      | 'snapshotId'
-      | 'restoreId'
-      | 'peerPid'
-      | 'shape'
-      | 'regions'
-      | 'pageSize'
-      | 'chunkSize'
-      | 'chunkCount'
-      | 'chunks'
-    >,
+    file: SessionEnd,
     /** The chunk map: built only if a span or a file takes it (one character per chunk). */
     chunkMap: () => string,
   ): void {
@@ -260,19 +244,7 @@ export class SessionTrace {
     const chunks = chunkMap();
     if (this.#span) {
       const s = this.#span;
-      s.setAttributes({
-        [ATTR.outcome]: file.outcome,
-        [ATTR.faults]: file.totals.faults,
-        [ATTR.zeroFaults]: file.totals.zeroFaults,
-        [ATTR.fetchedChunks]: file.totals.fetchedChunks,
-        [ATTR.bytesFetched]: file.totals.bytesFetched,
-        [ATTR.prefetchedChunks]: file.totals.prefetchedChunks,
-        [ATTR.failedChunks]: file.totals.failedChunks,
-        [ATTR.chunkMap]: chunks,
-        [ATTR.stallFaults]: stall.faults,
-        [ATTR.stallTotal]: stall.totalMs,
-        ...splitAttributes(stall),
-      });
+      s.setAttributes(sessionEndAttributes({ ...file, chunks, stall }));
       if (file.outcome === 'killed') s.setStatus({ code: 2, message: 'the peer was killed (failed closed)' });
       s.end(this.#wallOf(performance.now()));
     }
@@ -295,7 +267,7 @@ export class SessionTrace {
       milestones: this.#milestones,
       faults: this.#faults ?? [],
       fetches: this.#fetches ?? [],
-      stall: { ...roundSplit(this.stall), totalMs: stall.totalMs, faults: stall.faults },
+      stall,
       chunks,
       ...file,
     };
@@ -331,7 +303,8 @@ function roundSplit(s: StallSplit): StallSplit {
   };
 }
 
-function splitAttributes(s: StallSplit): Record<string, number> {
+/** A stall split as the `lazysnap.stall.*` attributes: each part, and the fetch per tier and in all. */
+export function stallAttributes(s: StallSplit): Record<string, number> {
   const a: Record<string, number> = {
     [ATTR.stallQueue]: s.queueMs,
     [ATTR.stallDecode]: s.decodeMs,
@@ -345,4 +318,23 @@ function splitAttributes(s: StallSplit): Record<string, number> {
   }
   a[ATTR.stallFetch] = round(fetch);
   return a;
+}
+
+/** What a session's span carries when it ends (runtime/tracing.ts): the outcome, totals, chunk map and stall. */
+export function sessionEndAttributes(
+  t: Pick<TraceFile, 'outcome' | 'totals' | 'chunks' | 'stall'>,
+): Record<string, string | number> {
+  return {
+    [ATTR.outcome]: t.outcome,
+    [ATTR.faults]: t.totals.faults,
+    [ATTR.zeroFaults]: t.totals.zeroFaults,
+    [ATTR.fetchedChunks]: t.totals.fetchedChunks,
+    [ATTR.bytesFetched]: t.totals.bytesFetched,
+    [ATTR.prefetchedChunks]: t.totals.prefetchedChunks,
+    [ATTR.failedChunks]: t.totals.failedChunks,
+    [ATTR.chunkMap]: t.chunks,
+    [ATTR.stallFaults]: t.stall.faults,
+    [ATTR.stallTotal]: t.stall.totalMs,
+    ...stallAttributes(t.stall),
+  };
 }

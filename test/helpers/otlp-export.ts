@@ -14,7 +14,8 @@ import {
   SimpleSpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
 
-import type { StallSplit, TraceFile } from '../../runtime/trace-format.js';
+import { sessionEndAttributes, stallAttributes } from '../../runtime/session-trace.js';
+import type { TraceFile } from '../../runtime/trace-format.js';
 import { ATTR, EVENT, SPAN, TRACER_NAME } from '../../runtime/tracing.js';
 
 /** 2025-06-01T12:00:00Z, in seconds: t = 0 of the first session. */
@@ -24,17 +25,6 @@ const EPOCH_S = 1_748_779_200n;
 function at(t0: bigint, ms: number): HrTime {
   const ns = t0 + BigInt(Math.round(ms * 1e6));
   return [Number(ns / 1_000_000_000n), Number(ns % 1_000_000_000n)];
-}
-
-/** A stall split as the `lazysnap.stall.*` attributes, the fetch part per tier. */
-function stallAttrs(s: StallSplit) {
-  return {
-    [ATTR.stallQueue]: s.queueMs,
-    ...Object.fromEntries(Object.entries(s.fetchMs).map(([tier, v]) => [`${ATTR.stallFetch}.${tier}`, v])),
-    [ATTR.stallDecode]: s.decodeMs,
-    [ATTR.stallVerify]: s.verifyMs,
-    [ATTR.stallInstall]: s.installMs,
-  };
 }
 
 /**
@@ -75,11 +65,7 @@ export function otlpExport(
         fault.tier === 'memory'
           ? undefined
           : t.fetches.find((x) => x.chunk === fault.chunk && x.priority === 'demand');
-      const waited = {
-        [ATTR.faultWaitMs]: fault.waitMs,
-        ...stallAttrs(fault),
-        [ATTR.stallFetch]: Object.values(fault.fetchMs).reduce((n, v) => n + v, 0),
-      };
+      const waited = { [ATTR.faultWaitMs]: fault.waitMs, ...stallAttributes(fault) };
       const span = tracer.startSpan(
         SPAN.fetch,
         {
@@ -120,19 +106,7 @@ export function otlpExport(
           parent,
         )
         .end(at(t0, Math.max(...prefetches.map((x) => x.endMs))));
-    session.setAttributes({
-      [ATTR.outcome]: t.outcome,
-      [ATTR.faults]: t.totals.faults,
-      [ATTR.zeroFaults]: t.totals.zeroFaults,
-      [ATTR.fetchedChunks]: t.totals.fetchedChunks,
-      [ATTR.bytesFetched]: t.totals.bytesFetched,
-      [ATTR.prefetchedChunks]: t.totals.prefetchedChunks,
-      [ATTR.failedChunks]: t.totals.failedChunks,
-      [ATTR.chunkMap]: t.chunks,
-      [ATTR.stallFaults]: t.stall.faults,
-      [ATTR.stallTotal]: t.stall.totalMs,
-      ...stallAttrs(t.stall),
-    });
+    session.setAttributes(sessionEndAttributes(t));
     // The span starts a moment after the handshake and lasts the session (runtime/session-trace.ts).
     session.end(at(t0, t.durationMs + 0.25));
     t0 += BigInt(Math.round(((opts.gapMs ?? 5000) + t.durationMs) * 1e6));
