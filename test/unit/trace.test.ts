@@ -44,6 +44,10 @@ describe.skipIf(skip)(name, () => {
   const exporter = new InMemorySpanExporter();
   const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
 
+  /** fc-client against `socket`, restoring the test image, with these workload flags. */
+  const restoreWith = (socket: string, args: string[]) =>
+    runClient(['--socket', socket, '--image', img.path, ...args]);
+
   beforeAll(async () => {
     tmp = tempDir();
     img = makeImage(tmp.dir, 16 * MiB, CS, { zeroEvery: 4 });
@@ -52,11 +56,7 @@ describe.skipIf(skip)(name, () => {
     // A profile recorded by another run: half the chunks, from the local store.
     const rec = await serve(tmp.dir, { stores: [store], id: 'vm', prefetch: 'record' });
     try {
-      const r = await runClient([
-        '--socket',
-        rec.socketPath,
-        '--image',
-        img.path,
+      const r = await restoreWith(rec.socketPath, [
         '--touch',
         'cluster',
         '--cluster-fraction',
@@ -96,11 +96,7 @@ describe.skipIf(skip)(name, () => {
     let summary!: SessionSummary;
     try {
       // Every chunk's first page, one thread, shuffled: each fault is timed by the client.
-      const r = await runClient([
-        '--socket',
-        server.socketPath,
-        '--image',
-        img.path,
+      const r = await restoreWith(server.socketPath, [
         '--touch',
         'chunk',
         '--chunk-size',
@@ -187,16 +183,7 @@ describe.skipIf(skip)(name, () => {
       { env: { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_SERVICE_NAME: 'restore-host-7' } },
     );
     try {
-      const r = await runClient([
-        '--socket',
-        socket,
-        '--image',
-        img.path,
-        '--touch',
-        'chunk',
-        '--chunk-size',
-        String(CS),
-      ]);
+      const r = await restoreWith(socket, ['--touch', 'chunk', '--chunk-size', String(CS)]);
       expect(r.report).toMatchObject({ ok: true, mismatches: 0 });
       const summary = await sp.waitForLog((l) => l.msg === 'restore session summary', 20_000, 'summary');
       // SIGTERM drains: the worker shuts its tracer down, which exports what is left.
