@@ -29,7 +29,12 @@ import { hasUffd, uffdSuite } from '../helpers/skip.js';
 
 const MiB = 1024 * 1024;
 const CS = 512 * 1024;
-const FIRST_BYTE_MS = 25;
+/**
+ * Long enough that the waits dwarf what the fault thread's stamps cannot see (the kernel handing it the
+ * fault, the scheduler waking the faulting thread): on a loaded 2-core runner those came to ~57 ms over
+ * one restore, 10% of it, with a 25 ms first byte.
+ */
+const FIRST_BYTE_MS = 100;
 
 const skip = !hasUffd || !!nginxSkipReason;
 const name = nginxSkipReason
@@ -117,7 +122,7 @@ describe.skipIf(skip)(name, () => {
       const stall = summary.stall;
       expect(stall.faults).toBeGreaterThan(0);
       expect(Math.abs(stall.totalMs - clientWaitMs)).toBeLessThanOrEqual(0.05 * clientWaitMs);
-      // Behind a 25 ms first byte, the fetch is most of it, and it is the origin's.
+      // Behind a 100 ms first byte, the fetch is most of it, and it is the origin's.
       expect(stall.fetchMs.origin0!).toBeGreaterThan(stall.faults * FIRST_BYTE_MS * 0.9);
       expect(Math.abs(splitTotal(stall) - stall.totalMs)).toBeLessThan(0.01 * stall.totalMs + 0.01);
     } finally {
