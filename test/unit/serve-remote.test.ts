@@ -96,8 +96,16 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve with remote origins'), () =>
         const r = await runClient(['--socket', server.socketPath, '--image', img.path, '--threads', '4']);
         expect(r.report).toMatchObject({ ok: true, mismatches: 0 });
         const [s] = await summaries(server, 1);
-        expect(Object.keys(s!.hitsByTier).filter((t) => t !== 'memory')).toEqual(['origin0']);
-        expect(s3.requests.filter((q) => q.method === 'GET')).toEqual([]); // the cache tier answered everything
+        // The cache tier answered every chunk, except that a demand fetch nginx had not answered by its
+        // recent p95 sends a hedge to S3 (hedging is on by default): on a loaded runner S3 may win a few.
+        // So S3 was asked only for hedges, and answered no more chunks than hedges it won.
+        const hedges = await server.metrics.registry.getSingleMetric('lazysnap_hedged_requests_total')!.get();
+        const hedged = (outcome: string) =>
+          hedges.values.filter((v) => v.labels.outcome === outcome).reduce((n, v) => n + v.value, 0);
+        const s3Gets = s3.requests.filter((q) => q.method === 'GET').length;
+        expect(s3Gets).toBeLessThanOrEqual(hedged('won') + hedged('lost'));
+        expect(s!.hitsByTier.origin1 ?? 0).toBeLessThanOrEqual(hedged('won'));
+        expect(s!.hitsByTier.origin0).toBeGreaterThan(0);
         // Budgets hold after the session: resident memory now, the disk cache once its background
         // writes have finished (close() waits for them; while they run it may hold up to
         // fetch concurrency x chunk size more).
