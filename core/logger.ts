@@ -39,14 +39,26 @@ export const REDACT_PATHS = [
   '*.keyMaterial',
 ];
 
-export function createRootLogger(config: LoggerConfig = {}): Logger {
-  const options: LoggerOptions = {
-    level: config.level ?? process.env.LAZYSNAP_LOG_LEVEL ?? 'info',
+function loggerOptions(level: string): LoggerOptions {
+  return {
+    level,
     base: { pid: process.pid },
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
   };
+}
+
+export function createRootLogger(config: LoggerConfig = {}): Logger {
+  const options = loggerOptions(config.level ?? process.env.LAZYSNAP_LOG_LEVEL ?? 'info');
   root = pino(options, pino.destination({ fd: config.fd ?? 2, sync: config.sync ?? false }));
   return root;
+}
+
+/**
+ * A logger configured as the root one (level, bindings, redaction) that writes nowhere: for work done
+ * only to warm code up (runtime/warm-up-session.ts), whose lines must not reach anyone's log.
+ */
+export function discardingLogger(like: Logger): Logger {
+  return pino(loggerOptions(like.level), { write: () => {} }).child(like.bindings());
 }
 
 /** The process's root logger (created with defaults on first use). */

@@ -49,6 +49,8 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
   metricsPort: number | undefined;
   /** How long the start-up warm-up of the fault path took (runtime/warm-up.ts); undefined when it could not run. */
   warmUpMs: number | undefined;
+  /** Whether the warm-up ran a whole session of its own (it needs the right to create a userfaultfd). */
+  warmUpSession = false;
   /** The served snapshot's geometry, from its manifest. */
   readonly snapshot: {
     id: string;
@@ -123,7 +125,8 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     }
     server.#metricsServer = started.metricsServer;
     server.metricsPort = started.metricsServer?.port;
-    server.warmUpMs = started.warmUpMs;
+    server.warmUpMs = started.warmUp?.ms;
+    server.warmUpSession = started.warmUp?.session ?? false;
     log.info({ socket: o.socketPath, ...started.fields() }, 'serving');
     return server;
   }

@@ -13,13 +13,13 @@ import {
 } from './serve-context.js';
 import type { ResolvedServeOptions } from './serve-options.js';
 import { SessionHost } from './session-host.js';
-import { warmUpFaultPath } from './warm-up.js';
+import { warmUpFaultPath, type WarmUp } from './warm-up.js';
 
 export interface Started {
   host: SessionHost;
   parts: ServeContext;
   metricsServer: { port: number; close: () => Promise<void> } | undefined;
-  warmUpMs: number | undefined;
+  warmUp: WarmUp | undefined;
   /** What the `serving` line says about the snapshot (logged by whoever creates the socket). */
   fields: () => Record<string, unknown>;
 }
@@ -43,14 +43,8 @@ export async function startServing(
     if (o.metricsPort !== undefined) metricsServer = await ctx.metrics.listen(o.metricsPort, o.metricsHost);
     // Before the socket exists: the first peer's first fault must not pay for cold code.
     const m = ctx.index.manifest;
-    const warmUpMs = await warmUpFaultPath(
-      {
-        loader: parts.loader,
-        crypto: ctx.index.crypto,
-        chunkSize: m.chunkSize,
-        pageSize: m.pageSize,
-        totalSize: m.totalSize,
-      },
+    const warmUp = await warmUpFaultPath(
+      { loader: parts.loader, ctx, localOrigin: stores[0]?.localPath !== undefined },
       log,
     );
     const host = new SessionHost(parts, o.id, log);
@@ -61,10 +55,11 @@ export async function startServing(
       totalSize: m.totalSize,
       canPoison: ctx.canPoison,
       metricsPort: metricsServer?.port,
-      warmUpMs: warmUpMs === undefined ? null : Math.round(warmUpMs * 10) / 10,
+      warmUpMs: warmUp === undefined ? null : Math.round(warmUp.ms * 10) / 10,
+      warmUpSession: warmUp?.session ?? false,
       ...securityFields(o, m),
     });
-    return { host, parts: p, metricsServer, warmUpMs, fields };
+    return { host, parts: p, metricsServer, warmUp, fields };
   } catch (e) {
     logRefusal(e, log);
     await metricsServer?.close();

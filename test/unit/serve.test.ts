@@ -324,12 +324,24 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve'), () => {
     const requests: string[] = [];
     const o = await fakeOrigin(store, (_n, url) => (requests.push(url), 'ok'));
     try {
+      const sessionsSeen: string[] = [];
       server = await serve(tmp.dir, { stores: [o.url], id: 'vm', prefetch: 'off' });
+      server.on('session', (s) => sessionsSeen.push(s.restoreId));
       expect(server.warmUpMs).toBeGreaterThan(0);
-      expect(server.stats().residentBytes).toBe(0);
+      // The warm-up ran a whole RestoreSession of its own (serve can create userfaultfds here)...
+      expect(server.warmUpSession).toBe(true);
+      // ...which nobody can see: no chunk resident, no request, no session counted, ended or summarized.
+      expect(server.stats()).toMatchObject({ residentBytes: 0, sessions: 0 });
       expect(requests.filter((u) => u.startsWith('/chunks/'))).toEqual([]);
+      expect(server.summaries).toEqual([]);
+      const metrics = await server.metrics.registry.metrics();
+      expect(metrics).not.toMatch(/^lazysnap_sessions_total\{/m);
+      expect(metrics).not.toMatch(/^lazysnap_fetches_total\{/m);
       const r = await runClient(['--socket', server.socketPath, '--image', img.path, '--threads', '2']);
       expect(r.report).toMatchObject({ ok: true, mismatches: 0 });
+      const [s] = await summaries(server, 1);
+      expect(sessionsSeen).toEqual([s!.restoreId]);
+      expect(s!.restoreId).not.toBe('warm-up');
     } finally {
       await o.close();
     }
