@@ -168,6 +168,8 @@ export interface Addon {
   sockPeerCred(fd: number): { pid: number; uid: number; gid: number };
   sockPeerPidfd(fd: number): number;
   pidfdOpen(pid: number): number;
+  /** The calling thread to SCHED_IDLE; returns its thread id. */
+  schedIdleThread(): number;
   pidfdSendSignal(pidfd: number, signal: number): void;
   closeFd(fd: number): void;
 

@@ -11,6 +11,7 @@
  * the main thread turns back into typed errors.
  */
 import { closeSync, fstatSync, openSync, readSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 
 import { IntegrityError } from '../core/errors.js';
@@ -27,6 +28,8 @@ export interface LoaderWorkerData {
   /** A supervised worker's activity page (ChunkLoaderOptions.activity) and this thread's slot in it. */
   activityFd?: number;
   activitySlot?: number;
+  /** 'write': the cache writer thread, which lowers its own scheduling class first. @default 'load' */
+  role?: 'load' | 'write';
 }
 
 /** Load chunk `chunk` from a file of a local store ('file'), from bytes an origin sent ('bytes'), or from
@@ -271,6 +274,25 @@ function warmUp(): void {
   // appears, about 10 ms measured here. Now, not in the first load.
   table.slot(0);
 }
-warmUp();
+/**
+ * The cache writer runs only on CPUs nothing else wants (runtime/chunk-loader.ts): SCHED_IDLE, or nice 19
+ * where a sandbox refuses that. Linux schedules threads, so both apply to this thread alone.
+ */
+function lowerPriority(): { priority: 'idle' | 'nice' | 'normal'; tid?: number } {
+  try {
+    return { priority: 'idle', tid: addon().schedIdleThread() };
+  } catch {
+    try {
+      setPriority(19); // pid 0: the calling thread, on Linux
+      return { priority: 'nice' };
+    } catch {
+      return { priority: 'normal' };
+    }
+  }
+}
 
-parentPort!.postMessage({ ready: true });
+if (data.role === 'write') parentPort!.postMessage({ ready: true, ...lowerPriority() });
+else {
+  warmUp();
+  parentPort!.postMessage({ ready: true });
+}

@@ -7,11 +7,12 @@
  * and the next), so it never waits for the main thread between jobs while the order of everything else
  * stays the main thread's to decide.
  *
- * Cache writes wait until no load has been queued or running for `writeIdleMs`: during a restore the
- * CPUs belong to the restore (on a small host a write would slow the next decode), and the chunks stay
- * resident meanwhile, so they are written once it is over. The backlog is bounded (`maxPendingWrites`
- * chunk numbers); past it, or for a chunk evicted before its turn, the write is dropped: the chunk is
- * simply not cached.
+ * Cache writes go to a thread of their own, started at the first write, in the SCHED_IDLE class (nice 19
+ * where that is refused): during a restore the CPUs belong to the restore, and on a small host a write
+ * would otherwise take a core from the VM's own threads, which fault on resident pages long after the
+ * last chunk was loaded. They also wait until no load has been queued or running for `writeIdleMs`, and
+ * the chunks stay resident meanwhile. The backlog is bounded (`maxPendingWrites` chunk numbers); past it,
+ * or for a chunk evicted before its turn, the write is dropped: the chunk is simply not cached.
  */
 import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
@@ -70,6 +71,9 @@ export type LoadRequest = Omit<LoadJob, 'op' | 'id'> & {
   exclusive?: boolean;
 };
 
+/** What the kernel granted the cache writer thread: SCHED_IDLE, else nice 19, else nothing lower. */
+export type WriterPriority = 'idle' | 'nice' | 'normal';
+
 export interface ChunkLoaderOptions {
   table: ChunkTable;
   crypto?: ChunkCrypto;
@@ -99,6 +103,8 @@ interface Pending {
 
 interface Loader {
   worker: Worker;
+  /** Loads (the loader threads) or cache writes (the writer thread, at idle priority). */
+  role: 'load' | 'write';
   jobs: Map<number, Pending>;
   /** Its slot in the activity page, if there is one. */
   slot: number | undefined;
@@ -109,6 +115,11 @@ const DEPTH = 2;
 
 export class ChunkLoader {
   readonly #loaders: Loader[] = [];
+  /** The cache writer thread, once a write asked for it. */
+  #writer: Loader | undefined;
+  #writerStarting = false;
+  /** The writer thread once started: the scheduling class the kernel granted, and its thread id under SCHED_IDLE. */
+  writerThread: { priority: WriterPriority; tid?: number } | undefined;
   readonly #demand: Pending[] = [];
   readonly #prefetch: Pending[] = [];
   readonly #writes: Pending[] = [];
@@ -151,7 +162,7 @@ export class ChunkLoader {
       options.activity?.slots ?? 0,
     );
     try {
-      await Promise.all(Array.from({ length: Math.max(1, n) }, () => l.#spawn()));
+      await Promise.all(Array.from({ length: Math.max(1, n) }, () => l.#spawn('load')));
     } catch (e) {
       await l.close();
       throw e;
@@ -200,6 +211,7 @@ export class ChunkLoader {
         resolve: () => resolve(true),
         reject: (e) => (e.failure === 'busy' ? (this.droppedWrites++, resolve(false)) : reject(e)),
       });
+      this.#startWriter();
       this.#pump();
     });
   }
@@ -215,23 +227,54 @@ export class ChunkLoader {
     clearTimeout(this.#idleTimer);
     const gone = new LoadError('io', 'the chunk loaders are closed');
     for (const q of [this.#demand, this.#prefetch, this.#writes]) for (const p of q.splice(0)) p.reject(gone);
-    await Promise.all(this.#loaders.splice(0).map((l) => l.worker.terminate()));
+    const writer = this.#writer;
+    this.#writer = undefined;
+    await Promise.all(
+      [...this.#loaders.splice(0), ...(writer ? [writer] : [])].map((l) => l.worker.terminate()),
+    );
   }
 
-  async #spawn(): Promise<void> {
+  #startWriter(): void {
+    if (this.#writer || this.#writerStarting || this.#closed) return;
+    this.#writerStarting = true;
+    this.#spawn('write').then(
+      () => {
+        this.#writerStarting = false;
+        this.#pump();
+      },
+      (e: unknown) => {
+        // No writer: what waits is dropped (a cache is an optimization); the next write tries again.
+        this.#writerStarting = false;
+        for (const p of this.#writes.splice(0))
+          p.reject(new LoadError('io', `no cache writer thread: ${(e as Error).message}`));
+      },
+    );
+  }
+
+  async #spawn(role: Loader['role']): Promise<void> {
     // A thread without a slot (more threads than slots) decodes unrecorded: attribution is best effort.
-    const slot = this.#activitySlots > 0 ? this.#freeSlots.shift() : undefined;
+    // The writer decodes nothing, so it takes no slot.
+    const slot = this.#activitySlots > 0 && role === 'load' ? this.#freeSlots.shift() : undefined;
     const worker = startModuleWorker(new URL('./chunk-loader-worker.js', import.meta.url), {
-      workerData: { ...this.#data, ...(slot !== undefined ? { activitySlot: slot } : {}) },
+      workerData: { ...this.#data, role, ...(slot !== undefined ? { activitySlot: slot } : {}) },
     });
-    const loader: Loader = { worker, jobs: new Map(), slot };
+    const loader: Loader = { worker, role, jobs: new Map(), slot };
     worker.once('exit', () => {
       if (slot !== undefined) this.#freeSlots.push(slot);
     });
     await new Promise<void>((resolve, reject) => {
       const onExit = (code: number) => fail(new Error(`a chunk loader exited during start (code ${code})`));
       const fail = (e: Error) => (worker.off('message', ready), worker.off('exit', onExit), reject(e));
-      const ready = () => (worker.off('error', fail), worker.off('exit', onExit), resolve());
+      const ready = (m: { priority?: WriterPriority; tid?: number }) => {
+        if (role === 'write')
+          this.writerThread = {
+            priority: m.priority ?? 'normal',
+            ...(m.tid !== undefined ? { tid: m.tid } : {}),
+          };
+        worker.off('error', fail);
+        worker.off('exit', onExit);
+        resolve();
+      };
       worker.once('message', ready);
       worker.once('error', fail);
       worker.once('exit', onExit);
@@ -243,18 +286,24 @@ export class ChunkLoader {
     worker.once('exit', () => {
       const i = this.#loaders.indexOf(loader);
       if (i >= 0) this.#loaders.splice(i, 1);
+      if (this.#writer === loader) this.#writer = undefined;
       for (const p of loader.jobs.values()) {
         if (p.exclusive) this.#exclusive = false;
         p.reject(new LoadError('io', 'the chunk loader thread stopped'));
       }
       loader.jobs.clear();
-      if (!this.#closed)
-        void this.#spawn().then(
-          () => this.#pump(),
-          () => {},
-        );
+      if (this.#closed) return;
+      if (role === 'write') {
+        if (this.#writes.length > 0) this.#startWriter();
+        return;
+      }
+      void this.#spawn('load').then(
+        () => this.#pump(),
+        () => {},
+      );
     });
-    this.#loaders.push(loader);
+    if (role === 'write') this.#writer = loader;
+    else this.#loaders.push(loader);
     this.#pump();
   }
 
@@ -279,6 +328,7 @@ export class ChunkLoader {
   }
 
   #pump(): void {
+    this.#pumpWrites();
     // One job at a time to the least loaded loader: two faults at once go to two threads, not one.
     for (;;) {
       if (this.#exclusive) return;
@@ -291,7 +341,7 @@ export class ChunkLoader {
         if (this.#loaders.some((x) => x.jobs.size > 0)) return;
         this.#exclusive = true;
       }
-      const p = this.#demand.shift() ?? this.#prefetch.shift() ?? this.#idleWrite(l);
+      const p = this.#demand.shift() ?? this.#prefetch.shift();
       if (!p) return;
       l.jobs.set(p.job.id, p);
       const bytes = p.job.op === 'load' ? p.job.bytes : undefined;
@@ -304,9 +354,19 @@ export class ChunkLoader {
     }
   }
 
+  /** Cache writes, one at a time, to the writer thread once loads have been idle long enough. */
+  #pumpWrites(): void {
+    const w = this.#writer;
+    if (!w || w.jobs.size > 0 || this.#exclusive) return;
+    const p = this.#idleWrite();
+    if (!p) return;
+    w.jobs.set(p.job.id, p);
+    w.worker.postMessage(p.job);
+  }
+
   /** The next cache write, if loads have been idle long enough; else a wake-up for when they will be. */
-  #idleWrite(l: Loader): Pending | undefined {
-    if (this.#writes.length === 0 || l.jobs.size > 0) return undefined;
+  #idleWrite(): Pending | undefined {
+    if (this.#writes.length === 0) return undefined;
     const loading = this.#loaders.some((x) => [...x.jobs.values()].some((p) => p.job.op === 'load'));
     const wait = this.#lastLoad + this.#writeIdleMs - performance.now();
     if (!loading && wait <= 0) return this.#writes.shift();

@@ -1,7 +1,10 @@
 /* Process plumbing for the supervisor and its worker (runtime/supervisor/): the socketpair between them,
- * memfds they share, a shared mapping, the worker's no-new-privileges bit, and sd_notify with file
- * descriptors (systemd's fd store). Mechanism only: what is sent and when is decided in TypeScript. */
+ * memfds they share, a shared mapping, the worker's no-new-privileges bit, sd_notify with file
+ * descriptors (systemd's fd store), and a thread's scheduling class (the cache writer's). Mechanism only:
+ * what is sent and when is decided in TypeScript. */
+#define _GNU_SOURCE 1
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -194,6 +197,18 @@ static napi_value js_state_layout(napi_env env, napi_callback_info info) {
   return o;
 }
 
+/*
+ * The calling thread (not the process: Linux schedules threads) to SCHED_IDLE, so that it runs only on a
+ * CPU nothing else wants. Returns the thread's id. Unprivileged threads may always lower their own class.
+ */
+static napi_value js_sched_idle_thread(napi_env env, napi_callback_info info) {
+  (void)info;
+  struct sched_param p = {.sched_priority = 0};
+  if (sched_setscheduler(0, SCHED_IDLE, &p) != 0)
+    return throw_errno(env, errno, "sched_setscheduler(SCHED_IDLE)"), NULL;
+  return make_i32(env, (int32_t)syscall(SYS_gettid));
+}
+
 #ifdef LAZYSNAP_FAULT_INJECTION
 /* Test builds only: testCrash() dies as a decoder bug would (SIGSEGV), for the crash-recovery tests. */
 static napi_value js_test_crash(napi_env env, napi_callback_info info) {
@@ -210,6 +225,7 @@ napi_value proc_init(napi_env env, napi_value exports) {
       !export_fn(env, exports, "seccompDeny", js_seccomp_deny) || !export_fn(env, exports, "dupFd", js_dup) ||
       !export_fn(env, exports, "datagramSend", js_dgram_send) ||
       !export_fn(env, exports, "stateLayout", js_state_layout) ||
+      !export_fn(env, exports, "schedIdleThread", js_sched_idle_thread) ||
 #ifdef LAZYSNAP_FAULT_INJECTION
       !export_fn(env, exports, "testCrash", js_test_crash) ||
 #endif

@@ -126,6 +126,27 @@ describe('DiskCache', () => {
     expect(existsSync(entryPath(a.hash))).toBe(true); // entries outlive the process
   });
 
+  it('writes on a thread of its own in SCHED_IDLE, started by the first write, never on a loader thread', async () => {
+    const cache = await open({ dir, budgetBytes: 1 << 20 });
+    const a = chunk();
+    expect(await get(cache, a)).toBeUndefined(); // a load: no writer thread for that
+    expect(loader.writerThread).toBeUndefined();
+    await put(cache, a);
+    expect(readFileSync(entryPath(a.hash))).toEqual(a.bytes);
+    expect(loader.writerThread).toMatchObject({ priority: 'idle' });
+    // The kernel's view of that thread: field 41 of /proc/<pid>/task/<tid>/stat is its policy
+    // (SCHED_IDLE = 5); the loader threads keep SCHED_OTHER (0).
+    const policy = (tid: number) => {
+      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[41 - 3]);
+    };
+    expect(policy(loader.writerThread!.tid!)).toBe(5);
+    const others = readdirSync('/proc/self/task')
+      .map(Number)
+      .filter((t) => t !== loader.writerThread!.tid);
+    expect(others.map(policy).filter((p) => p !== 0)).toEqual([]);
+  });
+
   it('writes an entry once: a second write and concurrent writes of one hash write nothing more', async () => {
     const cache = await open({ dir, budgetBytes: 1 << 20 });
     const a = chunk();
