@@ -10,11 +10,23 @@
  * Messages in: LoadJob | WriteJob; out: LoadReply. Errors cross as plain objects (kind, message) that
  * the main thread turns back into typed errors.
  */
-import { closeSync, fstatSync, openSync, readSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import {
+  closeSync,
+  fstatSync,
+  openSync,
+  readSync,
+  renameSync,
+  statSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
 import { setPriority } from 'node:os';
+import { dirname } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 
 import { IntegrityError } from '../core/errors.js';
+import { makeDirsSync } from '../core/make-dirs.js';
 import { addon } from '../native/addon.js';
 import { ChunkTable } from '../native/index.js';
 import { decodeChunk, encodeChunk, hashChunk, type Codec } from '../store/chunk.js';
@@ -53,14 +65,19 @@ export interface LoadJob {
   maxBytes: number;
 }
 
-/** Write resident chunk `chunk` to `path` (a temp name, then renamed to `dest`). */
+/**
+ * Cache resident chunk `chunk` at `dest` (through a temp file `dest` + `tempPrefix` + random, renamed),
+ * unless a file of `length` bytes is there already; the fan-out directory is made if missing. All of it
+ * on the writer thread: none of these syscalls runs on the event loop that schedules faults.
+ */
 export interface WriteJob {
   op: 'write';
   id: number;
   table: number;
   chunk: number;
-  path: string;
   dest: string;
+  tempPrefix: string;
+  length: number;
 }
 
 export type LoadFailure =
@@ -77,7 +94,7 @@ export type LoadFailure =
 type Phases = [read: number, decode: number, verify: number];
 
 export type LoadReply =
-  | { id: number; ok: true; stored: number; phases?: Phases }
+  | { id: number; ok: true; stored: number; phases?: Phases; existed?: boolean }
   | {
       id: number;
       ok: false;
@@ -227,25 +244,35 @@ function load(job: LoadJob): LoadReply {
   }
 }
 
-/** Writes a resident chunk to a temp file and renames it into place; false when it is not resident. */
+/** Caches a resident chunk (WriteJob); `busy` when it is not resident any more. Never throws. */
 function write(job: WriteJob): LoadReply {
+  try {
+    // Already there (ours, or another process's): nothing to write. A file of the wrong size is corrupt
+    // and is replaced; a right-sized corrupt one is caught by the next read.
+    const existing = statSync(job.dest, { throwIfNoEntry: false });
+    if (existing?.isFile() && existing.size === job.length)
+      return { id: job.id, ok: true, stored: 0, existed: true };
+  } catch {
+    // ENOTDIR, EACCES, ...: not there as far as we can tell; the write below reports the real error.
+  }
   const table = tableOf(job);
   if (!table.pin(job.chunk))
     return { id: job.id, ok: false, failure: 'busy', message: `chunk ${job.chunk} is no longer resident` };
+  const tmp = `${job.dest}${job.tempPrefix}${randomBytes(4).toString('hex')}`;
   try {
     const slot = table.slot(job.chunk);
-    const fd = openSync(job.path, 'wx', 0o600);
+    const fd = openTemp(tmp);
     try {
       let n = 0;
       while (n < slot.length) n += writeSync(fd, slot, n, slot.length - n);
     } finally {
       closeSync(fd);
     }
-    renameSync(job.path, job.dest);
+    renameSync(tmp, job.dest);
     return { id: job.id, ok: true, stored: slot.length };
   } catch (e) {
     try {
-      unlinkSync(job.path);
+      unlinkSync(tmp);
     } catch {
       // Never created, or already gone: the write's own error is the one to report.
     }
@@ -254,6 +281,23 @@ function write(job: WriteJob): LoadReply {
   } finally {
     table.unpin(job.chunk);
   }
+}
+
+/**
+ * A new temp file, 0600. Its fan-out directory (0700) is made when the open says it is missing, at every
+ * write, not once per directory: an operator may wipe the cache under a running serve. makeDirsSync
+ * creates level by level, so a read-only disk is reported as EROFS, not as the ENOENT Node's recursive
+ * mkdir would give.
+ */
+function openTemp(tmp: string): number {
+  try {
+    return openSync(tmp, 'wx', 0o600);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  // EEXIST as a file where the directory belongs: the open below fails with ENOTDIR, a write error.
+  makeDirsSync(dirname(tmp), 0o700);
+  return openSync(tmp, 'wx', 0o600);
 }
 
 parentPort!.on('message', (job: LoadJob | WriteJob) => {

@@ -7,7 +7,7 @@
  * and the next), so it never waits for the main thread between jobs while the order of everything else
  * stays the main thread's to decide.
  *
- * Cache writes go to a thread of their own, started at the first write, in the SCHED_IDLE class (nice 19
+ * Cache writes go to a thread of their own, started with the disk cache, in the SCHED_IDLE class (nice 19
  * where that is refused): during a restore the CPUs belong to the restore, and on a small host a write
  * would otherwise take a core from the VM's own threads, which fault on resident pages long after the
  * last chunk was loaded. They also wait until no load has been queued or running for `writeIdleMs`, and
@@ -97,7 +97,7 @@ interface Pending {
   timing?: LoadTiming;
   /** performance.now() when queued, for the timing's wait. */
   at?: number;
-  resolve: (stored: number) => void;
+  resolve: (stored: number, existed?: boolean) => void;
   reject: (e: LoadError) => void;
 }
 
@@ -117,7 +117,7 @@ export class ChunkLoader {
   readonly #loaders: Loader[] = [];
   /** The cache writer thread, once a write asked for it. */
   #writer: Loader | undefined;
-  #writerStarting = false;
+  #writerStarting: Promise<void> | undefined;
   /** The writer thread once started: the scheduling class the kernel granted, and its thread id under SCHED_IDLE. */
   writerThread: { priority: WriterPriority; tid?: number } | undefined;
   readonly #demand: Pending[] = [];
@@ -197,21 +197,28 @@ export class ChunkLoader {
   }
 
   /**
-   * Writes resident chunk `chunk` of the loaders' table to `tmp`, then renames it to `dest`, when a loader is idle. Resolves
-   * true once written, false when dropped (backlog full, or the chunk was evicted before its turn).
+   * Caches resident chunk `chunk` of the loaders' table at `dest` (WriteJob: through a temp file named
+   * `dest` + `tempPrefix` + random), on the writer thread once loads are idle. Resolves 'written', 'exists'
+   * (a file of `length` bytes was there), or 'dropped' (backlog full, or the chunk was evicted before its
+   * turn); rejects with the write's I/O error.
    */
-  write(chunk: number, tmp: string, dest: string): Promise<boolean> {
+  write(
+    chunk: number,
+    dest: string,
+    tempPrefix: string,
+    length: number,
+  ): Promise<'written' | 'exists' | 'dropped'> {
     if (this.#writes.length >= this.#maxWrites || this.#closed) {
       this.droppedWrites++;
-      return Promise.resolve(false);
+      return Promise.resolve('dropped');
     }
-    return new Promise<boolean>((resolve, reject) => {
+    return new Promise((resolve, reject) => {
       this.#writes.push({
-        job: { op: 'write', id: this.#nextId++, table: this.#data.tableId, chunk, path: tmp, dest },
-        resolve: () => resolve(true),
-        reject: (e) => (e.failure === 'busy' ? (this.droppedWrites++, resolve(false)) : reject(e)),
+        job: { op: 'write', id: this.#nextId++, table: this.#data.tableId, chunk, dest, tempPrefix, length },
+        resolve: (_stored, existed) => resolve(existed ? 'exists' : 'written'),
+        reject: (e) => (e.failure === 'busy' ? (this.droppedWrites++, resolve('dropped')) : reject(e)),
       });
-      this.#startWriter();
+      void this.#startWriter();
       this.#pump();
     });
   }
@@ -234,21 +241,31 @@ export class ChunkLoader {
     );
   }
 
-  #startWriter(): void {
-    if (this.#writer || this.#writerStarting || this.#closed) return;
-    this.#writerStarting = true;
-    this.#spawn('write').then(
+  /**
+   * Starts the cache writer thread now rather than at the first write (DiskCache.open does): a thread's
+   * start-up costs tens of ms of CPU, which must not land in the middle of the first restore. Resolves
+   * once it is ready, or at once if it is (or is being) started; a failure is left to the first write.
+   */
+  startWriter(): Promise<void> {
+    return this.#startWriter() ?? Promise.resolve();
+  }
+
+  #startWriter(): Promise<void> | undefined {
+    if (this.#writer || this.#closed) return undefined;
+    if (this.#writerStarting) return this.#writerStarting;
+    this.#writerStarting = this.#spawn('write').then(
       () => {
-        this.#writerStarting = false;
+        this.#writerStarting = undefined;
         this.#pump();
       },
       (e: unknown) => {
         // No writer: what waits is dropped (a cache is an optimization); the next write tries again.
-        this.#writerStarting = false;
+        this.#writerStarting = undefined;
         for (const p of this.#writes.splice(0))
           p.reject(new LoadError('io', `no cache writer thread: ${(e as Error).message}`));
       },
     );
+    return this.#writerStarting;
   }
 
   async #spawn(role: Loader['role']): Promise<void> {
@@ -294,7 +311,7 @@ export class ChunkLoader {
       loader.jobs.clear();
       if (this.#closed) return;
       if (role === 'write') {
-        if (this.#writes.length > 0) this.#startWriter();
+        if (this.#writes.length > 0) void this.#startWriter();
         return;
       }
       void this.#spawn('load').then(
@@ -322,7 +339,7 @@ export class ChunkLoader {
       t.verifyMs += verify;
       t.waitMs += Math.max(0, this.#lastLoad - p.at! - read - decode - verify);
     }
-    if (r.ok) p.resolve(r.stored);
+    if (r.ok) p.resolve(r.stored, r.existed);
     else p.reject(new LoadError(r.failure, r.message, r.code, r.integrity));
     this.#pump();
   }

@@ -31,9 +31,8 @@
  * named by the snapshot's keyed chunk id and verified with it.
  */
 import assert from 'node:assert';
-import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, stat, unlink, utimes } from 'node:fs/promises';
+import { readdir, stat, unlink, utimes } from 'node:fs/promises';
 import path from 'node:path';
 
 import { makeDirs } from '../core/make-dirs.js';
@@ -117,6 +116,7 @@ export class DiskCache {
     await makeDirs(cache.dir, 0o700);
     await cache.#scan(signal);
     await cache.#evict();
+    await loader.startWriter();
     return cache;
   }
 
@@ -249,32 +249,22 @@ export class DiskCache {
   }
 
   async #write(chunk: number, hash: string, length: number): Promise<void> {
-    const dest = this.#path(hash);
-    // Already there (ours, or another process's): nothing to write. A file of the wrong size is
-    // corrupt and is replaced; a right-sized corrupt one is caught by the next read.
-    const existing = await stat(dest).catch(() => undefined);
-    if (existing?.isFile() && existing.size === length) {
-      if (!this.#index.has(hash)) this.#record(hash, existing.size);
-      return this.#evict();
-    }
-    const tmp = `${dest}${TEMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`;
-    let written: boolean;
+    // Everything from here, the check for a file already there included, runs on the writer thread.
+    let r: 'written' | 'exists' | 'dropped';
     try {
-      await mkdirFanout(path.dirname(dest));
-      written = await this.#loader.write(chunk, tmp, dest);
+      r = await this.#loader.write(chunk, this.#path(hash), `${TEMP_MARK}${process.pid}-`, length);
     } catch (e) {
       this.#n.writeErrors++;
       this.#lastWriteError = e;
       this.#onProblem?.({ kind: 'write-failed', hash, error: e });
-      await unlink(tmp).catch(() => {});
       return;
     }
-    if (!written) {
+    if (r === 'dropped') {
       this.#n.writesDropped++;
       return;
     }
-    this.#n.writes++;
-    this.#record(hash, length);
+    if (r === 'written') this.#n.writes++;
+    if (!this.#index.has(hash)) this.#record(hash, length);
     await this.#evict();
   }
 
@@ -319,18 +309,6 @@ export class DiskCache {
     found.sort((a, b) => a.mtimeMs - b.mtimeMs);
     for (const e of found) this.#record(e.hash, e.size);
   }
-}
-
-/**
- * Every put, not once per directory: an operator may wipe the cache under a running serve. Plain
- * mkdir first because Node's recursive mkdir reports EROFS as ENOENT, which would mislead the log.
- */
-async function mkdirFanout(sub: string): Promise<void> {
-  await mkdir(sub, { mode: 0o700 }).catch(async (e: NodeJS.ErrnoException) => {
-    if (e.code === 'ENOENT')
-      await makeDirs(sub, 0o700); // the cache dir is gone
-    else if (e.code !== 'EEXIST') throw e; // EEXIST as a file: open() then fails with ENOTDIR
-  });
 }
 
 /**
