@@ -156,6 +156,8 @@ export interface Addon {
   sessionInject?(s: Handle<'session'>, kind: number, after: number): void;
   readonly FAULT_INJECTION?: number;
   sessionInstall(s: Handle<'session'>, chunks: number | Uint32Array): void;
+  sessionShare(s: Handle<'session'>): number;
+  sessionInstallShared(id: number, chunk: number): boolean;
   sessionPoison(s: Handle<'session'>, chunks: number | Uint32Array): void;
   sessionStats(s: Handle<'session'>): Record<string, number>;
   sessionClose(s: Handle<'session'>): void;

@@ -320,6 +320,7 @@ export interface SessionStats {
  */
 export class FaultSession {
   readonly #handle: Handle<'session'>;
+  #shared: number | undefined;
   readonly #chunks: number;
   #closed = false;
 
@@ -353,6 +354,16 @@ export class FaultSession {
   install(chunks: number | Uint32Array): void {
     this.#check(chunks);
     addon().sessionInstall(this.#handle, chunks);
+  }
+
+  /**
+   * An id by which any thread of this process may queue an install for this session
+   * (installSharedSession): the chunk loaders install a chunk they verified for the sessions JS named,
+   * without a round trip through the event loop. The id dies with close(); it is never reused.
+   */
+  share(): number {
+    this.#shared ??= addon().sessionShare(this.#handle);
+    return this.#shared;
   }
 
   /** Queues poisoning of the chunks' missing pages: a thread touching them gets SIGBUS. */
@@ -405,3 +416,11 @@ export class FaultSession {
 }
 
 export * from './sys.js';
+
+/**
+ * Queues a whole-chunk install for the session shared as `id` (FaultSession.share()), from any thread;
+ * false when that session is closed. The chunk must be resident in the session's table already.
+ */
+export function installSharedSession(id: number, chunk: number): boolean {
+  return addon().sessionInstallShared(id, chunk);
+}

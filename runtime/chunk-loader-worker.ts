@@ -28,7 +28,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { IntegrityError } from '../core/errors.js';
 import { makeDirsSync } from '../core/make-dirs.js';
 import { addon } from '../native/addon.js';
-import { ChunkTable } from '../native/index.js';
+import { ChunkTable, installSharedSession } from '../native/index.js';
 import { decodeChunk, encodeChunk, hashChunk, type Codec } from '../store/chunk.js';
 import { ChunkCrypto, type ChunkCryptoTransfer } from '../store/chunk-crypto.js';
 
@@ -63,6 +63,12 @@ export interface LoadJob {
   path?: string;
   bytes?: Uint8Array;
   maxBytes: number;
+  /**
+   * Sessions (FaultSession.share() ids, on this job's table) whose faults wait for the chunk: once it is
+   * verified and committed, this thread queues their installs itself, a hop sooner than the event loop
+   * would. JS queues its own install as well when it learns of the load; the second finds the chunk in.
+   */
+  installTo?: number[];
 }
 
 /**
@@ -301,7 +307,12 @@ function openTemp(tmp: string): number {
 }
 
 parentPort!.on('message', (job: LoadJob | WriteJob) => {
-  parentPort!.postMessage(job.op === 'load' ? load(job) : write(job));
+  if (job.op === 'write') return parentPort!.postMessage(write(job));
+  const reply = load(job);
+  // The reply first, then the installs: the event loop hears of the fetch before the peer its install
+  // wakes can finish and hang up, so a session never ends with a fetch it was served by still pending.
+  parentPort!.postMessage(reply);
+  if (reply.ok && job.installTo) for (const id of job.installTo) installSharedSession(id, job.chunk);
 });
 /**
  * Runs the decode path once before reporting ready: the first call into zstd (a context to allocate),

@@ -131,6 +131,8 @@ export class DiskCache {
     length: number,
     priority: 'demand' | 'prefetch' = 'demand',
     timing?: LoadTiming,
+    /** Sessions whose faults wait for the chunk: the loader installs it there once verified (LoadJob.installTo). */
+    installTo?: ReadonlySet<number>,
   ): Promise<boolean> {
     assertHash(hash);
     if (!Number.isSafeInteger(length) || length < 0)
@@ -154,6 +156,7 @@ export class DiskCache {
         maxBytes: length,
         priority,
         ...(timing ? { timing } : {}),
+        ...(installTo && installTo.size > 0 ? { installTo: [...installTo] } : {}),
       });
     } catch (e) {
       if (e instanceof LoadError && e.failure === 'integrity') {

@@ -44,6 +44,7 @@ export interface ChunkCache {
     length: number,
     priority?: Priority,
     timing?: LoadTiming,
+    installTo?: ReadonlySet<number>,
   ): Promise<boolean>;
   write(chunk: number, hash: string, length: number): Promise<void>;
 }
@@ -163,6 +164,13 @@ export interface FetchOptions {
    * passes until then, and the caller is answered (FetchError) shortly after. @default one pass
    */
   patienceMs?: number;
+  /**
+   * A session whose fault waits for this chunk (FaultSession.share(), on this fetcher's table): the
+   * loader thread that verifies the chunk queues its install there at once, a hop before this fetch's
+   * promise settles on the event loop. A demand that joins a fetch once its load was handed to a loader
+   * thread is installed the usual way, when the promise settles.
+   */
+  installTo?: number;
 }
 
 /**
@@ -186,6 +194,8 @@ class InFlight {
   key = '';
   /** Other slots with the same content (one object, copied into each once it is in). */
   readonly extra = new Set<number>();
+  /** Sessions the loader installs the chunk for (FetchOptions.installTo; this chunk's callers only). */
+  readonly installTo = new Set<number>();
   /** Callers' patience, applied when the fetch starts. */
   readonly #pending: { patienceMs: number; arm: () => void }[] = [];
   #resolve!: (r: Result) => void;
@@ -275,12 +285,15 @@ export class ChunkFetcher {
    * one fetch; the signal only detaches this caller, it never cancels a fetch others may wait for.
    */
   fetch(ref: ChunkRef, priority: Priority, options: FetchOptions = {}): Promise<Result> {
-    const { signal, patienceMs } = options;
+    const { signal, patienceMs, installTo } = options;
     signal?.throwIfAborted();
     let entry = this.#inflight.get(ref.hash);
     if (entry && entry.chunk !== ref.chunk) entry.extra.add(ref.chunk);
+    // Only for the slot the loader fills: another chunk of the same content is copied in afterwards.
+    else if (entry && installTo !== undefined) entry.installTo.add(installTo);
     if (!entry) {
       const e = new InFlight(priority, ref.chunk);
+      if (installTo !== undefined) e.installTo.add(installTo);
       entry = e;
       this.#inflight.set(ref.hash, e);
       void e.promise.then(
@@ -378,7 +391,7 @@ export class ChunkFetcher {
     if (this.#o.cache) timing.attempts++;
     if (
       await this.#o.cache
-        ?.read(ref.chunk, ref.hash, ref.length, entry.priority, timing.loader)
+        ?.read(ref.chunk, ref.hash, ref.length, entry.priority, timing.loader, entry.installTo)
         .catch(() => false)
     ) {
       done('disk', ref.length);
@@ -386,15 +399,7 @@ export class ChunkFetcher {
     }
     const key = chunkKey(ref.hash, ref.codec);
     for (let pass = 0; ; pass++) {
-      const r = await this.#pass(
-        key,
-        ref,
-        entry.priority,
-        errors,
-        counts,
-        entry.retryUntil || Infinity,
-        timing,
-      );
+      const r = await this.#pass(key, ref, entry, errors, counts, entry.retryUntil || Infinity, timing);
       if (typeof r !== 'boolean') {
         r.timing = timing;
         done(r.tier, r.stored);
@@ -418,7 +423,7 @@ export class ChunkFetcher {
   async #load(
     ref: ChunkRef,
     key: string,
-    priority: Priority,
+    entry: InFlight,
     maxBytes: number,
     localPath: string | undefined,
     body: () => Promise<Buffer>,
@@ -432,16 +437,19 @@ export class ChunkFetcher {
       codec: ref.codec,
       length: ref.length,
       maxBytes,
-      priority,
+      priority: entry.priority,
       timing,
       // A chunk in flight when a worker died is decoded alone, so that another death names it alone.
       ...(this.#o.suspects?.crashes.has(ref.chunk) ? { exclusive: true } : {}),
     };
     for (let busy = 0; ; busy++) {
       try {
+        // Sessions to install for, read as the job is handed over (after the body arrived): every demand
+        // that joined the fetch so far.
+        const targets = () => (entry.installTo.size > 0 ? { installTo: [...entry.installTo] } : {});
         return localPath
-          ? await this.#o.loader.load({ ...job, from: 'file', path: localPath })
-          : await this.#o.loader.load({ ...job, from: 'bytes', bytes: await body() });
+          ? await this.#o.loader.load({ ...job, from: 'file', path: localPath, ...targets() })
+          : await this.#o.loader.load({ ...job, from: 'bytes', bytes: await body(), ...targets() });
       } catch (e) {
         if (!(e instanceof LoadError)) throw e;
         if (e.failure === 'not-found') throw new NotFoundError(localPath ?? key, key, e);
@@ -519,13 +527,14 @@ export class ChunkFetcher {
   async #pass(
     key: string,
     ref: ChunkRef,
-    priority: Priority,
+    entry: InFlight,
     errors: string[],
     counts: { misses: number },
     deadline: number,
     timing: FetchTiming,
   ): Promise<Result | boolean> {
     let transient = false;
+    const { priority } = entry;
     const maxBytes = maxStoredSize(ref.codec, ref.length, this.#o.encrypted);
     for (const [n, origin] of this.#o.origins.entries()) {
       for (let attempt = 0; ; attempt++) {
@@ -541,7 +550,7 @@ export class ChunkFetcher {
           const stored = await this.#load(
             ref,
             key,
-            priority,
+            entry,
             maxBytes,
             local,
             async () => {

@@ -43,6 +43,13 @@ export class ChunkDelivery {
   readonly #installs = new Map<number, number>();
   /** Chunks installed through a prefetch before any fault asked for them. */
   readonly #ahead = new Set<number>();
+  /**
+   * Faults a loader thread answered (its install, LoadJob.installTo) before their fetch settled here:
+   * when they were read and answered, kept for the stall split until the fetch's account arrives.
+   */
+  readonly #early = new Map<number, { needAt: number; doneAt: number }>();
+  /** This session's id for the loader threads' installs (FaultSession.share()), once a demand needed it. */
+  #shareId: number | undefined;
   readonly hits: Record<string, number> = {};
   bytesFetched = 0;
   fetched = 0;
@@ -92,9 +99,9 @@ export class ChunkDelivery {
     return this.#ahead.size;
   }
 
-  /** Demanded chunks still being fetched. */
+  /** Demanded chunks still being fetched and not installed (a loader thread may install one first). */
   get waiting(): number[] {
-    return [...this.#waiting];
+    return [...this.#waiting].filter((c) => !this.#installed.has(c));
   }
 
   /** Adopting a session: the chunks the predecessor installed (a bitmap) are in the peer already. */
@@ -138,15 +145,22 @@ export class ChunkDelivery {
     }
     this.#waiting.add(c);
     const asked = performance.now();
+    this.#shareId ??= this.#fault.share();
     fetcher
       .fetch({ chunk: c, hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'demand', {
         patienceMs: this.#ctx.failTimeoutMs,
+        installTo: this.#shareId,
       })
       .then(
         (r) => {
           this.#waiting.delete(c);
           this.#fetchOf.set(c, r);
+          const early = this.#early.get(c);
           this.#trace.fetched(c, 'demand', r, asked);
+          if (early) {
+            this.#early.delete(c);
+            this.#faultDone(c, early.needAt, early.doneAt);
+          }
           this.#admit(c, r.tier, r.stored);
         },
         (err: unknown) => {
@@ -231,16 +245,23 @@ export class ChunkDelivery {
     }
     this.#installed.add(c);
     if (t === undefined) return undefined;
+    // The loader thread installed it before the fetch settled here: its split waits for the fetch.
+    if (this.#waiting.has(c)) this.#early.set(c, { needAt: t, doneAt: at });
+    else this.#faultDone(c, t, at);
+    return performance.now() - t;
+  }
+
+  /** A fault's wait is over: to the trace, split by the fetch that delivered its chunk (if one did). */
+  #faultDone(c: number, needAt: number, doneAt: number): void {
     const fetch = this.#fetchOf.get(c);
     this.#fetchOf.delete(c);
     this.#trace.faultDone({
       chunk: c,
-      needAt: t,
-      doneAt: at,
+      needAt,
+      doneAt,
       tier: fetch?.tier ?? 'memory',
       ...(fetch ? { fetch } : {}),
     });
-    return performance.now() - t;
   }
 
   /** An install found no bytes (evicted before the copy): fetched again only if a fault waits. */
@@ -260,6 +281,10 @@ export class ChunkDelivery {
   /** The session ended: nothing more is installed, pins are released. */
   end(): void {
     this.#ended = true;
+    // Faults a loader thread answered whose fetch has not settled here yet: their waits count all the
+    // same, without the fetch's split (the fetch settles after the session's trace has ended).
+    for (const [c, e] of this.#early) this.#faultDone(c, e.needAt, e.doneAt);
+    this.#early.clear();
     for (const [c, n] of this.#installs) for (let i = 0; i < n; i++) this.#ctx.memory.unpin(c);
     this.#installs.clear();
   }
@@ -267,7 +292,8 @@ export class ChunkDelivery {
   /** Chunk c is resident (the fetch made it so, and told the memory tier): count it, install it. */
   #admit(c: number, tier: Tier, stored: number): void {
     this.#count(c, tier, stored);
-    if (this.#ended) return;
+    // Installed already: by a loader thread for the fault that asked (installTo), or by another way in.
+    if (this.#ended || this.#installed.has(c)) return;
     this.#install(c);
   }
 

@@ -81,6 +81,8 @@ export class SessionTrace {
   /** Kept only when a file or a span wants them. */
   readonly #faults: TraceFault[] | undefined;
   readonly #fetches: TraceFetch[] | undefined;
+  /** Each chunk's latest demand fetch in #fetches, for a fault that learns when it really ended. */
+  readonly #demandFetch = new Map<number, TraceFetch>();
   readonly #milestones: TraceMilestone[] = [];
 
   constructor(o: SessionTraceOptions) {
@@ -139,6 +141,13 @@ export class SessionTrace {
   /** A fault that crossed into JS is over (installed, or poisoned): its wait and where it went. */
   faultDone(r: StallRecord): void {
     const timing = r.fetch?.timing;
+    if (timing && timing.endedAt > r.doneAt) {
+      // A loader thread installed the chunk (LoadJob.installTo) before its fetch settled on the event
+      // loop: it was resident by the install, so that is when the fetch ended, for every reader of it.
+      timing.endedAt = r.doneAt;
+      const f = this.#demandFetch.get(r.chunk);
+      if (f) f.endMs = Math.max(f.startMs, this.#ms(r.doneAt));
+    }
     const split = splitWait(r.needAt, r.doneAt, r.fetch?.tier ?? r.tier, timing);
     const waitMs = Math.max(0, r.doneAt - r.needAt);
     addSplit(this.stall, split);
@@ -190,7 +199,7 @@ export class SessionTrace {
     const t = r?.timing;
     if (r && !t) return; // resident already: no fetch
     const now = performance.now();
-    this.#fetches.push({
+    const f: TraceFetch = {
       chunk,
       priority,
       tier: r ? r.tier : 'failed',
@@ -202,7 +211,9 @@ export class SessionTrace {
       hedge: t?.hedge ?? 'none',
       decodeMs: round(t?.loader.decodeMs ?? 0),
       verifyMs: round(t?.loader.verifyMs ?? 0),
-    });
+    };
+    this.#fetches.push(f);
+    if (priority === 'demand') this.#demandFetch.set(chunk, f);
   }
 
   /** A prefetch batch (a profile replay, a fill, a populate) ran from `start` to now. */

@@ -4,7 +4,8 @@
  * UFFD_EVENT_REMOVE (zero), chunks the table knows are zero (UFFDIO_ZEROPAGE, or a zero copy on
  * hugetlbfs), chunks whose bytes are resident in the table (whole-chunk UFFDIO_COPY). Only the first
  * fault on an absent chunk crosses into JS, batched through a thread-safe function; JS fetches the
- * chunk, puts it in the table and asks for an install, which this thread performs (whole chunk,
+ * chunk, puts it in the table and asks for an install (or the loader thread that verified it does, for
+ * the sessions JS named: sessionInstallShared), which this thread performs (whole chunk,
  * skipping present pages, waking every waiter). All uffd ioctls of a session happen on this one
  * thread, so event processing and installs are ordered: a REMOVE is always marked before the next
  * copy, and a removed page never receives snapshot bytes (PROTOCOL.md, "UFFD_EVENT_REMOVE").
@@ -79,8 +80,33 @@ static session_t *session_from_js(napi_env env, napi_value v) {
   return p;
 }
 
+/* ---- Sessions other threads may queue installs for ------------------------------------------------
+ * A chunk loader thread verifies a chunk and commits it to the table; with this, it also queues the
+ * install for the sessions JS named when it asked for the chunk, instead of the event loop doing so on
+ * its next turn: one hop fewer between a fault and its page. What to install and for whom stays JS's
+ * decision; the thread performs an install exactly as one JS queued (the table's bytes, verified). Ids
+ * are never reused: the low bits name the slot, the rest count, so a stale id finds nothing. */
+#define SREG_BITS 12
+#define SREG_MAX  (1u << SREG_BITS)
+static pthread_mutex_t sreg_mu = PTHREAD_MUTEX_INITIALIZER;
+static session_t *sreg[SREG_MAX];
+static uint64_t sreg_gen = 1;
+
+/* Takes a session out of the registry: after this returns no other thread touches it through an id. */
+static void session_unshare(session_t *s) {
+  pthread_mutex_lock(&sreg_mu);
+  uint64_t id = s->shared_id;
+  if (id) {
+    sreg[id & (SREG_MAX - 1)] = NULL;
+    s->shared_id = 0;
+  }
+  pthread_mutex_unlock(&sreg_mu);
+  if (id) session_unref(s);
+}
+
 static void session_stop(session_t *s) {
   if (s->closed) return;
+  session_unshare(s); /* first: a loader thread holding the registry lock may be queueing for it */
   s->closed = true;
   stop_thread(s);
   close(s->uffd);
@@ -408,6 +434,59 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   return o;
 }
 
+/* sessionShare(session) → id (a number): any thread of this process may queue installs for it. */
+static napi_value js_share(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv, NULL)) return NULL;
+  session_t *s = session_from_js(env, argv[0]);
+  if (!s) return NULL;
+  if (s->closed) return throw_errno(env, EBADF, "session closed"), NULL;
+  pthread_mutex_lock(&sreg_mu);
+  if (!s->shared_id) {
+    uint32_t slot = SREG_MAX;
+    for (uint32_t i = 0; i < SREG_MAX && slot == SREG_MAX; i++)
+      if (!sreg[i]) slot = i;
+    if (slot == SREG_MAX) {
+      pthread_mutex_unlock(&sreg_mu);
+      return throw_errno(env, ENFILE, "sessionShare (too many shared sessions)"), NULL;
+    }
+    atomic_fetch_add(&s->ref, 1);
+    sreg[slot] = s;
+    s->shared_id = (sreg_gen++ << SREG_BITS) | slot;
+  }
+  uint64_t id = s->shared_id;
+  pthread_mutex_unlock(&sreg_mu);
+  return make_u64(env, id);
+}
+
+/* sessionInstallShared(id, chunk) → whether an install was queued: from any thread. False for a
+ * session that closed (or an id that never was) and a chunk out of range: nothing to do there. */
+static napi_value js_install_shared(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  uint64_t id;
+  uint32_t chunk;
+  if (!get_args(env, info, 2, argv, NULL) || !arg_u64(env, argv[0], "id", &id) ||
+      !arg_u32(env, argv[1], "chunkIndex", &chunk))
+    return NULL;
+  bool queued = false;
+  pthread_mutex_lock(&sreg_mu);
+  session_t *s = sreg[id & (SREG_MAX - 1)];
+  if (s && s->shared_id == id && chunk < s->nchunks) {
+    pthread_mutex_lock(&s->qmu);
+    if (grow((void **)&s->q, s->nq, &s->capq, sizeof *s->q)) {
+      s->q[s->nq++] = (cmd_t){CMD_INSTALL, chunk};
+      queued = true;
+    }
+    pthread_mutex_unlock(&s->qmu);
+    uint64_t v = 1;
+    if (queued) (void)!write(s->efd, &v, sizeof v); /* EAGAIN: the counter is full, the thread is awake */
+  }
+  pthread_mutex_unlock(&sreg_mu);
+  napi_value b;
+  napi_get_boolean(env, queued, &b);
+  return b;
+}
+
 static napi_value js_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (!get_args(env, info, 1, argv, NULL)) return NULL;
@@ -420,6 +499,8 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
 napi_value session_init(napi_env env, napi_value exports) {
   if (!export_fn(env, exports, "sessionCreate", js_create) ||
       !export_fn(env, exports, "sessionInstall", js_install) ||
+      !export_fn(env, exports, "sessionShare", js_share) ||
+      !export_fn(env, exports, "sessionInstallShared", js_install_shared) ||
       !export_fn(env, exports, "sessionPoison", js_poison) ||
       !export_fn(env, exports, "sessionWake", js_wake) ||
       !export_fn(env, exports, "sessionStateFd", js_state_fd) ||

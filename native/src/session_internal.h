@@ -79,6 +79,7 @@ typedef struct session {
   int uffd, efd;
   pthread_t thread;
   bool started, joined, closed;
+  uint64_t shared_id; /* sessionShare(): other threads may queue installs by this id; 0 when not */
   atomic_bool stop;
   table_t *table;
   uint64_t page_size, chunk_size, total_size;

@@ -15,6 +15,7 @@ import {
   madvise,
   mmapAnonymous,
   munmap,
+  installSharedSession,
   processVmRead,
   uffdApi,
   uffdCopy,
@@ -22,6 +23,8 @@ import {
   type SessionEvent,
   type SessionStats,
 } from '../../native/index.js';
+import { ChunkLoader } from '../../runtime/chunk-loader.js';
+import { encodeChunk, hashChunk } from '../../store/chunk.js';
 import { runClient, startClient } from '../helpers/fc-client.js';
 import { makeImage, tempDir } from '../helpers/images.js';
 import { hasUffd, hugepageSkipReason, kernelHasPoison, presentPages, uffdSuite } from '../helpers/skip.js';
@@ -372,6 +375,78 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
       });
     } finally {
       session.close();
+      munmap(addr, size);
+    }
+  });
+
+  it('a loader thread installs a chunk it verified for the sessions named in the job, JS installing nothing', async () => {
+    const cs = 64 * KiB;
+    const size = 4 * cs;
+    const img = makeImage(tmp.dir, size, cs);
+    const uffd = createUffd();
+    uffdApi(uffd, constants().UFFD_FEATURE_EVENT_REMOVE);
+    const addr = mmapAnonymous(size);
+    uffdRegister(uffd, addr, size);
+    const table = new ChunkTable(size, cs);
+    const loader = await ChunkLoader.start({ table, workers: 1 });
+    const events: SessionEvent[] = [];
+    const session = new FaultSession(
+      uffd,
+      { table, pageSize: 4096, regions: [{ base: addr, size, offset: 0 }] },
+      (e) => events.push(e),
+    );
+    try {
+      const id = session.share();
+      expect(session.share()).toBe(id);
+      const plain = img.bytes.subarray(2 * cs, 3 * cs);
+      const job = (chunk: number, bytes: Uint8Array, installTo: number[]) =>
+        loader.load({
+          table: loader.tableId,
+          chunk,
+          key: `k${chunk}`,
+          hash: hashChunk(bytes),
+          codec: 'zstd',
+          length: cs,
+          from: 'bytes',
+          bytes: encodeChunk('zstd', bytes),
+          maxBytes: 2 * cs,
+          priority: 'demand',
+          installTo,
+        });
+      await job(2, plain, [id]);
+      while (!events.some((e) => e.installed.includes(2))) await sleep(2);
+      const got = Buffer.alloc(cs);
+      expect(processVmRead(process.pid, addr + BigInt(2 * cs), got)).toBe(cs);
+      expect(got.equals(Buffer.from(plain))).toBe(true);
+      expect(session.stats()).toMatchObject({ installs: 1, bytesCopied: cs });
+      // A load that fails verification installs nothing, even with the session named.
+      const other = img.bytes.subarray(3 * cs, 4 * cs);
+      await expect(
+        loader.load({
+          table: loader.tableId,
+          chunk: 3,
+          key: 'k3',
+          hash: hashChunk(plain), // not other's
+          codec: 'zstd',
+          length: cs,
+          from: 'bytes',
+          bytes: encodeChunk('zstd', other),
+          maxBytes: 2 * cs,
+          priority: 'demand',
+          installTo: [id],
+        }),
+      ).rejects.toMatchObject({ failure: 'integrity' });
+      await sleep(20);
+      expect(events.some((e) => e.installed.includes(3))).toBe(false);
+      expect(table.state(3)).toBe('absent');
+      // Once the session is closed its id reaches nobody (and never a later session).
+      session.close();
+      expect(installSharedSession(id, 1)).toBe(false);
+      await job(1, img.bytes.subarray(cs, 2 * cs), [id]);
+      expect(table.state(1)).toBe('resident');
+    } finally {
+      session.close();
+      await loader.close();
       munmap(addr, size);
     }
   });
