@@ -187,6 +187,8 @@ async function serveRound(c: Case): Promise<Record<string, unknown>> {
       fetchedChunks: fetched,
       hitsByTier: s.hitsByTier,
       timeToFirstFaultServedMs: s.timeToFirstFaultServedMs,
+      // Where the faults that crossed into JS waited (queue, read, decode, verify, install): the why of a ratio.
+      stall: s.stall,
     },
   };
 }

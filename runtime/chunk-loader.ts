@@ -79,7 +79,7 @@ export interface ChunkLoaderOptions {
   crypto?: ChunkCrypto;
   /** Loader threads. @default min(4, available parallelism) */
   workers?: number;
-  /** Cache writes waiting for idle loaders before new ones are dropped. @default 4096 */
+  /** Cache writes waiting for the writer thread before new ones are dropped. @default 4096 */
   maxPendingWrites?: number;
   /** How long loads must have been idle before cache writes run. @default 25 */
   writeIdleMs?: number;

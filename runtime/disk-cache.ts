@@ -3,11 +3,13 @@
  * uncompressed chunk bytes at <dir>/<2 hex>/<hash>, shared by every restore session of a `serve`
  * process and by every `serve` process on the host.
  *
- * Reads and writes run on the chunk loader threads (runtime/chunk-loader.ts) straight between the file
- * and the chunk's slot in the native table: a hit is one open and one read into the slot, checked there
+ * Reads run on the chunk loader threads, writes on their writer thread (runtime/chunk-loader.ts),
+ * straight between the file and the chunk's slot in the native table: a hit is one open and one read
+ * into the slot, checked there
  * (length, BLAKE3 or an encrypted snapshot's keyed id), with no copy and no work on the event loop.
- * Writes are background jobs of the loaders, taken only when a loader is idle and dropped when the
- * backlog is full or the chunk left memory first: filling the cache never delays an install.
+ * A write is one background job of the writer thread (in SCHED_IDLE: it runs on CPUs nothing else
+ * wants), taken once loads are idle and dropped when the backlog is full or the chunk left memory first:
+ * filling the cache never delays an install, and its syscalls never run on the event loop.
  *
  * The filesystem is the source of truth, so processes share the directory without a lock. Writes
  * are temp file + rename, so readers see a whole entry or none, and two writers of one hash rename
@@ -178,7 +180,7 @@ export class DiskCache {
 
   /**
    * Caches resident chunk `chunk` (`hash`, `length` bytes) if it is not on disk already, from its slot,
-   * when a loader is idle. Resolves once written, skipped, dropped or failed; it throws only for an
+   * on the writer thread once loads are idle. Resolves once written, skipped, dropped or failed; it throws only for an
    * invalid hash.
    */
   async write(chunk: number, hash: string, length: number): Promise<void> {

@@ -12,6 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 
+import type { StallSplit } from '../../runtime/trace-format.js';
 import { repoRoot } from '../../test/helpers/fixtures.js';
 import { startServe, type LogLine, type ServeProcess } from '../../test/helpers/serve-process.js';
 import { timeout } from './procs.js';
@@ -47,6 +48,8 @@ export interface SummaryLine extends LogLine {
   prefetchedChunks: number;
   recordedChunks: number;
   timeToFirstFaultServedMs: number | null;
+  /** The faults that crossed into JS: how long they waited in all and where it went (runtime/stall.ts). */
+  stall: { faults: number; totalMs: number } & StallSplit;
 }
 
 export interface ServeRun {
