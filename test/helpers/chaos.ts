@@ -864,9 +864,13 @@ function judgeAll(
         // SIGBUS exactly where expected (judged per step above); serve must say why, per chunk.
         const missing = plan.failChunks.filter((c) => !named(c));
         const first = named(plan.failChunks[0]!);
+        // When a line is missing, say what serve did log for the session found, so that a rare case
+        // explains itself: which session was matched to the peer, and its lines.
+        const seen = () =>
+          `; session ${session?.restoreId ?? 'none'} logged: ${lines.map((l) => `${String(l.msg)}${l.chunk !== undefined ? ` (chunk ${JSON.stringify(l.chunk)})` : ''}`).join(' | ')}`;
         return rec(
           'failed closed',
-          missing.length ? `no fail-closed line for chunk(s) ${missing.join(', ')}` : 'SIGBUS',
+          missing.length ? `no fail-closed line for chunk(s) ${missing.join(', ')}${seen()}` : 'SIGBUS',
           missing.length === 0 && first ? { reasonLogged: reasonOf(first) } : {},
         );
       }
