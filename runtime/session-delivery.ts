@@ -48,8 +48,11 @@ export class ChunkDelivery {
    * when they were read and answered, kept for the stall split until the fetch's account arrives.
    */
   readonly #early = new Map<number, { needAt: number; doneAt: number }>();
-  /** This session's id for the loader threads' installs (FaultSession.share()), once a demand needed it. */
-  #shareId: number | undefined;
+  /**
+   * This session's id for the loader threads' installs (FaultSession.share()), once a demand needed it;
+   * null when it could not be had (the registry full): then JS installs every chunk, as it can anyway.
+   */
+  #shareId: number | null | undefined;
   readonly hits: Record<string, number> = {};
   bytesFetched = 0;
   fetched = 0;
@@ -145,11 +148,11 @@ export class ChunkDelivery {
     }
     this.#waiting.add(c);
     const asked = performance.now();
-    this.#shareId ??= this.#fault.share();
+    const installTo = this.#installTarget();
     fetcher
       .fetch({ chunk: c, hash, codec: chunkCodec(index, c)!, length: chunkLength(index, c) }, 'demand', {
         patienceMs: this.#ctx.failTimeoutMs,
-        installTo: this.#shareId,
+        ...(installTo !== undefined ? { installTo } : {}),
       })
       .then(
         (r) => {
@@ -249,6 +252,17 @@ export class ChunkDelivery {
     if (this.#waiting.has(c)) this.#early.set(c, { needAt: t, doneAt: at });
     else this.#faultDone(c, t, at);
     return performance.now() - t;
+  }
+
+  #installTarget(): number | undefined {
+    if (this.#shareId === undefined) {
+      try {
+        this.#shareId = this.#fault.share();
+      } catch {
+        this.#shareId = null; // an optimization only: the event loop installs what the loaders do not
+      }
+    }
+    return this.#shareId ?? undefined;
   }
 
   /** A fault's wait is over: to the trace, split by the fetch that delivered its chunk (if one did). */
