@@ -13,7 +13,15 @@ export interface ClientReport {
   mismatches: number;
   firstMismatch: number | null;
   elapsedNs: number;
-  faultNs: { count: number; p50: number; p99: number; mean: number; max: number } | null;
+  faultNs: {
+    count: number;
+    p50: number;
+    p99: number;
+    mean: number;
+    max: number;
+    /** The slowest samples (at most 64), slowest first. */
+    slowest: number[];
+  } | null;
   /**
    * Just before the handshake's sendmsg to the completion of the first read of restored memory;
    * null with --kvm, --wait or --mlock-range (the workload does not start right after the handshake).

@@ -116,11 +116,15 @@ describe.skipIf(skip)(name, () => {
       ]);
       expect(r.report).toMatchObject({ ok: true, mismatches: 0 });
       summary = (await summaries(server, 1))[0]!;
-      const clientWaitMs = (r.report!.faultNs!.mean * r.report!.faultNs!.count) / 1e6;
-
-      // The summary's stall: faults that crossed into JS, and their wait adds up to what the client saw.
+      // The summary's stall: faults that crossed into JS, and their wait adds up to what the client saw
+      // on those faults, which are (within a few ms) the client's slowest: most waited for a 100 ms first
+      // byte. The others were served by the fault thread alone; on a loaded runner their waits for a CPU
+      // would swell the client's total with time no stall covers.
       const stall = summary.stall;
       expect(stall.faults).toBeGreaterThan(0);
+      const slowest = r.report!.faultNs!.slowest;
+      expect(slowest.length).toBeGreaterThan(stall.faults); // the first fault served natively is faster
+      const clientWaitMs = slowest.slice(0, stall.faults).reduce((n, ns) => n + ns, 0) / 1e6;
       expect(Math.abs(stall.totalMs - clientWaitMs)).toBeLessThanOrEqual(0.05 * clientWaitMs);
       // Behind a 100 ms first byte, the fetch is most of it, and it is the origin's.
       expect(stall.fetchMs.origin0!).toBeGreaterThan(stall.faults * FIRST_BYTE_MS * 0.9);
