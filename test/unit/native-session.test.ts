@@ -52,6 +52,29 @@ async function settledStats(
   return a.session.stats();
 }
 
+/**
+ * A session over memory of this process (`size` bytes, REMOVE events on): nothing here faults on it,
+ * so installs need no waiter and the kernel-side reads (process_vm_readv) see what was installed.
+ */
+function inProcessSession(size: number, cs: number) {
+  const uffd = createUffd();
+  uffdApi(uffd, constants().UFFD_FEATURE_EVENT_REMOVE);
+  const addr = mmapAnonymous(size);
+  uffdRegister(uffd, addr, size);
+  const table = new ChunkTable(size, cs);
+  const events: SessionEvent[] = [];
+  const session = new FaultSession(
+    uffd,
+    { table, pageSize: 4096, regions: [{ base: addr, size, offset: 0 }] },
+    (e) => events.push(e),
+  );
+  const close = () => {
+    session.close();
+    munmap(addr, size);
+  };
+  return { addr, table, events, session, close };
+}
+
 describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
   let tmp: ReturnType<typeof tempDir>;
   let harness: Harness | undefined;
@@ -345,17 +368,7 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
     const size = 4 * cs;
     const img = makeImage(tmp.dir, size, cs);
     const c = constants();
-    const uffd = createUffd();
-    uffdApi(uffd, c.UFFD_FEATURE_EVENT_REMOVE);
-    const addr = mmapAnonymous(size);
-    uffdRegister(uffd, addr, size);
-    const table = new ChunkTable(size, cs);
-    const events: SessionEvent[] = [];
-    const session = new FaultSession(
-      uffd,
-      { table, pageSize: 4096, regions: [{ base: addr, size, offset: 0 }] },
-      (e) => events.push(e),
-    );
+    const { addr, table, events, session, close } = inProcessSession(size, cs);
     try {
       // madvise blocks until the fault thread has read the REMOVE; no JS is needed for that.
       madvise(addr + BigInt(cs + 2 * 4096), 3 * 4096, c.MADV_DONTNEED);
@@ -374,8 +387,7 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
         bytesCopied: cs - 3 * 4096,
       });
     } finally {
-      session.close();
-      munmap(addr, size);
+      close();
     }
   });
 
@@ -383,28 +395,19 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
     const cs = 64 * KiB;
     const size = 4 * cs;
     const img = makeImage(tmp.dir, size, cs);
-    const uffd = createUffd();
-    uffdApi(uffd, constants().UFFD_FEATURE_EVENT_REMOVE);
-    const addr = mmapAnonymous(size);
-    uffdRegister(uffd, addr, size);
-    const table = new ChunkTable(size, cs);
+    const { addr, table, events, session, close } = inProcessSession(size, cs);
     const loader = await ChunkLoader.start({ table, workers: 1 });
-    const events: SessionEvent[] = [];
-    const session = new FaultSession(
-      uffd,
-      { table, pageSize: 4096, regions: [{ base: addr, size, offset: 0 }] },
-      (e) => events.push(e),
-    );
     try {
       const id = session.share();
       expect(session.share()).toBe(id);
       const plain = img.bytes.subarray(2 * cs, 3 * cs);
-      const job = (chunk: number, bytes: Uint8Array, installTo: number[]) =>
+      /** Loads `bytes` as chunk `chunk` (checked against `hash`), naming `installTo` for the install. */
+      const job = (chunk: number, bytes: Uint8Array, installTo: number[], hash = hashChunk(bytes)) =>
         loader.load({
           table: loader.tableId,
           chunk,
           key: `k${chunk}`,
-          hash: hashChunk(bytes),
+          hash,
           codec: 'zstd',
           length: cs,
           from: 'bytes',
@@ -421,21 +424,9 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
       expect(session.stats()).toMatchObject({ installs: 1, bytesCopied: cs });
       // A load that fails verification installs nothing, even with the session named.
       const other = img.bytes.subarray(3 * cs, 4 * cs);
-      await expect(
-        loader.load({
-          table: loader.tableId,
-          chunk: 3,
-          key: 'k3',
-          hash: hashChunk(plain), // not other's
-          codec: 'zstd',
-          length: cs,
-          from: 'bytes',
-          bytes: encodeChunk('zstd', other),
-          maxBytes: 2 * cs,
-          priority: 'demand',
-          installTo: [id],
-        }),
-      ).rejects.toMatchObject({ failure: 'integrity' });
+      await expect(job(3, other, [id], hashChunk(plain) /* not other's */)).rejects.toMatchObject({
+        failure: 'integrity',
+      });
       await sleep(20);
       expect(events.some((e) => e.installed.includes(3))).toBe(false);
       expect(table.state(3)).toBe('absent');
@@ -445,9 +436,8 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
       await job(1, img.bytes.subarray(cs, 2 * cs), [id]);
       expect(table.state(1)).toBe('resident');
     } finally {
-      session.close();
+      close();
       await loader.close();
-      munmap(addr, size);
     }
   });
 
