@@ -442,11 +442,11 @@ export class ChunkFetcher {
       // A chunk in flight when a worker died is decoded alone, so that another death names it alone.
       ...(this.#o.suspects?.crashes.has(ref.chunk) ? { exclusive: true } : {}),
     };
+    // Sessions to install for, read as the job is handed over (after the body arrived): every demand
+    // that joined the fetch so far.
+    const targets = () => (entry.installTo.size > 0 ? { installTo: [...entry.installTo] } : {});
     for (let busy = 0; ; busy++) {
       try {
-        // Sessions to install for, read as the job is handed over (after the body arrived): every demand
-        // that joined the fetch so far.
-        const targets = () => (entry.installTo.size > 0 ? { installTo: [...entry.installTo] } : {});
         return localPath
           ? await this.#o.loader.load({ ...job, from: 'file', path: localPath, ...targets() })
           : await this.#o.loader.load({ ...job, from: 'bytes', bytes: await body(), ...targets() });
