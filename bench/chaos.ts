@@ -19,6 +19,9 @@ import {
   SCENARIO_NOTES,
   SLACK_BYTES,
   ACTIVE_SESSION_BYTES,
+  LOADER_THREADS,
+  LOADER_THREAD_BYTES,
+  SUPERVISOR_BYTES,
   nonTcp,
   runChaos,
   type Scenario,
@@ -190,7 +193,7 @@ faults injected         ${JSON.stringify(r.injected)}; armed, never fetched ${r.
 skipped                 ${JSON.stringify(r.skipped)}
 serve log               ${r.serve.sessionsStarted} sessions, ${r.serve.summaries} summaries, ${r.serve.warnLines} warn, ${r.serve.errorLines} error lines (${r.serve.unexplainedErrors.length} unexplained)
 serve RSS               baseline ${mib(r.rss.baselineBytes)}, peak sampled ${mib(r.rss.peakSampledBytes)}, VmHWM ${mib(r.rss.hwmBytes)}, end ${mib(r.rss.finalBytes)}
-                        bound (baseline + budget ${mib(memoryBudget)} + fetch buffers ${mib(2 * fetchConcurrency * chunkSize)} + ${clients} x ${mib(ACTIVE_SESSION_BYTES)} per session + ${mib(SLACK_BYTES)} slack) ${mib(r.rss.boundBytes)}
+                        bound (baseline + budget ${mib(memoryBudget)} + fetch buffers ${mib(2 * fetchConcurrency * chunkSize)} + ${clients} x ${mib(ACTIVE_SESSION_BYTES)} per session + ${LOADER_THREADS} loader threads x ${mib(LOADER_THREAD_BYTES)} + supervisor ${mib(SUPERVISOR_BYTES)} + ${mib(SLACK_BYTES)} slack) ${mib(r.rss.boundBytes)}
 serve fds               before ${JSON.stringify(r.fds.before)}, after ${JSON.stringify(r.fds.after)} (settled ${r.fds.settledMs} ms after the last peer)
 serve exit              ${JSON.stringify(r.serve.exit)}`);
 
