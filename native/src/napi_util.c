@@ -190,22 +190,22 @@ bool prop(napi_env env, napi_value obj, const char *key, napi_value *out) {
 }
 
 napi_value make_u64(napi_env env, uint64_t v) {
-  napi_value r;
+  napi_value r = NULL; /* NULL where the call is refused (a terminating env) */
   napi_create_double(env, (double)v, &r);
   return r;
 }
 napi_value make_bigint(napi_env env, uint64_t v) {
-  napi_value r;
+  napi_value r = NULL; /* NULL where the call is refused (a terminating env) */
   napi_create_bigint_uint64(env, v, &r);
   return r;
 }
 napi_value make_i32(napi_env env, int32_t v) {
-  napi_value r;
+  napi_value r = NULL; /* NULL where the call is refused (a terminating env) */
   napi_create_int32(env, v, &r);
   return r;
 }
 napi_value make_undefined(napi_env env) {
-  napi_value r;
+  napi_value r = NULL; /* NULL where the call is refused (a terminating env) */
   napi_get_undefined(env, &r);
   return r;
 }

@@ -22,36 +22,42 @@ static const char *const KIND_NAMES[] = {
     [FAIL_INJECTED] = "injected",
 };
 
+/* Every napi call here can refuse: once a worker thread's environment is being terminated (which another
+ * thread decides at any moment), calls that could run JS return napi_pending_exception and fill no out
+ * parameter. Nothing is written through a pointer a refused call did not set, and the outbox is emptied
+ * only once the whole event object exists, so a refused delivery loses nothing: the next call, if the
+ * environment has one, delivers it. */
+
 /* The time stamps of a timed output (need, installed), in CLOCK_MONOTONIC milliseconds: the clock of
- * process.hrtime() in JS. Read before u32_array() empties the vector. */
-static napi_value time_array(napi_env env, const u32vec *a, napi_value *empty) {
-  if (a->n == 0 && *empty) return *empty;
-  napi_value ab, arr;
-  double *p;
-  napi_create_arraybuffer(env, a->n * sizeof(double), (void **)&p, &ab);
+ * process.hrtime() in JS. */
+static bool time_array(napi_env env, const u32vec *a, napi_value *empty, napi_value *out) {
+  if (a->n == 0 && *empty) return (*out = *empty), true;
+  napi_value ab;
+  double *p = NULL;
+  if (napi_create_arraybuffer(env, a->n * sizeof(double), (void **)&p, &ab) != napi_ok || (a->n && !p))
+    return false;
   for (size_t i = 0; i < a->n; i++) p[i] = (double)a->t[i] / 1e6;
-  napi_create_typedarray(env, napi_float64_array, a->n, ab, 0, &arr);
-  if (a->n == 0) *empty = arr;
-  return arr;
+  if (napi_create_typedarray(env, napi_float64_array, a->n, ab, 0, out) != napi_ok) return false;
+  if (a->n == 0) *empty = *out;
+  return true;
 }
 
 /* Most outputs of a batch are empty: they share one empty array (JS only reads them), so that a batch
  * costs an allocation per output that has something in it, not per output. */
-static napi_value u32_array(napi_env env, u32vec *a, napi_value *empty) {
-  if (a->n == 0 && *empty) return *empty;
-  napi_value ab, arr;
-  void *p;
-  napi_create_arraybuffer(env, a->n * 4, &p, &ab);
+static bool u32_array(napi_env env, const u32vec *a, napi_value *empty, napi_value *out) {
+  if (a->n == 0 && *empty) return (*out = *empty), true;
+  napi_value ab;
+  void *p = NULL;
+  if (napi_create_arraybuffer(env, a->n * 4, &p, &ab) != napi_ok || (a->n && !p)) return false;
   if (a->n) memcpy(p, a->v, a->n * 4);
-  napi_create_typedarray(env, napi_uint32_array, a->n, ab, 0, &arr);
-  if (a->n == 0) *empty = arr;
-  a->n = 0;
-  return arr;
+  if (napi_create_typedarray(env, napi_uint32_array, a->n, ab, 0, out) != napi_ok) return false;
+  if (a->n == 0) *empty = *out;
+  return true;
 }
 
 static napi_value failure_object(napi_env env, const failure_t *f) {
-  napi_value o, v;
-  napi_create_object(env, &o);
+  napi_value o = NULL, v;
+  if (napi_create_object(env, &o) != napi_ok) return NULL;
   unsigned k = f->kind < sizeof KIND_NAMES / sizeof *KIND_NAMES && KIND_NAMES[f->kind] ? f->kind : 0;
   napi_create_string_utf8(env, k ? KIND_NAMES[k] : "unknown", NAPI_AUTO_LENGTH, &v);
   set_named(env, o, "kind", v);
@@ -71,36 +77,43 @@ void session_call_js(napi_env env, napi_value cb, void *context, void *data) {
   if (env == NULL || s->closed) return;
   /* Clear first: anything the thread adds while we drain triggers a fresh call. */
   atomic_store(&s->notify_pending, false);
-  napi_value o, fails, undef, flag;
-  napi_create_object(env, &o);
-  napi_create_array(env, &fails);
-  uint32_t nf = 0;
+  napi_value o, fails, undef, flag, no_u32 = NULL, no_f64 = NULL;
+  if (napi_create_object(env, &o) != napi_ok || napi_create_array(env, &fails) != napi_ok) return;
   pthread_mutex_lock(&s->omu);
-  napi_value no_u32 = NULL, no_f64 = NULL;
-  set_named(env, o, "needAt", time_array(env, &s->need, &no_f64));
-  set_named(env, o, "need", u32_array(env, &s->need, &no_u32));
-  set_named(env, o, "installedAt", time_array(env, &s->installed, &no_f64));
-  set_named(env, o, "installed", u32_array(env, &s->installed, &no_u32));
-  set_named(env, o, "poisoned", u32_array(env, &s->poisoned, &no_u32));
-  set_named(env, o, "missing", u32_array(env, &s->missing, &no_u32));
-  set_named(env, o, "touched", u32_array(env, &s->touched, &no_u32));
-  for (size_t i = 0; i < s->nfails; i++)
-    napi_set_element(env, fails, nf++, failure_object(env, &s->fails[i]));
+  u32vec *const outs[] = {&s->need, &s->installed, &s->poisoned, &s->missing, &s->touched};
+  static const char *const names[] = {"need", "installed", "poisoned", "missing", "touched"};
+  napi_value arrs[5], need_at, installed_at;
+  bool ok =
+      time_array(env, &s->need, &no_f64, &need_at) && time_array(env, &s->installed, &no_f64, &installed_at);
+  for (size_t i = 0; ok && i < 5; i++) ok = u32_array(env, outs[i], &no_u32, &arrs[i]);
+  uint32_t nf = 0;
+  for (size_t i = 0; ok && i < s->nfails; i++) {
+    napi_value f = failure_object(env, &s->fails[i]);
+    ok = f && napi_set_element(env, fails, nf++, f) == napi_ok;
+  }
+  /* Some report (a need, an install, a failure) is gone: nobody can tell which peer thread waits for
+   * what any more. Reported as its own kind so that policy can only fail closed. */
+  const failure_t lost = {
+      .kind = FAIL_OUT_OF_MEMORY, .err = 12 /* ENOMEM */, .chunk = UINT32_MAX, .what = "recording an output"};
+  const failure_t *const extra[] = {s->fails_lost ? &lost : NULL, s->fatal.kind ? &s->fatal : NULL};
+  for (size_t i = 0; ok && i < 2; i++) {
+    if (!extra[i]) continue;
+    napi_value f = failure_object(env, extra[i]);
+    ok = f && napi_set_element(env, fails, nf++, f) == napi_ok;
+  }
+  if (!ok) {
+    pthread_mutex_unlock(&s->omu); /* refused: the outbox stays whole for a later delivery */
+    return;
+  }
+  set_named(env, o, "needAt", need_at);
+  set_named(env, o, "installedAt", installed_at);
+  for (size_t i = 0; i < 5; i++) {
+    set_named(env, o, names[i], arrs[i]);
+    outs[i]->n = 0;
+  }
   s->nfails = 0;
-  if (s->fails_lost) {
-    /* Some report (a need, an install, a failure) is gone: nobody can tell which peer thread waits for
-     * what any more. Reported as its own kind so that policy can only fail closed. */
-    failure_t lost = {.kind = FAIL_OUT_OF_MEMORY,
-                      .err = 12 /* ENOMEM */,
-                      .chunk = UINT32_MAX,
-                      .what = "recording an output"};
-    napi_set_element(env, fails, nf++, failure_object(env, &lost));
-    s->fails_lost = false;
-  }
-  if (s->fatal.kind) {
-    napi_set_element(env, fails, nf++, failure_object(env, &s->fatal));
-    s->fatal.kind = 0;
-  }
+  s->fails_lost = false;
+  s->fatal.kind = 0;
   napi_get_boolean(env, s->out_exited, &flag);
   set_named(env, o, "exited", flag);
   napi_get_boolean(env, s->out_stopped, &flag);
