@@ -19,7 +19,7 @@ import { chunkKey } from '../../store/keys.js';
 import { loadIndex } from '../../store/reader.js';
 import { FileStore } from '../../store/file-store.js';
 import { S3Store } from '../../store/s3-store.js';
-import { fakeOrigin, type Fault } from '../helpers/fault-origin.js';
+import { fakeOrigin, zstdBomb, type Fault } from '../helpers/fault-origin.js';
 import { makeImage, tempDir, type TestImage } from '../helpers/images.js';
 import { S3RVER_ENV, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
 import { serve, snapshotTo, summaries } from '../helpers/serve.js';
@@ -108,7 +108,7 @@ describe.skipIf(!hasUffd || !kernelHasPoison())(uffdSuite('faults: hostile objec
     // Every page of a lying chunk poisoned (SIGBUS), none read as anything; every other page right.
     expect(v.reads.map((r) => r.sigbus)).toEqual(bad.map(() => CS / 4096));
     expect(v.reads.every((r) => r.match === 0 && r.mismatch === 0)).toBe(true);
-    expect(n.reads.every((r) => r.match === CS / 4096)).toBe(true);
+    expect(n.reads.map((r) => r.match)).toEqual(good.map(() => CS / 4096));
     // An object that lies is not retried until the fail timeout: it fails at once.
     expect(ms).toBeLessThan(5000);
     const growth = sp.peakRssBytes() - before;
@@ -124,6 +124,9 @@ describe.skipIf(!hasUffd || !kernelHasPoison())(uffdSuite('faults: hostile objec
   it('zstd bombs behind an HTTP origin (48 KB each, 1.5 GiB decoded): one chunk of memory each at most', async () => {
     const bad = dataChunks().slice(0, 8);
     const keys = new Set(bad.map(keyOf));
+    // Built before serve starts: compressing 1.5 GiB takes seconds of CPU (4.7 s here), and inside the
+    // origin's first answer it would hold every request of both peers past the 5 s fail timeout.
+    zstdBomb();
     const o = await fakeOrigin(store, (_n, url): Fault => (keys.has(url.slice(1)) ? 'bomb' : 'ok'));
     closers.push(o.close);
     const failed = await hostileCase('bomb', [o.url], bad);
