@@ -22,6 +22,7 @@ const ORDER = [
   'tracing',
   'manifest-parse',
   'crypto',
+  'host-memory',
   'soak',
   'chaos',
 ];
@@ -177,6 +178,7 @@ const doc = [
   '- **Soak** ([soak.ts](soak.ts), `npm run soak`): 32 concurrent restores through one serve for 60 s: zero mismatched pages, RSS that plateaus, no fd leak (issue 8; run on its own, not by `npm run bench`).',
   '- **Chaos** ([chaos.ts](chaos.ts), `npm run chaos`): 32 concurrent restores through one serve, a failure injected into each (VMA splits, mlock, balloon, origin 5xx / lies / stalls / zstd bombs / endless bodies, peers SIGKILLed, memory cgroups): zero hung peers, zero wrong bytes, every failed-closed restore with its reason logged, RSS within its bound, no fd leak (issue 11; run on its own, not by `npm run bench`).',
   '- **Crypto** ([crypto.bench.ts](crypto.bench.ts)): what client-side chunk encryption (AES-256-GCM) costs, as throughput against plain zstd encode/decode of the same chunks (no target: informational).',
+  "- **Host memory** ([host-memory.bench.ts](host-memory.bench.ts)): what this host charges for a UFFDIO_COPY source written just before, a fresh arena slot per chunk (as lazysnap's chunk table) against one reused buffer (as the C references), in C ([ref/copy-source.c](ref/copy-source.c)); the L1 and P2 ratios depend on it (no target: informational).",
   '',
   'P1 and P2 compare against a pure-C reference handler ([ref/ref-handler.c](ref/ref-handler.c)). Both drive the Firecracker-exact client (test/fixtures/fc-client.c) against each handler in turn, alternating',
   'reference and lazysnap round by round because the machine is shared and noisy, and report medians over rounds',
