@@ -52,7 +52,8 @@ type Workload = keyof typeof WORKLOADS;
 /** One case of a round: which handler, over what, for which workload. */
 interface Case {
   id: string;
-  handler: 'reference' | 'reference-raw' | 'serve';
+  /** reference-arena: the C handler with lazysnap's memory layout (--arena), to split layout from runtime. */
+  handler: 'reference' | 'reference-raw' | 'reference-arena' | 'serve';
   /** empty: a fresh directory (cold fill); warm: the one filled before the rounds; prime: fill it. */
   cache?: 'empty' | 'warm' | 'prime';
   workload: Workload;
@@ -63,6 +64,7 @@ const CASES: Case[] = [
   { id: 'serve-fill', handler: 'serve', cache: 'empty', workload: 'random' },
   { id: 'serve-warm', handler: 'serve', cache: 'warm', workload: 'random' },
   { id: 'reference-raw', handler: 'reference-raw', workload: 'random' },
+  { id: 'reference-arena', handler: 'reference-arena', workload: 'random' },
   { id: 'reference-seq', handler: 'reference', workload: 'seq' },
   { id: 'serve-seq', handler: 'serve', workload: 'seq' },
 ];
@@ -115,6 +117,7 @@ async function runClient(workload: Workload): Promise<ClientReport> {
 
 async function referenceRound(c: Case): Promise<Record<string, unknown>> {
   const raw = c.handler === 'reference-raw';
+  const arena = c.handler === 'reference-arena' ? ['--arena'] : [];
   const bin = buildC(
     'bench/ref/ref-store-handler.c',
     'ref-store-handler',
@@ -132,7 +135,7 @@ async function referenceRound(c: Case): Promise<Record<string, unknown>> {
   ];
   rmSync(socket, { force: true });
   const t0 = performance.now();
-  const h = startHandler(raw ? [...argv, '--raw'] : argv);
+  const h = startHandler(raw ? [...argv, '--raw'] : [...argv, ...arena]);
   try {
     await timeout(h.line(/^listening$/), STEP_MS, 'ref-store-handler start');
     const startMs = performance.now() - t0;
@@ -263,6 +266,8 @@ const warmL1 = ms('serve-random', 'serve-warm');
 const p6 = ms('reference-seq', 'serve-seq', 'firstTouchMs');
 const p6r = ms('reference-random', 'serve-random', 'firstTouchMs');
 const start = ms('reference-random', 'serve-random', 'startMs');
+const layout = ms('reference-random', 'reference-arena');
+const runtime = ms('reference-arena', 'serve-random');
 const rows: ResultRow[] = [
   {
     case: 'L1 random: every page, shuffled, 2 threads; serve (no cache) vs C store handler',
@@ -307,6 +312,18 @@ const rows: ResultRow[] = [
     met: null,
   },
   {
+    case: "L1 random, the layout's share: C store handler with lazysnap's arena (a fresh slot per chunk, --arena) vs C store handler (extra row)",
+    ...layout,
+    target: null,
+    met: null,
+  },
+  {
+    case: "L1 random, the runtime's share: serve (no cache) vs C store handler with lazysnap's arena (extra row)",
+    ...runtime,
+    target: null,
+    met: null,
+  },
+  {
     case: 'start-up: spawn → listening (serve: node, manifest, socket; extra row, untimed by the rows above)',
     ...start,
     target: null,
@@ -327,7 +344,10 @@ const file = writeResult({
     `one filled once before the rounds by a serve of its own (warm; checked to hold every non-zero chunk). Reference: ` +
     `bench/ref/ref-store-handler.c, single-threaded C like Firecracker's on_demand handler: per fault it resolves the ` +
     `chunk: UFFDIO_ZEROPAGE over a zero chunk, else open + read of the stored object, ZSTD_decompressDCtx, one ` +
-    `UFFDIO_COPY (--raw: the uncompressed cache file read straight into the buffer); no hashing, which lazysnap does ` +
+    `UFFDIO_COPY (--raw: the uncompressed cache file read straight into the buffer; --arena, extra rows: each chunk ` +
+    `decoded into its own slot of an arena mapped as lazysnap's chunk table maps its own, 4 KiB pages populated ` +
+    `before the write, and copied from there, so that the C handler pays what lazysnap's memory layout costs on this ` +
+    `host and the rest of the difference is the runtime's); no hashing, which lazysnap does ` +
     `(BLAKE3) within the margin. Every store object and cache file is read once before the rounds, so both sides read ` +
     `from the page cache. Client: fc-client (test/fixtures/fc-client.c, Firecracker's handshake), every 4 KiB page read ` +
     `and then verified: random = \`--touch all --order random --seed 42 --threads 2\`, sequential = \`--touch all --order ` +

@@ -19,7 +19,13 @@
  * not another read and decode.
  *
  *   gcc -O2 -Wall -Wextra -o ref-store-handler ref-store-handler.c -lzstd
- *   ref-store-handler --socket PATH --dir DIR --index FILE [--raw]
+ *   ref-store-handler --socket PATH --dir DIR --index FILE [--raw] [--arena]
+ *
+ * --arena: lazysnap's memory layout instead of one reused buffer, for the benchmark to tell what the
+ * layout costs from what the runtime costs: each chunk is decoded into its own slot of an arena the size
+ * of the snapshot, mapped as native/src/table.c maps its arena (private anonymous, MADV_NOHUGEPAGE
+ * below 2 MiB chunks, each slot populated with MADV_POPULATE_WRITE before it is written), and copied
+ * from there. Still no hashing, no threads and no hops.
  *
  * The index (written by the benchmark from the snapshot manifest): a first
  * line "ref-index 1 CHUNK_SIZE TOTAL_SIZE COUNT", then COUNT lines, one per
@@ -47,12 +53,17 @@
 #define INDEX_LINE  512
 #define HEADER_WORD "ref-index"
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
 static uint64_t chunk_size;
 static uint64_t nchunks;
 static char **paths;       /* per chunk: object path relative to --dir, NULL for zero */
 static uint8_t *done;      /* per chunk: copied whole (every page present or removed) */
 static int dir_fd = -1;    /* --dir */
 static int raw;            /* --raw: objects are uncompressed chunk bytes */
+static uint8_t *arena;     /* --arena: one slot per chunk, as lazysnap's chunk table */
 static uint8_t *in_buf;    /* a stored object, as read */
 static size_t in_cap;      /* ZSTD_compressBound(chunk) + 1: room to see an oversized one */
 static uint8_t *out_buf;   /* one decoded chunk: the source of UFFDIO_COPY */
@@ -124,6 +135,13 @@ static void alloc_buffers(void) {
   if (madvise(out_buf, out_len, MADV_HUGEPAGE) < 0 && errno != EINVAL)
     die(2, "madvise(MADV_HUGEPAGE): %s", strerror(errno));
   memset(out_buf, 0, out_len); /* fault it in now, not on the first chunk */
+  if (arena) {
+    arena = mmap(NULL, ref_total_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+    if (arena == MAP_FAILED) die(2, "mmap arena: %s", strerror(errno));
+    if (madvise(arena, ref_total_size, chunk_size >= HUGE_PAGE ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) < 0)
+      die(2, "madvise(arena): %s", strerror(errno));
+  }
   in_cap = ZSTD_compressBound(chunk_size) + 1;
   in_buf = malloc(in_cap);
   if (!in_buf) die(2, "malloc read buffer: %s", strerror(errno));
@@ -142,17 +160,21 @@ static uint64_t chunk_len(uint64_t c) {
 }
 
 /*
- * Reads (and, unless --raw, decodes) chunk c into out_buf. A missing,
- * unreadable or malformed object is a serve error: fail closed.
+ * Reads (and, unless --raw, decodes) chunk c into out_buf (--arena: its
+ * slot), and returns where its bytes are. A missing, unreadable or malformed
+ * object is a serve error: fail closed.
  */
-static void load_chunk(uint64_t c) {
+static const uint8_t *load_chunk(uint64_t c) {
   uint64_t want = chunk_len(c);
-  uint8_t *dst = raw ? out_buf : in_buf;
+  uint8_t *out = arena ? arena + c * chunk_size : out_buf;
+  uint8_t *dst = raw ? out : in_buf;
   size_t cap = raw ? (size_t)want + 1 : in_cap, got = 0;
   int fd;
 
-  if (out_chunk == c) return;
+  if (out_chunk == c) return out;
   out_chunk = UINT64_MAX;
+  if (arena && madvise(out, (want + PAGE - 1) & ~(PAGE - 1), MADV_POPULATE_WRITE) < 0)
+    fail_serve("madvise(MADV_POPULATE_WRITE)", errno);
   fd = openat(dir_fd, paths[c], O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail_serve("open chunk object", errno);
   for (;;) {
@@ -170,7 +192,7 @@ static void load_chunk(uint64_t c) {
   if (raw) {
     if (got != want) fail_serve("raw chunk object of the wrong length", EINVAL);
   } else {
-    size_t n = ZSTD_decompressDCtx(dctx, out_buf, (size_t)want, in_buf, got);
+    size_t n = ZSTD_decompressDCtx(dctx, out, (size_t)want, in_buf, got);
 
     if (ZSTD_isError(n)) {
       fprintf(stderr, REF_NAME ": chunk %" PRIu64 ": %s\n", c, ZSTD_getErrorName(n));
@@ -180,6 +202,7 @@ static void load_chunk(uint64_t c) {
     hs.bytes_decoded += n;
   }
   out_chunk = c;
+  return out;
 }
 
 /*
@@ -299,8 +322,7 @@ static int resolve(struct fault *f) {
   if (f->resume > dst) dst = f->resume;
 
   if (paths[c]) {
-    load_chunk(c);
-    rc = fill(r->base + (c * chunk_size - r->off), &dst, end, out_buf);
+    rc = fill(r->base + (c * chunk_size - r->off), &dst, end, load_chunk(c));
   } else {
     if (f->resume == 0) hs.zero_chunks++;
     rc = fill(0, &dst, end, NULL);
@@ -314,7 +336,7 @@ static int resolve(struct fault *f) {
 /* ---- main -------------------------------------------------------------------- */
 
 static void usage(void) {
-  die(2, "usage: ref-store-handler --socket PATH --dir DIR --index FILE [--raw]");
+  die(2, "usage: ref-store-handler --socket PATH --dir DIR --index FILE [--raw] [--arena]");
 }
 
 int main(int argc, char **argv) {
@@ -325,6 +347,10 @@ int main(int argc, char **argv) {
   for (i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--raw")) {
       raw = 1;
+      continue;
+    }
+    if (!strcmp(argv[i], "--arena")) {
+      arena = MAP_FAILED; /* mapped once the index gives the size (alloc_buffers) */
       continue;
     }
     if (i + 1 >= argc) usage();
@@ -360,10 +386,11 @@ int main(int argc, char **argv) {
   printf("{\"faults\":%" PRIu64 ",\"chunksRead\":%" PRIu64 ",\"bytesRead\":%" PRIu64
          ",\"bytesDecoded\":%" PRIu64 ",\"copies\":%" PRIu64 ",\"bytesCopied\":%" PRIu64
          ",\"zeroChunks\":%" PRIu64 ",\"zeroBytes\":%" PRIu64 ",\"woken\":%" PRIu64 ",\"eexist\":%" PRIu64
-         ",\"narrowed\":%" PRIu64 ",\"removes\":%" PRIu64 ",\"zeropages\":%" PRIu64 ",\"raw\":%s}\n",
+         ",\"narrowed\":%" PRIu64 ",\"removes\":%" PRIu64 ",\"zeropages\":%" PRIu64
+         ",\"raw\":%s,\"arena\":%s}\n",
          st.faults, hs.chunks_read, hs.bytes_read, hs.bytes_decoded, hs.copies, hs.bytes_copied,
          hs.zero_chunks, hs.zero_bytes, hs.woken, st.eexist, hs.narrowed, st.removes, st.zeropages,
-         raw ? "true" : "false");
+         raw ? "true" : "false", arena ? "true" : "false");
   if (fflush(stdout) == EOF) return 1;
   if (st.unknown || st.deferred || client_gone)
     fprintf(stderr, REF_NAME ": %" PRIu64 " deferred retries, %" PRIu64 " unknown events%s\n", st.deferred,
