@@ -7,7 +7,7 @@
  *
  * Not lazysnap code: a property of the host that L1 and P2 depend on. On bare metal a fresh page costs
  * a fault and a zeroed page; under a hypervisor that shadows the guest's page tables (this machine's
- * kernel runs as a PVM guest: its profile shows pvm_* entry points), a first access to each 4 KiB page
+ * kernel runs as a PVM guest: pvm_* entry points in /proc/kallsyms), a first access to each 4 KiB page
  * costs an exit per access mode, the decoder's stores and then the kernel's copy_from_user. Recorded
  * so the tables' ratios can be read against it. Informational: no target.
  *
