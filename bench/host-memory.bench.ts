@@ -2,8 +2,10 @@
  * What the source of a UFFDIO_COPY costs on the machine the other scenarios ran on, by where its
  * bytes were written (bench/ref/copy-source.c): one reused buffer, as the C reference handlers decode
  * into, against a fresh slot of a 4 KiB-page arena per chunk, as lazysnap's chunk table decodes into
- * (populated with MADV_POPULATE_WRITE, then written, then copied from). An extra row shows the same
- * arena advised MADV_HUGEPAGE (what the table does for chunks of 2 MiB and more).
+ * (populated with MADV_POPULATE_WRITE, then written, then copied from). Extra rows: the same arena
+ * advised MADV_HUGEPAGE (what the table does for chunks of 2 MiB and more), and the 4 KiB-page slot
+ * written by the kernel (pwrite of a reused buffer to a memfd, pread into the slot), an option for
+ * lazysnap's loader threads.
  *
  * Not lazysnap code: a property of the host that L1 and P2 depend on. On bare metal a fresh page costs
  * a fault and a zeroed page; under a hypervisor that shadows the guest's page tables (this machine's
@@ -22,7 +24,7 @@ import { environment, median, range, roundCount, writeResult, type ResultRow } f
 const CS = 512 * 1024;
 const N = 256; // 128 MiB per mode per round
 const ROUNDS = roundCount(7);
-const MODES = ['reused', 'fresh', 'fresh-thp'] as const;
+const MODES = ['reused', 'fresh', 'fresh-thp', 'fresh-memfd'] as const;
 type Mode = (typeof MODES)[number];
 interface Line {
   mode: Mode;
@@ -91,6 +93,11 @@ const rows = [
     'reused.total',
     'fresh-thp.total',
   ),
+  row(
+    'per chunk in all: reused buffer vs a fresh 4 KiB-page slot the kernel writes (stores to a reused buffer, pwrite to a memfd, pread into the slot; extra row)',
+    'reused.total',
+    'fresh-memfd.total',
+  ),
 ];
 writeResult({
   scenario: 'host-memory',
@@ -98,7 +105,7 @@ writeResult({
   howMeasured:
     `bench/ref/copy-source.c, one process, ${N} chunks of 512 KiB per mode into a fresh region of its own registered with userfaultfd, one UFFDIO_COPY per chunk, every byte checked afterwards. ` +
     "Reference: one reused buffer, written before each copy (a memcpy of a pattern: a decoder's stores), as bench/ref/ref-store-handler.c decodes. " +
-    'lazysnap: a fresh slot per chunk of an arena mapped as native/src/table.c maps it (private anonymous, MADV_NOHUGEPAGE below 2 MiB chunks), MADV_POPULATE_WRITE, then the same stores, then the copy from the slot; extra row: the arena advised MADV_HUGEPAGE. ' +
+    'lazysnap: a fresh slot per chunk of an arena mapped as native/src/table.c maps it (private anonymous, MADV_NOHUGEPAGE below 2 MiB chunks), MADV_POPULATE_WRITE, then the same stores, then the copy from the slot; extra rows: the arena advised MADV_HUGEPAGE, and the 4 KiB-page slot written by the kernel instead of by stores (the stores go to a reused buffer, then pwrite() to a memfd and pread() into the slot). ' +
     `Per-chunk means within a round, medians over ${ROUNDS} rounds after a warm-up round (modes rotated each round; min–max beneath). ` +
     `Kernel built as a PVM guest (shadow page tables): ${pvm ? 'yes' : 'no'}. Informational, no target: a property of the host, not of lazysnap.`,
   env: environment(),

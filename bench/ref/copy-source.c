@@ -11,7 +11,11 @@
  * userfaultfd (missing mode), one UFFDIO_COPY each, as a handler installs into its peer:
  *   reused     one buffer, written before each copy (a decoder's stores, here a memcpy of a pattern);
  *   fresh      each chunk in its own slot of a 4 KiB-page arena (MADV_NOHUGEPAGE), populated, written;
- *   fresh-thp  the same in an arena advised MADV_HUGEPAGE (lazysnap does this for chunks of 2 MiB+).
+ *   fresh-thp  the same in an arena advised MADV_HUGEPAGE (lazysnap does this for chunks of 2 MiB+);
+ *   fresh-memfd  a 4 KiB-page slot as in fresh, but written by the kernel: the stores go to a reused
+ *              buffer, which is pwrite()n to a memfd and pread() into the slot, so the slot's first
+ *              access is the kernel's, as the copy's is (an option for lazysnap's loader threads: a
+ *              seccomp sandbox that denies process_vm_readv still allows it).
  * The modes run in the order given; one JSON line each on stdout: per-chunk mean ns of populating the
  * slot, writing it and copying it.
  *
@@ -71,7 +75,8 @@ static int open_uffd(void) {
 
 int main(int argc, char **argv) {
   if (argc < 4) {
-    fprintf(stderr, "usage: copy-source CHUNK_BYTES CHUNKS MODE...  (modes: reused fresh fresh-thp)\n");
+    fprintf(stderr,
+            "usage: copy-source CHUNK_BYTES CHUNKS MODE...  (modes: reused fresh fresh-thp fresh-memfd)\n");
     return 2;
   }
   size_t chunk = strtoull(argv[1], NULL, 0), n = strtoull(argv[2], NULL, 0);
@@ -85,11 +90,13 @@ int main(int argc, char **argv) {
   for (size_t i = 0; i < chunk; i++) pattern[i] = (uint8_t)(i * 131 + 7);
   uint8_t *reused = map(chunk, MADV_NOHUGEPAGE);
   memcpy(reused, pattern, chunk);
+  int mfd = memfd_create("copy-source", MFD_CLOEXEC);
+  if (mfd < 0 || ftruncate(mfd, (off_t)chunk) != 0) die("memfd");
 
   for (int a = 3; a < argc; a++) {
     const char *mode = argv[a];
-    int fresh = strcmp(mode, "reused") != 0;
-    if (fresh && strcmp(mode, "fresh") != 0 && strcmp(mode, "fresh-thp") != 0) {
+    int fresh = strcmp(mode, "reused") != 0, via_memfd = strcmp(mode, "fresh-memfd") == 0;
+    if (fresh && strcmp(mode, "fresh") != 0 && strcmp(mode, "fresh-thp") != 0 && !via_memfd) {
       fprintf(stderr, "copy-source: unknown mode %s\n", mode);
       return 2;
     }
@@ -105,7 +112,13 @@ int main(int argc, char **argv) {
       uint64_t t0 = now_ns();
       if (fresh && madvise(src, chunk, MADV_POPULATE_WRITE) != 0) die("MADV_POPULATE_WRITE");
       uint64_t t1 = now_ns();
-      memcpy(src, pattern, chunk);
+      if (via_memfd) {
+        memcpy(reused, pattern, chunk);
+        if (pwrite(mfd, reused, chunk, 0) != (ssize_t)chunk || pread(mfd, src, chunk, 0) != (ssize_t)chunk)
+          die("memfd copy");
+      } else {
+        memcpy(src, pattern, chunk);
+      }
       uint64_t t2 = now_ns();
       struct uffdio_copy c = {.dst = (uintptr_t)(dst + i * chunk), .src = (uintptr_t)src, .len = chunk};
       if (ioctl(uffd, UFFDIO_COPY, &c) != 0 || c.copy != (int64_t)chunk) die("UFFDIO_COPY");
