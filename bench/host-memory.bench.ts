@@ -19,7 +19,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 
 import { buildC } from '../test/helpers/fixtures.js';
-import { environment, median, range, roundCount, writeResult, type ResultRow } from './lib/results.js';
+import { environment, modeTable, roundCount, writeResult } from './lib/results.js';
 
 const CS = 512 * 1024;
 const N = 256; // 128 MiB per mode per round
@@ -37,68 +37,72 @@ const bin = buildC('bench/ref/copy-source.c', 'copy-source');
 /** Whether the kernel is built as a PVM guest (its entry points are in the symbol table). */
 const pvm = /\bpvm_irq_enable\b/.test(readFileSync('/proc/kallsyms', 'utf8'));
 
-const rounds: Record<string, number>[] = [];
+/** One mode's per-chunk means in one round (µs), as modeTable reads them. */
+const rounds: {
+  mode: Mode;
+  warmup: boolean;
+  populate: number;
+  write: number;
+  copy: number;
+  slot: number;
+  total: number;
+}[] = [];
 for (let r = -1; r < ROUNDS; r++) {
   // Rotated each round, so that no mode always runs on memory another just freed.
   const order = MODES.map((_, i) => MODES[(i + Math.max(r, 0)) % MODES.length]!);
   const out = execFileSync(bin, [String(CS), String(N), ...order], { encoding: 'utf8' });
-  const round: Record<string, number> = {};
-  for (const l of out
+  const round = out
     .trim()
     .split('\n')
-    .map((s) => JSON.parse(s) as Line)) {
-    round[`${l.mode}.populate`] = l.populateNs / 1e3;
-    round[`${l.mode}.write`] = l.writeNs / 1e3;
-    round[`${l.mode}.copy`] = l.copyNs / 1e3;
-    round[`${l.mode}.slot`] = (l.populateNs + l.writeNs) / 1e3; // what a slot costs before the copy
-    round[`${l.mode}.total`] = (l.populateNs + l.writeNs + l.copyNs) / 1e3;
-  }
-  if (r >= 0) rounds.push(round);
+    .map((s) => JSON.parse(s) as Line)
+    .map((l) => ({
+      mode: l.mode,
+      warmup: r < 0,
+      populate: l.populateNs / 1e3,
+      write: l.writeNs / 1e3,
+      copy: l.copyNs / 1e3,
+      slot: (l.populateNs + l.writeNs) / 1e3, // what a slot costs before the copy
+      total: (l.populateNs + l.writeNs + l.copyNs) / 1e3,
+    }));
+  rounds.push(...round);
   console.error(
     `host-memory round ${r + 1}/${ROUNDS}${r < 0 ? ' (warm-up)' : ''}: ` +
-      MODES.map((m) => `${m} ${round[`${m}.total`]!.toFixed(0)} µs/chunk`).join(', '),
+      round.map((m) => `${m.mode} ${m.total.toFixed(0)} µs/chunk`).join(', '),
   );
 }
 
-const col = (k: string) => rounds.map((r) => r[k]!);
-const medians = Object.fromEntries(Object.keys(rounds[0]!).map((k) => [k, median(col(k))]));
-function row(name: string, ref: string, ours: string): ResultRow {
-  return {
-    case: name,
-    unit: 'µs',
-    reference: medians[ref]!,
-    lazysnap: medians[ours]!,
-    referenceRange: range(col(ref)),
-    lazysnapRange: range(col(ours)),
-    ratio: medians[ours]! / medians[ref]!,
-    target: null,
-    met: null,
-  };
-}
+const table = modeTable<Mode>(rounds);
+const row = (name: string, ref: [Mode, string], ours: [Mode, string]) =>
+  table.row(name, 'µs', ref, ours, null);
 const rows = [
   row(
     "write a 512 KiB chunk (a decoder's stores): reused buffer vs a fresh 4 KiB-page arena slot (populated first; populate included)",
-    'reused.write',
-    'fresh.slot',
+    ['reused', 'write'],
+    ['fresh', 'slot'],
   ),
-  row('  of which the stores alone, after MADV_POPULATE_WRITE', 'reused.write', 'fresh.write'),
+  row('  of which the stores alone, after MADV_POPULATE_WRITE', ['reused', 'write'], ['fresh', 'write']),
   row(
     'UFFDIO_COPY of that chunk into fresh peer pages: from the reused buffer vs from the fresh slot',
-    'reused.copy',
-    'fresh.copy',
+    ['reused', 'copy'],
+    ['fresh', 'copy'],
   ),
-  row('per chunk in all: reused buffer vs fresh 4 KiB-page slot', 'reused.total', 'fresh.total'),
+  row('per chunk in all: reused buffer vs fresh 4 KiB-page slot', ['reused', 'total'], ['fresh', 'total']),
   row(
     'per chunk in all: reused buffer vs fresh slot of an MADV_HUGEPAGE arena (extra row)',
-    'reused.total',
-    'fresh-thp.total',
+    ['reused', 'total'],
+    ['fresh-thp', 'total'],
   ),
   row(
     'per chunk in all: reused buffer vs a fresh 4 KiB-page slot the kernel writes (stores to a reused buffer, pwrite to a memfd, pread into the slot; extra row)',
-    'reused.total',
-    'fresh-memfd.total',
+    ['reused', 'total'],
+    ['fresh-memfd', 'total'],
   ),
 ];
+const medians = Object.fromEntries(
+  MODES.flatMap((m) =>
+    ['populate', 'write', 'slot', 'copy', 'total'].map((k) => [`${m}.${k}`, table.med(m, k)]),
+  ),
+);
 writeResult({
   scenario: 'host-memory',
   title: "This host's cost of a fresh copy source (what L1 and P2 depend on)",
