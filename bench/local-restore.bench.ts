@@ -117,7 +117,7 @@ async function runClient(workload: Workload): Promise<ClientReport> {
 
 async function referenceRound(c: Case): Promise<Record<string, unknown>> {
   const raw = c.handler === 'reference-raw';
-  const arena = c.handler === 'reference-arena' ? ['--arena'] : [];
+  const flags = raw ? ['--raw'] : c.handler === 'reference-arena' ? ['--arena'] : [];
   const bin = buildC(
     'bench/ref/ref-store-handler.c',
     'ref-store-handler',
@@ -135,7 +135,7 @@ async function referenceRound(c: Case): Promise<Record<string, unknown>> {
   ];
   rmSync(socket, { force: true });
   const t0 = performance.now();
-  const h = startHandler(raw ? [...argv, '--raw'] : [...argv, ...arena]);
+  const h = startHandler([...argv, ...flags]);
   try {
     await timeout(h.line(/^listening$/), STEP_MS, 'ref-store-handler start');
     const startMs = performance.now() - t0;

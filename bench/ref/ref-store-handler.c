@@ -63,6 +63,7 @@ static char **paths;       /* per chunk: object path relative to --dir, NULL for
 static uint8_t *done;      /* per chunk: copied whole (every page present or removed) */
 static int dir_fd = -1;    /* --dir */
 static int raw;            /* --raw: objects are uncompressed chunk bytes */
+static int use_arena;      /* --arena */
 static uint8_t *arena;     /* --arena: one slot per chunk, as lazysnap's chunk table */
 static uint8_t *in_buf;    /* a stored object, as read */
 static size_t in_cap;      /* ZSTD_compressBound(chunk) + 1: room to see an oversized one */
@@ -135,7 +136,7 @@ static void alloc_buffers(void) {
   if (madvise(out_buf, out_len, MADV_HUGEPAGE) < 0 && errno != EINVAL)
     die(2, "madvise(MADV_HUGEPAGE): %s", strerror(errno));
   memset(out_buf, 0, out_len); /* fault it in now, not on the first chunk */
-  if (arena) {
+  if (use_arena) {
     arena = mmap(NULL, ref_total_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                  -1, 0);
     if (arena == MAP_FAILED) die(2, "mmap arena: %s", strerror(errno));
@@ -350,7 +351,7 @@ int main(int argc, char **argv) {
       continue;
     }
     if (!strcmp(argv[i], "--arena")) {
-      arena = MAP_FAILED; /* mapped once the index gives the size (alloc_buffers) */
+      use_arena = 1; /* mapped once the index gives the size (alloc_buffers) */
       continue;
     }
     if (i + 1 >= argc) usage();
@@ -390,7 +391,7 @@ int main(int argc, char **argv) {
          ",\"raw\":%s,\"arena\":%s}\n",
          st.faults, hs.chunks_read, hs.bytes_read, hs.bytes_decoded, hs.copies, hs.bytes_copied,
          hs.zero_chunks, hs.zero_bytes, hs.woken, st.eexist, hs.narrowed, st.removes, st.zeropages,
-         raw ? "true" : "false", arena ? "true" : "false");
+         raw ? "true" : "false", use_arena ? "true" : "false");
   if (fflush(stdout) == EOF) return 1;
   if (st.unknown || st.deferred || client_gone)
     fprintf(stderr, REF_NAME ": %" PRIu64 " deferred retries, %" PRIu64 " unknown events%s\n", st.deferred,
