@@ -102,10 +102,15 @@ export interface Addon {
   tableUnshare(t: Handle<'table'>): void;
   tableOpen(id: number): Handle<'table'>;
   tableArena(t: Handle<'table'>): ArrayBuffer;
-  tableReserve(t: Handle<'table'>, chunk: number): boolean;
+  /** The offset in tableArena's buffer to write chunk `chunk` at, or -1 when it is not absent. */
+  tableReserve(t: Handle<'table'>, chunk: number, stage: boolean): number;
   tableCommit(t: Handle<'table'>, chunk: number, ok: boolean): void;
-  tablePin(t: Handle<'table'>, chunk: number): boolean;
-  tableUnpin(t: Handle<'table'>, chunk: number): void;
+  /** Bytes of the staged chunk still to copy to its slot after this call (0: settled, or not staged). */
+  tableSettle(t: Handle<'table'>, chunk: number, maxBytes: number): number;
+  tableWarmStages(t: Handle<'table'>): void;
+  /** The offset in tableArena's buffer of the pinned bytes, or -1 when the chunk is not resident. */
+  tablePin(t: Handle<'table'>, chunk: number): number;
+  tableUnpin(t: Handle<'table'>, chunk: number, offset: number): void;
   tableState(t: Handle<'table'>, chunk: number): number;
   tableStats(t: Handle<'table'>): {
     chunks: number;
@@ -114,6 +119,10 @@ export interface Addon {
     residentBytes: number;
     residentChunks: number;
     zeroChunks: number;
+    /** Stage buffers (ChunkTable.reserveStaged), how many hold a chunk not yet settled, how many are in use. */
+    stages: number;
+    stagedChunks: number;
+    busyStages: number;
     arenaAddress: bigint;
     arenaBytes: number;
   };

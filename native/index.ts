@@ -204,26 +204,65 @@ export class ChunkTable {
    * slot(i) and commit(i, ok); false when it is zero, resident, or being filled by someone else.
    */
   reserve(i: number): boolean {
-    return addon().tableReserve(this.handle, i);
+    return addon().tableReserve(this.handle, i, false) >= 0;
+  }
+  /**
+   * reserve(), into a stage when one is free: the bytes to write chunk i into (a stage, or else its
+   * slot), or undefined when it is not absent. A stage is memory used over and over, so writing, hashing
+   * and installing from it costs none of a fresh slot's first accesses (native/src/table.h). After
+   * commit(i, true) the chunk is resident (installs copy from the stage) and the caller copies it to its
+   * slot with settle(i) until that returns 0; the stage is then free for the next load.
+   */
+  reserveStaged(i: number): Uint8Array | undefined {
+    const off = addon().tableReserve(this.handle, i, true);
+    return off < 0 ? undefined : this.#view(off, i);
   }
   /** Ends a reserve(): the slot holds chunk i's verified bytes (ok), or not (absent again). */
   commit(i: number, ok: boolean): void {
     addon().tableCommit(this.handle, i, ok);
   }
   /**
-   * Chunk i's bytes in the arena. Write them only between reserve() and commit(); read them only while
-   * pinned (pin()/unpin()), or the memory may be given back under you (you would read zeros).
+   * Copies up to maxBytes (a multiple of 4096) more of staged chunk i to its slot; returns the bytes
+   * left (0 once settled, or when chunk i is not staged).
+   */
+  settle(i: number, maxBytes: number): number {
+    return addon().tableSettle(this.handle, i, maxBytes);
+  }
+  /** Touches the stages once, so that the first loads into them do not pay for it (tableWarmStages). */
+  warmStages(): void {
+    addon().tableWarmStages(this.handle);
+  }
+  /**
+   * Chunk i's bytes in the arena. Write them only between reserve() and commit(); read resident bytes
+   * through pin() instead (they may be in a stage, and they may be given back under you).
    */
   slot(i: number): Uint8Array {
+    return this.#view(i * this.chunkSize, i);
+  }
+  #view(offset: number, i: number): Uint8Array {
     this.#arena ??= addon().tableArena(this.handle);
-    return new Uint8Array(this.#arena, i * this.chunkSize, this.chunkLength(i));
+    return new Uint8Array(this.#arena, offset, this.chunkLength(i));
   }
-  /** Keeps resident chunk i's bytes in place until unpin(i); false when it is not resident. */
-  pin(i: number): boolean {
-    return addon().tablePin(this.handle, i);
+  /**
+   * Resident chunk i's bytes (in its slot or its stage), kept in place until unpin(i, bytes) whatever
+   * evicts it meanwhile; undefined when it is not resident.
+   */
+  pin(i: number): Uint8Array | undefined {
+    const off = addon().tablePin(this.handle, i);
+    return off < 0 ? undefined : this.#view(off, i);
   }
-  unpin(i: number): void {
-    addon().tableUnpin(this.handle, i);
+  unpin(i: number, bytes: Uint8Array): void {
+    addon().tableUnpin(this.handle, i, bytes.byteOffset);
+  }
+  /** A copy of resident chunk i's bytes, or undefined when it is not resident. */
+  read(i: number): Buffer | undefined {
+    const bytes = this.pin(i);
+    if (!bytes) return undefined;
+    try {
+      return Buffer.from(bytes);
+    } finally {
+      this.unpin(i, bytes);
+    }
   }
 
   setZero(i: number): void {

@@ -1,9 +1,10 @@
 /**
  * A chunk loader thread (runtime/chunk-loader.ts): the per-chunk work that used to hold the event loop
  * that schedules every session's fetches. It reads a stored object (from a local store's file, a host
- * cache file, or bytes an origin sent), decodes it straight into the chunk's slot of the shared native
- * table, verifies its hash there, and commits it; the main thread only decides what to load and installs
- * what is committed. Nothing is copied between the read and the arena but the decoded bytes themselves.
+ * cache file, or bytes an origin sent), decodes it into a stage of the shared native table (a buffer used
+ * over and over, native/src/table.h), verifies its hash there, and commits it: the waiting faults are
+ * installed from the stage, and only then is the chunk copied to its own slot of the table, in slices
+ * between loads (settle). The main thread only decides what to load and installs what is committed.
  *
  * It also writes host cache files from resident slots (pinned while written), at low priority.
  *
@@ -162,7 +163,7 @@ function readObject(path: string, maxBytes: number, key: string): Buffer {
   }
 }
 
-/** A plain chunk from the host cache, read straight into its slot and checked there. */
+/** A plain chunk from the host cache, read straight into its stage (or slot) and checked there. */
 function loadRaw(job: LoadJob, slot: Uint8Array, phases: Phases): number {
   const t0 = performance.now();
   const fd = openSync(job.path!, 'r');
@@ -191,11 +192,40 @@ function loadRaw(job: LoadJob, slot: Uint8Array, phases: Phases): number {
   return job.length;
 }
 
+/** Staged chunks this thread committed and has yet to copy to their slots, oldest first. */
+const unsettled: { table: ChunkTable; chunk: number }[] = [];
+/** A settle step copies this much, then lets the next job in (a 512 KiB chunk in 4 steps). */
+const SETTLE_SLICE = 128 << 10;
+/**
+ * Stages this thread may hold unsettled before a load first settles the oldest: the table has 8 (fewer
+ * for chunks over 4 MiB) for up to 4 loader threads, and a load that finds none free goes to its slot.
+ */
+const MAX_UNSETTLED = 2;
+let settleScheduled = false;
+
+/** One slice of the oldest unsettled chunk, then again after whatever jobs have arrived meanwhile. */
+function settleStep(): void {
+  settleScheduled = false;
+  const head = unsettled[0];
+  if (!head) return;
+  if (head.table.settle(head.chunk, SETTLE_SLICE) === 0) unsettled.shift();
+  scheduleSettle();
+}
+function scheduleSettle(): void {
+  if (settleScheduled || unsettled.length === 0) return;
+  settleScheduled = true;
+  // setImmediate: the port's pending messages (the next load) run first, in the poll phase.
+  setImmediate(settleStep);
+}
+
 function load(job: LoadJob): LoadReply {
   const table = tableOf(job);
-  if (!table.reserve(job.chunk))
-    return { id: job.id, ok: false, failure: 'busy', message: `chunk ${job.chunk} is not absent` };
-  const slot = table.slot(job.chunk);
+  while (unsettled.length >= MAX_UNSETTLED) {
+    const u = unsettled.shift()!;
+    while (u.table.settle(u.chunk, SETTLE_SLICE) > 0);
+  }
+  const slot = table.reserveStaged(job.chunk);
+  if (!slot) return { id: job.id, ok: false, failure: 'busy', message: `chunk ${job.chunk} is not absent` };
   let committed = false;
   const phases: Phases = [0, 0, 0];
   // Only the snapshot's chunks: a job for another table (the warm-up's) names no object a session needs.
@@ -222,6 +252,7 @@ function load(job: LoadJob): LoadReply {
     }
     table.commit(job.chunk, true);
     committed = true;
+    if (slot.byteOffset !== job.chunk * table.chunkSize) unsettled.push({ table, chunk: job.chunk });
     return { id: job.id, ok: true, stored, phases };
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
@@ -262,11 +293,11 @@ function write(job: WriteJob): LoadReply {
     // ENOTDIR, EACCES, ...: not there as far as we can tell; the write below reports the real error.
   }
   const table = tableOf(job);
-  if (!table.pin(job.chunk))
+  const slot = table.pin(job.chunk);
+  if (!slot)
     return { id: job.id, ok: false, failure: 'busy', message: `chunk ${job.chunk} is no longer resident` };
   const tmp = `${job.dest}${job.tempPrefix}${randomBytes(4).toString('hex')}`;
   try {
-    const slot = table.slot(job.chunk);
     const fd = openTemp(tmp);
     try {
       let n = 0;
@@ -285,7 +316,7 @@ function write(job: WriteJob): LoadReply {
     const code = (e as NodeJS.ErrnoException).code;
     return { id: job.id, ok: false, failure: 'io', message: (e as Error).message, ...(code ? { code } : {}) };
   } finally {
-    table.unpin(job.chunk);
+    table.unpin(job.chunk, slot);
   }
 }
 
@@ -313,6 +344,7 @@ parentPort!.on('message', (job: LoadJob | WriteJob) => {
   // wakes can finish and hang up, so a session never ends with a fetch it was served by still pending.
   parentPort!.postMessage(reply);
   if (reply.ok && job.installTo) for (const id of job.installTo) installSharedSession(id, job.chunk);
+  scheduleSettle();
 });
 /**
  * Runs the decode path once before reporting ready: the first call into zstd (a context to allocate),
@@ -328,6 +360,7 @@ function warmUp(): void {
   // The arena view: V8 counts it as external memory (the snapshot's size) and collects garbage when it
   // appears, about 10 ms measured here. Now, not in the first load.
   table.slot(0);
+  table.warmStages();
 }
 /**
  * The cache writer runs only on CPUs nothing else wants (runtime/chunk-loader.ts): SCHED_IDLE, or nice 19

@@ -4,8 +4,8 @@
  * process and by every `serve` process on the host.
  *
  * Reads run on the chunk loader threads, writes on their writer thread (runtime/chunk-loader.ts),
- * straight between the file and the chunk's slot in the native table: a hit is one open and one read
- * into the slot, checked there
+ * straight between the file and the native table: a hit is one open and one read into a stage of the
+ * table (or the chunk's slot), checked there
  * (length, BLAKE3 or an encrypted snapshot's keyed id), with no copy and no work on the event loop.
  * A write is one background job of the writer thread (in SCHED_IDLE: it runs on CPUs nothing else
  * wants), taken once loads are idle and dropped when the backlog is full or the chunk left memory first:

@@ -1,9 +1,9 @@
 /**
  * Chunk fetching for restores: host disk cache, then each origin in the order given, first verified
  * answer wins. A fetch ends with the chunk resident in the snapshot's native table: the chunk loader
- * threads (runtime/chunk-loader.ts) read a local store's file or an origin's body, decode it straight
- * into the chunk's slot and verify it there, so no chunk's bytes are decoded, hashed or copied on the
- * thread that runs this scheduling. Every attempt has a timeout; retryable errors (5xx, timeouts, resets) are retried with
+ * threads (runtime/chunk-loader.ts) read a local store's file or an origin's body, decode it into a
+ * stage of the table (or the chunk's slot) and verify it there, so no chunk's bytes are decoded, hashed
+ * or copied on the thread that runs this scheduling. Every attempt has a timeout; retryable errors (5xx, timeouts, resets) are retried with
  * jittered exponential backoff on the same origin; a missing object, a non-retryable error or bytes
  * whose hash is wrong (an origin that lies) fall through to the next origin at once. Bytes are
  * verified (BLAKE3 of the decoded chunk) before anyone sees them, and bounded: an origin body longer
@@ -473,14 +473,15 @@ export class ChunkFetcher {
   /** Another slot with the same content: copied from the one just filled (pinned while copied). */
   #copySlot(from: number, to: number): boolean {
     const t = this.#o.table;
-    if (!t.pin(from)) return false;
+    const bytes = t.pin(from);
+    if (!bytes) return false;
     try {
       if (!t.reserve(to)) return false;
-      t.slot(to).set(t.slot(from));
+      t.slot(to).set(bytes);
       t.commit(to, true);
       return true;
     } finally {
-      t.unpin(from);
+      t.unpin(from, bytes);
     }
   }
 

@@ -169,7 +169,7 @@ static int resolve(session_t *s, uint64_t addr) {
     out_chunk(s, &s->need, c);
     STAT_ADD(s, forwardedFaults, 1);
   }
-  if (data) table_release(s->table, c);
+  if (data) table_release(s->table, c, data);
   return settle(s, rc);
 }
 
@@ -200,7 +200,7 @@ static int run_command(session_t *s, cmd_t cmd) {
     return 0;
   }
   int rc = fill_chunk(s, c, data, st == CHUNK_RESIDENT ? UFFD_FILL_COPY : UFFD_FILL_ZERO);
-  if (data) table_release(s->table, c);
+  if (data) table_release(s->table, c, data);
   if (rc == 0) {
     s->cstate[c] = CS_INSTALLED;
     state_set(s->state.installed, c);

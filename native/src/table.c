@@ -1,9 +1,11 @@
+#define _GNU_SOURCE 1 /* memfd_create */
 #include "table.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "napi_util.h"
 
@@ -18,9 +20,17 @@ void table_ref(table_t *t) {
   atomic_fetch_add(&t->ref, 1);
 }
 
+/* The stages' memory: nstages chunk-sized buffers after the arena, rounded to a huge page. */
+static uint64_t stage_region_len(const table_t *t) {
+  return ((uint64_t)t->nstages * t->chunk_size + HUGE_2M - 1) & ~(HUGE_2M - 1);
+}
+static uint8_t *stage_mem(const table_t *t, uint32_t k) {
+  return t->arena + t->arena_len + (uint64_t)k * t->chunk_size;
+}
+
 void table_unref(table_t *t) {
   if (atomic_fetch_sub(&t->ref, 1) != 1) return;
-  munmap(t->arena, t->arena_len);
+  munmap(t->arena, t->arena_len + stage_region_len(t));
   free(t->state), free(t->readers), free(t->discard);
   pthread_mutex_destroy(&t->mu);
   free(t);
@@ -40,21 +50,50 @@ static void discard_locked(table_t *t, uint32_t i) {
   t->discard[i] = 0;
 }
 
+/* The stage (index) in state st that holds chunk i, or -1. Called with mu held. At most one stage is
+ * STAGED or FILLING for a chunk (the chunk's state is then STAGED or FILLING); DRAINING ones may be
+ * several. */
+static int stage_of_locked(const table_t *t, uint32_t i, uint8_t st) {
+  for (uint32_t k = 0; k < t->nstages; k++)
+    if (t->stages[k].st == st && t->stages[k].chunk == i) return (int)k;
+  return -1;
+}
+
 int table_acquire(table_t *t, uint32_t i, const uint8_t **data) {
   pthread_mutex_lock(&t->mu);
   int st = t->state[i];
   if (st == CHUNK_RESIDENT) {
     t->readers[i]++;
     *data = t->arena + (uint64_t)i * t->chunk_size;
+  } else if (st == CHUNK_STAGED) {
+    /* Served from the stage even when evicted meanwhile: the bytes are verified and still there. */
+    int k = stage_of_locked(t, i, STAGE_STAGED);
+    t->stages[k].readers++;
+    *data = stage_mem(t, (uint32_t)k);
+    st = CHUNK_RESIDENT;
   }
   pthread_mutex_unlock(&t->mu);
   return st == CHUNK_FILLING ? CHUNK_ABSENT : st;
 }
 
-void table_release(table_t *t, uint32_t i) {
+void table_release(table_t *t, uint32_t i, const uint8_t *data) {
   pthread_mutex_lock(&t->mu);
-  if (--t->readers[i] == 0 && t->discard[i]) discard_locked(t, i);
+  if (data >= t->arena + t->arena_len) {
+    stage_t *g = &t->stages[(uint64_t)(data - (t->arena + t->arena_len)) / t->chunk_size];
+    if (--g->readers == 0 && g->st == STAGE_DRAINING) g->st = STAGE_FREE;
+  } else if (--t->readers[i] == 0 && t->discard[i])
+    discard_locked(t, i);
   pthread_mutex_unlock(&t->mu);
+}
+
+/* A staged chunk leaves the resident count (evicted, or zeroed by the manifest): it stays readable from
+ * its stage until settled, and is then absent. Called with mu held. */
+static void unstage_locked(table_t *t, uint32_t i) {
+  stage_t *g = &t->stages[stage_of_locked(t, i, STAGE_STAGED)];
+  if (g->evicted) return;
+  g->evicted = true;
+  t->resident_bytes -= table_chunk_len(t, i);
+  t->resident_chunks--;
 }
 
 /* Leaves RESIDENT for another state: the memory goes back now, or when the last reader leaves. */
@@ -120,10 +159,16 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   }
   /* Over-reserve by 2 MiB to align the arena on a huge-page boundary, then trim. */
   uint64_t len = (total + HUGE_2M - 1) & ~(HUGE_2M - 1);
+  /* Stages: enough for two loaders to each fill one while others settle, within 32 MiB of memory. */
+  uint64_t nst = (32ull << 20) / cs;
+  nst = nst > TABLE_MAX_STAGES ? TABLE_MAX_STAGES : nst < 2 ? 2 : nst;
+  if (nst > n) nst = n;
+  if (t) t->nstages = (uint32_t)nst, t->chunk_size = cs;
+  uint64_t map = t ? len + stage_region_len(t) : 0;
   uint8_t *raw = MAP_FAILED;
   if (t && t->state && t->readers && t->discard)
     raw =
-        mmap(NULL, len + HUGE_2M, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        mmap(NULL, map + HUGE_2M, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (raw == MAP_FAILED) {
     int e = t && t->state && t->readers && t->discard ? errno : ENOMEM;
     if (t) free(t->state), free(t->readers), free(t->discard);
@@ -133,12 +178,12 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   }
   uint8_t *arena = (uint8_t *)(((uintptr_t)raw + HUGE_2M - 1) & ~(uintptr_t)(HUGE_2M - 1));
   if (arena > raw) munmap(raw, (uint64_t)(arena - raw));
-  if (raw + len + HUGE_2M > arena + len) munmap(arena + len, (uint64_t)(raw + len + HUGE_2M - (arena + len)));
+  if (raw + map + HUGE_2M > arena + map) munmap(arena + map, (uint64_t)(raw + map + HUGE_2M - (arena + map)));
   /* Huge pages only where a chunk is whole huge pages. With smaller chunks one resident chunk would make
    * the kernel (or khugepaged, which collapses a 2 MiB range around even one present page) back a whole
    * 2 MiB: real memory up to 2 MiB / chunk size times the memory budget. Explicitly off then, because
    * THP "always" would do the same without being asked. EINVAL: THP compiled out; 4 KiB pages work. */
-  madvise(arena, len, cs >= HUGE_2M ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+  madvise(arena, map, cs >= HUGE_2M ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
   t->arena = arena;
   t->arena_len = len;
   atomic_init(&t->ref, 1);
@@ -182,7 +227,16 @@ static napi_value js_put(napi_env env, napi_callback_info info) {
    * put / evict / setZero all run on the JS thread; only fault threads (readers) race with them. */
   pthread_mutex_lock(&t->mu);
   int st = t->state[i];
-  if (st == CHUNK_RESIDENT) {
+  if (st == CHUNK_STAGED) {
+    /* The bytes are in its stage, verified; evicted meanwhile, it is resident again. */
+    stage_t *g = &t->stages[stage_of_locked(t, i, STAGE_STAGED)];
+    if (g->evicted) {
+      g->evicted = false;
+      t->resident_bytes += len;
+      t->resident_chunks++;
+    }
+  }
+  if (st == CHUNK_RESIDENT || st == CHUNK_STAGED) {
     pthread_mutex_unlock(&t->mu);
     return make_undefined(env);
   }
@@ -208,6 +262,7 @@ static napi_value js_set_zero(napi_env env, napi_callback_info info) {
   if (!t || !arg_chunk(env, t, argv[1], &i)) return NULL;
   pthread_mutex_lock(&t->mu);
   if (t->state[i] == CHUNK_RESIDENT) drop_resident_locked(t, i);
+  if (t->state[i] == CHUNK_STAGED) unstage_locked(t, i); /* its settle then leaves the slot empty */
   if (t->state[i] != CHUNK_ZERO) t->zero_chunks++;
   t->state[i] = CHUNK_ZERO;
   pthread_mutex_unlock(&t->mu);
@@ -250,6 +305,10 @@ static napi_value js_evict(napi_env env, napi_callback_info info) {
     freed = table_chunk_len(t, i);
     drop_resident_locked(t, i);
     t->state[i] = CHUNK_ABSENT;
+  } else if (t->state[i] == CHUNK_STAGED && !t->stages[stage_of_locked(t, i, STAGE_STAGED)].evicted) {
+    /* Absent once settled (tableSettle): until then the stage still serves it, and no one may fill it. */
+    freed = table_chunk_len(t, i);
+    unstage_locked(t, i);
   }
   pthread_mutex_unlock(&t->mu);
   return make_u64(env, freed);
@@ -262,7 +321,10 @@ static napi_value js_state(napi_env env, napi_callback_info info) {
   table_t *t = table_from_js(env, argv[0]);
   if (!t || !arg_chunk(env, t, argv[1], &i)) return NULL;
   pthread_mutex_lock(&t->mu);
-  int st = t->state[i] == CHUNK_FILLING ? CHUNK_ABSENT : t->state[i];
+  int st = t->state[i];
+  if (st == CHUNK_FILLING) st = CHUNK_ABSENT;
+  if (st == CHUNK_STAGED)
+    st = t->stages[stage_of_locked(t, i, STAGE_STAGED)].evicted ? CHUNK_ABSENT : CHUNK_RESIDENT;
   pthread_mutex_unlock(&t->mu);
   return make_i32(env, st);
 }
@@ -273,7 +335,11 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   table_t *t = table_from_js(env, argv[0]);
   if (!t) return NULL;
   pthread_mutex_lock(&t->mu);
-  uint64_t rb = t->resident_bytes, rc = t->resident_chunks, zc = t->zero_chunks;
+  uint64_t rb = t->resident_bytes, rc = t->resident_chunks, zc = t->zero_chunks, staged = 0, busy = 0;
+  for (uint32_t k = 0; k < t->nstages; k++) {
+    staged += t->stages[k].st == STAGE_STAGED;
+    busy += t->stages[k].st != STAGE_FREE;
+  }
   pthread_mutex_unlock(&t->mu);
   NAPI_OK(env, napi_create_object(env, &o));
   set_named(env, o, "chunks", make_u64(env, t->nchunks));
@@ -282,6 +348,9 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   set_named(env, o, "residentBytes", make_u64(env, rb));
   set_named(env, o, "residentChunks", make_u64(env, rc));
   set_named(env, o, "zeroChunks", make_u64(env, zc));
+  set_named(env, o, "stages", make_u64(env, t->nstages));
+  set_named(env, o, "stagedChunks", make_u64(env, staged));
+  set_named(env, o, "busyStages", make_u64(env, busy));
   /* Where the arena is, to find it in /proc/self/smaps (its huge-page advice, its resident size). */
   set_named(env, o, "arenaAddress", make_bigint(env, (uint64_t)(uintptr_t)t->arena));
   set_named(env, o, "arenaBytes", make_u64(env, t->arena_len));
@@ -361,17 +430,18 @@ static void arena_finalize(napi_env env, void *data, void *hint) {
   table_unref(hint);
 }
 
-/* tableArena(table) → an ArrayBuffer over the whole arena (chunk i at i * chunkSize). Writing to a
- * chunk's bytes is allowed only between tableReserve and tableCommit; reading only while resident and
- * pinned. The mapping lives as long as the buffer (it holds a table reference): misuse can read zeros
- * or stale bytes, never memory that is not the arena. */
+/* tableArena(table) → an ArrayBuffer over the whole arena (chunk i at i * chunkSize) and the stages
+ * after it. Writing is allowed only at an offset tableReserve returned, until tableCommit; reading only
+ * at an offset tablePin returned, until tableUnpin. The mapping lives as long as the buffer (it holds a
+ * table reference): misuse can read zeros or stale bytes, never memory that is not the arena. */
 static napi_value js_arena(napi_env env, napi_callback_info info) {
   napi_value argv[1], ab;
   if (!get_args(env, info, 1, argv, NULL)) return NULL;
   table_t *t = table_from_js(env, argv[0]);
   if (!t) return NULL;
   table_ref(t);
-  if (napi_create_external_arraybuffer(env, t->arena, t->arena_len, arena_finalize, t, &ab) != napi_ok) {
+  if (napi_create_external_arraybuffer(env, t->arena, t->arena_len + stage_region_len(t), arena_finalize, t,
+                                       &ab) != napi_ok) {
     table_unref(t);
     throw_errno(env, ENOMEM, "napi_create_external_arraybuffer");
     return NULL;
@@ -379,29 +449,36 @@ static napi_value js_arena(napi_env env, napi_callback_info info) {
   return ab;
 }
 
-/* tableReserve(table, i) → true when chunk i was absent and is now being filled by the caller (no one
- * else fills it, no fault thread reads it); false when it is zero, resident or already being filled. */
+/* tableReserve(table, i, stage) → the offset in tableArena's buffer where the caller now writes chunk i's
+ * bytes (no one else fills it, no fault thread reads it until tableCommit), or -1 when chunk i is zero,
+ * resident or already being filled. With stage, the bytes go to a free stage when there is one (the
+ * caller then calls tableSettle after the commit); else, and without stage, to the chunk's own slot. */
 static napi_value js_reserve(napi_env env, napi_callback_info info) {
-  napi_value argv[2], r;
+  napi_value argv[3];
   uint32_t i;
-  if (!get_args(env, info, 2, argv, NULL)) return NULL;
+  bool want_stage;
+  if (!get_args(env, info, 3, argv, NULL)) return NULL;
   table_t *t = table_from_js(env, argv[0]);
-  if (!t || !arg_chunk(env, t, argv[1], &i)) return NULL;
+  if (!t || !arg_chunk(env, t, argv[1], &i) || !arg_bool(env, argv[2], "stage", &want_stage)) return NULL;
+  int k = -1;
   pthread_mutex_lock(&t->mu);
   bool ok = t->state[i] == CHUNK_ABSENT && !t->readers[i];
   if (ok) {
     t->state[i] = CHUNK_FILLING;
     t->discard[i] = 0;
+    for (uint32_t j = 0; want_stage && k < 0 && j < t->nstages; j++)
+      if (t->stages[j].st == STAGE_FREE) k = (int)j;
+    if (k >= 0) t->stages[k] = (stage_t){.st = STAGE_FILLING, .chunk = i};
   }
   pthread_mutex_unlock(&t->mu);
+  if (!ok) return make_i32(env, -1);
+  if (k >= 0) return make_u64(env, (uint64_t)(stage_mem(t, (uint32_t)k) - t->arena));
   /* Fault the slot's pages in with one call (MADV_POPULATE_WRITE, Linux 5.14): the filler would
    * otherwise take one page fault per 4 KiB, each a costly exit in a VM (measured here: 0.68 → 0.48 ms
    * per 512 KiB load). EINVAL on older kernels: the filler's own faults then do it. */
-  if (ok)
-    madvise(t->arena + (uint64_t)i * t->chunk_size, (table_chunk_len(t, i) + 4095) & ~4095ull,
-            MADV_POPULATE_WRITE);
-  napi_get_boolean(env, ok, &r);
-  return r;
+  madvise(t->arena + (uint64_t)i * t->chunk_size, (table_chunk_len(t, i) + 4095) & ~4095ull,
+          MADV_POPULATE_WRITE);
+  return make_u64(env, (uint64_t)i * t->chunk_size);
 }
 
 /* tableCommit(table, i, ok): a reserved chunk's bytes are complete and verified (resident from now on),
@@ -419,46 +496,140 @@ static napi_value js_commit(napi_env env, napi_callback_info info) {
     throw_arg(env, "chunk %u was not reserved", i);
     return NULL;
   }
+  int k = stage_of_locked(t, i, STAGE_FILLING);
   if (ok) {
-    t->state[i] = CHUNK_RESIDENT;
+    /* Staged: readable from now on (from the stage) and counted as resident, as JS sees it. */
+    t->state[i] = k >= 0 ? CHUNK_STAGED : CHUNK_RESIDENT;
+    if (k >= 0) t->stages[k].st = STAGE_STAGED;
     t->resident_bytes += table_chunk_len(t, i);
     t->resident_chunks++;
   } else {
     t->state[i] = CHUNK_ABSENT;
-    discard_locked(t, i);
+    if (k >= 0)
+      t->stages[k].st = STAGE_FREE; /* FILLING had no reader; the slot was never written */
+    else
+      discard_locked(t, i);
   }
   pthread_mutex_unlock(&t->mu);
   return make_undefined(env);
 }
 
-/* tablePin(table, i) → true when chunk i is resident: its bytes stay in the arena until tableUnpin,
- * whatever evicts it meanwhile (the memory goes back at the unpin). */
-static napi_value js_pin(napi_env env, napi_callback_info info) {
-  napi_value argv[2], r;
+/* tableSettle(table, i, maxBytes) → bytes still to copy. Copies up to maxBytes more of staged chunk i
+ * from its stage to its arena slot (populated first); when all are there, chunk i is resident in its
+ * slot (absent if it was evicted or zeroed meanwhile) and the stage is free once its last reader is
+ * done. In slices so that the caller can serve the next load between them. 0 when chunk i is not staged.
+ * Only the thread that committed the chunk may call it. */
+static napi_value js_settle(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
   uint32_t i;
-  if (!get_args(env, info, 2, argv, NULL)) return NULL;
+  uint64_t max;
+  if (!get_args(env, info, 3, argv, NULL)) return NULL;
   table_t *t = table_from_js(env, argv[0]);
-  if (!t || !arg_chunk(env, t, argv[1], &i)) return NULL;
-  const uint8_t *data = NULL;
-  bool ok = table_acquire(t, i, &data) == CHUNK_RESIDENT;
-  napi_get_boolean(env, ok, &r);
-  return r;
+  if (!t || !arg_chunk(env, t, argv[1], &i) || !arg_u64(env, argv[2], "maxBytes", &max)) return NULL;
+  if (max == 0 || max % 4096) {
+    throw_arg(env, "maxBytes must be a positive multiple of 4096, received %llu", (unsigned long long)max);
+    return NULL;
+  }
+  uint64_t len = table_chunk_len(t, i);
+  pthread_mutex_lock(&t->mu);
+  int k = stage_of_locked(t, i, STAGE_STAGED);
+  stage_t *g = k >= 0 ? &t->stages[k] : NULL;
+  uint64_t done = g ? g->settled : 0;
+  bool evicted = g && g->evicted;
+  pthread_mutex_unlock(&t->mu);
+  if (!g) return make_u64(env, 0);
+  /* The slot is this thread's alone while the chunk is staged: reserve refuses it, readers get the
+   * stage, put and evict only change the counts. */
+  uint8_t *slot = t->arena + (uint64_t)i * t->chunk_size;
+  if (!evicted && done < len) {
+    uint64_t n = len - done < max ? len - done : max;
+    madvise(slot + done, (n + 4095) & ~4095ull, MADV_POPULATE_WRITE); /* as in tableReserve */
+    memcpy(slot + done, stage_mem(t, (uint32_t)k) + done, n);
+    done += n;
+    if (done < len) {
+      pthread_mutex_lock(&t->mu);
+      g->settled = done;
+      pthread_mutex_unlock(&t->mu);
+      return make_u64(env, len - done);
+    }
+  }
+  pthread_mutex_lock(&t->mu);
+  if (g->evicted) {
+    if (t->state[i] == CHUNK_STAGED) t->state[i] = CHUNK_ABSENT;
+    discard_locked(t, i); /* no arena reader: the chunk was never resident in its slot */
+  } else
+    t->state[i] = CHUNK_RESIDENT;
+  g->st = g->readers ? STAGE_DRAINING : STAGE_FREE;
+  pthread_mutex_unlock(&t->mu);
+  return make_u64(env, 0);
 }
 
-static napi_value js_unpin(napi_env env, napi_callback_info info) {
+/* tableWarmStages(table): touches every stage once as a user store and once as a kernel read (a write
+ * of it to a memfd), so that the first chunk loaded into one, and the first UFFDIO_COPY from it, do not
+ * pay those first accesses (the exits described in table.h) on a fault's path. Cheap elsewhere: a few
+ * MiB once per table. Best effort: a failure only leaves the stages cold. */
+static napi_value js_warm_stages(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv, NULL)) return NULL;
+  table_t *t = table_from_js(env, argv[0]);
+  if (!t) return NULL;
+  int fd = memfd_create("lazysnap-warm-stages", MFD_CLOEXEC);
+  for (uint32_t k = 0; k < t->nstages; k++) {
+    pthread_mutex_lock(&t->mu);
+    bool free_ = t->stages[k].st == STAGE_FREE;
+    if (free_) t->stages[k] = (stage_t){.st = STAGE_FILLING, .chunk = UINT32_MAX}; /* held meanwhile */
+    pthread_mutex_unlock(&t->mu);
+    if (!free_) continue;
+    uint8_t *m = stage_mem(t, k);
+    madvise(m, t->chunk_size, MADV_POPULATE_WRITE);
+    memset(m, 0, t->chunk_size);
+    if (fd >= 0 && pwrite(fd, m, t->chunk_size, 0) < 0) {
+      /* nothing to do: the kernel-read half stays cold */
+    }
+    pthread_mutex_lock(&t->mu);
+    t->stages[k].st = STAGE_FREE;
+    pthread_mutex_unlock(&t->mu);
+  }
+  if (fd >= 0) close(fd);
+  return make_undefined(env);
+}
+
+/* tablePin(table, i) → the offset in tableArena's buffer of resident chunk i's bytes (its slot or its
+ * stage), which stay there until tableUnpin(table, i, offset) whatever evicts it meanwhile (the memory
+ * goes back at the unpin); -1 when it is not resident. */
+static napi_value js_pin(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   uint32_t i;
   if (!get_args(env, info, 2, argv, NULL)) return NULL;
   table_t *t = table_from_js(env, argv[0]);
   if (!t || !arg_chunk(env, t, argv[1], &i)) return NULL;
+  const uint8_t *data = NULL;
+  if (table_acquire(t, i, &data) != CHUNK_RESIDENT) return make_i32(env, -1);
+  return make_u64(env, (uint64_t)(data - t->arena));
+}
+
+static napi_value js_unpin(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  uint32_t i;
+  uint64_t off;
+  if (!get_args(env, info, 3, argv, NULL)) return NULL;
+  table_t *t = table_from_js(env, argv[0]);
+  if (!t || !arg_chunk(env, t, argv[1], &i) || !arg_u64(env, argv[2], "offset", &off)) return NULL;
   pthread_mutex_lock(&t->mu);
-  bool held = t->readers[i] > 0;
+  bool held;
+  if (off == (uint64_t)i * t->chunk_size)
+    held = t->readers[i] > 0;
+  else {
+    uint64_t k = (off - t->arena_len) / t->chunk_size;
+    held = off >= t->arena_len && (off - t->arena_len) % t->chunk_size == 0 && k < t->nstages &&
+           t->stages[k].st != STAGE_FREE && t->stages[k].chunk == i && t->stages[k].readers > 0;
+  }
   pthread_mutex_unlock(&t->mu);
   if (!held) {
-    throw_arg(env, "chunk %u is not pinned", i);
+    throw_arg(env, "chunk %u is not pinned at offset %llu", i, (unsigned long long)off);
     return NULL;
   }
-  table_release(t, i);
+  table_release(t, i, t->arena + off);
   return make_undefined(env);
 }
 
@@ -472,6 +643,8 @@ napi_value table_init(napi_env env, napi_value exports) {
       !export_fn(env, exports, "tableOpen", js_open) || !export_fn(env, exports, "tableArena", js_arena) ||
       !export_fn(env, exports, "tableReserve", js_reserve) ||
       !export_fn(env, exports, "tableCommit", js_commit) || !export_fn(env, exports, "tablePin", js_pin) ||
+      !export_fn(env, exports, "tableSettle", js_settle) ||
+      !export_fn(env, exports, "tableWarmStages", js_warm_stages) ||
       !export_fn(env, exports, "tableUnpin", js_unpin))
     return NULL;
   return exports;

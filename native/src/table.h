@@ -11,9 +11,28 @@
 #include <node_api.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
-enum { CHUNK_ABSENT = 0, CHUNK_ZERO = 1, CHUNK_RESIDENT = 2, CHUNK_FILLING = 3 };
+/* CHUNK_STAGED: verified bytes in a stage buffer (below), not yet copied to the arena slot; readers are
+ * given the stage. JS sees it as resident. */
+enum { CHUNK_ABSENT = 0, CHUNK_ZERO = 1, CHUNK_RESIDENT = 2, CHUNK_FILLING = 3, CHUNK_STAGED = 4 };
+
+/* A stage: a reused chunk-sized buffer a loader decodes into, which the fault threads install from,
+ * and which is copied to the chunk's arena slot afterwards (tableSettle). Why: a slot is memory the
+ * process has never touched, and on a host with shadow page tables (a PVM guest) the first user store
+ * and the first kernel read of each of its 4 KiB pages cost an exit each, 17x the time of the same work
+ * on a buffer already mapped (bench/results/host-memory.json). Staging takes that cost off the path of
+ * the fault that waits for the chunk. */
+enum { STAGE_FREE = 0, STAGE_FILLING, STAGE_STAGED, STAGE_DRAINING };
+#define TABLE_MAX_STAGES 8
+typedef struct {
+  uint8_t st;       /* STAGE_*, guarded by mu */
+  bool evicted;     /* evicted while staged: absent, not resident, once settled */
+  uint32_t chunk;   /* the chunk it holds (not STAGE_FREE) */
+  uint32_t readers; /* fault threads or pins copying from it; DRAINING frees it at the last release */
+  uint64_t settled; /* bytes copied to the arena slot so far (the settling thread's own) */
+} stage_t;
 
 typedef struct table {
   atomic_uint ref; /* the JS handle + one per session */
@@ -35,14 +54,19 @@ typedef struct table {
   uint32_t resident_chunks;
   uint32_t zero_chunks;
   uint64_t shared_id; /* registry id while shared with other threads (tableShare), 0 otherwise */
+  /* The stages live right after the arena, in the same mapping (so tableArena's view covers them):
+   * stage k at arena + arena_len + k * chunk_size. */
+  uint32_t nstages;
+  stage_t stages[TABLE_MAX_STAGES];
 } table_t;
 
 void table_ref(table_t *t);
 void table_unref(table_t *t);
-/* State of chunk i. For CHUNK_RESIDENT, *data points at its bytes, which stay valid and unchanged
- * until table_release(t, i): the caller must release. */
+/* State of chunk i (CHUNK_ABSENT, _ZERO or _RESIDENT; a staged chunk is resident). For CHUNK_RESIDENT,
+ * *data points at its bytes (in the arena or in a stage), which stay valid and unchanged until
+ * table_release(t, i, *data): the caller must release. */
 int table_acquire(table_t *t, uint32_t i, const uint8_t **data);
-void table_release(table_t *t, uint32_t i);
+void table_release(table_t *t, uint32_t i, const uint8_t *data);
 uint64_t table_chunk_len(const table_t *t, uint32_t i);
 /* Unwraps a JS table handle (throws and returns NULL if v is not one). */
 table_t *table_from_js(napi_env env, napi_value v);

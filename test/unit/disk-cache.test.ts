@@ -93,7 +93,11 @@ const put = async (cache: DiskCache, ...chunks: Chunk[]) => {
 /** Reads the chunk from the cache into its slot (evicted first, so the bytes can only come from disk). */
 const get = async (cache: DiskCache, c: Chunk): Promise<Buffer | undefined> => {
   table.evict(c.slot);
-  return (await cache.read(c.slot, c.hash, S)) ? Buffer.from(table.slot(c.slot)) : undefined;
+  if (!(await cache.read(c.slot, c.hash, S))) return undefined;
+  // Not slot(): the loader may not have copied the chunk from its stage to its slot yet.
+  const bytes = table.read(c.slot);
+  if (!bytes) throw new Error(`chunk ${c.slot} is not resident after a cache hit`);
+  return bytes;
 };
 
 describe('DiskCache', () => {

@@ -391,6 +391,40 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
     }
   });
 
+  it('installs a staged chunk from its stage before it reaches its slot, and from the slot after', async () => {
+    const cs = 64 * KiB;
+    const size = 4 * cs;
+    const img = makeImage(tmp.dir, size, cs);
+    const { addr, table, events, session, close } = inProcessSession(size, cs);
+    try {
+      const plain = img.bytes.subarray(cs, 2 * cs);
+      const stage = table.reserveStaged(1)!;
+      expect(stage.byteOffset).toBeGreaterThanOrEqual(table.stats().arenaBytes);
+      stage.set(plain);
+      table.commit(1, true);
+      // The slot is still empty: whatever the peer gets now comes from the stage.
+      expect(table.slot(1).every((b) => b === 0)).toBe(true);
+      session.install(1);
+      while (!events.some((e) => e.installed.includes(1))) await sleep(2);
+      const got = Buffer.alloc(cs);
+      expect(processVmRead(process.pid, addr + BigInt(cs), got)).toBe(cs);
+      expect(got.equals(Buffer.from(plain))).toBe(true);
+      while (table.settle(1, 16 * KiB) > 0);
+      expect(Buffer.from(table.slot(1)).equals(Buffer.from(plain))).toBe(true);
+      expect(table.stats()).toMatchObject({ stagedChunks: 0, busyStages: 0, residentChunks: 1 });
+      // Evicted while staged and settled: the install finds it missing, as for any evicted chunk.
+      table.reserveStaged(2)!.set(img.bytes.subarray(2 * cs, 3 * cs));
+      table.commit(2, true);
+      table.evict(2);
+      while (table.settle(2, cs) > 0);
+      session.install(2);
+      while (!events.some((e) => e.missing.includes(2))) await sleep(2);
+      expect(session.stats()).toMatchObject({ installs: 1, missing: 1, bytesCopied: cs });
+    } finally {
+      close();
+    }
+  });
+
   it('a loader thread installs a chunk it verified for the sessions named in the job, JS installing nothing', async () => {
     const cs = 64 * KiB;
     const size = 4 * cs;
@@ -422,6 +456,10 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
       expect(processVmRead(process.pid, addr + BigInt(2 * cs), got)).toBe(cs);
       expect(got.equals(Buffer.from(plain))).toBe(true);
       expect(session.stats()).toMatchObject({ installs: 1, bytesCopied: cs });
+      // The loader copies the chunk from its stage to its slot by itself, after the install.
+      for (let i = 0; i < 500 && table.stats().stagedChunks > 0; i++) await sleep(2);
+      expect(table.stats()).toMatchObject({ stagedChunks: 0, busyStages: 0 });
+      expect(Buffer.from(table.slot(2)).equals(Buffer.from(plain))).toBe(true);
       // A load that fails verification installs nothing, even with the session named.
       const other = img.bytes.subarray(3 * cs, 4 * cs);
       await expect(job(3, other, [id], hashChunk(plain) /* not other's */)).rejects.toMatchObject({

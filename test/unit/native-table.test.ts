@@ -1,7 +1,9 @@
 /**
  * The chunk table's arena and the native argument checks (issue 11): huge pages only where a chunk is
  * whole huge pages (khugepaged would otherwise back 2 MiB around one resident 64 KiB chunk, up to 32x
- * the memory budget), and sizes that would overflow the chunk count or an int32 refused.
+ * the memory budget), and sizes that would overflow the chunk count or an int32 refused. The stages
+ * (issue 12): a chunk loaded into a reused buffer is resident (installs copy from the stage) before it
+ * is copied to its own slot, and eviction, pins and failed loads keep the accounting and the bytes right.
  */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
@@ -44,5 +46,114 @@ describe('native: the chunk table', () => {
         expect.objectContaining({ code: 'LAZYSNAP_INVALID_ARGUMENT' }),
       );
     expect(() => closeFd(-1)).toThrow(); // still an argument error, now in range
+  });
+
+  describe('stages', () => {
+    const CS = 64 * 1024;
+    const bytesOf = (seed: number) => Buffer.alloc(CS, seed);
+    /** Loads chunk i into a stage (or its slot when none is free), as a loader thread does. */
+    const load = (t: ChunkTable, i: number, seed = i + 1) => {
+      const where = t.reserveStaged(i);
+      expect(where, `chunk ${i} should be absent`).toBeDefined();
+      where!.set(bytesOf(seed));
+      t.commit(i, true);
+      return where!;
+    };
+    const inStage = (t: ChunkTable, v: Uint8Array) => v.byteOffset >= t.stats().arenaBytes;
+
+    it('serves a staged chunk from its stage, then from its slot once settled in slices', () => {
+      const t = new ChunkTable(16 * CS, CS);
+      const stage = load(t, 3);
+      expect(inStage(t, stage)).toBe(true);
+      expect(t.state(3)).toBe('resident');
+      expect(t.stats()).toMatchObject({
+        residentChunks: 1,
+        residentBytes: CS,
+        stagedChunks: 1,
+        busyStages: 1,
+      });
+      // The slot has not been written: the bytes a reader gets can only be the stage's.
+      expect(t.slot(3).every((b) => b === 0)).toBe(true);
+      const pinned = t.pin(3)!;
+      expect(pinned.byteOffset).toBe(stage.byteOffset);
+      expect(Buffer.from(pinned).equals(bytesOf(4))).toBe(true);
+      expect(t.settle(3, 16 * 1024)).toBe(48 * 1024);
+      expect(t.settle(3, 16 * 1024)).toBe(32 * 1024);
+      expect(t.settle(3, 64 * 1024)).toBe(0);
+      expect(Buffer.from(t.slot(3)).equals(bytesOf(4))).toBe(true);
+      // Settled, but a reader still holds the stage: it is not reused until the unpin.
+      expect(t.stats()).toMatchObject({ residentChunks: 1, stagedChunks: 0, busyStages: 1 });
+      t.unpin(3, pinned);
+      expect(t.stats()).toMatchObject({ busyStages: 0 });
+      const now = t.pin(3)!;
+      expect(now.byteOffset).toBe(3 * CS); // from the slot from now on
+      t.unpin(3, now);
+      expect(t.settle(3, CS)).toBe(0); // nothing staged: nothing to do
+      expect(() => t.settle(3, 1000)).toThrow(/multiple of 4096/);
+    });
+
+    it('evicted while staged: still readable until settled, then absent, with the counts right at each step', () => {
+      const t = new ChunkTable(16 * CS, CS);
+      load(t, 5);
+      expect(t.evict(5)).toBe(CS);
+      expect(t.evict(5)).toBe(0); // once
+      expect(t.state(5)).toBe('absent');
+      expect(t.stats()).toMatchObject({ residentChunks: 0, residentBytes: 0, stagedChunks: 1 });
+      expect(t.reserveStaged(5)).toBeUndefined(); // no second load while its stage is still in use
+      expect(t.read(5)?.equals(bytesOf(6))).toBe(true); // a fault thread would still be served right
+      expect(t.settle(5, CS)).toBe(0);
+      expect(t.state(5)).toBe('absent');
+      expect(t.slot(5).every((b) => b === 0)).toBe(true); // the slot's memory given back, not filled
+      expect(t.stats()).toMatchObject({ residentChunks: 0, stagedChunks: 0, busyStages: 0 });
+      load(t, 5, 9); // loadable again
+      expect(t.read(5)?.equals(bytesOf(9))).toBe(true);
+      expect(t.settle(5, CS)).toBe(0);
+
+      // put() of a chunk evicted while staged makes it resident again (same content, nothing to copy).
+      load(t, 6);
+      t.evict(6);
+      t.put(6, bytesOf(7));
+      expect(t.state(6)).toBe('resident');
+      expect(t.settle(6, CS)).toBe(0);
+      expect(t.state(6)).toBe('resident');
+      expect(Buffer.from(t.slot(6)).equals(bytesOf(7))).toBe(true);
+      expect(t.stats()).toMatchObject({ residentChunks: 2, stagedChunks: 0 });
+
+      // Zeroed by the manifest while staged: zero, and its slot left empty.
+      load(t, 7);
+      t.setZero(7);
+      expect(t.settle(7, CS)).toBe(0);
+      expect(t.state(7)).toBe('zero');
+      expect(t.stats()).toMatchObject({ residentChunks: 2, zeroChunks: 1, busyStages: 0 });
+    });
+
+    it('loads into the slot when every stage is taken, and a failed staged load frees its stage', () => {
+      const t = new ChunkTable(64 * CS, CS);
+      const { stages } = t.stats();
+      expect(stages).toBeGreaterThanOrEqual(2);
+      for (let i = 0; i < stages; i++) expect(inStage(t, load(t, i))).toBe(true);
+      const full = load(t, stages);
+      expect(full.byteOffset).toBe(stages * CS);
+      expect(t.stats()).toMatchObject({ stagedChunks: stages, residentChunks: stages + 1 });
+      for (let i = 0; i < stages; i++) while (t.settle(i, 16 * 1024) > 0);
+      for (let i = 0; i <= stages; i++) expect(t.read(i)?.equals(bytesOf(i + 1)), `chunk ${i}`).toBe(true);
+
+      const w = t.reserveStaged(40)!;
+      expect(inStage(t, w)).toBe(true);
+      expect(t.stats().busyStages).toBe(1);
+      t.commit(40, false);
+      expect(t.state(40)).toBe('absent');
+      expect(t.stats()).toMatchObject({ busyStages: 0, stagedChunks: 0, residentChunks: stages + 1 });
+    });
+
+    it('refuses an unpin at an offset the chunk is not pinned at', () => {
+      const t = new ChunkTable(16 * CS, CS);
+      load(t, 1);
+      const p = t.pin(1)!;
+      expect(() => t.unpin(1, t.slot(1))).toThrow(/not pinned/);
+      expect(() => t.unpin(2, p)).toThrow(/not pinned/);
+      t.unpin(1, p);
+      expect(() => t.unpin(1, p)).toThrow(/not pinned/);
+    });
   });
 });
