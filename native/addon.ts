@@ -93,7 +93,7 @@ export interface Addon {
   uffdZeropage(fd: number, address: bigint, length: number, pageSize?: number): FillResult;
   uffdPoison(fd: number, address: bigint, length: number, pageSize?: number): FillResult;
 
-  tableCreate(totalSize: number, chunkSize: number): Handle<'table'>;
+  tableCreate(totalSize: number, chunkSize: number, hugePages?: boolean): Handle<'table'>;
   tablePut(t: Handle<'table'>, chunk: number, bytes: ArrayBufferView): void;
   tableSetZero(t: Handle<'table'>, chunk: number): void;
   tableMarkZero(t: Handle<'table'>, flags: Uint8Array): void;

@@ -11,6 +11,26 @@
  */
 import type { ChunkTable } from '../native/index.js';
 
+const HUGE_PAGE = 2 * 2 ** 20;
+
+/**
+ * Whether the chunk table's arena should be on transparent huge pages. Copying a chunk into a peer from
+ * 4 KiB source pages measured 2-5x slower than from huge pages on this kind of host (a nested VM: the
+ * 512 KiB resident populate at 0.8-1.9 GB/s against 4.1-4.3 GB/s, bench/ANALYSIS.md "P2"). The risk of
+ * huge pages is memory: with chunks smaller than 2 MiB, one resident chunk can make the kernel back the
+ * whole 2 MiB around it, up to 2 MiB / chunk size times the budget. That cannot happen when a chunk is
+ * whole huge pages, and cannot exceed the budget when the budget holds the whole snapshot (the arena is
+ * the snapshot's size): so huge pages then, 4 KiB pages otherwise.
+ *
+ * The first chunk written into each 2 MiB range makes the kernel zero a whole huge page (and, under THP
+ * defrag=madvise, perhaps compact memory). That once made cold restores erratic, when loads decoded
+ * straight into their slots on the fault's path; loads now go through a stage and reach their slot
+ * after the install (native/src/table.h), so that cost is off the path of the fault waiting.
+ */
+export function arenaHugePages(chunkSize: number, totalSize: number, budgetBytes: number): boolean {
+  return chunkSize >= HUGE_PAGE || budgetBytes >= totalSize;
+}
+
 export class MemoryTier {
   readonly #table: ChunkTable;
   readonly #budget: number;

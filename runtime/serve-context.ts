@@ -19,7 +19,7 @@ import type { DiskCache } from './disk-cache.js';
 import { cacheProblemLogger, logRecoveredFetch } from './fault-log.js';
 import { ChunkLoader } from './chunk-loader.js';
 import { ChunkFetcher, type CrashSuspects } from './fetcher.js';
-import { MemoryTier } from './memory-tier.js';
+import { MemoryTier, arenaHugePages } from './memory-tier.js';
 import { RuntimeMetrics } from './metrics.js';
 import { loadProfile, profileSaver } from './profile-store.js';
 import type { ProfileShape } from './profile.js';
@@ -121,7 +121,9 @@ export async function openServeContext(
     );
     const crypto = index.crypto;
     const m = index.manifest;
-    table = new ChunkTable(m.totalSize, m.chunkSize);
+    table = new ChunkTable(m.totalSize, m.chunkSize, {
+      hugePages: arenaHugePages(m.chunkSize, m.totalSize, o.memoryBudgetBytes),
+    });
     table.markZero(Uint8Array.from(index.flags, (f) => (f === 0 ? 1 : 0)));
     // Started now, not at the first fault: the first page served must not wait for threads to boot.
     loader = await ChunkLoader.start({

@@ -144,6 +144,8 @@ export type ResolvedServeOptions = Required<Omit<ServeOptions, Optional | 'verif
   Pick<ServeOptions, Optional> & { verifyKey?: KeyObject };
 
 const GiB = 2 ** 30;
+/** `--memory-budget`'s default (also what bench/lib/lazysnap-handler.ts sizes its table's pages by). */
+export const DEFAULT_MEMORY_BUDGET_BYTES = 1 * GiB;
 /** Node's timers (setTimeout, AbortSignal.timeout) fire after 1 ms when asked for more than this. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -218,7 +220,7 @@ export function resolveServeOptions(o: ServeOptions): ResolvedServeOptions {
     ...rest,
     ...(vk !== undefined ? { verifyKey: verifyKey(vk, 'verifyKey') } : {}),
     cacheBudgetBytes: int('cacheBudgetBytes', o.cacheBudgetBytes, 8 * GiB, 0),
-    memoryBudgetBytes: int('memoryBudgetBytes', o.memoryBudgetBytes, 1 * GiB, 0),
+    memoryBudgetBytes: int('memoryBudgetBytes', o.memoryBudgetBytes, DEFAULT_MEMORY_BUDGET_BYTES, 0),
     failTimeoutMs: int('failTimeoutMs', o.failTimeoutMs, 10_000, 1, MAX_TIMER_MS),
     attemptTimeoutMs: int('attemptTimeoutMs', o.attemptTimeoutMs, 5000, 1, MAX_TIMER_MS),
     retries: int('retries', o.retries, 2, 0, 10),

@@ -16,7 +16,9 @@
  */
 import { fstatSync, openSync, readSync, unlinkSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { arenaHugePages } from '../../runtime/memory-tier.js';
 import { describeFailure } from '../../runtime/native-failure.js';
+import { DEFAULT_MEMORY_BUDGET_BYTES } from '../../runtime/serve-options.js';
 
 import {
   ChunkTable,
@@ -77,7 +79,10 @@ function fail(msg: string, cause?: unknown): never {
  */
 const imageFd = openSync(values.image, 'r');
 const imageBytes = fstatSync(imageFd).size;
-const table = new ChunkTable(imageBytes, chunkSize);
+// Pages as `serve` with its default --memory-budget picks them for this snapshot (runtime/memory-tier.ts).
+const table = new ChunkTable(imageBytes, chunkSize, {
+  hugePages: arenaHugePages(chunkSize, imageBytes, DEFAULT_MEMORY_BUDGET_BYTES),
+});
 const readBuf = Buffer.allocUnsafe(chunkSize);
 function readChunk(i: number): Buffer {
   const len = table.chunkLength(i);

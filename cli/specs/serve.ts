@@ -65,7 +65,8 @@ or, under systemd, through its descriptor store (--fd-store): see docs/RELIABILI
       value: 'SIZE',
       shown: '`1GiB`',
       api: 'memoryBudgetBytes',
-      meaning: 'resident chunk bytes for the native fault thread, shared by all sessions',
+      meaning:
+        'resident chunk bytes for the native fault thread, shared by all sessions; when it holds the whole snapshot, the chunk table is on transparent huge pages',
     },
     'fail-timeout': {
       type: 'string',

@@ -136,11 +136,26 @@ static napi_value wrap(napi_env env, table_t *t);
 
 /* tableCreate(totalSize, chunkSize) */
 static napi_value js_create(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
+  napi_value argv[3];
+  size_t argc = 3;
   uint64_t total, cs;
-  if (!get_args(env, info, 2, argv, NULL) || !arg_u64(env, argv[0], "totalSize", &total) ||
-      !arg_u64(env, argv[1], "chunkSize", &cs))
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) {
+    throw_arg(env, "tableCreate(totalSize, chunkSize[, hugePages])");
     return NULL;
+  }
+  if (!arg_u64(env, argv[0], "totalSize", &total) || !arg_u64(env, argv[1], "chunkSize", &cs)) return NULL;
+  /* hugePages: JS decides (runtime/memory-tier.ts arenaHugePages); absent, only whole-huge-page chunks. */
+  int huge = -1;
+  napi_valuetype ht = napi_undefined;
+  if (argc > 2) napi_typeof(env, argv[2], &ht);
+  if (ht == napi_boolean) {
+    bool b = false;
+    napi_get_value_bool(env, argv[2], &b);
+    huge = b;
+  } else if (ht != napi_undefined) {
+    throw_arg(env, "hugePages must be a boolean");
+    return NULL;
+  }
   if (cs == 0 || (cs & (cs - 1)) != 0 || cs < 4096) {
     throw_arg(env, "chunkSize must be a power of two >= 4096, received %llu", (unsigned long long)cs);
     return NULL;
@@ -179,11 +194,14 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   uint8_t *arena = (uint8_t *)(((uintptr_t)raw + HUGE_2M - 1) & ~(uintptr_t)(HUGE_2M - 1));
   if (arena > raw) munmap(raw, (uint64_t)(arena - raw));
   if (raw + map + HUGE_2M > arena + map) munmap(arena + map, (uint64_t)(raw + map + HUGE_2M - (arena + map)));
-  /* Huge pages only where a chunk is whole huge pages. With smaller chunks one resident chunk would make
-   * the kernel (or khugepaged, which collapses a 2 MiB range around even one present page) back a whole
-   * 2 MiB: real memory up to 2 MiB / chunk size times the memory budget. Explicitly off then, because
-   * THP "always" would do the same without being asked. EINVAL: THP compiled out; 4 KiB pages work. */
-  madvise(arena, map, cs >= HUGE_2M ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+  /* Huge pages by default only where a chunk is whole huge pages. With smaller chunks one resident chunk
+   * can make the kernel (or khugepaged, which collapses a 2 MiB range around even one present page) back
+   * a whole 2 MiB: real memory up to 2 MiB / chunk size times the memory budget. Explicitly off then,
+   * because THP "always" would do the same without being asked. The caller may ask otherwise (when the
+   * budget holds the whole arena, that cost is bounded by the arena). The stages, after the arena, get
+   * the same advice. EINVAL: THP compiled out. */
+  bool want = huge < 0 ? cs >= HUGE_2M : huge == 1;
+  madvise(arena, map, want ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
   t->arena = arena;
   t->arena_len = len;
   atomic_init(&t->ref, 1);

@@ -1,14 +1,16 @@
 /**
- * The chunk table's arena and the native argument checks (issue 11): huge pages only where a chunk is
- * whole huge pages (khugepaged would otherwise back 2 MiB around one resident 64 KiB chunk, up to 32x
- * the memory budget), and sizes that would overflow the chunk count or an int32 refused. The stages
- * (issue 12): a chunk loaded into a reused buffer is resident (installs copy from the stage) before it
- * is copied to its own slot, and eviction, pins and failed loads keep the accounting and the bytes right.
+ * The chunk table's arena and the native argument checks (issue 11): by default huge pages only where a
+ * chunk is whole huge pages (khugepaged would otherwise back 2 MiB around one resident 64 KiB chunk, up
+ * to 32x the memory budget), else as the caller (serve: arenaHugePages) says; and sizes that would
+ * overflow the chunk count or an int32 refused. The stages (issue 12): a chunk loaded into a reused
+ * buffer is resident (installs copy from the stage) before it is copied to its own slot, and eviction,
+ * pins and failed loads keep the accounting and the bytes right.
  */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 
 import { ChunkTable, addon, closeFd } from '../../native/index.js';
+import { arenaHugePages } from '../../runtime/memory-tier.js';
 
 /** The VmFlags line of the mapping that starts at `address` in /proc/self/smaps. */
 function vmFlags(address: bigint): string[] {
@@ -31,6 +33,24 @@ describe('native: the chunk table', () => {
       expect(flags, `chunk size ${cs}`).toContain(want);
       expect(flags, `chunk size ${cs}`).not.toContain(not);
     }
+  });
+
+  it("takes the caller's word on huge pages, and serve asks for them where they cannot cost the budget", () => {
+    const MiB = 1024 * 1024;
+    for (const hugePages of [true, false]) {
+      const t = new ChunkTable(64 * MiB, 512 * 1024, { hugePages });
+      const flags = vmFlags(t.stats().arenaAddress);
+      expect(flags).toContain(hugePages ? 'hg' : 'nh');
+      expect(flags).not.toContain(hugePages ? 'nh' : 'hg');
+    }
+    expect(() => addon().tableCreate(MiB, 4096, 1 as unknown as boolean)).toThrow(
+      /hugePages must be a boolean/,
+    );
+    // Whole-huge-page chunks always; smaller ones only when the budget holds the whole snapshot.
+    expect(arenaHugePages(2 * MiB, 64 * 1024 * MiB, 1024 * MiB)).toBe(true);
+    expect(arenaHugePages(512 * 1024, 1024 * MiB, 1024 * MiB)).toBe(true);
+    expect(arenaHugePages(512 * 1024, 1024 * MiB + 4096, 1024 * MiB)).toBe(false);
+    expect(arenaHugePages(64 * 1024, 8192 * MiB, 0)).toBe(false);
   });
 
   it('refuses a snapshot size whose chunk count would overflow, instead of wrapping around', () => {
