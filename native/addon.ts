@@ -107,6 +107,8 @@ export interface Addon {
   tableCommit(t: Handle<'table'>, chunk: number, ok: boolean): void;
   /** Bytes of the staged chunk still to copy to its slot after this call (0: settled, or not staged). */
   tableSettle(t: Handle<'table'>, chunk: number, maxBytes: number): number;
+  /** Settles every staged chunk no thread is settling; returns how many. */
+  tableSettleAll(t: Handle<'table'>): number;
   tableWarmStages(t: Handle<'table'>): void;
   /** The offset in tableArena's buffer of the pinned bytes, or -1 when the chunk is not resident. */
   tablePin(t: Handle<'table'>, chunk: number): number;

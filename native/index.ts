@@ -237,6 +237,14 @@ export class ChunkTable {
   settle(i: number, maxBytes: number): number {
     return addon().tableSettle(this.handle, i, maxBytes);
   }
+  /**
+   * Settles every staged chunk whole (returns how many): for the stages of a loader thread that stopped
+   * before it settled them, which would otherwise stay taken, their chunks never loadable again once
+   * evicted.
+   */
+  settleAll(): number {
+    return addon().tableSettleAll(this.handle);
+  }
   /** Touches the stages once, so that the first loads into them do not pay for it (tableWarmStages). */
   warmStages(): void {
     addon().tableWarmStages(this.handle);

@@ -130,6 +130,7 @@ export class ChunkLoader {
   #lastLoad = 0;
   #idleTimer: NodeJS.Timeout | undefined;
   readonly #data: LoaderWorkerData;
+  readonly #table: ChunkTable;
   readonly #activitySlots: number;
   readonly #freeSlots: number[];
   #nextId = 1;
@@ -138,7 +139,14 @@ export class ChunkLoader {
   #exclusive = false;
   droppedWrites = 0;
 
-  private constructor(data: LoaderWorkerData, maxWrites: number, writeIdleMs: number, activitySlots: number) {
+  private constructor(
+    table: ChunkTable,
+    data: LoaderWorkerData,
+    maxWrites: number,
+    writeIdleMs: number,
+    activitySlots: number,
+  ) {
+    this.#table = table;
     this.#data = data;
     this.#maxWrites = maxWrites;
     this.#writeIdleMs = writeIdleMs;
@@ -157,6 +165,7 @@ export class ChunkLoader {
       ...(options.activity ? { activityFd: options.activity.fd } : {}),
     };
     const l = new ChunkLoader(
+      options.table,
       data,
       options.maxPendingWrites ?? 4096,
       options.writeIdleMs ?? 25,
@@ -315,6 +324,8 @@ export class ChunkLoader {
         if (this.#writes.length > 0) void this.#startWriter();
         return;
       }
+      // What it staged and had not yet copied to the slots is copied now (a few chunks at most).
+      this.#table.settleAll();
       void this.#spawn('load').then(
         () => this.#pump(),
         () => {},

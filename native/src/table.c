@@ -532,11 +532,53 @@ static napi_value js_commit(napi_env env, napi_callback_info info) {
   return make_undefined(env);
 }
 
-/* tableSettle(table, i, maxBytes) → bytes still to copy. Copies up to maxBytes more of staged chunk i
- * from its stage to its arena slot (populated first); when all are there, chunk i is resident in its
- * slot (absent if it was evicted or zeroed meanwhile) and the stage is free once its last reader is
- * done. In slices so that the caller can serve the next load between them. 0 when chunk i is not staged.
- * Only the thread that committed the chunk may call it. */
+/* Copies up to max more bytes of staged chunk i from its stage to its arena slot (populated first); when
+ * all are there, chunk i is resident in its slot (absent if it was evicted or zeroed meanwhile) and the
+ * stage is free once its last reader is done. Returns the bytes still to copy: 0 once settled, or when
+ * chunk i is not staged. Any thread may call it: one copies at a time, another is told what remains. */
+static uint64_t settle(table_t *t, uint32_t i, uint64_t max) {
+  uint64_t len = table_chunk_len(t, i);
+  pthread_mutex_lock(&t->mu);
+  int k = stage_of_locked(t, i, STAGE_STAGED);
+  stage_t *g = k >= 0 ? &t->stages[k] : NULL;
+  if (!g || g->settling) {
+    /* Being copied by another thread: not done as far as this caller knows. */
+    uint64_t left = !g ? 0 : g->settled < len ? len - g->settled : 1;
+    pthread_mutex_unlock(&t->mu);
+    return left;
+  }
+  uint64_t done = g->settled;
+  bool copy = !g->evicted && done < len;
+  g->settling = copy;
+  pthread_mutex_unlock(&t->mu);
+  /* The slot is the settler's alone while the chunk is staged: reserve refuses it, readers get the
+   * stage, put and evict only change the counts. */
+  uint8_t *slot = t->arena + (uint64_t)i * t->chunk_size;
+  if (copy) {
+    uint64_t n = len - done < max ? len - done : max;
+    madvise(slot + done, (n + 4095) & ~4095ull, MADV_POPULATE_WRITE); /* as in tableReserve */
+    memcpy(slot + done, stage_mem(t, (uint32_t)k) + done, n);
+    done += n;
+  }
+  pthread_mutex_lock(&t->mu);
+  g->settling = false;
+  g->settled = done;
+  if (!g->evicted && done < len) {
+    pthread_mutex_unlock(&t->mu);
+    return len - done;
+  }
+  if (g->evicted) {
+    if (t->state[i] == CHUNK_STAGED) t->state[i] = CHUNK_ABSENT;
+    discard_locked(t, i); /* no arena reader: the chunk was never resident in its slot */
+  } else
+    t->state[i] = CHUNK_RESIDENT;
+  g->st = g->readers ? STAGE_DRAINING : STAGE_FREE;
+  pthread_mutex_unlock(&t->mu);
+  return 0;
+}
+
+/* tableSettle(table, i, maxBytes) → bytes still to copy (settle above), in slices so that the loader
+ * that staged the chunk can serve the next load between them. */
 static napi_value js_settle(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   uint32_t i;
@@ -548,38 +590,26 @@ static napi_value js_settle(napi_env env, napi_callback_info info) {
     throw_arg(env, "maxBytes must be a positive multiple of 4096, received %llu", (unsigned long long)max);
     return NULL;
   }
-  uint64_t len = table_chunk_len(t, i);
-  pthread_mutex_lock(&t->mu);
-  int k = stage_of_locked(t, i, STAGE_STAGED);
-  stage_t *g = k >= 0 ? &t->stages[k] : NULL;
-  uint64_t done = g ? g->settled : 0;
-  bool evicted = g && g->evicted;
-  pthread_mutex_unlock(&t->mu);
-  if (!g) return make_u64(env, 0);
-  /* The slot is this thread's alone while the chunk is staged: reserve refuses it, readers get the
-   * stage, put and evict only change the counts. */
-  uint8_t *slot = t->arena + (uint64_t)i * t->chunk_size;
-  if (!evicted && done < len) {
-    uint64_t n = len - done < max ? len - done : max;
-    madvise(slot + done, (n + 4095) & ~4095ull, MADV_POPULATE_WRITE); /* as in tableReserve */
-    memcpy(slot + done, stage_mem(t, (uint32_t)k) + done, n);
-    done += n;
-    if (done < len) {
-      pthread_mutex_lock(&t->mu);
-      g->settled = done;
-      pthread_mutex_unlock(&t->mu);
-      return make_u64(env, len - done);
-    }
+  return make_u64(env, settle(t, i, max));
+}
+
+/* tableSettleAll(table) → chunks settled: every staged chunk no thread is copying, whole. For the stages
+ * of a loader thread that stopped before settling them: staged for ever, a chunk evicted meanwhile
+ * could never be loaded again, and the stage would be lost to the pool. */
+static napi_value js_settle_all(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv, NULL)) return NULL;
+  table_t *t = table_from_js(env, argv[0]);
+  if (!t) return NULL;
+  uint32_t n = 0;
+  for (uint32_t k = 0; k < t->nstages; k++) {
+    pthread_mutex_lock(&t->mu);
+    bool mine = t->stages[k].st == STAGE_STAGED && !t->stages[k].settling;
+    uint32_t i = t->stages[k].chunk;
+    pthread_mutex_unlock(&t->mu);
+    if (mine && settle(t, i, t->chunk_size) == 0) n++;
   }
-  pthread_mutex_lock(&t->mu);
-  if (g->evicted) {
-    if (t->state[i] == CHUNK_STAGED) t->state[i] = CHUNK_ABSENT;
-    discard_locked(t, i); /* no arena reader: the chunk was never resident in its slot */
-  } else
-    t->state[i] = CHUNK_RESIDENT;
-  g->st = g->readers ? STAGE_DRAINING : STAGE_FREE;
-  pthread_mutex_unlock(&t->mu);
-  return make_u64(env, 0);
+  return make_u64(env, n);
 }
 
 /* tableWarmStages(table): touches every stage once as a user store and once as a kernel read (a write
@@ -662,6 +692,7 @@ napi_value table_init(napi_env env, napi_value exports) {
       !export_fn(env, exports, "tableReserve", js_reserve) ||
       !export_fn(env, exports, "tableCommit", js_commit) || !export_fn(env, exports, "tablePin", js_pin) ||
       !export_fn(env, exports, "tableSettle", js_settle) ||
+      !export_fn(env, exports, "tableSettleAll", js_settle_all) ||
       !export_fn(env, exports, "tableWarmStages", js_warm_stages) ||
       !export_fn(env, exports, "tableUnpin", js_unpin))
     return NULL;

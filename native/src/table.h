@@ -31,7 +31,8 @@ typedef struct {
   bool evicted;     /* evicted while staged: absent, not resident, once settled */
   uint32_t chunk;   /* the chunk it holds (not STAGE_FREE) */
   uint32_t readers; /* fault threads or pins copying from it; DRAINING frees it at the last release */
-  uint64_t settled; /* bytes copied to the arena slot so far (the settling thread's own) */
+  uint64_t settled; /* bytes copied to the arena slot so far */
+  bool settling;    /* a thread is copying (outside mu): another settle of it waits its turn */
 } stage_t;
 
 typedef struct table {

@@ -166,6 +166,22 @@ describe('native: the chunk table', () => {
       expect(t.stats()).toMatchObject({ busyStages: 0, stagedChunks: 0, residentChunks: stages + 1 });
     });
 
+    it('settleAll() settles what a stopped loader left staged, and a settle of a chunk already settled does nothing', () => {
+      const t = new ChunkTable(16 * CS, CS);
+      load(t, 1);
+      load(t, 2);
+      expect(t.settle(2, 16 * 1024)).toBe(48 * 1024); // a loader stopped part way through this one
+      t.evict(1);
+      expect(t.settleAll()).toBe(2);
+      expect(t.stats()).toMatchObject({ stagedChunks: 0, busyStages: 0, residentChunks: 1 });
+      expect(t.state(1)).toBe('absent');
+      expect(t.reserveStaged(1)).toBeDefined(); // loadable again, not stuck behind its old stage
+      t.commit(1, false);
+      expect(Buffer.from(t.slot(2)).equals(bytesOf(3))).toBe(true);
+      expect(t.settle(2, CS)).toBe(0);
+      expect(t.settleAll()).toBe(0);
+    });
+
     it('refuses an unpin at an offset the chunk is not pinned at', () => {
       const t = new ChunkTable(16 * CS, CS);
       load(t, 1);
