@@ -30,7 +30,7 @@ import { IntegrityError } from '../core/errors.js';
 import { makeDirsSync } from '../core/make-dirs.js';
 import { addon } from '../native/addon.js';
 import { ChunkTable, installSharedSession } from '../native/index.js';
-import { decodeChunk, encodeChunk, hashChunk, type Codec } from '../store/chunk.js';
+import { decodeChunk, encodeChunk, hashChunk, maxStoredSize, type Codec } from '../store/chunk.js';
 import { ChunkCrypto, type ChunkCryptoTransfer } from '../store/chunk-crypto.js';
 
 export interface LoaderWorkerData {
@@ -347,15 +347,29 @@ parentPort!.on('message', (job: LoadJob | WriteJob) => {
   scheduleSettle();
 });
 /**
- * Runs the decode path once before reporting ready: the first call into zstd (a context to allocate),
- * BLAKE3 and this module's functions costs milliseconds, and it must not be the first page a VM waits
- * for (docs/DESIGN.md, "P6").
+ * Runs the load path once, at the chunk size, before reporting ready: the first call into zstd (a
+ * context, and a window as large as a chunk's), BLAKE3 and this module's functions costs milliseconds,
+ * and so does the first use of each buffer a load writes: on a host with shadow page tables a page's
+ * first user access and its first kernel access cost an exit each (native/src/table.h). None of that
+ * must fall on the first page a VM waits for (docs/DESIGN.md, "P6"). The start-up warm-up session
+ * loads a chunk through one loader thread only; this warms every one.
  */
 function warmUp(): void {
-  const page = Buffer.alloc(4096);
-  const frame = encodeChunk('zstd', page);
-  decodeChunk('warm-up', 'zstd', frame, hashChunk(page), page.length, undefined, Buffer.alloc(page.length));
-  crypto?.id(page);
+  const chunk = Buffer.alloc(data.chunkSize);
+  for (let i = 0; i < chunk.length; i += 4096) chunk.writeUInt32LE(i, i); // not all zeros: a real window
+  const frame = encodeChunk('zstd', chunk);
+  decodeChunk('warm-up', 'zstd', frame, hashChunk(chunk), chunk.length, undefined, chunk);
+  crypto?.id(chunk);
+  // The read buffer at the largest object a chunk can be stored as, written once by the kernel (a read)
+  // and read once here, as a load's read and decode will.
+  scratch = Buffer.allocUnsafe(maxStoredSize('zstd', data.chunkSize, crypto !== undefined));
+  const zero = openSync('/dev/zero', 'r');
+  try {
+    readSync(zero, scratch, 0, scratch.length, null);
+  } finally {
+    closeSync(zero);
+  }
+  hashChunk(scratch);
   readObject('/proc/self/stat', 1 << 20, 'warm-up');
   // The arena view: V8 counts it as external memory (the snapshot's size) and collects garbage when it
   // appears, about 10 ms measured here. Now, not in the first load.
