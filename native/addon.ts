@@ -125,6 +125,8 @@ export interface Addon {
     stages: number;
     stagedChunks: number;
     busyStages: number;
+    /** Staged reservations that found every stage taken and went to the chunk's slot instead. */
+    stageMisses: number;
     arenaAddress: bigint;
     arenaBytes: number;
   };

@@ -43,6 +43,12 @@ export interface LoaderWorkerData {
   activitySlot?: number;
   /** 'write': the cache writer thread, which lowers its own scheduling class first. @default 'load' */
   role?: 'load' | 'write';
+  /**
+   * Staged chunks this thread may leave unsettled before a load first settles the oldest: its share of
+   * the table's stages, less the one it fills (ChunkLoader.start). A load that finds no stage free goes
+   * to its slot, on the fault's path.
+   */
+  maxUnsettled: number;
 }
 
 /** Load chunk `chunk` from a file of a local store ('file'), from bytes an origin sent ('bytes'), or from
@@ -196,11 +202,6 @@ function loadRaw(job: LoadJob, slot: Uint8Array, phases: Phases): number {
 const unsettled: { table: ChunkTable; chunk: number }[] = [];
 /** A settle step copies this much, then lets the next job in (a 512 KiB chunk in 4 steps). */
 const SETTLE_SLICE = 128 << 10;
-/**
- * Stages this thread may hold unsettled before a load first settles the oldest: the table has 8 (fewer
- * for chunks over 4 MiB) for up to 4 loader threads, and a load that finds none free goes to its slot.
- */
-const MAX_UNSETTLED = 2;
 let settleScheduled = false;
 
 /** One slice of the oldest unsettled chunk, then again after whatever jobs have arrived meanwhile. */
@@ -220,7 +221,7 @@ function scheduleSettle(): void {
 
 function load(job: LoadJob): LoadReply {
   const table = tableOf(job);
-  while (unsettled.length >= MAX_UNSETTLED) {
+  while (unsettled.length > 0 && unsettled.length >= data.maxUnsettled) {
     const u = unsettled.shift()!;
     while (u.table.settle(u.chunk, SETTLE_SLICE) > 0);
   }

@@ -163,6 +163,8 @@ export class ChunkLoader {
       chunkSize: options.table.chunkSize,
       ...(options.crypto ? { crypto: options.crypto.toTransfer() } : {}),
       ...(options.activity ? { activityFd: options.activity.fd } : {}),
+      // Each loader fills one stage and leaves the rest of its share to be settled between loads.
+      maxUnsettled: Math.max(0, Math.floor(options.table.stats().stages / Math.max(1, n)) - 1),
     };
     const l = new ChunkLoader(
       options.table,

@@ -353,7 +353,8 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   table_t *t = table_from_js(env, argv[0]);
   if (!t) return NULL;
   pthread_mutex_lock(&t->mu);
-  uint64_t rb = t->resident_bytes, rc = t->resident_chunks, zc = t->zero_chunks, staged = 0, busy = 0;
+  uint64_t rb = t->resident_bytes, rc = t->resident_chunks, zc = t->zero_chunks, staged = 0, busy = 0,
+           misses = t->stage_misses;
   for (uint32_t k = 0; k < t->nstages; k++) {
     staged += t->stages[k].st == STAGE_STAGED;
     busy += t->stages[k].st != STAGE_FREE;
@@ -369,6 +370,7 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   set_named(env, o, "stages", make_u64(env, t->nstages));
   set_named(env, o, "stagedChunks", make_u64(env, staged));
   set_named(env, o, "busyStages", make_u64(env, busy));
+  set_named(env, o, "stageMisses", make_u64(env, misses));
   /* Where the arena is, to find it in /proc/self/smaps (its huge-page advice, its resident size). */
   set_named(env, o, "arenaAddress", make_bigint(env, (uint64_t)(uintptr_t)t->arena));
   set_named(env, o, "arenaBytes", make_u64(env, t->arena_len));
@@ -486,7 +488,10 @@ static napi_value js_reserve(napi_env env, napi_callback_info info) {
     t->discard[i] = 0;
     for (uint32_t j = 0; want_stage && k < 0 && j < t->nstages; j++)
       if (t->stages[j].st == STAGE_FREE) k = (int)j;
-    if (k >= 0) t->stages[k] = (stage_t){.st = STAGE_FILLING, .chunk = i};
+    if (k >= 0)
+      t->stages[k] = (stage_t){.st = STAGE_FILLING, .chunk = i};
+    else if (want_stage)
+      t->stage_misses++;
   }
   pthread_mutex_unlock(&t->mu);
   if (!ok) return make_i32(env, -1);

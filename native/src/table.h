@@ -59,6 +59,7 @@ typedef struct table {
    * stage k at arena + arena_len + k * chunk_size. */
   uint32_t nstages;
   stage_t stages[TABLE_MAX_STAGES];
+  uint64_t stage_misses; /* staged reservations that found no stage free (went to the slot); under mu */
 } table_t;
 
 void table_ref(table_t *t);

@@ -7,9 +7,12 @@
  * pins and failed loads keep the accounting and the bytes right.
  */
 import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 
 import { ChunkTable, addon, closeFd } from '../../native/index.js';
+import { ChunkLoader } from '../../runtime/chunk-loader.js';
+import { encodeChunk, hashChunk } from '../../store/chunk.js';
 import { arenaHugePages } from '../../runtime/memory-tier.js';
 
 /** The VmFlags line of the mapping that starts at `address` in /proc/self/smaps. */
@@ -154,6 +157,7 @@ describe('native: the chunk table', () => {
       for (let i = 0; i < stages; i++) expect(inStage(t, load(t, i))).toBe(true);
       const full = load(t, stages);
       expect(full.byteOffset).toBe(stages * CS);
+      expect(t.stats().stageMisses).toBe(1);
       expect(t.stats()).toMatchObject({ stagedChunks: stages, residentChunks: stages + 1 });
       for (let i = 0; i < stages; i++) while (t.settle(i, 16 * 1024) > 0);
       for (let i = 0; i <= stages; i++) expect(t.read(i)?.equals(bytesOf(i + 1)), `chunk ${i}`).toBe(true);
@@ -180,6 +184,46 @@ describe('native: the chunk table', () => {
       expect(Buffer.from(t.slot(2)).equals(bytesOf(3))).toBe(true);
       expect(t.settle(2, CS)).toBe(0);
       expect(t.settleAll()).toBe(0);
+    });
+
+    it('loader threads share the stages: a burst of loads never finds them all taken, and every chunk reaches its slot', async () => {
+      const n = 32;
+      const t = new ChunkTable(n * CS, CS);
+      const loader = await ChunkLoader.start({ table: t, workers: 2 });
+      try {
+        const chunks = Array.from({ length: n }, (_, i) => {
+          const b = Buffer.alloc(CS);
+          for (let o = 0; o < CS; o += 4096) b.writeUInt32LE(i * CS + o, o);
+          return b;
+        });
+        await Promise.all(
+          chunks.map((b, i) =>
+            loader.load({
+              table: loader.tableId,
+              chunk: i,
+              key: `k${i}`,
+              hash: hashChunk(b),
+              codec: 'zstd',
+              length: CS,
+              from: 'bytes',
+              bytes: encodeChunk('zstd', b),
+              maxBytes: 2 * CS,
+              priority: i % 2 ? 'demand' : 'prefetch',
+            }),
+          ),
+        );
+        for (let i = 0; i < 500 && t.stats().busyStages > 0; i++) await sleep(2);
+        expect(t.stats()).toMatchObject({
+          stageMisses: 0,
+          stagedChunks: 0,
+          busyStages: 0,
+          residentChunks: n,
+        });
+        for (let i = 0; i < n; i++)
+          expect(Buffer.from(t.slot(i)).equals(chunks[i]!), `chunk ${i}`).toBe(true);
+      } finally {
+        await loader.close();
+      }
     });
 
     it('refuses an unpin at an offset the chunk is not pinned at', () => {
