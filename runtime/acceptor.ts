@@ -72,6 +72,9 @@ export class Acceptor {
       this.#o.handshakeTimeoutMs,
     );
     this.#pending.add(p);
+    // A peer sends its handshake right after connecting, and it is often there already: received now,
+    // not a turn of the event loop later (a wake-up of its own; the time to the first page, P6, counts it).
+    this.#receive(p);
   }
 
   /** Stops accepting (the listening fd stays open: the caller closes or hands it over). */
