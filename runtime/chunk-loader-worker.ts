@@ -6,7 +6,7 @@
  * installed from the stage, and only then is the chunk copied to its own slot of the table, in slices
  * between loads (settle). The main thread only decides what to load and installs what is committed.
  *
- * It also writes host cache files from resident slots (pinned while written), at low priority.
+ * It also writes host cache files from resident chunks (pinned while written), at low priority.
  *
  * Messages in: LoadJob | WriteJob; out: LoadReply. Errors cross as plain objects (kind, message) that
  * the main thread turns back into typed errors.
