@@ -190,6 +190,8 @@ export interface Addon {
 
   mmapAnonymous(length: number, hugetlb: boolean): bigint;
   munmap(address: bigint, length: number): void;
+  /** Reads the byte at address on a libuv pool thread (a fault there, served while JS runs). */
+  touchAsync(address: bigint): Promise<number>;
   madvise(address: bigint, length: number, advice: number): void;
   processVmRead(pid: number, remoteAddress: bigint, target: ArrayBufferView): number;
   kill(pid: number, signal: number): void;

@@ -53,6 +53,14 @@ export function mmapAnonymous(length: number, options: { hugetlb?: boolean } = {
 export function munmap(address: bigint, length: number): void {
   addon().munmap(address, length);
 }
+/**
+ * Reads the byte at `address` on a thread of libuv's pool. On memory a fault session of this process
+ * serves, that is a real fault, waited for off the JS thread (which serves it). The address must stay
+ * mapped until the promise settles.
+ */
+export function touchAsync(address: bigint): Promise<number> {
+  return addon().touchAsync(address);
+}
 export function madvise(address: bigint, length: number, advice: number): void {
   addon().madvise(address, length, advice);
 }

@@ -51,6 +51,8 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
   warmUpMs: number | undefined;
   /** Whether the warm-up ran a whole session of its own (it needs the right to create a userfaultfd). */
   warmUpSession = false;
+  /** Whether that session's own fault took the demand path (crossed into JS and was fetched). */
+  warmUpFault = false;
   /** The served snapshot's geometry, from its manifest. */
   readonly snapshot: {
     id: string;
@@ -127,6 +129,7 @@ export class RestoreServer extends EventEmitter<RestoreServerEvents> {
     server.metricsPort = started.metricsServer?.port;
     server.warmUpMs = started.warmUp?.ms;
     server.warmUpSession = started.warmUp?.session ?? false;
+    server.warmUpFault = started.warmUp?.demandFault ?? false;
     log.info({ socket: o.socketPath, ...started.fields() }, 'serving');
     return server;
   }

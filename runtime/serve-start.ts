@@ -57,6 +57,7 @@ export async function startServing(
       metricsPort: metricsServer?.port,
       warmUpMs: warmUp === undefined ? null : Math.round(warmUp.ms * 10) / 10,
       warmUpSession: warmUp?.session ?? false,
+      warmUpFault: warmUp?.demandFault ?? false,
       ...securityFields(o, m),
     });
     return { host, parts: p, metricsServer, warmUp, fields };

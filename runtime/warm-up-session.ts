@@ -1,8 +1,11 @@
 /**
  * The start-up warm-up's whole session (runtime/warm-up.ts): a RestoreSession constructed the way
- * SessionHost constructs one, over one chunk of serve's own memory, then populated, which fetches,
- * verifies and installs that chunk as a session does, and ended. Its first calls are the ones a peer's
- * first session would otherwise pay for (the session, its trace, delivery, fail-closed, state, logging).
+ * SessionHost constructs one, over one chunk of serve's own memory. A thread of libuv's pool then reads
+ * its first byte: a real fault, which crosses to JS as a peer's first fault does and takes the demand
+ * path (delivery, the fetcher's demand queue, a loader thread's install for the session). The session
+ * is then populated (nothing left to do, unless the fault was not served) and ended. Its first calls are
+ * the ones a peer's first session would otherwise pay for (the session, its trace, delivery,
+ * fail-closed, state, logging, the first need).
  *
  * It shares nothing with the snapshot's sessions: a one-chunk index of a synthetic chunk, a private
  * table, memory tier, fetcher (an origin in memory) and metrics registry, and a logger that writes
@@ -11,11 +14,12 @@
  * /dev/null: a failure that would SIGKILL the peer cannot signal any process (the signal fails).
  */
 import { openSync, writeSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import { ROOT_CONTEXT, TraceFlags, trace } from '@opentelemetry/api';
 
 import { discardingLogger } from '../core/logger.js';
-import { ChunkTable, addon, closeFd } from '../native/index.js';
+import { ChunkTable, addon, closeFd, touchAsync } from '../native/index.js';
 import type { StoreBackend } from '../store/backend.js';
 import { encodeChunks, type SnapshotIndex } from '../store/manifest.js';
 import type { ChunkLoader } from './chunk-loader.js';
@@ -42,6 +46,8 @@ export interface WarmUpSessionOptions {
    */
   localFile: boolean;
   signal: AbortSignal;
+  /** The thread that faulted on `base` has not come back: the memory must stay mapped. */
+  onStuckFault: () => void;
 }
 
 /** An origin in memory that holds one object (whatever key it is asked for), optionally at a path. */
@@ -66,7 +72,11 @@ const UNSAMPLED = trace.setSpanContext(ROOT_CONTEXT, {
   traceFlags: TraceFlags.NONE,
 });
 
-export async function warmUpSession(o: WarmUpSessionOptions): Promise<void> {
+/** How long the warm-up waits for its own fault to be served before it populates instead. */
+const FAULT_WAIT_MS = 2000;
+
+/** Resolves with whether its own fault crossed into JS and was served by a fetch (the demand path). */
+export async function warmUpSession(o: WarmUpSessionOptions): Promise<{ demandFault: boolean }> {
   const { ctx } = o;
   const m = ctx.index.manifest;
   const size = m.chunkSize;
@@ -104,7 +114,9 @@ export async function warmUpSession(o: WarmUpSessionOptions): Promise<void> {
     metrics: new RuntimeMetrics(),
     log,
     failTimeoutMs: ctx.failTimeoutMs,
-    canPoison: ctx.canPoison,
+    // Never poison: the faulting thread is one of this process's (libuv's pool), and a poisoned page is
+    // a SIGBUS there. Failing closed is then a SIGKILL of the "peer", a descriptor of /dev/null.
+    canPoison: false,
     prefetch: { ...ctx.prefetch, mode: 'off', fill: false, profile: undefined, saveRecording: () => {} },
     trace: {
       snapshotId: ctx.trace.snapshotId,
@@ -116,6 +128,8 @@ export async function warmUpSession(o: WarmUpSessionOptions): Promise<void> {
   let pidfd = -1;
   let stateFd = -1;
   let session: RestoreSession | undefined;
+  let touched: Promise<unknown> | undefined;
+  let demandFault: boolean;
   try {
     const handshake = parseHandshake(
       Buffer.from(
@@ -140,10 +154,22 @@ export async function warmUpSession(o: WarmUpSessionOptions): Promise<void> {
     });
     uffd = -1; // the session owns the uffd and the pidfd now
     pidfd = -1;
+    touched = touchAsync(o.base).catch(() => {});
+    await Promise.race([touched, sleep(FAULT_WAIT_MS, undefined, { ref: false })]);
     await session.populate(o.signal);
   } finally {
-    session?.end('ended');
+    // Ending the session closes its uffd, which wakes a fault still waiting (it then reads a zero page).
+    demandFault = (session?.end('ended').stall.faults ?? 0) > 0;
     for (const fd of [uffd, pidfd, stateFd, fileFd]) if (fd >= 0) closeFd(fd);
     table.unshare();
+    // The faulting thread must be back before the caller unmaps the memory, or it would crash there.
+    if (touched) {
+      const back = await Promise.race([
+        touched.then(() => true),
+        sleep(FAULT_WAIT_MS, false, { ref: false }),
+      ]);
+      if (!back) o.onStuckFault();
+    }
   }
+  return { demandFault };
 }

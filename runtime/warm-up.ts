@@ -46,6 +46,8 @@ export interface WarmUp {
   ms: number;
   /** False where this process cannot create a userfaultfd: only the fetch and loader half ran. */
   session: boolean;
+  /** The session's own fault (a read by a thread of this process) crossed into JS and was fetched. */
+  demandFault: boolean;
 }
 
 /** Runs the warm-up; resolves with what it did, or undefined when it failed (the first peer pays). */
@@ -57,6 +59,7 @@ export async function warmUpFaultPath(w: WarmUpContext, log: Logger): Promise<Wa
   const table = new ChunkTable(length, length);
   let uffd = -1;
   let base: bigint | undefined;
+  let unmapSafe = true;
   try {
     parseHandshake(
       Buffer.from(
@@ -82,14 +85,14 @@ export async function warmUpFaultPath(w: WarmUpContext, log: Logger): Promise<Wa
       uffd = createUffd();
     } catch {
       // No userfaultfd of our own here: the JS and loader half is warm.
-      return { ms: performance.now() - t0, session: false };
+      return { ms: performance.now() - t0, session: false, demandFault: false };
     }
     uffdApi(uffd, constants().UFFD_FEATURE_EVENT_REMOVE);
     base = mmapAnonymous(length, { hugetlb: m.pageSize !== 4096 });
     uffdRegister(uffd, base, length);
     const owned = uffd;
     uffd = -1; // the session owns it now
-    await warmUpSession({
+    const { demandFault } = await warmUpSession({
       ctx: w.ctx,
       loader: w.loader,
       uffd: owned,
@@ -98,14 +101,16 @@ export async function warmUpFaultPath(w: WarmUpContext, log: Logger): Promise<Wa
       stored,
       localFile: w.localOrigin,
       signal: AbortSignal.timeout(5000),
+      onStuckFault: () => (unmapSafe = false),
     });
-    return { ms: performance.now() - t0, session: true };
+    return { ms: performance.now() - t0, session: true, demandFault };
   } catch (e) {
     if (log.isLevelEnabled('debug')) log.debug({ err: (e as Error).message }, 'fault path warm-up skipped');
     return undefined;
   } finally {
     if (uffd >= 0) closeFd(uffd);
-    if (base !== undefined) munmap(base, length);
+    // Left mapped (a chunk of memory) if a thread faulting on it never came back: unmapped, it would crash.
+    if (base !== undefined && unmapSafe) munmap(base, length);
     table.unshare();
   }
 }

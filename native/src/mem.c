@@ -2,6 +2,7 @@
  * process's memory (process_vm_readv, for live-process snapshots), signals, and ArrayBuffer views of
  * native memory (for in-process restore from a worker thread). */
 #include <errno.h>
+#include <stdlib.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
@@ -122,12 +123,67 @@ static napi_value js_addr_of(napi_env env, napi_callback_info info) {
   return make_bigint(env, (uint64_t)(uintptr_t)p);
 }
 
+/* touchAsync(address) → Promise<number>: reads the byte at address on a thread of libuv's pool and
+ * resolves with it. A user-mode access from a thread that serves nothing: on memory a uffd of this
+ * process covers, it is a fault that thread sleeps in until the session installs the page (or the uffd
+ * is closed), while the JS thread goes on serving it. The address must be mapped (the caller's). */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  uint64_t addr;
+  uint8_t value;
+} touch_t;
+
+static void touch_execute(napi_env env, void *data) {
+  touch_t *t = data;
+  t->value = *(volatile const uint8_t *)(uintptr_t)t->addr;
+}
+
+static void touch_complete(napi_env env, napi_status status, void *data) {
+  touch_t *t = data;
+  napi_value v;
+  if (status == napi_ok && napi_create_uint32(env, t->value, &v) == napi_ok)
+    napi_resolve_deferred(env, t->deferred, v);
+  else {
+    napi_value msg, err;
+    napi_create_string_utf8(env, "touchAsync was cancelled", NAPI_AUTO_LENGTH, &msg);
+    napi_create_error(env, NULL, msg, &err);
+    napi_reject_deferred(env, t->deferred, err);
+  }
+  napi_delete_async_work(env, t->work);
+  free(t);
+}
+
+static napi_value js_touch_async(napi_env env, napi_callback_info info) {
+  napi_value argv[1], promise, name;
+  uint64_t addr;
+  if (!get_args(env, info, 1, argv, NULL) || !arg_u64(env, argv[0], "address", &addr)) return NULL;
+  if (addr == 0) {
+    throw_arg(env, "address must be non-zero");
+    return NULL;
+  }
+  touch_t *t = calloc(1, sizeof *t);
+  if (!t) return throw_errno(env, ENOMEM, "calloc"), NULL;
+  t->addr = addr;
+  NAPI_OK(env, napi_create_promise(env, &t->deferred, &promise));
+  NAPI_OK(env, napi_create_string_utf8(env, "lazysnap:touch", NAPI_AUTO_LENGTH, &name));
+  if (napi_create_async_work(env, NULL, name, touch_execute, touch_complete, t, &t->work) != napi_ok ||
+      napi_queue_async_work(env, t->work) != napi_ok) {
+    /* The promise stays pending for ever: nobody holds it but the throw below. */
+    free(t);
+    napi_throw_error(env, "LAZYSNAP_NATIVE", "napi_create_async_work failed");
+    return NULL;
+  }
+  return promise;
+}
+
 napi_value mem_init(napi_env env, napi_value exports) {
   if (!export_fn(env, exports, "mmapAnonymous", js_mmap) || !export_fn(env, exports, "munmap", js_munmap) ||
       !export_fn(env, exports, "madvise", js_madvise) ||
       !export_fn(env, exports, "processVmRead", js_pvm_read) || !export_fn(env, exports, "kill", js_kill) ||
       !export_fn(env, exports, "arrayBufferAt", js_ab_at) ||
       !export_fn(env, exports, "addressOf", js_addr_of) ||
+      !export_fn(env, exports, "touchAsync", js_touch_async) ||
       !export_int(env, exports, "MADV_DONTNEED", MADV_DONTNEED) ||
       !export_int(env, exports, "MADV_REMOVE", MADV_REMOVE) ||
       !export_int(env, exports, "MADV_WILLNEED", MADV_WILLNEED) ||

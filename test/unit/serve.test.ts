@@ -330,6 +330,9 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve'), () => {
       expect(server.warmUpMs).toBeGreaterThan(0);
       // The warm-up ran a whole RestoreSession of its own (serve can create userfaultfds here)...
       expect(server.warmUpSession).toBe(true);
+      // ...in which a thread of serve's own faulted, and the fault took the demand path a peer's first
+      // fault takes (crossed into JS, fetched, installed), not only populate's.
+      expect(server.warmUpFault).toBe(true);
       // ...which nobody can see: no chunk resident, no request, no session counted, ended or summarized.
       expect(server.stats()).toMatchObject({ residentBytes: 0, sessions: 0 });
       expect(requests.filter((u) => u.startsWith('/chunks/'))).toEqual([]);
