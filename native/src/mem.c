@@ -162,14 +162,15 @@ static napi_value js_touch_async(napi_env env, napi_callback_info info) {
     throw_arg(env, "address must be non-zero");
     return NULL;
   }
+  NAPI_OK(env, napi_create_string_utf8(env, "lazysnap:touch", NAPI_AUTO_LENGTH, &name));
   touch_t *t = calloc(1, sizeof *t);
   if (!t) return throw_errno(env, ENOMEM, "calloc"), NULL;
   t->addr = addr;
-  NAPI_OK(env, napi_create_promise(env, &t->deferred, &promise));
-  NAPI_OK(env, napi_create_string_utf8(env, "lazysnap:touch", NAPI_AUTO_LENGTH, &name));
-  if (napi_create_async_work(env, NULL, name, touch_execute, touch_complete, t, &t->work) != napi_ok ||
+  if (napi_create_promise(env, &t->deferred, &promise) != napi_ok ||
+      napi_create_async_work(env, NULL, name, touch_execute, touch_complete, t, &t->work) != napi_ok ||
       napi_queue_async_work(env, t->work) != napi_ok) {
     /* The promise stays pending for ever: nobody holds it but the throw below. */
+    if (t->work) napi_delete_async_work(env, t->work);
     free(t);
     napi_throw_error(env, "LAZYSNAP_NATIVE", "napi_create_async_work failed");
     return NULL;
