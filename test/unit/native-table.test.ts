@@ -185,7 +185,7 @@ describe('native: the chunk table', () => {
       expect(t.state(base)).toBe('absent');
     });
 
-    it('the settler thread copies staged chunks to their slots by itself, and frees evicted ones without a copy', async () => {
+    it('the settler thread copies staged chunks to their slots by itself; one evicted while staged ends absent, its memory given back', async () => {
       const t = new ChunkTable(16 * CS, CS);
       expect(t.startSettler()).toBe(true);
       expect(t.startSettler()).toBe(true); // once per table
@@ -198,6 +198,9 @@ describe('native: the chunk table', () => {
       });
       expect(names).toContain('lazysnap-settle');
       for (const i of [1, 2, 3]) load(t, i);
+      // The settler may copy chunk 2 before this evict (then the evict gives the slot back) or find it
+      // evicted (then it frees the stage without a copy): absent either way. The copy-less path is held
+      // deterministically by the test above.
       t.evict(2);
       // SCHED_IDLE: on a runner whose CPUs are busy with other suites it may wait its turn (up to 10 s).
       for (let n = 0; n < 2000 && t.stats().busyStages > 0; n++) await sleep(5);
@@ -205,8 +208,9 @@ describe('native: the chunk table', () => {
         stagedChunks: 0,
         busyStages: 0,
         residentChunks: 2,
-        settledInBackground: 2,
+        settledInline: 0,
       });
+      expect([2, 3]).toContain(t.stats().settledInBackground);
       expect(Buffer.from(t.slot(1)).equals(bytesOf(2))).toBe(true);
       expect(Buffer.from(t.slot(3)).equals(bytesOf(4))).toBe(true);
       expect(t.state(2)).toBe('absent');
