@@ -245,7 +245,6 @@ export class ChunkTable {
   startSettler(): boolean {
     return addon().tableStartSettler(this.handle);
   }
-
   /** Touches the stages once, so that the first loads into them do not pay for it (tableWarmStages). */
   warmStages(): void {
     addon().tableWarmStages(this.handle);

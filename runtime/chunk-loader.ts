@@ -1,8 +1,8 @@
 /**
  * The chunk loaders: worker threads that read, decode and verify chunks into the shared native table
  * (runtime/chunk-loader-worker.ts: into a reused stage buffer, installed from there, then copied to the
- * chunk's slot by the table's settler thread on idle CPU), so the main thread, which schedules every session's faults and fetches,
- * never spends a chunk's worth of CPU on one of them.
+ * chunk's slot by the table's settler thread on idle CPU), so the main thread, which schedules every
+ * session's faults and fetches, never spends a chunk's worth of CPU on one of them.
  *
  * Scheduling: demand loads before prefetch loads. Each worker holds at most two jobs (the running one
  * and the next), so it never waits for the main thread between jobs while the order of everything else

@@ -105,7 +105,8 @@ void table_release(table_t *t, uint32_t i, const uint8_t *data) {
   pthread_mutex_lock(&t->mu);
   if (data >= t->arena + t->arena_len) {
     stage_t *g = &t->stages[(uint64_t)(data - (t->arena + t->arena_len)) / t->chunk_size];
-    if (--g->readers == 0 && g->st == STAGE_DRAINING) g->st = STAGE_FREE;
+    /* Not while a settle still copies from it (an orphan, table.h): that settle frees it. */
+    if (--g->readers == 0 && g->st == STAGE_DRAINING && !g->settling) g->st = STAGE_FREE;
   } else if (--t->readers[i] == 0 && t->discard[i])
     discard_locked(t, i);
   pthread_mutex_unlock(&t->mu);
@@ -131,6 +132,26 @@ static void free_evicted_stage_locked(table_t *t, stage_t *g) {
   if (t->state[i] == CHUNK_STAGED) t->state[i] = CHUNK_ABSENT;
   if (g->settled) discard_locked(t, i); /* the slices already copied; the slot has no reader */
   g->st = STAGE_FREE;
+}
+
+/* Staged chunk i was evicted (or zeroed): lets a new load of it start now, not when the settler, at the
+ * lowest priority, gets to its stage (a starved settler once kept such a chunk unloadable for longer
+ * than a fetch waits, and its fault failed closed). The stage is freed at once if no one uses it, else
+ * orphaned (table.h): it drains, and the chunk is absent from now on. Called with mu held. */
+static void release_evicted_stage_locked(table_t *t, uint32_t i) {
+  stage_t *g = &t->stages[stage_of_locked(t, i, STAGE_STAGED)];
+  if (!g->evicted) return;
+  if (!g->settling) {
+    if (g->settled) discard_locked(t, i); /* the slices already copied; no one reads the slot */
+    g->settled = 0;
+    if (!g->readers) {
+      free_evicted_stage_locked(t, g);
+      return;
+    }
+  }
+  g->orphan = true;
+  g->st = STAGE_DRAINING;
+  t->state[i] = CHUNK_ABSENT;
 }
 
 /* Leaves RESIDENT for another state: the memory goes back now, or when the last reader leaves. */
@@ -549,6 +570,7 @@ static napi_value js_reserve(napi_env env, napi_callback_info info) {
   for (uint32_t tries = 0;; tries++) {
     uint32_t settle_chunk = UINT32_MAX;
     pthread_mutex_lock(&t->mu);
+    if (t->state[i] == CHUNK_STAGED) release_evicted_stage_locked(t, i);
     ok = t->state[i] == CHUNK_ABSENT && !t->readers[i];
     if (ok && want_stage) k = take_stage_locked(t, &settle_chunk);
     if (!ok || !want_stage || k >= 0 || settle_chunk == UINT32_MAX || tries > t->nstages) break;
@@ -649,7 +671,11 @@ static uint64_t settle(table_t *t, uint32_t i, uint64_t max, bool *copied) {
     pthread_mutex_unlock(&t->mu);
     return len - done;
   }
-  if (g->evicted) {
+  if (g->orphan) {
+    /* The chunk was loaded again meanwhile (release_evicted_stage_locked): its state and its slot are the
+     * new load's. What this settle copied there are the same verified bytes. */
+    g->orphan = false;
+  } else if (g->evicted) {
     if (t->state[i] == CHUNK_STAGED) t->state[i] = CHUNK_ABSENT;
     discard_locked(t, i); /* no arena reader: the chunk was never resident in its slot */
   } else

@@ -34,10 +34,14 @@ typedef struct {
   uint32_t readers; /* fault threads or pins copying from it; DRAINING frees it at the last release */
   uint64_t settled; /* bytes copied to the arena slot so far */
   bool settling;    /* a thread is copying (outside mu): another settle of it waits its turn */
+  /* Its chunk was evicted while staged and is being loaded again (tableReserve): the stage only drains
+   * (STAGE_DRAINING until its readers and its settle are done) and touches neither the chunk's state nor
+   * its slot again. */
+  bool orphan;
 } stage_t;
 
 typedef struct table {
-  atomic_uint ref; /* the JS handle + one per session */
+  atomic_uint ref; /* the JS handles, the registry (tableShare), one per session, the settler thread */
   pthread_mutex_t mu;
   uint32_t nchunks;
   uint64_t chunk_size;

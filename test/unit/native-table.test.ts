@@ -122,7 +122,6 @@ describe('native: the chunk table', () => {
       expect(t.evict(5)).toBe(0); // once
       expect(t.state(5)).toBe('absent');
       expect(t.stats()).toMatchObject({ residentChunks: 0, residentBytes: 0, stagedChunks: 1 });
-      expect(t.reserveStaged(5)).toBeUndefined(); // no second load while its stage is still in use
       expect(t.read(5)?.equals(bytesOf(6))).toBe(true); // a fault thread would still be served right
       expect(t.settle(5, CS)).toBe(0);
       expect(t.state(5)).toBe('absent');
@@ -148,6 +147,29 @@ describe('native: the chunk table', () => {
       expect(t.settle(7, CS)).toBe(0);
       expect(t.state(7)).toBe('zero');
       expect(t.stats()).toMatchObject({ residentChunks: 2, zeroChunks: 1, busyStages: 0 });
+
+      // Loaded again before anything settled it: at once, not after the settler. Its old stage, still
+      // read, drains (orphaned), and the reader keeps the old bytes until it lets go.
+      const old = load(t, 8);
+      t.evict(8);
+      const reader = t.pin(8)!; // a fault thread copying from the stage
+      expect(reader.byteOffset).toBe(old.byteOffset);
+      const again = load(t, 8, 11);
+      expect(again.byteOffset).not.toBe(old.byteOffset);
+      expect(t.read(8)?.equals(bytesOf(11))).toBe(true);
+      expect(Buffer.from(reader).equals(bytesOf(9))).toBe(true);
+      expect(t.stats()).toMatchObject({ stagedChunks: 1, busyStages: 2, residentChunks: 3 });
+      t.unpin(8, reader);
+      expect(t.stats()).toMatchObject({ stagedChunks: 1, busyStages: 1 });
+      expect(t.settle(8, CS)).toBe(0);
+      expect(Buffer.from(t.slot(8)).equals(bytesOf(11))).toBe(true);
+      // With no reader, the old stage is simply freed.
+      load(t, 9);
+      t.evict(9);
+      load(t, 9, 12);
+      expect(t.stats()).toMatchObject({ stagedChunks: 1, busyStages: 1, residentChunks: 4 });
+      expect(t.settle(9, CS)).toBe(0);
+      expect(t.read(9)?.equals(bytesOf(12))).toBe(true);
     });
 
     it('a load that finds every stage staged settles the oldest itself; it goes to its slot only when every stage is being filled', () => {
