@@ -30,7 +30,7 @@ import { buildC } from '../test/helpers/fixtures.js';
 import { tempDir } from '../test/helpers/images.js';
 import { snapshotTo } from '../test/helpers/serve.js';
 import { writeMixedZeroRichImage } from './lib/image.js';
-import { clientReport, cpuBetween, startHandler, timeout, treeCpu } from './lib/procs.js';
+import { clientReport, startHandler, timeout } from './lib/procs.js';
 import { environment, median, range, roundCount, writeResult, type ResultRow } from './lib/results.js';
 import { ensureDist, sessionSummary, startServeCli, stopServe, type SummaryLine } from './lib/serve-cli.js';
 
@@ -144,15 +144,9 @@ async function referenceRound(c: Case): Promise<Record<string, unknown>> {
     const last = e.lines.filter((l) => l.startsWith('{')).pop();
     if (e.code !== 0 || last === undefined)
       throw new Error(`ref-store-handler exited ${e.code}: ${e.stderr.trim()}`);
-    const stats = JSON.parse(last) as { chunksRead: number; zeroChunks: number; cpuMs: number };
+    const stats = JSON.parse(last) as { chunksRead: number; zeroChunks: number };
     assert.equal(stats.chunksRead, nonZero, 'the reference must read every non-zero chunk once');
-    return {
-      ms: r.elapsedNs / 1e6,
-      firstTouchMs: r.firstTouchNs! / 1e6,
-      startMs,
-      cpuMs: stats.cpuMs,
-      handler: stats,
-    };
+    return { ms: r.elapsedNs / 1e6, firstTouchMs: r.firstTouchNs! / 1e6, startMs, handler: stats };
   } finally {
     if (h.child.exitCode === null && h.child.signalCode === null) h.child.kill('SIGKILL');
   }
@@ -168,14 +162,9 @@ async function serveRound(c: Case): Promise<Record<string, unknown>> {
   const { serve, startMs } = await startServeCli(socket, args, STEP_MS);
   let s: SummaryLine;
   let r: ClientReport;
-  let cpu: Record<string, number>;
   try {
-    // serve's processes (supervisor and worker) from the client's start to the session's summary: what
-    // the restore cost in CPU, without serve's own start-up.
-    const before = treeCpu(serve.child.pid!);
     r = await runClient(c.workload);
     s = await sessionSummary(serve, STEP_MS);
-    cpu = cpuBetween(before, treeCpu(serve.child.pid!), ['lazysnap-settle']);
   } finally {
     await stopServe(serve);
   }
@@ -195,8 +184,6 @@ async function serveRound(c: Case): Promise<Record<string, unknown>> {
     ms: r.elapsedNs / 1e6,
     firstTouchMs: r.firstTouchNs! / 1e6,
     startMs,
-    cpuMs: cpu.totalMs,
-    cpu,
     summary: {
       faults: s.faults,
       zeroFaults: s.zeroFaults,
@@ -281,7 +268,6 @@ const p6r = ms('reference-random', 'serve-random', 'firstTouchMs');
 const start = ms('reference-random', 'serve-random', 'startMs');
 const layout = ms('reference-random', 'reference-arena');
 const runtime = ms('reference-arena', 'serve-random');
-const cpuRandom = ms('reference-random', 'serve-random', 'cpuMs');
 const rows: ResultRow[] = [
   {
     case: 'L1 random: every page, shuffled, 2 threads; serve (no cache) vs C store handler',
@@ -338,12 +324,6 @@ const rows: ResultRow[] = [
     met: null,
   },
   {
-    case: 'L1 random, CPU used by the restore: serve (its processes, client start → session summary) vs C store handler (its process; extra row)',
-    ...cpuRandom,
-    target: null,
-    met: null,
-  },
-  {
     case: 'start-up: spawn → listening (serve: node, manifest, socket; extra row, untimed by the rows above)',
     ...start,
     target: null,
@@ -377,9 +357,7 @@ const file = writeResult({
     `disk-cache hit) and nothing failed, and that the reference read every non-zero chunk once. P6: the client's ` +
     `firstTouchNs, from just before its handshake sendmsg to the completion of its first read of restored memory ` +
     `(sequential: page 0, a non-zero chunk; the origin is local, so "one origin round trip" is one read of a stored ` +
-    `object, which the reference's figure includes). CPU (extra row): the reference's own getrusage at its end (its ` +
-    `start-up included); serve's processes' user + system time in /proc from the client's start to the session's ` +
-    `summary (the raw rounds also split off its event loop threads and the table's settler thread). ${ROUNDS} rounds after a warm-up round, the ${CASES.length} cases ` +
+    `object, which the reference's figure includes). ${ROUNDS} rounds after a warm-up round, the ${CASES.length} cases ` +
     `rotated by one each round; medians (min–max beneath), ratio = lazysnap / reference.`,
   env: environment(),
   config: {

@@ -107,9 +107,9 @@ export interface Addon {
   tableCommit(t: Handle<'table'>, chunk: number, ok: boolean): void;
   /** Bytes of the staged chunk still to copy to its slot after this call (0: settled, or not staged). */
   tableSettle(t: Handle<'table'>, chunk: number, maxBytes: number): number;
+  /** Settles every staged chunk no thread is settling; returns how many. */
+  tableSettleAll(t: Handle<'table'>): number;
   tableWarmStages(t: Handle<'table'>): void;
-  /** Starts the table's settler thread (once); false when no thread could be made. */
-  tableStartSettler(t: Handle<'table'>): boolean;
   /** The offset in tableArena's buffer of the pinned bytes, or -1 when the chunk is not resident. */
   tablePin(t: Handle<'table'>, chunk: number): number;
   tableUnpin(t: Handle<'table'>, chunk: number, offset: number): void;
@@ -127,10 +127,6 @@ export interface Addon {
     busyStages: number;
     /** Staged reservations that found every stage taken and went to the chunk's slot instead. */
     stageMisses: number;
-    /** Staged chunks a reservation copied to their slots itself, finding no stage free (the settler behind). */
-    settledInline: number;
-    /** Staged chunks the settler thread copied to their slots. */
-    settledInBackground: number;
     arenaAddress: bigint;
     arenaBytes: number;
   };

@@ -216,11 +216,11 @@ export class ChunkTable {
     return addon().tableReserve(this.handle, i, false) >= 0;
   }
   /**
-   * reserve(), into a stage when one can be had: the bytes to write chunk i into (a stage, or else its
+   * reserve(), into a stage when one is free: the bytes to write chunk i into (a stage, or else its
    * slot), or undefined when it is not absent. A stage is memory used over and over, so writing, hashing
    * and installing from it costs none of a fresh slot's first accesses (native/src/table.h). After
-   * commit(i, true) the chunk is resident (installs copy from the stage); it reaches its slot through
-   * settle(i), called by the settler thread (startSettler) or by a later reservation that needs the stage.
+   * commit(i, true) the chunk is resident (installs copy from the stage) and the caller copies it to its
+   * slot with settle(i) until that returns 0; the stage is then free for the next load.
    */
   reserveStaged(i: number): Uint8Array | undefined {
     const off = addon().tableReserve(this.handle, i, true);
@@ -238,12 +238,12 @@ export class ChunkTable {
     return addon().tableSettle(this.handle, i, maxBytes);
   }
   /**
-   * Starts the table's settler, a thread at the lowest CPU priority (SCHED_IDLE) that copies staged
-   * chunks to their slots, oldest first, whenever a CPU is idle. Once per table; false when no thread
-   * could be made (a reservation then settles the oldest stage itself when it needs one).
+   * Settles every staged chunk whole (returns how many): for the stages of a loader thread that stopped
+   * before it settled them, which would otherwise stay taken, their chunks never loadable again once
+   * evicted.
    */
-  startSettler(): boolean {
-    return addon().tableStartSettler(this.handle);
+  settleAll(): number {
+    return addon().tableSettleAll(this.handle);
   }
   /** Touches the stages once, so that the first loads into them do not pay for it (tableWarmStages). */
   warmStages(): void {

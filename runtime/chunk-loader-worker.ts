@@ -3,9 +3,8 @@
  * that schedules every session's fetches. It reads a stored object (from a local store's file, a host
  * cache file, or bytes an origin sent), decodes it into a stage of the shared native table (a buffer used
  * over and over, native/src/table.h), verifies its hash there, and commits it: the waiting faults are
- * installed from the stage. The table's settler thread copies it to its own slot later, when a CPU is
- * idle (ChunkTable.startSettler). The main thread only decides what to load and installs what is
- * committed.
+ * installed from the stage, and only then is the chunk copied to its own slot of the table, in slices
+ * between loads (settle). The main thread only decides what to load and installs what is committed.
  *
  * It also writes host cache files from resident chunks (pinned while written), at low priority.
  *
@@ -44,6 +43,12 @@ export interface LoaderWorkerData {
   activitySlot?: number;
   /** 'write': the cache writer thread, which lowers its own scheduling class first. @default 'load' */
   role?: 'load' | 'write';
+  /**
+   * Staged chunks this thread may leave unsettled before a load first settles the oldest: its share of
+   * the table's stages, less the one it fills (ChunkLoader.start). A load that finds no stage free goes
+   * to its slot, on the fault's path.
+   */
+  maxUnsettled: number;
 }
 
 /** Load chunk `chunk` from a file of a local store ('file'), from bytes an origin sent ('bytes'), or from
@@ -193,8 +198,33 @@ function loadRaw(job: LoadJob, slot: Uint8Array, phases: Phases): number {
   return job.length;
 }
 
+/** Staged chunks this thread committed and has yet to copy to their slots, oldest first. */
+const unsettled: { table: ChunkTable; chunk: number }[] = [];
+/** A settle step copies this much, then lets the next job in (a 512 KiB chunk in 4 steps). */
+const SETTLE_SLICE = 128 << 10;
+let settleScheduled = false;
+
+/** One slice of the oldest unsettled chunk, then again after whatever jobs have arrived meanwhile. */
+function settleStep(): void {
+  settleScheduled = false;
+  const head = unsettled[0];
+  if (!head) return;
+  if (head.table.settle(head.chunk, SETTLE_SLICE) === 0) unsettled.shift();
+  scheduleSettle();
+}
+function scheduleSettle(): void {
+  if (settleScheduled || unsettled.length === 0) return;
+  settleScheduled = true;
+  // setImmediate: the port's pending messages (the next load) run first, in the poll phase.
+  setImmediate(settleStep);
+}
+
 function load(job: LoadJob): LoadReply {
   const table = tableOf(job);
+  while (unsettled.length > 0 && unsettled.length >= data.maxUnsettled) {
+    const u = unsettled.shift()!;
+    while (u.table.settle(u.chunk, SETTLE_SLICE) > 0);
+  }
   const slot = table.reserveStaged(job.chunk);
   if (!slot) return { id: job.id, ok: false, failure: 'busy', message: `chunk ${job.chunk} is not absent` };
   let committed = false;
@@ -223,6 +253,7 @@ function load(job: LoadJob): LoadReply {
     }
     table.commit(job.chunk, true);
     committed = true;
+    if (slot.byteOffset !== job.chunk * table.chunkSize) unsettled.push({ table, chunk: job.chunk });
     return { id: job.id, ok: true, stored, phases };
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
@@ -314,6 +345,7 @@ parentPort!.on('message', (job: LoadJob | WriteJob) => {
   // wakes can finish and hang up, so a session never ends with a fetch it was served by still pending.
   parentPort!.postMessage(reply);
   if (reply.ok && job.installTo) for (const id of job.installTo) installSharedSession(id, job.chunk);
+  scheduleSettle();
 });
 /**
  * Runs the load path once, at the chunk size, before reporting ready: the first call into zstd (a

@@ -1,8 +1,8 @@
 /**
  * The chunk loaders: worker threads that read, decode and verify chunks into the shared native table
  * (runtime/chunk-loader-worker.ts: into a reused stage buffer, installed from there, then copied to the
- * chunk's slot by the table's settler thread on idle CPU), so the main thread, which schedules every
- * session's faults and fetches, never spends a chunk's worth of CPU on one of them.
+ * chunk's slot between loads), so the main thread, which schedules every session's faults and fetches,
+ * never spends a chunk's worth of CPU on one of them.
  *
  * Scheduling: demand loads before prefetch loads. Each worker holds at most two jobs (the running one
  * and the next), so it never waits for the main thread between jobs while the order of everything else
@@ -130,6 +130,7 @@ export class ChunkLoader {
   #lastLoad = 0;
   #idleTimer: NodeJS.Timeout | undefined;
   readonly #data: LoaderWorkerData;
+  readonly #table: ChunkTable;
   readonly #activitySlots: number;
   readonly #freeSlots: number[];
   #nextId = 1;
@@ -138,7 +139,14 @@ export class ChunkLoader {
   #exclusive = false;
   droppedWrites = 0;
 
-  private constructor(data: LoaderWorkerData, maxWrites: number, writeIdleMs: number, activitySlots: number) {
+  private constructor(
+    table: ChunkTable,
+    data: LoaderWorkerData,
+    maxWrites: number,
+    writeIdleMs: number,
+    activitySlots: number,
+  ) {
+    this.#table = table;
     this.#data = data;
     this.#maxWrites = maxWrites;
     this.#writeIdleMs = writeIdleMs;
@@ -155,10 +163,11 @@ export class ChunkLoader {
       chunkSize: options.table.chunkSize,
       ...(options.crypto ? { crypto: options.crypto.toTransfer() } : {}),
       ...(options.activity ? { activityFd: options.activity.fd } : {}),
+      // Each loader fills one stage and leaves the rest of its share to be settled between loads.
+      maxUnsettled: Math.max(0, Math.floor(options.table.stats().stages / Math.max(1, n)) - 1),
     };
-    // What the loaders stage reaches the chunks' slots on idle CPU (ChunkTable.startSettler).
-    options.table.startSettler();
     const l = new ChunkLoader(
+      options.table,
       data,
       options.maxPendingWrites ?? 4096,
       options.writeIdleMs ?? 25,
@@ -317,6 +326,8 @@ export class ChunkLoader {
         if (this.#writes.length > 0) void this.#startWriter();
         return;
       }
+      // What it staged and had not yet copied to the slots is copied now (a few chunks at most).
+      this.#table.settleAll();
       void this.#spawn('load').then(
         () => this.#pump(),
         () => {},

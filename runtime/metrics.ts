@@ -5,21 +5,10 @@
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
-import type { ChunkTable } from '../native/index.js';
 import type { FetchEvent } from './fetcher.js';
 import type { StallSplit } from './trace-format.js';
 
-type TableStats = Pick<
-  ReturnType<ChunkTable['stats']>,
-  'residentBytes' | 'settledInBackground' | 'settledInline'
->;
-
 export class RuntimeMetrics {
-  /** Reports the memory tier from `stats` (the snapshot's ChunkTable) at each scrape. */
-  watchTable(stats: () => TableStats): void {
-    this.#tableStats = stats;
-  }
-
   readonly registry = new Registry();
   readonly faults = new Counter({
     name: 'lazysnap_faults_total',
@@ -88,30 +77,6 @@ export class RuntimeMetrics {
   readonly prefetchMisses = new Counter({
     name: 'lazysnap_prefetch_misses_total',
     help: 'Demand faults on chunks the replayed profile lacked',
-    registers: [this.registry],
-  });
-  /** The snapshot's chunk table, read at each scrape for the memory tier's gauges (watchTable). */
-  #tableStats: (() => TableStats) | undefined;
-  readonly memoryResidentBytes = new Gauge({
-    name: 'lazysnap_memory_resident_bytes',
-    help: 'Bytes of chunks resident in the memory tier (the native chunk table)',
-    registers: [this.registry],
-    collect: () => {
-      const st = this.#tableStats?.();
-      if (!st) return;
-      this.memoryResidentBytes.set(st.residentBytes);
-      this.memorySettled.set(st.settledInBackground);
-      this.memorySettledInline.set(st.settledInline);
-    },
-  });
-  readonly memorySettled = new Gauge({
-    name: 'lazysnap_memory_settled_background',
-    help: 'Chunks the settler thread copied from their stage into the memory tier on idle CPU; a running count',
-    registers: [this.registry],
-  });
-  readonly memorySettledInline = new Gauge({
-    name: 'lazysnap_memory_settled_inline',
-    help: 'Chunks a load copied from their stage into the memory tier itself, finding every stage taken (the settler had no idle CPU); each delayed that load; a running count',
     registers: [this.registry],
   });
   readonly sessions = new Gauge({

@@ -141,8 +141,6 @@ export async function openServeContext(
         )
       : undefined;
     const metrics = new RuntimeMetrics();
-    const t = table;
-    metrics.watchTable(() => t.stats());
     const memory = new MemoryTier(table, o.memoryBudgetBytes);
     const fetcher = new ChunkFetcher({
       origins: stores,

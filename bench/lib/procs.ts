@@ -7,7 +7,6 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 
 import { startClient, type ClientReport, type RunningClient } from '../../test/helpers/fc-client.js';
@@ -171,75 +170,4 @@ export async function runRound(o: RoundOptions): Promise<RoundResult> {
       if (c) live.delete(c);
     }
   }
-}
-
-/** CPU time (user + system, ms) of a process and its descendants, read from /proc; exited children of
- * theirs are not included (/proc keeps only live processes' times), exited threads are. */
-export interface TreeCpu {
-  /** Every live process of the tree: pid → ms. */
-  processes: Map<number, number>;
-  /** Every live thread: `pid/tid` → { comm, ms } (what a thread that exited used is in its process's ms). */
-  threads: Map<string, { comm: string; ms: number }>;
-}
-
-const TICK_MS = 10; // USER_HZ is 100 on Linux
-
-function statTimes(file: string): { comm: string; ms: number } | undefined {
-  let s: string;
-  try {
-    s = readFileSync(file, 'utf8');
-  } catch {
-    return undefined; // exited meanwhile
-  }
-  const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-  return {
-    comm: s.slice(s.indexOf('(') + 1, s.lastIndexOf(')')),
-    ms: (Number(f[11]) + Number(f[12])) * TICK_MS,
-  };
-}
-
-export function treeCpu(pid: number): TreeCpu {
-  const out: TreeCpu = { processes: new Map(), threads: new Map() };
-  const visit = (p: number) => {
-    const own = statTimes(`/proc/${p}/stat`);
-    if (!own) return;
-    out.processes.set(p, own.ms);
-    let tasks: string[];
-    try {
-      tasks = readdirSync(`/proc/${p}/task`);
-    } catch {
-      return; // exited meanwhile
-    }
-    for (const t of tasks) {
-      const th = statTimes(`/proc/${p}/task/${t}/stat`);
-      if (th) out.threads.set(`${p}/${t}`, th);
-      let kids = '';
-      try {
-        kids = readFileSync(`/proc/${p}/task/${t}/children`, 'utf8');
-      } catch {
-        // no children file (CONFIG_PROC_CHILDREN off) or the thread exited
-      }
-      for (const k of kids.split(' ').filter(Boolean)) visit(Number(k));
-    }
-  };
-  visit(pid);
-  return out;
-}
-
-/**
- * The CPU a process tree used between two treeCpu() readings, in ms: in all (processes alive at both),
- * on its event loop threads (a Node process's main thread, tid = pid), on threads named `name`.
- */
-export function cpuBetween(a: TreeCpu, b: TreeCpu, names: string[] = []): Record<string, number> {
-  let total = 0;
-  for (const [p, ms] of b.processes) total += ms - (a.processes.get(p) ?? 0);
-  const by: Record<string, number> = { totalMs: total, eventLoopMs: 0 };
-  for (const n of names) by[`${n}Ms`] = 0;
-  for (const [k, t] of b.threads) {
-    const d = t.ms - (a.threads.get(k)?.ms ?? 0);
-    const [p, tid] = k.split('/');
-    if (p === tid && t.comm === 'node') by.eventLoopMs! += d;
-    if (names.includes(t.comm)) by[`${t.comm}Ms`]! += d;
-  }
-  return by;
 }

@@ -46,7 +46,6 @@
 #define REF_NAME "ref-store-handler"
 #include "ref-uffd.h"
 
-#include <sys/resource.h>
 #include <zstd.h>
 
 #define PAGE        4096UL
@@ -385,17 +384,12 @@ int main(int argc, char **argv) {
     if (regions[r].psz != PAGE) die(2, "handshake: only 4 KiB pages are supported");
   serve(conn);
 
-  /* The CPU this handler used, start-up included (its index load, a few ms), for the benchmark's CPU row. */
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  double cpu_ms =
-      (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
-  printf("{\"cpuMs\":%.1f,\"faults\":%" PRIu64 ",\"chunksRead\":%" PRIu64 ",\"bytesRead\":%" PRIu64
+  printf("{\"faults\":%" PRIu64 ",\"chunksRead\":%" PRIu64 ",\"bytesRead\":%" PRIu64
          ",\"bytesDecoded\":%" PRIu64 ",\"copies\":%" PRIu64 ",\"bytesCopied\":%" PRIu64
          ",\"zeroChunks\":%" PRIu64 ",\"zeroBytes\":%" PRIu64 ",\"woken\":%" PRIu64 ",\"eexist\":%" PRIu64
          ",\"narrowed\":%" PRIu64 ",\"removes\":%" PRIu64 ",\"zeropages\":%" PRIu64
          ",\"raw\":%s,\"arena\":%s}\n",
-         cpu_ms, st.faults, hs.chunks_read, hs.bytes_read, hs.bytes_decoded, hs.copies, hs.bytes_copied,
+         st.faults, hs.chunks_read, hs.bytes_read, hs.bytes_decoded, hs.copies, hs.bytes_copied,
          hs.zero_chunks, hs.zero_bytes, hs.woken, st.eexist, hs.narrowed, st.removes, st.zeropages,
          raw ? "true" : "false", use_arena ? "true" : "false");
   if (fflush(stdout) == EOF) return 1;

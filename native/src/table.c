@@ -2,8 +2,6 @@
 #include "table.h"
 
 #include <errno.h>
-#include <sched.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -14,9 +12,6 @@
 static const napi_type_tag TABLE_TAG = {0x6c617a79736e6170ULL, 0x7461626c65000001ULL};
 
 #define HUGE_2M (2ull << 20)
-/* The settler copies this much at a time, so that a reservation that needs the stage and would copy the
- * chunk itself does not wait for a whole chunk behind a thread at the lowest priority. */
-#define SETTLE_SLICE (128u << 10)
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
@@ -34,22 +29,9 @@ static uint8_t *stage_mem(const table_t *t, uint32_t k) {
 }
 
 void table_unref(table_t *t) {
-  unsigned old = atomic_fetch_sub(&t->ref, 1);
-  if (old == 2) {
-    /* Perhaps only the settler's reference is left: then nothing can ref the table again (no handle, not
-     * in the registry), and the settler is told to go, freeing the table as it does. */
-    pthread_mutex_lock(&t->mu);
-    if (t->settler_on) {
-      t->settler_stop = true;
-      pthread_cond_signal(&t->settle_cv);
-    }
-    pthread_mutex_unlock(&t->mu);
-    return;
-  }
-  if (old != 1) return;
+  if (atomic_fetch_sub(&t->ref, 1) != 1) return;
   munmap(t->arena, t->arena_len + stage_region_len(t));
   free(t->state), free(t->readers), free(t->discard);
-  pthread_cond_destroy(&t->settle_cv);
   pthread_mutex_destroy(&t->mu);
   free(t);
 }
@@ -105,8 +87,7 @@ void table_release(table_t *t, uint32_t i, const uint8_t *data) {
   pthread_mutex_lock(&t->mu);
   if (data >= t->arena + t->arena_len) {
     stage_t *g = &t->stages[(uint64_t)(data - (t->arena + t->arena_len)) / t->chunk_size];
-    /* Not while a settle still copies from it (an orphan, table.h): that settle frees it. */
-    if (--g->readers == 0 && g->st == STAGE_DRAINING && !g->settling) g->st = STAGE_FREE;
+    if (--g->readers == 0 && g->st == STAGE_DRAINING) g->st = STAGE_FREE;
   } else if (--t->readers[i] == 0 && t->discard[i])
     discard_locked(t, i);
   pthread_mutex_unlock(&t->mu);
@@ -120,38 +101,7 @@ static bool unstage_locked(table_t *t, uint32_t i) {
   g->evicted = true;
   t->resident_bytes -= table_chunk_len(t, i);
   t->resident_chunks--;
-  pthread_cond_signal(&t->settle_cv); /* the settler frees its stage without a copy */
   return true;
-}
-
-/* Frees the stage of a chunk evicted (or zeroed) while staged, without the copy its settle would skip
- * anyway: the chunk is absent (or zero). The caller checked that no one reads or settles it. Called with
- * mu held. */
-static void free_evicted_stage_locked(table_t *t, stage_t *g) {
-  uint32_t i = g->chunk;
-  if (t->state[i] == CHUNK_STAGED) t->state[i] = CHUNK_ABSENT;
-  if (g->settled) discard_locked(t, i); /* the slices already copied; the slot has no reader */
-  g->st = STAGE_FREE;
-}
-
-/* Staged chunk i was evicted (or zeroed): lets a new load of it start now, not when the settler, at the
- * lowest priority, gets to its stage (a starved settler once kept such a chunk unloadable for longer
- * than a fetch waits, and its fault failed closed). The stage is freed at once if no one uses it, else
- * orphaned (table.h): it drains, and the chunk is absent from now on. Called with mu held. */
-static void release_evicted_stage_locked(table_t *t, uint32_t i) {
-  stage_t *g = &t->stages[stage_of_locked(t, i, STAGE_STAGED)];
-  if (!g->evicted) return;
-  if (!g->settling) {
-    if (g->settled) discard_locked(t, i); /* the slices already copied; no one reads the slot */
-    g->settled = 0;
-    if (!g->readers) {
-      free_evicted_stage_locked(t, g);
-      return;
-    }
-  }
-  g->orphan = true;
-  g->st = STAGE_DRAINING;
-  t->state[i] = CHUNK_ABSENT;
 }
 
 /* Leaves RESIDENT for another state: the memory goes back now, or when the last reader leaves. */
@@ -239,12 +189,11 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   if (t) t->nstages = (uint32_t)nst, t->chunk_size = cs;
   uint64_t map = t ? len + stage_region_len(t) : 0;
   uint8_t *raw = MAP_FAILED;
-  bool allocated = t && t->state && t->readers && t->discard;
-  if (allocated)
+  if (t && t->state && t->readers && t->discard)
     raw =
         mmap(NULL, map + HUGE_2M, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (raw == MAP_FAILED) {
-    int e = allocated ? errno : ENOMEM;
+    int e = t && t->state && t->readers && t->discard ? errno : ENOMEM;
     if (t) free(t->state), free(t->readers), free(t->discard);
     free(t);
     throw_errno(env, e, e == ENOMEM ? "calloc" : "mmap(chunk arena)");
@@ -265,7 +214,6 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   t->arena_len = len;
   atomic_init(&t->ref, 1);
   pthread_mutex_init(&t->mu, NULL);
-  pthread_cond_init(&t->settle_cv, NULL);
   t->nchunks = (uint32_t)n;
   t->chunk_size = cs;
   t->total_size = total;
@@ -413,7 +361,7 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   if (!t) return NULL;
   pthread_mutex_lock(&t->mu);
   uint64_t rb = t->resident_bytes, rc = t->resident_chunks, zc = t->zero_chunks, staged = 0, busy = 0,
-           misses = t->stage_misses, inl = t->settled_inline, bg = t->settled_bg;
+           misses = t->stage_misses;
   for (uint32_t k = 0; k < t->nstages; k++) {
     staged += t->stages[k].st == STAGE_STAGED;
     busy += t->stages[k].st != STAGE_FREE;
@@ -430,8 +378,6 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   set_named(env, o, "stagedChunks", make_u64(env, staged));
   set_named(env, o, "busyStages", make_u64(env, busy));
   set_named(env, o, "stageMisses", make_u64(env, misses));
-  set_named(env, o, "settledInline", make_u64(env, inl));
-  set_named(env, o, "settledInBackground", make_u64(env, bg));
   /* Where the arena is, to find it in /proc/self/smaps (its huge-page advice, its resident size). */
   set_named(env, o, "arenaAddress", make_bigint(env, (uint64_t)(uintptr_t)t->arena));
   set_named(env, o, "arenaBytes", make_u64(env, t->arena_len));
@@ -530,33 +476,10 @@ static napi_value js_arena(napi_env env, napi_callback_info info) {
   return ab;
 }
 
-static uint64_t settle(table_t *t, uint32_t i, uint64_t max, bool *copied);
-
-/* A stage for a new load, with mu held: a free one, else one whose chunk was evicted meanwhile (nothing
- * to copy), else -1. *settle_chunk: the chunk of the oldest stage the caller may copy to its slot itself
- * to free one, or UINT32_MAX. */
-static int take_stage_locked(table_t *t, uint32_t *settle_chunk) {
-  int oldest = -1;
-  for (uint32_t k = 0; k < t->nstages; k++) {
-    stage_t *g = &t->stages[k];
-    if (g->st == STAGE_FREE) return (int)k;
-    if (g->st != STAGE_STAGED || g->settling) continue;
-    if (g->evicted && !g->readers) {
-      free_evicted_stage_locked(t, g);
-      return (int)k;
-    }
-    if (oldest < 0 || g->seq < t->stages[oldest].seq) oldest = (int)k;
-  }
-  *settle_chunk = oldest >= 0 ? t->stages[oldest].chunk : UINT32_MAX;
-  return -1;
-}
-
 /* tableReserve(table, i, stage) → the offset in tableArena's buffer where the caller now writes chunk i's
- * bytes (no one else fills it, no fault thread reads it until tableCommit), or -1 when it is not absent
- * (zero, resident, or being filled). With `stage`, a stage when one can be had: a free one,
- * or one freed by copying the oldest staged chunk to its slot on this caller's time (the settler thread
- * fell behind: counted in settledInline); else, when every stage is being filled or read, its slot
- * (counted in stageMisses). */
+ * bytes (no one else fills it, no fault thread reads it until tableCommit), or -1 when chunk i is zero,
+ * resident or already being filled. With stage, the bytes go to a free stage when there is one (the
+ * caller then calls tableSettle after the commit); else, and without stage, to the chunk's own slot. */
 static napi_value js_reserve(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   uint32_t i;
@@ -565,26 +488,13 @@ static napi_value js_reserve(napi_env env, napi_callback_info info) {
   table_t *t = table_from_js(env, argv[0]);
   if (!t || !arg_chunk(env, t, argv[1], &i) || !arg_bool(env, argv[2], "stage", &want_stage)) return NULL;
   int k = -1;
-  bool ok = false;
-  /* Each settle frees a stage or finds it taken by another thread: a bounded number of tries. */
-  for (uint32_t tries = 0;; tries++) {
-    uint32_t settle_chunk = UINT32_MAX;
-    pthread_mutex_lock(&t->mu);
-    if (t->state[i] == CHUNK_STAGED) release_evicted_stage_locked(t, i);
-    ok = t->state[i] == CHUNK_ABSENT && !t->readers[i];
-    if (ok && want_stage) k = take_stage_locked(t, &settle_chunk);
-    if (!ok || !want_stage || k >= 0 || settle_chunk == UINT32_MAX || tries > t->nstages) break;
-    pthread_mutex_unlock(&t->mu);
-    bool copied = false;
-    if (settle(t, settle_chunk, t->chunk_size, &copied) == 0 && copied) {
-      pthread_mutex_lock(&t->mu);
-      t->settled_inline++;
-      pthread_mutex_unlock(&t->mu);
-    }
-  }
+  pthread_mutex_lock(&t->mu);
+  bool ok = t->state[i] == CHUNK_ABSENT && !t->readers[i];
   if (ok) {
     t->state[i] = CHUNK_FILLING;
     t->discard[i] = 0;
+    for (uint32_t j = 0; want_stage && k < 0 && j < t->nstages; j++)
+      if (t->stages[j].st == STAGE_FREE) k = (int)j;
     if (k >= 0)
       t->stages[k] = (stage_t){.st = STAGE_FILLING, .chunk = i};
     else if (want_stage)
@@ -616,11 +526,7 @@ static napi_value js_commit(napi_env env, napi_callback_info info) {
   if (ok) {
     /* Staged: readable from now on (from the stage) and counted as resident, as JS sees it. */
     t->state[i] = k >= 0 ? CHUNK_STAGED : CHUNK_RESIDENT;
-    if (k >= 0) {
-      t->stages[k].st = STAGE_STAGED;
-      t->stages[k].seq = t->stage_seq++;
-      pthread_cond_signal(&t->settle_cv);
-    }
+    if (k >= 0) t->stages[k].st = STAGE_STAGED;
     t->resident_bytes += table_chunk_len(t, i);
     t->resident_chunks++;
   } else {
@@ -638,7 +544,7 @@ static napi_value js_commit(napi_env env, napi_callback_info info) {
  * all are there, chunk i is resident in its slot (absent if it was evicted or zeroed meanwhile) and the
  * stage is free once its last reader is done. Returns the bytes still to copy: 0 once settled, or when
  * chunk i is not staged. Any thread may call it: one copies at a time, another is told what remains. */
-static uint64_t settle(table_t *t, uint32_t i, uint64_t max, bool *copied) {
+static uint64_t settle(table_t *t, uint32_t i, uint64_t max) {
   uint64_t len = table_chunk_len(t, i);
   pthread_mutex_lock(&t->mu);
   int k = stage_of_locked(t, i, STAGE_STAGED);
@@ -657,7 +563,6 @@ static uint64_t settle(table_t *t, uint32_t i, uint64_t max, bool *copied) {
    * stage, put and evict only change the counts. */
   uint8_t *slot = t->arena + (uint64_t)i * t->chunk_size;
   if (copy) {
-    *copied = true;
     uint64_t n = len - done < max ? len - done : max;
     populate(slot + done, n);
     memcpy(slot + done, stage_mem(t, (uint32_t)k) + done, n);
@@ -666,16 +571,11 @@ static uint64_t settle(table_t *t, uint32_t i, uint64_t max, bool *copied) {
   pthread_mutex_lock(&t->mu);
   g->settling = false;
   g->settled = done;
-  pthread_cond_signal(&t->settle_cv); /* the settler may have skipped this stage while it was copied */
   if (!g->evicted && done < len) {
     pthread_mutex_unlock(&t->mu);
     return len - done;
   }
-  if (g->orphan) {
-    /* The chunk was loaded again meanwhile (release_evicted_stage_locked): its state and its slot are the
-     * new load's. What this settle copied there are the same verified bytes. */
-    g->orphan = false;
-  } else if (g->evicted) {
+  if (g->evicted) {
     if (t->state[i] == CHUNK_STAGED) t->state[i] = CHUNK_ABSENT;
     discard_locked(t, i); /* no arena reader: the chunk was never resident in its slot */
   } else
@@ -698,8 +598,26 @@ static napi_value js_settle(napi_env env, napi_callback_info info) {
     throw_arg(env, "maxBytes must be a positive multiple of 4096, received %llu", (unsigned long long)max);
     return NULL;
   }
-  bool copied = false;
-  return make_u64(env, settle(t, i, max, &copied));
+  return make_u64(env, settle(t, i, max));
+}
+
+/* tableSettleAll(table) → chunks settled: every staged chunk no thread is copying, whole. For the stages
+ * of a loader thread that stopped before settling them: staged for ever, a chunk evicted meanwhile
+ * could never be loaded again, and the stage would be lost to the pool. */
+static napi_value js_settle_all(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv, NULL)) return NULL;
+  table_t *t = table_from_js(env, argv[0]);
+  if (!t) return NULL;
+  uint32_t n = 0;
+  for (uint32_t k = 0; k < t->nstages; k++) {
+    pthread_mutex_lock(&t->mu);
+    bool mine = t->stages[k].st == STAGE_STAGED && !t->stages[k].settling;
+    uint32_t i = t->stages[k].chunk;
+    pthread_mutex_unlock(&t->mu);
+    if (mine && settle(t, i, t->chunk_size) == 0) n++;
+  }
+  return make_u64(env, n);
 }
 
 /* tableWarmStages(table): touches every stage once as a user store and once as a kernel read (a write
@@ -730,68 +648,6 @@ static napi_value js_warm_stages(napi_env env, napi_callback_info info) {
   }
   if (fd >= 0) close(fd);
   return make_undefined(env);
-}
-
-/* The settler thread (table.h): copies the oldest staged chunk to its slot, a slice at a time, and
- * sleeps when none is staged. SCHED_IDLE (which any thread may ask for): it runs only on a CPU nothing
- * else wants, so it never takes one from a VM's threads or from a load. */
-static void *settler_main(void *arg) {
-  table_t *t = arg;
-  sigset_t all;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, NULL);
-  struct sched_param sp = {0};
-  /* Best effort: refused, it settles at normal priority, as the loaders once did. */
-  pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
-  pthread_mutex_lock(&t->mu);
-  while (!t->settler_stop) {
-    int oldest = -1;
-    for (uint32_t k = 0; k < t->nstages; k++) {
-      stage_t *g = &t->stages[k];
-      if (g->st == STAGE_STAGED && !g->settling && (oldest < 0 || g->seq < t->stages[oldest].seq))
-        oldest = (int)k;
-    }
-    if (oldest < 0) {
-      pthread_cond_wait(&t->settle_cv, &t->mu);
-      continue;
-    }
-    uint32_t i = t->stages[oldest].chunk;
-    pthread_mutex_unlock(&t->mu);
-    bool copied = false;
-    uint64_t left = settle(t, i, SETTLE_SLICE, &copied);
-    pthread_mutex_lock(&t->mu);
-    if (left == 0 && copied) t->settled_bg++;
-  }
-  pthread_mutex_unlock(&t->mu);
-  table_unref(t);
-  return NULL;
-}
-
-/* tableStartSettler(table) → true once the table has its settler thread (started now or before). */
-static napi_value js_start_settler(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  if (!get_args(env, info, 1, argv, NULL)) return NULL;
-  table_t *t = table_from_js(env, argv[0]);
-  if (!t) return NULL;
-  pthread_mutex_lock(&t->mu);
-  bool on = t->settler_on, failed = false;
-  if (!on) {
-    table_ref(t); /* the thread's own, given back as it leaves */
-    pthread_attr_t a;
-    pthread_t th;
-    pthread_attr_init(&a);
-    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    on = pthread_create(&th, &a, settler_main, t) == 0;
-    pthread_attr_destroy(&a);
-    if (on) pthread_setname_np(th, "lazysnap-settle");
-    t->settler_on = on;
-    failed = !on;
-  }
-  pthread_mutex_unlock(&t->mu);
-  if (failed) table_unref(t); /* not the last reference: the caller's handle holds one */
-  napi_value r;
-  NAPI_OK(env, napi_get_boolean(env, on, &r));
-  return r;
 }
 
 /* tablePin(table, i) → the offset in tableArena's buffer of resident chunk i's bytes (its slot or its
@@ -844,8 +700,8 @@ napi_value table_init(napi_env env, napi_value exports) {
       !export_fn(env, exports, "tableReserve", js_reserve) ||
       !export_fn(env, exports, "tableCommit", js_commit) || !export_fn(env, exports, "tablePin", js_pin) ||
       !export_fn(env, exports, "tableSettle", js_settle) ||
+      !export_fn(env, exports, "tableSettleAll", js_settle_all) ||
       !export_fn(env, exports, "tableWarmStages", js_warm_stages) ||
-      !export_fn(env, exports, "tableStartSettler", js_start_settler) ||
       !export_fn(env, exports, "tableUnpin", js_unpin))
     return NULL;
   return exports;

@@ -29,19 +29,14 @@ enum { STAGE_FREE = 0, STAGE_FILLING, STAGE_STAGED, STAGE_DRAINING };
 typedef struct {
   uint8_t st;       /* STAGE_*, guarded by mu */
   bool evicted;     /* evicted while staged: absent, not resident, once settled */
-  uint64_t seq;     /* commit order: the settler takes the oldest first */
   uint32_t chunk;   /* the chunk it holds (not STAGE_FREE) */
   uint32_t readers; /* fault threads or pins copying from it; DRAINING frees it at the last release */
   uint64_t settled; /* bytes copied to the arena slot so far */
   bool settling;    /* a thread is copying (outside mu): another settle of it waits its turn */
-  /* Its chunk was evicted while staged and is being loaded again (tableReserve): the stage only drains
-   * (STAGE_DRAINING until its readers and its settle are done) and touches neither the chunk's state nor
-   * its slot again. */
-  bool orphan;
 } stage_t;
 
 typedef struct table {
-  atomic_uint ref; /* the JS handles, the registry (tableShare), one per session, the settler thread */
+  atomic_uint ref; /* the JS handle + one per session */
   pthread_mutex_t mu;
   uint32_t nchunks;
   uint64_t chunk_size;
@@ -64,16 +59,7 @@ typedef struct table {
    * stage k at arena + arena_len + k * chunk_size. */
   uint32_t nstages;
   stage_t stages[TABLE_MAX_STAGES];
-  uint64_t stage_misses;   /* staged reservations that found no stage free (went to the slot); under mu */
-  uint64_t stage_seq;      /* the next stage's seq; under mu */
-  uint64_t settled_bg;     /* chunks the settler thread copied to their slots; under mu */
-  uint64_t settled_inline; /* chunks a reservation copied itself, finding no stage free; under mu */
-  /* The settler: one thread per table (tableStartSettler), at the lowest CPU priority, that copies staged
-   * chunks to their slots when nothing else wants the CPU. It holds a reference to the table; the last
-   * other reference gone, it is told to stop and frees the table on its way out. */
-  bool settler_on;   /* under mu */
-  bool settler_stop; /* under mu */
-  pthread_cond_t settle_cv;
+  uint64_t stage_misses; /* staged reservations that found no stage free (went to the slot); under mu */
 } table_t;
 
 void table_ref(table_t *t);

@@ -99,13 +99,6 @@ describe.skipIf(!hasUffd)(uffdSuite('lazysnap serve'), () => {
     expect(fetched.reduce((n, m) => n + Number(m[1]), 0)).toBe(nonZero);
     expect(metrics).toMatch(/lazysnap_sessions_active 0/);
     expect(metrics).toMatch(/lazysnap_fetch_seconds_bucket/);
-    // Every fetched chunk is in the memory tier, and each reached its slot by the settler or a load.
-    const gauge = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(metrics)?.[1]);
-    expect(gauge('lazysnap_memory_resident_bytes')).toBe(nonZero * CS);
-    expect(server.stats().residentBytes).toBe(nonZero * CS);
-    expect(
-      gauge('lazysnap_memory_settled_background') + gauge('lazysnap_memory_settled_inline'),
-    ).toBeLessThanOrEqual(nonZero);
     await server.close(0);
     server = undefined;
     // The scrape's socket closes asynchronously; everything of the server's is closed by now.
