@@ -109,6 +109,7 @@ export interface Addon {
   tableSettle(t: Handle<'table'>, chunk: number, maxBytes: number): number;
   /** Settles every staged chunk no thread is settling; returns how many. */
   tableSettleAll(t: Handle<'table'>): number;
+  tableStageUses(t: Handle<'table'>, chunk: number): number;
   tableWarmStages(t: Handle<'table'>): void;
   /** The offset in tableArena's buffer of the pinned bytes, or -1 when the chunk is not resident. */
   tablePin(t: Handle<'table'>, chunk: number): number;

@@ -289,6 +289,13 @@ export class ChunkTable {
   markZero(flags: Uint8Array): void {
     addon().tableMarkZero(this.handle, flags);
   }
+  /**
+   * How many times staged chunk i was read from its stage since it was loaded (each install, each
+   * fault served from it), or -1 when it is not staged.
+   */
+  stageUses(i: number): number {
+    return addon().tableStageUses(this.handle, i);
+  }
   /** Drops chunk i's resident bytes; returns the bytes freed. */
   evict(i: number): number {
     return addon().tableEvict(this.handle, i);

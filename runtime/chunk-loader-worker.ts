@@ -76,6 +76,13 @@ export interface LoadJob {
    * would. JS queues its own install as well when it learns of the load; the second finds the chunk in.
    */
   installTo?: number[];
+  /**
+   * Whether the chunk is kept in the table once its waiting faults are served (the memory tier's
+   * admission, runtime/memory-tier.ts): false leaves it in its stage, readable by any session that
+   * faults on it meanwhile, until this thread needs the stage again, and never copies it to its slot.
+   * @default true
+   */
+  admit?: boolean;
 }
 
 /**
@@ -105,6 +112,11 @@ export type LoadFailure =
 
 /** A load's read, decode and verify times in this thread (ms), for stall accounting. */
 type Phases = [read: number, decode: number, verify: number];
+
+/** Unasked: a chunk loaded without admission was admitted after all (letGo), on the snapshot's table. */
+export interface LoaderNotice {
+  admitted: number;
+}
 
 export type LoadReply =
   | { id: number; ok: true; stored: number; phases?: Phases; existed?: boolean }
@@ -198,22 +210,38 @@ function loadRaw(job: LoadJob, slot: Uint8Array, phases: Phases): number {
   return job.length;
 }
 
-/** Staged chunks this thread committed and has yet to copy to their slots, oldest first. */
-const unsettled: { table: ChunkTable; chunk: number }[] = [];
+/**
+ * Staged chunks this thread committed and has yet to copy to their slots (or, `drop`, to let go of:
+ * not admitted), oldest first.
+ */
+const unsettled: {
+  table: ChunkTable;
+  tableId: number;
+  chunk: number;
+  drop: boolean;
+  /** Installs its load queued (LoadJob.installTo): reads of the stage beyond these are other sessions'. */
+  installs: number;
+}[] = [];
 /** A settle step copies this much, then lets the next job in (a 512 KiB chunk in 4 steps). */
 const SETTLE_SLICE = 128 << 10;
 let settleScheduled = false;
 
-/** One slice of the oldest unsettled chunk, then again after whatever jobs have arrived meanwhile. */
+/**
+ * One slice of the oldest chunk to copy, then again after whatever jobs have arrived meanwhile. Chunks
+ * not admitted stay in their stages while idle: a session that faults on one soon after (a VM's
+ * neighbour, a second thread) is served from there, and they are let go of only when a load needs the
+ * stage (settleOldest), long after the installs queued with them have copied.
+ */
 function settleStep(): void {
   settleScheduled = false;
-  const head = unsettled[0];
-  if (!head) return;
-  if (head.table.settle(head.chunk, SETTLE_SLICE) === 0) unsettled.shift();
+  const k = unsettled.findIndex((u) => !u.drop);
+  if (k < 0) return;
+  const u = unsettled[k]!;
+  if (u.table.settle(u.chunk, SETTLE_SLICE) === 0) unsettled.splice(k, 1);
   scheduleSettle();
 }
 function scheduleSettle(): void {
-  if (settleScheduled || unsettled.length === 0) return;
+  if (settleScheduled || !unsettled.some((u) => !u.drop)) return;
   settleScheduled = true;
   // setImmediate: the port's pending messages (the next load) run first, in the poll phase.
   setImmediate(settleStep);
@@ -223,7 +251,8 @@ function load(job: LoadJob): LoadReply {
   const table = tableOf(job);
   while (unsettled.length > 0 && unsettled.length >= data.maxUnsettled) {
     const u = unsettled.shift()!;
-    while (u.table.settle(u.chunk, SETTLE_SLICE) > 0);
+    if (u.drop) letGo(u);
+    else while (u.table.settle(u.chunk, SETTLE_SLICE) > 0);
   }
   const slot = table.reserveStaged(job.chunk);
   if (!slot) return { id: job.id, ok: false, failure: 'busy', message: `chunk ${job.chunk} is not absent` };
@@ -253,7 +282,18 @@ function load(job: LoadJob): LoadReply {
     }
     table.commit(job.chunk, true);
     committed = true;
-    if (slot.byteOffset !== job.chunk * table.chunkSize) unsettled.push({ table, chunk: job.chunk });
+    // Staged: to settle, or to let go of later. Not admitted but loaded straight into its slot (no stage
+    // was free): resident there, and let go of the same way (evicted), so that no chunk outside the
+    // memory tier's account stays in memory.
+    const staged = slot.byteOffset !== job.chunk * table.chunkSize;
+    if (staged || job.admit === false)
+      unsettled.push({
+        table,
+        tableId: job.table,
+        chunk: job.chunk,
+        drop: job.admit === false,
+        installs: 0, // set once its installs are queued (below)
+      });
     return { id: job.id, ok: true, stored, phases };
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
@@ -280,6 +320,25 @@ function load(job: LoadJob): LoadReply {
     if (record) Atomics.store(activity, data.activitySlot!, 0);
     if (!committed) table.commit(job.chunk, false);
   }
+}
+
+/**
+ * A chunk not admitted leaves its stage: evicted, so
+ * that its settle copies nothing and frees the stage. Unless another session read it from the stage
+ * meanwhile (more reads than the installs its load queued): a chunk two sessions want is admitted after
+ * all, copied to its slot now, and the main thread told, to account for it in the memory tier. So is
+ * one with an install still to read it.
+ */
+function letGo(u: (typeof unsettled)[number]): void {
+  // Fewer reads than installs: one has not copied yet (a fault thread behind on a loaded host), and
+  // evicting now would make it find nothing. Kept then, as a chunk read twice is.
+  if (u.table.stageUses(u.chunk) !== u.installs) {
+    while (u.table.settle(u.chunk, SETTLE_SLICE) > 0);
+    if (u.tableId === data.tableId) parentPort!.postMessage({ admitted: u.chunk } satisfies LoaderNotice);
+    return;
+  }
+  u.table.evict(u.chunk);
+  u.table.settle(u.chunk, SETTLE_SLICE); // 0 at once: an evicted stage is freed without a copy
 }
 
 /** Caches a resident chunk (WriteJob); `busy` when it is not resident any more. Never throws. */
@@ -338,14 +397,51 @@ function openTemp(tmp: string): number {
   return openSync(tmp, 'wx', 0o600);
 }
 
+/**
+ * Chunks not admitted are let go of when this thread has been idle this long (ms): they stay readable
+ * from their stages while a restore is busy (its neighbours and other threads fault soon), but a
+ * snapshot's table comes back to what the memory tier accounts for once its restores pause or end.
+ */
+const IDLE_LET_GO_MS = 50;
+let lastJobAt = 0;
+let idleTimer: NodeJS.Timeout | undefined;
+function armIdleLetGo(): void {
+  lastJobAt = performance.now();
+  if (idleTimer || !unsettled.some((u) => u.drop)) return;
+  idleTimer = setTimeout(function fire() {
+    const idle = performance.now() - lastJobAt;
+    if (idle < IDLE_LET_GO_MS) {
+      idleTimer = setTimeout(fire, IDLE_LET_GO_MS - idle);
+      return;
+    }
+    idleTimer = undefined;
+    for (let k = unsettled.length - 1; k >= 0; k--) {
+      const u = unsettled[k]!;
+      if (!u.drop) continue;
+      unsettled.splice(k, 1);
+      letGo(u);
+    }
+    scheduleSettle(); // letGo may have settled chunks that another session read
+  }, IDLE_LET_GO_MS);
+  idleTimer.unref();
+}
+
 parentPort!.on('message', (job: LoadJob | WriteJob) => {
   if (job.op === 'write') return parentPort!.postMessage(write(job));
+  armIdleLetGo();
   const reply = load(job);
   // The reply first, then the installs: the event loop hears of the fetch before the peer its install
   // wakes can finish and hang up, so a session never ends with a fetch it was served by still pending.
   parentPort!.postMessage(reply);
-  if (reply.ok && job.installTo) for (const id of job.installTo) installSharedSession(id, job.chunk);
+  if (reply.ok && job.installTo) {
+    let queued = 0;
+    for (const id of job.installTo) if (installSharedSession(id, job.chunk)) queued++;
+    // The stage reads its load accounts for (letGo): a session that ended meanwhile reads nothing.
+    const u = unsettled.at(-1);
+    if (u?.chunk === job.chunk && u.tableId === job.table) u.installs = queued;
+  }
   scheduleSettle();
+  armIdleLetGo();
 });
 /**
  * Runs the load path once, at the chunk size, before reporting ready: the first call into zstd (a

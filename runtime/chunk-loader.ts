@@ -21,7 +21,14 @@ import type { Worker } from 'node:worker_threads';
 import { startModuleWorker } from '../core/worker.js';
 import type { ChunkTable } from '../native/index.js';
 import type { ChunkCrypto } from '../store/chunk-crypto.js';
-import type { LoadFailure, LoadJob, LoadReply, LoaderWorkerData, WriteJob } from './chunk-loader-worker.js';
+import type {
+  LoadFailure,
+  LoadJob,
+  LoadReply,
+  LoaderNotice,
+  LoaderWorkerData,
+  WriteJob,
+} from './chunk-loader-worker.js';
 
 export type { LoadFailure };
 
@@ -138,6 +145,11 @@ export class ChunkLoader {
   /** An exclusive load is in flight: nothing else is dispatched until it answers. */
   #exclusive = false;
   droppedWrites = 0;
+  /**
+   * A chunk loaded without admission (LoadJob.admit false) that a loader admitted after all, because
+   * another session read it from its stage: the memory tier accounts for it here.
+   */
+  onAdmitted: ((chunk: number) => void) | undefined;
 
   private constructor(
     table: ChunkTable,
@@ -308,7 +320,9 @@ export class ChunkLoader {
       worker.once('error', fail);
       worker.once('exit', onExit);
     });
-    worker.on('message', (r: LoadReply) => this.#reply(loader, r));
+    worker.on('message', (r: LoadReply | LoaderNotice) =>
+      'admitted' in r ? this.onAdmitted?.(r.admitted) : this.#reply(loader, r),
+    );
     // A loader that dies (an exception in it, a terminate from outside) fails what it held; another
     // takes its place so that loads go on.
     worker.on('error', () => {});

@@ -135,6 +135,8 @@ export class DiskCache {
     timing?: LoadTiming,
     /** Sessions whose faults wait for the chunk: the loader installs it there once verified (LoadJob.installTo). */
     installTo?: ReadonlySet<number>,
+    /** Whether the chunk is kept in memory once served (LoadJob.admit). @default true */
+    admit = true,
   ): Promise<boolean> {
     assertHash(hash);
     if (!Number.isSafeInteger(length) || length < 0)
@@ -159,6 +161,7 @@ export class DiskCache {
         priority,
         ...(timing ? { timing } : {}),
         ...(installTo && installTo.size > 0 ? { installTo: [...installTo] } : {}),
+        ...(admit ? {} : { admit }),
       });
     } catch (e) {
       if (e instanceof LoadError && e.failure === 'integrity') {

@@ -45,6 +45,8 @@ export interface ChunkCache {
     priority?: Priority,
     timing?: LoadTiming,
     installTo?: ReadonlySet<number>,
+    /** Whether the chunk is kept in memory once served (LoadJob.admit). @default true */
+    admit?: boolean,
   ): Promise<boolean>;
   write(chunk: number, hash: string, length: number): Promise<void>;
 }
@@ -133,6 +135,13 @@ export interface FetcherOptions {
    * may have given up meanwhile): the memory tier accounts it here, or it would stay resident unbudgeted.
    */
   onResident?: (chunk: number) => void;
+  /**
+   * Whether chunk `chunk`, about to be loaded from a tier that is cheap to read again (a local store's
+   * file with no host cache to fill, or a host cache file), is kept in memory afterwards (the memory
+   * tier's admission policy, runtime/memory-tier.ts). Asked once per load. A chunk an origin sent over
+   * the network is always kept: fetching it again costs a round trip. @default always
+   */
+  keep?: (chunk: number) => boolean;
   /** A supervised worker's crash attribution (runtime/supervisor/): chunks not to load again. */
   suspects?: CrashSuspects;
 }
@@ -175,9 +184,11 @@ export interface FetchOptions {
 
 /**
  * The chunk is resident in the table; `stored` is the size of the object it came from (0: memory), and
- * `timing` how the fetch went (absent when the chunk was resident already).
+ * `timing` how the fetch went (absent when the chunk was resident already). `kept: false`: loaded and
+ * served from a stage, but not admitted to the memory tier (FetcherOptions.keep), so resident only for a
+ * while.
  */
-export type FetchResult = { tier: Tier; stored: number; timing?: FetchTiming };
+export type FetchResult = { tier: Tier; stored: number; timing?: FetchTiming; kept?: false };
 type Result = FetchResult;
 
 /** One fetch of one chunk, shared by every caller that wants it. */
@@ -236,8 +247,10 @@ class InFlight {
 }
 
 export class ChunkFetcher {
-  readonly #o: Required<Omit<FetcherOptions, 'cache' | 'onFetch' | 'onResident' | 'onHedge' | 'suspects'>> &
-    Pick<FetcherOptions, 'cache' | 'onFetch' | 'onResident' | 'onHedge' | 'suspects'>;
+  readonly #o: Required<
+    Omit<FetcherOptions, 'cache' | 'onFetch' | 'onResident' | 'onHedge' | 'suspects' | 'keep'>
+  > &
+    Pick<FetcherOptions, 'cache' | 'onFetch' | 'onResident' | 'onHedge' | 'suspects' | 'keep'>;
   readonly #demand: PQueue;
   readonly #prefetch: PQueue;
   readonly #sizing: PrefetchSizing;
@@ -341,7 +354,7 @@ export class ChunkFetcher {
       if (!entry.start()) return; // the other task got there first
       try {
         const r = await this.#fetchOnce(ref, entry);
-        this.#o.onResident?.(ref.chunk);
+        if (r.kept !== false) this.#o.onResident?.(ref.chunk);
         const sus = this.#o.suspects;
         if (sus?.crashes.delete(ref.chunk)) sus.onCleared(ref.chunk);
         for (const c of entry.extra) if (this.#copySlot(ref.chunk, c)) this.#o.onResident?.(c);
@@ -388,18 +401,23 @@ export class ChunkFetcher {
       done('failed', 0);
       throw new FetchError(chunkKey(ref.hash, ref.codec), trimmed(errors));
     }
+    // Asked once: whichever tier answers, this is one more load of the chunk. Only for a demand whose
+    // faults the loader installs itself (installTo): the chunk is in their sessions before its stage can
+    // be let go of. A prefetch, a read-ahead or a warm-up makes a chunk resident for later: kept.
+    const keep =
+      entry.priority !== 'demand' || entry.installTo.size === 0 || (this.#o.keep?.(ref.chunk) ?? true);
     if (this.#o.cache) timing.attempts++;
     if (
       await this.#o.cache
-        ?.read(ref.chunk, ref.hash, ref.length, entry.priority, timing.loader, entry.installTo)
+        ?.read(ref.chunk, ref.hash, ref.length, entry.priority, timing.loader, entry.installTo, keep)
         .catch(() => false)
     ) {
       done('disk', ref.length);
-      return { tier: 'disk', stored: ref.length, timing };
+      return { tier: 'disk', stored: ref.length, timing, ...(keep ? {} : { kept: false as const }) };
     }
     const key = chunkKey(ref.hash, ref.codec);
     for (let pass = 0; ; pass++) {
-      const r = await this.#pass(key, ref, entry, errors, counts, entry.retryUntil || Infinity, timing);
+      const r = await this.#pass(key, ref, entry, errors, counts, entry.retryUntil || Infinity, timing, keep);
       if (typeof r !== 'boolean') {
         r.timing = timing;
         done(r.tier, r.stored);
@@ -428,6 +446,7 @@ export class ChunkFetcher {
     localPath: string | undefined,
     body: () => Promise<Buffer>,
     timing: LoadTiming,
+    admit: boolean,
   ): Promise<number> {
     const job = {
       table: this.#tableId,
@@ -439,6 +458,7 @@ export class ChunkFetcher {
       maxBytes,
       priority: entry.priority,
       timing,
+      ...(admit ? {} : { admit }),
       // A chunk in flight when a worker died is decoded alone, so that another death names it alone.
       ...(this.#o.suspects?.crashes.has(ref.chunk) ? { exclusive: true } : {}),
     };
@@ -533,6 +553,7 @@ export class ChunkFetcher {
     counts: { misses: number },
     deadline: number,
     timing: FetchTiming,
+    keep: boolean,
   ): Promise<Result | boolean> {
     let transient = false;
     const { priority } = entry;
@@ -546,6 +567,11 @@ export class ChunkFetcher {
         const timeoutMs = Math.max(1, Math.min(this.#o.attemptTimeoutMs, Math.floor(left)));
         try {
           const local = origin.localPath?.(key);
+          // Only a local file is cheap to read again. With a host cache to fill, kept as well: the cache's
+          // writer thread (SCHED_IDLE) writes it from the table once loads are idle, by which time a chunk
+          // not kept would be gone. Written by the loader thread from its stage instead, between loads,
+          // the cache entries delayed the next loads: a cold fill took 1.5-2x the restore without it.
+          const admit = keep || local === undefined || this.#o.cache !== undefined;
           let answered = n;
           timing.attempts++;
           const stored = await this.#load(
@@ -560,9 +586,10 @@ export class ChunkFetcher {
               return r.body;
             },
             timing.loader,
+            admit,
           );
           void this.#o.cache?.write(ref.chunk, ref.hash, ref.length).catch(() => {});
-          return { tier: `origin${answered}`, stored };
+          return { tier: `origin${answered}`, stored, ...(admit ? {} : { kept: false as const }) };
         } catch (e) {
           const timedOut = (e as Error).name === 'TimeoutError';
           const msg = timedOut ? `no answer within ${timeoutMs} ms` : (e as Error).message;

@@ -38,12 +38,31 @@ export class MemoryTier {
   readonly #lru = new Map<number, number>();
   /** Chunk → installs in flight that will copy from it. */
   readonly #pins = new Map<number, number>();
+  /** Chunks loaded once from a cheap tier and not kept (keepLoaded). */
+  readonly #loadedOnce: Uint8Array;
   #bytes = 0;
   evictions = 0;
 
   constructor(table: ChunkTable, budgetBytes: number) {
     this.#table = table;
     this.#budget = budgetBytes;
+    this.#loadedOnce = new Uint8Array(table.chunks);
+  }
+
+  /**
+   * Admission for a chunk about to be loaded from a tier that is cheap to read again (a local store's
+   * file, a host cache file; FetcherOptions.keep): kept from its second load on, not at its first.
+   * Keeping a chunk costs a copy into its own slot of the arena, fresh memory the kernel zeroes first
+   * (on this kind of host ~5 ms per 2 MiB huge page, the largest share of a cold restore's CPU, measured
+   * in bench/ANALYSIS.md); a chunk one restore read once is often never read again on this host, while
+   * one read twice will likely be read again. So a snapshot's first restore pays only the load, its
+   * second also fills the tier, and later ones are served from memory. What an origin sends over the
+   * network is always kept: a second fetch costs a round trip.
+   */
+  keepLoaded(i: number): boolean {
+    if (this.#loadedOnce[i]) return true;
+    this.#loadedOnce[i] = 1;
+    return false;
   }
 
   get bytes(): number {
@@ -57,6 +76,16 @@ export class MemoryTier {
   admitted(i: number): void {
     this.touch(i, this.#table.chunkLength(i));
     this.#evict(i);
+  }
+
+  /**
+   * Chunk i, loaded and first let go of (keepLoaded), was made resident after all because another reader
+   * used its stage (the loader's notice). Unlike admitted(), i itself may be evicted at once: the
+   * installs that made its fetch are done, and any other is pinned (session-delivery pins before it queues).
+   */
+  admittedLate(i: number): void {
+    this.touch(i, this.#table.chunkLength(i));
+    this.#evict();
   }
 
   /** Marks chunk i as just used (it is resident). */

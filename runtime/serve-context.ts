@@ -142,6 +142,7 @@ export async function openServeContext(
       : undefined;
     const metrics = new RuntimeMetrics();
     const memory = new MemoryTier(table, o.memoryBudgetBytes);
+    loader.onAdmitted = (c) => memory.admittedLate(c);
     const fetcher = new ChunkFetcher({
       origins: stores,
       table,
@@ -154,6 +155,7 @@ export async function openServeContext(
       prefetchConcurrency: o.prefetchConcurrency,
       onFetch: (e) => (metrics.onFetch(e), logRecoveredFetch(log, e)),
       onResident: (c) => memory.admitted(c),
+      keep: (c) => memory.keepLoaded(c),
       hedge: o.hedge,
       ...(crash ? { suspects: crash.suspects } : {}),
       onHedge: (outcome) => metrics.hedges.inc({ outcome }),

@@ -66,7 +66,7 @@ or, under systemd, through its descriptor store (--fd-store): see docs/RELIABILI
       shown: '`1GiB`',
       api: 'memoryBudgetBytes',
       meaning:
-        'resident chunk bytes for the native fault thread, shared by all sessions; when it holds the whole snapshot, the chunk table is on transparent huge pages',
+        'resident chunk bytes for the native fault thread, shared by all sessions; when it holds the whole snapshot, the chunk table is on transparent huge pages. A chunk a demand reads from a local store or the disk cache is kept from its second read on (docs/DESIGN.md, "Admission")',
     },
     'fail-timeout': {
       type: 'string',

@@ -76,6 +76,7 @@ int table_acquire(table_t *t, uint32_t i, const uint8_t **data) {
     /* Served from the stage even when evicted meanwhile: the bytes are verified and still there. */
     int k = stage_of_locked(t, i, STAGE_STAGED);
     t->stages[k].readers++;
+    t->stages[k].uses++;
     *data = stage_mem(t, (uint32_t)k);
     st = CHUNK_RESIDENT;
   }
@@ -337,6 +338,21 @@ static napi_value js_evict(napi_env env, napi_callback_info info) {
   }
   pthread_mutex_unlock(&t->mu);
   return make_u64(env, freed);
+}
+
+/* tableStageUses(table, i) → how many times staged chunk i was read from its stage (each install and
+ * each fault served from it), -1 when it is not staged: JS admits a chunk that more sessions used. */
+static napi_value js_stage_uses(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  uint32_t i;
+  if (!get_args(env, info, 2, argv, NULL)) return NULL;
+  table_t *t = table_from_js(env, argv[0]);
+  if (!t || !arg_chunk(env, t, argv[1], &i)) return NULL;
+  pthread_mutex_lock(&t->mu);
+  int k = t->state[i] == CHUNK_STAGED ? stage_of_locked(t, i, STAGE_STAGED) : -1;
+  int32_t uses = k < 0 ? -1 : (int32_t)t->stages[k].uses;
+  pthread_mutex_unlock(&t->mu);
+  return make_i32(env, uses);
 }
 
 static napi_value js_state(napi_env env, napi_callback_info info) {
@@ -700,6 +716,7 @@ napi_value table_init(napi_env env, napi_value exports) {
       !export_fn(env, exports, "tableReserve", js_reserve) ||
       !export_fn(env, exports, "tableCommit", js_commit) || !export_fn(env, exports, "tablePin", js_pin) ||
       !export_fn(env, exports, "tableSettle", js_settle) ||
+      !export_fn(env, exports, "tableStageUses", js_stage_uses) ||
       !export_fn(env, exports, "tableSettleAll", js_settle_all) ||
       !export_fn(env, exports, "tableWarmStages", js_warm_stages) ||
       !export_fn(env, exports, "tableUnpin", js_unpin))

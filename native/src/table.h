@@ -33,6 +33,7 @@ typedef struct {
   uint32_t readers; /* fault threads or pins copying from it; DRAINING frees it at the last release */
   uint64_t settled; /* bytes copied to the arena slot so far */
   bool settling;    /* a thread is copying (outside mu): another settle of it waits its turn */
+  uint32_t uses;    /* acquisitions while staged (installs, faults served from it), for admission */
 } stage_t;
 
 typedef struct table {
