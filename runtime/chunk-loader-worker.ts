@@ -113,10 +113,12 @@ export type LoadFailure =
 /** A load's read, decode and verify times in this thread (ms), for stall accounting. */
 type Phases = [read: number, decode: number, verify: number];
 
-/** Unasked: a chunk loaded without admission was admitted after all (letGo), on the snapshot's table. */
-export interface LoaderNotice {
-  admitted: number;
-}
+/**
+ * Unasked: a chunk loaded without admission was admitted after all (letGo), on the snapshot's table; or
+ * the installs of a load could not be queued for some of its sessions (LoadJob.installTo: a session that
+ * ended, or no memory for the command), which must install it themselves or their faults would wait.
+ */
+export type LoaderNotice = { admitted: number } | { installFailed: number; sessions: number[] };
 
 export type LoadReply =
   | { id: number; ok: true; stored: number; phases?: Phases; existed?: boolean }
@@ -435,7 +437,12 @@ parentPort!.on('message', (job: LoadJob | WriteJob) => {
   parentPort!.postMessage(reply);
   if (reply.ok && job.installTo) {
     let queued = 0;
-    for (const id of job.installTo) if (installSharedSession(id, job.chunk)) queued++;
+    const failed: number[] = [];
+    for (const id of job.installTo)
+      if (installSharedSession(id, job.chunk)) queued++;
+      else failed.push(id);
+    if (failed.length > 0)
+      parentPort!.postMessage({ installFailed: job.chunk, sessions: failed } satisfies LoaderNotice);
     // The stage reads its load accounts for (letGo): a session that ended meanwhile reads nothing.
     const u = unsettled.at(-1);
     if (u?.chunk === job.chunk && u.tableId === job.table) u.installs = queued;

@@ -150,6 +150,11 @@ export class ChunkLoader {
    * another session read it from its stage: the memory tier accounts for it here.
    */
   onAdmitted: ((chunk: number) => void) | undefined;
+  /**
+   * A load's installs could not be queued for these sessions (share ids, LoadJob.installTo): each still
+   * live must install the chunk itself (runtime/session-delivery.ts installsFailed).
+   */
+  onInstallFailed: ((chunk: number, sessions: number[]) => void) | undefined;
 
   private constructor(
     table: ChunkTable,
@@ -320,9 +325,11 @@ export class ChunkLoader {
       worker.once('error', fail);
       worker.once('exit', onExit);
     });
-    worker.on('message', (r: LoadReply | LoaderNotice) =>
-      'admitted' in r ? this.onAdmitted?.(r.admitted) : this.#reply(loader, r),
-    );
+    worker.on('message', (r: LoadReply | LoaderNotice) => {
+      if ('admitted' in r) this.onAdmitted?.(r.admitted);
+      else if ('installFailed' in r) this.onInstallFailed?.(r.installFailed, r.sessions);
+      else this.#reply(loader, r);
+    });
     // A loader that dies (an exception in it, a terminate from outside) fails what it held; another
     // takes its place so that loads go on.
     worker.on('error', () => {});

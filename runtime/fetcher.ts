@@ -186,9 +186,17 @@ export interface FetchOptions {
  * The chunk is resident in the table; `stored` is the size of the object it came from (0: memory), and
  * `timing` how the fetch went (absent when the chunk was resident already). `kept: false`: loaded and
  * served from a stage, but not admitted to the memory tier (FetcherOptions.keep), so resident only for a
- * while.
+ * while. `installing`: the sessions (FetchOptions.installTo) the loader thread queues the chunk's install
+ * for itself, right after the fetch settles: they need not queue their own (a failure to queue reaches
+ * them through ChunkLoader.onInstallFailed).
  */
-export type FetchResult = { tier: Tier; stored: number; timing?: FetchTiming; kept?: false };
+export type FetchResult = {
+  tier: Tier;
+  stored: number;
+  timing?: FetchTiming;
+  kept?: false;
+  installing?: ReadonlySet<number>;
+};
 type Result = FetchResult;
 
 /** One fetch of one chunk, shared by every caller that wants it. */
@@ -207,6 +215,11 @@ class InFlight {
   readonly extra = new Set<number>();
   /** Sessions the loader installs the chunk for (FetchOptions.installTo; this chunk's callers only). */
   readonly installTo = new Set<number>();
+  /**
+   * Of those, the ones named in the load that made the chunk resident (FetchResult.installing): set only
+   * once a load succeeded, never from an attempt that failed.
+   */
+  loaderInstalls: ReadonlySet<number> | undefined;
   /** Callers' patience, applied when the fetch starts. */
   readonly #pending: { patienceMs: number; arm: () => void }[] = [];
   #resolve!: (r: Result) => void;
@@ -407,13 +420,22 @@ export class ChunkFetcher {
     const keep =
       entry.priority !== 'demand' || entry.installTo.size === 0 || (this.#o.keep?.(ref.chunk) ?? true);
     if (this.#o.cache) timing.attempts++;
+    // Taken before the read: the set only grows, so every session named here is in the load's job (one
+    // that joins meanwhile may be too, and then installs a second time, which is harmless).
+    const toInstall = entry.installTo.size > 0 ? new Set(entry.installTo) : undefined;
     if (
       await this.#o.cache
         ?.read(ref.chunk, ref.hash, ref.length, entry.priority, timing.loader, entry.installTo, keep)
         .catch(() => false)
     ) {
       done('disk', ref.length);
-      return { tier: 'disk', stored: ref.length, timing, ...(keep ? {} : { kept: false as const }) };
+      return {
+        tier: 'disk',
+        stored: ref.length,
+        timing,
+        ...(keep ? {} : { kept: false as const }),
+        ...(toInstall ? { installing: toInstall } : {}),
+      };
     }
     const key = chunkKey(ref.hash, ref.codec);
     for (let pass = 0; ; pass++) {
@@ -467,9 +489,12 @@ export class ChunkFetcher {
     const targets = () => (entry.installTo.size > 0 ? { installTo: [...entry.installTo] } : {});
     for (let busy = 0; ; busy++) {
       try {
-        return localPath
-          ? await this.#o.loader.load({ ...job, from: 'file', path: localPath, ...targets() })
-          : await this.#o.loader.load({ ...job, from: 'bytes', bytes: await body(), ...targets() });
+        let named: { installTo?: number[] } = {};
+        const stored = localPath
+          ? await this.#o.loader.load({ ...job, from: 'file', path: localPath, ...(named = targets()) })
+          : await this.#o.loader.load({ ...job, from: 'bytes', bytes: await body(), ...(named = targets()) });
+        if (named.installTo) entry.loaderInstalls = new Set(named.installTo);
+        return stored;
       } catch (e) {
         if (!(e instanceof LoadError)) throw e;
         if (e.failure === 'not-found') throw new NotFoundError(localPath ?? key, key, e);
@@ -589,7 +614,12 @@ export class ChunkFetcher {
             admit,
           );
           void this.#o.cache?.write(ref.chunk, ref.hash, ref.length).catch(() => {});
-          return { tier: `origin${answered}`, stored, ...(admit ? {} : { kept: false as const }) };
+          return {
+            tier: `origin${answered}`,
+            stored,
+            ...(admit ? {} : { kept: false as const }),
+            ...(entry.loaderInstalls ? { installing: entry.loaderInstalls } : {}),
+          };
         } catch (e) {
           const timedOut = (e as Error).name === 'TimeoutError';
           const msg = timedOut ? `no answer within ${timeoutMs} ms` : (e as Error).message;

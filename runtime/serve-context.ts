@@ -25,6 +25,7 @@ import { loadProfile, profileSaver } from './profile-store.js';
 import type { ProfileShape } from './profile.js';
 import type { SessionContext } from './restore-session.js';
 import type { ResolvedServeOptions } from './serve-options.js';
+import { installsFailed } from './session-delivery.js';
 import { kernelCanPoison, loadFirst } from './startup.js';
 import { SPAN, TRACER_NAME } from './tracing.js';
 import { prepareTraceDir } from './trace-dir.js';
@@ -143,6 +144,7 @@ export async function openServeContext(
     const metrics = new RuntimeMetrics();
     const memory = new MemoryTier(table, o.memoryBudgetBytes);
     loader.onAdmitted = (c) => memory.admittedLate(c);
+    loader.onInstallFailed = installsFailed;
     const fetcher = new ChunkFetcher({
       origins: stores,
       table,

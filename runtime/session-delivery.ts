@@ -18,6 +18,21 @@ import type { SessionTrace } from './session-trace.js';
 import { bit } from './session-state.js';
 import type { SessionContext } from './session-types.js';
 
+/**
+ * Live deliveries by their session's share id (FaultSession.share(), unique in this process): a loader
+ * thread names sessions by it when it could not queue their install (ChunkLoader.onInstallFailed).
+ */
+const byShareId = new Map<number, ChunkDelivery>();
+
+/**
+ * A loader thread could not queue chunk `chunk`'s install for these sessions (their share ids): each still
+ * live installs it itself. Without this, a session whose fetch said the loader installs for it
+ * (FetchResult.installing) would never queue its own, and its fault would wait for ever.
+ */
+export function installsFailed(chunk: number, sessions: readonly number[]): void {
+  for (const id of sessions) byShareId.get(id)?.installIfNeeded(chunk);
+}
+
 export class ChunkDelivery {
   readonly #ctx: SessionContext;
   readonly #fault: FaultSession;
@@ -164,7 +179,11 @@ export class ChunkDelivery {
             this.#early.delete(c);
             this.#faultDone(c, early.needAt, early.doneAt);
           }
-          this.#admit(c, r.tier, r.stored);
+          // The loader thread queues the install for this session itself (installTo), right after the
+          // fetch settles: a second one from here would cost the fault thread a wake-up and the event
+          // loop an event for each chunk, for nothing.
+          const loaderInstalls = installTo !== undefined && r.installing?.has(installTo) === true;
+          this.#admit(c, r.tier, r.stored, loaderInstalls);
         },
         (err: unknown) => {
           this.#waiting.delete(c);
@@ -258,6 +277,7 @@ export class ChunkDelivery {
     if (this.#shareId === undefined) {
       try {
         this.#shareId = this.#fault.share();
+        byShareId.set(this.#shareId, this);
       } catch {
         this.#shareId = null; // an optimization only: the event loop installs what the loaders do not
       }
@@ -295,6 +315,7 @@ export class ChunkDelivery {
   /** The session ended: nothing more is installed, pins are released. */
   end(): void {
     this.#ended = true;
+    if (typeof this.#shareId === 'number') byShareId.delete(this.#shareId);
     // Faults a loader thread answered whose fetch has not settled here yet: their waits count all the
     // same, without the fetch's split (the fetch settles after the session's trace has ended).
     for (const [c, e] of this.#early) this.#faultDone(c, e.needAt, e.doneAt);
@@ -304,9 +325,17 @@ export class ChunkDelivery {
   }
 
   /** Chunk c is resident (the fetch made it so, and told the memory tier): count it, install it. */
-  #admit(c: number, tier: Tier, stored: number): void {
+  #admit(c: number, tier: Tier, stored: number, loaderInstalls = false): void {
     this.#count(c, tier, stored);
-    // Installed already: by a loader thread for the fault that asked (installTo), or by another way in.
+    // Installed already (by a loader thread for the fault that asked, or by another way in), or about to
+    // be: the loader queues it right after its reply (FetchResult.installing; a failure comes back
+    // through installsFailed).
+    if (this.#ended || this.#installed.has(c) || loaderInstalls) return;
+    this.#install(c);
+  }
+
+  /** installsFailed: chunk c's install, unless this session has it or ended. */
+  installIfNeeded(c: number): void {
     if (this.#ended || this.#installed.has(c)) return;
     this.#install(c);
   }

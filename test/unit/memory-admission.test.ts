@@ -48,6 +48,8 @@ describe('memory tier admission of chunks from a local store', () => {
     const memory = new MemoryTier(table, CHUNKS * CS);
     const admittedLate: number[] = [];
     loader.onAdmitted = (c) => (admittedLate.push(c), memory.admittedLate(c));
+    const installFailed: [number, number[]][] = [];
+    loader.onInstallFailed = (c, ids) => installFailed.push([c, ids]);
     const fetcher = new ChunkFetcher({
       origins: [store],
       table,
@@ -57,7 +59,7 @@ describe('memory tier admission of chunks from a local store', () => {
     });
     const demand = (c: number) =>
       fetcher.fetch(refs[c]!, 'demand', { installTo: NO_SESSION, patienceMs: 5000 });
-    return { table, memory, fetcher, demand, admittedLate, stages: table.stats().stages };
+    return { table, memory, fetcher, demand, admittedLate, installFailed, stages: table.stats().stages };
   }
 
   it('serves a first load from its stage and lets it go; keeps the second', async () => {
@@ -109,6 +111,19 @@ describe('memory tier admission of chunks from a local store', () => {
     // and loaded again at once when asked (kept, this time)
     expect((await demand(1)).kept).toBeUndefined();
     expect(table.read(1)!.equals(refs[1]!.bytes)).toBe(true);
+  });
+
+  it('names the sessions the loader installs for, and says when it could not queue an install', async () => {
+    const { demand, fetcher, installFailed } = await setUp();
+    // The session asked the fetch to install for (installTo): the loader thread does it, so the result
+    // names it and the session queues no second install (session-delivery.ts)...
+    const r = await demand(5);
+    expect([...(r.installing ?? [])]).toEqual([NO_SESSION]);
+    // ...and here no session has that id, so the install could not be queued: said, so that a live
+    // session installs it itself rather than leave its fault waiting.
+    await expect.poll(() => installFailed).toEqual([[5, [NO_SESSION]]]);
+    // A fetch without installTo names nobody.
+    expect((await fetcher.fetch(refs[6]!, 'demand')).installing).toBeUndefined();
   });
 
   it('keeps what a prefetch loads, and what a demand with no install of its own loads', async () => {
