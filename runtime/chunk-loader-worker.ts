@@ -230,9 +230,9 @@ let settleScheduled = false;
 
 /**
  * One slice of the oldest chunk to copy, then again after whatever jobs have arrived meanwhile. Chunks
- * not admitted stay in their stages while idle: a session that faults on one soon after (a VM's
- * neighbour, a second thread) is served from there, and they are let go of only when a load needs the
- * stage (settleOldest), long after the installs queued with them have copied.
+ * not admitted are not copied: they stay in their stages, where a session that faults on one soon after
+ * (a second thread of the VM, another VM) is served from, until a load needs the stage (load) or this
+ * thread has been idle a while (armIdleLetGo); then letGo.
  */
 function settleStep(): void {
   settleScheduled = false;
@@ -285,8 +285,8 @@ function load(job: LoadJob): LoadReply {
     table.commit(job.chunk, true);
     committed = true;
     // Staged: to settle, or to let go of later. Not admitted but loaded straight into its slot (no stage
-    // was free): resident there, and let go of the same way (evicted), so that no chunk outside the
-    // memory tier's account stays in memory.
+    // was free): its copy is paid for already, so letGo admits it (it is not staged), and the memory
+    // tier accounts for it like any other.
     const staged = slot.byteOffset !== job.chunk * table.chunkSize;
     if (staged || job.admit === false)
       unsettled.push({
@@ -325,11 +325,11 @@ function load(job: LoadJob): LoadReply {
 }
 
 /**
- * A chunk not admitted leaves its stage: evicted, so
- * that its settle copies nothing and frees the stage. Unless another session read it from the stage
- * meanwhile (more reads than the installs its load queued): a chunk two sessions want is admitted after
- * all, copied to its slot now, and the main thread told, to account for it in the memory tier. So is
- * one with an install still to read it.
+ * A chunk not admitted leaves its stage: evicted, so that its settle copies nothing and frees the stage.
+ * Unless another session read it from the stage meanwhile (more reads than the installs its load
+ * queued): a chunk two sessions want is admitted after all, copied to its slot now, and the main thread
+ * told, to account for it in the memory tier. So is one with an install still to read it, and one that
+ * is in its slot already.
  */
 function letGo(u: (typeof unsettled)[number]): void {
   // Fewer reads than installs: one has not copied yet (a fault thread behind on a loaded host), and
@@ -423,7 +423,6 @@ function armIdleLetGo(): void {
       unsettled.splice(k, 1);
       letGo(u);
     }
-    scheduleSettle(); // letGo may have settled chunks that another session read
   }, IDLE_LET_GO_MS);
   idleTimer.unref();
 }

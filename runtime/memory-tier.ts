@@ -79,9 +79,11 @@ export class MemoryTier {
   }
 
   /**
-   * Chunk i, loaded and first let go of (keepLoaded), was made resident after all because another reader
-   * used its stage (the loader's notice). Unlike admitted(), i itself may be evicted at once: the
-   * installs that made its fetch are done, and any other is pinned (session-delivery pins before it queues).
+   * Chunk i, loaded without admission (keepLoaded), was kept after all: another reader used its stage, or
+   * an install had yet to (the loader's notice). Unlike admitted(), i itself may be evicted at once when
+   * over budget: its fetch has settled, installs the event loop queued are pinned, and one a loader
+   * queued that has not copied yet finds it gone and reports `missing`, which fetches it again for a
+   * fault still waiting.
    */
   admittedLate(i: number): void {
     this.touch(i, this.#table.chunkLength(i));
