@@ -12,7 +12,7 @@ import path from 'node:path';
 import { context as otelContext, trace, type Context, type Span, type Tracer } from '@opentelemetry/api';
 
 import type { Logger } from '../core/logger.js';
-import type { FetchResult } from './fetcher.js';
+import type { FetchResult, FetchTiming } from './fetcher.js';
 import type { Handshake } from './handshake.js';
 import type { RuntimeMetrics } from './metrics.js';
 import { addSplit, emptySplit, splitWait } from './stall.js';
@@ -81,8 +81,12 @@ export class SessionTrace {
   /** Kept only when a file or a span wants them. */
   readonly #faults: TraceFault[] | undefined;
   readonly #fetches: TraceFetch[] | undefined;
-  /** Each chunk's latest demand fetch in #fetches, for a fault that learns when it really ended. */
-  readonly #demandFetch = new Map<number, TraceFetch>();
+  /**
+   * The entries in #fetches each fetch made, for a fault that learns when it really ended. One fetch can
+   * have several: a read-ahead or a prefetch that a demand fault joined is the same fetch (the fetcher
+   * shares it), recorded once for each that asked.
+   */
+  readonly #byTiming = new Map<FetchTiming, TraceFetch[]>();
   readonly #milestones: TraceMilestone[] = [];
 
   constructor(o: SessionTraceOptions) {
@@ -145,8 +149,7 @@ export class SessionTrace {
       // A loader thread installed the chunk (LoadJob.installTo) before its fetch settled on the event
       // loop: it was resident by the install, so that is when the fetch ended, for every reader of it.
       timing.endedAt = r.doneAt;
-      const f = this.#demandFetch.get(r.chunk);
-      if (f) f.endMs = Math.max(f.startMs, this.#ms(r.doneAt));
+      for (const f of this.#byTiming.get(timing) ?? []) f.endMs = Math.max(f.startMs, this.#ms(r.doneAt));
     }
     const split = splitWait(r.needAt, r.doneAt, r.fetch?.tier ?? r.tier, timing);
     const waitMs = Math.max(0, r.doneAt - r.needAt);
@@ -213,7 +216,11 @@ export class SessionTrace {
       verifyMs: round(t?.loader.verifyMs ?? 0),
     };
     this.#fetches.push(f);
-    if (priority === 'demand') this.#demandFetch.set(chunk, f);
+    if (t) {
+      const same = this.#byTiming.get(t);
+      if (same) same.push(f);
+      else this.#byTiming.set(t, [f]);
+    }
   }
 
   /** A prefetch batch (a profile replay, a fill, a populate) ran from `start` to now. */
