@@ -310,7 +310,8 @@ const file = writeResult({
     `benchmark, so the seed fixes the sequence of draws across it, not each run's share (the last row counts each run's). lazysnap is \`lazysnap serve ` +
     `--store <proxy URL> --id ID --socket PATH --metrics-port 0\`, the CLI from dist/ in a fresh process per run with DEFAULT ` +
     `options, no disk cache and no profile in the store (so prefetch auto replays nothing): hedging on (the default: a demand ` +
-    `request its origin has not answered within the p95 of its last 200 request times gets a second request, the first body wins) ` +
+    `request its origin has not answered (its response headers) within the p95 of its last 200 answers, or whose body is not all ` +
+    `there within the p95 of its last 200 bodies, gets a second request, and a late hedge one more; the first body wins) ` +
     `and, as the baseline, the same with --no-hedge. Workload: fc-client (test/fixtures/fc-client.c) \`${CLIENT_ARGS.join(' ')}\`, ` +
     `the first page of each of the ${CHUNKS} chunks in a shuffled order on ${THREADS} threads, each first touch timed with ` +
     `CLOCK_MONOTONIC: ${CHUNKS} faults, each one chunk fetched, on demand but for the few that serve's sequential read-ahead ` +

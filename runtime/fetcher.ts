@@ -124,8 +124,9 @@ export interface FetcherOptions {
   /** Called once per fetch that completes or fails (metrics, logs). */
   onFetch?: (e: FetchEvent) => void;
   /**
-   * Hedge slow demand requests to remote origins (runtime/hedge.ts): past the origin's recent p95, a
-   * second request; the first body wins. @default true
+   * Hedge slow demand requests to remote origins (runtime/hedge.ts): a request the origin has not
+   * answered by the p95 of its recent answers (or whose body is not all there by the p95 of its recent
+   * bodies) gets a second request; the first body wins. @default true
    */
   hedge?: boolean;
   /** Called for each hedged request: whether the hedge answered first ('won') or the original ('lost'). */
@@ -267,8 +268,9 @@ export class ChunkFetcher {
   readonly #demand: PQueue;
   readonly #prefetch: PQueue;
   readonly #sizing: PrefetchSizing;
-  /** Recent request times per origin, for hedging. */
+  /** Recent request times per origin, for hedging: to the whole body, and to the origin's answer. */
   readonly #latency: LatencyWindow[];
+  readonly #answers: LatencyWindow[];
   /** The table's id for the loader threads (runtime/chunk-loader.ts). */
   readonly #tableId: number;
   readonly #inflight = new Map<string, InFlight>();
@@ -288,6 +290,7 @@ export class ChunkFetcher {
     this.#sizing = new PrefetchSizing(this.#o.prefetchConcurrency, this.#o.table.chunkSize);
     this.#tableId = this.#o.table.share();
     this.#latency = this.#o.origins.map(() => new LatencyWindow());
+    this.#answers = this.#o.origins.map(() => new LatencyWindow());
     this.#prefetch = new PQueue({ concurrency: this.#sizing.concurrency });
   }
 
@@ -531,9 +534,9 @@ export class ChunkFetcher {
   }
 
   /**
-   * An object from remote origin n, hedged for a demand (runtime/hedge.ts): past origin n's recent p95 a
-   * second request goes to the next remote origin (or n again); the first body wins, the other is
-   * aborted. Which origin answered comes back with the body (the tier the fetch reports).
+   * An object from remote origin n, hedged for a demand (runtime/hedge.ts): not answered by the p95 of
+   * origin n's recent answers (or not all there by the p95 of its recent bodies), a second request goes
+   * to the next remote origin (or n again); the first body wins, the other is aborted. Which origin answered comes back with the body (the tier the fetch reports).
    */
   async #get(
     n: number,
@@ -547,13 +550,18 @@ export class ChunkFetcher {
     let alt = n + 1;
     while (alt < origins.length && origins[alt]!.localPath) alt++;
     const target = alt < origins.length ? alt : n;
-    const after = demand && this.#o.hedge ? this.#latency[n]!.hedgeAfterMs() : undefined;
-    const { value, hedge } = await hedged(async (signal, i) => {
+    const bodyMs = demand && this.#o.hedge ? this.#latency[n]!.hedgeAfterMs() : undefined;
+    const after = bodyMs === undefined ? undefined : { bodyMs, answerMs: this.#answers[n]!.hedgeAfterMs() };
+    const { value, hedge, hedges } = await hedged(async (signal, i, answered) => {
       const o = i === 0 ? n : target;
       const t0 = performance.now();
       const body = await origins[o]!.get(key, {
         signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
         maxBytes,
+        onAnswer: () => {
+          this.#answers[o]!.record(performance.now() - t0);
+          answered();
+        },
       });
       this.#latency[o]!.record(performance.now() - t0);
       return { body, origin: o };
@@ -561,7 +569,7 @@ export class ChunkFetcher {
     if (hedge !== 'none') {
       this.#o.onHedge?.(hedge);
       timing.hedge = hedge;
-      timing.attempts++;
+      timing.attempts += hedges;
     }
     return value;
   }

@@ -129,7 +129,7 @@ export class RuntimeMetrics {
   });
   readonly hedges = new Counter({
     name: 'lazysnap_hedged_requests_total',
-    help: "Demand requests hedged past the origin's p95, by which answered first (won: the hedge)",
+    help: "Demand requests hedged (not answered by the origin's p95), by which answered first (won: a hedge)",
     labelNames: ['outcome'],
     registers: [this.registry],
   });

@@ -83,9 +83,9 @@ export interface ServeOptions {
   /** Retries of a retryable origin error, per pass over the origins (a fault keeps making passes until failTimeoutMs while some origin fails transiently). @default 2 */
   retries?: number;
   /**
-   * Hedge slow demand requests to remote origins: a request not answered by the origin's recent p95 gets
-   * a second one (the next origin, else the same); the first body wins, the other is aborted. About 5%
-   * more requests, for a much shorter tail. @default true
+   * Hedge slow demand requests to remote origins: a request not answered by the origin's recent p95 (of
+   * answers, or of whole bodies once answered) gets a second one (the next origin, else the same); the
+   * first body wins, the other is aborted. About 5% more requests, for a much shorter tail. @default true
    */
   hedge?: boolean;
   /** Demand chunk fetches in flight (prefetches have slots of their own). @default 16 */

@@ -26,6 +26,12 @@ export interface ReadOptions {
    * @default unbounded
    */
   maxBytes?: number;
+  /**
+   * Called once, when the origin has answered with the object (a 200's headers, S3's GetObject output,
+   * an opened file), before its body is read; never for an error. The fetcher hedges on it
+   * (runtime/hedge.ts): an origin's slow tail is in the wait for its answer.
+   */
+  onAnswer?: () => void;
 }
 
 export interface WriteOptions {

@@ -49,9 +49,13 @@ export class FileStore extends StoreBase {
     throw new StoreError(this.url, key, (e as Error).message, { cause: e, retryable: false });
   }
 
-  protected async doGet(key: string, { maxBytes = Infinity, signal }: ReadOptions): Promise<Buffer> {
+  protected async doGet(
+    key: string,
+    { maxBytes = Infinity, signal, onAnswer }: ReadOptions,
+  ): Promise<Buffer> {
     try {
       const fh = await open(this.#path(key), constants.O_RDONLY);
+      onAnswer?.();
       try {
         // The size of the open file, not of the path: a rename in between cannot swap it.
         const { size } = await fh.stat();

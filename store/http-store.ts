@@ -182,7 +182,10 @@ export class HttpStore extends StoreBase {
       });
   }
 
-  protected async doGet(key: string, { maxBytes = Infinity, signal }: ReadOptions): Promise<Buffer> {
+  protected async doGet(
+    key: string,
+    { maxBytes = Infinity, signal, onAnswer }: ReadOptions,
+  ): Promise<Buffer> {
     const res = await this.#request('GET', key, this.#headers, signal);
     const { statusCode: status, body } = res;
     if (status !== 200) {
@@ -210,6 +213,7 @@ export class HttpStore extends StoreBase {
         throw new StoreError(this.url, key, `object of ${length} bytes exceeds the largest Buffer`, {
           status,
         });
+      onAnswer?.();
       return await this.#readBody(key, body, length, maxBytes);
     } catch (e) {
       this.#drain(body, undefined); // drained if small and intact (socket reused), else destroyed

@@ -117,7 +117,10 @@ export class S3Store extends StoreBase {
     return new S3Store({ ...options, ...parseS3Url(url) });
   }
 
-  protected async doGet(key: string, { maxBytes = Infinity, signal }: ReadOptions): Promise<Buffer> {
+  protected async doGet(
+    key: string,
+    { maxBytes = Infinity, signal, onAnswer }: ReadOptions,
+  ): Promise<Buffer> {
     return this.#call('GET', key, signal, async (abortSignal) => {
       const res = await this.#client.send(
         new GetObjectCommand({ Bucket: this.bucket, Key: this.#base + key }),
@@ -130,6 +133,7 @@ export class S3Store extends StoreBase {
         body?.destroy?.();
         throw tooLong(key, maxBytes, res.ContentLength, true);
       }
+      onAnswer?.();
       const bytes = await readBody(key, body, res.ContentLength, maxBytes, signal);
       if (res.ContentLength !== undefined && bytes.length !== res.ContentLength) {
         throw new StoreError(

@@ -23,17 +23,34 @@ export function zstdBomb(): Buffer {
   return bombFrame;
 }
 
+/**
+ * What one request gets. `{ delayMs }`: the whole answer that much later; `{ bodyDelayMs }`: the headers at
+ * once, the body that much later.
+ */
 export type Fault =
-  'ok' | '500' | '503' | 'stall' | 'lie' | 'corrupt' | 'truncate' | 'bomb' | 'endless' | { delayMs: number };
+  | 'ok'
+  | '500'
+  | '503'
+  | 'stall'
+  | 'lie'
+  | 'corrupt'
+  | 'truncate'
+  | 'bomb'
+  | 'endless'
+  | { delayMs: number }
+  | { bodyDelayMs: number };
 
 export async function fakeOrigin(root: string, plan: (n: number, url: string) => Fault) {
   const requests: string[] = [];
+  /** When each request arrived (performance.now()), in the order of `requests`. */
+  const arrivals: number[] = [];
   /** Bytes an 'endless' answer managed to hand to the socket. */
   const stats = { endlessBytes: 0 };
   const files = new FileStore(root);
   const server: Server = createServer((req, res) => {
     const url = req.url ?? '';
     requests.push(url);
+    arrivals.push(performance.now());
     const f = plan(requests.length, url);
     if (f === 'stall') return; // never answers
     if (f === '503') return void res.writeHead(503).end('busy');
@@ -54,6 +71,10 @@ export async function fakeOrigin(root: string, plan: (n: number, url: string) =>
       files.get(url.replace(/^\//, '')).then(
         (b) => {
           res.writeHead(200, { 'content-length': b.length });
+          if (typeof f === 'object' && 'bodyDelayMs' in f) {
+            res.flushHeaders();
+            return void setTimeout(() => res.end(b), f.bodyDelayMs);
+          }
           if (f === 'truncate') return void res.write(b.subarray(0, b.length >> 1), () => res.destroy());
           if (f === 'lie') return void res.end(Buffer.from(b).fill(7, 0, 16));
           if (f === 'corrupt') {
@@ -65,7 +86,7 @@ export async function fakeOrigin(root: string, plan: (n: number, url: string) =>
         },
         () => res.writeHead(404).end(),
       );
-    if (typeof f === 'object') setTimeout(() => void answer(), f.delayMs);
+    if (typeof f === 'object' && 'delayMs' in f) setTimeout(() => void answer(), f.delayMs);
     else void answer();
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -73,6 +94,7 @@ export async function fakeOrigin(root: string, plan: (n: number, url: string) =>
   return {
     url: `http://127.0.0.1:${port}`,
     requests,
+    arrivals,
     stats,
     close: () => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))),
   };
