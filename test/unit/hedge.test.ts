@@ -96,7 +96,7 @@ describe('hedged', () => {
     const r = await hedgeSentAt(undefined, 2000, { answerMs: 20, bodyMs: 1000 });
     expect(r.hedge).toBe('won');
     // Sent at the answer deadline: the body deadline (1 s) would have made it no earlier than 1000 ms.
-    expect(r.hedgeAt).toBeGreaterThanOrEqual(19);
+    expect(r.hedgeAt).toBeGreaterThan(15);
     expect(r.hedgeAt).toBeLessThan(1000);
   });
 
@@ -108,13 +108,13 @@ describe('hedged', () => {
   it('hedges a request that answered in time but whose body outlasts the body deadline', async () => {
     const r = await hedgeSentAt(5, 5000, { answerMs: 20, bodyMs: 100 });
     expect(r.hedge).toBe('won');
-    expect(r.hedgeAt).toBeGreaterThanOrEqual(99);
+    expect(r.hedgeAt).toBeGreaterThan(80);
   });
 
   it('hedges on the body alone when the origin reports no answer deadline', async () => {
     const r = await hedgeSentAt(undefined, 5000, { bodyMs: 100 });
     expect(r.hedge).toBe('won');
-    expect(r.hedgeAt).toBeGreaterThanOrEqual(99);
+    expect(r.hedgeAt).toBeGreaterThan(80);
   });
 
   it('hedges a late hedge once more, and no further', async () => {
@@ -133,8 +133,9 @@ describe('hedged', () => {
     );
     expect(r).toEqual({ value: 2, hedge: 'won', hedges: 2 });
     expect(started).toHaveLength(3);
-    // The hedge's own deadline: twice its body's, not the answer's.
-    expect(started[2]! - started[1]!).toBeGreaterThanOrEqual(119);
+    // The hedge's own deadline: twice its body's (120 ms), not its body's (60) nor the answer's (10). Timers
+    // may fire a little before performance.now() says, hence the margins here and below.
+    expect(started[2]! - started[1]!).toBeGreaterThan(90);
     expect(aborted.sort()).toEqual([0, 1]);
 
     const all: number[] = [];
