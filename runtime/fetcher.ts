@@ -76,6 +76,8 @@ export interface FetchTiming {
   /** Requests made (origin objects and host cache files read; a hedge is one more). */
   attempts: number;
   hedge: 'none' | 'won' | 'lost';
+  /** Hedge requests among `attempts` (runtime/hedge.ts: up to MAX_HEDGES for one request). */
+  hedges: number;
   loader: LoadTiming;
 }
 
@@ -391,6 +393,7 @@ export class ChunkFetcher {
       endedAt: t0,
       attempts: 0,
       hedge: 'none',
+      hedges: 0,
       loader: newLoadTiming(),
     };
     const done = (tier: FetchEvent['tier'], bytes: number) => {
@@ -570,6 +573,7 @@ export class ChunkFetcher {
       this.#o.onHedge?.(hedge);
       timing.hedge = hedge;
       timing.attempts += hedges;
+      timing.hedges += hedges;
     }
     return value;
   }

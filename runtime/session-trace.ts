@@ -178,7 +178,7 @@ export class SessionTrace {
             [ATTR.priority]: 'demand',
             [ATTR.bytes]: r.fetch?.stored ?? 0,
             [ATTR.attempts]: timing?.attempts ?? 0,
-            [ATTR.retries]: Math.max(0, (timing?.attempts ?? 1) - 1 - (timing?.hedge !== 'none' ? 1 : 0)),
+            [ATTR.retries]: Math.max(0, (timing?.attempts ?? 1) - 1 - (timing?.hedges ?? 0)),
             [ATTR.hedge]: timing?.hedge ?? 'none',
             [ATTR.decodeMs]: round(timing?.loader.decodeMs ?? 0),
             [ATTR.verifyMs]: round(timing?.loader.verifyMs ?? 0),

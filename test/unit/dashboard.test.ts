@@ -209,7 +209,15 @@ describe('the Grafana dashboard against what /metrics serves', () => {
       priority: 'demand',
       errors: [],
       misses: 0,
-      timing: { queuedAt: 0, startedAt: 0, endedAt: 12, attempts: 1, hedge: 'none', loader: newLoadTiming() },
+      timing: {
+        queuedAt: 0,
+        startedAt: 0,
+        endedAt: 12,
+        attempts: 1,
+        hedge: 'none',
+        hedges: 0,
+        loader: newLoadTiming(),
+      },
     });
     metrics.faults.inc(3);
     metrics.zeroFaults.inc();

@@ -36,6 +36,7 @@ const event = (e: Partial<FetchEvent>): FetchEvent => ({
     endedAt: 1,
     attempts: 1,
     hedge: 'none',
+    hedges: 0,
     loader: { waitMs: 0, readMs: 0, decodeMs: 0, verifyMs: 0 },
   },
   ...e,

@@ -10,7 +10,13 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { trace as otelTrace } from '@opentelemetry/api';
+import {
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+} from '@opentelemetry/sdk-trace-base';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { createRootLogger } from '../../core/logger.js';
 import { newLoadTiming } from '../../runtime/chunk-loader.js';
@@ -18,6 +24,7 @@ import type { FetchResult } from '../../runtime/fetcher.js';
 import { RuntimeMetrics } from '../../runtime/metrics.js';
 import { SessionTrace } from '../../runtime/session-trace.js';
 import { parseTraceFile, type TraceFile } from '../../runtime/trace-format.js';
+import { ATTR, SPAN } from '../../runtime/tracing.js';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -57,6 +64,7 @@ function sharedFetch(t0: number): FetchResult {
       endedAt: t0 + 8,
       attempts: 1,
       hedge: 'none',
+      hedges: 0,
       loader: newLoadTiming(),
     },
   };
@@ -92,5 +100,36 @@ describe('SessionTrace: a fetch shared by a read-ahead and a demand fault', () =
       t.faultDone({ chunk: 2, needAt: t0 + 9, doneAt: t0 + 10, tier: 'origin0', fetch: r });
     });
     expect(file.fetches[0]!.endMs).toBeCloseTo(8, 3);
+  });
+});
+
+describe('SessionTrace: a demand fetch span', () => {
+  const exporter = new InMemorySpanExporter();
+  beforeAll(() => {
+    otelTrace.setGlobalTracerProvider(
+      new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }),
+    );
+  });
+  afterAll(() => otelTrace.disable());
+
+  it('counts as retries the requests that were neither the first nor a hedge', async () => {
+    await recorded((t, t0) => {
+      const fetch = (attempts: number, hedges: number, chunk: number): FetchResult => {
+        const r = sharedFetch(t0);
+        Object.assign(r.timing!, { attempts, hedges, hedge: hedges > 0 ? 'won' : 'none' });
+        t.faultDone({ chunk, needAt: t0 + 9, doneAt: t0 + 10, tier: 'origin0', fetch: r });
+        return r;
+      };
+      fetch(3, 2, 1); // a request, a late hedge and its own hedge: no retry
+      fetch(3, 1, 2); // a request, a retry, a hedge
+      fetch(2, 0, 3); // a request and a retry
+    });
+    const retries = new Map(
+      exporter
+        .getFinishedSpans()
+        .filter((s) => s.name === SPAN.fetch)
+        .map((s) => [s.attributes[ATTR.chunk], s.attributes[ATTR.retries]]),
+    );
+    expect(Object.fromEntries(retries)).toEqual({ 1: 0, 2: 1, 3: 1 });
   });
 });
