@@ -539,7 +539,8 @@ export class ChunkFetcher {
   /**
    * An object from remote origin n, hedged for a demand (runtime/hedge.ts): not answered by the p95 of
    * origin n's recent answers (or not all there by the p95 of its recent bodies), a second request goes
-   * to the next remote origin (or n again); the first body wins, the other is aborted. Which origin answered comes back with the body (the tier the fetch reports).
+   * to the next remote origin (or n again), and a late hedge gets one more; the first body wins, the
+   * others are aborted. Which origin answered comes back with the body (the tier the fetch reports).
    */
   async #get(
     n: number,

@@ -73,9 +73,9 @@ export const MAX_HEDGES = 2;
  * `request(i, onAnswer)` starts request i (0: the first, 1 and on: hedges) with its own signal, and calls
  * `onAnswer` when its origin answered (before the body). Each request past its deadline (`after`, from
  * when it was sent; a hedge's is twice its body's) while none has succeeded sends one more, up to
- * `maxHedges`. Resolves with the first
- * that succeeds, which one it was ('won': a hedge) and how many hedges were sent; aborts the others. With
- * `after` undefined it is one plain request. All failing rejects with the first request's error.
+ * `maxHedges`. Resolves with the first that succeeds, which one it was ('won': a hedge) and how many
+ * hedges were sent; aborts the others. With `after` undefined it is one plain request. All failing
+ * rejects with the first request's error.
  */
 export async function hedged<T>(
   request: (signal: AbortSignal, i: number, onAnswer: () => void) => Promise<T>,
