@@ -31,6 +31,9 @@ export function arenaHugePages(chunkSize: number, totalSize: number, budgetBytes
   return chunkSize >= HUGE_PAGE || budgetBytes >= totalSize;
 }
 
+/** How long a chunk admitted over the budget is kept for installs that took no pin (admitted). */
+const ADMITTED_GRACE_MS = 100;
+
 export class MemoryTier {
   readonly #table: ChunkTable;
   readonly #budget: number;
@@ -41,6 +44,8 @@ export class MemoryTier {
   /** Chunks loaded once from a cheap tier and not kept (keepLoaded). */
   readonly #loadedOnce: Uint8Array;
   #bytes = 0;
+  /** The eviction that follows an admission over the budget (admitted). */
+  #later: NodeJS.Timeout | undefined;
   evictions = 0;
 
   constructor(table: ChunkTable, budgetBytes: number) {
@@ -76,6 +81,17 @@ export class MemoryTier {
   admitted(i: number): void {
     this.touch(i, this.#table.chunkLength(i));
     this.#evict(i);
+    // Kept over the budget for its installs: they pin it when the event loop queues them, and unpin()
+    // evicts it after. A loader thread's installs (LoadJob.installTo) take no pin, so with nothing after
+    // it, the last chunk a restore admitted would stay over the budget for good: evicted a moment later
+    // instead, by when those installs have copied it (one that has not finds it gone and fetches again).
+    if (this.#bytes > this.#budget && !this.#later) {
+      this.#later = setTimeout(() => {
+        this.#later = undefined;
+        this.#evict();
+      }, ADMITTED_GRACE_MS);
+      this.#later.unref();
+    }
   }
 
   /**
