@@ -102,10 +102,6 @@ export async function hedged<T>(
     // Past the answer's deadline unanswered (when it comes before the body's), or past the body's.
     const bodyLate = async (ms: number) =>
       (await late(ms)) === 'late' ? 'late' : new Promise<'late'>(() => {});
-    const settledFirst = p.then(
-      () => 'settled' as const,
-      () => 'settled' as const,
-    );
     return (async () => {
       // A hedge is given twice the body's deadline, and no answer deadline: it often needs a new
       // connection (the pool's are busy), which the p95s over warm ones do not allow for, and a third
@@ -113,7 +109,10 @@ export async function hedged<T>(
       if (i > 0) return bodyLate(2 * after.bodyMs);
       if (after.answerMs !== undefined && after.answerMs < after.bodyMs) {
         const first = await Promise.race([
-          settledFirst,
+          p.then(
+            () => 'settled' as const,
+            () => 'settled' as const,
+          ),
           answer.then(() => 'answered' as const),
           late(after.answerMs),
         ]);

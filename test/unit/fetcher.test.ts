@@ -33,6 +33,16 @@ describe('chunk fetcher', () => {
     for (const c of closers.splice(0)) await c();
     tmp.cleanup();
   });
+  /** Chunks 0..n-1 of a table like fetcher()'s, stored uncompressed under `dir`: chunk i is all bytes i + 1. */
+  const plainChunks = (dir: string, n: number) =>
+    Promise.all(
+      Array.from({ length: n }, async (_, i) => {
+        const b = Buffer.alloc(CS, i + 1);
+        const r = { chunk: i, hash: hashChunk(b), codec: 'none' as const, length: CS };
+        await new FileStore(dir).put(chunkKey(r.hash, 'none'), b);
+        return r;
+      }),
+    );
   /** A fetcher over a table of 64 chunks of 64 KiB, with two loader threads: a fetch fills a slot. */
   const fetcher = async (o: Omit<FetcherOptions, 'table' | 'loader'>) => {
     const table = new ChunkTable(64 * CS, CS);
@@ -190,14 +200,7 @@ describe('chunk fetcher', () => {
 
   it('keeps slots for demand: prefetches holding every prefetch slot on a stalled origin do not delay a demand', async () => {
     const root2 = path.join(tmp.dir, 'slots');
-    const refs = await Promise.all(
-      Array.from({ length: 9 }, async (_, i) => {
-        const b = Buffer.alloc(CS, i + 1);
-        const r = { chunk: i, hash: hashChunk(b), codec: 'none' as const, length: CS };
-        await new FileStore(root2).put(chunkKey(r.hash, 'none'), b);
-        return r;
-      }),
-    );
+    const refs = await plainChunks(root2, 9);
     const wanted = refs[8]!;
     // The origin holds every prefetched chunk for 1.5 s, and answers the demanded one at once.
     const o = await fakeOrigin(root2, (_n, url) => (url.includes(wanted.hash) ? 'ok' : { delayMs: 1500 }));
@@ -272,14 +275,7 @@ describe('chunk fetcher', () => {
 
   it("hedges a demand request that outlasts the origin's p95: a second request answers, the slow one is aborted", async () => {
     const root2 = path.join(tmp.dir, 'hedge');
-    const refs = await Promise.all(
-      Array.from({ length: 24 }, async (_, i) => {
-        const b = Buffer.alloc(CS, i + 1);
-        const r = { chunk: i, hash: hashChunk(b), codec: 'none' as const, length: CS };
-        await new FileStore(root2).put(chunkKey(r.hash, 'none'), b);
-        return r;
-      }),
-    );
+    const refs = await plainChunks(root2, 24);
     const slow = refs[23]!;
     const run = async (hedge: boolean) => {
       let seen = 0;
@@ -313,14 +309,7 @@ describe('chunk fetcher', () => {
     // answers a few ms. The request for `slow` gets no answer for 2 s: hedged on answers, its hedge goes
     // out within a few ms; hedged on bodies alone, no sooner than 250 ms.
     const root2 = path.join(tmp.dir, 'hedge-answer');
-    const refs = await Promise.all(
-      Array.from({ length: 24 }, async (_, i) => {
-        const b = Buffer.alloc(CS, i + 1);
-        const r = { chunk: i, hash: hashChunk(b), codec: 'none' as const, length: CS };
-        await new FileStore(root2).put(chunkKey(r.hash, 'none'), b);
-        return r;
-      }),
-    );
+    const refs = await plainChunks(root2, 24);
     const slow = refs[23]!;
     let seen = 0;
     const o = await fakeOrigin(root2, (_n, url) =>
