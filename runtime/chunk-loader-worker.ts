@@ -27,6 +27,7 @@ import { dirname } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 
 import { IntegrityError } from '../core/errors.js';
+import { settleHeap } from '../core/heap.js';
 import { makeDirsSync } from '../core/make-dirs.js';
 import { addon } from '../native/addon.js';
 import { ChunkTable, installSharedSession } from '../native/index.js';
@@ -478,6 +479,8 @@ function warmUp(): void {
   // appears, about 10 ms measured here. Now, not in the first load.
   table.slot(0);
   table.warmStages();
+  // What warming allocated is collected now, not by a collection a restore's first loads would start.
+  settleHeap();
 }
 /**
  * The cache writer runs only on CPUs nothing else wants (runtime/chunk-loader.ts): SCHED_IDLE, or nice 19

@@ -29,6 +29,7 @@ import {
   WorkerFailedError,
   isErrorCode,
 } from '../../core/errors.js';
+import { settleHeap } from '../../core/heap.js';
 import { componentLogger, type Logger } from '../../core/logger.js';
 import { addon } from '../../native/addon.js';
 import {
@@ -220,6 +221,8 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     }
     s.#phase = 'serving';
     s.#spareUp();
+    // The supervisor receives every handshake: its start-up garbage is collected before the first one.
+    settleHeap();
     notify('READY=1\nSTATUS=serving');
     log.info(
       {

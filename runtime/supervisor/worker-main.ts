@@ -15,6 +15,7 @@
 import { createPublicKey } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 
+import { settleHeap } from '../../core/heap.js';
 import { componentLogger } from '../../core/logger.js';
 import { startTracing, type Tracing } from '../../core/otel.js';
 import { addon } from '../../native/addon.js';
@@ -71,6 +72,10 @@ function yieldToOomKiller(): void {
   } catch (e) {
     log.warn({ err: (e as Error).message }, 'could not raise the worker oom_score_adj');
   }
+}
+
+function round1(ms: number): number {
+  return Math.round(ms * 10) / 10;
 }
 
 function fields(): Record<string, unknown> {
@@ -138,7 +143,13 @@ async function handle(msg: ToWorker, fds: number[]): Promise<void> {
       if ('skipped' in confined)
         log.warn({ reason: confined.skipped }, 'the worker runs without its seccomp filter');
       yieldToOomKiller();
-      link.send({ t: 'ready', fields: fields() });
+      // Last: whatever start-up allocated is collected now, not by a collection the first restore's
+      // allocations would start (core/heap.ts).
+      const heapSettleMs = settleHeap();
+      link.send({
+        t: 'ready',
+        fields: { ...fields(), heapSettleMs: heapSettleMs === undefined ? null : round1(heapSettleMs) },
+      });
       return;
     }
     case 'promote': {

@@ -133,6 +133,8 @@ describe.skipIf(!hasUffd)(uffdSuite('supervised serve: worker crashes lose no VM
       // 20 deaths in well under a minute: answered at once, which is the point of the test.
       const sp = await startServe(sock, [...viaProxy(), '--restart-burst', '30']);
       cleanup.push(() => sp.stop());
+      // The worker collected its start-up garbage before it said it was ready (core/heap.ts).
+      expect(sp.logs.find((l) => l.msg === 'serving')).toMatchObject({ heapSettleMs: expect.any(Number) });
       const baseline = held(fdKinds(sp.pid));
       // Two clients balloon a range after their restore, so REMOVEs race some of the kills too.
       const clients = clientsOf(sock, image, 8, (i) =>
