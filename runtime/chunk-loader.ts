@@ -226,6 +226,22 @@ export class ChunkLoader {
   }
 
   /**
+   * A fault now waits for chunk `chunk` of table `table`, whose load was queued as a prefetch: it moves to
+   * the demand queue, so that it runs before the prefetches queued ahead of it (a sequential reader's
+   * read-ahead queues many) rather than after them. Returns whether a queued load was moved; one already
+   * handed to a loader thread is about to run anyway.
+   */
+  promote(table: number, chunk: number): boolean {
+    const k = this.#prefetch.findIndex(
+      (p) => p.job.op === 'load' && p.job.table === table && p.job.chunk === chunk,
+    );
+    if (k < 0) return false;
+    this.#demand.push(this.#prefetch.splice(k, 1)[0]!);
+    this.#pump();
+    return true;
+  }
+
+  /**
    * Caches resident chunk `chunk` of the loaders' table at `dest` (WriteJob: through a temp file named
    * `dest` + `tempPrefix` + random), on the writer thread once loads are idle. Resolves 'written', 'exists'
    * (a file of `length` bytes was there), or 'dropped' (backlog full, or the chunk was evicted before its

@@ -336,6 +336,8 @@ export class ChunkFetcher {
       // Queued behind other prefetches: a demand task of its own; whichever starts first fetches.
       entry.priority = 'demand';
       if (entry.startedAt === undefined) this.#enqueue(entry, ref, 'demand');
+      // Started: its load may be queued for a loader thread behind other prefetches' loads.
+      else this.#o.loader.promote(this.#tableId, entry.chunk);
     }
     const shared = entry;
     if (!signal && patienceMs === undefined) return shared.promise;

@@ -186,6 +186,44 @@ describe('native: the chunk table', () => {
       expect(t.settleAll()).toBe(0);
     });
 
+    it('promote(): a queued prefetch load a fault now waits for runs before the prefetches queued ahead of it', async () => {
+      const n = 24;
+      const t = new ChunkTable(n * CS, CS);
+      const loader = await ChunkLoader.start({ table: t, workers: 1 });
+      try {
+        const done: number[] = [];
+        const loads = Array.from({ length: n }, (_, i) => {
+          const b = Buffer.alloc(CS, i + 1);
+          return loader
+            .load({
+              table: loader.tableId,
+              chunk: i,
+              key: `k${i}`,
+              hash: hashChunk(b),
+              codec: 'zstd',
+              length: CS,
+              from: 'bytes',
+              bytes: encodeChunk('zstd', b),
+              maxBytes: 2 * CS,
+              priority: 'prefetch',
+            })
+            .then(() => done.push(i));
+        });
+        // The thread holds two jobs; the other 22 wait here, in order.
+        expect(loader.queued()).toMatchObject({ demand: 0, prefetch: n - 2 });
+        expect(loader.promote(loader.tableId, 20)).toBe(true);
+        expect(loader.queued()).toMatchObject({ demand: 1, prefetch: n - 3 });
+        expect(loader.promote(loader.tableId, 20)).toBe(false); // queued as a demand already
+        expect(loader.promote(loader.tableId, 0)).toBe(false); // handed to the thread already
+        expect(loader.promote(loader.tableId + 1000, 21)).toBe(false); // another table's chunk 21
+        await Promise.all(loads);
+        // Right after the two the thread held, not 21st.
+        expect(done.slice(0, 3)).toEqual([0, 1, 20]);
+      } finally {
+        await loader.close();
+      }
+    });
+
     it('loader threads share the stages: a burst of loads never finds them all taken, and every chunk reaches its slot', async () => {
       const n = 32;
       const t = new ChunkTable(n * CS, CS);
