@@ -83,6 +83,20 @@ describe('native: the chunk table', () => {
       return where!;
     };
     const inStage = (t: ChunkTable, v: Uint8Array) => v.byteOffset >= t.stats().arenaBytes;
+    /** Chunk i of the loader's table, from `plain` zstd-encoded in memory, at `priority`. */
+    const loadBytes = (loader: ChunkLoader, i: number, plain: Buffer, priority: 'demand' | 'prefetch') =>
+      loader.load({
+        table: loader.tableId,
+        chunk: i,
+        key: `k${i}`,
+        hash: hashChunk(plain),
+        codec: 'zstd',
+        length: CS,
+        from: 'bytes',
+        bytes: encodeChunk('zstd', plain),
+        maxBytes: 2 * CS,
+        priority,
+      });
 
     it('serves a staged chunk from its stage, then from its slot once settled in slices', () => {
       const t = new ChunkTable(16 * CS, CS);
@@ -192,23 +206,9 @@ describe('native: the chunk table', () => {
       const loader = await ChunkLoader.start({ table: t, workers: 1 });
       try {
         const done: number[] = [];
-        const loads = Array.from({ length: n }, (_, i) => {
-          const b = Buffer.alloc(CS, i + 1);
-          return loader
-            .load({
-              table: loader.tableId,
-              chunk: i,
-              key: `k${i}`,
-              hash: hashChunk(b),
-              codec: 'zstd',
-              length: CS,
-              from: 'bytes',
-              bytes: encodeChunk('zstd', b),
-              maxBytes: 2 * CS,
-              priority: 'prefetch',
-            })
-            .then(() => done.push(i));
-        });
+        const loads = Array.from({ length: n }, (_, i) =>
+          loadBytes(loader, i, bytesOf(i + 1), 'prefetch').then(() => done.push(i)),
+        );
         // The thread holds two jobs; the other 22 wait here, in order.
         expect(loader.queued()).toMatchObject({ demand: 0, prefetch: n - 2 });
         expect(loader.promote(loader.tableId, 20)).toBe(true);
@@ -234,22 +234,7 @@ describe('native: the chunk table', () => {
           for (let o = 0; o < CS; o += 4096) b.writeUInt32LE(i * CS + o, o);
           return b;
         });
-        await Promise.all(
-          chunks.map((b, i) =>
-            loader.load({
-              table: loader.tableId,
-              chunk: i,
-              key: `k${i}`,
-              hash: hashChunk(b),
-              codec: 'zstd',
-              length: CS,
-              from: 'bytes',
-              bytes: encodeChunk('zstd', b),
-              maxBytes: 2 * CS,
-              priority: i % 2 ? 'demand' : 'prefetch',
-            }),
-          ),
-        );
+        await Promise.all(chunks.map((b, i) => loadBytes(loader, i, b, i % 2 ? 'demand' : 'prefetch')));
         for (let i = 0; i < 500 && t.stats().busyStages > 0; i++) await sleep(2);
         expect(t.stats()).toMatchObject({
           stageMisses: 0,
