@@ -74,10 +74,6 @@ function yieldToOomKiller(): void {
   }
 }
 
-function round1(ms: number): number {
-  return Math.round(ms * 10) / 10;
-}
-
 function fields(): Record<string, unknown> {
   return { ...started!.fields(), metricsPort: metricsServer?.port };
 }
@@ -148,7 +144,10 @@ async function handle(msg: ToWorker, fds: number[]): Promise<void> {
       const heapSettleMs = settleHeap();
       link.send({
         t: 'ready',
-        fields: { ...fields(), heapSettleMs: heapSettleMs === undefined ? null : round1(heapSettleMs) },
+        fields: {
+          ...fields(),
+          heapSettleMs: heapSettleMs === undefined ? null : Math.round(heapSettleMs * 10) / 10,
+        },
       });
       return;
     }
