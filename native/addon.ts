@@ -58,6 +58,13 @@ export interface RawSessionEvent {
   missing: Uint32Array;
   /** With reportTouches: chunks whose first fault was served from the resident table. */
   touched: Uint32Array;
+  /**
+   * With sessionDirect: absent chunks a fault waits for that went to the loaders through the table's
+   * direct queue (they are not in `need`: JS has not to fetch them, only to hear how their load went).
+   */
+  claimed: Uint32Array;
+  /** When each `claimed` chunk's fault was read (the clock of needAt). */
+  claimedAt: Float64Array;
   failures: NativeFailure[];
   /** The peer's address space is gone (it exited). */
   exited: boolean;
@@ -111,6 +118,10 @@ export interface Addon {
   tableSettleAll(t: Handle<'table'>): number;
   tableStageUses(t: Handle<'table'>, chunk: number): number;
   tableWarmStages(t: Handle<'table'>): void;
+  /** Attaches this thread to the table's direct demand queue: onWork() is called when items wait. */
+  tableDirectAttach(t: Handle<'table'>, onWork: () => void): void;
+  /** The next (session share id, chunk) in the direct demand queue, if any. */
+  tableDirectTake(t: Handle<'table'>): [session: number, chunk: number] | undefined;
   /** The offset in tableArena's buffer of the pinned bytes, or -1 when the chunk is not resident. */
   tablePin(t: Handle<'table'>, chunk: number): number;
   tableUnpin(t: Handle<'table'>, chunk: number, offset: number): void;
@@ -139,6 +150,7 @@ export interface Addon {
       pageSize: number;
       regions: RawRegion[];
       reportTouches?: boolean;
+      direct?: boolean;
       stateFd?: number;
     },
     onEvent: (e: RawSessionEvent) => void,
@@ -172,6 +184,8 @@ export interface Addon {
   sessionInstall(s: Handle<'session'>, chunks: number | Uint32Array): void;
   sessionShare(s: Handle<'session'>): number;
   sessionInstallShared(id: number, chunk: number): boolean;
+  sessionDirect(s: Handle<'session'>, on: boolean): void;
+  sessionDrain(s: Handle<'session'>): RawSessionEvent | undefined;
   sessionPoison(s: Handle<'session'>, chunks: number | Uint32Array): void;
   sessionStats(s: Handle<'session'>): Record<string, number>;
   sessionClose(s: Handle<'session'>): void;

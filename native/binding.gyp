@@ -2,6 +2,7 @@
   "variables": {
     "lazysnap_sources": [
       "src/addon.c",
+      "src/direct.c",
       "src/napi_util.c",
       "src/uffd.c",
       "src/uffd_napi.c",

@@ -245,6 +245,20 @@ export class ChunkTable {
   settleAll(): number {
     return addon().tableSettleAll(this.handle);
   }
+  /**
+   * Attaches this thread (a chunk loader) to the table's direct demand queue: fault threads of sessions
+   * in direct mode (FaultSession.direct) queue the absent chunks their faults wait for there, and wake an
+   * attached thread, whose onWork() then takes them (directTake) until none is left. Detached when this
+   * thread's environment ends.
+   */
+  directAttach(onWork: () => void): void {
+    addon().tableDirectAttach(this.handle, onWork);
+  }
+  /** The next chunk a fault waits for in the direct demand queue, and its session's share id. */
+  directTake(): { session: number; chunk: number } | undefined {
+    const it = addon().tableDirectTake(this.handle);
+    return it && { session: it[0], chunk: it[1] };
+  }
   /** Touches the stages once, so that the first loads into them do not pay for it (tableWarmStages). */
   warmStages(): void {
     addon().tableWarmStages(this.handle);
@@ -326,6 +340,8 @@ export interface FaultSessionOptions {
    * what working-set recording needs. @default false
    */
   reportTouches?: boolean;
+  /** Direct mode from the first fault (see direct()). @default false */
+  direct?: boolean;
   /**
    * Adopt a session another server (or an earlier worker) served: a descriptor of its state memfd
    * (stateFd() there). The removed pages and installed chunks it recorded carry over; the thread
@@ -372,6 +388,8 @@ export interface SessionStats {
    * was adopted, and those its wake of every region sent back (faults the predecessor read, never served).
    */
   adoptedFaults: number;
+  /** Faults on absent chunks handed to the loader threads through the direct demand queue (of forwardedFaults). */
+  directFaults: number;
 }
 
 /**
@@ -383,6 +401,7 @@ export interface SessionStats {
  */
 export class FaultSession {
   readonly #handle: Handle<'session'>;
+  readonly #onEvent: (e: SessionEvent) => void;
   #shared: number | undefined;
   readonly #chunks: number;
   #closed = false;
@@ -403,10 +422,12 @@ export class FaultSession {
         pageSize: options.pageSize,
         regions: options.regions.map((r) => ({ ...r })),
         reportTouches: options.reportTouches ?? false,
+        ...(options.direct ? { direct: true } : {}),
         ...(options.stateFd !== undefined ? { stateFd: options.stateFd } : {}),
       },
       onEvent,
     );
+    this.#onEvent = onEvent;
   }
 
   get closed(): boolean {
@@ -427,6 +448,16 @@ export class FaultSession {
   share(): number {
     this.#shared ??= addon().sessionShare(this.#handle);
     return this.#shared;
+  }
+
+  /**
+   * Direct mode (on): a fault on an absent chunk goes to the table's direct demand queue, for the loader
+   * threads attached to it (ChunkTable.directAttach), and is reported as `claimed` rather than `need`.
+   * Shares the session (share()). Off, or with no loader attached, or the queue full: `need`, as before.
+   */
+  direct(on: boolean): void {
+    if (on) this.share();
+    addon().sessionDirect(this.#handle, on);
   }
 
   /** Queues poisoning of the chunks' missing pages: a thread touching them gets SIGBUS. */
@@ -464,6 +495,17 @@ export class FaultSession {
   }
 
   /** Stops the thread and closes the uffd. Idempotent. */
+  /**
+   * Delivers what the fault thread has reported and JS not yet heard (to onEvent, now): before close(), so
+   * that reports it holds back a moment (installs done, chunks claimed by the loaders) are not lost with the
+   * session. Nothing after a close().
+   */
+  drain(): void {
+    if (this.#closed) return;
+    const e = addon().sessionDrain(this.#handle);
+    if (e) this.#onEvent(e);
+  }
+
   close(): void {
     if (this.#closed) return;
     this.#closed = true;

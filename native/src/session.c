@@ -37,7 +37,8 @@ static const napi_type_tag SESSION_TAG = {0x6c617a79736e6170ULL, 0x73657373696f6
 static void session_unref(session_t *s) {
   if (atomic_fetch_sub(&s->ref, 1) != 1) return;
   free(s->need.v), free(s->installed.v), free(s->poisoned.v), free(s->missing.v), free(s->touched.v);
-  free(s->need.t), free(s->installed.t);
+  free(s->claimed.v);
+  free(s->need.t), free(s->installed.t), free(s->claimed.t);
   free(s->q), free(s->regions), free(s->zero_page);
   pthread_mutex_destroy(&s->qmu);
   pthread_mutex_destroy(&s->omu);
@@ -99,9 +100,28 @@ static void session_unshare(session_t *s) {
   if (id) {
     sreg[id & (SREG_MAX - 1)] = NULL;
     s->shared_id = 0;
+    atomic_store(&s->direct_id, 0);
   }
   pthread_mutex_unlock(&sreg_mu);
   if (id) session_unref(s);
+}
+
+/* Puts a session in the registry (once): its id, or 0 when the registry is full. */
+static uint64_t session_share(session_t *s) {
+  pthread_mutex_lock(&sreg_mu);
+  if (!s->shared_id) {
+    uint32_t slot = SREG_MAX;
+    for (uint32_t i = 0; i < SREG_MAX && slot == SREG_MAX; i++)
+      if (!sreg[i]) slot = i;
+    if (slot < SREG_MAX) {
+      atomic_fetch_add(&s->ref, 1);
+      sreg[slot] = s;
+      s->shared_id = (sreg_gen++ << SREG_BITS) | slot;
+    }
+  }
+  uint64_t id = s->shared_id;
+  pthread_mutex_unlock(&sreg_mu);
+  return id;
 }
 
 static void session_stop(session_t *s) {
@@ -213,6 +233,8 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   s->total_size = table->total_size;
   if (prop(env, argv[1], "reportTouches", &v) && !arg_bool(env, v, "reportTouches", &s->report_touches))
     goto fail;
+  bool direct = false;
+  if (prop(env, argv[1], "direct", &v) && !arg_bool(env, v, "direct", &direct)) goto fail;
   if (!prop(env, argv[1], "regions", &v)) {
     throw_arg(env, "options.regions is required");
     goto fail;
@@ -228,7 +250,7 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
    * session fails closed) is rare. */
   size_t room = table->nchunks < 1024 ? table->nchunks : 1024;
   bool outs = true;
-  u32vec *vecs[] = {&s->need, &s->installed, &s->poisoned, &s->missing, &s->touched};
+  u32vec *vecs[] = {&s->need, &s->installed, &s->poisoned, &s->missing, &s->touched, &s->claimed};
   for (size_t i = 0; i < sizeof vecs / sizeof *vecs; i++) {
     vecs[i]->v = malloc(room * sizeof(uint32_t));
     vecs[i]->cap = vecs[i]->v ? room : 0;
@@ -236,7 +258,8 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   }
   s->need.t = malloc(room * sizeof(uint64_t));
   s->installed.t = malloc(room * sizeof(uint64_t));
-  outs = outs && s->need.t && s->installed.t;
+  s->claimed.t = malloc(room * sizeof(uint64_t));
+  outs = outs && s->need.t && s->installed.t && s->claimed.t;
   if (!s->cstate || !s->faults || !outs || (ps != 4096 && !s->zero_page)) {
     throw_errno(env, ENOMEM, "calloc");
     goto fail;
@@ -295,6 +318,8 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
     atomic_store(&s->inject_kind, kind);
   }
 #endif
+  /* Direct from the first fault (direct.h): shared and switched on before the thread reads any. */
+  if (direct) atomic_store(&s->direct_id, session_share(s));
   int err = pthread_create(&s->thread, NULL, session_thread_main, s);
   if (err) {
     s->uffd = -1; /* the caller keeps ownership when creation fails */
@@ -441,21 +466,8 @@ static napi_value js_share(napi_env env, napi_callback_info info) {
   session_t *s = session_from_js(env, argv[0]);
   if (!s) return NULL;
   if (s->closed) return throw_errno(env, EBADF, "session closed"), NULL;
-  pthread_mutex_lock(&sreg_mu);
-  if (!s->shared_id) {
-    uint32_t slot = SREG_MAX;
-    for (uint32_t i = 0; i < SREG_MAX && slot == SREG_MAX; i++)
-      if (!sreg[i]) slot = i;
-    if (slot == SREG_MAX) {
-      pthread_mutex_unlock(&sreg_mu);
-      return throw_errno(env, ENFILE, "sessionShare (too many shared sessions)"), NULL;
-    }
-    atomic_fetch_add(&s->ref, 1);
-    sreg[slot] = s;
-    s->shared_id = (sreg_gen++ << SREG_BITS) | slot;
-  }
-  uint64_t id = s->shared_id;
-  pthread_mutex_unlock(&sreg_mu);
+  uint64_t id = session_share(s);
+  if (!id) return throw_errno(env, ENFILE, "sessionShare (too many shared sessions)"), NULL;
   return make_u64(env, id);
 }
 
@@ -487,6 +499,36 @@ static napi_value js_install_shared(napi_env env, napi_callback_info info) {
   return b;
 }
 
+/* sessionDirect(session, on): absent chunks go to the table's direct queue (direct.h) under the session's
+ * share id, for the loader threads, or (off) to JS. The session must be shared first (sessionShare). */
+static napi_value js_direct(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  bool on;
+  if (!get_args(env, info, 2, argv, NULL)) return NULL;
+  session_t *s = session_from_js(env, argv[0]);
+  if (!s || !arg_bool(env, argv[1], "on", &on)) return NULL;
+  if (s->closed) return throw_errno(env, EBADF, "session closed"), NULL;
+  pthread_mutex_lock(&sreg_mu);
+  uint64_t id = s->shared_id;
+  pthread_mutex_unlock(&sreg_mu);
+  if (on && !id) return throw_arg(env, "sessionDirect: the session is not shared (sessionShare)"), NULL;
+  atomic_store(&s->direct_id, on ? id : 0);
+  return make_undefined(env);
+}
+
+/* sessionDrain(session) → the outbox as an event object, now (what the thread-safe function would deliver
+ * next): for a session about to close, so that reports the thread held back (direct.h: `claimed`,
+ * `installed`) are not lost with it. */
+static napi_value js_drain(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv, NULL)) return NULL;
+  session_t *s = session_from_js(env, argv[0]);
+  if (!s) return NULL;
+  if (s->closed) return make_undefined(env);
+  napi_value o = session_take_event(env, s);
+  return o ? o : make_undefined(env);
+}
+
 static napi_value js_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (!get_args(env, info, 1, argv, NULL)) return NULL;
@@ -501,6 +543,8 @@ napi_value session_init(napi_env env, napi_value exports) {
       !export_fn(env, exports, "sessionInstall", js_install) ||
       !export_fn(env, exports, "sessionShare", js_share) ||
       !export_fn(env, exports, "sessionInstallShared", js_install_shared) ||
+      !export_fn(env, exports, "sessionDirect", js_direct) ||
+      !export_fn(env, exports, "sessionDrain", js_drain) ||
       !export_fn(env, exports, "sessionPoison", js_poison) ||
       !export_fn(env, exports, "sessionWake", js_wake) ||
       !export_fn(env, exports, "sessionStateFd", js_state_fd) ||

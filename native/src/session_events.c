@@ -1,6 +1,7 @@
 /* Delivering a session's output to JS: the fault thread fills the outbox (need, installed, poisoned,
- * missing, touched, failures, exited, stopped) and pokes the thread-safe function; this runs on the JS
- * thread, drains the outbox into one event object and calls the session's callback.
+ * missing, touched, claimed, failures, exited, stopped) and pokes the thread-safe function; this runs on
+ * the JS thread, drains the outbox into one event object and calls the session's callback (or, for a
+ * session about to close, returns it: sessionDrain).
  *
  * Failures are typed (kind, errno name, chunk, address, length) and carry no advice: what each means is
  * decided in one place, runtime/native-failure.ts. */
@@ -72,20 +73,19 @@ static napi_value failure_object(napi_env env, const failure_t *f) {
   return o;
 }
 
-void session_call_js(napi_env env, napi_value cb, void *context, void *data) {
-  session_t *s = context;
-  if (env == NULL || s->closed) return;
-  /* Clear first: anything the thread adds while we drain triggers a fresh call. */
-  atomic_store(&s->notify_pending, false);
-  napi_value o, fails, undef, flag, no_u32 = NULL, no_f64 = NULL;
-  if (napi_create_object(env, &o) != napi_ok || napi_create_array(env, &fails) != napi_ok) return;
+/* Drains the outbox into one event object; NULL when a call was refused (the outbox stays whole). */
+napi_value session_take_event(napi_env env, session_t *s) {
+  napi_value o, fails, flag, no_u32 = NULL, no_f64 = NULL;
+  if (napi_create_object(env, &o) != napi_ok || napi_create_array(env, &fails) != napi_ok) return NULL;
   pthread_mutex_lock(&s->omu);
-  u32vec *const outs[] = {&s->need, &s->installed, &s->poisoned, &s->missing, &s->touched};
-  static const char *const names[] = {"need", "installed", "poisoned", "missing", "touched"};
-  napi_value arrs[5], need_at, installed_at;
-  bool ok =
-      time_array(env, &s->need, &no_f64, &need_at) && time_array(env, &s->installed, &no_f64, &installed_at);
-  for (size_t i = 0; ok && i < 5; i++) ok = u32_array(env, outs[i], &no_u32, &arrs[i]);
+  u32vec *const outs[] = {&s->need, &s->installed, &s->poisoned, &s->missing, &s->touched, &s->claimed};
+  static const char *const names[] = {"need", "installed", "poisoned", "missing", "touched", "claimed"};
+  enum { NOUTS = sizeof outs / sizeof *outs };
+  napi_value arrs[NOUTS], need_at, installed_at, claimed_at;
+  bool ok = time_array(env, &s->need, &no_f64, &need_at) &&
+            time_array(env, &s->installed, &no_f64, &installed_at) &&
+            time_array(env, &s->claimed, &no_f64, &claimed_at);
+  for (size_t i = 0; ok && i < NOUTS; i++) ok = u32_array(env, outs[i], &no_u32, &arrs[i]);
   uint32_t nf = 0;
   for (size_t i = 0; ok && i < s->nfails; i++) {
     napi_value f = failure_object(env, &s->fails[i]);
@@ -103,11 +103,12 @@ void session_call_js(napi_env env, napi_value cb, void *context, void *data) {
   }
   if (!ok) {
     pthread_mutex_unlock(&s->omu); /* refused: the outbox stays whole for a later delivery */
-    return;
+    return NULL;
   }
   set_named(env, o, "needAt", need_at);
   set_named(env, o, "installedAt", installed_at);
-  for (size_t i = 0; i < 5; i++) {
+  set_named(env, o, "claimedAt", claimed_at);
+  for (size_t i = 0; i < NOUTS; i++) {
     set_named(env, o, names[i], arrs[i]);
     outs[i]->n = 0;
   }
@@ -120,6 +121,16 @@ void session_call_js(napi_env env, napi_value cb, void *context, void *data) {
   set_named(env, o, "stopped", flag);
   pthread_mutex_unlock(&s->omu);
   set_named(env, o, "failures", fails);
+  return o;
+}
+
+void session_call_js(napi_env env, napi_value cb, void *context, void *data) {
+  session_t *s = context;
+  if (env == NULL || s->closed) return;
+  /* Clear first: anything the thread adds while we drain triggers a fresh call. */
+  atomic_store(&s->notify_pending, false);
+  napi_value o = session_take_event(env, s), undef;
+  if (!o) return;
   napi_get_undefined(env, &undef);
   if (napi_call_function(env, undef, cb, 1, &o, NULL) == napi_pending_exception) {
     napi_value e;

@@ -66,7 +66,8 @@ typedef struct {
   X(faults) X(zeroFaults) X(residentFaults) X(removedFaults) X(forwardedFaults) X(staleFaults) \
   X(removes) X(unknownEvents) X(installs) X(poisons) X(missing) X(bytesCopied) X(bytesZeroed) \
   X(bytesPoisoned) X(pagesPresent) X(partialCopies) X(mmapChangingRetries) X(notifications) \
-  X(firstServedNs) X(narrowedFills) X(failedPages) X(wakeAlls) X(adoptedRemoves) X(adoptedFaults)
+  X(firstServedNs) X(narrowedFills) X(failedPages) X(wakeAlls) X(adoptedRemoves) X(adoptedFaults) \
+  X(directFaults)
 // clang-format on
 enum {
 #define X(n) ST_##n,
@@ -80,6 +81,9 @@ typedef struct session {
   pthread_t thread;
   bool started, joined, closed;
   uint64_t shared_id; /* sessionShare(): other threads may queue installs by this id; 0 when not */
+  /* sessionDirect(): the shared id under which absent chunks go to the table's direct queue; 0 when they
+   * go to JS. Cleared with the share. */
+  _Atomic uint64_t direct_id;
   atomic_bool stop;
   table_t *table;
   uint64_t page_size, chunk_size, total_size;
@@ -112,6 +116,9 @@ typedef struct session {
   /* Thread → JS. */
   pthread_mutex_t omu;
   u32vec need, installed, poisoned, missing, touched;
+  /* Absent chunks handed to the loaders through the table's direct queue (direct.h) rather than asked of
+   * JS: reported all the same, as faults JS has not to fetch for. Stamped like need. */
+  u32vec claimed;
   bool report_touches; /* working-set recording: report first faults served from resident chunks */
   failure_t fails[FAILQ_CAP];
   size_t nfails;
@@ -163,8 +170,9 @@ int fill_chunk(session_t *s, uint32_t c, const uint8_t *src, uffd_fill_mode mode
 int wake_chunk(session_t *s, uint32_t c);
 int wake_regions(session_t *s);
 
-/* session_events.c: the thread-safe function's call_js */
+/* session_events.c: the thread-safe function's call_js, and the outbox as one event object (sessionDrain) */
 void session_call_js(napi_env env, napi_value cb, void *context, void *data);
+napi_value session_take_event(napi_env env, session_t *s);
 
 /* session_thread.c */
 void *session_thread_main(void *arg);

@@ -1,5 +1,6 @@
 /* The fault thread of a session: reads uffd events, applies REMOVEs first, runs queued installs and
- * poisons, resolves faults in C where it can and forwards the first fault on an absent chunk to JS.
+ * poisons, resolves faults in C where it can and forwards the first fault on an absent chunk to JS, or in
+ * direct mode to the loader threads (direct.h), reporting it to JS as claimed.
  * All uffd ioctls of a session happen here, so events and installs are ordered (see session.c).
  *
  * Nothing on this path allocates: the fault queue and the failure list have fixed sizes, commands
@@ -13,7 +14,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "direct.h"
 #include "session_internal.h"
+
+/* The longest a report that nothing waits on (an install done) is held back before JS is woken for it. */
+#define INFO_DEFER_MS 2
 
 /* ---- thread → JS ------------------------------------------------------------------------------ */
 
@@ -163,10 +168,17 @@ static int resolve(session_t *s, uint64_t addr) {
       if (s->report_touches) out_chunk(s, &s->touched, c);
     }
   } else if (s->cstate[c] != CS_REQUESTED) {
-    /* Absent: ask JS once. The faulting thread sleeps in the kernel until the install wakes it; the
-     * event itself is not kept, because the install's copy wakes every waiter in the chunk. */
+    /* Absent: ask once, the loaders directly when JS said so (direct.h), else JS. The faulting thread
+     * sleeps in the kernel until the install wakes it; the event itself is not kept, because the
+     * install's copy wakes every waiter in the chunk. */
     s->cstate[c] = CS_REQUESTED;
-    out_chunk(s, &s->need, c);
+    uint64_t direct = atomic_load_explicit(&s->direct_id, memory_order_relaxed);
+    if (direct && direct_push(s->table, direct, c)) {
+      out_chunk(s, &s->claimed, c);
+      STAT_ADD(s, directFaults, 1);
+    } else {
+      out_chunk(s, &s->need, c);
+    }
     STAT_ADD(s, forwardedFaults, 1);
   }
   if (data) table_release(s->table, c, data);
@@ -299,12 +311,17 @@ static int process(session_t *s) {
   return rc;
 }
 
-static bool has_output(session_t *s) {
+/* What the outbox holds: OUT_URGENT when JS must act on it (a fault waits for a fetch, a failure to decide
+ * on, the peer gone), OUT_INFO when it only reports (installs done, first touches). */
+enum { OUT_NONE = 0, OUT_INFO = 1, OUT_URGENT = 2 };
+static int pending_output(session_t *s) {
   pthread_mutex_lock(&s->omu);
-  bool any = s->need.n || s->installed.n || s->poisoned.n || s->missing.n || s->touched.n || s->nfails ||
-             s->fails_lost || s->out_exited;
+  int out = s->need.n || s->missing.n || s->poisoned.n || s->nfails || s->fails_lost || s->out_exited
+                ? OUT_URGENT
+            : s->installed.n || s->touched.n || s->claimed.n ? OUT_INFO
+                                                             : OUT_NONE;
   pthread_mutex_unlock(&s->omu);
-  return any;
+  return out;
 }
 
 void *session_thread_main(void *arg) {
@@ -316,6 +333,9 @@ void *session_thread_main(void *arg) {
   /* Taking over from a server that stopped: its last events first, then everything pending, then a
    * wake of every region, since faults it read and never served are asleep in the kernel. */
   bool again = false;
+  /* When reports only (OUT_INFO) started waiting, 0 when none wait: JS is told INFO_DEFER_MS after that
+   * at the latest, or with the next urgent output. */
+  uint64_t info_since = 0;
   if (s->adopted) {
     apply_adopted_events(s);
     s->wake_all = true;
@@ -325,7 +345,7 @@ void *session_thread_main(void *arg) {
   while (!atomic_load(&s->stop)) {
     /* After an EAGAIN the REMOVE that caused it is about to be queued: wake up as soon as it is,
      * or after 1 ms at most. */
-    int n = poll(p, 2, again ? 1 : -1);
+    int n = poll(p, 2, again ? 1 : info_since ? INFO_DEFER_MS : -1);
     if (n < 0) {
       if (errno == EINTR) continue;
       stop_with(s, FAIL_THREAD_EXIT, errno, "poll");
@@ -349,7 +369,17 @@ void *session_thread_main(void *arg) {
     take_commands(s);
     again = process(s) == -EAGAIN;
     if (again) STAT_ADD(s, mmapChangingRetries, 1);
-    if (has_output(s)) notify(s);
+    int out = pending_output(s);
+    /* Each notification wakes the event loop, a system call here and a wake-up there: on a virtualized
+     * host each costs tens of microseconds of CPU the peer's own threads want (bench/ANALYSIS.md, L1).
+     * A report of an install is not waited on by anyone, so it waits for company or for the deadline. */
+    if (out == OUT_INFO && !info_since) info_since = monotonic_ns();
+    if (out == OUT_URGENT || (out == OUT_INFO && monotonic_ns() - info_since >= INFO_DEFER_MS * 1000000ull)) {
+      notify(s);
+      info_since = 0;
+    } else if (out == OUT_NONE) {
+      info_since = 0; /* JS took it meanwhile, with an earlier notification */
+    }
     if (s->exited) p[0].events = 0; /* nothing more can be served; wait for close() */
   }
   return NULL;

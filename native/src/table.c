@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "direct.h"
 #include "napi_util.h"
 
 static const napi_type_tag TABLE_TAG = {0x6c617a79736e6170ULL, 0x7461626c65000001ULL};
@@ -32,6 +33,7 @@ void table_unref(table_t *t) {
   if (atomic_fetch_sub(&t->ref, 1) != 1) return;
   munmap(t->arena, t->arena_len + stage_region_len(t));
   free(t->state), free(t->readers), free(t->discard);
+  direct_free(t);
   pthread_mutex_destroy(&t->mu);
   free(t);
 }

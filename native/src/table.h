@@ -61,6 +61,9 @@ typedef struct table {
   uint32_t nstages;
   stage_t stages[TABLE_MAX_STAGES];
   uint64_t stage_misses; /* staged reservations that found no stage free (went to the slot); under mu */
+  /* The direct demand queue (direct.h), created under mu when the first loader attaches, freed with the
+   * table; read without mu by the fault threads. */
+  _Atomic(struct direct_q *) direct;
 } table_t;
 
 void table_ref(table_t *t);

@@ -43,6 +43,8 @@ export interface HarnessOptions {
   residentChunks?: number[] | 'all';
   /** What to do with `need`: default puts the image bytes and installs at once. */
   onNeed?: NeedPolicy;
+  /** Turn each session's direct mode on (FaultSession.direct) as it is opened, before any fault. */
+  direct?: boolean;
 }
 
 export class Harness {
@@ -127,6 +129,7 @@ export class Harness {
       }
       if (e.missing.length) (this.#opts.onNeed ?? defaultNeed)(e.missing, a, this);
     });
+    if (this.#opts.direct) session.direct(true);
     Object.assign(a, {
       session,
       uffd,

@@ -479,6 +479,61 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
     }
   });
 
+  it('direct mode: an absent chunk goes to an attached loader through the table queue, not to JS; with no loader, to JS', async () => {
+    const cs = 256 * KiB;
+    const img = makeImage(tmp.dir, 8 * MiB, cs, { zeroEvery: 4 });
+    const absent = 32 - img.zeroChunks.length;
+    const client = ['--image', img.path, '--threads', '4', '--order', 'random'];
+    // No loader attached to the table: direct mode changes nothing, every absent chunk is a `need`.
+    harness = new Harness({
+      dir: tmp.dir,
+      image: img.bytes,
+      chunkSize: cs,
+      zeroChunks: img.zeroChunks,
+      direct: true,
+    });
+    let r = await runClient(['--socket', harness.socketPath, ...client]);
+    expect(r.report).toMatchObject({ ok: true, mismatches: 0, pagesVerified: 2048 });
+    let st = (await harness.session()).session.stats();
+    expect(st).toMatchObject({ forwardedFaults: absent, directFaults: 0 });
+    expect(new Set(harness.needSeen).size).toBe(absent);
+    harness.close();
+
+    // This thread attached as the loader: it takes each chunk from the queue, puts its bytes and queues
+    // the install by the session's share id, as a loader thread does; JS's `need` sees nothing.
+    harness = new Harness({
+      dir: tmp.dir,
+      image: img.bytes,
+      chunkSize: cs,
+      zeroChunks: img.zeroChunks,
+      direct: true,
+    });
+    const h = harness;
+    const taken: { session: number; chunk: number }[] = [];
+    h.table.directAttach(() => {
+      for (let it = h.table.directTake(); it; it = h.table.directTake()) {
+        taken.push(it);
+        h.putChunk(it.chunk);
+        expect(installSharedSession(it.session, it.chunk)).toBe(true);
+      }
+    });
+    r = await runClient(['--socket', h.socketPath, ...client]);
+    expect(r.report).toMatchObject({ ok: true, mismatches: 0, pagesVerified: 2048 });
+    const a = await h.session();
+    st = a.session.stats();
+    expect(st).toMatchObject({ forwardedFaults: absent, directFaults: absent });
+    // Installed by the command, or by a fault on it that found its bytes put first (then nothing is left).
+    expect(st.installs).toBeLessThanOrEqual(absent);
+    expect(h.needSeen).toEqual([]);
+    // Each absent chunk once, under the session's id; the session heard of each as claimed.
+    expect(new Set(taken.map((x) => x.chunk)).size).toBe(absent);
+    expect(taken.every((x) => x.chunk < 32 && !img.zeroChunks.includes(x.chunk))).toBe(true);
+    expect(new Set(taken.map((x) => x.session))).toEqual(new Set([a.session.share()]));
+    for (let i = 0; i < 200 && a.events.flatMap((e) => [...e.claimed]).length < absent; i++) await sleep(5);
+    expect(new Set(a.events.flatMap((e) => [...e.claimed]))).toEqual(new Set(taken.map((x) => x.chunk)));
+    expect(a.events.every((e) => e.claimed.length === e.claimedAt.length)).toBe(true);
+  });
+
   it('close() stops the thread, closes the uffd, and later calls fail with a typed error', async () => {
     const table = new ChunkTable(1 * MiB, 64 * KiB);
     const uffd = createUffd();
