@@ -187,6 +187,8 @@ async function serveRound(c: Case): Promise<Record<string, unknown>> {
     summary: {
       faults: s.faults,
       zeroFaults: s.zeroFaults,
+      // Faults that went from the fault thread straight to a loader (none with --cache-dir).
+      directFaults: s.directFaults,
       fetchedChunks: fetched,
       hitsByTier: s.hitsByTier,
       timeToFirstFaultServedMs: s.timeToFirstFaultServedMs,

@@ -1,6 +1,7 @@
 /**
  * A chunk loader thread (runtime/chunk-loader.ts): the per-chunk work that used to hold the event loop
- * that schedules every session's fetches. It reads a stored object (from a local store's file, a host
+ * that schedules every session's fetches. With a direct plan (DirectPlan) it also takes the chunks fault
+ * threads queue for it directly, with no job from the event loop. It reads a stored object (from a local store's file, a host
  * cache file, or bytes an origin sent), decodes it into a stage of the shared native table (a buffer used
  * over and over, native/src/table.h), verifies its hash there, and commits it: the waiting faults are
  * installed from the stage, and only then is the chunk copied to its own slot of the table, in slices
@@ -33,6 +34,8 @@ import { addon } from '../native/addon.js';
 import { ChunkTable, installSharedSession } from '../native/index.js';
 import { decodeChunk, encodeChunk, hashChunk, maxStoredSize, type Codec } from '../store/chunk.js';
 import { ChunkCrypto, type ChunkCryptoTransfer } from '../store/chunk-crypto.js';
+import { chunkKey } from '../store/keys.js';
+import { DirectRing } from './direct-ring.js';
 
 export interface LoaderWorkerData {
   tableId: number;
@@ -42,6 +45,8 @@ export interface LoaderWorkerData {
   /** A supervised worker's activity page (ChunkLoaderOptions.activity) and this thread's slot in it. */
   activityFd?: number;
   activitySlot?: number;
+  /** A load thread's ring for its direct loads' outcomes (runtime/direct-ring.ts). */
+  directRing?: SharedArrayBuffer;
   /** 'write': the cache writer thread, which lowers its own scheduling class first. @default 'load' */
   role?: 'load' | 'write';
   /**
@@ -101,6 +106,46 @@ export interface WriteJob {
   length: number;
 }
 
+/**
+ * How to load a table's chunks straight from a fault (ChunkLoader.direct): from a local store's files, with
+ * no host cache and no cipher. Once a thread has it, it attaches to the table's direct demand queue
+ * (ChunkTable.directAttach) and loads what fault threads queue there for sessions in direct mode, each
+ * as a demand LoadJob with its session as the install target, and tells the main thread afterwards
+ * (LoaderNotice `direct`).
+ */
+export interface DirectPlan {
+  op: 'direct';
+  table: number;
+  /** The local store's directory: chunk objects are at `${root}/${chunkKey(hash, codec)}`. */
+  root: string;
+  /** The snapshot index's chunk hashes (32 bytes each) and flags (0: zero; k: codecs[k - 1]). */
+  hashes: Uint8Array;
+  flags: Uint8Array;
+  codecs: Codec[];
+  chunkSize: number;
+  totalSize: number;
+  /**
+   * The memory tier's admission record (MemoryTier.loadedOnce, over shared memory): a chunk loaded before
+   * is kept in the table, one loaded for the first time is served from its stage only.
+   */
+  loadedOnce: Uint8Array;
+}
+
+/** A direct load's outcome (DirectPlan), for the main thread's accounting and, if it failed, its fallback. */
+export interface DirectOutcome {
+  table: number;
+  session: number;
+  chunk: number;
+  /** When the load started and ended, in ms since the epoch (performance.timeOrigin + now()). */
+  startedAt: number;
+  endedAt: number;
+  /** Whether the chunk was admitted to the memory tier (kept in its slot). */
+  kept: boolean;
+  /** Whether its install was queued for the session (false: the session closed meanwhile). */
+  installing: boolean;
+  reply: LoadReply;
+}
+
 export type LoadFailure =
   /** The object is not there (a store without it, a cache miss). */
   | 'not-found'
@@ -119,7 +164,8 @@ type Phases = [read: number, decode: number, verify: number];
  * the installs of a load could not be queued for some of its sessions (LoadJob.installTo: a session that
  * ended, or no memory for the command), which must install it themselves or their faults would wait.
  */
-export type LoaderNotice = { admitted: number } | { installFailed: number; sessions: number[] };
+export type LoaderNotice =
+  { admitted: number } | { installFailed: number; sessions: number[] } | { direct: DirectOutcome };
 
 export type LoadReply =
   | { id: number; ok: true; stored: number; phases?: Phases; existed?: boolean }
@@ -138,7 +184,7 @@ const data = workerData as LoaderWorkerData;
 const table = ChunkTable.open(data.tableId, data.totalSize, data.chunkSize);
 /** Other shared tables jobs name, opened on first use (the warm-up's, one chunk of the same size). */
 const others = new Map<number, ChunkTable>();
-function tableOf(job: LoadJob | WriteJob): ChunkTable {
+function tableOf(job: { table: number }): ChunkTable {
   if (job.table === data.tableId) return table;
   let t = others.get(job.table);
   if (!t) others.set(job.table, (t = ChunkTable.open(job.table, data.chunkSize, data.chunkSize)));
@@ -428,15 +474,17 @@ function armIdleLetGo(): void {
   idleTimer.unref();
 }
 
-parentPort!.on('message', (job: LoadJob | WriteJob) => {
-  if (job.op === 'write') return parentPort!.postMessage(write(job));
+/**
+ * Runs a load and queues its installs. `report` tells the main thread of the outcome: before the installs,
+ * so that the event loop hears of the fetch before the peer its install wakes can finish and hang up, and
+ * a session never ends with a fetch it was served by still pending. Returns the installs queued.
+ */
+function loadAndInstall(job: LoadJob, report: (reply: LoadReply) => void): number {
   armIdleLetGo();
   const reply = load(job);
-  // The reply first, then the installs: the event loop hears of the fetch before the peer its install
-  // wakes can finish and hang up, so a session never ends with a fetch it was served by still pending.
-  parentPort!.postMessage(reply);
+  report(reply);
+  let queued = 0;
   if (reply.ok && job.installTo) {
-    let queued = 0;
     const failed: number[] = [];
     for (const id of job.installTo)
       if (installSharedSession(id, job.chunk)) queued++;
@@ -449,6 +497,88 @@ parentPort!.on('message', (job: LoadJob | WriteJob) => {
   }
   scheduleSettle();
   armIdleLetGo();
+  return queued;
+}
+
+/** Where this thread's direct loads' outcomes go (runtime/direct-ring.ts). */
+const ring = data.directRing ? new DirectRing(data.directRing) : undefined;
+/** Tables this thread loads faults' chunks for straight from their direct queues (DirectPlan). */
+const plans = new Map<number, DirectPlan>();
+
+function attachDirect(plan: DirectPlan): void {
+  const first = !plans.has(plan.table);
+  plans.set(plan.table, plan);
+  if (first) tableOf(plan).directAttach(drainDirect);
+}
+
+/** Loads every chunk the direct queues hold, oldest first: demand, ahead of any job not yet received. */
+function drainDirect(): void {
+  for (const plan of plans.values()) {
+    const t = tableOf(plan);
+    for (let it = t.directTake(); it; it = t.directTake()) directLoad(plan, it.session, it.chunk);
+  }
+}
+
+function directLoad(plan: DirectPlan, session: number, chunk: number): void {
+  const startedAt = performance.timeOrigin + performance.now();
+  const f = plan.flags[chunk] ?? 0;
+  const codec = plan.codecs[f - 1];
+  const post = (reply: LoadReply, kept: boolean, installing: boolean) => {
+    const endedAt = performance.timeOrigin + performance.now();
+    // A success through shared memory (read when the main thread next runs, which the install's report
+    // makes it do); a failure, which nothing else would make it notice, as a message.
+    if (reply.ok && plan.table === data.tableId) {
+      const [readMs, decodeMs, verifyMs] = reply.phases ?? [0, 0, 0];
+      const o = { session, chunk, stored: reply.stored, kept, installing, startedAt, endedAt };
+      if (ring?.put({ ...o, readMs, decodeMs, verifyMs })) return;
+    }
+    const outcome: DirectOutcome = {
+      table: plan.table,
+      session,
+      chunk,
+      startedAt,
+      endedAt,
+      kept,
+      installing,
+      reply,
+    };
+    parentPort!.postMessage({ direct: outcome } satisfies LoaderNotice);
+  };
+  if (f === 0 || codec === undefined || chunk * plan.chunkSize >= plan.totalSize) {
+    // A zero chunk is never absent in the table: nothing to load here; the main thread decides.
+    post({ id: 0, ok: false, failure: 'busy', message: `chunk ${chunk} has no stored object` }, false, false);
+    return;
+  }
+  const hash = Buffer.from(plan.hashes.buffer, plan.hashes.byteOffset + chunk * 32, 32).toString('hex');
+  const key = chunkKey(hash, codec);
+  const length = Math.min(plan.chunkSize, plan.totalSize - chunk * plan.chunkSize);
+  // The memory tier's rule (MemoryTier.keepLoaded), on the record it shares: kept from the second load on.
+  const kept = Atomics.exchange(plan.loadedOnce, chunk, 1) === 1;
+  const job: LoadJob = {
+    op: 'load',
+    id: 0,
+    table: plan.table,
+    chunk,
+    key,
+    hash,
+    codec,
+    length,
+    from: 'file',
+    path: `${plan.root}/${key}`,
+    maxBytes: maxStoredSize(codec, length, false),
+    admit: kept,
+    installTo: [session],
+  };
+  // Reported before the install is queued (loadAndInstall): one is, for a load that succeeded.
+  loadAndInstall(job, (r) => post(r, kept, r.ok));
+}
+
+parentPort!.on('message', (job: LoadJob | WriteJob | DirectPlan) => {
+  if (job.op === 'write') parentPort!.postMessage(write(job));
+  else if (job.op === 'direct') attachDirect(job);
+  else loadAndInstall(job, (reply) => parentPort!.postMessage(reply));
+  // Faults queued while this job ran come before the next job (whose message is already waiting).
+  drainDirect();
 });
 /**
  * Runs the load path once, at the chunk size, before reporting ready: the first call into zstd (a

@@ -19,9 +19,12 @@ import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
 
 import { startModuleWorker } from '../core/worker.js';
+import { DirectRing } from './direct-ring.js';
 import type { ChunkTable } from '../native/index.js';
 import type { ChunkCrypto } from '../store/chunk-crypto.js';
 import type {
+  DirectOutcome,
+  DirectPlan,
   LoadFailure,
   LoadJob,
   LoadReply,
@@ -30,7 +33,7 @@ import type {
   WriteJob,
 } from './chunk-loader-worker.js';
 
-export type { LoadFailure };
+export type { DirectOutcome, DirectPlan, LoadFailure };
 
 /** A load that did not produce the chunk. `failure` says why (see LoadFailure). */
 export class LoadError extends Error {
@@ -116,7 +119,12 @@ interface Loader {
   jobs: Map<number, Pending>;
   /** Its slot in the activity page, if there is one. */
   slot: number | undefined;
+  /** A load thread's direct outcomes (runtime/direct-ring.ts). */
+  ring: DirectRing | undefined;
 }
+
+/** How often direct outcomes are read when nothing else made this thread read them (ms). */
+const DIRECT_SWEEP_MS = 100;
 
 /** How many jobs a loader holds: the one it runs and the next one. */
 const DEPTH = 2;
@@ -155,6 +163,15 @@ export class ChunkLoader {
    * live must install the chunk itself (runtime/session-delivery.ts installsFailed).
    */
   onInstallFailed: ((chunk: number, sessions: number[]) => void) | undefined;
+  /** A load a fault thread queued straight to the loaders (direct) ended: its outcome. */
+  onDirect: ((outcome: DirectOutcome) => void) | undefined;
+  /**
+   * A loader thread stopped while direct loads were possible: chunks it had taken from a direct queue and
+   * not yet reported will never be; whoever waits for one must ask again (performance.now() of the loss).
+   */
+  onDirectLost: ((at: number) => void) | undefined;
+  #direct: DirectPlan | undefined;
+  #directSweep: NodeJS.Timeout | undefined;
 
   private constructor(
     table: ChunkTable,
@@ -268,6 +285,41 @@ export class ChunkLoader {
     });
   }
 
+  /**
+   * Lets fault threads hand this table's absent chunks straight to the loader threads (DirectPlan; the
+   * sessions opt in with FaultSession.direct), now and in every loader thread started later.
+   */
+  direct(plan: DirectPlan): void {
+    this.#direct = plan;
+    for (const l of this.#loaders) l.worker.postMessage(plan);
+    // Outcomes are read whenever this thread runs for a session or a loader; this catches the rest (a
+    // session that ended before its last load's outcome was read), so the memory tier's account of
+    // what is resident is never behind for long.
+    this.#directSweep ??= setInterval(() => this.takeDirect(), DIRECT_SWEEP_MS).unref();
+  }
+
+  /** Hands every direct outcome the loader threads have written and not yet had read to onDirect. */
+  takeDirect(): void {
+    if (!this.#direct) return;
+    for (const l of this.#loaders) this.#takeFrom(l);
+  }
+
+  #takeFrom(l: Loader): void {
+    const table = this.#direct?.table;
+    if (!l.ring || table === undefined) return;
+    for (const o of l.ring.take())
+      this.onDirect?.({
+        table,
+        session: o.session,
+        chunk: o.chunk,
+        startedAt: o.startedAt,
+        endedAt: o.endedAt,
+        kept: o.kept,
+        installing: o.installing,
+        reply: { id: 0, ok: true, stored: o.stored, phases: [o.readMs, o.decodeMs, o.verifyMs] },
+      });
+  }
+
   /** Loads and writes queued, not yet handed to a loader. */
   queued(): { demand: number; prefetch: number; writes: number } {
     return { demand: this.#demand.length, prefetch: this.#prefetch.length, writes: this.#writes.length };
@@ -277,6 +329,7 @@ export class ChunkLoader {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#idleTimer);
+    clearInterval(this.#directSweep);
     const gone = new LoadError('io', 'the chunk loaders are closed');
     for (const q of [this.#demand, this.#prefetch, this.#writes]) for (const p of q.splice(0)) p.reject(gone);
     const writer = this.#writer;
@@ -317,10 +370,16 @@ export class ChunkLoader {
     // A thread without a slot (more threads than slots) decodes unrecorded: attribution is best effort.
     // The writer decodes nothing, so it takes no slot.
     const slot = this.#activitySlots > 0 && role === 'load' ? this.#freeSlots.shift() : undefined;
+    const ring = role === 'load' ? new DirectRing() : undefined;
     const worker = startModuleWorker(new URL('./chunk-loader-worker.js', import.meta.url), {
-      workerData: { ...this.#data, role, ...(slot !== undefined ? { activitySlot: slot } : {}) },
+      workerData: {
+        ...this.#data,
+        role,
+        ...(slot !== undefined ? { activitySlot: slot } : {}),
+        ...(ring ? { directRing: ring.buffer } : {}),
+      },
     });
-    const loader: Loader = { worker, role, jobs: new Map(), slot };
+    const loader: Loader = { worker, role, jobs: new Map(), slot, ring };
     worker.once('exit', () => {
       if (slot !== undefined) this.#freeSlots.push(slot);
     });
@@ -342,7 +401,9 @@ export class ChunkLoader {
       worker.once('exit', onExit);
     });
     worker.on('message', (r: LoadReply | LoaderNotice) => {
-      if ('admitted' in r) this.onAdmitted?.(r.admitted);
+      this.takeDirect(); // outcomes written before this message was sent come first
+      if ('direct' in r) this.onDirect?.(r.direct);
+      else if ('admitted' in r) this.onAdmitted?.(r.admitted);
       else if ('installFailed' in r) this.onInstallFailed?.(r.installFailed, r.sessions);
       else this.#reply(loader, r);
     });
@@ -365,13 +426,20 @@ export class ChunkLoader {
       }
       // What it staged and had not yet copied to the slots is copied now (a few chunks at most).
       this.#table.settleAll();
+      if (this.#direct) {
+        this.#takeFrom(loader); // what it did report stands
+        this.onDirectLost?.(performance.now());
+      }
       void this.#spawn('load').then(
         () => this.#pump(),
         () => {},
       );
     });
     if (role === 'write') this.#writer = loader;
-    else this.#loaders.push(loader);
+    else {
+      this.#loaders.push(loader);
+      if (this.#direct) worker.postMessage(this.#direct);
+    }
     this.#pump();
   }
 

@@ -32,7 +32,15 @@ import type { ChunkTable } from '../native/index.js';
 import type { StoreBackend } from '../store/backend.js';
 import { maxStoredSize, type Codec } from '../store/chunk.js';
 import { chunkKey } from '../store/keys.js';
-import { LoadError, newLoadTiming, type ChunkLoader, type LoadTiming } from './chunk-loader.js';
+import type { SnapshotIndex } from '../store/manifest.js';
+import {
+  LoadError,
+  newLoadTiming,
+  type ChunkLoader,
+  type DirectOutcome,
+  type DirectPlan,
+  type LoadTiming,
+} from './chunk-loader.js';
 import { LatencyWindow, hedged } from './hedge.js';
 import { PrefetchSizing } from './prefetch-sizing.js';
 
@@ -276,6 +284,8 @@ export class ChunkFetcher {
   /** The table's id for the loader threads (runtime/chunk-loader.ts). */
   readonly #tableId: number;
   readonly #inflight = new Map<string, InFlight>();
+  /** The index's hashes, once a direct plan was made (for the fetch events of direct loads). */
+  #directHashes: Uint8Array | undefined;
 
   constructor(options: FetcherOptions) {
     this.#o = {
@@ -365,6 +375,87 @@ export class ChunkFetcher {
         signal?.removeEventListener('abort', onAbort);
       });
     });
+  }
+
+  /**
+   * How the loader threads may load this snapshot's chunks straight from a fault (ChunkLoader.direct), or
+   * undefined when a fault's chunk must come through here: the first origin is not a local directory, a
+   * host cache comes first (whose reads and fills are decided here), or the snapshot is encrypted.
+   * `loadedOnce`: the memory tier's admission record (MemoryTier.loadedOnce).
+   */
+  directPlan(index: SnapshotIndex, loadedOnce: Uint8Array): DirectPlan | undefined {
+    const first = this.#o.origins[0];
+    if (!first?.localPath || this.#o.cache || this.#o.encrypted) return undefined;
+    // The loaders name objects as `${root}/${key}`: only for a store whose paths are exactly that.
+    const probe = chunkKey('0'.repeat(64), 'zstd');
+    const path = first.localPath(probe);
+    if (!path.endsWith(`/${probe}`)) return undefined;
+    const { chunkSize, totalSize, chunks } = index.manifest;
+    this.#directHashes = index.hashes;
+    return {
+      op: 'direct',
+      table: this.#tableId,
+      root: path.slice(0, -probe.length - 1),
+      hashes: index.hashes,
+      flags: index.flags,
+      codecs: chunks.codecs,
+      chunkSize,
+      totalSize,
+      loadedOnce,
+    };
+  }
+
+  /**
+   * Whether a session starting now may use the direct plan: not while a chunk that was being decoded when
+   * an earlier worker process died is unresolved (CrashSuspects: such a chunk is loaded alone, or failed
+   * closed, which only this fetcher does). Suspects arrive after start-up, and only ever go.
+   */
+  directAllowed(): boolean {
+    return (this.#o.suspects?.crashes.size ?? 0) === 0;
+  }
+
+  /**
+   * A direct load ended (ChunkLoader.onDirect): one that made the chunk resident is accounted here as the
+   * demand fetch from origin 0 it was, and its result returned for the session that waits (the loader
+   * queued its install). One that failed returns undefined: that session then fetches the chunk through
+   * here, with every tier, retry and fail-closed rule that applies.
+   */
+  directLoaded(o: DirectOutcome): FetchResult | undefined {
+    const r = o.reply;
+    if (!r.ok) return undefined;
+    const [readMs, decodeMs, verifyMs] = r.phases ?? [0, 0, 0];
+    const startedAt = o.startedAt - performance.timeOrigin;
+    const timing: FetchTiming = {
+      queuedAt: startedAt,
+      startedAt,
+      endedAt: o.endedAt - performance.timeOrigin,
+      attempts: 1,
+      hedge: 'none',
+      hedges: 0,
+      loader: { waitMs: 0, readMs, decodeMs, verifyMs },
+    };
+    const hashes = this.#directHashes;
+    this.#o.onFetch?.({
+      hash: hashes
+        ? Buffer.from(hashes.buffer, hashes.byteOffset).toString('hex', o.chunk * 32, o.chunk * 32 + 32)
+        : '',
+      chunk: o.chunk,
+      tier: 'origin0',
+      bytes: r.stored,
+      ms: timing.endedAt - timing.startedAt,
+      priority: 'demand',
+      errors: [],
+      misses: 0,
+      timing,
+    });
+    if (o.kept) this.#o.onResident?.(o.chunk);
+    return {
+      tier: 'origin0',
+      stored: r.stored,
+      timing,
+      ...(o.kept ? {} : { kept: false as const }),
+      ...(o.installing ? { installing: new Set([o.session]) } : {}),
+    };
   }
 
   #enqueue(entry: InFlight, ref: ChunkRef, priority: Priority): void {

@@ -41,8 +41,11 @@ export class MemoryTier {
   readonly #lru = new Map<number, number>();
   /** Chunk → installs in flight that will copy from it. */
   readonly #pins = new Map<number, number>();
-  /** Chunks loaded once from a cheap tier and not kept (keepLoaded). */
-  readonly #loadedOnce: Uint8Array;
+  /**
+   * Chunks loaded once from a cheap tier and not kept (keepLoaded), in shared memory: the loader threads'
+   * direct loads apply the same rule to the same record (DirectPlan.loadedOnce).
+   */
+  readonly loadedOnce: Uint8Array;
   #bytes = 0;
   /** The eviction that follows an admission over the budget (admitted). */
   #later: NodeJS.Timeout | undefined;
@@ -51,7 +54,7 @@ export class MemoryTier {
   constructor(table: ChunkTable, budgetBytes: number) {
     this.#table = table;
     this.#budget = budgetBytes;
-    this.#loadedOnce = new Uint8Array(table.chunks);
+    this.loadedOnce = new Uint8Array(new SharedArrayBuffer(table.chunks));
   }
 
   /**
@@ -65,9 +68,7 @@ export class MemoryTier {
    * network is always kept: a second fetch costs a round trip.
    */
   keepLoaded(i: number): boolean {
-    if (this.#loadedOnce[i]) return true;
-    this.#loadedOnce[i] = 1;
-    return false;
+    return Atomics.exchange(this.loadedOnce, i, 1) === 1;
   }
 
   get bytes(): number {

@@ -62,6 +62,8 @@ export class RestoreSession {
   /** populate() calls, re-checked on every install, failure and end. */
   readonly #waiters = new Set<() => void>();
   readonly #trace: SessionTrace;
+  /** end() is delivering the fault thread's last reports (FaultSession.drain). */
+  #draining = false;
   /** First touches the fault thread served from memory (kept only for a detailed trace's chunk map). */
   readonly #touched: Set<number> | undefined;
 
@@ -89,6 +91,7 @@ export class RestoreSession {
       t0: this.#t0,
     });
     if (this.#trace.detailed) this.#touched = new Set();
+    const direct = ctx.direct === true && ctx.fetcher.directAllowed();
     this.#fault = new FaultSession(
       opts.uffd,
       {
@@ -99,6 +102,8 @@ export class RestoreSession {
         // fill's cursor, and read-ahead, which follows the reader through the chunks it made resident.
         // The trace's chunk map also wants them (which chunks were served from memory).
         reportTouches: pf.mode === 'record' || pf.fill || pf.readaheadChunks > 0 || this.#trace.detailed,
+        // From the first fault: the peer may fault before this constructor returns.
+        direct,
         ...(opts.state ? { stateFd: opts.state.fd } : {}),
       },
       (e) => this.#onEvent(e),
@@ -121,6 +126,7 @@ export class RestoreSession {
       this.#trace,
       replay.length > 0 ? replay : undefined,
     );
+    if (direct) this.#delivery.direct();
     if (opts.state?.adopted) this.#delivery.adoptInstalled(opts.state.adopted.installed);
     else if (opts.state)
       writeSessionMeta(opts.state.fd, metaOf(ctx.index.manifest.id, opts.restoreId, opts.pid, handshake));
@@ -175,6 +181,8 @@ export class RestoreSession {
 
   /** This session so far: the fault thread's counters and what it fetched. */
   liveStats(): LiveSessionStats {
+    // Loads the loader threads did straight from a fault, and not yet read, count now.
+    this.#ctx.takeDirect?.();
     return {
       restoreId: this.restoreId,
       pid: this.pid,
@@ -238,6 +246,7 @@ export class RestoreSession {
   }
 
   #onEvent(e: SessionEvent): void {
+    this.#ctx.takeDirect?.();
     for (const c of e.touched) {
       this.#touched?.add(c);
       this.#recorder?.touch(c);
@@ -248,6 +257,14 @@ export class RestoreSession {
       this.#recorder?.touch(c);
       this.#prefetcher?.demand(c);
       this.#delivery.demand(c, fromMonotonic(e.needAt[i]!));
+      this.#readAhead(c);
+    }
+    // Before `installed`: a chunk claimed and installed since the last report is in both.
+    for (let i = 0; i < e.claimed.length; i++) {
+      const c = e.claimed[i]!;
+      this.#recorder?.touch(c);
+      this.#prefetcher?.demand(c);
+      this.#delivery.claimed(c, fromMonotonic(e.claimedAt[i]!));
       this.#readAhead(c);
     }
     for (const c of e.missing) this.#delivery.missing(c);
@@ -309,6 +326,15 @@ export class RestoreSession {
   end(outcome: SessionSummary['outcome']): SessionSummary {
     if (this.#ended) return this.#ended;
     if (this.#released) throw new SessionClosedError();
+    // What the fault thread holds back a moment (installs done, chunks claimed by the loaders) counts too.
+    // Once: a report that the peer exited (which every later report repeats) ends the session from
+    // within, and that end must not drain again.
+    if (!this.#draining) {
+      this.#draining = true;
+      this.#fault.drain();
+      if (this.#ended) return this.#ended;
+      this.#ctx.takeDirect?.();
+    }
     this.#recorder?.finish();
     const st = this.#fault.stats();
     this.#fault.close();
@@ -330,6 +356,7 @@ export class RestoreSession {
       timeToFirstFaultServedMs: st.firstServedNs ? st.firstServedNs / 1e6 : null,
       faults: st.faults,
       zeroFaults: st.zeroFaults,
+      directFaults: st.directFaults,
       fetchedChunks: d.fetched,
       bytesFetched: d.bytesFetched,
       hitsByTier: { ...d.hits, memory: st.residentFaults },

@@ -25,7 +25,7 @@ import { loadProfile, profileSaver } from './profile-store.js';
 import type { ProfileShape } from './profile.js';
 import type { SessionContext } from './restore-session.js';
 import type { ResolvedServeOptions } from './serve-options.js';
-import { installsFailed } from './session-delivery.js';
+import { directLoaded, directLost, installsFailed } from './session-delivery.js';
 import { kernelCanPoison, loadFirst } from './startup.js';
 import { SPAN, TRACER_NAME } from './tracing.js';
 import { prepareTraceDir } from './trace-dir.js';
@@ -162,6 +162,14 @@ export async function openServeContext(
       ...(crash ? { suspects: crash.suspects } : {}),
       onHedge: (outcome) => metrics.hedges.inc({ outcome }),
     });
+    // A fault on a chunk of a local store goes straight to a loader thread, not through the event loop.
+    const direct = fetcher.directPlan(index, memory.loadedOnce);
+    if (direct) {
+      loader.onDirect = (outcome) =>
+        directLoaded(outcome.session, outcome.chunk, fetcher.directLoaded(outcome));
+      loader.onDirectLost = directLost;
+      loader.direct(direct);
+    }
     const shape: ProfileShape = {
       id: o.id,
       chunkSize: m.chunkSize,
@@ -187,6 +195,8 @@ export async function openServeContext(
       log,
       failTimeoutMs: o.failTimeoutMs,
       canPoison: o.failClosed === 'poison' || (o.failClosed === 'auto' && kernelCanPoison()),
+      direct: direct !== undefined,
+      ...(direct ? { takeDirect: () => loader!.takeDirect() } : {}),
       prefetch: {
         mode,
         fill: o.fill,

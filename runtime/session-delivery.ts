@@ -33,6 +33,24 @@ export function installsFailed(chunk: number, sessions: readonly number[]): void
   for (const id of sessions) byShareId.get(id)?.installIfNeeded(chunk);
 }
 
+/** A direct load for session `session` (its share id) ended: `r` is its result, undefined when it failed. */
+export function directLoaded(session: number, chunk: number, r: FetchResult | undefined): void {
+  byShareId.get(session)?.directDone(chunk, r);
+}
+
+/** performance.now() when a loader thread last stopped with direct loads possible (ChunkLoader.onDirectLost). */
+let directLostAt = -Infinity;
+
+/**
+ * A loader thread stopped: the direct loads it had taken will never report. Every session asks again for
+ * the chunks it was told were claimed and has no outcome for; a claim it hears of later, made before now,
+ * is asked for at once (claimed()). A load that did finish is then found resident, or joined.
+ */
+export function directLost(at: number): void {
+  directLostAt = at;
+  for (const d of byShareId.values()) d.redemandClaimed();
+}
+
 export class ChunkDelivery {
   readonly #ctx: SessionContext;
   readonly #fault: FaultSession;
@@ -52,6 +70,13 @@ export class ChunkDelivery {
   readonly #installed = new Set<number>();
   /** Chunks a prefetch was started for (never prefetched twice). */
   readonly #tried = new Set<number>();
+  /**
+   * Chunks a fault waits for that its fault thread handed to the loader threads (direct mode), whose load
+   * has not reported yet.
+   */
+  readonly #claimed = new Set<number>();
+  /** Direct loads that reported before their claim reached this session (the claim's report is deferred). */
+  readonly #directEarly = new Map<number, FetchResult | undefined>();
   /** Chunks whose fetch was counted for this session (a re-install after `missing` is not a fetch). */
   readonly #counted = new Set<number>();
   /** Install commands in flight per chunk, each holding a pin in the memory tier. */
@@ -136,18 +161,77 @@ export class ChunkDelivery {
     return this.#installed.has(c) || this.#tried.has(c) || chunkHash(this.#ctx.index, c) === null;
   }
 
+  /**
+   * Direct mode (FaultSession.direct): the fault thread hands absent chunks to the loader threads itself
+   * (the ChunkLoader.direct plan), and this session hears of them as `claimed`, then of their load.
+   */
+  direct(): void {
+    if (this.#installTarget() !== undefined) this.#fault.direct(true);
+  }
+
+  /** A fault waits for chunk c since `at` (performance.now() clock): to the accounting, once. */
+  #waitsFor(c: number, at: number): void {
+    if (this.#needAt.has(c)) return;
+    this.#needAt.set(c, at);
+    if (this.#demanded.has(c)) return;
+    this.#demanded.add(c);
+    const m = this.#ctx.metrics;
+    if (this.#inProfile && !this.#inProfile.has(c)) m.prefetchMisses.inc();
+    else if (this.#tried.has(c)) m.prefetchChunks.inc({ outcome: 'late' });
+  }
+
+  /**
+   * A fault waits for chunk c since `at`, and its fault thread handed it to the loader threads (direct):
+   * nothing to fetch here, unless the load already reported a failure or a loader thread stopped since.
+   */
+  claimed(c: number, at = performance.now()): void {
+    if (this.#ended) return;
+    this.#waitsFor(c, at);
+    if (this.#directEarly.has(c)) {
+      const r = this.#directEarly.get(c);
+      this.#directEarly.delete(c);
+      this.#directSettled(c, r);
+    } else if (at <= directLostAt) {
+      this.demand(c, at); // its loader may have stopped with it
+    } else {
+      this.#claimed.add(c);
+      this.#waiting.add(c);
+    }
+  }
+
+  /** directLoaded: chunk c's direct load ended, with this result (undefined: it failed). */
+  directDone(c: number, r: FetchResult | undefined): void {
+    if (this.#ended) return;
+    // Counted at once: the load was this session's, whenever its claim is heard of (liveStats may ask first).
+    if (r) this.#count(c, r.tier, r.stored);
+    if (!this.#claimed.delete(c)) {
+      this.#directEarly.set(c, r); // its claim comes with the fault thread's next report
+      return;
+    }
+    this.#directSettled(c, r);
+  }
+
+  /** directLost: the claims with no outcome yet go through the fetcher. */
+  redemandClaimed(): void {
+    for (const c of [...this.#claimed]) {
+      this.#claimed.delete(c);
+      this.#waiting.delete(c);
+      this.demand(c);
+    }
+  }
+
+  #directSettled(c: number, r: FetchResult | undefined): void {
+    this.#waiting.delete(c);
+    // Failed (absent, corrupt, unreadable, or the slot taken by another load): the fetcher's way, with
+    // every tier and retry, joining that other load if there is one, failing closed in the end.
+    if (!r) return this.demand(c);
+    this.#settled(c, r, r.timing!.queuedAt, r.installing !== undefined);
+  }
+
   /** A fault waits for chunk c (it crossed into JS as `need`), since `at` (performance.now() clock). */
   demand(c: number, at = performance.now()): void {
     if (this.#ended) return;
-    if (!this.#needAt.has(c)) {
-      this.#needAt.set(c, at);
-      if (!this.#demanded.has(c)) {
-        this.#demanded.add(c);
-        const m = this.#ctx.metrics;
-        if (this.#inProfile && !this.#inProfile.has(c)) m.prefetchMisses.inc();
-        else if (this.#tried.has(c)) m.prefetchChunks.inc({ outcome: 'late' });
-      }
-    }
+    this.#waitsFor(c, at);
     const { index, memory, fetcher } = this.#ctx;
     if (memory.has(c)) {
       memory.touch(c);
@@ -172,18 +256,10 @@ export class ChunkDelivery {
       .then(
         (r) => {
           this.#waiting.delete(c);
-          this.#fetchOf.set(c, r);
-          const early = this.#early.get(c);
-          this.#trace.fetched(c, 'demand', r, asked);
-          if (early) {
-            this.#early.delete(c);
-            this.#faultDone(c, early.needAt, early.doneAt);
-          }
           // The loader thread queues the install for this session itself (installTo), right after the
           // fetch settles: a second one from here would cost the fault thread a wake-up and the event
           // loop an event for each chunk, for nothing.
-          const loaderInstalls = installTo !== undefined && r.installing?.has(installTo) === true;
-          this.#admit(c, r.tier, r.stored, loaderInstalls);
+          this.#settled(c, r, asked, installTo !== undefined && r.installing?.has(installTo) === true);
         },
         (err: unknown) => {
           this.#waiting.delete(c);
@@ -191,6 +267,18 @@ export class ChunkDelivery {
           if (!this.#ended) this.#fail.chunk(c, err);
         },
       );
+  }
+
+  /** A demand's fetch made chunk c resident (asked at `asked`): traced, counted, installed unless a loader does. */
+  #settled(c: number, r: FetchResult, asked: number, loaderInstalls: boolean): void {
+    this.#fetchOf.set(c, r);
+    const early = this.#early.get(c);
+    this.#trace.fetched(c, 'demand', r, asked);
+    if (early) {
+      this.#early.delete(c);
+      this.#faultDone(c, early.needAt, early.doneAt);
+    }
+    this.#admit(c, r.tier, r.stored, loaderInstalls);
   }
 
   /**
@@ -320,6 +408,8 @@ export class ChunkDelivery {
     // same, without the fetch's split (the fetch settles after the session's trace has ended).
     for (const [c, e] of this.#early) this.#faultDone(c, e.needAt, e.doneAt);
     this.#early.clear();
+    this.#claimed.clear();
+    this.#directEarly.clear();
     for (const [c, n] of this.#installs) for (let i = 0; i < n; i++) this.#ctx.memory.unpin(c);
     this.#installs.clear();
   }

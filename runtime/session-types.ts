@@ -37,6 +37,16 @@ export interface SessionContext {
   failTimeoutMs: number;
   /** Whether UFFDIO_POISON works on this kernel; otherwise failing closed means SIGKILL. */
   canPoison: boolean;
+  /**
+   * Whether the loader threads load this snapshot's chunks straight from a fault (ChunkLoader.direct): then
+   * each session turns direct mode on (FaultSession.direct). @default false
+   */
+  direct?: boolean;
+  /**
+   * With direct: reads the outcomes the loader threads left in shared memory (ChunkLoader.takeDirect), so
+   * that a session hears how a chunk was loaded before it hears the chunk was installed.
+   */
+  takeDirect?: () => void;
   prefetch: PrefetchContext;
   /** Tracing: the snapshot's names for spans and trace files, and where files go (runtime/session-trace.ts). */
   trace: TraceContext;
@@ -49,6 +59,11 @@ export interface SessionSummary {
   timeToFirstFaultServedMs: number | null;
   faults: number;
   zeroFaults: number;
+  /**
+   * Of the faults on absent chunks, those the fault thread handed straight to the loader threads (a local
+   * store's chunks, ChunkLoader.direct) rather than through the event loop.
+   */
+  directFaults: number;
   fetchedChunks: number;
   bytesFetched: number;
   hitsByTier: Record<string, number>;

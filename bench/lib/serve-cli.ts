@@ -41,6 +41,8 @@ export interface SummaryLine extends LogLine {
   outcome: 'ended' | 'killed' | 'shutdown';
   faults: number;
   zeroFaults: number;
+  /** Faults a loader thread served straight from a local store (the direct path). */
+  directFaults: number;
   fetchedChunks: number;
   bytesFetched: number;
   hitsByTier: Record<string, number>;
