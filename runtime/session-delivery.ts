@@ -77,6 +77,8 @@ export class ChunkDelivery {
   readonly #claimed = new Set<number>();
   /** Direct loads that reported before their claim reached this session (the claim's report is deferred). */
   readonly #directEarly = new Map<number, FetchResult | undefined>();
+  /** Armed while claims wait: asks the fetcher for those that waited a whole fail timeout (#sweepClaims). */
+  #claimSweep: NodeJS.Timeout | undefined;
   /** Chunks whose fetch was counted for this session (a re-install after `missing` is not a fetch). */
   readonly #counted = new Set<number>();
   /** Install commands in flight per chunk, each holding a pin in the memory tier. */
@@ -196,7 +198,34 @@ export class ChunkDelivery {
     } else {
       this.#claimed.add(c);
       this.#waiting.add(c);
+      this.#claimSweep ??= setTimeout(() => this.#sweepClaims(), this.#ctx.failTimeoutMs).unref();
     }
+  }
+
+  /**
+   * A direct load that has not reported within the fail timeout (a loader stuck in a read of a hung
+   * filesystem) is asked for through the fetcher, whose patience fails the chunk closed if nothing delivers
+   * it: a claim alone has no timeout, and the peer must not wait for ever.
+   */
+  #sweepClaims(): void {
+    this.#claimSweep = undefined;
+    if (this.#ended) return;
+    const now = performance.now();
+    let oldest = Infinity;
+    for (const c of [...this.#claimed]) {
+      const at = this.#needAt.get(c) ?? now;
+      if (now - at < this.#ctx.failTimeoutMs) oldest = Math.min(oldest, at);
+      else {
+        this.#claimed.delete(c);
+        this.#waiting.delete(c);
+        this.demand(c);
+      }
+    }
+    if (oldest !== Infinity)
+      this.#claimSweep = setTimeout(
+        () => this.#sweepClaims(),
+        oldest + this.#ctx.failTimeoutMs - now,
+      ).unref();
   }
 
   /** directLoaded: chunk c's direct load ended, with this result (undefined: it failed). */
@@ -205,7 +234,9 @@ export class ChunkDelivery {
     // Counted at once: the load was this session's, whenever its claim is heard of (liveStats may ask first).
     if (r) this.#count(c, r.tier, r.stored);
     if (!this.#claimed.delete(c)) {
-      this.#directEarly.set(c, r); // its claim comes with the fault thread's next report
+      // Its claim comes with the fault thread's next report; unless this session asked for the chunk
+      // through the fetcher since (a stopped loader, a sweep), which then delivers it.
+      if (!this.#demanded.has(c)) this.#directEarly.set(c, r);
       return;
     }
     this.#directSettled(c, r);
@@ -410,6 +441,7 @@ export class ChunkDelivery {
     this.#early.clear();
     this.#claimed.clear();
     this.#directEarly.clear();
+    clearTimeout(this.#claimSweep);
     for (const [c, n] of this.#installs) for (let i = 0; i < n; i++) this.#ctx.memory.unpin(c);
     this.#installs.clear();
   }

@@ -6,7 +6,8 @@
  * fetcher and the next store, and with a host cache it is not used at all (the cache's reads and fills
  * are the fetcher's).
  */
-import { cpSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, constants, cpSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
@@ -46,12 +47,16 @@ describe.skipIf(!hasUffd)(uffdSuite('direct demand path'), () => {
   const restore = (threads: number) =>
     runClient(['--socket', server!.socketPath, '--image', img.path, '--threads', String(threads)]);
 
-  it('a local store: every absent chunk goes from the fault thread to a loader, none through a JS fetch', async () => {
-    // No read-ahead, so that every non-zero chunk's first touch is a fault (it would otherwise prefetch).
-    server = await serve(tmp.dir, { stores: [store], id: 'vm', readaheadBytes: 0 });
-    const r = await restore(4);
+  /** Serves `stores` without read-ahead (every non-zero chunk's first touch is then a fault), restores every byte. */
+  async function restoreAll(stores: string[], threads: number) {
+    server = await serve(tmp.dir, { stores, id: 'vm', readaheadBytes: 0 });
+    const r = await restore(threads);
     expect(r.report).toMatchObject({ ok: true, mismatches: 0, pagesVerified: 4096 });
-    const [s] = await summaries(server, 1);
+    return (await summaries(server, 1))[0]!;
+  }
+
+  it('a local store: every absent chunk goes from the fault thread to a loader, none through a JS fetch', async () => {
+    const s = await restoreAll([store], 4);
     expect(s).toMatchObject({
       outcome: 'ended',
       directFaults: nonZero,
@@ -60,10 +65,10 @@ describe.skipIf(!hasUffd)(uffdSuite('direct demand path'), () => {
       failedChunks: [],
     });
     // Each one's wait is accounted as a fetch's would be: it has a decode and a verify.
-    expect(s!.stall.faults).toBe(nonZero);
-    expect(s!.stall.decodeMs).toBeGreaterThan(0);
-    expect(s!.stall.verifyMs).toBeGreaterThan(0);
-    const m = await server.metrics.fetches.get();
+    expect(s.stall.faults).toBe(nonZero);
+    expect(s.stall.decodeMs).toBeGreaterThan(0);
+    expect(s.stall.verifyMs).toBeGreaterThan(0);
+    const m = await server!.metrics.fetches.get();
     const fetches = m.values.filter((v) => v.labels.tier === 'origin0').reduce((n, v) => n + v.value, 0);
     expect(fetches).toBe(nonZero);
   });
@@ -80,17 +85,47 @@ describe.skipIf(!hasUffd)(uffdSuite('direct demand path'), () => {
     bytes[bytes.length >> 1]! ^= 0xff; // same length: only the hash can tell
     writeFileSync(object(corrupt), bytes);
 
-    server = await serve(tmp.dir, { stores: [store, second], id: 'vm', readaheadBytes: 0 });
-    const r = await restore(2);
-    expect(r.report).toMatchObject({ ok: true, mismatches: 0, pagesVerified: 4096 });
-    const [s] = await summaries(server, 1);
-    expect(s).toMatchObject({
+    expect(await restoreAll([store, second], 2)).toMatchObject({
       outcome: 'ended',
       directFaults: nonZero,
       fetchedChunks: nonZero,
       hitsByTier: { origin0: nonZero - 2, origin1: 2 },
       failedChunks: [],
     });
+  });
+
+  it('a direct load stuck in a read (a FIFO in place of an object): the fault goes to the fetcher after the fail timeout, which fails it closed', async () => {
+    const ix = await loadIndex(new FileStore(store), 'vm');
+    const stuck = [...Array(64).keys()].filter((c) => chunkHash(ix, c) !== null)[2]!;
+    const fifo = path.join(store, chunkKey(chunkHash(ix, stuck)!, chunkCodec(ix, stuck)!));
+    rmSync(fifo);
+    execFileSync('mkfifo', [fifo]); // opening it for reading blocks until a writer comes: a hung filesystem
+    server = await serve(tmp.dir, {
+      stores: [store],
+      id: 'vm',
+      readaheadBytes: 0,
+      failTimeoutMs: 1000,
+      failClosed: 'kill',
+    });
+    try {
+      // Failed closed after the claim's fail timeout and the fetcher's patience, not left waiting for the
+      // stuck load (which would time this test out).
+      const r = await restore(1);
+      expect(r.signal).toBe('SIGKILL');
+      const [s] = await summaries(server, 1);
+      expect(s).toMatchObject({ outcome: 'killed', failedChunks: [stuck] });
+    } finally {
+      // Let the stuck opens end (a writer came; then the end of the file), and later ones find nothing,
+      // so that the server's threads can stop.
+      let w = -1;
+      try {
+        w = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+      } catch {
+        // ENXIO: nobody waits in it; nothing to release.
+      }
+      rmSync(fifo);
+      if (w >= 0) closeSync(w);
+    }
   });
 
   it('with a host cache: not used (the fetcher reads and fills the cache)', async () => {

@@ -484,14 +484,16 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
     const img = makeImage(tmp.dir, 8 * MiB, cs, { zeroEvery: 4 });
     const absent = 32 - img.zeroChunks.length;
     const client = ['--image', img.path, '--threads', '4', '--order', 'random'];
+    const open = () =>
+      new Harness({
+        dir: tmp.dir,
+        image: img.bytes,
+        chunkSize: cs,
+        zeroChunks: img.zeroChunks,
+        direct: true,
+      });
     // No loader attached to the table: direct mode changes nothing, every absent chunk is a `need`.
-    harness = new Harness({
-      dir: tmp.dir,
-      image: img.bytes,
-      chunkSize: cs,
-      zeroChunks: img.zeroChunks,
-      direct: true,
-    });
+    harness = open();
     let r = await runClient(['--socket', harness.socketPath, ...client]);
     expect(r.report).toMatchObject({ ok: true, mismatches: 0, pagesVerified: 2048 });
     let st = (await harness.session()).session.stats();
@@ -501,13 +503,7 @@ describe.skipIf(!hasUffd)(uffdSuite('native fault session'), () => {
 
     // This thread attached as the loader: it takes each chunk from the queue, puts its bytes and queues
     // the install by the session's share id, as a loader thread does; JS's `need` sees nothing.
-    harness = new Harness({
-      dir: tmp.dir,
-      image: img.bytes,
-      chunkSize: cs,
-      zeroChunks: img.zeroChunks,
-      direct: true,
-    });
+    harness = open();
     const h = harness;
     const taken: { session: number; chunk: number }[] = [];
     h.table.directAttach(() => {
