@@ -107,8 +107,8 @@ export interface WriteJob {
 }
 
 /**
- * How to load a table's chunks straight from a fault (ChunkLoader.direct): from a local store's files, with
- * no host cache and no cipher. Once a thread has it, it attaches to the table's direct demand queue
+ * How to load a table's chunks straight from a fault (ChunkLoader.direct): from a local store's files (and
+ * the host cache's entries, when there is a cache), with no cipher. Once a thread has it, it attaches to the table's direct demand queue
  * (ChunkTable.directAttach) and loads what fault threads queue there for sessions in direct mode, each
  * as a demand LoadJob with its session as the install target, and tells the main thread afterwards
  * (LoaderNotice `direct`).
@@ -118,6 +118,11 @@ export interface DirectPlan {
   table: number;
   /** The local store's directory: chunk objects are at `${root}/${chunkKey(hash, codec)}`. */
   root: string;
+  /**
+   * The host disk cache's directory, when there is one: a chunk is read from its entry
+   * (`${cacheDir}/${hash[0..2]}/${hash}`, the plain chunk) first, and from the store when there is none.
+   */
+  cacheDir?: string;
   /** The snapshot index's chunk hashes (32 bytes each) and flags (0: zero; k: codecs[k - 1]). */
   hashes: Uint8Array;
   flags: Uint8Array;
@@ -139,6 +144,8 @@ export interface DirectOutcome {
   /** When the load started and ended, in ms since the epoch (performance.timeOrigin + now()). */
   startedAt: number;
   endedAt: number;
+  /** Whether it came from the host cache (DirectPlan.cacheDir) rather than the store. */
+  disk: boolean;
   /** Whether the chunk was admitted to the memory tier (kept in its slot). */
   kept: boolean;
   /** Whether its install was queued for the session (false: the session closed meanwhile). */
@@ -479,12 +486,17 @@ function armIdleLetGo(): void {
  * so that the event loop hears of the fetch before the peer its install wakes can finish and hang up, and
  * a session never ends with a fetch it was served by still pending. Returns the installs queued.
  */
-function loadAndInstall(job: LoadJob, report: (reply: LoadReply) => void): number {
+function loadAndInstall(job: LoadJob, report: (reply: LoadReply) => void): void {
   armIdleLetGo();
   const reply = load(job);
   report(reply);
-  let queued = 0;
+  installAfter(job, reply);
+}
+
+/** After a load: its installs (LoadJob.installTo) if it succeeded, then the settling of its stage. */
+function installAfter(job: LoadJob, reply: LoadReply): void {
   if (reply.ok && job.installTo) {
+    let queued = 0;
     const failed: number[] = [];
     for (const id of job.installTo)
       if (installSharedSession(id, job.chunk)) queued++;
@@ -497,7 +509,6 @@ function loadAndInstall(job: LoadJob, report: (reply: LoadReply) => void): numbe
   }
   scheduleSettle();
   armIdleLetGo();
-  return queued;
 }
 
 /** Where this thread's direct loads' outcomes go (runtime/direct-ring.ts). */
@@ -523,13 +534,15 @@ function directLoad(plan: DirectPlan, session: number, chunk: number): void {
   const startedAt = performance.timeOrigin + performance.now();
   const f = plan.flags[chunk] ?? 0;
   const codec = plan.codecs[f - 1];
-  const post = (reply: LoadReply, kept: boolean, installing: boolean) => {
+  const post = (reply: LoadReply, disk: boolean, kept: boolean) => {
     const endedAt = performance.timeOrigin + performance.now();
+    // One was, for a load that succeeded: its install is queued right after this report.
+    const installing = reply.ok;
     // A success through shared memory (read when the main thread next runs, which the install's report
     // makes it do); a failure, which nothing else would make it notice, as a message.
     if (reply.ok && plan.table === data.tableId) {
       const [readMs, decodeMs, verifyMs] = reply.phases ?? [0, 0, 0];
-      const o = { session, chunk, stored: reply.stored, kept, installing, startedAt, endedAt };
+      const o = { session, chunk, stored: reply.stored, disk, kept, installing, startedAt, endedAt };
       if (ring?.put({ ...o, readMs, decodeMs, verifyMs })) return;
     }
     const outcome: DirectOutcome = {
@@ -538,6 +551,7 @@ function directLoad(plan: DirectPlan, session: number, chunk: number): void {
       chunk,
       startedAt,
       endedAt,
+      disk,
       kept,
       installing,
       reply,
@@ -546,31 +560,58 @@ function directLoad(plan: DirectPlan, session: number, chunk: number): void {
   };
   if (f === 0 || codec === undefined || chunk * plan.chunkSize >= plan.totalSize) {
     // A zero chunk is never absent in the table: nothing to load here; the main thread decides.
-    post({ id: 0, ok: false, failure: 'busy', message: `chunk ${chunk} has no stored object` }, false, false);
+    const reply: LoadReply = {
+      id: 0,
+      ok: false,
+      failure: 'busy',
+      message: `chunk ${chunk} has no stored object`,
+    };
+    post(reply, false, false);
     return;
   }
+  armIdleLetGo();
   const hash = Buffer.from(plan.hashes.buffer, plan.hashes.byteOffset + chunk * 32, 32).toString('hex');
-  const key = chunkKey(hash, codec);
   const length = Math.min(plan.chunkSize, plan.totalSize - chunk * plan.chunkSize);
   // The memory tier's rule (MemoryTier.keepLoaded), on the record it shares: kept from the second load on.
-  const kept = Atomics.exchange(plan.loadedOnce, chunk, 1) === 1;
+  const seen = Atomics.exchange(plan.loadedOnce, chunk, 1) === 1;
+  const common = { op: 'load' as const, id: 0, table: plan.table, chunk, hash, length, installTo: [session] };
+  // The host cache first, as the fetcher reads it: the plain chunk, checked against its hash.
+  if (plan.cacheDir !== undefined) {
+    const key = `${hash.slice(0, 2)}/${hash}`;
+    const job: LoadJob = {
+      ...common,
+      key,
+      codec: 'none',
+      from: 'raw',
+      path: `${plan.cacheDir}/${key}`,
+      maxBytes: length,
+      admit: seen,
+    };
+    const reply = load(job);
+    if (reply.ok || reply.failure !== 'not-found') {
+      // A hit; or an entry there that is not the chunk (or unreadable): the fetcher's to deal with (it
+      // deletes a corrupt entry and reports it), and the store's after that.
+      post(reply, true, seen);
+      installAfter(job, reply);
+      return;
+    }
+  }
+  const key = chunkKey(hash, codec);
+  // With a host cache to fill, kept (its writer thread writes from the table once loads are idle), as the
+  // fetcher keeps a local store's chunk then.
+  const kept = seen || plan.cacheDir !== undefined;
   const job: LoadJob = {
-    op: 'load',
-    id: 0,
-    table: plan.table,
-    chunk,
+    ...common,
     key,
-    hash,
     codec,
-    length,
     from: 'file',
     path: `${plan.root}/${key}`,
     maxBytes: maxStoredSize(codec, length, false),
     admit: kept,
-    installTo: [session],
   };
-  // Reported before the install is queued (loadAndInstall): one is, for a load that succeeded.
-  loadAndInstall(job, (r) => post(r, kept, r.ok));
+  const reply = load(job);
+  post(reply, false, kept);
+  installAfter(job, reply);
 }
 
 parentPort!.on('message', (job: LoadJob | WriteJob | DirectPlan) => {

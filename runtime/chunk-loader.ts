@@ -307,13 +307,17 @@ export class ChunkLoader {
   #takeFrom(l: Loader): void {
     const table = this.#direct?.table;
     if (!l.ring || table === undefined) return;
-    for (const o of l.ring.take())
+    const outcomes = l.ring.take();
+    // Loads all the same: cache writes wait until loads have been idle a while (#idleWrite).
+    if (outcomes.length > 0) this.#lastLoad = performance.now();
+    for (const o of outcomes)
       this.onDirect?.({
         table,
         session: o.session,
         chunk: o.chunk,
         startedAt: o.startedAt,
         endedAt: o.endedAt,
+        disk: o.disk,
         kept: o.kept,
         installing: o.installing,
         reply: { id: 0, ok: true, stored: o.stored, phases: [o.readMs, o.decodeMs, o.verifyMs] },

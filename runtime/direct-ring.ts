@@ -17,6 +17,8 @@ export interface RingOutcome {
   chunk: number;
   /** The stored object's size. */
   stored: number;
+  /** From the host cache rather than the store. */
+  disk: boolean;
   kept: boolean;
   installing: boolean;
   /** ms since the epoch. */
@@ -27,7 +29,7 @@ export interface RingOutcome {
   verifyMs: number;
 }
 
-const FIELDS = 10;
+const FIELDS = 11;
 /** Outcomes a ring holds before its writer falls back to messages. */
 export const RING_CAPACITY = 1024;
 
@@ -60,6 +62,7 @@ export class DirectRing {
     s[b + 7] = o.readMs;
     s[b + 8] = o.decodeMs;
     s[b + 9] = o.verifyMs;
+    s[b + 10] = o.disk ? 1 : 0;
     Atomics.store(this.#ctl, 1, tail + 1); // publishes the slot: the reader loads the index first
     return true;
   }
@@ -84,6 +87,7 @@ export class DirectRing {
         readMs: s[b + 7]!,
         decodeMs: s[b + 8]!,
         verifyMs: s[b + 9]!,
+        disk: s[b + 10] === 1,
       });
     }
     Atomics.store(this.#ctl, 0, tail); // the slots are the writer's again

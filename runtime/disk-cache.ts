@@ -173,12 +173,30 @@ export class DiskCache {
       // file stays), busy: a miss.
       return this.#miss(hash);
     }
+    await this.accountRead(hash, size);
+    return true;
+  }
+
+  /** Where chunk `hash`'s entry is (or would be). */
+  entryPath(hash: string): string {
+    return this.#path(hash);
+  }
+
+  /**
+   * A read of chunk `hash`'s entry a loader thread made on its own (the direct path, ChunkLoader.direct):
+   * a hit of `size` bytes, or a miss (undefined), accounted as read() accounts its own. An entry that
+   * failed verification is not reported here: the fetcher reads it again through read(), which deletes it.
+   */
+  async accountRead(hash: string, size?: number): Promise<void> {
+    if (size === undefined) {
+      this.#miss(hash);
+      return;
+    }
     this.#n.hits++;
     const adopted = !this.#index.has(hash);
     this.#record(hash, size);
     this.#touchLater(hash);
     if (adopted) await this.#evict(); // another process wrote it: now it counts against our budget
-    return true;
   }
 
   /**

@@ -57,6 +57,9 @@ export interface ChunkCache {
     admit?: boolean,
   ): Promise<boolean>;
   write(chunk: number, hash: string, length: number): Promise<void>;
+  /** For the direct path (ChunkLoader.direct): where an entry is, and a read a loader made of one. */
+  entryPath?(hash: string): string;
+  accountRead?(hash: string, size?: number): Promise<void>;
 }
 
 export interface ChunkRef {
@@ -379,23 +382,34 @@ export class ChunkFetcher {
 
   /**
    * How the loader threads may load this snapshot's chunks straight from a fault (ChunkLoader.direct), or
-   * undefined when a fault's chunk must come through here: the first origin is not a local directory, a
-   * host cache comes first (whose reads and fills are decided here), or the snapshot is encrypted.
+   * undefined when a fault's chunk must come through here: the first origin is not a local directory, or
+   * the snapshot is encrypted. A host cache is read first, as here, and filled from here (directLoaded).
    * `loadedOnce`: the memory tier's admission record (MemoryTier.loadedOnce).
    */
   directPlan(index: SnapshotIndex, loadedOnce: Uint8Array): DirectPlan | undefined {
     const first = this.#o.origins[0];
-    if (!first?.localPath || this.#o.cache || this.#o.encrypted) return undefined;
-    // The loaders name objects as `${root}/${key}`: only for a store whose paths are exactly that.
-    const probe = chunkKey('0'.repeat(64), 'zstd');
+    const cache = this.#o.cache;
+    if (!first?.localPath || this.#o.encrypted) return undefined;
+    // The loaders name objects as `${root}/${key}` and cache entries as `${cacheDir}/${hash[0..2]}/${hash}`:
+    // only for a store and a cache whose paths are exactly that.
+    const hash = '0'.repeat(64);
+    const probe = chunkKey(hash, 'zstd');
     const path = first.localPath(probe);
     if (!path.endsWith(`/${probe}`)) return undefined;
+    let cacheDir: string | undefined;
+    if (cache) {
+      const entry = `/${hash.slice(0, 2)}/${hash}`;
+      const p = cache.entryPath?.(hash);
+      if (!p?.endsWith(entry) || !cache.accountRead) return undefined;
+      cacheDir = p.slice(0, -entry.length);
+    }
     const { chunkSize, totalSize, chunks } = index.manifest;
     this.#directHashes = index.hashes;
     return {
       op: 'direct',
       table: this.#tableId,
       root: path.slice(0, -probe.length - 1),
+      ...(cacheDir !== undefined ? { cacheDir } : {}),
       hashes: index.hashes,
       flags: index.flags,
       codecs: chunks.codecs,
@@ -425,22 +439,26 @@ export class ChunkFetcher {
     if (!r.ok) return undefined;
     const [readMs, decodeMs, verifyMs] = r.phases ?? [0, 0, 0];
     const startedAt = o.startedAt - performance.timeOrigin;
+    const cache = this.#o.cache;
+    const tier: Tier = o.disk ? 'disk' : 'origin0';
     const timing: FetchTiming = {
       queuedAt: startedAt,
       startedAt,
       endedAt: o.endedAt - performance.timeOrigin,
-      attempts: 1,
+      // A store read with a cache: the cache was tried first (a miss).
+      attempts: cache && !o.disk ? 2 : 1,
       hedge: 'none',
       hedges: 0,
       loader: { waitMs: 0, readMs, decodeMs, verifyMs },
     };
     const hashes = this.#directHashes;
+    const hash = hashes
+      ? Buffer.from(hashes.buffer, hashes.byteOffset).toString('hex', o.chunk * 32, o.chunk * 32 + 32)
+      : '';
     this.#o.onFetch?.({
-      hash: hashes
-        ? Buffer.from(hashes.buffer, hashes.byteOffset).toString('hex', o.chunk * 32, o.chunk * 32 + 32)
-        : '',
+      hash,
       chunk: o.chunk,
-      tier: 'origin0',
+      tier,
       bytes: r.stored,
       ms: timing.endedAt - timing.startedAt,
       priority: 'demand',
@@ -449,8 +467,13 @@ export class ChunkFetcher {
       timing,
     });
     if (o.kept) this.#o.onResident?.(o.chunk);
+    if (cache && hash) {
+      // As read() and #pass() would have: the cache's hit or miss, and a store's chunk cached.
+      void cache.accountRead?.(hash, o.disk ? r.stored : undefined).catch(() => {});
+      if (!o.disk) void cache.write(o.chunk, hash, this.#o.table.chunkLength(o.chunk)).catch(() => {});
+    }
     return {
-      tier: 'origin0',
+      tier,
       stored: r.stored,
       timing,
       ...(o.kept ? {} : { kept: false as const }),

@@ -2,12 +2,21 @@
  * The direct demand path (native/src/direct.c, ChunkLoader.direct): with a local directory as the first
  * store, a fault on an absent chunk goes from the fault thread straight to a loader thread, and JS hears of
  * it afterwards. Restores through the server's socket with the Firecracker-exact client, every byte
- * verified: the path is taken, a load it cannot do (an object missing or corrupt) falls back to the
- * fetcher and the next store, and with a host cache it is not used at all (the cache's reads and fills
- * are the fetcher's).
+ * verified: the path is taken, a load it cannot do (an object missing or corrupt, a cache entry corrupt)
+ * falls back to the fetcher and the next store, a stuck one to the fetcher's fail-closed rule, and a host
+ * cache is read first and filled.
  */
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, cpSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  cpSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
@@ -128,16 +137,31 @@ describe.skipIf(!hasUffd)(uffdSuite('direct demand path'), () => {
     }
   });
 
-  it('with a host cache: not used (the fetcher reads and fills the cache)', async () => {
-    server = await serve(tmp.dir, {
-      stores: [store],
-      id: 'vm',
-      cacheDir: path.join(tmp.dir, 'cache'),
-      readaheadBytes: 0,
+  it('with a host cache: a cold restore fills it, a warm one reads it, both direct; a corrupt entry goes to the fetcher', async () => {
+    const cacheDir = path.join(tmp.dir, 'cache');
+    const withCache = async () => {
+      server = await serve(tmp.dir, { stores: [store], id: 'vm', cacheDir, readaheadBytes: 0 });
+      const r = await restore(2);
+      expect(r.report).toMatchObject({ ok: true, mismatches: 0, pagesVerified: 4096 });
+      const [s] = await summaries(server, 1);
+      await server.close(0); // waits for the cache writes
+      server = undefined;
+      return s!;
+    };
+    const entries = () =>
+      readdirSync(cacheDir, { recursive: true }).filter((f) => /[0-9a-f]{64}$/.test(String(f)));
+    expect(await withCache()).toMatchObject({ directFaults: nonZero, hitsByTier: { origin0: nonZero } });
+    expect(entries()).toHaveLength(nonZero);
+    expect(await withCache()).toMatchObject({ directFaults: nonZero, hitsByTier: { disk: nonZero } });
+    // An entry that is not its chunk: the direct load refuses it, the fetcher deletes it and reads the store.
+    const entry = path.join(cacheDir, String(entries()[0]));
+    const bytes = readFileSync(entry);
+    bytes[0]! ^= 0xff;
+    writeFileSync(entry, bytes);
+    expect(await withCache()).toMatchObject({
+      directFaults: nonZero,
+      hitsByTier: { disk: nonZero - 1, origin0: 1 },
+      failedChunks: [],
     });
-    const r = await restore(2);
-    expect(r.report).toMatchObject({ ok: true, mismatches: 0, pagesVerified: 4096 });
-    const [s] = await summaries(server, 1);
-    expect(s).toMatchObject({ directFaults: 0, fetchedChunks: nonZero, failedChunks: [] });
   });
 });

@@ -12,6 +12,7 @@ const outcome = (i: number): RingOutcome => ({
   session: 4097 + i,
   chunk: i,
   stored: 1000 + i,
+  disk: i % 5 === 0,
   kept: i % 2 === 0,
   installing: i % 3 !== 0,
   startedAt: 1.7e12 + i,
