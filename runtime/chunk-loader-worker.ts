@@ -141,7 +141,10 @@ export interface DirectOutcome {
   table: number;
   session: number;
   chunk: number;
-  /** When the load started and ended, in ms since the epoch (performance.timeOrigin + now()). */
+  /**
+   * When the load started and ended: CLOCK_MONOTONIC ms (process.hrtime), the clock of the fault thread's
+   * stamps, the same in every thread (performance.now() is not: each thread has its own origin).
+   */
   startedAt: number;
   endedAt: number;
   /** Whether it came from the host cache (DirectPlan.cacheDir) rather than the store. */
@@ -530,12 +533,17 @@ function drainDirect(): void {
   }
 }
 
+/** CLOCK_MONOTONIC in ms (DirectOutcome.startedAt). */
+function monotonicMs(): number {
+  return Number(process.hrtime.bigint()) / 1e6;
+}
+
 function directLoad(plan: DirectPlan, session: number, chunk: number): void {
-  const startedAt = performance.timeOrigin + performance.now();
+  const startedAt = monotonicMs();
   const f = plan.flags[chunk] ?? 0;
   const codec = plan.codecs[f - 1];
   const post = (reply: LoadReply, disk: boolean, kept: boolean) => {
-    const endedAt = performance.timeOrigin + performance.now();
+    const endedAt = monotonicMs();
     // One was, for a load that succeeded: its install is queued right after this report.
     const installing = reply.ok;
     // A success through shared memory (read when the main thread next runs, which the install's report

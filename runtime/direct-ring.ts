@@ -21,7 +21,7 @@ export interface RingOutcome {
   disk: boolean;
   kept: boolean;
   installing: boolean;
-  /** ms since the epoch. */
+  /** CLOCK_MONOTONIC ms (DirectOutcome). */
   startedAt: number;
   endedAt: number;
   readMs: number;

@@ -43,6 +43,7 @@ import {
 } from './chunk-loader.js';
 import { LatencyWindow, hedged } from './hedge.js';
 import { PrefetchSizing } from './prefetch-sizing.js';
+import { fromMonotonic } from './stall.js';
 
 /** The host disk tier (runtime/disk-cache.ts), reading into and writing from the table's slots. */
 export interface ChunkCache {
@@ -438,13 +439,13 @@ export class ChunkFetcher {
     const r = o.reply;
     if (!r.ok) return undefined;
     const [readMs, decodeMs, verifyMs] = r.phases ?? [0, 0, 0];
-    const startedAt = o.startedAt - performance.timeOrigin;
+    const startedAt = fromMonotonic(o.startedAt);
     const cache = this.#o.cache;
     const tier: Tier = o.disk ? 'disk' : 'origin0';
     const timing: FetchTiming = {
       queuedAt: startedAt,
       startedAt,
-      endedAt: o.endedAt - performance.timeOrigin,
+      endedAt: fromMonotonic(o.endedAt),
       // A store read with a cache: the cache was tried first (a miss).
       attempts: cache && !o.disk ? 2 : 1,
       hedge: 'none',
