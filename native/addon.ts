@@ -118,6 +118,7 @@ export interface Addon {
   tableSettleAll(t: Handle<'table'>): number;
   tableStageUses(t: Handle<'table'>, chunk: number): number;
   tableWarmStages(t: Handle<'table'>): void;
+  tableFilling(t: Handle<'table'>, chunk: number): boolean;
   /** Attaches this thread to the table's direct demand queue: onWork() is called when items wait. */
   tableDirectAttach(t: Handle<'table'>, onWork: () => void): void;
   /** The next (session share id, chunk) in the direct demand queue, if any. */

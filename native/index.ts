@@ -259,6 +259,13 @@ export class ChunkTable {
     const it = addon().tableDirectTake(this.handle);
     return it && { session: it[0], chunk: it[1] };
   }
+  /**
+   * Whether a thread is loading chunk i into the table right now (state() says absent until it commits):
+   * a fetch of it would only find its slot busy.
+   */
+  filling(i: number): boolean {
+    return addon().tableFilling(this.handle, i);
+  }
   /** Touches the stages once, so that the first loads into them do not pay for it (tableWarmStages). */
   warmStages(): void {
     addon().tableWarmStages(this.handle);

@@ -172,6 +172,8 @@ export interface CrashSuspects {
   onCleared: (chunk: number) => void;
 }
 
+/** How long a fetch waits for another thread's load of its chunk to commit (in 1 ms steps). */
+const FILLING_WAIT_MS = 1000;
 /** Between passes over the origins: the first wait, doubled per pass up to the cap. */
 const PASS_BACKOFF_MS = 100;
 const PASS_BACKOFF_CAP_MS = 1000;
@@ -527,6 +529,10 @@ export class ChunkFetcher {
         timing,
       });
     };
+    // Being loaded by a loader thread for another session's fault (the direct path, which this fetcher's
+    // in-flight dedup does not see): waited for, not fetched a second time. Bounded: a load stuck for
+    // longer is left to the busy rule below.
+    for (let i = 0; i < FILLING_WAIT_MS && this.#o.table.filling(ref.chunk); i++) await sleep(1);
     if (this.#o.table.state(ref.chunk) === 'resident') return { tier: 'memory', stored: 0 };
     const sus = this.#o.suspects;
     const crashes = sus?.crashes.get(ref.chunk) ?? 0;
@@ -564,6 +570,7 @@ export class ChunkFetcher {
     for (let pass = 0; ; pass++) {
       const r = await this.#pass(key, ref, entry, errors, counts, entry.retryUntil || Infinity, timing, keep);
       if (typeof r !== 'boolean') {
+        if (r.tier === 'memory') return r; // resident through another thread's load: no fetch to report
         r.timing = timing;
         done(r.tier, r.stored);
         this.#sizing.observe(performance.now() - t0, r.stored);
@@ -743,6 +750,9 @@ export class ChunkFetcher {
             timing.loader,
             admit,
           );
+          // A local file not read after all: another thread's load made the chunk resident meanwhile (a
+          // loader serving a fault directly). Nothing was fetched; an origin's body was, and counts.
+          if (stored === 0 && local !== undefined) return { tier: 'memory', stored: 0 };
           void this.#o.cache?.write(ref.chunk, ref.hash, ref.length).catch(() => {});
           return {
             tier: `origin${answered}`,

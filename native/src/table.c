@@ -372,6 +372,21 @@ static napi_value js_state(napi_env env, napi_callback_info info) {
   return make_i32(env, st);
 }
 
+/* tableFilling(table, chunk) → whether a thread is loading the chunk into the table now (reserved, not yet
+ * committed): state() says absent then, and a second load would only find it busy. */
+static napi_value js_filling(napi_env env, napi_callback_info info) {
+  napi_value argv[2], b;
+  uint32_t i;
+  if (!get_args(env, info, 2, argv, NULL)) return NULL;
+  table_t *t = table_from_js(env, argv[0]);
+  if (!t || !arg_chunk(env, t, argv[1], &i)) return NULL;
+  pthread_mutex_lock(&t->mu);
+  bool filling = t->state[i] == CHUNK_FILLING;
+  pthread_mutex_unlock(&t->mu);
+  napi_get_boolean(env, filling, &b);
+  return b;
+}
+
 static napi_value js_stats(napi_env env, napi_callback_info info) {
   napi_value argv[1], o;
   if (!get_args(env, info, 1, argv, NULL)) return NULL;
@@ -712,6 +727,7 @@ napi_value table_init(napi_env env, napi_value exports) {
       !export_fn(env, exports, "tableSetZero", js_set_zero) ||
       !export_fn(env, exports, "tableMarkZero", js_mark_zero) ||
       !export_fn(env, exports, "tableEvict", js_evict) || !export_fn(env, exports, "tableState", js_state) ||
+      !export_fn(env, exports, "tableFilling", js_filling) ||
       !export_fn(env, exports, "tableStats", js_stats) || !export_fn(env, exports, "tableShare", js_share) ||
       !export_fn(env, exports, "tableUnshare", js_unshare) ||
       !export_fn(env, exports, "tableOpen", js_open) || !export_fn(env, exports, "tableArena", js_arena) ||

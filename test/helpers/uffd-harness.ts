@@ -43,7 +43,7 @@ export interface HarnessOptions {
   residentChunks?: number[] | 'all';
   /** What to do with `need`: default puts the image bytes and installs at once. */
   onNeed?: NeedPolicy;
-  /** Turn each session's direct mode on (FaultSession.direct) as it is opened, before any fault. */
+  /** Open each session in direct mode (FaultSession option `direct`), before any fault. */
   direct?: boolean;
 }
 
@@ -116,7 +116,9 @@ export class Harness {
     const done = new Set<number>();
     const a = {} as Accepted;
     const events: SessionEvent[] = [];
-    const session = new FaultSession(uffd, { table: this.table, pageSize, regions }, (e) => {
+    // Direct mode from creation on: switched on afterwards, the first faults would already be `need`s.
+    const direct = this.#opts.direct ?? false;
+    const session = new FaultSession(uffd, { table: this.table, pageSize, regions, direct }, (e) => {
       events.push(e);
       for (const i of e.installed) {
         done.add(i);
@@ -129,7 +131,6 @@ export class Harness {
       }
       if (e.missing.length) (this.#opts.onNeed ?? defaultNeed)(e.missing, a, this);
     });
-    if (this.#opts.direct) session.direct(true);
     Object.assign(a, {
       session,
       uffd,
