@@ -22,7 +22,7 @@ import { mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync }
 import path from 'node:path';
 
 import { FileStore } from '../store/file-store.js';
-import { chunkKey } from '../store/keys.js';
+import { cacheEntryKey, chunkKey } from '../store/keys.js';
 import { chunkCodec, chunkHash, type SnapshotIndex } from '../store/manifest.js';
 import { loadIndex } from '../store/reader.js';
 import { startClient, type ClientReport } from '../test/helpers/fc-client.js';
@@ -88,9 +88,7 @@ function writeRefIndex(file: string, ix: SnapshotIndex, layout: 'store' | 'cache
   const lines = [`ref-index 1 ${ix.manifest.chunkSize} ${ix.manifest.totalSize} ${ix.count}`];
   for (let i = 0; i < ix.count; i++) {
     const h = chunkHash(ix, i);
-    lines.push(
-      h === null ? 'Z' : layout === 'store' ? chunkKey(h, chunkCodec(ix, i)!) : `${h.slice(0, 2)}/${h}`,
-    );
+    lines.push(h === null ? 'Z' : layout === 'store' ? chunkKey(h, chunkCodec(ix, i)!) : cacheEntryKey(h));
   }
   writeFileSync(file, `${lines.join('\n')}\n`);
 }

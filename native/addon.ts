@@ -59,7 +59,7 @@ export interface RawSessionEvent {
   /** With reportTouches: chunks whose first fault was served from the resident table. */
   touched: Uint32Array;
   /**
-   * With sessionDirect: absent chunks a fault waits for that went to the loaders through the table's
+   * In direct mode (sessionCreate option `direct`): absent chunks a fault waits for that went to the loaders through the table's
    * direct queue (they are not in `need`: JS has not to fetch them, only to hear how their load went).
    */
   claimed: Uint32Array;
@@ -185,7 +185,6 @@ export interface Addon {
   sessionInstall(s: Handle<'session'>, chunks: number | Uint32Array): void;
   sessionShare(s: Handle<'session'>): number;
   sessionInstallShared(id: number, chunk: number): boolean;
-  sessionDirect(s: Handle<'session'>, on: boolean): void;
   sessionDrain(s: Handle<'session'>): RawSessionEvent | undefined;
   sessionPoison(s: Handle<'session'>, chunks: number | Uint32Array): void;
   sessionStats(s: Handle<'session'>): Record<string, number>;

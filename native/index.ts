@@ -247,7 +247,7 @@ export class ChunkTable {
   }
   /**
    * Attaches this thread (a chunk loader) to the table's direct demand queue: fault threads of sessions
-   * in direct mode (FaultSession.direct) queue the absent chunks their faults wait for there, and wake an
+   * in direct mode (FaultSession option `direct`) queue the absent chunks their faults wait for there, and wake an
    * attached thread, whose onWork() then takes them (directTake) until none is left. Detached when this
    * thread's environment ends.
    */
@@ -347,7 +347,12 @@ export interface FaultSessionOptions {
    * what working-set recording needs. @default false
    */
   reportTouches?: boolean;
-  /** Direct mode from the first fault (see direct()). @default false */
+  /**
+   * Direct mode, from the first fault on: the session is shared (share()), and a fault on an absent chunk
+   * goes to the table's direct demand queue, for the loader threads attached to it (ChunkTable.directAttach),
+   * reported as `claimed` rather than `need`. With no loader attached, the queue full, or the share
+   * registry full: `need`, as without it. @default false
+   */
   direct?: boolean;
   /**
    * Adopt a session another server (or an earlier worker) served: a descriptor of its state memfd
@@ -455,16 +460,6 @@ export class FaultSession {
   share(): number {
     this.#shared ??= addon().sessionShare(this.#handle);
     return this.#shared;
-  }
-
-  /**
-   * Direct mode (on): a fault on an absent chunk goes to the table's direct demand queue, for the loader
-   * threads attached to it (ChunkTable.directAttach), and is reported as `claimed` rather than `need`.
-   * Shares the session (share()). Off, or with no loader attached, or the queue full: `need`, as before.
-   */
-  direct(on: boolean): void {
-    if (on) this.share();
-    addon().sessionDirect(this.#handle, on);
   }
 
   /** Queues poisoning of the chunks' missing pages: a thread touching them gets SIGBUS. */

@@ -1,8 +1,8 @@
 /**
  * A chunk loader thread (runtime/chunk-loader.ts): the per-chunk work that used to hold the event loop
  * that schedules every session's fetches. With a direct plan (DirectPlan) it also takes the chunks fault
- * threads queue for it directly, with no job from the event loop. It reads a stored object (from a local store's file, a host
- * cache file, or bytes an origin sent), decodes it into a stage of the shared native table (a buffer used
+ * threads queue for it directly, with no job from the event loop. It reads a stored object (from a local
+ * store's file, a host cache file, or bytes an origin sent), decodes it into a stage of the shared native table (a buffer used
  * over and over, native/src/table.h), verifies its hash there, and commits it: the waiting faults are
  * installed from the stage, and only then is the chunk copied to its own slot of the table, in slices
  * between loads (settle). The main thread only decides what to load and installs what is committed.
@@ -34,7 +34,7 @@ import { addon } from '../native/addon.js';
 import { ChunkTable, installSharedSession } from '../native/index.js';
 import { decodeChunk, encodeChunk, hashChunk, maxStoredSize, type Codec } from '../store/chunk.js';
 import { ChunkCrypto, type ChunkCryptoTransfer } from '../store/chunk-crypto.js';
-import { chunkKey } from '../store/keys.js';
+import { cacheEntryKey, chunkKey } from '../store/keys.js';
 import { DirectRing } from './direct-ring.js';
 
 export interface LoaderWorkerData {
@@ -110,8 +110,8 @@ export interface WriteJob {
  * How to load a table's chunks straight from a fault (ChunkLoader.direct): from a local store's files (and
  * the host cache's entries, when there is a cache), with no cipher. Once a thread has it, it attaches to the table's direct demand queue
  * (ChunkTable.directAttach) and loads what fault threads queue there for sessions in direct mode, each
- * as a demand LoadJob with its session as the install target, and tells the main thread afterwards
- * (LoaderNotice `direct`).
+ * as a demand LoadJob with its session as the install target, and leaves the outcome for the main thread
+ * (runtime/direct-ring.ts; a failure, or a full ring, as LoaderNotice `direct`).
  */
 export interface DirectPlan {
   op: 'direct';
@@ -120,7 +120,7 @@ export interface DirectPlan {
   root: string;
   /**
    * The host disk cache's directory, when there is one: a chunk is read from its entry
-   * (`${cacheDir}/${hash[0..2]}/${hash}`, the plain chunk) first, and from the store when there is none.
+   * (`${cacheDir}/${cacheEntryKey(hash)}`, the plain chunk) first, and from the store when there is none.
    */
   cacheDir?: string;
   /** The snapshot index's chunk hashes (32 bytes each) and flags (0: zero; k: codecs[k - 1]). */
@@ -151,8 +151,7 @@ export interface DirectOutcome {
   disk: boolean;
   /** Whether the chunk was admitted to the memory tier (kept in its slot). */
   kept: boolean;
-  /** Whether its install was queued for the session (false: the session closed meanwhile). */
-  installing: boolean;
+  /** The load's reply; when it succeeded, the session's install is queued right after this outcome. */
   reply: LoadReply;
 }
 
@@ -487,7 +486,7 @@ function armIdleLetGo(): void {
 /**
  * Runs a load and queues its installs. `report` tells the main thread of the outcome: before the installs,
  * so that the event loop hears of the fetch before the peer its install wakes can finish and hang up, and
- * a session never ends with a fetch it was served by still pending. Returns the installs queued.
+ * a session never ends with a fetch it was served by still pending.
  */
 function loadAndInstall(job: LoadJob, report: (reply: LoadReply) => void): void {
   armIdleLetGo();
@@ -544,13 +543,11 @@ function directLoad(plan: DirectPlan, session: number, chunk: number): void {
   const codec = plan.codecs[f - 1];
   const post = (reply: LoadReply, disk: boolean, kept: boolean) => {
     const endedAt = monotonicMs();
-    // One was, for a load that succeeded: its install is queued right after this report.
-    const installing = reply.ok;
     // A success through shared memory (read when the main thread next runs, which the install's report
     // makes it do); a failure, which nothing else would make it notice, as a message.
     if (reply.ok && plan.table === data.tableId) {
       const [readMs, decodeMs, verifyMs] = reply.phases ?? [0, 0, 0];
-      const o = { session, chunk, stored: reply.stored, disk, kept, installing, startedAt, endedAt };
+      const o = { session, chunk, stored: reply.stored, disk, kept, startedAt, endedAt };
       if (ring?.put({ ...o, readMs, decodeMs, verifyMs })) return;
     }
     const outcome: DirectOutcome = {
@@ -561,7 +558,6 @@ function directLoad(plan: DirectPlan, session: number, chunk: number): void {
       endedAt,
       disk,
       kept,
-      installing,
       reply,
     };
     parentPort!.postMessage({ direct: outcome } satisfies LoaderNotice);
@@ -585,7 +581,7 @@ function directLoad(plan: DirectPlan, session: number, chunk: number): void {
   const common = { op: 'load' as const, id: 0, table: plan.table, chunk, hash, length, installTo: [session] };
   // The host cache first, as the fetcher reads it: the plain chunk, checked against its hash.
   if (plan.cacheDir !== undefined) {
-    const key = `${hash.slice(0, 2)}/${hash}`;
+    const key = cacheEntryKey(hash);
     const job: LoadJob = {
       ...common,
       key,

@@ -287,7 +287,7 @@ export class ChunkLoader {
 
   /**
    * Lets fault threads hand this table's absent chunks straight to the loader threads (DirectPlan; the
-   * sessions opt in with FaultSession.direct), now and in every loader thread started later.
+   * sessions opt in with the FaultSession option `direct`), now and in every loader thread started later.
    */
   direct(plan: DirectPlan): void {
     this.#direct = plan;
@@ -319,7 +319,6 @@ export class ChunkLoader {
         endedAt: o.endedAt,
         disk: o.disk,
         kept: o.kept,
-        installing: o.installing,
         reply: { id: 0, ok: true, stored: o.stored, phases: [o.readMs, o.decodeMs, o.verifyMs] },
       });
   }

@@ -20,7 +20,6 @@ export interface RingOutcome {
   /** From the host cache rather than the store. */
   disk: boolean;
   kept: boolean;
-  installing: boolean;
   /** CLOCK_MONOTONIC ms (DirectOutcome). */
   startedAt: number;
   endedAt: number;
@@ -29,7 +28,7 @@ export interface RingOutcome {
   verifyMs: number;
 }
 
-const FIELDS = 11;
+const FIELDS = 10;
 /** Outcomes a ring holds before its writer falls back to messages. */
 export const RING_CAPACITY = 1024;
 
@@ -56,13 +55,12 @@ export class DirectRing {
     s[b + 1] = o.chunk;
     s[b + 2] = o.stored;
     s[b + 3] = o.kept ? 1 : 0;
-    s[b + 4] = o.installing ? 1 : 0;
+    s[b + 4] = o.disk ? 1 : 0;
     s[b + 5] = o.startedAt;
     s[b + 6] = o.endedAt;
     s[b + 7] = o.readMs;
     s[b + 8] = o.decodeMs;
     s[b + 9] = o.verifyMs;
-    s[b + 10] = o.disk ? 1 : 0;
     Atomics.store(this.#ctl, 1, tail + 1); // publishes the slot: the reader loads the index first
     return true;
   }
@@ -81,13 +79,12 @@ export class DirectRing {
         chunk: s[b + 1]!,
         stored: s[b + 2]!,
         kept: s[b + 3] === 1,
-        installing: s[b + 4] === 1,
+        disk: s[b + 4] === 1,
         startedAt: s[b + 5]!,
         endedAt: s[b + 6]!,
         readMs: s[b + 7]!,
         decodeMs: s[b + 8]!,
         verifyMs: s[b + 9]!,
-        disk: s[b + 10] === 1,
       });
     }
     Atomics.store(this.#ctl, 0, tail); // the slots are the writer's again

@@ -39,7 +39,7 @@ import path from 'node:path';
 
 import { makeDirs } from '../core/make-dirs.js';
 import { InvalidArgumentError } from '../core/errors.js';
-import { assertHash } from '../store/keys.js';
+import { assertHash, cacheEntryKey } from '../store/keys.js';
 import { LoadError, type ChunkLoader, type LoadTiming } from './chunk-loader.js';
 import {
   resolveDiskCacheOptions,
@@ -151,7 +151,7 @@ export class DiskCache {
       size = await this.#loader.load({
         table: this.#loader.tableId,
         chunk,
-        key: `${hash.slice(0, 2)}/${hash}`,
+        key: cacheEntryKey(hash),
         hash,
         codec: 'none',
         length,
@@ -175,11 +175,6 @@ export class DiskCache {
     }
     await this.accountRead(hash, size);
     return true;
-  }
-
-  /** Where chunk `hash`'s entry is (or would be). */
-  entryPath(hash: string): string {
-    return this.#path(hash);
   }
 
   /**
@@ -251,7 +246,7 @@ export class DiskCache {
   }
 
   #path(hash: string): string {
-    return path.join(this.dir, hash.slice(0, 2), hash);
+    return `${this.dir}/${cacheEntryKey(hash)}`;
   }
 
   #miss(hash: string): false {

@@ -32,7 +32,7 @@ import type { ChunkTable } from '../native/index.js';
 import type { StoreBackend } from '../store/backend.js';
 import { maxStoredSize, type Codec } from '../store/chunk.js';
 import { chunkKey } from '../store/keys.js';
-import type { SnapshotIndex } from '../store/manifest.js';
+import { chunkHash, type SnapshotIndex } from '../store/manifest.js';
 import {
   LoadError,
   newLoadTiming,
@@ -58,8 +58,11 @@ export interface ChunkCache {
     admit?: boolean,
   ): Promise<boolean>;
   write(chunk: number, hash: string, length: number): Promise<void>;
-  /** For the direct path (ChunkLoader.direct): where an entry is, and a read a loader made of one. */
-  entryPath?(hash: string): string;
+  /**
+   * For the direct path (ChunkLoader.direct): the directory entries are in (at `${dir}/${cacheEntryKey}`),
+   * and a read a loader made of one.
+   */
+  readonly dir?: string;
   accountRead?(hash: string, size?: number): Promise<void>;
 }
 
@@ -290,8 +293,8 @@ export class ChunkFetcher {
   /** The table's id for the loader threads (runtime/chunk-loader.ts). */
   readonly #tableId: number;
   readonly #inflight = new Map<string, InFlight>();
-  /** The index's hashes, once a direct plan was made (for the fetch events of direct loads). */
-  #directHashes: Uint8Array | undefined;
+  /** The snapshot's index, once a direct plan was made (the hashes of direct loads, for their events). */
+  #directIndex: SnapshotIndex | undefined;
 
   constructor(options: FetcherOptions) {
     this.#o = {
@@ -393,21 +396,14 @@ export class ChunkFetcher {
     const first = this.#o.origins[0];
     const cache = this.#o.cache;
     if (!first?.localPath || this.#o.encrypted) return undefined;
-    // The loaders name objects as `${root}/${key}` and cache entries as `${cacheDir}/${hash[0..2]}/${hash}`:
-    // only for a store and a cache whose paths are exactly that.
-    const hash = '0'.repeat(64);
-    const probe = chunkKey(hash, 'zstd');
+    // The loaders name objects as `${root}/${key}`: only for a store whose paths are exactly that.
+    const probe = chunkKey('0'.repeat(64), 'zstd');
     const path = first.localPath(probe);
     if (!path.endsWith(`/${probe}`)) return undefined;
-    let cacheDir: string | undefined;
-    if (cache) {
-      const entry = `/${hash.slice(0, 2)}/${hash}`;
-      const p = cache.entryPath?.(hash);
-      if (!p?.endsWith(entry) || !cache.accountRead) return undefined;
-      cacheDir = p.slice(0, -entry.length);
-    }
+    if (cache && (cache.dir === undefined || !cache.accountRead)) return undefined;
+    const cacheDir = cache?.dir;
     const { chunkSize, totalSize, chunks } = index.manifest;
-    this.#directHashes = index.hashes;
+    this.#directIndex = index;
     return {
       op: 'direct',
       table: this.#tableId,
@@ -454,10 +450,7 @@ export class ChunkFetcher {
       hedges: 0,
       loader: { waitMs: 0, readMs, decodeMs, verifyMs },
     };
-    const hashes = this.#directHashes;
-    const hash = hashes
-      ? Buffer.from(hashes.buffer, hashes.byteOffset).toString('hex', o.chunk * 32, o.chunk * 32 + 32)
-      : '';
+    const hash = (this.#directIndex && chunkHash(this.#directIndex, o.chunk)) ?? '';
     this.#o.onFetch?.({
       hash,
       chunk: o.chunk,
@@ -480,7 +473,8 @@ export class ChunkFetcher {
       stored: r.stored,
       timing,
       ...(o.kept ? {} : { kept: false as const }),
-      ...(o.installing ? { installing: new Set([o.session]) } : {}),
+      // The loader queued the session's install right after the outcome.
+      installing: new Set([o.session]),
     };
   }
 

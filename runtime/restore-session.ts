@@ -62,7 +62,7 @@ export class RestoreSession {
   /** populate() calls, re-checked on every install, failure and end. */
   readonly #waiters = new Set<() => void>();
   readonly #trace: SessionTrace;
-  /** end() is delivering the fault thread's last reports (FaultSession.drain). */
+  /** end() has begun delivering the fault thread's last reports (FaultSession.drain): done once. */
   #draining = false;
   /** First touches the fault thread served from memory (kept only for a detailed trace's chunk map). */
   readonly #touched: Set<number> | undefined;

@@ -164,11 +164,12 @@ export class ChunkDelivery {
   }
 
   /**
-   * Direct mode (FaultSession.direct): the fault thread hands absent chunks to the loader threads itself
-   * (the ChunkLoader.direct plan), and this session hears of them as `claimed`, then of their load.
+   * The session was opened in direct mode (FaultSession option `direct`, which shared it): the fault thread
+   * hands absent chunks to the loader threads itself (the ChunkLoader.direct plan), and this session hears
+   * of them as `claimed`, then of their load (directLoaded, by its share id, registered here).
    */
   direct(): void {
-    if (this.#installTarget() !== undefined) this.#fault.direct(true);
+    this.#installTarget();
   }
 
   /** A fault waits for chunk c since `at` (performance.now() clock): to the accounting, once. */

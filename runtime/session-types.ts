@@ -39,7 +39,7 @@ export interface SessionContext {
   canPoison: boolean;
   /**
    * Whether the loader threads load this snapshot's chunks straight from a fault (ChunkLoader.direct): then
-   * each session turns direct mode on (FaultSession.direct). @default false
+   * each session opens in direct mode (FaultSession option `direct`). @default false
    */
   direct?: boolean;
   /**

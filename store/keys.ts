@@ -48,6 +48,15 @@ export function chunkKey(hash: string, codec: string): string {
   return `chunks/${hash.slice(0, 2)}/${hash}${codec === 'none' ? '' : `.${codec}`}`;
 }
 
+/**
+ * A host disk cache entry's path under the cache's directory (runtime/disk-cache.ts): the plain chunk, named
+ * by its hash, fanned out by its first byte. Read by the fetcher and, on the direct path, by a loader thread.
+ */
+export function cacheEntryKey(hash: string): string {
+  assertHash(hash);
+  return `${hash.slice(0, 2)}/${hash}`;
+}
+
 /** The inverse of chunkKey, for gc; undefined for keys that are not chunks. */
 export function parseChunkKey(key: string): { hash: string; codec: string } | undefined {
   const m = /^chunks\/([0-9a-f]{2})\/([0-9a-f]{64})(?:\.([a-z0-9]+))?$/.exec(key);

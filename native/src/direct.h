@@ -1,7 +1,7 @@
 /* A table's direct demand queue (direct.c): a fault thread hands a chunk it found absent straight to the
  * chunk loader threads, which JS told beforehand how to load that snapshot's chunks, instead of through
- * the event loop. JS decides whether a session uses it (sessionDirect) and what a loader does with an
- * item; this only carries (session, chunk) pairs and wakes a loader. */
+ * the event loop. JS decides whether a session uses it (sessionCreate's `direct`) and what a loader does with
+ * an item; this only carries (session, chunk) pairs and wakes a loader. */
 #ifndef LAZYSNAP_DIRECT_H
 #define LAZYSNAP_DIRECT_H
 

@@ -499,23 +499,6 @@ static napi_value js_install_shared(napi_env env, napi_callback_info info) {
   return b;
 }
 
-/* sessionDirect(session, on): absent chunks go to the table's direct queue (direct.h) under the session's
- * share id, for the loader threads, or (off) to JS. The session must be shared first (sessionShare). */
-static napi_value js_direct(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  bool on;
-  if (!get_args(env, info, 2, argv, NULL)) return NULL;
-  session_t *s = session_from_js(env, argv[0]);
-  if (!s || !arg_bool(env, argv[1], "on", &on)) return NULL;
-  if (s->closed) return throw_errno(env, EBADF, "session closed"), NULL;
-  pthread_mutex_lock(&sreg_mu);
-  uint64_t id = s->shared_id;
-  pthread_mutex_unlock(&sreg_mu);
-  if (on && !id) return throw_arg(env, "sessionDirect: the session is not shared (sessionShare)"), NULL;
-  atomic_store(&s->direct_id, on ? id : 0);
-  return make_undefined(env);
-}
-
 /* sessionDrain(session) → the outbox as an event object, now (what the thread-safe function would deliver
  * next): for a session about to close, so that reports the thread held back (direct.h: `claimed`,
  * `installed`) are not lost with it. */
@@ -543,7 +526,6 @@ napi_value session_init(napi_env env, napi_value exports) {
       !export_fn(env, exports, "sessionInstall", js_install) ||
       !export_fn(env, exports, "sessionShare", js_share) ||
       !export_fn(env, exports, "sessionInstallShared", js_install_shared) ||
-      !export_fn(env, exports, "sessionDirect", js_direct) ||
       !export_fn(env, exports, "sessionDrain", js_drain) ||
       !export_fn(env, exports, "sessionPoison", js_poison) ||
       !export_fn(env, exports, "sessionWake", js_wake) ||

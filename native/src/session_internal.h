@@ -81,8 +81,8 @@ typedef struct session {
   pthread_t thread;
   bool started, joined, closed;
   uint64_t shared_id; /* sessionShare(): other threads may queue installs by this id; 0 when not */
-  /* sessionDirect(): the shared id under which absent chunks go to the table's direct queue; 0 when they
-   * go to JS. Cleared with the share. */
+  /* sessionCreate's `direct` option: the shared id under which absent chunks go to the table's direct
+   * queue; 0 when they go to JS. Set before the thread starts, cleared with the share. */
   _Atomic uint64_t direct_id;
   atomic_bool stop;
   table_t *table;

@@ -14,7 +14,6 @@ const outcome = (i: number): RingOutcome => ({
   stored: 1000 + i,
   disk: i % 5 === 0,
   kept: i % 2 === 0,
-  installing: i % 3 !== 0,
   startedAt: 1.7e12 + i,
   endedAt: 1.7e12 + i + 0.5,
   readMs: i / 10,
