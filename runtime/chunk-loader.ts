@@ -11,9 +11,11 @@
  * Cache writes go to a thread of their own, started with the disk cache, in the SCHED_IDLE class (nice 19
  * where that is refused): during a restore the CPUs belong to the restore, and on a small host a write
  * would otherwise take a core from the VM's own threads, which fault on resident pages long after the
- * last chunk was loaded. They also wait until no load has been queued or running for `writeIdleMs`, and
- * the chunks stay resident meanwhile. The backlog is bounded (`maxPendingWrites` chunk numbers); past it,
- * or for a chunk evicted before its turn, the write is dropped: the chunk is simply not cached.
+ * last chunk was loaded. They also wait until no load has been queued or running for `writeIdleMs`; a
+ * chunk from a remote origin stays resident meanwhile, one from a local store's file is decoded again from
+ * that file (WriteSource). The backlog is bounded (`maxPendingWrites` chunk numbers); past it, or for a
+ * chunk evicted before its turn with no file to decode again, the write is dropped: the chunk is simply
+ * not cached.
  */
 import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
@@ -31,9 +33,10 @@ import type {
   LoaderNotice,
   LoaderWorkerData,
   WriteJob,
+  WriteSource,
 } from './chunk-loader-worker.js';
 
-export type { DirectOutcome, DirectPlan, LoadFailure };
+export type { DirectOutcome, DirectPlan, LoadFailure, WriteSource };
 
 /** A load that did not produce the chunk. `failure` says why (see LoadFailure). */
 export class LoadError extends Error {
@@ -259,16 +262,19 @@ export class ChunkLoader {
   }
 
   /**
-   * Caches resident chunk `chunk` of the loaders' table at `dest` (WriteJob: through a temp file named
-   * `dest` + `tempPrefix` + random), on the writer thread once loads are idle. Resolves 'written', 'exists'
-   * (a file of `length` bytes was there), or 'dropped' (backlog full, or the chunk was evicted before its
-   * turn); rejects with the write's I/O error.
+   * Caches chunk `chunk` of the loaders' table at `dest` (WriteJob: through a temp file named `dest` +
+   * `tempPrefix` + random), on the writer thread once loads are idle: from the table if it is resident
+   * then, else decoded again from `source`. Resolves 'written', 'exists' (a file of `length` bytes was
+   * there), or 'dropped' (backlog full, or the chunk was evicted before its turn and has no source, or its
+   * source is gone); rejects with the write's I/O error, or an IntegrityError-kind LoadError when the
+   * source is no longer the chunk.
    */
   write(
     chunk: number,
     dest: string,
     tempPrefix: string,
     length: number,
+    source?: WriteSource,
   ): Promise<'written' | 'exists' | 'dropped'> {
     if (this.#writes.length >= this.#maxWrites || this.#closed) {
       this.droppedWrites++;
@@ -276,7 +282,16 @@ export class ChunkLoader {
     }
     return new Promise((resolve, reject) => {
       this.#writes.push({
-        job: { op: 'write', id: this.#nextId++, table: this.#data.tableId, chunk, dest, tempPrefix, length },
+        job: {
+          op: 'write',
+          id: this.#nextId++,
+          table: this.#data.tableId,
+          chunk,
+          dest,
+          tempPrefix,
+          length,
+          ...(source ? { source } : {}),
+        },
         resolve: (_stored, existed) => resolve(existed ? 'exists' : 'written'),
         reject: (e) => (e.failure === 'busy' ? (this.droppedWrites++, resolve('dropped')) : reject(e)),
       });

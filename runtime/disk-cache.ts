@@ -8,8 +8,10 @@
  * table (or the chunk's slot), checked there
  * (length, BLAKE3 or an encrypted snapshot's keyed id), with no copy and no work on the event loop.
  * A write is one background job of the writer thread (in SCHED_IDLE: it runs on CPUs nothing else
- * wants), taken once loads are idle and dropped when the backlog is full or the chunk left memory first:
- * filling the cache never delays an install, and its syscalls never run on the event loop.
+ * wants), taken once loads are idle, from the chunk's slot, or decoded again from a local store's object
+ * (so that such a chunk need not be held in memory until then), and dropped when the backlog is full or
+ * the chunk left memory first with no object to decode: filling the cache never delays an install, and
+ * its syscalls never run on the event loop.
  *
  * The filesystem is the source of truth, so processes share the directory without a lock. Writes
  * are temp file + rename, so readers see a whole entry or none, and two writers of one hash rename
@@ -40,7 +42,7 @@ import path from 'node:path';
 import { makeDirs } from '../core/make-dirs.js';
 import { InvalidArgumentError } from '../core/errors.js';
 import { assertHash, cacheEntryKey } from '../store/keys.js';
-import { LoadError, type ChunkLoader, type LoadTiming } from './chunk-loader.js';
+import { LoadError, type ChunkLoader, type LoadTiming, type WriteSource } from './chunk-loader.js';
 import {
   resolveDiskCacheOptions,
   type DiskCacheOptions,
@@ -195,18 +197,18 @@ export class DiskCache {
   }
 
   /**
-   * Caches resident chunk `chunk` (`hash`, `length` bytes) if it is not on disk already, from its slot,
-   * on the writer thread once loads are idle. Resolves once written, skipped, dropped or failed; it throws only for an
-   * invalid hash.
+   * Caches chunk `chunk` (`hash`, `length` bytes) if it is not on disk already, on the writer thread once
+   * loads are idle: from its slot if it is resident then, else decoded again from `source` (a local store's
+   * object). Resolves once written, skipped, dropped or failed; it throws only for an invalid hash.
    */
-  async write(chunk: number, hash: string, length: number): Promise<void> {
+  async write(chunk: number, hash: string, length: number, source?: WriteSource): Promise<void> {
     assertHash(hash);
     if (this.#closed) return;
     // Larger than the whole budget: it would evict everything, then itself.
     if (length > this.budgetBytes || this.#index.has(hash)) return;
     let pending = this.#writes.get(hash);
     if (!pending) {
-      pending = this.#write(chunk, hash, length).finally(() => this.#writes.delete(hash));
+      pending = this.#write(chunk, hash, length, source).finally(() => this.#writes.delete(hash));
       this.#writes.set(hash, pending);
     }
     return pending;
@@ -269,11 +271,11 @@ export class DiskCache {
     this.#bytes += size;
   }
 
-  async #write(chunk: number, hash: string, length: number): Promise<void> {
+  async #write(chunk: number, hash: string, length: number, source?: WriteSource): Promise<void> {
     // Everything from here, the check for a file already there included, runs on the writer thread.
     let r: 'written' | 'exists' | 'dropped';
     try {
-      r = await this.#loader.write(chunk, this.#path(hash), `${TEMP_MARK}${process.pid}-`, length);
+      r = await this.#loader.write(chunk, this.#path(hash), `${TEMP_MARK}${process.pid}-`, length, source);
     } catch (e) {
       this.#n.writeErrors++;
       this.#lastWriteError = e;

@@ -32,7 +32,7 @@ import type { ChunkTable } from '../native/index.js';
 import type { StoreBackend } from '../store/backend.js';
 import { maxStoredSize, type Codec } from '../store/chunk.js';
 import { chunkKey } from '../store/keys.js';
-import { chunkHash, type SnapshotIndex } from '../store/manifest.js';
+import { chunkCodec, chunkHash, type SnapshotIndex } from '../store/manifest.js';
 import {
   LoadError,
   newLoadTiming,
@@ -40,6 +40,7 @@ import {
   type DirectOutcome,
   type DirectPlan,
   type LoadTiming,
+  type WriteSource,
 } from './chunk-loader.js';
 import { LatencyWindow, hedged } from './hedge.js';
 import { PrefetchSizing } from './prefetch-sizing.js';
@@ -57,7 +58,8 @@ export interface ChunkCache {
     /** Whether the chunk is kept in memory once served (LoadJob.admit). @default true */
     admit?: boolean,
   ): Promise<boolean>;
-  write(chunk: number, hash: string, length: number): Promise<void>;
+  /** Caches a chunk: from the table, or when it is not resident, decoded again from `source`. */
+  write(chunk: number, hash: string, length: number, source?: WriteSource): Promise<void>;
   /**
    * For the direct path (ChunkLoader.direct): the directory entries are in (at `${dir}/${cacheEntryKey}`),
    * and a read a loader made of one.
@@ -295,6 +297,8 @@ export class ChunkFetcher {
   readonly #inflight = new Map<string, InFlight>();
   /** The snapshot's index, once a direct plan was made (the hashes of direct loads, for their events). */
   #directIndex: SnapshotIndex | undefined;
+  /** The direct plan's store directory (DirectPlan.root). */
+  #directRoot = '';
 
   constructor(options: FetcherOptions) {
     this.#o = {
@@ -404,10 +408,11 @@ export class ChunkFetcher {
     const cacheDir = cache?.dir;
     const { chunkSize, totalSize, chunks } = index.manifest;
     this.#directIndex = index;
+    this.#directRoot = path.slice(0, -probe.length - 1);
     return {
       op: 'direct',
       table: this.#tableId,
-      root: path.slice(0, -probe.length - 1),
+      root: this.#directRoot,
       ...(cacheDir !== undefined ? { cacheDir } : {}),
       hashes: index.hashes,
       flags: index.flags,
@@ -450,7 +455,8 @@ export class ChunkFetcher {
       hedges: 0,
       loader: { waitMs: 0, readMs, decodeMs, verifyMs },
     };
-    const hash = (this.#directIndex && chunkHash(this.#directIndex, o.chunk)) ?? '';
+    const index = this.#directIndex;
+    const hash = (index && chunkHash(index, o.chunk)) ?? '';
     this.#o.onFetch?.({
       hash,
       chunk: o.chunk,
@@ -466,7 +472,19 @@ export class ChunkFetcher {
     if (cache && hash) {
       // As read() and #pass() would have: the cache's hit or miss, and a store's chunk cached.
       void cache.accountRead?.(hash, o.disk ? r.stored : undefined).catch(() => {});
-      if (!o.disk) void cache.write(o.chunk, hash, this.#o.table.chunkLength(o.chunk)).catch(() => {});
+      const codec = index && chunkCodec(index, o.chunk);
+      if (!o.disk && codec) {
+        const length = this.#o.table.chunkLength(o.chunk);
+        const key = chunkKey(hash, codec);
+        const source = {
+          path: `${this.#directRoot}/${key}`,
+          key,
+          codec,
+          hash,
+          maxBytes: maxStoredSize(codec, length, false),
+        };
+        void cache.write(o.chunk, hash, length, source).catch(() => {});
+      }
     }
     return {
       tier,
@@ -723,11 +741,16 @@ export class ChunkFetcher {
         const timeoutMs = Math.max(1, Math.min(this.#o.attemptTimeoutMs, Math.floor(left)));
         try {
           const local = origin.localPath?.(key);
-          // Only a local file is cheap to read again. With a host cache to fill, kept as well: the cache's
-          // writer thread (SCHED_IDLE) writes it from the table once loads are idle, by which time a chunk
-          // not kept would be gone. Written by the loader thread from its stage instead, between loads,
-          // the cache entries delayed the next loads: a cold fill took 1.5-2x the restore without it.
-          const admit = keep || local === undefined || this.#o.cache !== undefined;
+          // Only a local file is cheap to read again: a host cache to fill is written from it (WriteSource),
+          // not from a copy held in memory until the writer's turn. Not an encrypted one's (the writer
+          // has no cipher): kept, and written from the table.
+          // Written by the loader thread from its stage instead, between loads, the cache entries delayed
+          // the next loads: a cold fill took 1.5-2x the restore without it.
+          const source: WriteSource | undefined =
+            local !== undefined && !this.#o.encrypted
+              ? { path: local, key, codec: ref.codec, hash: ref.hash, maxBytes }
+              : undefined;
+          const admit = keep || local === undefined || (this.#o.cache !== undefined && !source);
           let answered = n;
           timing.attempts++;
           const stored = await this.#load(
@@ -747,7 +770,7 @@ export class ChunkFetcher {
           // A local file not read after all: another thread's load made the chunk resident meanwhile (a
           // loader serving a fault directly). Nothing was fetched; an origin's body was, and counts.
           if (stored === 0 && local !== undefined) return { tier: 'memory', stored: 0 };
-          void this.#o.cache?.write(ref.chunk, ref.hash, ref.length).catch(() => {});
+          void this.#o.cache?.write(ref.chunk, ref.hash, ref.length, source).catch(() => {});
           return {
             tier: `origin${answered}`,
             stored,

@@ -27,7 +27,7 @@ import {
   type DiskCacheOptions,
   type DiskCacheProblem,
 } from '../../runtime/disk-cache.js';
-import { hashChunk } from '../../store/chunk.js';
+import { encodeChunk, hashChunk, maxStoredSize } from '../../store/chunk.js';
 import { tempDir } from '../helpers/images.js';
 
 /** Chunk size of the test table: every chunk is one slot of it. */
@@ -171,6 +171,39 @@ describe('DiskCache', () => {
     await cache.write(a.slot, a.hash, S); // never resident
     expect(cache.stats()).toMatchObject({ writes: 0, writesDropped: 1, entries: 0 });
     expect(existsSync(entryPath(a.hash))).toBe(false);
+  });
+
+  it('writes a chunk not in memory from its local object, decoded and verified again; a wrong object writes nothing', async () => {
+    const problems: DiskCacheProblem[] = [];
+    const cache = await open({ dir, budgetBytes: 1 << 20, onProblem: (p) => problems.push(p) });
+    const [a, b, c] = [chunk(), chunk(), chunk()];
+    const objects = path.join(tmp.dir, 'objects');
+    mkdirSync(objects);
+    const source = (x: Chunk, bytes = x.bytes) => {
+      const file = path.join(objects, `${x.hash}.zstd`);
+      writeFileSync(file, encodeChunk('zstd', bytes));
+      const key = `chunks/${x.hash}.zstd`;
+      return {
+        path: file,
+        key,
+        codec: 'zstd' as const,
+        hash: x.hash,
+        maxBytes: maxStoredSize('zstd', S, false),
+      };
+    };
+    // None of them resident: the bytes can only come from the object.
+    await cache.write(a.slot, a.hash, S, source(a));
+    expect(readFileSync(entryPath(a.hash))).toEqual(a.bytes);
+    // An object that decodes to other bytes (b's object holds c's): an error, reported; nothing written.
+    await cache.write(b.slot, b.hash, S, source(b, c.bytes));
+    expect(existsSync(entryPath(b.hash))).toBe(false);
+    expect(problems.map((p) => p.kind)).toEqual(['write-failed']);
+    // An object gone since its load: dropped, as a chunk evicted before its turn.
+    const gone = { ...source(c), path: path.join(objects, 'missing') };
+    await cache.write(c.slot, c.hash, S, gone);
+    expect(existsSync(entryPath(c.hash))).toBe(false);
+    expect(cache.stats()).toMatchObject({ writes: 1, writeErrors: 1, writesDropped: 1, entries: 1 });
+    expect(readdirSync(dir, { recursive: true }).filter((f) => String(f).includes('.tmp'))).toEqual([]);
   });
 
   it('evicts the least recently used entries to stay under budget; a recent read survives', async () => {
